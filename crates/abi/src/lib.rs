@@ -1,0 +1,630 @@
+//! The contract between a Skiff guest and the tender that runs it.
+//!
+//! This crate is the whole interface, in the manner of a C header: constants,
+//! `#[repr(C)]` argument structures and their documentation. It has no code
+//! beyond `const` helpers and no dependencies, and both sides (the guest
+//! runtime `skiff-rt` and the monitor `skiff-tender`) compile it, so the two
+//! can never disagree on a layout.
+//!
+//! # Boot
+//!
+//! The tender loads the image's `PT_LOAD` segments at their physical
+//! addresses (identity mapped, at or above [`layout::IMAGE_MIN`]), builds
+//! the page tables, and enters the ELF entry point in 64-bit long mode,
+//! ring 0, with `rdi` holding the guest-physical address of a [`BootInfo`].
+//! The guest's supervisor then drops to ring 3, where everything else runs.
+//!
+//! # Hypercalls
+//!
+//! A hypercall is one `out dx, eax` instruction executed by the guest (from
+//! ring 3; the ports are opened in the TSS I/O permission bitmap):
+//! `dx` = [`HYPERCALL_PORT_BASE`] + the call number ([`Hypercall`]), `eax` =
+//! the 32-bit guest-physical address of the call's argument structure
+//! (calls without arguments ignore `eax`). The tender validates every
+//! address and length against guest memory before touching it; a call with
+//! a bad argument ends the guest with [`exit::BAD_HYPERCALL`]. Results are
+//! written back into the argument structure before the `out` instruction
+//! completes.
+//!
+//! # Shared area
+//!
+//! One page range, described by [`BootInfo::shared`], is writable by both
+//! sides: the console ring and the guest's boot timestamps ([`SharedArea`]).
+//! The tender drains the console ring on every exit, so log output is never
+//! lost, even when the guest dies from a CPU exception.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+/// Version of this contract. The tender refuses an image whose manifest
+/// carries another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// First I/O port of the hypercall range; call `n` is port `BASE + n`.
+pub const HYPERCALL_PORT_BASE: u16 = 0x500;
+
+/// Number of ports reserved for hypercalls, starting at
+/// [`HYPERCALL_PORT_BASE`]. The guest opens exactly the ports of the calls
+/// it knows in its TSS I/O bitmap.
+pub const HYPERCALL_PORT_COUNT: u16 = 32;
+
+/// Port on which the guest's ring-0 supervisor reports a CPU exception
+/// taken in ring 3 (argument: address of a [`FaultFrame`]). This port is
+/// never opened to ring 3, so a service cannot forge a fault report.
+pub const FAULT_PORT: u16 = 0x4ff;
+
+/// The hypercalls. The value is the offset from [`HYPERCALL_PORT_BASE`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Read the wall clock. Argument: [`WalltimeArgs`]; the tender writes
+    /// `nanos`. Never fails.
+    Walltime = 0,
+    /// Drain the console ring now. No argument. The tender also drains it on
+    /// every other exit; the guest calls this only when the ring is full.
+    /// Fails (ends the guest) if the ring's indices are inconsistent.
+    ConsoleFlush = 1,
+    /// Block until a device is ready or `timeout_nanos` have passed.
+    /// Argument: [`PollArgs`]; the tender writes `ready`. A guest with no
+    /// devices simply sleeps. Never fails.
+    Poll = 2,
+    /// End the guest with a status chosen by the service. Argument:
+    /// [`ExitArgs`]. A status above [`exit::SERVICE_MAX`] is a bad argument.
+    /// Does not return.
+    Exit = 3,
+    /// End the guest because the runtime cannot go on (panic, out of memory,
+    /// deadlock). Argument: [`AbortArgs`], whose message the tender prints.
+    /// Does not return.
+    Abort = 4,
+}
+
+impl Hypercall {
+    /// All calls, in number order.
+    pub const ALL: [Hypercall; 5] =
+        [Hypercall::Walltime, Hypercall::ConsoleFlush, Hypercall::Poll, Hypercall::Exit, Hypercall::Abort];
+
+    /// The call whose number is `nr`, if there is one.
+    pub const fn from_number(nr: u16) -> Option<Hypercall> {
+        match nr {
+            0 => Some(Hypercall::Walltime),
+            1 => Some(Hypercall::ConsoleFlush),
+            2 => Some(Hypercall::Poll),
+            3 => Some(Hypercall::Exit),
+            4 => Some(Hypercall::Abort),
+            _ => None,
+        }
+    }
+
+    /// The I/O port the guest writes to make this call.
+    pub const fn port(self) -> u16 {
+        HYPERCALL_PORT_BASE + self as u16
+    }
+
+    /// A short lower-case name, used in the tender's messages and statistics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hypercall::Walltime => "walltime",
+            Hypercall::ConsoleFlush => "console-flush",
+            Hypercall::Poll => "poll",
+            Hypercall::Exit => "exit",
+            Hypercall::Abort => "abort",
+        }
+    }
+}
+
+/// Argument of [`Hypercall::Walltime`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalltimeArgs {
+    /// Out: nanoseconds since the UNIX epoch (UTC).
+    pub nanos: u64,
+}
+
+/// Argument of [`Hypercall::Poll`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollArgs {
+    /// In: the longest time to block, in nanoseconds. Zero checks readiness
+    /// without blocking; `u64::MAX` waits for a device only.
+    pub timeout_nanos: u64,
+    /// Out: bit `i` is set when device `i` (in [`BootInfo::devices`] order)
+    /// has something ready.
+    pub ready: u64,
+}
+
+/// Argument of [`Hypercall::Exit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitArgs {
+    /// In: the exit status, `0..=`[`exit::SERVICE_MAX`]; the tender exits
+    /// with it.
+    pub status: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+/// Why the runtime aborted, in [`AbortArgs::reason`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The service or the runtime panicked. Status [`exit::PANIC`].
+    Panic = 1,
+    /// An allocation could not be satisfied. Status [`exit::OUT_OF_MEMORY`].
+    OutOfMemory = 2,
+    /// The executor has nothing to run and nothing that could wake it.
+    /// Status [`exit::ABORT`].
+    Deadlock = 3,
+    /// Any other unrecoverable runtime condition. Status [`exit::ABORT`].
+    Other = 4,
+}
+
+impl AbortReason {
+    /// Decodes a raw reason; unknown values are a bad hypercall argument.
+    pub const fn from_raw(raw: u32) -> Option<AbortReason> {
+        match raw {
+            1 => Some(AbortReason::Panic),
+            2 => Some(AbortReason::OutOfMemory),
+            3 => Some(AbortReason::Deadlock),
+            4 => Some(AbortReason::Other),
+            _ => None,
+        }
+    }
+
+    /// The exit status the tender uses for this reason.
+    pub const fn status(self) -> u8 {
+        match self {
+            AbortReason::Panic => exit::PANIC,
+            AbortReason::OutOfMemory => exit::OUT_OF_MEMORY,
+            AbortReason::Deadlock | AbortReason::Other => exit::ABORT,
+        }
+    }
+
+    /// A short description for the tender's message.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            AbortReason::Panic => "panic",
+            AbortReason::OutOfMemory => "out of memory",
+            AbortReason::Deadlock => "deadlock",
+            AbortReason::Other => "abort",
+        }
+    }
+}
+
+/// Argument of [`Hypercall::Abort`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbortArgs {
+    /// In: an [`AbortReason`] as `u32`.
+    pub reason: u32,
+    /// In: length of the UTF-8 message at `message`, at most
+    /// [`ABORT_MESSAGE_MAX`] bytes; zero for none.
+    pub message_len: u32,
+    /// In: guest-physical address of the message.
+    pub message: u64,
+}
+
+/// Longest message [`AbortArgs`] may carry.
+pub const ABORT_MESSAGE_MAX: u32 = 4096;
+
+/// What the supervisor pushes for a CPU exception and passes (by address)
+/// on [`FAULT_PORT`]. Field order is the stack order: `cr2` was pushed last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultFrame {
+    /// The faulting linear address (meaningful for a page fault).
+    pub cr2: u64,
+    /// The exception vector, `0..=31`.
+    pub vector: u64,
+    /// The error code the CPU pushed, or zero for vectors without one.
+    pub error_code: u64,
+    /// Instruction pointer of the faulting instruction.
+    pub rip: u64,
+    /// Code segment selector at the fault; its low two bits are the ring.
+    pub cs: u64,
+    /// Flags at the fault.
+    pub rflags: u64,
+    /// Stack pointer at the fault.
+    pub rsp: u64,
+    /// Stack segment selector at the fault.
+    pub ss: u64,
+}
+
+/// Magic value of [`BootInfo::magic`]: "SKIFFBI1".
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"SKIFFBI1");
+
+/// Most devices an image may declare (and the tender may attach).
+pub const MAX_DEVICES: usize = 8;
+
+/// Longest device name, in bytes (names are NUL-padded).
+pub const DEVICE_NAME_MAX: usize = 32;
+
+/// Longest command line the tender passes, in bytes including separators.
+pub const ARGS_MAX: usize = 8192;
+
+/// Kinds of device in a manifest or boot info.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A network interface (Ethernet frames).
+    Net = 1,
+    /// A block device.
+    Block = 2,
+}
+
+impl DeviceKind {
+    /// Decodes a raw kind.
+    pub const fn from_raw(raw: u32) -> Option<DeviceKind> {
+        match raw {
+            1 => Some(DeviceKind::Net),
+            2 => Some(DeviceKind::Block),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name of the kind.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Net => "net",
+            DeviceKind::Block => "block",
+        }
+    }
+}
+
+/// A device as the tender describes it to the guest at boot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// A [`DeviceKind`] as `u32`.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The name from the manifest, NUL-padded.
+    pub name: [u8; DEVICE_NAME_MAX],
+    /// Kind-specific data (for a NIC: the MAC address in bytes 0..6).
+    pub data: [u8; 32],
+}
+
+/// What the tender tells the guest at boot. Lives in a read-only page; its
+/// address is in `rdi` at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// [`BOOT_INFO_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] of the tender.
+    pub abi_version: u32,
+    /// Maximum log level for the console: 0 off, 1 error, 2 warn, 3 info,
+    /// 4 debug, 5 trace.
+    pub log_level: u32,
+    /// Bytes of guest memory, from guest-physical address 0.
+    pub mem_size: u64,
+    /// First byte of the heap: page aligned, above the image and its stack.
+    pub heap_start: u64,
+    /// One past the last byte of the heap.
+    pub heap_end: u64,
+    /// TSC frequency in Hz.
+    pub tsc_hz: u64,
+    /// Wall clock (ns since the UNIX epoch) when the guest TSC read
+    /// `tsc_at_wall`.
+    pub wall_nanos: u64,
+    /// Guest TSC value matching `wall_nanos`; zero if the tender could not
+    /// read it, in which case the guest pairs `wall_nanos` with its first TSC
+    /// reading.
+    pub tsc_at_wall: u64,
+    /// Guest-physical address of the [`SharedArea`].
+    pub shared: u64,
+    /// Guest-physical address of the command line: `argc` strings, each
+    /// followed by a NUL byte, `args_len` bytes in all.
+    pub args: u64,
+    /// Number of arguments at `args`.
+    pub argc: u32,
+    /// Bytes at `args`, at most [`ARGS_MAX`].
+    pub args_len: u32,
+    /// Guest-physical address of the top-level page table (informational;
+    /// the page is not reachable from ring 3).
+    pub page_table_root: u64,
+    /// Number of valid entries in `devices`.
+    pub device_count: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The attached devices, in manifest order.
+    pub devices: [DeviceInfo; MAX_DEVICES],
+}
+
+/// Size of the console ring's data area, a power of two.
+pub const CONSOLE_RING_SIZE: usize = 16384;
+
+/// Guest-writable area shared with the tender.
+///
+/// The console is a single-producer (guest) single-consumer (tender) byte
+/// ring: the guest writes bytes at `console_head % CONSOLE_RING_SIZE` and
+/// then advances `console_head`; the tender consumes from `console_tail` up
+/// to `console_head` and advances `console_tail`. Both indices count bytes
+/// and wrap at 2^32. `console_head - console_tail` greater than
+/// [`CONSOLE_RING_SIZE`] is a broken ring and ends the guest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SharedArea {
+    /// Written by the guest: bytes produced.
+    pub console_head: u32,
+    /// Written by the tender: bytes consumed.
+    pub console_tail: u32,
+    /// Written by the guest: TSC when ring 3 was entered (for `--stats`).
+    pub tsc_ring3_entry: u64,
+    /// Written by the guest: TSC when the service's `main` started.
+    pub tsc_main: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 5],
+    /// The ring's bytes.
+    pub console: [u8; CONSOLE_RING_SIZE],
+}
+
+/// Byte offset of [`SharedArea::console_head`].
+pub const SHARED_CONSOLE_HEAD: usize = 0;
+/// Byte offset of [`SharedArea::console_tail`].
+pub const SHARED_CONSOLE_TAIL: usize = 4;
+/// Byte offset of [`SharedArea::tsc_ring3_entry`].
+pub const SHARED_TSC_RING3_ENTRY: usize = 8;
+/// Byte offset of [`SharedArea::tsc_main`].
+pub const SHARED_TSC_MAIN: usize = 16;
+/// Byte offset of [`SharedArea::console`].
+pub const SHARED_CONSOLE_DATA: usize = 64;
+
+/// Exit statuses. The tender exits with the guest's status, so these are
+/// also the tender's process exit statuses.
+pub mod exit {
+    /// The service succeeded.
+    pub const SUCCESS: u8 = 0;
+    /// The service's `main` returned an error.
+    pub const FAILURE: u8 = 1;
+    /// Highest status a service may pass to [`super::Hypercall::Exit`].
+    pub const SERVICE_MAX: u8 = 99;
+    /// The guest panicked.
+    pub const PANIC: u8 = 101;
+    /// The guest took a CPU exception (fault report printed by the tender).
+    pub const CPU_EXCEPTION: u8 = 102;
+    /// The guest ran out of memory.
+    pub const OUT_OF_MEMORY: u8 = 103;
+    /// The runtime aborted for another reason (e.g. deadlock).
+    pub const ABORT: u8 = 104;
+    /// The guest made a hypercall with a bad argument, or used the tender
+    /// interface wrongly; the tender ended it.
+    pub const BAD_HYPERCALL: u8 = 110;
+    /// `--timeout` expired.
+    pub const TIMEOUT: u8 = 111;
+    /// The virtual machine failed (triple fault, emulation failure,
+    /// unexpected exit).
+    pub const VM_FAILURE: u8 = 112;
+    /// The tender could not start the guest (bad image, no KVM, bad option).
+    pub const TENDER_ERROR: u8 = 125;
+}
+
+/// Custom ELF `p_flags` bits (in the `PF_MASKOS` range) that the linker
+/// script sets on special segments.
+pub mod pflags {
+    /// The segment belongs to the ring-0 supervisor: mapped without the
+    /// user bit, so ring 3 cannot reach it.
+    pub const SUPERVISOR: u32 = 0x0010_0000;
+    /// The segment is the ring-3 stack; the page below it is left unmapped
+    /// as a guard, and faults there are reported as a stack overflow.
+    pub const STACK: u32 = 0x0020_0000;
+}
+
+/// Guest-physical layout fixed by this contract.
+pub mod layout {
+    /// Lowest address an image segment may occupy; the tender keeps the
+    /// memory below for the boot info, the shared area and page tables.
+    pub const IMAGE_MIN: u64 = 0x10_0000;
+    /// Page size used for protections.
+    pub const PAGE_SIZE: u64 = 4096;
+    /// Smallest guest memory the tender accepts.
+    pub const MEM_MIN: u64 = 2 << 20;
+    /// Largest guest memory the tender accepts (hypercall arguments are
+    /// 32-bit addresses, and the top of the 4 GiB space is left alone).
+    pub const MEM_MAX: u64 = 3 << 30;
+}
+
+/// The manifest: an ELF note every image carries, declaring its ABI version
+/// and the devices it needs.
+///
+/// It is an ordinary note (`namesz`, `descsz`, `type`, name, descriptor) in
+/// a `PT_NOTE` segment, with name [`manifest::NOTE_NAME`] and type
+/// [`manifest::NOTE_TYPE`]; the descriptor is a [`manifest::Manifest`].
+pub mod manifest {
+    use super::{ABI_VERSION, DEVICE_NAME_MAX, DeviceKind, MAX_DEVICES};
+
+    /// Note name, NUL-terminated and padded to 8 bytes.
+    pub const NOTE_NAME: [u8; 8] = *b"Skiff\0\0\0";
+    /// Length of the name including its NUL, as in the note header.
+    pub const NOTE_NAMESZ: u32 = 6;
+    /// Note type of the manifest.
+    pub const NOTE_TYPE: u32 = 0x534b_0001;
+
+    /// One declared device.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ManifestDevice {
+        /// A [`DeviceKind`] as `u32`.
+        pub kind: u32,
+        /// The device's name, NUL-padded; unique within the manifest.
+        pub name: [u8; DEVICE_NAME_MAX],
+    }
+
+    /// The manifest descriptor.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Manifest {
+        /// [`ABI_VERSION`] the image was built for.
+        pub abi_version: u32,
+        /// Number of valid entries in `devices`.
+        pub device_count: u32,
+        /// The declared devices.
+        pub devices: [ManifestDevice; MAX_DEVICES],
+    }
+
+    /// Size of the descriptor in bytes.
+    pub const DESC_SIZE: usize = core::mem::size_of::<Manifest>();
+
+    /// The complete note as it sits in the image.
+    #[repr(C, align(4))]
+    #[derive(Clone, Copy, Debug)]
+    pub struct ManifestNote {
+        /// [`NOTE_NAMESZ`].
+        pub namesz: u32,
+        /// [`DESC_SIZE`].
+        pub descsz: u32,
+        /// [`NOTE_TYPE`].
+        pub note_type: u32,
+        /// [`NOTE_NAME`].
+        pub name: [u8; 8],
+        /// The manifest.
+        pub desc: Manifest,
+    }
+
+    const EMPTY_DEVICE: ManifestDevice = ManifestDevice { kind: 0, name: [0; DEVICE_NAME_MAX] };
+
+    impl ManifestNote {
+        /// Builds the note for a list of `(kind, name)` devices at compile
+        /// time. Fails compilation (const panic) on too many devices, an
+        /// empty or too long name, or a duplicate name.
+        pub const fn new(devices: &[(DeviceKind, &str)]) -> ManifestNote {
+            assert!(devices.len() <= MAX_DEVICES, "too many devices in the manifest");
+            let mut out = [EMPTY_DEVICE; MAX_DEVICES];
+            let mut i = 0;
+            while i < devices.len() {
+                let name = devices[i].1.as_bytes();
+                assert!(!name.is_empty(), "device name is empty");
+                assert!(name.len() < DEVICE_NAME_MAX, "device name is too long");
+                let mut j = 0;
+                while j < name.len() {
+                    out[i].name[j] = name[j];
+                    j += 1;
+                }
+                out[i].kind = devices[i].0 as u32;
+                let mut k = 0;
+                while k < i {
+                    assert!(!name_eq(&out[k].name, &out[i].name), "duplicate device name");
+                    k += 1;
+                }
+                i += 1;
+            }
+            ManifestNote {
+                namesz: NOTE_NAMESZ,
+                descsz: DESC_SIZE as u32,
+                note_type: NOTE_TYPE,
+                name: NOTE_NAME,
+                desc: Manifest { abi_version: ABI_VERSION, device_count: devices.len() as u32, devices: out },
+            }
+        }
+    }
+
+    const fn name_eq(a: &[u8; DEVICE_NAME_MAX], b: &[u8; DEVICE_NAME_MAX]) -> bool {
+        let mut i = 0;
+        while i < DEVICE_NAME_MAX {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// The name of a device as text, up to its first NUL. `None` if it is
+    /// not UTF-8.
+    pub fn device_name(name: &[u8; DEVICE_NAME_MAX]) -> Option<&str> {
+        let len = name.iter().position(|&b| b == 0).unwrap_or(DEVICE_NAME_MAX);
+        core::str::from_utf8(&name[..len]).ok()
+    }
+}
+
+/// Xen's PVH entry note, which QEMU, Firecracker and Cloud Hypervisor read
+/// to find the 32-bit entry point.
+pub mod pvh {
+    /// Note name.
+    pub const NOTE_NAME: &[u8; 4] = b"Xen\0";
+    /// `XEN_ELFNOTE_PHYS32_ENTRY`.
+    pub const NOTE_TYPE_PHYS32_ENTRY: u32 = 18;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn argument_layouts_are_stable() {
+        assert_eq!(size_of::<WalltimeArgs>(), 8);
+        assert_eq!(size_of::<PollArgs>(), 16);
+        assert_eq!(offset_of!(PollArgs, ready), 8);
+        assert_eq!(size_of::<ExitArgs>(), 8);
+        assert_eq!(size_of::<AbortArgs>(), 16);
+        assert_eq!(offset_of!(AbortArgs, message), 8);
+        assert_eq!(size_of::<FaultFrame>(), 64);
+        assert_eq!(offset_of!(FaultFrame, vector), 8);
+        assert_eq!(offset_of!(FaultFrame, rip), 24);
+        assert_eq!(offset_of!(FaultFrame, ss), 56);
+    }
+
+    #[test]
+    fn boot_info_layout_is_stable() {
+        assert_eq!(offset_of!(BootInfo, abi_version), 8);
+        assert_eq!(offset_of!(BootInfo, mem_size), 16);
+        assert_eq!(offset_of!(BootInfo, tsc_hz), 40);
+        assert_eq!(offset_of!(BootInfo, shared), 64);
+        assert_eq!(offset_of!(BootInfo, argc), 80);
+        assert_eq!(offset_of!(BootInfo, page_table_root), 88);
+        assert_eq!(offset_of!(BootInfo, devices), 104);
+        assert_eq!(size_of::<DeviceInfo>(), 72);
+        assert_eq!(size_of::<BootInfo>(), 104 + 72 * MAX_DEVICES);
+        assert!(size_of::<BootInfo>() as u64 <= layout::PAGE_SIZE);
+        assert_eq!(align_of::<BootInfo>(), 8);
+    }
+
+    #[test]
+    fn shared_area_offsets_match_constants() {
+        assert_eq!(offset_of!(SharedArea, console_head), SHARED_CONSOLE_HEAD);
+        assert_eq!(offset_of!(SharedArea, console_tail), SHARED_CONSOLE_TAIL);
+        assert_eq!(offset_of!(SharedArea, tsc_ring3_entry), SHARED_TSC_RING3_ENTRY);
+        assert_eq!(offset_of!(SharedArea, tsc_main), SHARED_TSC_MAIN);
+        assert_eq!(offset_of!(SharedArea, console), SHARED_CONSOLE_DATA);
+        assert!(CONSOLE_RING_SIZE.is_power_of_two());
+    }
+
+    #[test]
+    fn manifest_note_layout() {
+        use manifest::*;
+        assert_eq!(size_of::<ManifestDevice>(), 36);
+        assert_eq!(DESC_SIZE, 8 + 36 * MAX_DEVICES);
+        assert_eq!(offset_of!(ManifestNote, desc), 20);
+        assert_eq!(size_of::<ManifestNote>() % 4, 0);
+        let note = ManifestNote::new(&[(DeviceKind::Net, "service"), (DeviceKind::Block, "disk")]);
+        assert_eq!(note.desc.device_count, 2);
+        assert_eq!(note.desc.abi_version, ABI_VERSION);
+        assert_eq!(device_name(&note.desc.devices[0].name), Some("service"));
+        assert_eq!(note.desc.devices[1].kind, DeviceKind::Block as u32);
+    }
+
+    #[test]
+    #[should_panic(expected = "duplicate device name")]
+    fn manifest_rejects_duplicates() {
+        let _ = manifest::ManifestNote::new(&[(DeviceKind::Net, "a"), (DeviceKind::Net, "a")]);
+    }
+
+    #[test]
+    fn hypercall_numbers_round_trip() {
+        for call in Hypercall::ALL {
+            assert_eq!(Hypercall::from_number(call as u16), Some(call));
+            assert!(call.port() < HYPERCALL_PORT_BASE + HYPERCALL_PORT_COUNT);
+            assert_ne!(call.port(), FAULT_PORT);
+        }
+        assert_eq!(Hypercall::from_number(HYPERCALL_PORT_COUNT), None);
+    }
+
+    #[test]
+    fn abort_reasons_map_to_distinct_statuses() {
+        assert_eq!(AbortReason::from_raw(1), Some(AbortReason::Panic));
+        assert_eq!(AbortReason::from_raw(0), None);
+        assert_ne!(AbortReason::Panic.status(), AbortReason::OutOfMemory.status());
+        const { assert!(exit::SERVICE_MAX < exit::PANIC) };
+    }
+}

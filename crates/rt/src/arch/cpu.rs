@@ -1,0 +1,40 @@
+//! Instructions ring-3 code uses directly.
+
+use skiff_abi::Hypercall;
+
+/// Makes a hypercall: `out` to the call's port with the 32-bit address of
+/// its argument structure (zero for calls without one).
+///
+/// # Safety
+/// `arg` must be zero or the address of a live argument structure of the
+/// type the call expects, which the tender may read and write during the
+/// call.
+#[inline(always)]
+pub unsafe fn hypercall(call: Hypercall, arg: u32) {
+    // SAFETY: the port is one of the hypercall ports the supervisor opened
+    // in the TSS I/O bitmap; the tender reads and writes only the argument
+    // structure the caller vouches for. No stack use; flags are untouched.
+    unsafe {
+        core::arch::asm!(
+            "out dx, eax",
+            in("dx") call.port(),
+            in("eax") arg,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` only reads the counter; it is allowed in ring 3
+    // (CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Raises an invalid-opcode exception, which the supervisor reports to the
+/// tender as a CPU exception. For states that must never be reached.
+pub fn trap() -> ! {
+    // SAFETY: `ud2` only raises #UD; it touches no memory.
+    unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
+}

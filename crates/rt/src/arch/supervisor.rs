@@ -1,0 +1,272 @@
+//! The ring-0 supervisor: everything in a Skiff guest that runs in ring 0.
+//!
+//! It is hand-written assembly and nothing else, for two reasons. On the
+//! PVM flavour of KVM, guest ring-0 code is emulated one instruction at a
+//! time (about a microsecond each) by an emulator that does not know many
+//! SSE instructions, so ring 0 must be short and SSE-free; and a tiny ring 0
+//! is a tiny trusted base. A test disassembles the supervisor's segment and
+//! fails on any SSE/AVX register.
+//!
+//! What it does:
+//! - `_start` (the ELF entry, used by the tender): loads the GDT, TSS and
+//!   IDT and `iretq`s to `skiff_user_entry` in ring 3 with the boot info in
+//!   `rdi`. Eleven instructions.
+//! - trap stubs, 16 bytes per vector at the fixed address 0x100000: push a
+//!   dummy error code when the CPU pushes none, push the vector, and report
+//!   the frame (plus `cr2`) on the fault port. The tender prints the report
+//!   and ends the guest.
+//! - `skiff_pvh_start`: the 32-bit PVH entry for standard hypervisors; see
+//!   [`super::pvh`].
+//!
+//! The GDT, TSS (with the I/O permission bitmap that opens the hypercall
+//! ports to ring 3) and IDT are assembled from constants: the stubs and the
+//! TSS live at fixed addresses that the linker script asserts, so no
+//! descriptor is computed at boot.
+
+use skiff_abi::{FAULT_PORT, HYPERCALL_PORT_BASE, HYPERCALL_PORT_COUNT};
+
+/// Address of the first trap stub (fixed by the linker script).
+pub const TRAP_STUBS: u64 = 0x10_0000;
+/// Address of the TSS (fixed by the linker script).
+pub const TSS_ADDR: u64 = 0x10_2000;
+
+/// Kernel code selector.
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector.
+pub const KERNEL_DS: u16 = 0x10;
+/// User data selector (RPL 3).
+pub const USER_DS: u16 = 0x18 | 3;
+/// User code selector (RPL 3).
+pub const USER_CS: u16 = 0x20 | 3;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0x28;
+
+const TSS_BASE_SIZE: u64 = 104;
+/// First byte of the I/O bitmap that opens ports, and how many open bytes:
+/// every hypercall port plus the three ports above the last one (a 32-bit
+/// `out` checks the bits of four consecutive ports).
+const IOPB_OPEN_FIRST: u64 = HYPERCALL_PORT_BASE as u64 / 8;
+const IOPB_OPEN_BYTES: u64 = (HYPERCALL_PORT_COUNT as u64 + 3).div_ceil(8);
+/// The bitmap ends with one all-ones byte, as the architecture requires.
+const IOPB_SIZE: u64 = IOPB_OPEN_FIRST + IOPB_OPEN_BYTES + 1;
+const TSS_LIMIT: u64 = TSS_BASE_SIZE + IOPB_SIZE - 1;
+
+const _: () = {
+    assert!(HYPERCALL_PORT_BASE % 8 == 0);
+    // The fault port must stay closed to ring 3.
+    assert!((FAULT_PORT as u64) < IOPB_OPEN_FIRST * 8);
+};
+
+/// 64-bit available TSS descriptor, low and high quadwords.
+const fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    (low, base >> 32)
+}
+
+const TSS_DESC: (u64, u64) = tss_descriptor(TSS_ADDR, TSS_LIMIT);
+
+core::arch::global_asm!(
+    r#"
+
+    /* ---- trap stubs: fixed address, 16 bytes each ---- */
+    .section .skiff.sup.traps, "ax"
+    .code64
+    .globl skiff_trap_stubs
+    .balign 16
+skiff_trap_stubs:
+    .macro skiff_stub_noerr n
+        .balign 16
+        push 0
+        push \n
+        jmp skiff_trap_common
+    .endm
+    .macro skiff_stub_err n
+        .balign 16
+        push \n
+        jmp skiff_trap_common
+    .endm
+    skiff_stub_noerr 0
+    skiff_stub_noerr 1
+    skiff_stub_noerr 2
+    skiff_stub_noerr 3
+    skiff_stub_noerr 4
+    skiff_stub_noerr 5
+    skiff_stub_noerr 6
+    skiff_stub_noerr 7
+    skiff_stub_err 8
+    skiff_stub_noerr 9
+    skiff_stub_err 10
+    skiff_stub_err 11
+    skiff_stub_err 12
+    skiff_stub_err 13
+    skiff_stub_err 14
+    skiff_stub_noerr 15
+    skiff_stub_noerr 16
+    skiff_stub_err 17
+    skiff_stub_noerr 18
+    skiff_stub_noerr 19
+    skiff_stub_noerr 20
+    skiff_stub_err 21
+    skiff_stub_noerr 22
+    skiff_stub_noerr 23
+    skiff_stub_noerr 24
+    skiff_stub_noerr 25
+    skiff_stub_noerr 26
+    skiff_stub_noerr 27
+    skiff_stub_noerr 28
+    skiff_stub_err 29
+    skiff_stub_err 30
+    skiff_stub_noerr 31
+
+    .section .skiff.sup.text, "ax"
+    .code64
+    /* Frame on the ring-0 stack: vector, error code, rip, cs, rflags, rsp,
+       ss. Add cr2 and hand the frame's address to the tender, which reports
+       the exception and ends the guest: this never returns. */
+skiff_trap_common:
+    mov rax, cr2
+    push rax
+    mov eax, esp
+    mov dx, {fault_port}
+    out dx, eax
+2:
+    hlt
+    jmp 2b
+
+    /* hvt entry: 64-bit, ring 0, paging on, rdi = boot info. */
+    .globl _start
+_start:
+    lea rsp, [rip + skiff_sup_stack_top]
+    lgdt [rip + skiff_gdt_ptr]
+    mov ax, {kernel_ds}
+    mov ss, ax
+    mov ax, {tss_sel}
+    ltr ax
+    lidt [rip + skiff_idt_ptr]
+    push {user_ds}
+    lea rax, [rip + skiff_stack_top]
+    push rax
+    push 2
+    push {user_cs}
+    lea rax, [rip + skiff_user_entry]
+    push rax
+    iretq
+
+    /* ---- supervisor data: TSS at a fixed address ---- */
+    .section .skiff.sup.tss, "aw"
+    .balign 16
+    .globl skiff_tss
+skiff_tss:
+    .long 0
+    .quad skiff_sup_stack_top     /* rsp0 */
+    .quad 0, 0                    /* rsp1, rsp2 */
+    .quad 0                       /* reserved */
+    .quad 0, 0, 0, 0, 0, 0, 0     /* ist1..ist7 */
+    .quad 0                       /* reserved */
+    .short 0                      /* reserved */
+    .short {tss_base_size}        /* I/O map base */
+    .fill {iopb_open_first}, 1, 0xff
+    .fill {iopb_open_bytes}, 1, 0x00
+    .byte 0xff
+
+    .section .skiff.sup.data, "aw"
+    .balign 16
+skiff_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff      /* 0x08 kernel code, 64-bit */
+    .quad 0x00cf92000000ffff      /* 0x10 kernel data */
+    .quad 0x00cff2000000ffff      /* 0x18 user data, DPL 3 */
+    .quad 0x00affa000000ffff      /* 0x20 user code, 64-bit, DPL 3 */
+    .quad {tss_desc_low}          /* 0x28 TSS */
+    .quad {tss_desc_high}
+skiff_gdt_end:
+
+    .balign 16
+skiff_idt:
+    .macro skiff_gate n
+        .short ({trap_stubs} + 16 * \n) & 0xffff
+        .short {kernel_cs}
+        .byte 0
+        .byte 0x8e
+        .short (({trap_stubs} + 16 * \n) >> 16) & 0xffff
+        .long 0
+        .long 0
+    .endm
+    skiff_gate 0
+    skiff_gate 1
+    skiff_gate 2
+    skiff_gate 3
+    skiff_gate 4
+    skiff_gate 5
+    skiff_gate 6
+    skiff_gate 7
+    skiff_gate 8
+    skiff_gate 9
+    skiff_gate 10
+    skiff_gate 11
+    skiff_gate 12
+    skiff_gate 13
+    skiff_gate 14
+    skiff_gate 15
+    skiff_gate 16
+    skiff_gate 17
+    skiff_gate 18
+    skiff_gate 19
+    skiff_gate 20
+    skiff_gate 21
+    skiff_gate 22
+    skiff_gate 23
+    skiff_gate 24
+    skiff_gate 25
+    skiff_gate 26
+    skiff_gate 27
+    skiff_gate 28
+    skiff_gate 29
+    skiff_gate 30
+    skiff_gate 31
+skiff_idt_end:
+
+    .balign 8
+    .short 0, 0, 0
+    .globl skiff_gdt_ptr
+skiff_gdt_ptr:
+    .short skiff_gdt_end - skiff_gdt - 1
+    .quad skiff_gdt
+    .short 0, 0, 0
+skiff_idt_ptr:
+    .short skiff_idt_end - skiff_idt - 1
+    .quad skiff_idt
+
+    /* Ring-0 stack for exceptions taken in ring 3. */
+    .section .skiff.sup.bss, "aw", @nobits
+    .balign 4096
+    .globl skiff_sup_stack_top
+skiff_sup_stack_bottom:
+    .skip 4096
+skiff_sup_stack_top:
+
+    /* ---- ring 3 ---- */
+    .section .text.skiff_user_entry, "ax"
+    .globl skiff_user_entry
+skiff_user_entry:
+    xor ebp, ebp
+    call skiff_rt_user_main
+    ud2
+"#,
+    fault_port = const FAULT_PORT,
+    kernel_ds = const KERNEL_DS,
+    kernel_cs = const KERNEL_CS,
+    user_ds = const USER_DS,
+    user_cs = const USER_CS,
+    tss_sel = const TSS_SEL,
+    tss_base_size = const TSS_BASE_SIZE,
+    iopb_open_first = const IOPB_OPEN_FIRST,
+    iopb_open_bytes = const IOPB_OPEN_BYTES,
+    tss_desc_low = const TSS_DESC.0,
+    tss_desc_high = const TSS_DESC.1,
+    trap_stubs = const TRAP_STUBS,
+);

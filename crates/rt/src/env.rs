@@ -1,0 +1,99 @@
+//! What the runtime lends the service: its command line and a spawner.
+
+use crate::executor::{JoinHandle, Spawner};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::future::Future;
+
+/// The service's environment, passed to its `main`.
+pub struct Env {
+    args: Vec<String>,
+    spawner: Spawner,
+}
+
+impl Env {
+    /// Builds an environment (the boot path does this).
+    pub fn new(args: Vec<String>, spawner: Spawner) -> Env {
+        Env { args, spawner }
+    }
+
+    /// The arguments given to the tender after `--` (no program name).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// A spawner for the guest's executor.
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+
+    /// Starts a task; shorthand for `env.spawner().spawn(future)`.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.spawner.spawn(future)
+    }
+}
+
+/// Why the boot info's command line could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgsError {
+    /// Fewer NUL-terminated strings than the announced count.
+    Truncated {
+        /// Strings announced.
+        expected: u32,
+        /// Strings found.
+        found: u32,
+    },
+    /// An argument is not UTF-8.
+    NotUtf8 {
+        /// Index of the argument.
+        index: u32,
+    },
+}
+
+impl core::fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ArgsError::Truncated { expected, found } => {
+                write!(f, "command line holds {found} arguments, {expected} announced")
+            }
+            ArgsError::NotUtf8 { index } => write!(f, "argument {index} is not UTF-8"),
+        }
+    }
+}
+
+/// Decodes `argc` NUL-terminated UTF-8 strings from `bytes`.
+pub fn parse_args(bytes: &[u8], argc: u32) -> Result<Vec<String>, ArgsError> {
+    let mut args = Vec::with_capacity(argc as usize);
+    let mut rest = bytes;
+    for index in 0..argc {
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            return Err(ArgsError::Truncated { expected: argc, found: index });
+        };
+        let s = core::str::from_utf8(&rest[..end]).map_err(|_| ArgsError::NotUtf8 { index })?;
+        args.push(String::from(s));
+        rest = &rest[end + 1..];
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nul_separated_arguments() {
+        let args = parse_args(b"a b\0\0c\0", 3).unwrap();
+        assert_eq!(args, ["a b", "", "c"]);
+        assert_eq!(parse_args(b"", 0).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn rejects_truncated_and_non_utf8() {
+        assert_eq!(parse_args(b"a\0b", 2), Err(ArgsError::Truncated { expected: 2, found: 1 }));
+        assert_eq!(parse_args(b"\xff\0", 1), Err(ArgsError::NotUtf8 { index: 0 }));
+    }
+}

@@ -1,0 +1,55 @@
+//! The Skiff guest runtime.
+//!
+//! A Skiff image is a service crate linked with this runtime into one static
+//! ELF file. The runtime is split by privilege, because on the KVM these
+//! machines run (PVM) guest ring-0 code is emulated instruction by
+//! instruction and cannot execute SSE:
+//!
+//! - [`arch::supervisor`]: the ring-0 part, a few dozen hand-written
+//!   instructions: GDT, TSS with the I/O bitmap that opens the hypercall
+//!   ports, IDT, trap stubs that report CPU exceptions, the drop to ring 3.
+//! - everything else runs in ring 3: [`start`] (boot in ring 3), [`heap`],
+//!   [`time`] (TSC clock), [`console`] and [`logger`] (the `log` facade over
+//!   the shared console ring), the panic handler, the [`executor`] and the
+//!   [`hvt`] platform that makes hypercalls.
+//!
+//! The tender builds the page tables on the host before the first
+//! instruction, so the guest never walks page tables in ring 0.
+//!
+//! # Statics
+//!
+//! The runtime keeps exactly three statics, each forced by Rust or by a
+//! facade it serves: the global allocator, the `log` logger, and the TSC
+//! calibration written once at boot. Devices, the executor and its timers
+//! are values owned by the runtime and lent to the service.
+//!
+//! Host builds (without `--cfg skiff_guest`) contain only the portable
+//! parts, for unit tests: there, time is a manual clock the test advances.
+#![cfg_attr(skiff_guest, no_std)]
+
+extern crate alloc;
+
+#[cfg(skiff_guest)]
+pub mod arch;
+#[cfg(skiff_guest)]
+pub mod heap;
+#[cfg(skiff_guest)]
+pub mod hvt;
+#[cfg(skiff_guest)]
+mod mem;
+#[cfg(skiff_guest)]
+mod panic;
+#[cfg(skiff_guest)]
+pub mod start;
+
+pub mod abort;
+pub mod console;
+pub mod env;
+pub mod executor;
+pub mod logger;
+pub mod main_result;
+pub mod time;
+
+pub use env::Env;
+pub use executor::{JoinHandle, Spawner};
+pub use main_result::{ExitStatus, MainFuture, MainResult, boxed_main};

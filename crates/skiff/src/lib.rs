@@ -1,0 +1,80 @@
+//! Skiff: write a network service as an ordinary Rust crate and run it as a
+//! unikernel, a single small image that boots straight on a hypervisor.
+//!
+//! This facade is the only crate a service depends on. A service is a
+//! `#![no_std]`, `#![no_main]` binary crate with one `async fn main` marked
+//! [`main`]:
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use skiff::prelude::*;
+//!
+//! #[skiff::main]
+//! async fn main(env: skiff::Env) {
+//!     info!("hello from {:?}", env.args());
+//!     skiff::time::sleep(Duration::from_millis(10)).await;
+//! }
+//! ```
+//!
+//! `skiff build` compiles it into an image and `skiff run` boots it under
+//! the tender. The runtime ([`skiff_rt`]) provides the heap (`alloc` works),
+//! clocks ([`time`]), logging through the [`log`] facade, a cooperative
+//! executor ([`task`]) and the panic handler.
+#![cfg_attr(skiff_guest, no_std)]
+
+pub extern crate alloc;
+
+pub use log;
+pub use skiff_macros::main;
+pub use skiff_rt::{Env, ExitStatus, MainResult};
+
+/// Time: the monotonic clock, the wall clock, sleeping and timeouts.
+pub mod time {
+    pub use core::time::Duration;
+    pub use skiff_rt::executor::{Elapsed, Sleep, Timeout, sleep, sleep_until, timeout};
+    pub use skiff_rt::time::Instant;
+
+    /// The wall clock, in nanoseconds since the UNIX epoch (UTC): the
+    /// tender's clock at boot, advanced by the TSC.
+    pub fn wall_clock_nanos() -> u64 {
+        skiff_rt::time::wall_clock_nanos()
+    }
+}
+
+/// Tasks: spawning and yielding.
+pub mod task {
+    pub use skiff_rt::executor::{JoinHandle, Spawner, YieldNow, yield_now};
+}
+
+/// Ends the guest at once with `status` (`0..=99`); the tender exits with
+/// it. Everything logged so far reaches the console.
+///
+/// # Panics
+/// If `status` is above 99 (higher statuses belong to the runtime).
+#[cfg(skiff_guest)]
+pub fn exit(status: u8) -> ! {
+    let Some(status) = ExitStatus::new(status) else {
+        panic!("exit status {status} is reserved; services use 0..=99");
+    };
+    skiff_rt::hvt::exit(status.code())
+}
+
+/// What most services want in scope.
+pub mod prelude {
+    pub use crate::time::{Duration, Instant};
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
+    pub use alloc::format;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec;
+    pub use alloc::vec::Vec;
+    pub use log::{debug, error, info, trace, warn};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use skiff_abi::DeviceKind;
+    pub use skiff_abi::manifest::ManifestNote;
+    pub use skiff_rt::{MainFuture, boxed_main};
+}

@@ -1,0 +1,200 @@
+//! Guest memory: one anonymous mapping, and the only place that turns guest
+//! addresses into host memory accesses.
+//!
+//! Every access names a guest-physical address and a length and is checked
+//! against the mapping before any byte moves; a bad one is a
+//! [`MemoryError`], which the callers turn into "the guest misbehaved"
+//! (for hypercall arguments) or "the image is broken" (for loading). No
+//! reference into guest memory ever leaves this module: reads copy out,
+//! writes copy in. The vCPU is stopped whenever the tender touches guest
+//! memory, so there are no concurrent accesses.
+
+use std::ptr::NonNull;
+
+/// A guest-physical address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestAddr(pub u64);
+
+impl std::fmt::Display for GuestAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A guest access outside guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryError {
+    /// The range `[addr, addr + len)` is not inside guest memory.
+    #[error("{len} bytes at guest address {addr} are outside guest memory ({size:#x} bytes)")]
+    OutOfRange {
+        /// Start of the access.
+        addr: GuestAddr,
+        /// Length of the access.
+        len: u64,
+        /// Size of guest memory.
+        size: u64,
+    },
+    /// The host could not reserve the memory.
+    #[error("cannot reserve {size} bytes of guest memory: {errno}")]
+    Map {
+        /// Bytes requested.
+        size: u64,
+        /// `errno` of the failed `mmap`.
+        errno: i32,
+    },
+}
+
+/// Plain-old-data types that may be copied to and from guest memory.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain no padding, no pointers or
+/// references, and be valid for every bit pattern.
+pub unsafe trait Pod: Copy + Default {}
+
+// SAFETY: all four are #[repr(C)] structs of u32/u64 fields laid out without
+// padding (their sizes are asserted by skiff-abi's tests), valid for any
+// bit pattern.
+unsafe impl Pod for skiff_abi::WalltimeArgs {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::PollArgs {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::ExitArgs {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::AbortArgs {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::FaultFrame {}
+// SAFETY: integers are valid for every bit pattern and have no padding.
+unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for u64 {}
+
+/// The guest's RAM, mapped into the tender at one address.
+pub struct GuestMemory {
+    base: NonNull<u8>,
+    size: u64,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through it;
+// moving it to another thread moves the only handle.
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    /// Reserves `size` bytes of zeroed, private memory. Pages are only
+    /// backed by the host when first touched.
+    pub fn new(size: u64) -> Result<GuestMemory, MemoryError> {
+        let len = usize::try_from(size).map_err(|_| MemoryError::Map { size, errno: libc::EOVERFLOW })?;
+        // SAFETY: an anonymous private mapping at an address of the
+        // kernel's choosing aliases nothing; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::Map { size, errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) });
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::Map { size, errno: libc::EINVAL })?;
+        Ok(GuestMemory { base, size })
+    }
+
+    /// Bytes of guest memory.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The host address of guest address 0, for registering with KVM.
+    pub fn host_base(&self) -> u64 {
+        self.base.as_ptr() as u64
+    }
+
+    /// Checks `[addr, addr + len)` and returns its offset.
+    pub fn check(&self, addr: GuestAddr, len: u64) -> Result<usize, MemoryError> {
+        match addr.0.checked_add(len) {
+            Some(end) if end <= self.size => Ok(addr.0 as usize),
+            _ => Err(MemoryError::OutOfRange { addr, len, size: self.size }),
+        }
+    }
+
+    /// Copies `out.len()` bytes from guest memory.
+    pub fn read(&self, addr: GuestAddr, out: &mut [u8]) -> Result<(), MemoryError> {
+        let offset = self.check(addr, out.len() as u64)?;
+        // SAFETY: `check` proved the range is inside the mapping; `out` is a
+        // distinct host buffer; the vCPU is stopped, so nothing writes the
+        // range meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from guest memory into a new vector.
+    pub fn read_vec(&self, addr: GuestAddr, len: u64) -> Result<Vec<u8>, MemoryError> {
+        self.check(addr, len)?;
+        let mut v = vec![0; len as usize];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+
+    /// Copies `data` into guest memory.
+    pub fn write(&self, addr: GuestAddr, data: &[u8]) -> Result<(), MemoryError> {
+        let offset = self.check(addr, data.len() as u64)?;
+        // SAFETY: `check` proved the range is inside the mapping, which this
+        // value owns; `data` is a distinct host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(offset), data.len()) };
+        Ok(())
+    }
+
+    /// Reads a plain-old-data value.
+    pub fn read_obj<T: Pod>(&self, addr: GuestAddr) -> Result<T, MemoryError> {
+        let offset = self.check(addr, std::mem::size_of::<T>() as u64)?;
+        // SAFETY: the range is inside the mapping (checked); `T: Pod` is
+        // valid for any bytes; `read_unaligned` has no alignment demand.
+        Ok(unsafe { self.base.as_ptr().add(offset).cast::<T>().read_unaligned() })
+    }
+
+    /// Writes a plain-old-data value.
+    pub fn write_obj<T: Pod>(&self, addr: GuestAddr, value: &T) -> Result<(), MemoryError> {
+        let offset = self.check(addr, std::mem::size_of::<T>() as u64)?;
+        // SAFETY: the range is inside the mapping (checked) and owned by
+        // this value; `write_unaligned` has no alignment demand.
+        unsafe { self.base.as_ptr().add(offset).cast::<T>().write_unaligned(*value) };
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`size` describe the mapping made in `new`, which
+        // no reference outlives (none ever leaves this module).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_memory_is_zero_and_round_trips() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        assert_eq!(m.read_obj::<u64>(GuestAddr(0x1000)).unwrap(), 0);
+        m.write_obj(GuestAddr(0x1003), &0x1122_3344_5566_7788u64).unwrap();
+        assert_eq!(m.read_obj::<u64>(GuestAddr(0x1003)).unwrap(), 0x1122_3344_5566_7788);
+        m.write(GuestAddr(10), b"skiff").unwrap();
+        assert_eq!(m.read_vec(GuestAddr(10), 5).unwrap(), b"skiff");
+    }
+
+    #[test]
+    fn accesses_past_the_end_or_wrapping_are_refused() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        assert!(m.read_obj::<u64>(GuestAddr((1 << 20) - 8)).is_ok());
+        assert!(matches!(m.read_obj::<u64>(GuestAddr((1 << 20) - 7)), Err(MemoryError::OutOfRange { .. })));
+        assert!(m.read_vec(GuestAddr(u64::MAX - 2), 8).is_err());
+        assert!(m.write(GuestAddr(1 << 20), b"x").is_err());
+        assert!(m.write(GuestAddr(1 << 20), b"").is_ok(), "an empty access at the end is in range");
+        assert!(m.check(GuestAddr(0), u64::MAX).is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! KVM: the virtual machine, its one vCPU, and the register state that
+//! enters the guest directly in 64-bit long mode.
+//!
+//! With `guest_memory`, this is one of the two modules of the tender with
+//! `unsafe` code.
+
+use crate::guest_memory::GuestMemory;
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, kvm_xcrs,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::io;
+
+/// KVM could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// No `/dev/kvm`.
+    #[error(
+        "/dev/kvm does not exist: this machine offers no KVM. Run Skiff on a Linux host with \
+         hardware virtualisation (or nested KVM) enabled and the kvm module loaded"
+    )]
+    NoDevice,
+    /// `/dev/kvm` exists but may not be opened.
+    #[error(
+        "permission denied opening /dev/kvm: add your user to the group owning it \
+         (usually `sudo usermod -aG kvm $USER`, then log in again) or run as root"
+    )]
+    Permission,
+    /// Another error opening `/dev/kvm`.
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(io::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// Which operation.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    move |e| KvmError::Ioctl { what, source: io::Error::from_raw_os_error(e.errno()) }
+}
+
+/// Why the vCPU stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `out` to `port`; `value` is the data if it was 4 bytes wide.
+    IoOut {
+        /// The port.
+        port: u16,
+        /// The 32-bit value, or `None` for another width.
+        value: Option<u32>,
+    },
+    /// `in` from a port.
+    IoIn(u16),
+    /// An access to a guest-physical address with no memory behind it.
+    Mmio {
+        /// The address.
+        addr: u64,
+        /// Whether it was a write.
+        write: bool,
+    },
+    /// `hlt`.
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// KVM could not run the guest (e.g. instruction emulation failed).
+    InternalError {
+        /// KVM's sub-error code.
+        suberror: u32,
+    },
+    /// The hardware refused to enter the guest.
+    FailEntry(u64),
+    /// A signal interrupted the run.
+    Interrupted,
+    /// Anything else.
+    Other(String),
+}
+
+/// Features of the virtual CPU that the tender turned on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuFeatures {
+    /// Supervisor-mode execution prevention.
+    pub smep: bool,
+    /// Supervisor-mode access prevention.
+    pub smap: bool,
+    /// XCR0 value, if XSAVE-managed state (AVX) was enabled.
+    pub xcr0: Option<u64>,
+}
+
+/// A VM with one vCPU.
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    cpuid: CpuId,
+}
+
+const CR0_PE: u64 = 1;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+const MSR_IA32_TSC: u32 = 0x10;
+
+impl Vm {
+    /// Opens KVM, creates the VM with `mem` as its RAM at guest address 0,
+    /// and creates the vCPU.
+    pub fn new(mem: &GuestMemory) -> Result<Vm, KvmError> {
+        let kvm = Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoDevice,
+            libc::EACCES | libc::EPERM => KvmError::Permission,
+            errno => KvmError::Open(io::Error::from_raw_os_error(errno)),
+        })?;
+        let vm = kvm.create_vm().map_err(ioctl("VM creation"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.size(),
+            userspace_addr: mem.host_base(),
+        };
+        // SAFETY: the region is the whole mapping owned by `mem`, which the
+        // caller keeps alive for as long as the VM runs (the run loop holds
+        // both); KVM only accesses it while the vCPU runs.
+        unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("memory registration"))?;
+        let vcpu = vm.create_vcpu(0).map_err(ioctl("vCPU creation"))?;
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("CPUID query"))?;
+        Ok(Vm { _kvm: kvm, _vm: vm, vcpu, cpuid })
+    }
+
+    fn cpuid_bit(&self, leaf: u32, subleaf: u32, reg: char, bit: u32) -> bool {
+        self.cpuid.as_slice().iter().any(|e| {
+            e.function == leaf
+                && e.index == subleaf
+                && (match reg {
+                    'b' => e.ebx,
+                    'c' => e.ecx,
+                    _ => e.edx,
+                }) & (1 << bit)
+                    != 0
+        })
+    }
+
+    /// Sets up the vCPU to start at `entry` in 64-bit ring 0 with paging on
+    /// (`cr3` = page-table root), SSE enabled and `rdi` = `boot_info`.
+    pub fn setup_long_mode(&mut self, entry: u64, boot_info: u64, cr3: u64) -> Result<CpuFeatures, KvmError> {
+        self.vcpu.set_cpuid2(&self.cpuid).map_err(ioctl("CPUID setup"))?;
+        let mut features =
+            CpuFeatures { smep: self.cpuid_bit(7, 0, 'b', 7), smap: self.cpuid_bit(7, 0, 'b', 20), xcr0: None };
+        let mut sregs = self.vcpu.get_sregs().map_err(ioctl("reading special registers"))?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x08,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment { selector: 0x10, type_: 0x3, db: 1, l: 0, ..code };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+        sregs.cr3 = cr3;
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+        if features.smep {
+            sregs.cr4 |= CR4_SMEP;
+        }
+        if features.smap {
+            sregs.cr4 |= CR4_SMAP;
+        }
+        let xsave = self.cpuid_bit(1, 0, 'c', 26);
+        if xsave {
+            sregs.cr4 |= CR4_OSXSAVE;
+        }
+        sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+        self.vcpu.set_sregs(&sregs).map_err(ioctl("setting special registers"))?;
+        if xsave {
+            // x87 and SSE state always; AVX when the CPU has it. Ring-3 code
+            // checks XCR0 (xgetbv) before using AVX.
+            let xcr0 = if self.cpuid_bit(1, 0, 'c', 28) { 0b111 } else { 0b11 };
+            let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = xcr0;
+            if self.vcpu.set_xcrs(&xcrs).is_ok() {
+                features.xcr0 = Some(xcr0);
+            }
+        }
+        let regs = kvm_bindings::kvm_regs { rip: entry, rdi: boot_info, rflags: 0x2, ..Default::default() };
+        self.vcpu.set_regs(&regs).map_err(ioctl("setting registers"))?;
+        Ok(features)
+    }
+
+    /// The guest's TSC frequency in Hz.
+    pub fn tsc_hz(&self) -> Result<u64, KvmError> {
+        let khz = self.vcpu.get_tsc_khz().map_err(ioctl("TSC frequency query"))?;
+        Ok(u64::from(khz) * 1000)
+    }
+
+    /// The guest's current TSC value, if KVM lets us read it.
+    pub fn guest_tsc(&self) -> Option<u64> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }]).ok()?;
+        match self.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => Some(msrs.as_slice()[0].data),
+            _ => None,
+        }
+    }
+
+    /// Runs the vCPU until it exits.
+    pub fn run(&mut self) -> Result<Exit, KvmError> {
+        let exit = match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                Exit::IoOut { port, value: <[u8; 4]>::try_from(data).ok().map(u32::from_le_bytes) }
+            }
+            Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn(port),
+            Ok(VcpuExit::MmioRead(addr, _)) => Exit::Mmio { addr, write: false },
+            Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr, write: true },
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
+            Ok(VcpuExit::InternalError) => {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the
+                // `internal` member of the union is the one KVM filled in.
+                let suberror = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                Exit::InternalError { suberror }
+            }
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => return Err(ioctl("vCPU run")(e)),
+        };
+        Ok(exit)
+    }
+}
+
+/// The signal that interrupts a running vCPU.
+const KICK_SIGNAL: i32 = libc::SIGUSR2;
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Lets [`ThreadKicker::kick`] interrupt `KVM_RUN`: installs a handler
+/// that does nothing, without `SA_RESTART`, so the ioctl returns `EINTR`.
+pub fn install_kick_handler() -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
+    // the handler is an `extern "C"` function that touches nothing, so it
+    // is async-signal-safe.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_kick as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(KICK_SIGNAL, &action, std::ptr::null_mut())
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A handle that interrupts one thread's `KVM_RUN`.
+#[derive(Clone, Copy)]
+pub struct ThreadKicker(libc::pthread_t);
+
+// SAFETY: a pthread_t is an identifier; `pthread_kill` may be called with
+// it from any thread while the target thread lives, which the owner of the
+// kicker guarantees (the watchdog is joined before the vCPU thread ends).
+unsafe impl Send for ThreadKicker {}
+
+impl ThreadKicker {
+    /// A kicker for the calling thread.
+    pub fn current() -> ThreadKicker {
+        // SAFETY: pthread_self has no preconditions.
+        ThreadKicker(unsafe { libc::pthread_self() })
+    }
+
+    /// Interrupts the thread (a no-op if it is not in `KVM_RUN`).
+    pub fn kick(&self) {
+        // SAFETY: the target thread is alive (see the Send impl) and the
+        // signal has a handler installed by `install_kick_handler`.
+        unsafe { libc::pthread_kill(self.0, KICK_SIGNAL) };
+    }
+}

@@ -1,0 +1,610 @@
+//! `skiff-tender`: the KVM monitor that runs Skiff images.
+//!
+//! The tender creates a VM with one vCPU, loads the image's segments,
+//! builds the guest's page tables and boot info on the host, enters the
+//! image in 64-bit mode, and then serves the hypercalls of
+//! [`skiff_abi`] until the guest ends. It has no device emulation and no
+//! access to the host's file system on the guest's behalf; its attack
+//! surface is the hypercall list.
+//!
+//! Every guest-supplied address and length is checked twice: against guest
+//! memory ([`guest_memory`]) and against the guest's own page tables, so a
+//! service cannot make the tender write where the service itself may not
+//! (its page tables, the supervisor). A bad hypercall ends the guest with
+//! [`exit::BAD_HYPERCALL`] and a message; the tender itself carries on and
+//! exits cleanly.
+//!
+//! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
+//! memory and builds page tables, [`kvm`] and [`guest_memory`] hold all
+//! the unsafe code, [`console`] drains the guest's console ring,
+//! [`fault`] explains CPU exceptions, [`stats`] counts exits and times the
+//! boot.
+
+pub mod console;
+pub mod elf;
+pub mod fault;
+pub mod guest_memory;
+pub mod kvm;
+pub mod options;
+pub mod paging;
+pub mod stats;
+
+use elf::{ElfError, Image};
+use guest_memory::{GuestAddr, GuestMemory, MemoryError};
+use kvm::{Exit, KvmError, ThreadKicker, Vm};
+use paging::{PageTables, PagingError, Region};
+use skiff_abi::{
+    ABI_VERSION, ABORT_MESSAGE_MAX, ARGS_MAX, AbortArgs, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, ExitArgs,
+    FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall, MAX_DEVICES, PollArgs, SHARED_TSC_MAIN,
+    SHARED_TSC_RING3_ENTRY, WalltimeArgs, exit, layout,
+};
+use stats::Stats;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Guest memory when `--mem` is not given.
+pub const DEFAULT_MEM: u64 = 64 << 20;
+
+/// How to run a guest.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The image file.
+    pub image: PathBuf,
+    /// Guest memory in bytes.
+    pub mem: u64,
+    /// End the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Console log level for the guest (0 off .. 5 trace).
+    pub log_level: u32,
+    /// The guest's command line.
+    pub args: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for `image`: 64 MiB, no timeout, level info, no arguments.
+    pub fn new(image: impl Into<PathBuf>) -> Config {
+        Config { image: image.into(), mem: DEFAULT_MEM, timeout: None, log_level: 3, args: Vec::new() }
+    }
+}
+
+/// The tender could not start the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum TenderError {
+    /// The image file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadImage {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image is not a valid Skiff image.
+    #[error("{path}: {source}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ElfError,
+    },
+    /// `--mem` is out of range.
+    #[error("guest memory of {0} bytes is out of range: give between 2 MiB and 3 GiB, in whole pages")]
+    MemorySize(u64),
+    /// The command line does not fit.
+    #[error("the guest's command line is {0} bytes; the limit is {ARGS_MAX}")]
+    ArgsTooLong(usize),
+    /// An argument cannot be passed.
+    #[error("argument {0} contains a NUL byte")]
+    ArgHasNul(usize),
+    /// The image declares devices this tender cannot attach.
+    #[error("{0}")]
+    Devices(String),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The memory map or page tables could not be built.
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    /// KVM could not be used.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// The timeout watchdog could not be set up.
+    #[error("cannot set up the timeout: {0}")]
+    Watchdog(std::io::Error),
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The service exited with a status.
+    Exited(u8),
+    /// The runtime aborted (panic, out of memory, deadlock).
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+        /// The runtime's message.
+        message: String,
+    },
+    /// The guest took a CPU exception.
+    Fault {
+        /// The raw frame.
+        frame: FaultFrame,
+        /// The explanation.
+        report: String,
+    },
+    /// The guest broke the hypercall contract.
+    BadHypercall(String),
+    /// `--timeout` expired.
+    Timeout(Duration),
+    /// The VM itself failed.
+    VmFailure(String),
+}
+
+impl Outcome {
+    /// The process exit status for this outcome.
+    pub fn status(&self) -> u8 {
+        match self {
+            Outcome::Exited(s) => *s,
+            Outcome::Aborted { reason, .. } => reason.status(),
+            Outcome::Fault { .. } => exit::CPU_EXCEPTION,
+            Outcome::BadHypercall(_) => exit::BAD_HYPERCALL,
+            Outcome::Timeout(_) => exit::TIMEOUT,
+            Outcome::VmFailure(_) => exit::VM_FAILURE,
+        }
+    }
+
+    /// What to tell the user, if anything (a plain exit says nothing).
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::Exited(_) => None,
+            Outcome::Aborted { reason, message } => Some(format!("guest aborted ({}): {message}", reason.describe())),
+            Outcome::Fault { report, .. } => Some(report.clone()),
+            Outcome::BadHypercall(m) => Some(format!("guest ended for a bad hypercall: {m}")),
+            Outcome::Timeout(t) => Some(format!("guest ended: --timeout of {:.3} s expired", t.as_secs_f64())),
+            Outcome::VmFailure(m) => Some(format!("virtual machine failure: {m}")),
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the guest ended.
+    pub outcome: Outcome,
+    /// Counters and timings.
+    pub stats: Stats,
+}
+
+/// Reads and validates an image file.
+pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
+    let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > elf::MAX_FILE_SIZE {
+        return Err(TenderError::Image { path: path.to_owned(), source: ElfError::TooLarge { size } });
+    }
+    let data = std::fs::read(path).map_err(read_err)?;
+    Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
+}
+
+fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
+    let mut out = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        if a.as_bytes().contains(&0) {
+            return Err(TenderError::ArgHasNul(i));
+        }
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    if out.len() > ARGS_MAX {
+        return Err(TenderError::ArgsTooLong(out.len()));
+    }
+    Ok(out)
+}
+
+/// Boots `config.image` and serves it until it ends. Console output goes
+/// to `console`.
+pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
+    let mut stats = Stats::new();
+    let image = load_image(&config.image, true)?;
+    if let Some(d) = image.devices.first() {
+        return Err(TenderError::Devices(format!(
+            "the image declares a {} device named {:?}, and this tender attaches no devices",
+            d.kind.name(),
+            d.name
+        )));
+    }
+    let mem_size = config.mem;
+    if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || mem_size % layout::PAGE_SIZE != 0 {
+        return Err(TenderError::MemorySize(mem_size));
+    }
+    let args = encode_args(&config.args)?;
+    let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size)?;
+    let tables = PageTables::build(&regions)?;
+
+    let mem = GuestMemory::new(mem_size)?;
+    let mut vm = Vm::new(&mem)?;
+    stats.timeline.vm_created = Some(Instant::now());
+
+    for s in &image.segments {
+        mem.write(GuestAddr(s.vaddr), image.segment_bytes(s))?;
+    }
+    for (i, table) in tables.tables().iter().enumerate() {
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        mem.write(GuestAddr(paging::TABLES + i as u64 * paging::PAGE), &bytes)?;
+    }
+    mem.write(GuestAddr(paging::ARGS), &args)?;
+    stats.timeline.loaded = Some(Instant::now());
+
+    vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root())?;
+    let tsc_hz = vm.tsc_hz()?;
+    let tsc_now = vm.guest_tsc();
+    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let boot = BootInfo {
+        magic: BOOT_INFO_MAGIC,
+        abi_version: ABI_VERSION,
+        log_level: config.log_level,
+        mem_size,
+        heap_start,
+        heap_end,
+        tsc_hz,
+        wall_nanos: wall.as_nanos() as u64,
+        tsc_at_wall: tsc_now.unwrap_or(0),
+        shared: paging::SHARED,
+        args: paging::ARGS,
+        argc: config.args.len() as u32,
+        args_len: args.len() as u32,
+        page_table_root: tables.root(),
+        device_count: 0,
+        reserved: 0,
+        devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
+    };
+    write_boot_info(&mem, &boot)?;
+    stats.guest.hz = tsc_hz;
+    stats.guest.at_first_run = tsc_now;
+    stats.timeline.vcpu_ready = Some(Instant::now());
+
+    let watchdog = match config.timeout {
+        Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
+        None => None,
+    };
+    let mut guest = Guest {
+        mem: &mem,
+        image: &image,
+        regions: &regions,
+        console,
+        stats: &mut stats,
+        deadline: config.timeout.map(|t| (Instant::now() + t, t)),
+    };
+    let outcome = guest.serve(&mut vm, watchdog.as_ref());
+    drop(watchdog);
+    stats.timeline.ended = Some(Instant::now());
+    stats.guest.at_end = vm.guest_tsc();
+    stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
+    stats.guest.main = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_MAIN as u64)).unwrap_or(0);
+    Ok(RunReport { outcome, stats })
+}
+
+fn write_boot_info(mem: &GuestMemory, b: &BootInfo) -> Result<(), MemoryError> {
+    // Field by field: BootInfo is not plain-old-data as a whole (it has
+    // arrays of structs), and the layout is pinned by skiff-abi's tests.
+    let base = paging::BOOT_INFO;
+    let put = |off: u64, v: u64| mem.write_obj(GuestAddr(base + off), &v);
+    let put32 = |off: u64, v: u32| mem.write_obj(GuestAddr(base + off), &v);
+    put(0, b.magic)?;
+    put32(8, b.abi_version)?;
+    put32(12, b.log_level)?;
+    put(16, b.mem_size)?;
+    put(24, b.heap_start)?;
+    put(32, b.heap_end)?;
+    put(40, b.tsc_hz)?;
+    put(48, b.wall_nanos)?;
+    put(56, b.tsc_at_wall)?;
+    put(64, b.shared)?;
+    put(72, b.args)?;
+    put32(80, b.argc)?;
+    put32(84, b.args_len)?;
+    put(88, b.page_table_root)?;
+    put32(96, b.device_count)?;
+    put32(100, b.reserved)?;
+    Ok(())
+}
+
+/// Ends the guest after a timeout by kicking the vCPU thread out of
+/// `KVM_RUN` until it notices.
+struct Watchdog {
+    state: Arc<(Mutex<bool>, Condvar)>,
+    fired: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(timeout: Duration) -> std::io::Result<Watchdog> {
+        kvm::install_kick_handler()?;
+        let kicker = ThreadKicker::current();
+        let state = Arc::new((Mutex::new(false), Condvar::new()));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (s, f) = (state.clone(), fired.clone());
+        let thread = std::thread::Builder::new().name("skiff-watchdog".into()).spawn(move || {
+            let (lock, cv) = &*s;
+            let mut done = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + timeout;
+            while !*done {
+                let now = Instant::now();
+                if now >= deadline {
+                    f.store(true, Ordering::SeqCst);
+                    kicker.kick();
+                    done = cv.wait_timeout(done, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+                } else {
+                    done = cv.wait_timeout(done, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        })?;
+        Ok(Watchdog { state, fired, thread: Some(thread) })
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.state;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    End(Outcome),
+}
+
+/// The guest while it runs: what the hypercall handlers need.
+struct Guest<'a> {
+    mem: &'a GuestMemory,
+    image: &'a Image,
+    regions: &'a [Region],
+    console: &'a mut dyn Write,
+    stats: &'a mut Stats,
+    deadline: Option<(Instant, Duration)>,
+}
+
+/// A hypercall argument the guest may not use.
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("{len} bytes at {addr:#x} are not {} memory of the service", if *.write { "writable" } else { "readable" })]
+    NotUser { addr: u64, len: u64, write: bool },
+}
+
+impl Guest<'_> {
+    fn serve(&mut self, vm: &mut Vm, watchdog: Option<&Watchdog>) -> Outcome {
+        loop {
+            if watchdog.is_some_and(Watchdog::fired) {
+                let _ = self.drain_console();
+                return Outcome::Timeout(self.deadline.map(|d| d.1).unwrap_or_default());
+            }
+            let exit = match vm.run() {
+                Ok(e) => e,
+                Err(e) => return Outcome::VmFailure(e.to_string()),
+            };
+            if let Err(outcome) = self.drain_console() {
+                return outcome;
+            }
+            let flow = match exit {
+                Exit::IoOut { port, value } => self.io_out(port, value),
+                Exit::Interrupted => {
+                    self.stats.exit("interrupted");
+                    Flow::Continue
+                }
+                other => {
+                    self.stats.exit("vm-failure");
+                    Flow::End(self.unexpected(other))
+                }
+            };
+            if let Flow::End(outcome) = flow {
+                return outcome;
+            }
+        }
+    }
+
+    fn drain_console(&mut self) -> Result<(), Outcome> {
+        match console::drain(self.mem, paging::SHARED, self.console) {
+            Ok(n) => {
+                self.stats.console_bytes += n as u64;
+                Ok(())
+            }
+            Err(e) => Err(Outcome::BadHypercall(e.to_string())),
+        }
+    }
+
+    fn unexpected(&self, exit: Exit) -> Outcome {
+        let what = match exit {
+            Exit::IoIn(port) => {
+                return Outcome::BadHypercall(format!("the guest read from I/O port {port:#x}"));
+            }
+            Exit::Mmio { addr, write } => format!(
+                "the guest {} guest-physical address {addr:#x}, which has no memory behind it",
+                if write { "wrote to" } else { "read from" }
+            ),
+            Exit::Hlt => "the guest halted the CPU".into(),
+            Exit::Shutdown => "the guest triple-faulted (a fault while handling a fault)".into(),
+            Exit::InternalError { suberror } => format!(
+                "KVM could not run the guest (internal error, suberror {suberror}{})",
+                if suberror == 1 { ": instruction emulation failed" } else { "" }
+            ),
+            Exit::FailEntry(reason) => {
+                format!("KVM could not enter the guest (hardware reason {reason:#x})")
+            }
+            Exit::Other(s) => format!("unexpected VM exit: {s}"),
+            Exit::IoOut { .. } | Exit::Interrupted => unreachable!("handled by serve"),
+        };
+        Outcome::VmFailure(what)
+    }
+
+    /// Checks that `[addr, addr + len)` is guest memory the service itself
+    /// may access (writably if `write`), so the tender can never be used to
+    /// reach the page tables or the supervisor.
+    fn check_user(&self, addr: u64, len: u64, write: bool) -> Result<(), ArgError> {
+        self.mem.check(GuestAddr(addr), len)?;
+        let not_user = ArgError::NotUser { addr, len, write };
+        let end = addr.checked_add(len).ok_or(ArgError::NotUser { addr, len, write })?;
+        let mut at = addr;
+        while at < end {
+            let r = self.regions.iter().find(|r| r.start <= at && at < r.end).ok_or(ArgError::NotUser {
+                addr,
+                len,
+                write,
+            })?;
+            if !r.perm.user || (write && !r.perm.write) {
+                return Err(not_user);
+            }
+            at = r.end;
+        }
+        Ok(())
+    }
+
+    fn read_arg<T: guest_memory::Pod>(&self, addr: u32, write: bool) -> Result<T, ArgError> {
+        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, write)?;
+        Ok(self.mem.read_obj(GuestAddr(u64::from(addr)))?)
+    }
+
+    fn write_arg<T: guest_memory::Pod>(&self, addr: u32, value: &T) -> Result<(), ArgError> {
+        Ok(self.mem.write_obj(GuestAddr(u64::from(addr)), value)?)
+    }
+
+    fn io_out(&mut self, port: u16, value: Option<u32>) -> Flow {
+        if port == FAULT_PORT {
+            self.stats.exit("fault");
+            let Some(addr) = value else {
+                return Flow::End(Outcome::BadHypercall("fault report with a non-32-bit out".into()));
+            };
+            // The frame is on the supervisor's stack: only range-checked,
+            // since ring 3 cannot reach this port.
+            return match self.mem.read_obj::<FaultFrame>(GuestAddr(u64::from(addr))) {
+                Ok(frame) => {
+                    let report = fault::describe(&frame, self.image, self.mem.size());
+                    Flow::End(Outcome::Fault { frame, report })
+                }
+                Err(e) => Flow::End(Outcome::BadHypercall(format!("fault report: {e}"))),
+            };
+        }
+        let call = port.checked_sub(HYPERCALL_PORT_BASE).and_then(Hypercall::from_number);
+        let Some(call) = call else {
+            self.stats.exit("bad-port");
+            return Flow::End(Outcome::BadHypercall(format!(
+                "the guest wrote to I/O port {port:#x}, which is no hypercall"
+            )));
+        };
+        self.stats.exit(call.name());
+        let Some(arg) = value else {
+            return Flow::End(Outcome::BadHypercall(format!(
+                "{}: a hypercall is a 32-bit `out`; this one was another width",
+                call.name()
+            )));
+        };
+        match self.hypercall(call, arg) {
+            Ok(flow) => flow,
+            Err(e) => Flow::End(Outcome::BadHypercall(format!("{}: argument at {arg:#x}: {e}", call.name()))),
+        }
+    }
+
+    fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
+        Ok(match call {
+            Hypercall::Walltime => {
+                let mut a: WalltimeArgs = self.read_arg(arg, true)?;
+                let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                a.nanos = wall.as_nanos() as u64;
+                self.write_arg(arg, &a)?;
+                Flow::Continue
+            }
+            // The console was drained when this exit began.
+            Hypercall::ConsoleFlush => Flow::Continue,
+            Hypercall::Poll => {
+                let mut a: PollArgs = self.read_arg(arg, true)?;
+                if a.timeout_nanos == u64::MAX {
+                    return Ok(Flow::End(Outcome::BadHypercall(
+                        "poll: the guest waits for a device forever, but it has no devices".into(),
+                    )));
+                }
+                let sleep = Duration::from_nanos(a.timeout_nanos);
+                if let Some((deadline, limit)) = self.deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left < sleep {
+                        std::thread::sleep(left);
+                        return Ok(Flow::End(Outcome::Timeout(limit)));
+                    }
+                }
+                if !sleep.is_zero() {
+                    std::thread::sleep(sleep);
+                }
+                a.ready = 0;
+                self.write_arg(arg, &a)?;
+                Flow::Continue
+            }
+            Hypercall::Exit => {
+                let a: ExitArgs = self.read_arg(arg, false)?;
+                if a.status > u32::from(exit::SERVICE_MAX) || a.reserved != 0 {
+                    return Ok(Flow::End(Outcome::BadHypercall(format!(
+                        "exit: status {} is not a service status (0..={})",
+                        a.status,
+                        exit::SERVICE_MAX
+                    ))));
+                }
+                Flow::End(Outcome::Exited(a.status as u8))
+            }
+            Hypercall::Abort => {
+                let a: AbortArgs = self.read_arg(arg, false)?;
+                let Some(reason) = AbortReason::from_raw(a.reason) else {
+                    return Ok(Flow::End(Outcome::BadHypercall(format!("abort: unknown reason {}", a.reason))));
+                };
+                if a.message_len > ABORT_MESSAGE_MAX {
+                    return Ok(Flow::End(Outcome::BadHypercall(format!(
+                        "abort: message of {} bytes is longer than {ABORT_MESSAGE_MAX}",
+                        a.message_len
+                    ))));
+                }
+                self.check_user(a.message, u64::from(a.message_len), false)?;
+                let bytes = self.mem.read_vec(GuestAddr(a.message), u64::from(a.message_len))?;
+                Flow::End(Outcome::Aborted { reason, message: String::from_utf8_lossy(&bytes).into_owned() })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_nul_separated_and_bounded() {
+        assert_eq!(encode_args(&["a".into(), "b c".into()]).unwrap(), b"a\0b c\0");
+        assert!(matches!(encode_args(&["x\0y".into()]), Err(TenderError::ArgHasNul(0))));
+        assert!(matches!(encode_args(&["x".repeat(ARGS_MAX)]), Err(TenderError::ArgsTooLong(_))));
+    }
+
+    #[test]
+    fn outcomes_map_to_distinct_statuses() {
+        let statuses = [
+            Outcome::Exited(3).status(),
+            Outcome::Aborted { reason: AbortReason::Panic, message: String::new() }.status(),
+            Outcome::Aborted { reason: AbortReason::OutOfMemory, message: String::new() }.status(),
+            Outcome::Fault { frame: FaultFrame::default(), report: String::new() }.status(),
+            Outcome::BadHypercall(String::new()).status(),
+            Outcome::Timeout(Duration::ZERO).status(),
+            Outcome::VmFailure(String::new()).status(),
+        ];
+        let mut sorted = statuses.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), statuses.len());
+        assert_eq!(Outcome::Exited(0).message(), None);
+    }
+}

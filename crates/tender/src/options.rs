@@ -1,0 +1,109 @@
+//! Parsing the tender's option values: memory sizes, durations, log levels.
+
+/// An option value could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// Not a size.
+    #[error("{0:?} is not a memory size (examples: 64M, 512M, 1G; a plain number means MiB)")]
+    Size(String),
+    /// Not a duration.
+    #[error("{0:?} is not a duration (examples: 500ms, 10s, 2m; a plain number means seconds)")]
+    Duration(String),
+    /// Not a level.
+    #[error("{0:?} is not a log level (off, error, warn, info, debug, trace)")]
+    Level(String),
+}
+
+/// Parses `64M`, `1G`, `65536K`, `2097152B` or `64` (MiB) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, OptionError> {
+    let err = || OptionError::Size(s.to_string());
+    let t = s.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], t[i..].to_ascii_uppercase()),
+        None => (t, String::from("M")),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let shift = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" if unit == "B" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(err()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(err)
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1.5s` or `10` (seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, OptionError> {
+    let err = || OptionError::Duration(s.to_string());
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| err())?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(err());
+    }
+    std::time::Duration::try_from_secs_f64(v * scale).map_err(|_| err())
+}
+
+/// Parses a log level name into the boot info's number.
+pub fn parse_level(s: &str) -> Result<u32, OptionError> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "off" => 0,
+        "error" => 1,
+        "warn" | "warning" => 2,
+        "info" => 3,
+        "debug" => 4,
+        "trace" => 5,
+        _ => return Err(OptionError::Level(s.to_string())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12T").is_err());
+        assert!(parse_size("99999999999999999G").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("inf").is_err());
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("INFO"), Ok(3));
+        assert_eq!(parse_level("off"), Ok(0));
+        assert!(parse_level("loud").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! `--stats`: VM exits by kind and where boot time went.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// Host-side time points of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeline {
+    /// `run` was called.
+    pub start: Instant,
+    /// KVM opened, VM and vCPU created.
+    pub vm_created: Option<Instant>,
+    /// Image, boot info and page tables written to guest memory.
+    pub loaded: Option<Instant>,
+    /// vCPU registers set.
+    pub vcpu_ready: Option<Instant>,
+    /// The guest ended.
+    pub ended: Option<Instant>,
+}
+
+/// Guest TSC readings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestClock {
+    /// Frequency.
+    pub hz: u64,
+    /// Just before the first `KVM_RUN` (read by the tender).
+    pub at_first_run: Option<u64>,
+    /// First ring-3 instruction (written by the guest).
+    pub ring3_entry: u64,
+    /// The service's `main` started (written by the guest).
+    pub main: u64,
+    /// The guest ended (read by the tender).
+    pub at_end: Option<u64>,
+}
+
+/// Counters of one run.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Exits by kind.
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Console bytes relayed.
+    pub console_bytes: u64,
+    /// Time points.
+    pub timeline: Timeline,
+    /// Guest clock readings.
+    pub guest: GuestClock,
+}
+
+impl Stats {
+    /// Starts counting now.
+    pub fn new() -> Stats {
+        Stats {
+            exits: BTreeMap::new(),
+            console_bytes: 0,
+            timeline: Timeline { start: Instant::now(), vm_created: None, loaded: None, vcpu_ready: None, ended: None },
+            guest: GuestClock::default(),
+        }
+    }
+
+    /// Counts one exit of `kind`.
+    pub fn exit(&mut self, kind: &'static str) {
+        *self.exits.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Total exits.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.values().sum()
+    }
+
+    fn guest_span(&self, from: Option<u64>, to: Option<u64>) -> Option<Duration> {
+        let (from, to) = (from?, to?);
+        if self.guest.hz == 0 || from == 0 || to < from {
+            return None;
+        }
+        Some(Duration::from_nanos(((to - from) as u128 * 1_000_000_000 / self.guest.hz as u128) as u64))
+    }
+
+    /// The human-readable report.
+    pub fn report(&self) -> String {
+        fn ms(d: Option<Duration>) -> String {
+            d.map(|d| format!("{:9.3} ms", d.as_secs_f64() * 1e3)).unwrap_or_else(|| "        n/a".into())
+        }
+        let t = &self.timeline;
+        let span = |a: Option<Instant>, b: Option<Instant>| Some(b?.duration_since(a?));
+        let g = &self.guest;
+        let nz = |v: u64| (v != 0).then_some(v);
+        let mut s = String::from("skiff-tender stats\n");
+        let _ = writeln!(s, "  boot  open KVM, create VM and vCPU   {}", ms(span(Some(t.start), t.vm_created)));
+        let _ = writeln!(s, "        load image, page tables       {}", ms(span(t.vm_created, t.loaded)));
+        let _ = writeln!(s, "        set up vCPU                   {}", ms(span(t.loaded, t.vcpu_ready)));
+        let _ = writeln!(
+            s,
+            "        first instruction -> ring 3   {}",
+            ms(self.guest_span(g.at_first_run, nz(g.ring3_entry)))
+        );
+        let _ =
+            writeln!(s, "        ring 3 -> main                {}", ms(self.guest_span(nz(g.ring3_entry), nz(g.main))));
+        let _ = writeln!(s, "        main -> guest end             {}", ms(self.guest_span(nz(g.main), g.at_end)));
+        let _ = writeln!(s, "        tender start -> guest end     {}", ms(span(Some(t.start), t.ended)));
+        let run = span(t.vcpu_ready, t.ended).unwrap_or_default();
+        let total = self.total_exits();
+        let _ = write!(s, "  exits {total} in {:.3} ms", run.as_secs_f64() * 1e3);
+        if run.as_secs_f64() > 0.0 {
+            let _ = write!(s, " ({:.0}/s)", total as f64 / run.as_secs_f64());
+        }
+        let kinds: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if !kinds.is_empty() {
+            let _ = write!(s, ": {}", kinds.join(", "));
+        }
+        let _ = write!(s, "\n  console {} bytes", self.console_bytes);
+        s
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_exits_and_guest_spans() {
+        let mut s = Stats::new();
+        s.exit("poll");
+        s.exit("exit");
+        s.exit("poll");
+        s.guest = GuestClock {
+            hz: 1_000_000_000,
+            at_first_run: Some(1_000),
+            ring3_entry: 2_000,
+            main: 3_000,
+            at_end: Some(10_003_000),
+        };
+        let r = s.report();
+        assert!(r.contains("exits 3"), "{r}");
+        assert!(r.contains("exit 1, poll 2"), "{r}");
+        assert!(r.contains("ring 3 -> main                    0.001 ms"), "{r}");
+        assert!(r.contains("main -> guest end                10.000 ms"), "{r}");
+    }
+}
