@@ -573,7 +573,7 @@ pub(crate) mod tests {
             let phnum = self.segments.len() + 1;
             let mut out = vec![0u8; 64 + 56 * phnum];
             let place = |out: &mut Vec<u8>, bytes: &[u8]| {
-                while out.len() % 16 != 0 {
+                while !out.len().is_multiple_of(16) {
                     out.push(0);
                 }
                 let at = out.len() as u64;

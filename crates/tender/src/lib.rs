@@ -216,7 +216,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         )));
     }
     let mem_size = config.mem;
-    if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || mem_size % layout::PAGE_SIZE != 0 {
+    if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
     }
     let args = encode_args(&config.args)?;

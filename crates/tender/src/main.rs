@@ -6,8 +6,8 @@
 //! 125 the guest could not be started, 2 bad command line).
 
 use clap::Parser;
+use skiff_tender::Config;
 use skiff_tender::options::{parse_duration, parse_level, parse_size};
-use skiff_tender::{Config, DEFAULT_MEM};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,7 +38,6 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = Config { image: cli.image, mem: cli.mem, timeout: cli.timeout, log_level: cli.log, args: cli.args };
-    debug_assert!(DEFAULT_MEM == 64 << 20);
     let mut stdout = std::io::stdout().lock();
     match skiff_tender::run(&config, &mut stdout) {
         Ok(report) => {

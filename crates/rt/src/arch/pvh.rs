@@ -94,6 +94,7 @@ skiff_pvh_long:
     hlt
     jmp 6b
 
+    .section .skiff.sup.data, "aw"
 skiff_pvh_message:
     .ascii "skiff: this image was started through its PVH entry; the runtime in this build\n"
     .ascii "skiff: only runs under skiff-tender (the virtio platform is not part of it).\n"

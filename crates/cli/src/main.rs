@@ -1,0 +1,215 @@
+//! `skiff`: create, build, run and inspect Skiff services.
+//!
+//! - `skiff new NAME` makes a service crate that builds and runs as it is.
+//! - `skiff build [DIR]` compiles a service crate into a checked image.
+//! - `skiff run [DIR|IMAGE] [-- ARGS]` builds when needed and boots the
+//!   image with the tender (in this process), passing ARGS to the service.
+//! - `skiff inspect IMAGE` shows an image's size, segments, entry points,
+//!   manifest and check results.
+
+mod new;
+
+use clap::{Args, Parser, Subcommand};
+use skiff_build::{BuildOptions, Profile};
+use skiff_tender::options::{parse_duration, parse_level, parse_size};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "Build and run Rust services as Skiff unikernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a new service crate.
+    New(new::NewArgs),
+    /// Build a service crate into an image.
+    Build(BuildArgs),
+    /// Build (when needed) and boot a service under the tender.
+    Run(RunArgs),
+    /// Show what is inside an image.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct BuildArgs {
+    /// The service crate's directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Build without optimisations (faster to compile, bigger and slower).
+    #[arg(long)]
+    debug: bool,
+    /// The binary to build, if the crate has several.
+    #[arg(long)]
+    bin: Option<String>,
+    /// Cargo's target directory for the guest build.
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+    /// Print only errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A service crate directory (built first) or an image file.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Build without optimisations.
+    #[arg(long)]
+    debug: bool,
+    /// The binary to build, if the crate has several.
+    #[arg(long)]
+    bin: Option<String>,
+    /// Cargo's target directory for the guest build.
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+    /// Print only errors while building.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Guest memory, e.g. 64M or 1G (a plain number means MiB).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    mem: u64,
+    /// End the guest after this long, e.g. 500ms, 10s (exit status 111).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print VM exits and a boot-time breakdown at the end.
+    #[arg(long)]
+    stats: bool,
+    /// The guest's console log level: off, error, warn, info, debug, trace.
+    #[arg(long, value_parser = parse_level, default_value = "info")]
+    log: u32,
+    /// Arguments for the service.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Failures of the `skiff` command itself.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Build(#[from] skiff_build::BuildError),
+    #[error(transparent)]
+    Tender(#[from] skiff_tender::TenderError),
+    #[error(transparent)]
+    Check(#[from] skiff_build::CheckError),
+    #[error(transparent)]
+    New(#[from] new::NewError),
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+}
+
+fn build_options(
+    dir: &Path,
+    debug: bool,
+    bin: Option<String>,
+    target_dir: Option<PathBuf>,
+    quiet: bool,
+) -> BuildOptions {
+    BuildOptions {
+        crate_dir: dir.to_path_buf(),
+        target_dir,
+        profile: if debug { Profile::Debug } else { Profile::Release },
+        bin,
+        quiet,
+    }
+}
+
+fn build(a: BuildArgs) -> Result<u8, CliError> {
+    let built = skiff_build::build(&build_options(&a.dir, a.debug, a.bin, a.target_dir, a.quiet))?;
+    println!("{}", skiff_build::summary(&built));
+    Ok(0)
+}
+
+fn run(a: RunArgs) -> Result<u8, CliError> {
+    if !a.path.exists() {
+        return Err(CliError::Missing(a.path));
+    }
+    let image = if a.path.is_dir() {
+        let built = skiff_build::build(&build_options(&a.path, a.debug, a.bin, a.target_dir, a.quiet))?;
+        if !a.quiet {
+            eprintln!("{}", skiff_build::summary(&built));
+        }
+        built.image
+    } else {
+        a.path
+    };
+    let config = skiff_tender::Config { image, mem: a.mem, timeout: a.timeout, log_level: a.log, args: a.args };
+    let mut stdout = std::io::stdout().lock();
+    let report = skiff_tender::run(&config, &mut stdout)?;
+    if let Some(message) = report.outcome.message() {
+        eprintln!("skiff: {message}");
+    }
+    if a.stats {
+        eprintln!("{}", report.stats.report());
+    }
+    Ok(report.outcome.status())
+}
+
+fn inspect(path: &Path) -> Result<u8, CliError> {
+    let image = skiff_tender::load_image(path, false)?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!("image        {}", path.display());
+    println!("file size    {size} bytes ({:.1} KiB)", size as f64 / 1024.0);
+    let abi_note = if image.abi_version == skiff_abi::ABI_VERSION {
+        "matches this tender".to_string()
+    } else {
+        format!("this tender speaks {}: it will refuse the image", skiff_abi::ABI_VERSION)
+    };
+    println!("ABI version  {} ({abi_note})", image.abi_version);
+    println!("entry        {:#x} (hvt, 64-bit)", image.entry);
+    match image.pvh_entry {
+        Some(e) => println!("PVH entry    {e:#x} (32-bit, for QEMU/Firecracker)"),
+        None => println!("PVH entry    none"),
+    }
+    if image.devices.is_empty() {
+        println!("devices      none");
+    }
+    for d in &image.devices {
+        println!("device       {} {:?}", d.kind.name(), d.name);
+    }
+    println!("segments     address       memory      file   permissions");
+    for s in &image.segments {
+        println!("             {:#010x} {:>9} {:>9}   {}", s.vaddr, s.memsz, s.filesz, s.describe());
+    }
+    println!("image end    {:#x} (the heap starts here)", image.end());
+    if !image.symbols.is_empty() {
+        println!("symbols      {}", image.symbols.len());
+    }
+    match skiff_build::check::check_bytes(&image.data) {
+        Ok(r) => println!(
+            "checks       ok: {} instructions ({} in the supervisor), no system calls, no undefined symbols, no SIMD in ring 0",
+            r.instructions, r.supervisor_instructions
+        ),
+        Err(e) => {
+            println!("checks       FAILED");
+            eprintln!("skiff: {e}");
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::New(a) => new::create(&a).map(|()| 0).map_err(CliError::from),
+        Cmd::Build(a) => build(a),
+        Cmd::Run(a) => run(a),
+        Cmd::Inspect { image } => inspect(&image),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            ExitCode::from(skiff_abi::exit::TENDER_ERROR)
+        }
+    }
+}
