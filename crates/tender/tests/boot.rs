@@ -1,0 +1,363 @@
+//! Boot tests: real images under KVM, run by the real `skiff-tender`
+//! binary. The probe guest (tests/guests/probe) does one thing per
+//! scenario, most of them misbehaving on purpose.
+//!
+//! These tests need `/dev/kvm`; without it they fail with a message that
+//! says so.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!(
+            "the boot tests run real guests and need read-write access to /dev/kvm ({e}); \
+             run them on a Linux machine with KVM enabled, as root or in the kvm group"
+        );
+    }
+}
+
+fn build_guest(dir: &str) -> PathBuf {
+    let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
+    opts.target_dir = Some(workspace().join("target/guest"));
+    opts.quiet = true;
+    match skiff_build::build(&opts) {
+        Ok(built) => built.image,
+        Err(e) => panic!("building {dir} failed: {e}"),
+    }
+}
+
+fn probe() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_kvm();
+        build_guest("tests/guests/probe")
+    })
+}
+
+fn hello() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_kvm();
+        build_guest("examples/hello")
+    })
+}
+
+#[derive(Debug)]
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn tender(args: &[&str]) -> Run {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff-tender");
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn run_probe(scenario: &[&str]) -> Run {
+    let image = probe().to_str().expect("utf-8 path");
+    let mut args = vec!["--timeout", "30s", image, "--"];
+    args.extend_from_slice(scenario);
+    tender(&args)
+}
+
+#[track_caller]
+fn expect(run: &Run, status: i32, needles: &[&str]) {
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.status, status, "unexpected status; output:\n{all}");
+    for n in needles {
+        assert!(all.contains(n), "output lacks {n:?}:\n{all}");
+    }
+}
+
+#[test]
+fn hello_logs_sleeps_and_exits_zero() {
+    let image = hello().to_str().unwrap();
+    let run = tender(&["--timeout", "30s", image, "--", "first", "second arg"]);
+    expect(&run, 0, &["INFO  hello: Hello from Skiff!", "asked for 10 ms", r#"command line: ["first", "second arg"]"#]);
+    // The measured sleep is at least what was asked for.
+    let slept: f64 = run
+        .stdout
+        .split("slept ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("hello prints the measured sleep");
+    assert!((10.0..200.0).contains(&slept), "slept {slept} ms");
+}
+
+#[test]
+fn a_panic_prints_message_and_location_and_exits_101() {
+    let run = run_probe(&["panic"]);
+    expect(&run, 101, &["panicked at src/main.rs:", "probe panic 42", "guest aborted (panic)"]);
+}
+
+#[test]
+fn cpu_exceptions_are_reported_with_vector_address_and_status() {
+    let cases: &[(&str, &[&str])] = &[
+        ("divzero", &["divide error (#DE, vector 0)", "in ring 3"]),
+        ("read-null", &["page fault (#PF, vector 14)", "address 0x0: read of an unmapped page", "null pointer"]),
+        ("write-text", &["write to a page whose protection forbids it", "(r-x user)"]),
+        ("jump-data", &["instruction fetch from a page whose protection forbids it", "(rw- user)"]),
+        ("write-pagetable", &["address 0x10000: write", "page tables, reachable only from ring 0"]),
+        ("write-bootinfo", &["address 0x1000: write", "boot info, read-only"]),
+        ("stack-overflow", &["write to an unmapped page", "stack overflow", "probe::recurse"]),
+        ("privileged", &["general protection fault (#GP, vector 13)"]),
+        ("port", &["general protection fault (#GP, vector 13)"]),
+        ("ud2", &["invalid opcode (#UD, vector 6)"]),
+    ];
+    for (scenario, needles) in cases {
+        let run = run_probe(&[scenario]);
+        let mut all = vec!["guest CPU exception in ring 3", "rip 0x"];
+        all.extend_from_slice(needles);
+        expect(&run, 102, &all);
+    }
+}
+
+#[test]
+fn bad_hypercall_arguments_end_the_guest_not_the_tender() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "bad-pointer",
+            "walltime: argument at 0xfffff000: 8 bytes at guest address 0xfffff000 are outside guest memory",
+        ),
+        ("bad-length", "abort: message of 1048576 bytes is longer than 4096"),
+        ("bad-range", "bytes at guest address 0x3fffff8 are outside guest memory"),
+        (
+            "pagetable-hypercall",
+            "poll: argument at 0x10000: 16 bytes at 0x10000 are not writable memory of the service",
+        ),
+    ];
+    for (scenario, needle) in cases {
+        let run = run_probe(&[scenario]);
+        expect(&run, 110, &["guest ended for a bad hypercall", needle]);
+    }
+}
+
+#[test]
+fn float_and_simd_work_in_ring_3() {
+    let run = run_probe(&["sse"]);
+    // The same computation on the host, with the same libm.
+    let mut acc = 0.0f64;
+    for i in 1..=1000 {
+        let x = f64::from(i);
+        acc += libm::sqrt(x) * libm::sin(x / 7.0) + libm::fma(x, 0.5, 1.0) / 3.0;
+    }
+    let v: Vec<f32> = (0..64).map(|i| i as f32 * 1.25).collect();
+    let dot: f32 = v.iter().zip(v.iter().rev()).map(|(a, b)| a * b).sum();
+    let line = format!("sse acc={acc:.6} dot={dot:.3} pos=77777 count=99999 pi=3.1415926536");
+    expect(&run, 0, &[&line]);
+}
+
+#[test]
+fn running_out_of_memory_is_reported_clearly() {
+    let run = run_probe(&["oom"]);
+    expect(&run, 103, &["out of memory: an allocation of 1048576 bytes failed", "--mem"]);
+}
+
+#[test]
+fn service_exit_statuses_pass_through() {
+    expect(&run_probe(&["exit", "7"]), 7, &[]);
+    expect(&run_probe(&["fail"]), 1, &["main failed: the probe was asked to fail"]);
+    expect(&run_probe(&["hello", "x"]), 0, &[r#"args ["hello", "x"]"#]);
+}
+
+#[test]
+fn a_deadlocked_guest_is_ended_with_a_message() {
+    expect(&run_probe(&["deadlock"]), 104, &["deadlock: main is waiting"]);
+}
+
+#[test]
+fn timers_spawned_tasks_and_timeouts_behave() {
+    let run = run_probe(&["timers"]);
+    expect(&run, 0, &["order=[10, 20, 30] outputs=[30, 10, 20] timeout-expired=true timeout-passed=true"]);
+}
+
+#[test]
+fn the_timeout_option_ends_a_long_guest() {
+    let image = probe().to_str().unwrap();
+    let run = tender(&["--timeout", "300ms", image, "--", "sleep", "20000"]);
+    expect(&run, 111, &["--timeout of 0.300 s expired"]);
+    assert!(run.elapsed < Duration::from_secs(5), "took {:?}", run.elapsed);
+}
+
+#[test]
+fn a_sleeping_guest_burns_no_host_cpu() {
+    let image = probe().to_str().unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args([image, "--", "sleep", "1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tender");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for; wait4 fills the two
+    // out-parameters, which live on this stack frame.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid);
+    let wall = start.elapsed();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("slept 10"), "{out}");
+    let cpu = Duration::from_micros(
+        (usage.ru_utime.tv_sec * 1_000_000
+            + usage.ru_utime.tv_usec
+            + usage.ru_stime.tv_sec * 1_000_000
+            + usage.ru_stime.tv_usec) as u64,
+    );
+    eprintln!("sleep 1000 ms: wall {wall:?}, tender CPU {cpu:?}");
+    assert!(wall >= Duration::from_secs(1));
+    assert!(cpu < Duration::from_millis(100), "the tender used {cpu:?} of CPU while the guest slept");
+}
+
+#[test]
+fn a_burst_of_log_lines_costs_few_exits_and_loses_nothing() {
+    let image = probe().to_str().unwrap();
+    let run = tender(&["--stats", image, "--", "log-burst", "3000"]);
+    expect(&run, 0, &["burst line 00000", "burst line 02999"]);
+    let lines: Vec<&str> = run.stdout.lines().filter(|l| l.contains("burst line")).collect();
+    assert_eq!(lines.len(), 3000);
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.contains(&format!("burst line {i:05}")), "line {i} out of order: {l}");
+    }
+    let exits: u64 = run
+        .stderr
+        .split("exits ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("--stats prints the exit count");
+    // ~240 KB of text through a 16 KiB ring: about 15 flushes, plus exit.
+    assert!(exits < 40, "{exits} exits for 3000 lines:\n{}", run.stderr);
+}
+
+#[test]
+fn the_wall_clock_matches_the_host() {
+    let run = run_probe(&["wallclock"]);
+    let secs: u64 = run
+        .stdout
+        .split("wall clock: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("wall clock line");
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(secs.abs_diff(host) <= 5, "guest {secs}, host {host}");
+}
+
+#[test]
+fn the_heap_serves_many_allocations() {
+    let run = run_probe(&["heap"]);
+    let mut blocks: Vec<Vec<u64>> = (0..200).map(|i| vec![i as u64; 1000 + i * 37]).collect();
+    blocks.retain(|b| b[0] % 3 != 0);
+    let sum: u64 = blocks.iter().map(|b| b.iter().sum::<u64>()).sum();
+    expect(&run, 0, &[&format!("heap checksum {sum}")]);
+}
+
+#[test]
+fn stats_break_down_the_boot() {
+    let image = hello().to_str().unwrap();
+    let run = tender(&["--stats", image]);
+    expect(
+        &run,
+        0,
+        &["skiff-tender stats", "open KVM, create VM and vCPU", "ring 3 -> main", "exits 2", "exit 1", "poll 1"],
+    );
+}
+
+fn temp_file(name: &str, data: &[u8]) -> PathBuf {
+    let dir = workspace().join("target/test-images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+#[test]
+fn malformed_images_are_refused_with_a_clear_message() {
+    let good = std::fs::read(probe()).unwrap();
+    let mut wrong_abi = good.clone();
+    let at = good.windows(8).position(|w| w == b"Skiff\0\0\0").expect("manifest note") + 8;
+    wrong_abi[at..at + 4].copy_from_slice(&999u32.to_le_bytes());
+    let mut wx = good.clone();
+    // Program header 2 is the user text segment: make it writable too.
+    let ph = 64 + 56 * 2 + 4;
+    wx[ph] |= 2;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "not an ELF file"),
+        ("random", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(), "not an ELF file"),
+        ("truncated", good[..100].to_vec(), "runs past the end of the file"),
+        ("wrong-abi", wrong_abi, "built for Skiff ABI version 999"),
+        ("wx", wx, "writable and executable"),
+    ];
+    for (name, data, needle) in cases {
+        let path = temp_file(name, &data);
+        let run = tender(&[path.to_str().unwrap()]);
+        expect(&run, 125, &[needle]);
+    }
+    let run = tender(&["/nonexistent/image"]);
+    expect(&run, 125, &["cannot read /nonexistent/image"]);
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    let image = hello().to_str().unwrap();
+    expect(&tender(&["--mem", "lots", image]), 2, &["is not a memory size"]);
+    expect(&tender(&["--mem", "1M", image]), 125, &["out of range"]);
+    expect(&tender(&["--timeout", "soon", image]), 2, &["is not a duration"]);
+    expect(&tender(&["--log", "loud", image]), 2, &["is not a log level"]);
+}
+
+#[test]
+fn too_little_memory_for_the_image_is_an_error() {
+    let image = probe().to_str().unwrap();
+    expect(&tender(&["--mem", "2M", image]), 125, &["the image needs"]);
+}
+
+#[test]
+fn every_image_passes_the_checks_and_a_planted_syscall_fails_them() {
+    for image in [probe(), hello()] {
+        let report = skiff_build::check_image(image).expect("built images pass");
+        assert!(report.instructions > 1000);
+        assert!(report.supervisor_instructions > 20);
+    }
+    // Plant `syscall` at the start of the user text segment of a copy.
+    let mut data = std::fs::read(probe()).unwrap();
+    let ph = 64 + 56 * 2;
+    let offset = u64::from_le_bytes(data[ph + 8..ph + 16].try_into().unwrap()) as usize;
+    data[offset..offset + 2].copy_from_slice(&[0x0f, 0x05]);
+    let err = skiff_build::check::check_bytes(&data).unwrap_err().to_string();
+    assert!(err.contains("system call instruction `syscall`"), "{err}");
+    // Plant an SSE instruction at the supervisor's entry point.
+    let mut data = std::fs::read(probe()).unwrap();
+    let ph = 64;
+    let offset = u64::from_le_bytes(data[ph + 8..ph + 16].try_into().unwrap());
+    let vaddr = u64::from_le_bytes(data[ph + 16..ph + 24].try_into().unwrap());
+    let entry = u64::from_le_bytes(data[24..32].try_into().unwrap());
+    let at = (offset + entry - vaddr) as usize;
+    data[at..at + 3].copy_from_slice(&[0x0f, 0x28, 0xc1]);
+    let err = skiff_build::check::check_bytes(&data).unwrap_err().to_string();
+    assert!(err.contains("SSE/AVX/MMX instruction `movaps xmm0,xmm1`"), "{err}");
+}

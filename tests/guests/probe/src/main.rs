@@ -1,0 +1,200 @@
+//! The boot-test guest. One image; the first argument picks what it does.
+//! Most scenarios misbehave on purpose, to check that the supervisor and
+//! the tender report each misdeed and end the guest with the right status.
+//! The `unsafe` blocks here are deliberate faults, not runtime code.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::hint::black_box;
+use skiff::prelude::*;
+use skiff::time::{sleep, timeout};
+
+/// Where the tender puts the page tables (see skiff-tender's `paging`).
+const PAGE_TABLES: u64 = 0x1_0000;
+/// Where the tender puts the boot info.
+const BOOT_INFO: u64 = 0x1000;
+/// The hypercall ports (see skiff-abi).
+const PORT_WALLTIME: u16 = 0x500;
+const PORT_POLL: u16 = 0x502;
+const PORT_ABORT: u16 = 0x504;
+
+static mut DATA: [u8; 64] = [0xc3; 64]; // `ret` bytes, in a no-execute page
+
+#[skiff::main]
+async fn main(env: skiff::Env) -> Result<(), String> {
+    let args = env.args();
+    let scenario = args.first().map(String::as_str).unwrap_or("hello");
+    let arg = |i: usize| -> Result<u64, String> {
+        args.get(i).ok_or(format!("{scenario} needs argument {i}"))?.parse().map_err(|e| format!("{e}"))
+    };
+    match scenario {
+        "hello" => info!("probe says hello; args {args:?}"),
+        "exit" => skiff::exit(arg(1)? as u8),
+        "fail" => return Err("the probe was asked to fail".into()),
+        "panic" => panic!("probe panic {}", black_box(42)),
+        "divzero" => {
+            // SAFETY: deliberately divides by zero to raise #DE.
+            unsafe { asm!("xor edx, edx", "div {0}", in(reg) black_box(0u64), inout("rax") 1u64 => _, out("rdx") _) };
+        }
+        "read-null" => {
+            // SAFETY: deliberately reads page 0 to raise #PF.
+            unsafe { asm!("mov {0}, qword ptr [{1}]", out(reg) _, in(reg) black_box(0u64)) };
+        }
+        "write-text" => {
+            let f = main as fn(skiff::Env) -> _ as *const () as u64;
+            // SAFETY: deliberately writes to read-only code to raise #PF.
+            unsafe { asm!("mov byte ptr [{0}], 0", in(reg) black_box(f)) };
+        }
+        "jump-data" => {
+            let target = &raw const DATA as u64;
+            // SAFETY: deliberately calls into a no-execute data page.
+            unsafe { asm!("call {0}", in(reg) black_box(target), clobber_abi("C")) };
+        }
+        "write-pagetable" => {
+            // SAFETY: deliberately writes to the supervisor-only page tables.
+            unsafe { asm!("mov qword ptr [{0}], {1}", in(reg) black_box(PAGE_TABLES), in(reg) 0x83u64) };
+        }
+        "write-bootinfo" => {
+            // SAFETY: deliberately writes to the read-only boot info page.
+            unsafe { asm!("mov qword ptr [{0}], 0", in(reg) black_box(BOOT_INFO)) };
+        }
+        "stack-overflow" => {
+            info!("recursing: {}", recurse(black_box(1)));
+        }
+        "privileged" => {
+            // SAFETY: deliberately executes a ring-0 instruction in ring 3.
+            unsafe { asm!("cli") };
+        }
+        "port" => {
+            // SAFETY: deliberately uses an I/O port the TSS bitmap keeps closed.
+            unsafe { asm!("out dx, al", in("dx") 0x80u16, in("al") 0u8) };
+        }
+        "ud2" => {
+            // SAFETY: deliberately raises #UD.
+            unsafe { asm!("ud2") };
+        }
+        "bad-pointer" => {
+            // A hypercall whose argument lies beyond guest memory.
+            // SAFETY: the tender checks the address and ends the guest.
+            unsafe { asm!("out dx, eax", in("dx") PORT_WALLTIME, in("eax") 0xffff_f000u32) };
+        }
+        "bad-length" => {
+            // An abort whose message length is far over the limit.
+            let msg = b"x";
+            let args: [u64; 2] = [2 | ((1u64 << 20) << 32), msg.as_ptr() as u64];
+            // SAFETY: the tender checks the length and ends the guest.
+            unsafe { asm!("out dx, eax", in("dx") PORT_ABORT, in("eax") args.as_ptr() as u32) };
+        }
+        "bad-range" => {
+            // An abort whose message runs past the end of guest memory.
+            let args: [u64; 2] = [1 | (64u64 << 32), (64 << 20) - 8];
+            // SAFETY: the tender checks the range and ends the guest.
+            unsafe { asm!("out dx, eax", in("dx") PORT_ABORT, in("eax") args.as_ptr() as u32) };
+        }
+        "pagetable-hypercall" => {
+            // Asks the tender to write poll results over the page tables.
+            // SAFETY: the tender refuses: the guest may not write there.
+            unsafe { asm!("out dx, eax", in("dx") PORT_POLL, in("eax") PAGE_TABLES as u32) };
+        }
+        "sse" => sse(),
+        "oom" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "deadlock" => core::future::pending::<()>().await,
+        "sleep" => {
+            let ms = arg(1)?;
+            let start = Instant::now();
+            sleep(Duration::from_millis(ms)).await;
+            info!("slept {} us", start.elapsed().as_micros());
+        }
+        "timers" => timers(&env).await?,
+        "log-burst" => {
+            let n = arg(1)?;
+            for i in 0..n {
+                info!("burst line {i:05} padding padding padding padding");
+            }
+        }
+        "hypercalls" => {
+            // Cost of one exit: N walltime calls, timed with the TSC.
+            let n = arg(1)?;
+            let start = Instant::now();
+            let mut last = 0;
+            for _ in 0..n {
+                last = walltime_hypercall();
+            }
+            let per_call = start.elapsed().as_nanos() as u64 / n.max(1);
+            info!("hypercall cost: {per_call} ns per call over {n} calls (last wall clock {last})");
+        }
+        "wallclock" => {
+            let secs = skiff::time::wall_clock_nanos() / 1_000_000_000;
+            info!("wall clock: {secs} s since the epoch");
+        }
+        "heap" => {
+            // Allocate and free a lot; check contents survive.
+            let mut blocks: Vec<Vec<u64>> = (0..200).map(|i| vec![i as u64; 1000 + i * 37]).collect();
+            blocks.retain(|b| b[0] % 3 != 0);
+            let sum: u64 = blocks.iter().map(|b| b.iter().sum::<u64>()).sum();
+            info!("heap checksum {sum}");
+        }
+        other => return Err(format!("unknown scenario {other:?}")),
+    }
+    Ok(())
+}
+
+fn walltime_hypercall() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: `nanos` is a live WalltimeArgs (one u64) the tender fills in.
+    unsafe { asm!("out dx, eax", in("dx") PORT_WALLTIME, in("eax") &raw mut nanos as u32) };
+    nanos
+}
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let pad = black_box([depth; 64]);
+    if depth == u64::MAX { 0 } else { recurse(depth + 1) + pad[3] }
+}
+
+/// Floating point and SIMD in ring 3: f64 math through SSE2, libm,
+/// float formatting, and memchr's SSE2 search.
+fn sse() {
+    let mut acc = 0.0f64;
+    for i in 1..=1000 {
+        let x = f64::from(black_box(i));
+        acc += libm::sqrt(x) * libm::sin(x / 7.0) + libm::fma(x, 0.5, 1.0) / 3.0;
+    }
+    let v: Vec<f32> = (0..64).map(|i| i as f32 * 1.25).collect();
+    let dot: f32 = v.iter().zip(v.iter().rev()).map(|(a, b)| a * b).sum();
+    let mut haystack = vec![b'a'; 100_000];
+    haystack[77_777] = b'z';
+    let pos = memchr::memchr(b'z', black_box(&haystack)).unwrap_or(usize::MAX);
+    let count = memchr::memchr_iter(b'a', &haystack).count();
+    info!("sse acc={acc:.6} dot={dot:.3} pos={pos} count={count} pi={:.10}", core::f64::consts::PI);
+}
+
+async fn timers(env: &skiff::Env) -> Result<(), String> {
+    let order = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+    let mut handles = Vec::new();
+    for ms in [30u64, 10, 20] {
+        let order = order.clone();
+        handles.push(env.spawn(async move {
+            sleep(Duration::from_millis(ms)).await;
+            order.borrow_mut().push(ms);
+            ms
+        }));
+    }
+    let mut outs = Vec::new();
+    for h in handles {
+        outs.push(h.await);
+    }
+    let expired = timeout(Duration::from_millis(5), sleep(Duration::from_secs(10))).await.is_err();
+    let finished = timeout(Duration::from_secs(10), async { 7 }).await == Ok(7);
+    info!("timers order={:?} outputs={outs:?} timeout-expired={expired} timeout-passed={finished}", order.borrow());
+    Ok(())
+}
+
+extern crate alloc;
