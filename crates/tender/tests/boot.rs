@@ -204,6 +204,8 @@ fn the_timeout_option_ends_a_long_guest() {
 fn a_sleeping_guest_burns_no_host_cpu() {
     let image = probe().to_str().unwrap();
     let start = Instant::now();
+    // Reaped by wait4 below, which also returns the child's CPU usage.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
         .args([image, "--", "sleep", "1000"])
         .stdout(Stdio::piped())
