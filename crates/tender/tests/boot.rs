@@ -363,3 +363,61 @@ fn every_image_passes_the_checks_and_a_planted_syscall_fails_them() {
     let err = skiff_build::check::check_bytes(&data).unwrap_err().to_string();
     assert!(err.contains("SSE/AVX/MMX instruction `movaps xmm0,xmm1`"), "{err}");
 }
+
+/// Copies the tender binary where an unprivileged user can run it.
+fn world_readable_tender(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("skiff-tender-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("skiff-tender");
+    std::fs::copy(env!("CARGO_BIN_EXE_skiff-tender"), &bin).unwrap();
+    let image = dir.join("hello");
+    std::fs::copy(hello(), &image).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&dir, &bin, &image] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test changes mount namespaces and users; run the suite as root (CI does)");
+    }
+}
+
+#[test]
+fn a_missing_dev_kvm_is_reported_with_what_to_do() {
+    require_root();
+    let dir = world_readable_tender("nokvm");
+    // A private mount namespace whose /dev is an empty tmpfs.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /dev && exec \"$0\" \"$1\"")
+        .arg(dir.join("skiff-tender"))
+        .arg(dir.join("hello"))
+        .output()
+        .expect("run unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("/dev/kvm does not exist"), "{err}");
+    assert!(err.contains("kvm module"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_reported_with_what_to_do() {
+    require_root();
+    let dir = world_readable_tender("noperm");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dir.join("skiff-tender"))
+        .arg(dir.join("hello"))
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
+    assert!(err.contains("usermod -aG kvm"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,150 @@
+//! Tests of the `skiff` command: `new` makes a service that builds and
+//! runs, `run` boots examples, `inspect` describes images, and build
+//! failures come with a useful hint. Booting needs `/dev/kvm`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+fn guest_target_dir() -> String {
+    workspace().join("target/guest").to_string_lossy().into_owned()
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("these tests boot guests and need read-write access to /dev/kvm ({e})");
+    }
+}
+
+struct Out {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn skiff(args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).output().expect("run skiff");
+    Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = workspace().join("target/cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn a_new_service_builds_and_runs_as_it_is() {
+    require_kvm();
+    let dir = scratch("fresh-service");
+    let d = dir.to_str().unwrap();
+    let out = skiff(&["new", "fresh-service", "--path", d]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("created service `fresh-service`"));
+    assert!(dir.join("Cargo.toml").is_file() && dir.join("src/main.rs").is_file());
+
+    let run = skiff(&["run", d, "--target-dir", &guest_target_dir(), "-q", "--", "hello", "world"]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(r#"fresh-service is up; arguments: ["hello", "world"]"#), "{}", run.stdout);
+    assert!(run.stdout.contains("bye"), "{}", run.stdout);
+
+    let again = skiff(&["new", "fresh-service", "--path", d]);
+    assert_eq!(again.status, 125);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+}
+
+#[test]
+fn bad_service_names_are_refused() {
+    let out = skiff(&["new", "9lives", "--path", scratch("bad-name").to_str().unwrap()]);
+    assert_eq!(out.status, 125);
+    assert!(out.stderr.contains("not a valid service name"), "{}", out.stderr);
+}
+
+#[test]
+fn run_boots_hello_and_passes_arguments() {
+    require_kvm();
+    let hello = workspace().join("examples/hello");
+    let out = skiff(&["run", hello.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q", "--", "a", "b"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Hello from Skiff!"));
+    assert!(out.stdout.contains(r#"command line: ["a", "b"]"#));
+}
+
+#[test]
+fn build_reports_the_image_and_inspect_describes_it() {
+    let hello = workspace().join("examples/hello");
+    let out = skiff(&["build", hello.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("no system calls, no undefined symbols"), "{}", out.stdout);
+    let image = workspace().join("target/guest/x86_64-unknown-linux-gnu/release/hello");
+    let out = skiff(&["inspect", image.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for needle in [
+        "ABI version  1 (matches this tender)",
+        "entry        0x",
+        "PVH entry    0x",
+        "devices      none",
+        "r-x supervisor",
+        "rw- user stack",
+        "checks       ok",
+    ] {
+        assert!(out.stdout.contains(needle), "inspect lacks {needle:?}:\n{}", out.stdout);
+    }
+    let out = skiff(&["inspect", "/nonexistent"]);
+    assert_eq!(out.status, 125);
+    assert!(out.stderr.contains("cannot read /nonexistent"));
+}
+
+fn broken_service(name: &str, main_rs: &str) -> PathBuf {
+    let dir = scratch(name);
+    let out = skiff(&["new", name, "--path", dir.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    std::fs::write(dir.join("src/main.rs"), main_rs).unwrap();
+    dir
+}
+
+#[test]
+fn a_service_without_main_gets_a_hint() {
+    let dir = broken_service("no-main", "#![no_std]\n#![no_main]\nuse skiff as _;\n");
+    let out = skiff(&["build", dir.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);
+    assert_eq!(out.status, 125, "{}", out.stdout);
+    assert!(out.stderr.contains("the service has no `#[skiff::main]` function"), "{}", out.stderr);
+}
+
+#[test]
+fn a_service_that_needs_std_gets_a_hint() {
+    let dir = broken_service(
+        "uses-std",
+        "#![no_main]\nextern crate std;\n#[skiff::main]\nasync fn main() { std::println!(\"hi\"); }\n",
+    );
+    let out = skiff(&["build", dir.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);
+    assert_eq!(out.status, 125, "{}", out.stdout);
+    assert!(out.stderr.contains("a dependency needs `std`"), "{}", out.stderr);
+}
+
+#[test]
+fn a_service_that_calls_libc_fails_to_link_instead_of_pulling_in_glibc() {
+    // The `libc` crate asks rustc to link `-lc`; the guest's empty C library
+    // stand-ins turn the call into a link error, never glibc code.
+    let dir = broken_service(
+        "uses-libc",
+        "#![no_std]\n#![no_main]\n#[skiff::main]\nasync fn main() { \
+         skiff::log::info!(\"{}\", unsafe { libc::getpid() }); }\n",
+    );
+    let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let toml =
+        toml.replace("[dependencies]\n", "[dependencies]\nlibc = { version = \"0.2\", default-features = false }\n");
+    std::fs::write(dir.join("Cargo.toml"), toml).unwrap();
+    let out = skiff(&["build", dir.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);
+    assert_eq!(out.status, 125, "{}", out.stdout);
+    assert!(out.stderr.contains("undefined symbol: getpid"), "{}", out.stderr);
+    assert!(out.stderr.contains("needs a C library or OS function"), "{}", out.stderr);
+}
