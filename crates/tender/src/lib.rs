@@ -237,7 +237,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     mem.write(GuestAddr(paging::ARGS), &args)?;
     stats.timeline.loaded = Some(Instant::now());
 
-    vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root())?;
+    stats.cpu = Some(vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root())?);
+    stats.guest_mem = mem_size;
     let tsc_hz = vm.tsc_hz()?;
     let tsc_now = vm.guest_tsc();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -283,6 +284,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.at_end = vm.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
     stats.guest.main = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_MAIN as u64)).unwrap_or(0);
+    stats.guest_resident = mem.resident_bytes();
+    stats.tender_peak_rss = stats::peak_rss();
     Ok(RunReport { outcome, stats })
 }
 

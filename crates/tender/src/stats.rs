@@ -45,6 +45,22 @@ pub struct Stats {
     pub timeline: Timeline,
     /// Guest clock readings.
     pub guest: GuestClock,
+    /// CPU features the tender enabled.
+    pub cpu: Option<crate::kvm::CpuFeatures>,
+    /// Guest memory backed by the host at the end.
+    pub guest_resident: Option<u64>,
+    /// Guest memory size.
+    pub guest_mem: u64,
+    /// The tender's peak resident set (VmHWM) when the guest ended.
+    pub tender_peak_rss: Option<u64>,
+}
+
+/// This process's peak resident set in bytes (`VmHWM`), if `/proc` says.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Stats {
@@ -55,6 +71,10 @@ impl Stats {
             console_bytes: 0,
             timeline: Timeline { start: Instant::now(), vm_created: None, loaded: None, vcpu_ready: None, ended: None },
             guest: GuestClock::default(),
+            cpu: None,
+            guest_resident: None,
+            guest_mem: 0,
+            tender_peak_rss: None,
         }
     }
 
@@ -109,6 +129,25 @@ impl Stats {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
+        if let Some(r) = self.guest_resident {
+            let _ = write!(s, "\n  memory {} KiB of {} MiB guest memory touched", r / 1024, self.guest_mem >> 20);
+            if let Some(peak) = self.tender_peak_rss {
+                let _ = write!(
+                    s,
+                    "; tender peak RSS {} KiB, {} KiB beyond the guest's",
+                    peak / 1024,
+                    peak.saturating_sub(r) / 1024
+                );
+            }
+        }
+        if let Some(c) = self.cpu {
+            let on = |b: bool| if b { "on" } else { "off" };
+            let _ = write!(s, "\n  cpu   SMEP {}, SMAP {}, XCR0 ", on(c.smep), on(c.smap));
+            let _ = match c.xcr0 {
+                Some(x) => write!(s, "{x:#x}"),
+                None => write!(s, "not set (no XSAVE)"),
+            };
+        }
         s
     }
 }

@@ -52,7 +52,7 @@ const IOPB_SIZE: u64 = IOPB_OPEN_FIRST + IOPB_OPEN_BYTES + 1;
 const TSS_LIMIT: u64 = TSS_BASE_SIZE + IOPB_SIZE - 1;
 
 const _: () = {
-    assert!(HYPERCALL_PORT_BASE % 8 == 0);
+    assert!(HYPERCALL_PORT_BASE.is_multiple_of(8));
     // The fault port must stay closed to ring 3.
     assert!((FAULT_PORT as u64) < IOPB_OPEN_FIRST * 8);
 };
