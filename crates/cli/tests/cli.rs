@@ -148,3 +148,22 @@ fn a_service_that_calls_libc_fails_to_link_instead_of_pulling_in_glibc() {
     assert!(out.stderr.contains("undefined symbol: getpid"), "{}", out.stderr);
     assert!(out.stderr.contains("needs a C library or OS function"), "{}", out.stderr);
 }
+
+#[test]
+fn the_readme_service_example_builds_and_runs() {
+    require_kvm();
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let code = readme
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("README has a rust code block");
+    let dir = scratch("readme-example");
+    let out = skiff(&["new", "readme-example", "--path", dir.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    std::fs::write(dir.join("src/main.rs"), code).unwrap();
+    let run = skiff(&["run", dir.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q", "--", "Ada"]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("hello, Ada"), "{}", run.stdout);
+    assert!(run.stdout.contains("tick 2"), "{}", run.stdout);
+}
