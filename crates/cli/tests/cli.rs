@@ -153,11 +153,8 @@ fn a_service_that_calls_libc_fails_to_link_instead_of_pulling_in_glibc() {
 fn the_readme_service_example_builds_and_runs() {
     require_kvm();
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
-    let code = readme
-        .split("```rust\n")
-        .nth(1)
-        .and_then(|s| s.split("```").next())
-        .expect("README has a rust code block");
+    let code =
+        readme.split("```rust\n").nth(1).and_then(|s| s.split("```").next()).expect("README has a rust code block");
     let dir = scratch("readme-example");
     let out = skiff(&["new", "readme-example", "--path", dir.to_str().unwrap()]);
     assert_eq!(out.status, 0, "{}", out.stderr);

@@ -5,7 +5,7 @@ use skiff_abi::{CONSOLE_RING_SIZE, SHARED_CONSOLE_DATA, SHARED_CONSOLE_HEAD, SHA
 use std::io::Write;
 
 /// The ring is unusable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsoleError {
     /// The guest's head index is more than a ring ahead of the tail.
     #[error("console ring indices are inconsistent (head {head}, tail {tail}, ring size {CONSOLE_RING_SIZE})")]

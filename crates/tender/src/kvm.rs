@@ -5,9 +5,7 @@
 //! `unsafe` code.
 
 use crate::guest_memory::GuestMemory;
-use kvm_bindings::{
-    CpuId, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, kvm_xcrs,
-};
+use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::io;
 
@@ -148,10 +146,8 @@ fn guest_cpuid() -> Result<CpuId, KvmError> {
     }
     entries.push(leaf(0x8000_0000, 0, 0));
     entries.push(leaf(0x8000_0001, 0, 0));
-    CpuId::from_entries(&entries).map_err(|_| KvmError::Ioctl {
-        what: "CPUID table",
-        source: io::Error::from_raw_os_error(libc::E2BIG),
-    })
+    CpuId::from_entries(&entries)
+        .map_err(|_| KvmError::Ioctl { what: "CPUID table", source: io::Error::from_raw_os_error(libc::E2BIG) })
 }
 
 impl Vm {

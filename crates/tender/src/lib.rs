@@ -27,16 +27,17 @@ pub mod guest_memory;
 pub mod kvm;
 pub mod options;
 pub mod paging;
+pub mod serve;
 pub mod stats;
 
 use elf::{ElfError, Image};
 use guest_memory::{GuestAddr, GuestMemory, MemoryError};
-use kvm::{Exit, KvmError, ThreadKicker, Vm};
-use paging::{PageTables, PagingError, Region};
+use kvm::{KvmError, ThreadKicker, Vm};
+use paging::{PageTables, PagingError};
+pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
-    ABI_VERSION, ABORT_MESSAGE_MAX, ARGS_MAX, AbortArgs, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, ExitArgs,
-    FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall, MAX_DEVICES, PollArgs, SHARED_TSC_MAIN,
-    SHARED_TSC_RING3_ENTRY, WalltimeArgs, exit, layout,
+    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, FaultFrame, MAX_DEVICES,
+    SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
 };
 use stats::Stats;
 use std::io::Write;
@@ -116,7 +117,7 @@ pub enum TenderError {
 }
 
 /// How the guest ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The service exited with a status.
     Exited(u8),
@@ -135,11 +136,11 @@ pub enum Outcome {
         report: String,
     },
     /// The guest broke the hypercall contract.
-    BadHypercall(String),
+    BadHypercall(GuestError),
     /// `--timeout` expired.
     Timeout(Duration),
     /// The VM itself failed.
-    VmFailure(String),
+    VmFailure(VmFailure),
 }
 
 impl Outcome {
@@ -270,7 +271,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
         None => None,
     };
-    let mut guest = Guest {
+    let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
         regions: &regions,
@@ -363,225 +364,6 @@ impl Drop for Watchdog {
     }
 }
 
-enum Flow {
-    Continue,
-    End(Outcome),
-}
-
-/// The guest while it runs: what the hypercall handlers need.
-struct Guest<'a> {
-    mem: &'a GuestMemory,
-    image: &'a Image,
-    regions: &'a [Region],
-    console: &'a mut dyn Write,
-    stats: &'a mut Stats,
-    deadline: Option<(Instant, Duration)>,
-}
-
-/// A hypercall argument the guest may not use.
-#[derive(Debug, thiserror::Error)]
-enum ArgError {
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error("{len} bytes at {addr:#x} are not {} memory of the service", if *.write { "writable" } else { "readable" })]
-    NotUser { addr: u64, len: u64, write: bool },
-}
-
-impl Guest<'_> {
-    fn serve(&mut self, vm: &mut Vm, watchdog: Option<&Watchdog>) -> Outcome {
-        loop {
-            if watchdog.is_some_and(Watchdog::fired) {
-                let _ = self.drain_console();
-                return Outcome::Timeout(self.deadline.map(|d| d.1).unwrap_or_default());
-            }
-            let exit = match vm.run() {
-                Ok(e) => e,
-                Err(e) => return Outcome::VmFailure(e.to_string()),
-            };
-            if let Err(outcome) = self.drain_console() {
-                return outcome;
-            }
-            let flow = match exit {
-                Exit::IoOut { port, value } => self.io_out(port, value),
-                Exit::Interrupted => {
-                    self.stats.exit("interrupted");
-                    Flow::Continue
-                }
-                other => {
-                    self.stats.exit("vm-failure");
-                    Flow::End(self.unexpected(other))
-                }
-            };
-            if let Flow::End(outcome) = flow {
-                return outcome;
-            }
-        }
-    }
-
-    fn drain_console(&mut self) -> Result<(), Outcome> {
-        match console::drain(self.mem, paging::SHARED, self.console) {
-            Ok(n) => {
-                self.stats.console_bytes += n as u64;
-                Ok(())
-            }
-            Err(e) => Err(Outcome::BadHypercall(e.to_string())),
-        }
-    }
-
-    fn unexpected(&self, exit: Exit) -> Outcome {
-        let what = match exit {
-            Exit::IoIn(port) => {
-                return Outcome::BadHypercall(format!("the guest read from I/O port {port:#x}"));
-            }
-            Exit::Mmio { addr, write } => format!(
-                "the guest {} guest-physical address {addr:#x}, which has no memory behind it",
-                if write { "wrote to" } else { "read from" }
-            ),
-            Exit::Hlt => "the guest halted the CPU".into(),
-            Exit::Shutdown => "the guest triple-faulted (a fault while handling a fault)".into(),
-            Exit::InternalError { suberror } => format!(
-                "KVM could not run the guest (internal error, suberror {suberror}{})",
-                if suberror == 1 { ": instruction emulation failed" } else { "" }
-            ),
-            Exit::FailEntry(reason) => {
-                format!("KVM could not enter the guest (hardware reason {reason:#x})")
-            }
-            Exit::Other(s) => format!("unexpected VM exit: {s}"),
-            Exit::IoOut { .. } | Exit::Interrupted => unreachable!("handled by serve"),
-        };
-        Outcome::VmFailure(what)
-    }
-
-    /// Checks that `[addr, addr + len)` is guest memory the service itself
-    /// may access (writably if `write`), so the tender can never be used to
-    /// reach the page tables or the supervisor.
-    fn check_user(&self, addr: u64, len: u64, write: bool) -> Result<(), ArgError> {
-        self.mem.check(GuestAddr(addr), len)?;
-        let not_user = ArgError::NotUser { addr, len, write };
-        let end = addr.checked_add(len).ok_or(ArgError::NotUser { addr, len, write })?;
-        let mut at = addr;
-        while at < end {
-            let r = self.regions.iter().find(|r| r.start <= at && at < r.end).ok_or(ArgError::NotUser {
-                addr,
-                len,
-                write,
-            })?;
-            if !r.perm.user || (write && !r.perm.write) {
-                return Err(not_user);
-            }
-            at = r.end;
-        }
-        Ok(())
-    }
-
-    fn read_arg<T: guest_memory::Pod>(&self, addr: u32, write: bool) -> Result<T, ArgError> {
-        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, write)?;
-        Ok(self.mem.read_obj(GuestAddr(u64::from(addr)))?)
-    }
-
-    fn write_arg<T: guest_memory::Pod>(&self, addr: u32, value: &T) -> Result<(), ArgError> {
-        Ok(self.mem.write_obj(GuestAddr(u64::from(addr)), value)?)
-    }
-
-    fn io_out(&mut self, port: u16, value: Option<u32>) -> Flow {
-        if port == FAULT_PORT {
-            self.stats.exit("fault");
-            let Some(addr) = value else {
-                return Flow::End(Outcome::BadHypercall("fault report with a non-32-bit out".into()));
-            };
-            // The frame is on the supervisor's stack: only range-checked,
-            // since ring 3 cannot reach this port.
-            return match self.mem.read_obj::<FaultFrame>(GuestAddr(u64::from(addr))) {
-                Ok(frame) => {
-                    let report = fault::describe(&frame, self.image, self.mem.size());
-                    Flow::End(Outcome::Fault { frame, report })
-                }
-                Err(e) => Flow::End(Outcome::BadHypercall(format!("fault report: {e}"))),
-            };
-        }
-        let call = port.checked_sub(HYPERCALL_PORT_BASE).and_then(Hypercall::from_number);
-        let Some(call) = call else {
-            self.stats.exit("bad-port");
-            return Flow::End(Outcome::BadHypercall(format!(
-                "the guest wrote to I/O port {port:#x}, which is no hypercall"
-            )));
-        };
-        self.stats.exit(call.name());
-        let Some(arg) = value else {
-            return Flow::End(Outcome::BadHypercall(format!(
-                "{}: a hypercall is a 32-bit `out`; this one was another width",
-                call.name()
-            )));
-        };
-        match self.hypercall(call, arg) {
-            Ok(flow) => flow,
-            Err(e) => Flow::End(Outcome::BadHypercall(format!("{}: argument at {arg:#x}: {e}", call.name()))),
-        }
-    }
-
-    fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
-        Ok(match call {
-            Hypercall::Walltime => {
-                let mut a: WalltimeArgs = self.read_arg(arg, true)?;
-                let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                a.nanos = wall.as_nanos() as u64;
-                self.write_arg(arg, &a)?;
-                Flow::Continue
-            }
-            // The console was drained when this exit began.
-            Hypercall::ConsoleFlush => Flow::Continue,
-            Hypercall::Poll => {
-                let mut a: PollArgs = self.read_arg(arg, true)?;
-                if a.timeout_nanos == u64::MAX {
-                    return Ok(Flow::End(Outcome::BadHypercall(
-                        "poll: the guest waits for a device forever, but it has no devices".into(),
-                    )));
-                }
-                let sleep = Duration::from_nanos(a.timeout_nanos);
-                if let Some((deadline, limit)) = self.deadline {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left < sleep {
-                        std::thread::sleep(left);
-                        return Ok(Flow::End(Outcome::Timeout(limit)));
-                    }
-                }
-                if !sleep.is_zero() {
-                    std::thread::sleep(sleep);
-                }
-                a.ready = 0;
-                self.write_arg(arg, &a)?;
-                Flow::Continue
-            }
-            Hypercall::Exit => {
-                let a: ExitArgs = self.read_arg(arg, false)?;
-                if a.status > u32::from(exit::SERVICE_MAX) || a.reserved != 0 {
-                    return Ok(Flow::End(Outcome::BadHypercall(format!(
-                        "exit: status {} is not a service status (0..={})",
-                        a.status,
-                        exit::SERVICE_MAX
-                    ))));
-                }
-                Flow::End(Outcome::Exited(a.status as u8))
-            }
-            Hypercall::Abort => {
-                let a: AbortArgs = self.read_arg(arg, false)?;
-                let Some(reason) = AbortReason::from_raw(a.reason) else {
-                    return Ok(Flow::End(Outcome::BadHypercall(format!("abort: unknown reason {}", a.reason))));
-                };
-                if a.message_len > ABORT_MESSAGE_MAX {
-                    return Ok(Flow::End(Outcome::BadHypercall(format!(
-                        "abort: message of {} bytes is longer than {ABORT_MESSAGE_MAX}",
-                        a.message_len
-                    ))));
-                }
-                self.check_user(a.message, u64::from(a.message_len), false)?;
-                let bytes = self.mem.read_vec(GuestAddr(a.message), u64::from(a.message_len))?;
-                Flow::End(Outcome::Aborted { reason, message: String::from_utf8_lossy(&bytes).into_owned() })
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,9 +382,9 @@ mod tests {
             Outcome::Aborted { reason: AbortReason::Panic, message: String::new() }.status(),
             Outcome::Aborted { reason: AbortReason::OutOfMemory, message: String::new() }.status(),
             Outcome::Fault { frame: FaultFrame::default(), report: String::new() }.status(),
-            Outcome::BadHypercall(String::new()).status(),
+            Outcome::BadHypercall(GuestError::WaitsForever).status(),
             Outcome::Timeout(Duration::ZERO).status(),
-            Outcome::VmFailure(String::new()).status(),
+            Outcome::VmFailure(VmFailure::Halted).status(),
         ];
         let mut sorted = statuses.to_vec();
         sorted.sort();

@@ -1,0 +1,309 @@
+//! Serving a running guest: the vCPU loop and the hypercall handlers.
+//!
+//! Every exit drains the console ring first, so the guest's last words come
+//! out before the tender's own message. Every argument is checked against
+//! guest memory and against the guest's page tables ([`Guest::check_user`])
+//! before it is read or written.
+
+use crate::elf::Image;
+use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError, Pod};
+use crate::kvm::{Exit, KvmError, Vm};
+use crate::paging::Region;
+use crate::stats::Stats;
+use crate::{Outcome, Watchdog, console, fault, paging};
+use skiff_abi::{
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
+    PollArgs, WalltimeArgs, exit,
+};
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A hypercall argument the guest may not use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// Outside guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Inside guest memory, but not memory the service may access so.
+    #[error("{len} bytes at {addr:#x} are not {} memory of the service", if *.write { "writable" } else { "readable" })]
+    NotUser {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Whether the tender would write it.
+        write: bool,
+    },
+}
+
+/// How a guest broke the hypercall contract. Ends the guest with
+/// [`exit::BAD_HYPERCALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestError {
+    /// A call's argument (or a buffer it points to) is unusable.
+    #[error("{call}: argument at {addr:#x}: {source}")]
+    BadArgument {
+        /// The call.
+        call: &'static str,
+        /// The argument's address.
+        addr: u32,
+        /// What is wrong with it.
+        source: ArgError,
+    },
+    /// A hypercall port written with a 1- or 2-byte `out`.
+    #[error("{0}: a hypercall is a 32-bit `out`; this one was another width")]
+    WrongWidth(&'static str),
+    /// An `out` to a port that is no hypercall.
+    #[error("the guest wrote to I/O port {0:#x}, which is no hypercall")]
+    UnknownPort(u16),
+    /// An `in` from any port.
+    #[error("the guest read from I/O port {0:#x}")]
+    PortRead(u16),
+    /// `exit` with a status the runtime reserves.
+    #[error("exit: status {0} is not a service status (0..={max})", max = exit::SERVICE_MAX)]
+    BadExitStatus(u32),
+    /// `abort` with an unknown reason.
+    #[error("abort: unknown reason {0}")]
+    UnknownAbortReason(u32),
+    /// `abort` with an over-long message.
+    #[error("abort: message of {0} bytes is longer than {ABORT_MESSAGE_MAX}")]
+    MessageTooLong(u32),
+    /// `poll` forever without devices: nothing could ever wake the guest.
+    #[error("poll: the guest waits for a device forever, but it has no devices")]
+    WaitsForever,
+    /// The console ring is broken.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    /// The supervisor's fault report is unreadable.
+    #[error("fault report: {0}")]
+    FaultReport(MemoryError),
+}
+
+/// The virtual machine stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum VmFailure {
+    /// An access to guest-physical memory that does not exist.
+    #[error(
+        "the guest {} guest-physical address {addr:#x}, which has no memory behind it",
+        if *.write { "wrote to" } else { "read from" }
+    )]
+    Unbacked {
+        /// The address.
+        addr: u64,
+        /// Whether it was a write.
+        write: bool,
+    },
+    /// `hlt`.
+    #[error("the guest halted the CPU")]
+    Halted,
+    /// A triple fault.
+    #[error("the guest triple-faulted (a fault while handling a fault)")]
+    TripleFault,
+    /// KVM's internal error (on PVM: usually an instruction its emulator lacks).
+    #[error(
+        "KVM could not run the guest (internal error, suberror {suberror}{})",
+        if *.suberror == 1 { ": instruction emulation failed" } else { "" }
+    )]
+    Internal {
+        /// KVM's sub-error code.
+        suberror: u32,
+    },
+    /// The hardware refused to enter.
+    #[error("KVM could not enter the guest (hardware reason {0:#x})")]
+    EntryFailed(u64),
+    /// Any other exit reason.
+    #[error("unexpected VM exit: {0}")]
+    UnexpectedExit(String),
+    /// An ioctl failed while running.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+}
+
+enum Flow {
+    Continue,
+    End(Outcome),
+}
+
+impl From<GuestError> for Flow {
+    fn from(e: GuestError) -> Flow {
+        Flow::End(Outcome::BadHypercall(e))
+    }
+}
+
+/// The guest while it runs: what the hypercall handlers need.
+pub(crate) struct Guest<'a> {
+    pub mem: &'a GuestMemory,
+    pub image: &'a Image,
+    pub regions: &'a [Region],
+    pub console: &'a mut dyn Write,
+    pub stats: &'a mut Stats,
+    /// `--timeout`: when, and how long it was.
+    pub deadline: Option<(Instant, Duration)>,
+}
+
+impl Guest<'_> {
+    /// Runs the vCPU until the guest ends.
+    pub fn serve(&mut self, vm: &mut Vm, watchdog: Option<&Watchdog>) -> Outcome {
+        loop {
+            if watchdog.is_some_and(Watchdog::fired) {
+                let _ = self.drain_console();
+                return Outcome::Timeout(self.deadline.map(|d| d.1).unwrap_or_default());
+            }
+            let exit = match vm.run() {
+                Ok(e) => e,
+                Err(e) => return Outcome::VmFailure(e.into()),
+            };
+            if let Err(e) = self.drain_console() {
+                return Outcome::BadHypercall(e);
+            }
+            let flow = match exit {
+                Exit::IoOut { port, value } => self.io_out(port, value),
+                Exit::Interrupted => {
+                    self.stats.exit("interrupted");
+                    Flow::Continue
+                }
+                Exit::IoIn(port) => {
+                    self.stats.exit("bad-port");
+                    GuestError::PortRead(port).into()
+                }
+                other => {
+                    self.stats.exit("vm-failure");
+                    Flow::End(Outcome::VmFailure(unexpected(other)))
+                }
+            };
+            if let Flow::End(outcome) = flow {
+                return outcome;
+            }
+        }
+    }
+
+    fn drain_console(&mut self) -> Result<(), GuestError> {
+        let n = console::drain(self.mem, paging::SHARED, self.console)?;
+        self.stats.console_bytes += n as u64;
+        Ok(())
+    }
+
+    /// Checks that `[addr, addr + len)` is guest memory the service itself
+    /// may access (writably if `write`), so the tender can never be used to
+    /// reach the page tables or the supervisor.
+    fn check_user(&self, addr: u64, len: u64, write: bool) -> Result<(), ArgError> {
+        self.mem.check(GuestAddr(addr), len)?;
+        let not_user = ArgError::NotUser { addr, len, write };
+        let end = addr.checked_add(len).ok_or_else(|| not_user.clone())?;
+        let mut at = addr;
+        while at < end {
+            let r = self.regions.iter().find(|r| r.start <= at && at < r.end).ok_or_else(|| not_user.clone())?;
+            if !r.perm.user || (write && !r.perm.write) {
+                return Err(not_user);
+            }
+            at = r.end;
+        }
+        Ok(())
+    }
+
+    fn read_arg<T: Pod>(&self, addr: u32, write: bool) -> Result<T, ArgError> {
+        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, write)?;
+        Ok(self.mem.read_obj(GuestAddr(u64::from(addr)))?)
+    }
+
+    fn write_arg<T: Pod>(&self, addr: u32, value: &T) -> Result<(), ArgError> {
+        Ok(self.mem.write_obj(GuestAddr(u64::from(addr)), value)?)
+    }
+
+    fn io_out(&mut self, port: u16, value: Option<u32>) -> Flow {
+        if port == FAULT_PORT {
+            self.stats.exit("fault");
+            // Only the supervisor can use this port (ring 3's I/O bitmap
+            // keeps it closed); the frame is on the supervisor's stack, so
+            // it is only range-checked.
+            let Some(addr) = value else {
+                return GuestError::WrongWidth("fault report").into();
+            };
+            return match self.mem.read_obj::<FaultFrame>(GuestAddr(u64::from(addr))) {
+                Ok(frame) => {
+                    let report = fault::describe(&frame, self.image, self.mem.size());
+                    Flow::End(Outcome::Fault { frame, report })
+                }
+                Err(e) => GuestError::FaultReport(e).into(),
+            };
+        }
+        let call = port.checked_sub(HYPERCALL_PORT_BASE).and_then(Hypercall::from_number);
+        let Some(call) = call else {
+            self.stats.exit("bad-port");
+            return GuestError::UnknownPort(port).into();
+        };
+        self.stats.exit(call.name());
+        let Some(arg) = value else {
+            return GuestError::WrongWidth(call.name()).into();
+        };
+        match self.hypercall(call, arg) {
+            Ok(flow) => flow,
+            Err(source) => GuestError::BadArgument { call: call.name(), addr: arg, source }.into(),
+        }
+    }
+
+    fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
+        Ok(match call {
+            Hypercall::Walltime => {
+                let mut a: WalltimeArgs = self.read_arg(arg, true)?;
+                let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                a.nanos = wall.as_nanos() as u64;
+                self.write_arg(arg, &a)?;
+                Flow::Continue
+            }
+            // The console was drained when this exit began.
+            Hypercall::ConsoleFlush => Flow::Continue,
+            Hypercall::Poll => {
+                let mut a: PollArgs = self.read_arg(arg, true)?;
+                if a.timeout_nanos == u64::MAX {
+                    return Ok(GuestError::WaitsForever.into());
+                }
+                let sleep = Duration::from_nanos(a.timeout_nanos);
+                if let Some((deadline, limit)) = self.deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left < sleep {
+                        std::thread::sleep(left);
+                        return Ok(Flow::End(Outcome::Timeout(limit)));
+                    }
+                }
+                if !sleep.is_zero() {
+                    std::thread::sleep(sleep);
+                }
+                a.ready = 0;
+                self.write_arg(arg, &a)?;
+                Flow::Continue
+            }
+            Hypercall::Exit => {
+                let a: ExitArgs = self.read_arg(arg, false)?;
+                if a.status > u32::from(exit::SERVICE_MAX) || a.reserved != 0 {
+                    return Ok(GuestError::BadExitStatus(a.status).into());
+                }
+                Flow::End(Outcome::Exited(a.status as u8))
+            }
+            Hypercall::Abort => {
+                let a: AbortArgs = self.read_arg(arg, false)?;
+                let Some(reason) = AbortReason::from_raw(a.reason) else {
+                    return Ok(GuestError::UnknownAbortReason(a.reason).into());
+                };
+                if a.message_len > ABORT_MESSAGE_MAX {
+                    return Ok(GuestError::MessageTooLong(a.message_len).into());
+                }
+                self.check_user(a.message, u64::from(a.message_len), false)?;
+                let bytes = self.mem.read_vec(GuestAddr(a.message), u64::from(a.message_len))?;
+                Flow::End(Outcome::Aborted { reason, message: String::from_utf8_lossy(&bytes).into_owned() })
+            }
+        })
+    }
+}
+
+fn unexpected(exit: Exit) -> VmFailure {
+    match exit {
+        Exit::Mmio { addr, write } => VmFailure::Unbacked { addr, write },
+        Exit::Hlt => VmFailure::Halted,
+        Exit::Shutdown => VmFailure::TripleFault,
+        Exit::InternalError { suberror } => VmFailure::Internal { suberror },
+        Exit::FailEntry(reason) => VmFailure::EntryFailed(reason),
+        Exit::Other(s) => VmFailure::UnexpectedExit(s),
+        e @ (Exit::IoOut { .. } | Exit::IoIn(_) | Exit::Interrupted) => VmFailure::UnexpectedExit(format!("{e:?}")),
+    }
+}
