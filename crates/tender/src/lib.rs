@@ -27,6 +27,7 @@ pub mod guest_memory;
 pub mod kvm;
 pub mod options;
 pub mod paging;
+pub mod seccomp;
 pub mod serve;
 pub mod stats;
 
@@ -114,6 +115,9 @@ pub enum TenderError {
     /// The timeout watchdog could not be set up.
     #[error("cannot set up the timeout: {0}")]
     Watchdog(std::io::Error),
+    /// The system-call allow-list could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// How the guest ended.
@@ -271,6 +275,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
         None => None,
     };
+    let proc_status = stats::ProcStatus::open();
+    seccomp::lock_down()?;
     let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
@@ -286,7 +292,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
     stats.guest.main = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_MAIN as u64)).unwrap_or(0);
     stats.guest_resident = mem.resident_bytes();
-    stats.tender_peak_rss = stats::peak_rss();
+    stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
 }
 
@@ -330,7 +336,11 @@ impl Watchdog {
         let state = Arc::new((Mutex::new(false), Condvar::new()));
         let fired = Arc::new(AtomicBool::new(false));
         let (s, f) = (state.clone(), fired.clone());
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("skiff-watchdog".into()).spawn(move || {
+            // Thread start-up makes system calls the seccomp allow-list does
+            // not have; the lockdown waits for this.
+            let _ = started_tx.send(());
             let (lock, cv) = &*s;
             let mut done = lock.lock().unwrap_or_else(|e| e.into_inner());
             let deadline = Instant::now() + timeout;
@@ -345,6 +355,7 @@ impl Watchdog {
                 }
             }
         })?;
+        let _ = started_rx.recv();
         Ok(Watchdog { state, fired, thread: Some(thread) })
     }
 

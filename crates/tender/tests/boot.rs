@@ -421,3 +421,29 @@ fn no_permission_on_dev_kvm_is_reported_with_what_to_do() {
     assert!(err.contains("usermod -aG kvm"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_tender_runs_the_guest_under_a_seccomp_allow_list() {
+    let image = probe().to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(["--timeout", "30s", image, "--", "sleep", "1500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tender");
+    // Wait until the guest is sleeping (it has printed nothing yet, so poll
+    // /proc until the filter shows up, for at most a second).
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut seccomp = String::new();
+    for _ in 0..100 {
+        let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+        seccomp = status.lines().filter(|l| l.starts_with("Seccomp")).collect::<Vec<_>>().join(" ");
+        if seccomp.contains("Seccomp:\t2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(seccomp.contains("Seccomp:\t2"), "not in filter mode: {seccomp:?}");
+    assert!(seccomp.contains("Seccomp_filters:\t1"), "{seccomp:?}");
+}

@@ -1,0 +1,107 @@
+//! The tender's system-call allow-list, installed once the VM is set up.
+//!
+//! From the first guest instruction on, the tender needs very little of the
+//! kernel: run the vCPU, write console output, sleep, and tear down. Any
+//! other system call kills the process (`SIGSYS`), so a tender subverted
+//! through a bug in its hypercall handling cannot open files, sockets or
+//! processes. The filter covers every thread (`TSYNC`), including the
+//! `--timeout` watchdog, which is started before it.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
+use std::collections::BTreeMap;
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_MSRS`: `_IOWR(KVMIO, 0x88, struct kvm_msrs)`, 8-byte header.
+const KVM_GET_MSRS: u64 = 0xc008_ae88;
+
+/// The filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The rules are inconsistent (a bug).
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(#[from] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(#[from] seccompiler::Error),
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
+    Ok(SeccompRule::new(conditions)?)
+}
+
+fn arg_eq(index: u8, value: u64) -> Result<SeccompCondition, SeccompError> {
+    Ok(SeccompCondition::new(index, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value)?)
+}
+
+fn no_exec(index: u8) -> Result<SeccompCondition, SeccompError> {
+    Ok(SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?)
+}
+
+/// Builds the allow-list. One line per system call, saying why.
+pub fn filter() -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
+        rules.insert(nr, with);
+    };
+    // Run the vCPU; read the guest TSC for --stats at the end.
+    allow(libc::SYS_ioctl, vec![rule(vec![arg_eq(1, KVM_RUN)?])?, rule(vec![arg_eq(1, KVM_GET_MSRS)?])?]);
+    // Console output and the tender's own messages.
+    allow(libc::SYS_write, vec![]);
+    allow(libc::SYS_writev, vec![]);
+    // Peak RSS from the /proc/self/status descriptor opened before lockdown.
+    allow(libc::SYS_pread64, vec![]);
+    // `poll` with no device ready: sleep until the guest's deadline.
+    allow(libc::SYS_nanosleep, vec![]);
+    allow(libc::SYS_clock_nanosleep, vec![]);
+    // Clocks, when the vDSO cannot answer.
+    allow(libc::SYS_clock_gettime, vec![]);
+    allow(libc::SYS_gettimeofday, vec![]);
+    // Locks and condition variables (stdout, the watchdog).
+    allow(libc::SYS_futex, vec![]);
+    allow(libc::SYS_sched_yield, vec![]);
+    // The watchdog interrupts KVM_RUN with a signal, which then returns.
+    allow(libc::SYS_tgkill, vec![]);
+    allow(libc::SYS_getpid, vec![]);
+    allow(libc::SYS_gettid, vec![]);
+    allow(libc::SYS_rt_sigreturn, vec![]);
+    allow(libc::SYS_rt_sigprocmask, vec![]);
+    // Heap growth for console buffers; never executable memory.
+    allow(libc::SYS_brk, vec![]);
+    allow(libc::SYS_mmap, vec![rule(vec![no_exec(2)?])?]);
+    allow(libc::SYS_mprotect, vec![rule(vec![no_exec(2)?])?]);
+    allow(libc::SYS_mremap, vec![]);
+    allow(libc::SYS_munmap, vec![]);
+    allow(libc::SYS_madvise, vec![]);
+    // How much guest memory was touched, for --stats.
+    allow(libc::SYS_mincore, vec![]);
+    // Tear-down: close the VM's descriptors; the watchdog thread ends.
+    allow(libc::SYS_close, vec![]);
+    // Debug builds of std check a descriptor is open before closing it.
+    allow(libc::SYS_fcntl, vec![rule(vec![arg_eq(1, libc::F_GETFD as u64)?])?]);
+    allow(libc::SYS_sigaltstack, vec![]);
+    allow(libc::SYS_rseq, vec![]);
+    allow(libc::SYS_exit, vec![]);
+    allow(libc::SYS_exit_group, vec![]);
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, seccompiler::TargetArch::x86_64)?;
+    Ok(filter.try_into()?)
+}
+
+/// Installs the allow-list on every thread of the process.
+pub fn lock_down() -> Result<(), SeccompError> {
+    let program = filter()?;
+    seccompiler::apply_filter_all_threads(&program)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_filter_builds() {
+        let program = super::filter().expect("filter builds");
+        assert!(program.len() > 30, "{} instructions", program.len());
+    }
+}
