@@ -425,7 +425,7 @@ fn no_permission_on_dev_kvm_is_reported_with_what_to_do() {
 #[test]
 fn the_tender_runs_the_guest_under_a_seccomp_allow_list() {
     let image = probe().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
         .args(["--timeout", "30s", image, "--", "sleep", "1500"])
         .stdout(Stdio::piped())
         .spawn()
