@@ -190,8 +190,16 @@ impl Vm {
     }
 
     /// Sets up the vCPU to start at `entry` in 64-bit ring 0 with paging on
-    /// (`cr3` = page-table root), SSE enabled and `rdi` = `boot_info`.
-    pub fn setup_long_mode(&mut self, entry: u64, boot_info: u64, cr3: u64) -> Result<CpuFeatures, KvmError> {
+    /// (`cr3` = page-table root), the GDT at `gdt` (`gdt_limit`) loaded
+    /// with kernel code at 0x08 and data at 0x10, SSE enabled and `rdi` =
+    /// `boot_info`.
+    pub fn setup_long_mode(
+        &mut self,
+        entry: u64,
+        boot_info: u64,
+        cr3: u64,
+        gdt: (u64, u16),
+    ) -> Result<CpuFeatures, KvmError> {
         self.vcpu.set_cpuid2(&self.cpuid).map_err(ioctl("CPUID setup"))?;
         let mut features =
             CpuFeatures { smep: self.cpuid_bit(7, 0, 'b', 7), smap: self.cpuid_bit(7, 0, 'b', 20), xcr0: None };
@@ -218,6 +226,8 @@ impl Vm {
         sregs.fs = data;
         sregs.gs = data;
         sregs.ss = data;
+        sregs.gdt.base = gdt.0;
+        sregs.gdt.limit = gdt.1;
         sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
         sregs.cr3 = cr3;
         sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;

@@ -240,9 +240,13 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         mem.write(GuestAddr(paging::TABLES + i as u64 * paging::PAGE), &bytes)?;
     }
     mem.write(GuestAddr(paging::ARGS), &args)?;
+    let gdt: Vec<u8> = paging::BOOT_GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
+    mem.write(GuestAddr(paging::BOOT_GDT), &gdt)?;
     stats.timeline.loaded = Some(Instant::now());
 
-    stats.cpu = Some(vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root())?);
+    let gdt_limit = (gdt.len() - 1) as u16;
+    stats.cpu =
+        Some(vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root(), (paging::BOOT_GDT, gdt_limit))?);
     stats.guest_mem = mem_size;
     let tsc_hz = vm.tsc_hz()?;
     let tsc_now = vm.guest_tsc();

@@ -12,6 +12,7 @@
 //! | `BOOT_INFO` | [`skiff_abi::BootInfo`] | user, read-only |
 //! | `ARGS` | the command line | user, read-only |
 //! | `SHARED` | [`skiff_abi::SharedArea`] | user, read-write, no-execute |
+//! | `BOOT_GDT` | the GDT the vCPU starts with | supervisor, read-only, no-execute |
 //! | `TABLES` | these page tables | supervisor, read-write, no-execute |
 //! | image segments | per `p_flags` | W^X; supervisor segments without the user bit |
 //! | guard page below the stack | nothing | unmapped |
@@ -34,12 +35,16 @@ pub const ARGS: u64 = 0x2000;
 pub const SHARED: u64 = ARGS + ARGS_MAX as u64;
 /// Bytes of the shared area, page-rounded.
 pub const SHARED_LEN: u64 = (std::mem::size_of::<SharedArea>() as u64).div_ceil(PAGE) * PAGE;
+/// The GDT the vCPU starts with (the supervisor loads its own at once).
+pub const BOOT_GDT: u64 = 0xf000;
+/// The boot GDT: null, 64-bit kernel code (0x08), kernel data (0x10).
+pub const BOOT_GDT_ENTRIES: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
 /// The page-table arena.
 pub const TABLES: u64 = 0x1_0000;
 /// One past the page-table arena.
 pub const TABLES_END: u64 = layout::IMAGE_MIN;
 
-const _: () = assert!(SHARED + SHARED_LEN <= TABLES);
+const _: () = assert!(SHARED + SHARED_LEN <= BOOT_GDT && BOOT_GDT + PAGE <= TABLES);
 const _: () = assert!(std::mem::size_of::<skiff_abi::BootInfo>() as u64 <= ARGS - BOOT_INFO);
 
 const P: u64 = 1;
@@ -267,6 +272,8 @@ mod tests {
         assert_eq!(pt.lookup(ARGS + 10), user_ro);
         assert_eq!(pt.lookup(SHARED), Some(Perm { write: true, exec: false, user: true }));
         assert_eq!(pt.lookup(TABLES), Some(Perm { write: true, exec: false, user: false }));
+        assert_eq!(pt.lookup(BOOT_GDT), Some(Perm { write: false, exec: false, user: false }));
+        assert_eq!(pt.lookup(SHARED + SHARED_LEN), None, "the gap after the shared area is unmapped");
         assert_eq!(pt.lookup(0x10_0000), Some(Perm { write: false, exec: true, user: false }));
         assert_eq!(pt.lookup(0x10_1000), Some(Perm { write: true, exec: false, user: true }));
         assert_eq!(pt.lookup(0x10_3000), None, "guard page below the stack");
