@@ -124,6 +124,12 @@ pub fn regions(image: &Image, mem_size: u64) -> Result<(Vec<Region>, (u64, u64))
             what: "shared area",
         },
         Region {
+            start: BOOT_GDT,
+            end: BOOT_GDT + PAGE,
+            perm: Perm { write: false, exec: false, user: false },
+            what: "boot GDT",
+        },
+        Region {
             start: TABLES,
             end: TABLES_END,
             perm: Perm { write: true, exec: false, user: false },
