@@ -38,7 +38,7 @@
 
 /// Version of this contract. The tender refuses an image whose manifest
 /// carries another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// First I/O port of the hypercall range; call `n` is port `BASE + n`.
 pub const HYPERCALL_PORT_BASE: u16 = 0x500;
@@ -76,12 +76,36 @@ pub enum Hypercall {
     /// deadlock). Argument: [`AbortArgs`], whose message the tender prints.
     /// Does not return.
     Abort = 4,
+    /// Send a batch of Ethernet frames on a NIC. Argument: [`NetIoArgs`]
+    /// whose `frames` lists up to [`NET_BATCH_MAX`] [`NetFrame`]s (`len`
+    /// bytes at `addr` each). The tender writes `done` (frames sent; the
+    /// rest were dropped by the host). A frame longer than
+    /// [`NET_FRAME_MAX`] or shorter than an Ethernet header, an unknown
+    /// device, or a bad address ends the guest.
+    NetWrite = 5,
+    /// Receive up to `count` pending frames from a NIC without blocking.
+    /// Argument: [`NetIoArgs`]; each [`NetFrame`] offers `cap` bytes at
+    /// `addr` (at least [`NET_FRAME_MAX`]), and the tender fills `len`.
+    /// `done` is the number of frames received.
+    NetRead = 6,
+    /// Doorbell for the shared-memory rings: the guest queued frames on a
+    /// NIC's transmit ring while the tender's I/O thread was asleep.
+    /// Argument: [`NetNotifyArgs`]. Never fails for a valid device.
+    NetNotify = 7,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 5] =
-        [Hypercall::Walltime, Hypercall::ConsoleFlush, Hypercall::Poll, Hypercall::Exit, Hypercall::Abort];
+    pub const ALL: [Hypercall; 8] = [
+        Hypercall::Walltime,
+        Hypercall::ConsoleFlush,
+        Hypercall::Poll,
+        Hypercall::Exit,
+        Hypercall::Abort,
+        Hypercall::NetWrite,
+        Hypercall::NetRead,
+        Hypercall::NetNotify,
+    ];
 
     /// The call whose number is `nr`, if there is one.
     pub const fn from_number(nr: u16) -> Option<Hypercall> {
@@ -91,6 +115,9 @@ impl Hypercall {
             2 => Some(Hypercall::Poll),
             3 => Some(Hypercall::Exit),
             4 => Some(Hypercall::Abort),
+            5 => Some(Hypercall::NetWrite),
+            6 => Some(Hypercall::NetRead),
+            7 => Some(Hypercall::NetNotify),
             _ => None,
         }
     }
@@ -108,6 +135,9 @@ impl Hypercall {
             Hypercall::Poll => "poll",
             Hypercall::Exit => "exit",
             Hypercall::Abort => "abort",
+            Hypercall::NetWrite => "net-write",
+            Hypercall::NetRead => "net-read",
+            Hypercall::NetNotify => "net-notify",
         }
     }
 }
@@ -206,6 +236,57 @@ pub struct AbortArgs {
 /// Longest message [`AbortArgs`] may carry.
 pub const ABORT_MESSAGE_MAX: u32 = 4096;
 
+/// Most frames one [`Hypercall::NetWrite`] or [`Hypercall::NetRead`] moves.
+pub const NET_BATCH_MAX: u32 = 64;
+
+/// Largest Ethernet frame (without FCS) at the MTU of 1500: 14-byte header
+/// plus payload.
+pub const NET_FRAME_MAX: u32 = 1514;
+
+/// Smallest frame: an Ethernet header.
+pub const NET_FRAME_MIN: u32 = 14;
+
+/// The MTU every Skiff NIC has.
+pub const NET_MTU: u32 = 1500;
+
+/// One frame of a [`NetIoArgs`] batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetFrame {
+    /// Guest-physical address of the frame's bytes.
+    pub addr: u64,
+    /// Write: the frame's length. Read: out, the received length.
+    pub len: u32,
+    /// Read: bytes available at `addr`. Write: ignored.
+    pub cap: u32,
+}
+
+/// Argument of [`Hypercall::NetWrite`] and [`Hypercall::NetRead`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetIoArgs {
+    /// In: index of the device in [`BootInfo::devices`].
+    pub device: u32,
+    /// In: number of [`NetFrame`]s at `frames`, at most [`NET_BATCH_MAX`].
+    pub count: u32,
+    /// In: guest-physical address of the [`NetFrame`] array.
+    pub frames: u64,
+    /// Out: frames sent or received.
+    pub done: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Argument of [`Hypercall::NetNotify`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetNotifyArgs {
+    /// In: index of the device.
+    pub device: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
 /// What the supervisor pushes for a CPU exception and passes (by address)
 /// on [`FAULT_PORT`]. Field order is the stack order: `cr2` was pushed last.
 #[repr(C)]
@@ -268,6 +349,97 @@ impl DeviceKind {
             DeviceKind::Block => "block",
         }
     }
+}
+
+/// What [`DeviceInfo::data`] holds for a NIC. Encoded little-endian:
+/// bytes 0..6 MAC, 6..8 MTU, 8..16 ring base (0: no rings, use the
+/// `NetRead`/`NetWrite` hypercalls), 16..20 slots per ring, 20..24 guest
+/// spin time in microseconds before an idle `Poll`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetInfo {
+    /// The NIC's MAC address.
+    pub mac: [u8; 6],
+    /// The MTU.
+    pub mtu: u16,
+    /// Guest-physical address of the receive ring; the transmit ring
+    /// follows it at `ring::ring_bytes(slots)`. Zero without rings.
+    pub ring: u64,
+    /// Slots per ring (a power of two), zero without rings.
+    pub slots: u32,
+    /// How long the guest should poll its rings before sleeping in `Poll`.
+    pub spin_micros: u32,
+}
+
+impl NetInfo {
+    /// Encodes into a [`DeviceInfo::data`] array.
+    pub fn encode(&self) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[0..6].copy_from_slice(&self.mac);
+        d[6..8].copy_from_slice(&self.mtu.to_le_bytes());
+        d[8..16].copy_from_slice(&self.ring.to_le_bytes());
+        d[16..20].copy_from_slice(&self.slots.to_le_bytes());
+        d[20..24].copy_from_slice(&self.spin_micros.to_le_bytes());
+        d
+    }
+
+    /// Decodes from a [`DeviceInfo::data`] array.
+    pub fn decode(d: &[u8; 32]) -> NetInfo {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&d[0..6]);
+        NetInfo {
+            mac,
+            mtu: u16::from_le_bytes([d[6], d[7]]),
+            ring: u64::from_le_bytes([d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15]]),
+            slots: u32::from_le_bytes([d[16], d[17], d[18], d[19]]),
+            spin_micros: u32::from_le_bytes([d[20], d[21], d[22], d[23]]),
+        }
+    }
+}
+
+/// Shared-memory frame rings between the guest and the tender's I/O thread.
+///
+/// Each NIC with rings has two, back to back in guest memory: the receive
+/// ring (the tender produces, the guest consumes) and the transmit ring
+/// (the guest produces, the tender consumes). A ring is a header page and
+/// `slots` slots of [`ring::SLOT_SIZE`] bytes. Indices count frames and
+/// wrap at 2^32; slot `i % slots` holds frame `i`: a little-endian `u32`
+/// length at [`ring::SLOT_LEN`] and the frame's bytes at
+/// [`ring::SLOT_DATA`].
+///
+/// The producer writes a slot, then publishes it by storing `producer + 1`
+/// (release); the consumer reads `producer` (acquire), reads the slot, then
+/// stores `consumer + 1` (release). The producer never writes a slot the
+/// consumer has not released (`producer - consumer < slots`).
+///
+/// Sleeping: before the tender's I/O thread sleeps it sets the transmit
+/// ring's [`ring::CONSUMER_SLEEPING`] flag and checks the ring once more; a
+/// guest that queues frames and then sees the flag set rings the doorbell
+/// ([`Hypercall::NetNotify`]). The guest sleeps in [`Hypercall::Poll`],
+/// which returns when its receive ring has frames.
+pub mod ring {
+    /// Bytes of the header page.
+    pub const HEADER_SIZE: u64 = 4096;
+    /// Offset of the producer index (`u32`) in the header.
+    pub const PRODUCER: u64 = 0;
+    /// Offset of the consumer index (`u32`), on its own cache line.
+    pub const CONSUMER: u64 = 64;
+    /// Offset of the consumer's "asleep, ring the doorbell" flag (`u32`).
+    pub const CONSUMER_SLEEPING: u64 = 128;
+    /// Bytes per slot.
+    pub const SLOT_SIZE: u64 = 2048;
+    /// Offset of a slot's length field.
+    pub const SLOT_LEN: u64 = 0;
+    /// Offset of a slot's frame bytes.
+    pub const SLOT_DATA: u64 = 8;
+    /// Slots per ring the tender sets up by default.
+    pub const DEFAULT_SLOTS: u32 = 256;
+
+    /// Bytes of one ring with `slots` slots.
+    pub const fn ring_bytes(slots: u32) -> u64 {
+        HEADER_SIZE + slots as u64 * SLOT_SIZE
+    }
+
+    const _: () = assert!(SLOT_DATA + super::NET_FRAME_MAX as u64 <= SLOT_SIZE);
 }
 
 /// A device as the tender describes it to the guest at boot.
@@ -618,6 +790,18 @@ mod tests {
             assert_ne!(call.port(), FAULT_PORT);
         }
         assert_eq!(Hypercall::from_number(HYPERCALL_PORT_COUNT), None);
+    }
+
+    #[test]
+    fn net_layouts_and_info_round_trip() {
+        assert_eq!(size_of::<NetFrame>(), 16);
+        assert_eq!(size_of::<NetIoArgs>(), 24);
+        assert_eq!(offset_of!(NetIoArgs, frames), 8);
+        assert_eq!(offset_of!(NetIoArgs, done), 16);
+        assert_eq!(size_of::<NetNotifyArgs>(), 8);
+        let info = NetInfo { mac: [2, 0, 0, 1, 2, 3], mtu: 1500, ring: 0x3f0_0000, slots: 256, spin_micros: 20 };
+        assert_eq!(NetInfo::decode(&info.encode()), info);
+        assert_eq!(ring::ring_bytes(256), 4096 + 256 * 2048);
     }
 
     #[test]

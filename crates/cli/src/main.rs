@@ -11,10 +11,9 @@ mod new;
 
 use clap::{Args, Parser, Subcommand};
 use skiff_build::{BuildOptions, Profile};
-use skiff_tender::options::{parse_duration, parse_level, parse_size};
+use skiff_tender::options::RunOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "skiff", version, about = "Build and run Rust services as Skiff unikernels")]
@@ -74,18 +73,8 @@ struct RunArgs {
     /// Print only errors while building.
     #[arg(long, short)]
     quiet: bool,
-    /// Guest memory, e.g. 64M or 1G (a plain number means MiB).
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
-    mem: u64,
-    /// End the guest after this long, e.g. 500ms, 10s (exit status 111).
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Print VM exits and a boot-time breakdown at the end.
-    #[arg(long)]
-    stats: bool,
-    /// The guest's console log level: off, error, warn, info, debug, trace.
-    #[arg(long, value_parser = parse_level, default_value = "info")]
-    log: u32,
+    #[command(flatten)]
+    options: RunOptions,
     /// Arguments for the service.
     #[arg(last = true)]
     args: Vec<String>,
@@ -141,13 +130,13 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
     } else {
         a.path
     };
-    let config = skiff_tender::Config { image, mem: a.mem, timeout: a.timeout, log_level: a.log, args: a.args };
+    let config = a.options.config(image, a.args);
     let mut stdout = std::io::stdout().lock();
     let report = skiff_tender::run(&config, &mut stdout)?;
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");
     }
-    if a.stats {
+    if a.options.stats {
         eprintln!("{}", report.stats.report());
     }
     Ok(report.outcome.status())

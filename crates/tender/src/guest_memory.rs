@@ -4,12 +4,19 @@
 //! Every access names a guest-physical address and a length and is checked
 //! against the mapping before any byte moves; a bad one is a
 //! [`MemoryError`], which the callers turn into "the guest misbehaved"
-//! (for hypercall arguments) or "the image is broken" (for loading). No
-//! reference into guest memory ever leaves this module: reads copy out,
-//! writes copy in. The vCPU is stopped whenever the tender touches guest
-//! memory, so there are no concurrent accesses.
+//! (for hypercall arguments) or "the image is broken" (for loading). Reads
+//! copy out and writes copy in; the only references into guest memory that
+//! leave this module are to atomic integers ([`GuestMemory::atomic_u32`]),
+//! for the indices of the shared-memory rings.
+//!
+//! Concurrency: the vCPU thread touches guest memory while the vCPU is
+//! stopped; the network I/O thread touches only the frame rings, at the same
+//! time as the running guest. The ring protocol keeps the two sides on
+//! different bytes; a guest that breaks it can only garble the bytes of its
+//! own frames, which the tender treats as plain data.
 
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 /// A guest-physical address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,6 +70,12 @@ unsafe impl Pod for skiff_abi::ExitArgs {}
 unsafe impl Pod for skiff_abi::AbortArgs {}
 // SAFETY: as above.
 unsafe impl Pod for skiff_abi::FaultFrame {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::NetIoArgs {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::NetFrame {}
+// SAFETY: as above.
+unsafe impl Pod for skiff_abi::NetNotifyArgs {}
 // SAFETY: integers are valid for every bit pattern and have no padding.
 unsafe impl Pod for u32 {}
 // SAFETY: as above.
@@ -77,6 +90,13 @@ pub struct GuestMemory {
 // SAFETY: the mapping is owned by this value and only accessed through it;
 // moving it to another thread moves the only handle.
 unsafe impl Send for GuestMemory {}
+
+// SAFETY: every accessor copies bytes (valid for any value) or hands out
+// atomics; no accessor creates a non-atomic reference into the mapping, so
+// concurrent use from the vCPU and I/O threads cannot break any Rust
+// invariant. Which bytes each thread touches is governed by the ring
+// protocol (see the module documentation).
+unsafe impl Sync for GuestMemory {}
 
 impl GuestMemory {
     /// Reserves `size` bytes of zeroed, private memory. Pages are only
@@ -160,6 +180,21 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The `u32` at `addr` as an atomic, for ring indices shared with the
+    /// running guest. `addr` must be 4-byte aligned.
+    pub fn atomic_u32(&self, addr: GuestAddr) -> Result<&AtomicU32, MemoryError> {
+        let offset = self.check(addr, 4)?;
+        if !addr.0.is_multiple_of(4) {
+            return Err(MemoryError::OutOfRange { addr, len: 4, size: self.size });
+        }
+        // SAFETY: the 4 bytes are inside the mapping (checked) and aligned
+        // (checked; the mapping itself is page aligned); the mapping lives
+        // as long as `self`, which bounds the returned reference; every
+        // access through it is atomic, and the guest's own accesses to ring
+        // indices are aligned 32-bit accesses, atomic on x86.
+        Ok(unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>()) })
+    }
+
     /// Reads a plain-old-data value.
     pub fn read_obj<T: Pod>(&self, addr: GuestAddr) -> Result<T, MemoryError> {
         let offset = self.check(addr, std::mem::size_of::<T>() as u64)?;
@@ -198,6 +233,16 @@ mod tests {
         assert_eq!(m.read_obj::<u64>(GuestAddr(0x1003)).unwrap(), 0x1122_3344_5566_7788);
         m.write(GuestAddr(10), b"skiff").unwrap();
         assert_eq!(m.read_vec(GuestAddr(10), 5).unwrap(), b"skiff");
+    }
+
+    #[test]
+    fn atomics_need_alignment_and_range() {
+        use std::sync::atomic::Ordering;
+        let m = GuestMemory::new(1 << 20).unwrap();
+        m.atomic_u32(GuestAddr(0x100)).unwrap().store(7, Ordering::Release);
+        assert_eq!(m.read_obj::<u32>(GuestAddr(0x100)).unwrap(), 7);
+        assert!(m.atomic_u32(GuestAddr(0x101)).is_err());
+        assert!(m.atomic_u32(GuestAddr((1 << 20) - 2)).is_err());
     }
 
     #[test]

@@ -25,11 +25,15 @@ pub mod elf;
 pub mod fault;
 pub mod guest_memory;
 pub mod kvm;
+pub mod net;
+pub mod netio;
 pub mod options;
 pub mod paging;
+pub mod rings;
 pub mod seccomp;
 pub mod serve;
 pub mod stats;
+pub mod tap;
 
 use elf::{ElfError, Image};
 use guest_memory::{GuestAddr, GuestMemory, MemoryError};
@@ -37,8 +41,8 @@ use kvm::{KvmError, ThreadKicker, Vm};
 use paging::{PageTables, PagingError};
 pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
-    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, FaultFrame, MAX_DEVICES,
-    SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
+    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DEVICE_NAME_MAX, DeviceInfo, DeviceKind, FaultFrame,
+    MAX_DEVICES, SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
 };
 use stats::Stats;
 use std::io::Write;
@@ -63,12 +67,21 @@ pub struct Config {
     pub log_level: u32,
     /// The guest's command line.
     pub args: Vec<String>,
+    /// NICs and how frames move.
+    pub net: net::NetOptions,
 }
 
 impl Config {
     /// Defaults for `image`: 64 MiB, no timeout, level info, no arguments.
     pub fn new(image: impl Into<PathBuf>) -> Config {
-        Config { image: image.into(), mem: DEFAULT_MEM, timeout: None, log_level: 3, args: Vec::new() }
+        Config {
+            image: image.into(),
+            mem: DEFAULT_MEM,
+            timeout: None,
+            log_level: 3,
+            args: Vec::new(),
+            net: net::NetOptions::default(),
+        }
     }
 }
 
@@ -94,15 +107,15 @@ pub enum TenderError {
     /// `--mem` is out of range.
     #[error("guest memory of {0} bytes is out of range: give between 2 MiB and 3 GiB, in whole pages")]
     MemorySize(u64),
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
     /// The command line does not fit.
     #[error("the guest's command line is {0} bytes; the limit is {ARGS_MAX}")]
     ArgsTooLong(usize),
     /// An argument cannot be passed.
     #[error("argument {0} contains a NUL byte")]
     ArgHasNul(usize),
-    /// The image declares devices this tender cannot attach.
-    #[error("{0}")]
-    Devices(String),
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -213,22 +226,19 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
     let mut stats = Stats::new();
     let image = load_image(&config.image, true)?;
-    if let Some(d) = image.devices.first() {
-        return Err(TenderError::Devices(format!(
-            "the image declares a {} device named {:?}, and this tender attaches no devices",
-            d.kind.name(),
-            d.name
-        )));
-    }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
     }
     let args = encode_args(&config.args)?;
-    let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size)?;
+    let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
+    let ring_base = mem_size.saturating_sub(ring_bytes);
+    let nics = net::attach(&image.devices, &config.net, ring_base)?;
+    let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
+    let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
     let tables = PageTables::build(&regions)?;
 
-    let mem = GuestMemory::new(mem_size)?;
+    let mem = Arc::new(GuestMemory::new(mem_size)?);
     let mut vm = Vm::new(&mem)?;
     stats.timeline.vm_created = Some(Instant::now());
 
@@ -266,18 +276,48 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         argc: config.args.len() as u32,
         args_len: args.len() as u32,
         page_table_root: tables.root(),
-        device_count: 0,
+        device_count: nics.len() as u32,
         reserved: 0,
         devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
     };
     write_boot_info(&mem, &boot)?;
+    for (i, nic) in nics.iter().enumerate() {
+        let mut name = [0u8; DEVICE_NAME_MAX];
+        name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
+        let info = DeviceInfo {
+            kind: DeviceKind::Net as u32,
+            reserved: 0,
+            name,
+            data: nic.info(config.net.guest_spin).encode(),
+        };
+        write_device_info(&mem, i, &info)?;
+    }
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
+    if !nics.is_empty() || config.timeout.is_some() {
+        kvm::install_kick_handler().map_err(TenderError::Watchdog)?;
+    }
     let watchdog = match config.timeout {
         Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
         None => None,
+    };
+    let nics = Arc::new(nics);
+    let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
+    let io_thread = if config.net.rings && !nics.is_empty() {
+        Some(
+            netio::IoThread::start(
+                nics.clone(),
+                mem.clone(),
+                io_shared.clone(),
+                config.net.io_spin,
+                ThreadKicker::current(),
+            )
+            .map_err(TenderError::Watchdog)?,
+        )
+    } else {
+        None
     };
     let proc_status = stats::ProcStatus::open();
     seccomp::lock_down()?;
@@ -288,9 +328,16 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         console,
         stats: &mut stats,
         deadline: config.timeout.map(|t| (Instant::now() + t, t)),
+        nics: &nics,
+        io: &io_shared,
+        rings: io_thread.is_some(),
     };
     let outcome = guest.serve(&mut vm, watchdog.as_ref());
     drop(watchdog);
+    drop(io_thread);
+    stats.net_rx = io_shared.counters.rx.load(std::sync::atomic::Ordering::Relaxed);
+    stats.net_tx = io_shared.counters.tx.load(std::sync::atomic::Ordering::Relaxed);
+    stats.net_dropped = io_shared.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
     stats.timeline.ended = Some(Instant::now());
     stats.guest.at_end = vm.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
@@ -298,6 +345,16 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest_resident = mem.resident_bytes();
     stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
+}
+
+fn write_device_info(mem: &GuestMemory, index: usize, d: &DeviceInfo) -> Result<(), MemoryError> {
+    let at = paging::BOOT_INFO
+        + std::mem::offset_of!(BootInfo, devices) as u64
+        + (index * std::mem::size_of::<DeviceInfo>()) as u64;
+    mem.write_obj(GuestAddr(at), &d.kind)?;
+    mem.write_obj(GuestAddr(at + 4), &d.reserved)?;
+    mem.write(GuestAddr(at + 8), &d.name)?;
+    mem.write(GuestAddr(at + 8 + DEVICE_NAME_MAX as u64), &d.data)
 }
 
 fn write_boot_info(mem: &GuestMemory, b: &BootInfo) -> Result<(), MemoryError> {

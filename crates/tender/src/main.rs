@@ -6,11 +6,9 @@
 //! 125 the guest could not be started, 2 bad command line).
 
 use clap::Parser;
-use skiff_tender::Config;
-use skiff_tender::options::{parse_duration, parse_level, parse_size};
+use skiff_tender::options::RunOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Boots a Skiff unikernel image under KVM and serves its hypercalls.
 #[derive(Parser, Debug)]
@@ -18,18 +16,8 @@ use std::time::Duration;
 struct Cli {
     /// The image to boot (built by `skiff build`).
     image: PathBuf,
-    /// Guest memory, e.g. 64M or 1G (a plain number means MiB).
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
-    mem: u64,
-    /// End the guest after this long, e.g. 500ms, 10s, 2m (exit status 111).
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Print VM exits by kind and a boot-time breakdown on stderr at the end.
-    #[arg(long)]
-    stats: bool,
-    /// The guest's console log level: off, error, warn, info, debug, trace.
-    #[arg(long, value_parser = parse_level, default_value = "info")]
-    log: u32,
+    #[command(flatten)]
+    options: RunOptions,
     /// Arguments for the guest.
     #[arg(last = true)]
     args: Vec<String>,
@@ -37,14 +25,14 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config { image: cli.image, mem: cli.mem, timeout: cli.timeout, log_level: cli.log, args: cli.args };
+    let config = cli.options.config(cli.image, cli.args);
     let mut stdout = std::io::stdout().lock();
     match skiff_tender::run(&config, &mut stdout) {
         Ok(report) => {
             if let Some(message) = report.outcome.message() {
                 eprintln!("skiff-tender: {message}");
             }
-            if cli.stats {
+            if cli.options.stats {
                 eprintln!("{}", report.stats.report());
             }
             ExitCode::from(report.outcome.status())

@@ -107,3 +107,74 @@ mod tests {
         assert!(parse_level("loud").is_err());
     }
 }
+
+/// Parses `on` / `off`.
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
+}
+
+/// The tender's run-time options, shared by `skiff-tender` and `skiff run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Guest memory, e.g. 64M or 1G (a plain number means MiB).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub mem: u64,
+    /// End the guest after this long, e.g. 500ms, 10s, 2m (exit status 111).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Print VM exits by kind, frame counts and a boot-time breakdown on
+    /// stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// The guest's console log level: off, error, warn, info, debug, trace.
+    #[arg(long, value_parser = parse_level, default_value = "info")]
+    pub log: u32,
+    /// Attach the existing TAP device TAP to the image's NIC NAME
+    /// (repeatable), e.g. --net service=tap0.
+    #[arg(long = "net", value_name = "NAME=TAP", value_parser = crate::net::parse_nic)]
+    pub net: Vec<(String, String)>,
+    /// The MAC address of NIC NAME (default: generated from its name, the
+    /// same every run).
+    #[arg(long = "net-mac", value_name = "NAME=MAC", value_parser = crate::net::parse_mac_spec)]
+    pub net_mac: Vec<(String, [u8; 6])>,
+    /// Move frames through shared-memory rings served by an I/O thread
+    /// (on), or only through hypercalls (off).
+    #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off")]
+    pub net_rings: bool,
+    /// How long the tender's I/O thread keeps polling the rings after its
+    /// last frame before it sleeps.
+    #[arg(long, value_parser = parse_duration, default_value = "50us")]
+    pub net_spin: std::time::Duration,
+    /// How long the guest keeps polling its rings before it sleeps.
+    #[arg(long, value_parser = parse_duration, default_value = "0us")]
+    pub guest_spin: std::time::Duration,
+}
+
+impl RunOptions {
+    /// The run configuration for `image` with guest arguments `args`.
+    pub fn config(&self, image: std::path::PathBuf, args: Vec<String>) -> crate::Config {
+        crate::Config {
+            image,
+            mem: self.mem,
+            timeout: self.timeout,
+            log_level: self.log,
+            args,
+            net: crate::net::NetOptions {
+                nics: self
+                    .net
+                    .iter()
+                    .map(|(name, tap)| crate::net::NicSpec { name: name.clone(), tap: tap.clone() })
+                    .collect(),
+                macs: self.net_mac.clone(),
+                rings: self.net_rings,
+                io_spin: self.net_spin,
+                guest_spin: self.guest_spin,
+                ..Default::default()
+            },
+        }
+    }
+}

@@ -82,6 +82,9 @@ pub struct Region {
     pub perm: Perm,
     /// What it is, for messages and `skiff inspect`.
     pub what: &'static str,
+    /// Shared with the tender's I/O thread (the NIC rings): the service
+    /// may use it, but never as a hypercall argument.
+    pub device: bool,
 }
 
 /// Page-table construction failed.
@@ -112,28 +115,36 @@ pub enum PagingError {
 }
 
 /// The regions of a guest with `mem_size` bytes running `image`, in address
-/// order, with the heap range.
-pub fn regions(image: &Image, mem_size: u64) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
+/// order, with the heap range. `rings` is the NIC ring area at the top of
+/// memory, if any; the heap ends below it.
+pub fn regions(
+    image: &Image,
+    mem_size: u64,
+    rings: Option<(u64, u64)>,
+) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
     let ro = Perm { write: false, exec: false, user: true };
     let mut out = vec![
-        Region { start: BOOT_INFO, end: SHARED, perm: ro, what: "boot info" },
+        Region { start: BOOT_INFO, end: SHARED, perm: ro, what: "boot info", device: false },
         Region {
             start: SHARED,
             end: SHARED + SHARED_LEN,
             perm: Perm { write: true, exec: false, user: true },
             what: "shared area",
+            device: false,
         },
         Region {
             start: BOOT_GDT,
             end: BOOT_GDT + PAGE,
             perm: Perm { write: false, exec: false, user: false },
             what: "boot GDT",
+            device: false,
         },
         Region {
             start: TABLES,
             end: TABLES_END,
             perm: Perm { write: true, exec: false, user: false },
             what: "page tables",
+            device: false,
         },
     ];
     for s in &image.segments {
@@ -148,20 +159,21 @@ pub fn regions(image: &Image, mem_size: u64) -> Result<(Vec<Region>, (u64, u64))
             } else {
                 "image segment"
             },
+            device: false,
         });
     }
     let heap_start = image.end();
+    let heap_end = rings.map_or(mem_size, |(start, _)| start);
     // At least one page of heap: the allocator needs room for its metadata.
-    if heap_start + PAGE > mem_size {
-        return Err(PagingError::MemoryTooSmall { need: heap_start, have: mem_size });
+    if heap_start + PAGE > heap_end {
+        return Err(PagingError::MemoryTooSmall { need: heap_start + (mem_size - heap_end), have: mem_size });
     }
-    out.push(Region {
-        start: heap_start,
-        end: mem_size,
-        perm: Perm { write: true, exec: false, user: true },
-        what: "heap",
-    });
-    Ok((out, (heap_start, mem_size)))
+    let rw = Perm { write: true, exec: false, user: true };
+    out.push(Region { start: heap_start, end: heap_end, perm: rw, what: "heap", device: false });
+    if let Some((start, end)) = rings {
+        out.push(Region { start, end, perm: rw, what: "NIC rings", device: true });
+    }
+    Ok((out, (heap_start, heap_end)))
 }
 
 /// Page tables ready to copy into guest memory at [`TABLES`].
@@ -269,7 +281,7 @@ mod tests {
     #[test]
     fn the_map_is_w_xor_x_with_supervisor_pages_hidden() {
         let img = image();
-        let (regions, heap) = regions(&img, 64 << 20).unwrap();
+        let (regions, heap) = regions(&img, 64 << 20, None).unwrap();
         let pt = PageTables::build(&regions).unwrap();
         let user_ro = Some(Perm { write: false, exec: false, user: true });
         assert_eq!(pt.lookup(0), None, "page 0 is unmapped");
@@ -297,9 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn rings_sit_above_the_heap() {
+        let img = image();
+        let mem = 64 << 20;
+        let rings = (mem - 0x20_2000, mem);
+        let (regions, heap) = regions(&img, mem, Some(rings)).unwrap();
+        assert_eq!(heap, (0x10_8000, rings.0));
+        let last = regions.last().unwrap();
+        assert!(last.device && last.start == rings.0 && last.end == mem);
+        let pt = PageTables::build(&regions).unwrap();
+        assert_eq!(pt.lookup(rings.0), Some(Perm { write: true, exec: false, user: true }));
+    }
+
+    #[test]
     fn large_pages_keep_the_table_count_small() {
         let img = image();
-        let (regions, _) = regions(&img, 3 << 30).unwrap();
+        let (regions, _) = regions(&img, 3 << 30, None).unwrap();
         let pt = PageTables::build(&regions).unwrap();
         // PML4, PDPT, 3 PDs, one PT for the low 2 MiB.
         assert_eq!(pt.tables().len(), 6);
@@ -310,11 +335,11 @@ mod tests {
     fn overlaps_and_small_memory_are_refused() {
         let perm = Perm { write: true, exec: false, user: true };
         let r = [
-            Region { start: 0x1000, end: 0x3000, perm, what: "a" },
-            Region { start: 0x2000, end: 0x4000, perm, what: "b" },
+            Region { start: 0x1000, end: 0x3000, perm, what: "a", device: false },
+            Region { start: 0x2000, end: 0x4000, perm, what: "b", device: false },
         ];
         assert_eq!(PageTables::build(&r).err(), Some(PagingError::Overlap { what: "b", addr: 0x2000 }));
         let img = image();
-        assert!(matches!(regions(&img, 0x10_8000), Err(PagingError::MemoryTooSmall { .. })));
+        assert!(matches!(regions(&img, 0x10_8000, None), Err(PagingError::MemoryTooSmall { .. })));
     }
 }

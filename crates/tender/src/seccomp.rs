@@ -48,9 +48,14 @@ pub fn filter() -> Result<BpfProgram, SeccompError> {
     };
     // Run the vCPU; read the guest TSC for --stats at the end.
     allow(libc::SYS_ioctl, vec![rule(vec![arg_eq(1, KVM_RUN)?])?, rule(vec![arg_eq(1, KVM_GET_MSRS)?])?]);
-    // Console output and the tender's own messages.
+    // Console output, the tender's own messages, frames to TAP devices,
+    // eventfd notifications.
     allow(libc::SYS_write, vec![]);
     allow(libc::SYS_writev, vec![]);
+    // Frames from TAP devices; eventfd notifications.
+    allow(libc::SYS_read, vec![]);
+    // Waiting for frames, notifications or the guest's deadline.
+    allow(libc::SYS_ppoll, vec![]);
     // Peak RSS from the /proc/self/status descriptor opened before lockdown.
     allow(libc::SYS_pread64, vec![]);
     // `poll` with no device ready: sleep until the guest's deadline.

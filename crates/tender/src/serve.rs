@@ -8,14 +8,18 @@
 use crate::elf::Image;
 use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError, Pod};
 use crate::kvm::{Exit, KvmError, Vm};
+use crate::net::{self, FrameError, Nic};
+use crate::netio::IoShared;
 use crate::paging::Region;
 use crate::stats::Stats;
 use crate::{Outcome, Watchdog, console, fault, paging};
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
-    PollArgs, WalltimeArgs, exit,
+    NET_BATCH_MAX, NET_FRAME_MAX, NetFrame, NetIoArgs, NetNotifyArgs, PollArgs, WalltimeArgs, exit,
 };
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A hypercall argument the guest may not use.
@@ -77,6 +81,41 @@ pub enum GuestError {
     /// The supervisor's fault report is unreadable.
     #[error("fault report: {0}")]
     FaultReport(MemoryError),
+    /// A network call names a device that does not exist.
+    #[error("{call}: there is no device {device}")]
+    NoDevice {
+        /// The call.
+        call: &'static str,
+        /// The index given.
+        device: u32,
+    },
+    /// Too many frames in one call.
+    #[error("{call}: a batch of {count} frames is larger than {NET_BATCH_MAX}")]
+    Batch {
+        /// The call.
+        call: &'static str,
+        /// Frames given.
+        count: u32,
+    },
+    /// A frame is unusable, or the NIC's ring is broken.
+    #[error("NIC {nic:?}: {source}")]
+    Frame {
+        /// The NIC.
+        nic: String,
+        /// What is wrong.
+        source: FrameError,
+    },
+    /// `NetRead`/`NetWrite` on a NIC served by rings, or `NetNotify` on one
+    /// that is not.
+    #[error("{call}: NIC {nic:?} {}", if *.rings { "moves frames through its rings" } else { "has no rings" })]
+    WrongMode {
+        /// The call.
+        call: &'static str,
+        /// The NIC.
+        nic: String,
+        /// Whether the NIC has rings.
+        rings: bool,
+    },
 }
 
 /// The virtual machine stopped working.
@@ -139,6 +178,13 @@ pub(crate) struct Guest<'a> {
     pub stats: &'a mut Stats,
     /// `--timeout`: when, and how long it was.
     pub deadline: Option<(Instant, Duration)>,
+    /// The attached NICs.
+    pub nics: &'a [Nic],
+    /// State shared with the network I/O thread (its counters are used in
+    /// hypercall mode too).
+    pub io: &'a IoShared,
+    /// Whether frames move through rings (an I/O thread runs).
+    pub rings: bool,
 }
 
 impl Guest<'_> {
@@ -155,6 +201,9 @@ impl Guest<'_> {
             };
             if let Err(e) = self.drain_console() {
                 return Outcome::BadHypercall(e);
+            }
+            if let Some((nic, source)) = self.io.take_error() {
+                return Outcome::BadHypercall(GuestError::Frame { nic, source });
             }
             let flow = match exit {
                 Exit::IoOut { port, value } => self.io_out(port, value),
@@ -193,7 +242,7 @@ impl Guest<'_> {
         let mut at = addr;
         while at < end {
             let r = self.regions.iter().find(|r| r.start <= at && at < r.end).ok_or_else(|| not_user.clone())?;
-            if !r.perm.user || (write && !r.perm.write) {
+            if !r.perm.user || (write && !r.perm.write) || r.device {
                 return Err(not_user);
             }
             at = r.end;
@@ -236,10 +285,145 @@ impl Guest<'_> {
         let Some(arg) = value else {
             return GuestError::WrongWidth(call.name()).into();
         };
-        match self.hypercall(call, arg) {
-            Ok(flow) => flow,
+        let result = match call {
+            Hypercall::NetWrite | Hypercall::NetRead | Hypercall::NetNotify => self.net_call(call, arg),
+            Hypercall::Poll => self.poll(arg),
+            _ => self.hypercall(call, arg).map(Ok),
+        };
+        match result {
+            Ok(Ok(flow)) => flow,
+            Ok(Err(e)) => e.into(),
             Err(source) => GuestError::BadArgument { call: call.name(), addr: arg, source }.into(),
         }
+    }
+
+    /// `Poll`: sleep until a NIC has frames or the timeout passes.
+    fn poll(&mut self, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
+        let mut a: PollArgs = self.read_arg(arg, true)?;
+        if a.timeout_nanos == u64::MAX && self.nics.is_empty() {
+            return Ok(Err(GuestError::WaitsForever));
+        }
+        let mut wait = (a.timeout_nanos != u64::MAX).then(|| Duration::from_nanos(a.timeout_nanos));
+        let mut timeout = None;
+        if let Some((deadline, limit)) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if wait.is_none_or(|w| left < w) {
+                wait = Some(left);
+                timeout = Some(limit);
+            }
+        }
+        let ready = match self.wait_for_frames(wait) {
+            Ok(ready) => ready,
+            Err(e) => return Ok(Err(e)),
+        };
+        if ready == 0
+            && let Some(limit) = timeout
+        {
+            return Ok(Ok(Flow::End(Outcome::Timeout(limit))));
+        }
+        a.ready = ready;
+        self.write_arg(arg, &a)?;
+        Ok(Ok(Flow::Continue))
+    }
+
+    /// Blocks up to `wait` (`None`: forever) for frames; returns the NICs
+    /// that have some.
+    fn wait_for_frames(&mut self, wait: Option<Duration>) -> Result<u64, GuestError> {
+        let ring_error = |e| GuestError::Frame { nic: String::from("(rings)"), source: FrameError::Ring(e) };
+        if self.nics.is_empty() {
+            if let Some(w) = wait.filter(|w| !w.is_zero()) {
+                std::thread::sleep(w);
+            }
+            return Ok(0);
+        }
+        if !self.rings {
+            let fds: Vec<i32> = self.nics.iter().map(|n| n.tap.fd()).collect();
+            return crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
+                nic: self.nics[0].name.clone(),
+                source: FrameError::Host(e.to_string()),
+            });
+        }
+        let mut ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
+        if ready != 0 || wait.is_some_and(|w| w.is_zero()) {
+            return Ok(ready);
+        }
+        if net::tx_pending(self.nics, self.mem).map_err(ring_error)? {
+            let _ = self.io.doorbell.write(1);
+        }
+        self.io.guest_waiting.store(true, Ordering::SeqCst);
+        // Pairs with the I/O thread's fence between publishing frames and
+        // reading `guest_waiting`: one of the two sees the other.
+        fence(Ordering::SeqCst);
+        ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
+        if ready == 0 {
+            let _ = crate::tap::wait_readable(&[self.io.rx_notify.as_raw_fd()], wait);
+        }
+        self.io.guest_waiting.store(false, Ordering::SeqCst);
+        let _ = self.io.rx_notify.read();
+        net::rx_ready(self.nics, self.mem).map_err(ring_error)
+    }
+
+    fn nic(&self, call: Hypercall, device: u32, rings: bool) -> Result<&Nic, GuestError> {
+        let nic = self.nics.get(device as usize).ok_or(GuestError::NoDevice { call: call.name(), device })?;
+        if self.rings != rings {
+            return Err(GuestError::WrongMode { call: call.name(), nic: nic.name.clone(), rings: self.rings });
+        }
+        Ok(nic)
+    }
+
+    /// `NetRead`, `NetWrite` and `NetNotify`.
+    fn net_call(&mut self, call: Hypercall, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
+        if call == Hypercall::NetNotify {
+            let a: NetNotifyArgs = self.read_arg(arg, false)?;
+            return Ok(self.nic(call, a.device, true).map(|_| {
+                let _ = self.io.doorbell.write(1);
+                Flow::Continue
+            }));
+        }
+        let mut a: NetIoArgs = self.read_arg(arg, true)?;
+        let nic = match self.nic(call, a.device, false) {
+            Ok(nic) => nic,
+            Err(e) => return Ok(Err(e)),
+        };
+        if a.count > NET_BATCH_MAX {
+            return Ok(Err(GuestError::Batch { call: call.name(), count: a.count }));
+        }
+        let list_len = u64::from(a.count) * std::mem::size_of::<NetFrame>() as u64;
+        self.check_user(a.frames, list_len, call == Hypercall::NetRead)?;
+        let frame_error = |source| GuestError::Frame { nic: nic.name.clone(), source };
+        let mut done = 0;
+        let mut buf = Box::new([0u8; 65536]);
+        for i in 0..u64::from(a.count) {
+            let at = GuestAddr(a.frames + i * std::mem::size_of::<NetFrame>() as u64);
+            let mut f: NetFrame = self.mem.read_obj(at)?;
+            if call == Hypercall::NetWrite {
+                if let Err(e) = net::check_frame_len(f.len) {
+                    return Ok(Err(frame_error(e)));
+                }
+                self.check_user(f.addr, u64::from(f.len), false)?;
+                if let Err(e) = net::send_to_host(nic, self.mem, f.addr, f.len, &self.io.counters) {
+                    return Ok(Err(frame_error(e)));
+                }
+            } else {
+                if f.cap < NET_FRAME_MAX {
+                    return Ok(Err(frame_error(FrameError::Buffer(f.cap))));
+                }
+                self.check_user(f.addr, u64::from(f.cap), true)?;
+                let n = match net::recv_from_host(nic, &mut buf, &self.io.counters) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => return Ok(Err(frame_error(e))),
+                };
+                self.mem.write(GuestAddr(f.addr), &buf[..n])?;
+                f.len = n as u32;
+                self.mem.write_obj(at, &f)?;
+                self.io.counters.rx.fetch_add(1, Ordering::Relaxed);
+            }
+            done += 1;
+        }
+        a.done = done;
+        self.write_arg(arg, &a)?;
+        Ok(Ok(Flow::Continue))
     }
 
     fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
@@ -253,32 +437,15 @@ impl Guest<'_> {
             }
             // The console was drained when this exit began.
             Hypercall::ConsoleFlush => Flow::Continue,
-            Hypercall::Poll => {
-                let mut a: PollArgs = self.read_arg(arg, true)?;
-                if a.timeout_nanos == u64::MAX {
-                    return Ok(GuestError::WaitsForever.into());
-                }
-                let sleep = Duration::from_nanos(a.timeout_nanos);
-                if let Some((deadline, limit)) = self.deadline {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left < sleep {
-                        std::thread::sleep(left);
-                        return Ok(Flow::End(Outcome::Timeout(limit)));
-                    }
-                }
-                if !sleep.is_zero() {
-                    std::thread::sleep(sleep);
-                }
-                a.ready = 0;
-                self.write_arg(arg, &a)?;
-                Flow::Continue
-            }
             Hypercall::Exit => {
                 let a: ExitArgs = self.read_arg(arg, false)?;
                 if a.status > u32::from(exit::SERVICE_MAX) || a.reserved != 0 {
                     return Ok(GuestError::BadExitStatus(a.status).into());
                 }
                 Flow::End(Outcome::Exited(a.status as u8))
+            }
+            Hypercall::Poll | Hypercall::NetWrite | Hypercall::NetRead | Hypercall::NetNotify => {
+                unreachable!("dispatched by io_out")
             }
             Hypercall::Abort => {
                 let a: AbortArgs = self.read_arg(arg, false)?;

@@ -53,6 +53,12 @@ pub struct Stats {
     pub guest_mem: u64,
     /// The tender's peak resident set (VmHWM) when the guest ended.
     pub tender_peak_rss: Option<u64>,
+    /// Frames delivered to the guest.
+    pub net_rx: u64,
+    /// Frames sent for the guest.
+    pub net_tx: u64,
+    /// Frames dropped (host queue full, oversized, receive ring full).
+    pub net_dropped: u64,
 }
 
 /// `/proc/self/status`, opened before the seccomp lockdown (which forbids
@@ -89,6 +95,9 @@ impl Stats {
             guest_resident: None,
             guest_mem: 0,
             tender_peak_rss: None,
+            net_rx: 0,
+            net_tx: 0,
+            net_dropped: 0,
         }
     }
 
@@ -143,6 +152,17 @@ impl Stats {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
+        let frames = self.net_rx + self.net_tx;
+        if frames > 0 || self.net_dropped > 0 {
+            let _ = write!(
+                s,
+                "\n  net   {} frames received, {} sent, {} dropped; {:.3} exits per frame",
+                self.net_rx,
+                self.net_tx,
+                self.net_dropped,
+                total as f64 / frames.max(1) as f64
+            );
+        }
         if let Some(r) = self.guest_resident {
             let _ = write!(s, "\n  memory {} KiB of {} MiB guest memory touched", r / 1024, self.guest_mem >> 20);
             if let Some(peak) = self.tender_peak_rss {

@@ -1,0 +1,368 @@
+//! Guest NICs: attaching TAP devices to the NICs an image declares, and
+//! moving frames between them.
+//!
+//! Two ways to move frames, chosen with `--net-rings`:
+//!
+//! - **rings** (default): each NIC gets a receive and a transmit ring in
+//!   guest memory ([`skiff_abi::ring`]), served by one tender I/O thread
+//!   ([`crate::netio`]). A busy guest sends and receives with no VM exit;
+//!   it exits only to sleep (`Poll`) or to wake the I/O thread after it fell
+//!   asleep (`NetNotify`).
+//! - **hypercalls**: `NetRead` and `NetWrite` move up to 64 frames per
+//!   exit, and `Poll` reports which NICs have frames waiting.
+
+use crate::guest_memory::{GuestAddr, GuestMemory};
+use crate::rings::{Ring, RingError};
+use crate::tap::{Tap, TapError};
+use skiff_abi::{DeviceKind, NET_FRAME_MAX, NET_FRAME_MIN, NET_MTU, NetInfo, ring};
+use std::time::Duration;
+
+/// One `--net NAME=TAP` attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The NIC's name in the image's manifest.
+    pub name: String,
+    /// The host TAP device.
+    pub tap: String,
+}
+
+/// How the network is set up.
+#[derive(Clone, Debug)]
+pub struct NetOptions {
+    /// Attachments.
+    pub nics: Vec<NicSpec>,
+    /// MAC addresses given with `--net-mac`.
+    pub macs: Vec<(String, [u8; 6])>,
+    /// Use shared-memory rings (else hypercalls only).
+    pub rings: bool,
+    /// Slots per ring.
+    pub slots: u32,
+    /// How long the I/O thread keeps polling after its last frame before
+    /// it sleeps.
+    pub io_spin: Duration,
+    /// How long the guest keeps polling its rings before it sleeps.
+    pub guest_spin: Duration,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            nics: Vec::new(),
+            macs: Vec::new(),
+            rings: true,
+            slots: ring::DEFAULT_SLOTS,
+            io_spin: Duration::from_micros(50),
+            guest_spin: Duration::from_micros(0),
+        }
+    }
+}
+
+/// A network option or attachment is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `--net` is not `NAME=TAP`.
+    #[error("--net {0:?}: expected NAME=TAPDEVICE, e.g. --net service=tap0")]
+    BadSpec(String),
+    /// `--net-mac` is not `NAME=MAC`.
+    #[error("--net-mac {0:?}: expected NAME=MAC, e.g. --net-mac service=02:00:00:00:00:01")]
+    BadMac(String),
+    /// The same NIC is attached twice.
+    #[error("NIC {0:?} is given twice")]
+    Duplicate(String),
+    /// The image declares a NIC nobody attached.
+    #[error("the image needs a network interface named {0:?}: attach a TAP device with --net {0}=TAPDEVICE")]
+    Missing(String),
+    /// A NIC is attached that the image does not declare.
+    #[error("--net {name}=...: the image declares no NIC of that name{}", declared_list(.declared))]
+    Undeclared {
+        /// The given name.
+        name: String,
+        /// What the image declares.
+        declared: Vec<String>,
+    },
+    /// A `--net-mac` for a NIC that is not attached.
+    #[error("--net-mac {0}=...: no --net {0}=... to go with it")]
+    MacWithoutNic(String),
+    /// The image declares a device kind this tender cannot attach.
+    #[error("the image declares a {kind} device named {name:?}, which this tender cannot attach")]
+    Unsupported {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A TAP device could not be attached.
+    #[error("NIC {nic:?}: {source}")]
+    Tap {
+        /// The NIC.
+        nic: String,
+        /// Why.
+        source: TapError,
+    },
+}
+
+fn declared_list(declared: &[String]) -> String {
+    if declared.is_empty() { " (it has no NICs)".into() } else { format!(" (it has: {})", declared.join(", ")) }
+}
+
+/// Parses `NAME=TAP`.
+pub fn parse_nic(s: &str) -> Result<(String, String), NetError> {
+    match s.split_once('=') {
+        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
+        _ => Err(NetError::BadSpec(s.to_string())),
+    }
+}
+
+/// Parses `NAME=aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac_spec(s: &str) -> Result<(String, [u8; 6]), NetError> {
+    let bad = || NetError::BadMac(s.to_string());
+    let (name, mac) = s.split_once('=').ok_or_else(bad)?;
+    let parts: Vec<&str> = mac.split(':').collect();
+    if name.is_empty() || parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 6];
+    for (o, p) in out.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if out[0] & 1 != 0 {
+        return Err(bad()); // multicast
+    }
+    Ok((name.to_string(), out))
+}
+
+/// The MAC a NIC gets when none is given: locally administered, unicast,
+/// and the same for the same NIC name every time.
+pub fn generated_mac(name: &str) -> [u8; 6] {
+    // FNV-1a over the name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    [0x02, 0x5f, b[0], b[1], b[2], b[3]]
+}
+
+/// Formats a MAC.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// An attached NIC.
+pub struct Nic {
+    /// Its name in the manifest.
+    pub name: String,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// The host side.
+    pub tap: Tap,
+    /// Its receive and transmit rings, with rings on.
+    pub rings: Option<(Ring, Ring)>,
+}
+
+impl Nic {
+    /// What the guest is told about this NIC.
+    pub fn info(&self, guest_spin: Duration) -> NetInfo {
+        NetInfo {
+            mac: self.mac,
+            mtu: NET_MTU as u16,
+            ring: self.rings.map_or(0, |(rx, _)| rx.base()),
+            slots: self
+                .rings
+                .map_or(0, |(rx, tx)| ((tx.base() - rx.base() - ring::HEADER_SIZE) / ring::SLOT_SIZE) as u32),
+            spin_micros: guest_spin.as_micros().min(u128::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+/// Bytes of guest memory the rings of `count` NICs need.
+pub fn ring_bytes(count: usize, options: &NetOptions) -> u64 {
+    if options.rings { count as u64 * 2 * ring::ring_bytes(options.slots) } else { 0 }
+}
+
+/// Matches the attachments to the image's declared devices (in manifest
+/// order) and attaches the TAP devices. With rings, they are laid out from
+/// `ring_base` up.
+pub fn attach(
+    declared: &[crate::elf::DeclaredDevice],
+    options: &NetOptions,
+    ring_base: u64,
+) -> Result<Vec<Nic>, NetError> {
+    let macs = &options.macs;
+    for (i, spec) in options.nics.iter().enumerate() {
+        if options.nics[..i].iter().any(|s| s.name == spec.name) {
+            return Err(NetError::Duplicate(spec.name.clone()));
+        }
+        if !declared.iter().any(|d| d.kind == DeviceKind::Net && d.name == spec.name) {
+            return Err(NetError::Undeclared {
+                name: spec.name.clone(),
+                declared: declared.iter().filter(|d| d.kind == DeviceKind::Net).map(|d| d.name.clone()).collect(),
+            });
+        }
+    }
+    for (name, _) in macs {
+        if !options.nics.iter().any(|s| &s.name == name) {
+            return Err(NetError::MacWithoutNic(name.clone()));
+        }
+    }
+    let mut nics = Vec::new();
+    let ring_len = ring::ring_bytes(options.slots);
+    for d in declared {
+        if d.kind != DeviceKind::Net {
+            return Err(NetError::Unsupported { kind: d.kind.name(), name: d.name.clone() });
+        }
+        let spec = options.nics.iter().find(|s| s.name == d.name).ok_or_else(|| NetError::Missing(d.name.clone()))?;
+        let tap = Tap::attach(&spec.tap).map_err(|source| NetError::Tap { nic: d.name.clone(), source })?;
+        let mac = macs.iter().find(|(n, _)| n == &d.name).map_or_else(|| generated_mac(&d.name), |(_, m)| *m);
+        let rings = options.rings.then(|| {
+            let rx = ring_base + nics.len() as u64 * 2 * ring_len;
+            (Ring::new(rx, options.slots), Ring::new(rx + ring_len, options.slots))
+        });
+        nics.push(Nic { name: d.name.clone(), mac, tap, rings });
+    }
+    Ok(nics)
+}
+
+/// Frame counters, for `--stats`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames delivered to the guest.
+    pub rx: std::sync::atomic::AtomicU64,
+    /// Frames sent for the guest.
+    pub tx: std::sync::atomic::AtomicU64,
+    /// Frames dropped: too long from the host, a full host queue, or a
+    /// full receive ring.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// A frame the guest handed over is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Too short or too long.
+    #[error("a frame of {0} bytes is outside {NET_FRAME_MIN}..={NET_FRAME_MAX} bytes (MTU 1500)")]
+    Length(u32),
+    /// A receive buffer smaller than a full frame.
+    #[error("a receive buffer of {0} bytes is smaller than a full frame ({NET_FRAME_MAX} bytes)")]
+    Buffer(u32),
+    /// The host refused a write for another reason than a full queue.
+    #[error("the TAP device failed: {0}")]
+    Host(String),
+    /// A ring is broken.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// Checks a transmitted frame's length.
+pub fn check_frame_len(len: u32) -> Result<(), FrameError> {
+    if (NET_FRAME_MIN..=NET_FRAME_MAX).contains(&len) { Ok(()) } else { Err(FrameError::Length(len)) }
+}
+
+/// Receive ring readiness: bit `i` set when NIC `i` has frames waiting.
+pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, RingError> {
+    let mut mask = 0;
+    for (i, nic) in nics.iter().enumerate() {
+        if let Some((rx, _)) = nic.rings
+            && rx.pending(mem)? > 0
+        {
+            mask |= 1 << i;
+        }
+    }
+    Ok(mask)
+}
+
+/// Whether any transmit ring has frames the I/O thread has not sent.
+pub fn tx_pending(nics: &[Nic], mem: &GuestMemory) -> Result<bool, RingError> {
+    for nic in nics {
+        if let Some((_, tx)) = nic.rings
+            && tx.pending(mem)? > 0
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Reads one pending frame from the host into `buf`, dropping frames that
+/// do not fit an MTU-sized frame. `Ok(None)` when nothing is pending.
+pub fn recv_from_host(nic: &Nic, buf: &mut [u8; 65536], counters: &Counters) -> Result<Option<usize>, FrameError> {
+    loop {
+        match nic.tap.recv(buf).map_err(|e| FrameError::Host(e.to_string()))? {
+            None => return Ok(None),
+            Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
+            Some(_) => {
+                counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Writes a guest frame at `addr` (already checked to be guest memory the
+/// service may read) to the host.
+pub fn send_to_host(nic: &Nic, mem: &GuestMemory, addr: u64, len: u32, counters: &Counters) -> Result<(), FrameError> {
+    check_frame_len(len)?;
+    let mut buf = [0u8; NET_FRAME_MAX as usize];
+    mem.read(GuestAddr(addr), &mut buf[..len as usize]).map_err(|e| FrameError::Ring(e.into()))?;
+    let sent = nic.tap.send(&buf[..len as usize]).map_err(|e| FrameError::Host(e.to_string()))?;
+    let counter = if sent { &counters.tx } else { &counters.dropped };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::DeclaredDevice;
+
+    #[test]
+    fn specs_and_macs_parse() {
+        assert_eq!(parse_nic("service=tap0").unwrap(), ("service".into(), "tap0".into()));
+        assert!(parse_nic("service").is_err());
+        assert!(parse_nic("=tap0").is_err());
+        assert_eq!(parse_mac_spec("s=02:00:00:0a:0b:ff").unwrap(), ("s".into(), [2, 0, 0, 10, 11, 255]));
+        assert!(parse_mac_spec("s=01:00:00:00:00:00").is_err(), "multicast");
+        assert!(parse_mac_spec("s=02:00:00:00:00").is_err());
+        assert!(parse_mac_spec("s=02:00:00:00:00:zz").is_err());
+    }
+
+    #[test]
+    fn generated_macs_are_stable_local_unicast_and_differ_by_name() {
+        let a = generated_mac("service");
+        assert_eq!(a, generated_mac("service"));
+        assert_ne!(a, generated_mac("admin"));
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_eq!(format_mac(&[2, 0x5f, 0, 1, 0xab, 0xff]), "02:5f:00:01:ab:ff");
+    }
+
+    #[test]
+    fn attachments_must_match_the_manifest() {
+        let declared = vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into() }];
+        let mut opts = NetOptions::default();
+        assert!(matches!(attach(&declared, &opts, 0), Err(NetError::Missing(n)) if n == "service"));
+        opts.nics = vec![NicSpec { name: "other".into(), tap: "tap0".into() }];
+        let err = attach(&declared, &opts, 0).err().unwrap().to_string();
+        assert!(err.contains("declares no NIC of that name (it has: service)"), "{err}");
+        opts.nics = vec![
+            NicSpec { name: "service".into(), tap: "tapnotthere0".into() },
+            NicSpec { name: "service".into(), tap: "tap1".into() },
+        ];
+        assert!(matches!(attach(&declared, &opts, 0), Err(NetError::Duplicate(_))));
+        opts.nics.pop();
+        opts.macs = vec![("x".into(), [2, 0, 0, 0, 0, 1])];
+        assert!(matches!(attach(&declared, &opts, 0), Err(NetError::MacWithoutNic(_))));
+        opts.macs.clear();
+        let err = attach(&declared, &opts, 0).err().unwrap().to_string();
+        assert!(err.contains("tapnotthere0 does not exist"), "{err}");
+    }
+
+    #[test]
+    fn frame_lengths_are_bounded() {
+        assert!(check_frame_len(14).is_ok());
+        assert!(check_frame_len(1514).is_ok());
+        assert_eq!(check_frame_len(1515), Err(FrameError::Length(1515)));
+        assert_eq!(check_frame_len(13), Err(FrameError::Length(13)));
+    }
+}

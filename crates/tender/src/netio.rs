@@ -1,0 +1,184 @@
+//! The network I/O thread: moves frames between the guest's rings and the
+//! TAP devices while the guest runs, so a busy guest needs no VM exit.
+//!
+//! The loop: send everything in the transmit rings, read everything the
+//! TAP devices hold into the receive rings, and if the guest is asleep in
+//! `Poll` and frames arrived, wake its vCPU thread (an eventfd). With
+//! nothing to do it keeps polling for `--net-spin`, then sleeps in `ppoll`
+//! on the TAP devices and the doorbell eventfd, after setting each
+//! transmit ring's "consumer asleep" flag so the guest knows to ring.
+//!
+//! A guest that breaks the ring protocol gets its error recorded here; the
+//! vCPU thread, kicked out of `KVM_RUN`, ends the guest with it.
+
+use crate::guest_memory::GuestMemory;
+use crate::kvm::ThreadKicker;
+use crate::net::{Counters, FrameError, Nic, recv_from_host};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
+
+/// State shared by the vCPU thread and the I/O thread.
+pub struct IoShared {
+    /// The vCPU thread is asleep in `Poll`, waiting on `rx_notify`.
+    pub guest_waiting: AtomicBool,
+    /// Written by the I/O thread when frames arrive for a waiting guest.
+    pub rx_notify: EventFd,
+    /// Written by the vCPU thread to wake the I/O thread (`NetNotify`, or
+    /// shutdown).
+    pub doorbell: EventFd,
+    /// Set when the I/O thread must stop.
+    pub stop: AtomicBool,
+    /// The guest broke the ring protocol (set once; the I/O thread stops).
+    pub error: Mutex<Option<(String, FrameError)>>,
+    /// Frame counters.
+    pub counters: Counters,
+}
+
+impl IoShared {
+    /// Fresh shared state.
+    pub fn new() -> std::io::Result<IoShared> {
+        Ok(IoShared {
+            guest_waiting: AtomicBool::new(false),
+            rx_notify: EventFd::new(libc::EFD_NONBLOCK)?,
+            doorbell: EventFd::new(libc::EFD_NONBLOCK)?,
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The error the I/O thread found, if any.
+    pub fn take_error(&self) -> Option<(String, FrameError)> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The running I/O thread.
+pub struct IoThread {
+    shared: Arc<IoShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IoThread {
+    /// Starts serving `nics` (which must all have rings). `vcpu` is kicked
+    /// when the guest must be ended.
+    pub fn start(
+        nics: Arc<Vec<Nic>>,
+        mem: Arc<GuestMemory>,
+        shared: Arc<IoShared>,
+        spin: Duration,
+        vcpu: ThreadKicker,
+    ) -> std::io::Result<IoThread> {
+        let s = shared.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("skiff-net-io".into()).spawn(move || {
+            // Thread start-up makes system calls the seccomp allow-list does
+            // not have; the lockdown waits for this.
+            let _ = started_tx.send(());
+            if let Err((nic, e)) = serve(&nics, &mem, &s, spin) {
+                *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some((nic, e));
+                vcpu.kick();
+            }
+        })?;
+        let _ = started_rx.recv();
+        Ok(IoThread { shared, thread: Some(thread) })
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.shared.doorbell.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(nics: &[Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration) -> Result<(), (String, FrameError)> {
+    let mut buf = Box::new([0u8; 65536]);
+    let mut fds: Vec<i32> = nics.iter().map(|n| n.tap.fd()).collect();
+    fds.push(shared.doorbell.as_raw_fd());
+    let mut last_work = Instant::now();
+    let fail = |nic: &Nic, e: FrameError| (nic.name.clone(), e);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut moved = false;
+        let mut produced = false;
+        let mut ring_full = false;
+        for nic in nics {
+            let Some((rx, tx)) = nic.rings else { continue };
+            // Transmit everything queued.
+            while let Some(n) = tx.pop(mem, &mut buf[..]).map_err(|e| fail(nic, e.into()))? {
+                match nic.tap.send(&buf[..n]) {
+                    Ok(true) => shared.counters.tx.fetch_add(1, Ordering::Relaxed),
+                    Ok(false) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => return Err(fail(nic, FrameError::Host(e.to_string()))),
+                };
+                moved = true;
+            }
+            // Receive while there is room.
+            loop {
+                if !rx.has_room(mem).map_err(|e| fail(nic, e.into()))? {
+                    ring_full = true;
+                    break;
+                }
+                let Some(n) = recv_from_host(nic, &mut buf, &shared.counters).map_err(|e| fail(nic, e))? else {
+                    break;
+                };
+                rx.push(mem, &buf[..n]).map_err(|e| fail(nic, e.into()))?;
+                shared.counters.rx.fetch_add(1, Ordering::Relaxed);
+                moved = true;
+                produced = true;
+            }
+        }
+        if produced {
+            // Pairs with the vCPU thread's store of `guest_waiting` followed
+            // by its check of the rings.
+            fence(Ordering::SeqCst);
+            if shared.guest_waiting.load(Ordering::SeqCst) {
+                let _ = shared.rx_notify.write(1);
+            }
+        }
+        let now = Instant::now();
+        if moved {
+            last_work = now;
+            continue;
+        }
+        if ring_full {
+            // The guest is behind; give it time without spinning hard.
+            std::thread::sleep(Duration::from_micros(20));
+            continue;
+        }
+        if now.duration_since(last_work) < spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Going to sleep: tell the guest to ring, then look once more.
+        for nic in nics {
+            if let Some((_, tx)) = nic.rings {
+                tx.sleeping(mem).map_err(|e| fail(nic, FrameError::Ring(e.into())))?.store(1, Ordering::SeqCst);
+            }
+        }
+        fence(Ordering::SeqCst);
+        let mut queued = false;
+        for nic in nics {
+            if let Some((_, tx)) = nic.rings {
+                queued |= tx.pending(mem).map_err(|e| fail(nic, e.into()))? > 0;
+            }
+        }
+        if !queued {
+            let _ = crate::tap::wait_readable(&fds, None);
+        }
+        for nic in nics {
+            if let Some((_, tx)) = nic.rings {
+                tx.sleeping(mem).map_err(|e| fail(nic, FrameError::Ring(e.into())))?.store(0, Ordering::SeqCst);
+            }
+        }
+        let _ = shared.doorbell.read();
+        last_work = Instant::now();
+    }
+    Ok(())
+}

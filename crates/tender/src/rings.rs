@@ -1,0 +1,171 @@
+//! The tender's side of the shared-memory frame rings ([`skiff_abi::ring`]).
+//!
+//! A [`Ring`] is a view of one ring in guest memory: the tender produces
+//! into a NIC's receive ring and consumes from its transmit ring. The guest
+//! is untrusted, so every index it writes is checked: a producer more than
+//! a ring ahead of the consumer, or a frame length out of range, is a
+//! [`RingError`] that ends the guest.
+
+use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError};
+use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN, ring};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The guest broke the ring protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// The guest's producer index is more than a ring ahead.
+    #[error("transmit ring indices are inconsistent (producer {producer}, consumer {consumer}, {slots} slots)")]
+    Corrupt {
+        /// Guest-written producer index.
+        producer: u32,
+        /// Tender-written consumer index.
+        consumer: u32,
+        /// Ring size.
+        slots: u32,
+    },
+    /// A queued frame's length is impossible.
+    #[error("a transmitted frame of {0} bytes is outside {NET_FRAME_MIN}..={NET_FRAME_MAX} bytes (MTU 1500)")]
+    FrameLength(u32),
+    /// The ring is outside guest memory (a tender bug).
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+/// One ring in guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    base: u64,
+    slots: u32,
+}
+
+impl Ring {
+    /// The ring at `base` with `slots` slots (a power of two).
+    pub fn new(base: u64, slots: u32) -> Ring {
+        debug_assert!(slots.is_power_of_two());
+        Ring { base, slots }
+    }
+
+    /// Its guest address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    fn index<'m>(&self, mem: &'m GuestMemory, offset: u64) -> Result<&'m AtomicU32, MemoryError> {
+        mem.atomic_u32(GuestAddr(self.base + offset))
+    }
+
+    fn slot(&self, i: u32) -> u64 {
+        self.base + ring::HEADER_SIZE + u64::from(i % self.slots) * ring::SLOT_SIZE
+    }
+
+    /// Frames queued and not yet consumed, checked for consistency.
+    pub fn pending(&self, mem: &GuestMemory) -> Result<u32, RingError> {
+        let producer = self.index(mem, ring::PRODUCER)?.load(Ordering::Acquire);
+        let consumer = self.index(mem, ring::CONSUMER)?.load(Ordering::Acquire);
+        let n = producer.wrapping_sub(consumer);
+        if n > self.slots {
+            return Err(RingError::Corrupt { producer, consumer, slots: self.slots });
+        }
+        Ok(n)
+    }
+
+    /// Consumer side: copies the oldest frame into `buf` and releases its
+    /// slot; `Ok(None)` if the ring is empty.
+    pub fn pop(&self, mem: &GuestMemory, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        if self.pending(mem)? == 0 {
+            return Ok(None);
+        }
+        let consumer = self.index(mem, ring::CONSUMER)?;
+        let c = consumer.load(Ordering::Relaxed);
+        let slot = self.slot(c);
+        let len: u32 = mem.read_obj(GuestAddr(slot + ring::SLOT_LEN))?;
+        if !(NET_FRAME_MIN..=NET_FRAME_MAX).contains(&len) || len as usize > buf.len() {
+            return Err(RingError::FrameLength(len));
+        }
+        mem.read(GuestAddr(slot + ring::SLOT_DATA), &mut buf[..len as usize])?;
+        consumer.store(c.wrapping_add(1), Ordering::Release);
+        Ok(Some(len as usize))
+    }
+
+    /// Whether the producer (us) has a free slot.
+    pub fn has_room(&self, mem: &GuestMemory) -> Result<bool, RingError> {
+        Ok(self.pending(mem)? < self.slots)
+    }
+
+    /// Producer side: queues `frame`; `Ok(false)` if the ring is full.
+    pub fn push(&self, mem: &GuestMemory, frame: &[u8]) -> Result<bool, RingError> {
+        if !self.has_room(mem)? {
+            return Ok(false);
+        }
+        let producer = self.index(mem, ring::PRODUCER)?;
+        let p = producer.load(Ordering::Relaxed);
+        let slot = self.slot(p);
+        mem.write_obj(GuestAddr(slot + ring::SLOT_LEN), &(frame.len() as u32))?;
+        mem.write(GuestAddr(slot + ring::SLOT_DATA), frame)?;
+        producer.store(p.wrapping_add(1), Ordering::Release);
+        Ok(true)
+    }
+
+    /// The consumer's "asleep" flag.
+    pub fn sleeping<'m>(&self, mem: &'m GuestMemory) -> Result<&'m AtomicU32, MemoryError> {
+        self.index(mem, ring::CONSUMER_SLEEPING)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize, fill: u8) -> Vec<u8> {
+        vec![fill; n]
+    }
+
+    #[test]
+    fn frames_go_round_and_wrap() {
+        let mem = GuestMemory::new(4 << 20).unwrap();
+        let r = Ring::new(0x10_0000, 4);
+        let mut buf = [0u8; 2048];
+        assert_eq!(r.pop(&mem, &mut buf).unwrap(), None);
+        for round in 0..10u8 {
+            for i in 0..4 {
+                assert!(r.push(&mem, &frame(60 + i, round)).unwrap());
+            }
+            assert!(!r.push(&mem, &frame(60, 0)).unwrap(), "full after 4");
+            for i in 0..4 {
+                assert_eq!(r.pop(&mem, &mut buf).unwrap(), Some(60 + i));
+                assert!(buf[..60 + i].iter().all(|&b| b == round));
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_producer_or_length_is_an_error() {
+        let mem = GuestMemory::new(4 << 20).unwrap();
+        let r = Ring::new(0x10_0000, 4);
+        mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &9u32).unwrap();
+        assert!(matches!(r.pending(&mem), Err(RingError::Corrupt { producer: 9, .. })));
+        mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &1u32).unwrap();
+        mem.write_obj(GuestAddr(0x10_0000 + ring::HEADER_SIZE), &9000u32).unwrap();
+        let mut buf = [0u8; 2048];
+        assert_eq!(r.pop(&mem, &mut buf), Err(RingError::FrameLength(9000)));
+        mem.write_obj(GuestAddr(0x10_0000 + ring::HEADER_SIZE), &3u32).unwrap();
+        assert_eq!(r.pop(&mem, &mut buf), Err(RingError::FrameLength(3)));
+    }
+
+    #[test]
+    fn indices_wrap_at_u32() {
+        let mem = GuestMemory::new(4 << 20).unwrap();
+        let r = Ring::new(0x10_0000, 4);
+        mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &(u32::MAX - 1)).unwrap();
+        mem.write_obj(GuestAddr(0x10_0000 + ring::CONSUMER), &(u32::MAX - 1)).unwrap();
+        let mut buf = [0u8; 2048];
+        for i in 0..3 {
+            assert!(r.push(&mem, &frame(100, i)).unwrap());
+        }
+        assert_eq!(r.pending(&mem).unwrap(), 3);
+        for i in 0..3 {
+            assert_eq!(r.pop(&mem, &mut buf).unwrap(), Some(100));
+            assert_eq!(buf[0], i);
+        }
+    }
+}
