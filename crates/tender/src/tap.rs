@@ -146,22 +146,6 @@ impl Tap {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(valid_name("tap0"));
-        assert!(valid_name("skiff-tap-12345"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a-name-that-is-too-long"));
-        assert!(!valid_name("../x"));
-        assert!(matches!(Tap::attach("no such"), Err(TapError::BadName(_))));
-        assert!(matches!(Tap::attach("skiffnotthere0"), Err(TapError::Missing(_))));
-    }
-}
-
 /// Waits until one of `fds` is readable or `timeout` passes (`None`:
 /// forever). Returns a bit per descriptor that is readable (at most 64).
 /// An interrupting signal returns early with whatever is ready.
@@ -185,4 +169,20 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<std::time::Duration>) -> io:
         return Err(err);
     }
     Ok(pfds.iter().enumerate().take(64).fold(0, |m, (i, p)| if p.revents != 0 { m | 1 << i } else { m }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(valid_name("tap0"));
+        assert!(valid_name("skiff-tap-12345"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a-name-that-is-too-long"));
+        assert!(!valid_name("../x"));
+        assert!(matches!(Tap::attach("no such"), Err(TapError::BadName(_))));
+        assert!(matches!(Tap::attach("skiffnotthere0"), Err(TapError::Missing(_))));
+    }
 }
