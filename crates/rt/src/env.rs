@@ -1,20 +1,42 @@
-//! What the runtime lends the service: its command line and a spawner.
+//! What the runtime lends the service: its command line, a spawner, and
+//! its devices.
 
+use crate::device::{DeviceError, NetDevice};
 use crate::executor::{JoinHandle, Spawner};
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::Future;
+
+/// Lends a NIC by name (the platform's device table behind it).
+pub type NetOpener = Box<dyn Fn(&str) -> Result<Box<dyn NetDevice>, DeviceError>>;
 
 /// The service's environment, passed to its `main`.
 pub struct Env {
     args: Vec<String>,
     spawner: Spawner,
+    net: Option<NetOpener>,
 }
 
 impl Env {
-    /// Builds an environment (the boot path does this).
+    /// Builds an environment without devices (the boot path adds them).
     pub fn new(args: Vec<String>, spawner: Spawner) -> Env {
-        Env { args, spawner }
+        Env { args, spawner, net: None }
+    }
+
+    /// Adds the platform's NICs.
+    pub fn with_net(mut self, opener: NetOpener) -> Env {
+        self.net = Some(opener);
+        self
+    }
+
+    /// Takes the NIC the image declared as `name` (`#[skiff::main(net =
+    /// "name")]`). Each NIC can be taken once.
+    pub fn take_net(&self, name: &str) -> Result<Box<dyn NetDevice>, DeviceError> {
+        match &self.net {
+            Some(open) => open(name),
+            None => Err(DeviceError::NoSuchDevice { name: String::from(name), available: Vec::new() }),
+        }
     }
 
     /// The arguments given to the tender after `--` (no program name).

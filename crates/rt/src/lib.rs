@@ -44,12 +44,15 @@ pub mod start;
 
 pub mod abort;
 pub mod console;
+pub mod device;
+pub mod entropy;
 pub mod env;
 pub mod executor;
 pub mod logger;
 pub mod main_result;
 pub mod time;
 
+pub use device::{DeviceError, NetDevice};
 pub use env::Env;
 pub use executor::{JoinHandle, Spawner};
 pub use main_result::{ExitStatus, MainFuture, MainResult, boxed_main};

@@ -14,7 +14,9 @@ use crate::logger::{LOGGER, level_filter};
 use crate::main_result::MainFuture;
 use crate::time::{Calibration, TscScale};
 use crate::{heap, hvt};
+use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use core::ptr::NonNull;
 use skiff_abi::{
     ABI_VERSION, AbortReason, BOOT_INFO_MAGIC, BootInfo, SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, SharedArea,
@@ -89,12 +91,14 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
         Err(e) => fail(&format!("bad command line from the tender: {e}")),
     };
 
+    let devices = Rc::new(hvt::Devices::from_boot(boot, boot.tsc_hz));
     let mut executor = Executor::new();
-    let env = Env::new(args, executor.spawner());
+    let lender = devices.clone();
+    let env = Env::new(args, executor.spawner()).with_net(Box::new(move |name| lender.take_net(name)));
     record_tsc(shared, SHARED_TSC_MAIN, rdtsc());
     // SAFETY: defined by `#[skiff::main]` with exactly this signature.
     let main = unsafe { __skiff_service_main(env) };
-    match executor.run(main, &mut hvt::Hvt) {
+    match executor.run(main, &mut hvt::Hvt::new(devices)) {
         Ok(status) => hvt::exit(status.code()),
         Err(e) => hvt::abort(AbortReason::Deadlock, &format!("{e}")),
     }

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! `skiff build` compiles it into an image and `skiff run` boots it under
-//! the tender. The runtime ([`skiff_rt`]) provides the heap (`alloc` works),
+//! the tender. With the `net` feature, [`net`] adds a network stack on the
+//! NICs the image declares (`#[skiff::main(net = "service")]`). The runtime ([`skiff_rt`]) provides the heap (`alloc` works),
 //! clocks ([`time`]), logging through the [`log`] facade, a cooperative
 //! executor ([`task`]) and the panic handler.
 #![cfg_attr(skiff_guest, no_std)]
@@ -27,7 +28,15 @@ pub extern crate alloc;
 
 pub use log;
 pub use skiff_macros::main;
-pub use skiff_rt::{Env, ExitStatus, MainResult};
+pub use skiff_rt::{DeviceError, Env, ExitStatus, MainResult, NetDevice};
+
+/// A boxed error: what `?` turns any error into in a `main` that returns
+/// `Result<(), skiff::Error>`.
+pub type Error = alloc::boxed::Box<dyn core::error::Error>;
+
+/// Networking (feature `net`): the stack, TCP, UDP, DNS and DHCP.
+#[cfg(feature = "net")]
+pub use skiff_net as net;
 
 /// Time: the monotonic clock, the wall clock, sleeping and timeouts.
 pub mod time {

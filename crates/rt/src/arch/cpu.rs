@@ -38,3 +38,25 @@ pub fn trap() -> ! {
     // SAFETY: `ud2` only raises #UD; it touches no memory.
     unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
 }
+
+/// A random value from `RDRAND`, if the CPU has it and it delivers.
+pub fn rdrand() -> Option<u64> {
+    // CPUID leaf 1, ECX bit 30: RDRAND.
+    let has = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
+    if !has {
+        return None;
+    }
+    // SAFETY: CPUID says the instruction exists.
+    unsafe { rdrand_step() }
+}
+
+#[target_feature(enable = "rdrand")]
+fn rdrand_step() -> Option<u64> {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
+            return Some(v);
+        }
+    }
+    None
+}

@@ -1,0 +1,234 @@
+//! The hvt platform: the guest's side of the tender's hypercalls.
+//!
+//! Each call is one `out` from ring 3 (see [`skiff_abi`]); the argument
+//! structure lives on the caller's stack, which is below 4 GiB like all
+//! guest memory.
+
+mod nic;
+
+pub use nic::Nic;
+
+use crate::arch::cpu::{hypercall, rdtsc};
+use crate::device::{DeviceError, NetDevice};
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::time::Duration;
+use nic::RingView;
+use skiff_abi::{
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetFrame, NetInfo, NetIoArgs,
+    NetNotifyArgs, PollArgs, WalltimeArgs, manifest,
+};
+
+fn addr_of<T>(arg: &mut T) -> u32 {
+    // Guest memory is at most 3 GiB (abi::layout::MEM_MAX), so every
+    // address fits in 32 bits.
+    arg as *mut T as usize as u32
+}
+
+/// Blocks until a device is ready or `timeout` passes (`None`: wait for a
+/// device only). Returns the ready set, one bit per device.
+pub fn poll(timeout: Option<Duration>) -> u64 {
+    let timeout_nanos = match timeout {
+        Some(t) => u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1),
+        None => u64::MAX,
+    };
+    let mut args = PollArgs { timeout_nanos, ready: 0 };
+    // SAFETY: `args` is a live PollArgs for the duration of the call.
+    unsafe { hypercall(Hypercall::Poll, addr_of(&mut args)) };
+    args.ready
+}
+
+/// The wall clock as the tender reads it now (ns since the UNIX epoch).
+pub fn walltime() -> u64 {
+    let mut args = WalltimeArgs::default();
+    // SAFETY: `args` is a live WalltimeArgs for the duration of the call.
+    unsafe { hypercall(Hypercall::Walltime, addr_of(&mut args)) };
+    args.nanos
+}
+
+/// Asks the tender to drain the console ring.
+pub fn console_flush() {
+    // SAFETY: ConsoleFlush takes no argument.
+    unsafe { hypercall(Hypercall::ConsoleFlush, 0) };
+}
+
+/// Ends the guest with `status` (`0..=99`).
+pub fn exit(status: u8) -> ! {
+    let mut args = ExitArgs { status: u32::from(status), reserved: 0 };
+    // SAFETY: `args` is a live ExitArgs; the call does not return.
+    unsafe { hypercall(Hypercall::Exit, addr_of(&mut args)) };
+    halt_forever()
+}
+
+/// Ends the guest for `reason` with `message` (truncated to the ABI limit
+/// on a character boundary).
+pub fn abort(reason: AbortReason, message: &str) -> ! {
+    let mut len = message.len().min(ABORT_MESSAGE_MAX as usize);
+    while !message.is_char_boundary(len) {
+        len -= 1;
+    }
+    let mut args = AbortArgs { reason: reason as u32, message_len: len as u32, message: message.as_ptr() as u64 };
+    // SAFETY: `args` is live and points at `len` readable bytes of
+    // `message`; the call does not return.
+    unsafe { hypercall(Hypercall::Abort, addr_of(&mut args)) };
+    halt_forever()
+}
+
+/// Reached only if the tender resumed a guest it should have ended: the
+/// invalid-opcode fault makes the tender report it.
+fn halt_forever() -> ! {
+    crate::arch::cpu::trap()
+}
+
+/// Sends a batch of frames (`NetWrite`); returns how many the host took.
+pub fn net_write(device: u32, frames: &[NetFrame]) -> u32 {
+    let mut args =
+        NetIoArgs { device, count: frames.len() as u32, frames: frames.as_ptr() as u64, done: 0, reserved: 0 };
+    // SAFETY: `args` and the frame list it points to are live for the call;
+    // each frame's bytes are owned by the caller.
+    unsafe { hypercall(Hypercall::NetWrite, addr_of(&mut args)) };
+    args.done
+}
+
+/// Receives up to `frames.len()` frames into the buffers the descriptors
+/// offer (`NetRead`); returns how many arrived.
+pub fn net_read(device: u32, frames: &mut [NetFrame]) -> u32 {
+    let mut args =
+        NetIoArgs { device, count: frames.len() as u32, frames: frames.as_mut_ptr() as u64, done: 0, reserved: 0 };
+    // SAFETY: `args`, the descriptors and the buffers they offer are live
+    // and writable for the call.
+    unsafe { hypercall(Hypercall::NetRead, addr_of(&mut args)) };
+    args.done
+}
+
+/// Wakes the tender's I/O thread for a NIC's transmit ring (`NetNotify`).
+pub fn net_notify(device: u32) {
+    let mut args = NetNotifyArgs { device, reserved: 0 };
+    // SAFETY: `args` is a live NetNotifyArgs for the call.
+    unsafe { hypercall(Hypercall::NetNotify, addr_of(&mut args)) };
+}
+
+/// A device the tender attached, as the boot info describes it.
+struct Slot {
+    name: String,
+    kind: u32,
+    net: NetInfo,
+    taken: Cell<bool>,
+    /// Hypercall transport: `Poll` said this NIC has frames.
+    hint: Rc<Cell<bool>>,
+    /// Ring transport: the receive ring, checked without an exit.
+    rx: Option<RingView>,
+}
+
+/// The devices of this guest, shared by the platform (readiness) and the
+/// environment (lending them out).
+pub struct Devices {
+    slots: Vec<Slot>,
+    spin_ticks: u64,
+}
+
+impl Devices {
+    /// Reads the device list from the boot info.
+    pub(crate) fn from_boot(boot: &BootInfo, tsc_hz: u64) -> Devices {
+        let count = (boot.device_count as usize).min(boot.devices.len());
+        let mut spin_micros = 0u64;
+        let slots = boot.devices[..count]
+            .iter()
+            .map(|d| {
+                let net = NetInfo::decode(&d.data);
+                let is_net = d.kind == DeviceKind::Net as u32;
+                // SAFETY: the tender set up these rings for this device and
+                // mapped them for ring 3 for the guest's life.
+                let rx = (is_net && net.ring != 0).then(|| unsafe { RingView::new(net.ring, net.slots) });
+                if is_net {
+                    spin_micros = spin_micros.max(u64::from(net.spin_micros));
+                }
+                Slot {
+                    name: String::from(manifest::device_name(&d.name).unwrap_or("?")),
+                    kind: d.kind,
+                    net,
+                    taken: Cell::new(false),
+                    hint: Rc::new(Cell::new(false)),
+                    rx,
+                }
+            })
+            .collect();
+        Devices { slots, spin_ticks: spin_micros * tsc_hz / 1_000_000 }
+    }
+
+    /// Lends the NIC called `name`.
+    pub fn take_net(&self, name: &str) -> Result<Box<dyn NetDevice>, DeviceError> {
+        let Some((index, slot)) = self.slots.iter().enumerate().find(|(_, s)| s.name == name) else {
+            return Err(DeviceError::NoSuchDevice {
+                name: String::from(name),
+                available: self.slots.iter().map(|s| s.name.clone()).collect(),
+            });
+        };
+        if slot.kind != DeviceKind::Net as u32 {
+            return Err(DeviceError::WrongKind(String::from(name)));
+        }
+        if slot.taken.replace(true) {
+            return Err(DeviceError::AlreadyTaken(String::from(name)));
+        }
+        // SAFETY: the rings in `slot.net` are the ones the tender set up for
+        // device `index`.
+        Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, slot.hint.clone()) }))
+    }
+
+    fn ready_now(&self) -> u64 {
+        self.slots.iter().enumerate().fold(0, |mask, (i, s)| match &s.rx {
+            Some(rx) if s.taken.get() && rx.has_frames() => mask | 1 << i,
+            _ => mask,
+        })
+    }
+}
+
+/// The executor's view of this platform.
+pub struct Hvt {
+    devices: Rc<Devices>,
+}
+
+impl Hvt {
+    /// The platform for a guest with `devices`.
+    pub(crate) fn new(devices: Rc<Devices>) -> Hvt {
+        Hvt { devices }
+    }
+}
+
+impl crate::executor::Platform for Hvt {
+    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+        let ready = self.devices.ready_now();
+        if ready != 0 {
+            return ready;
+        }
+        // Spin on the rings a little before paying for an exit.
+        if self.devices.spin_ticks > 0 && timeout.is_none_or(|t| !t.is_zero()) {
+            let until = rdtsc().saturating_add(self.devices.spin_ticks);
+            while rdtsc() < until {
+                let ready = self.devices.ready_now();
+                if ready != 0 {
+                    return ready;
+                }
+                core::hint::spin_loop();
+            }
+        }
+        let ready = poll(timeout);
+        for (i, s) in self.devices.slots.iter().enumerate() {
+            if ready & (1 << i) != 0 && s.rx.is_none() {
+                s.hint.set(true);
+            }
+        }
+        ready
+    }
+
+    fn has_devices(&self) -> bool {
+        self.devices.slots.iter().any(|s| s.taken.get())
+    }
+
+    fn ready_now(&mut self) -> u64 {
+        self.devices.ready_now()
+    }
+}
