@@ -1,0 +1,294 @@
+//! Network fixtures for Skiff's boot tests.
+//!
+//! A [`NetNs`] is a fresh network namespace with loopback up; it can hold
+//! TAP devices ([`NetNs::add_tap`]), run programs inside it
+//! ([`NetNs::command`]), run Rust code inside it ([`NetNs::run`], a thread
+//! that joins the namespace, so sockets it opens live there), and it is
+//! deleted, with everything in it, when dropped, including when a test
+//! panics. [`Dnsmasq`] runs a DHCP (and DNS, router advertisement) server on
+//! a TAP device in a namespace. Namespaces left behind by a killed test run
+//! are removed by the next one.
+//!
+//! All traffic stays inside the namespace: nothing here touches the host's
+//! own interfaces.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "skiff-t";
+
+/// Panics unless the tests run as root: namespaces and TAP devices need it.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("the network tests create namespaces and TAP devices; run them as root (CI does)");
+    }
+}
+
+/// Panics unless `/dev/kvm` is usable.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("the boot tests run real guests and need read-write access to /dev/kvm ({e})");
+    }
+}
+
+/// Panics unless `program` is on the PATH, naming the package to install.
+pub fn require_program(program: &str, package: &str) {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
+    if !found {
+        panic!("this test needs `{program}`; install the Debian package {package} (scripts/setup does)");
+    }
+}
+
+fn run(cmd: &mut Command) -> io::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(io::Error::other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deletes namespaces a previous, killed test process left behind.
+fn remove_stale() {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else { return };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let pid: u32 = rest.split('-').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if pid != 0 && !pid_alive(pid) {
+            let _ = run(Command::new("ip").args(["netns", "del", name]));
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl NetNs {
+    /// Creates a namespace with loopback up.
+    pub fn new() -> io::Result<NetNs> {
+        remove_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}-{}-{n}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        run(&mut ns.command_of("ip", &["link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `program` to run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    fn command_of(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = self.command(program);
+        c.args(args);
+        c
+    }
+
+    /// Runs `ip ARGS` in the namespace.
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+        run(&mut self.command_of("ip", args))
+    }
+
+    /// Creates TAP device `tap`, up, with the given addresses (CIDR form;
+    /// IPv6 ones skip duplicate address detection).
+    pub fn add_tap(&self, tap: &str, addrs: &[&str]) -> io::Result<()> {
+        self.ip(&["tuntap", "add", tap, "mode", "tap"])?;
+        for a in addrs {
+            if a.contains(':') {
+                self.ip(&["-6", "addr", "add", a, "dev", tap, "nodad"])?;
+            } else {
+                self.ip(&["addr", "add", a, "dev", tap])?;
+            }
+        }
+        self.ip(&["link", "set", tap, "up"])?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside the namespace (sockets it opens belong
+    /// to the namespace) and returns its result.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            // SAFETY: `ns` is an open namespace descriptor; setns moves only
+            // this (fresh, single-purpose) thread into it.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Sends raw Ethernet frames out of interface `ifname` (from the host
+    /// side of a TAP device, so they arrive at the guest).
+    pub fn send_raw_frames(&self, ifname: &str, frames: Vec<Vec<u8>>) -> io::Result<()> {
+        let ifname = ifname.to_string();
+        self.run(move || {
+            // SAFETY: plain socket creation; the result is checked.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+            // SAFETY: `name` is a valid C string.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            // SAFETY: a zeroed sockaddr_ll is valid; the fields set below
+            // select the interface.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            let mut result = Ok(());
+            for f in &frames {
+                // SAFETY: `f` is a valid buffer of `f.len()` bytes and `addr`
+                // a valid sockaddr_ll of the size given.
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if rc < 0 {
+                    result = Err(io::Error::last_os_error());
+                    break;
+                }
+            }
+            // SAFETY: `fd` is ours and open.
+            unsafe { libc::close(fd) };
+            result
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// A dnsmasq serving DHCP (and DNS) on one interface of a namespace,
+/// killed on drop.
+pub struct Dnsmasq {
+    child: Child,
+    /// The lease file.
+    pub leases: PathBuf,
+    /// The log file.
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `iface` in `ns` with `extra` arguments (ranges,
+    /// records); waits until it is ready.
+    pub fn start(ns: &NetNs, iface: &str, extra: &[&str]) -> io::Result<Dnsmasq> {
+        require_program("dnsmasq", "dnsmasq-base");
+        let dir = std::env::temp_dir().join(format!("skiff-dnsmasq-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let leases = dir.join("leases");
+        let log = dir.join("log");
+        let pid = dir.join("pid");
+        let _ = std::fs::remove_file(&leases);
+        let mut cmd = ns.command("dnsmasq");
+        cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--log-dhcp"])
+            .arg(format!("--interface={iface}"))
+            .arg("--except-interface=lo")
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .arg(format!("--pid-file={}", pid.display()))
+            .arg("--user=root")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(io::Error::other(format!("dnsmasq exited with {status}: {logged}")));
+            }
+            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("started")) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return Err(io::Error::other("dnsmasq did not start within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Dnsmasq { child, leases, log, dir })
+    }
+
+    /// The lease file's current contents.
+    pub fn leases(&self) -> String {
+        std::fs::read_to_string(&self.leases).unwrap_or_default()
+    }
+
+    /// The log's current contents.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A process killed (and reaped) on drop: a guest under the tender.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 20 ms, for at most
+/// `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
