@@ -87,8 +87,9 @@ fn build_reports_the_image_and_inspect_describes_it() {
     let image = workspace().join("target/guest/x86_64-unknown-linux-gnu/release/hello");
     let out = skiff(&["inspect", image.to_str().unwrap()]);
     assert_eq!(out.status, 0, "{}", out.stderr);
+    let abi = format!("ABI version  {} (matches this tender)", skiff_abi::ABI_VERSION);
     for needle in [
-        "ABI version  1 (matches this tender)",
+        abi.as_str(),
         "entry        0x",
         "PVH entry    0x",
         "devices      none",

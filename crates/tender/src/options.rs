@@ -143,7 +143,7 @@ pub struct RunOptions {
     pub net_mac: Vec<(String, [u8; 6])>,
     /// Move frames through shared-memory rings served by an I/O thread
     /// (on), or only through hypercalls (off).
-    #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off")]
+    #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set)]
     pub net_rings: bool,
     /// How long the tender's I/O thread keeps polling the rings after its
     /// last frame before it sleeps.

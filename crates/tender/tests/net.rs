@@ -242,7 +242,7 @@ fn two_hundred_concurrent_connections_each_echo_correctly() {
         let threads: Vec<_> = (0..200u64)
             .map(|i| {
                 std::thread::spawn(move || {
-                    let mut s = TcpStream::connect_timeout(&guest_addr(), Duration::from_secs(20)).expect("connect");
+                    let s = TcpStream::connect_timeout(&guest_addr(), Duration::from_secs(20)).expect("connect");
                     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                     (s, i)
                 })
@@ -270,4 +270,246 @@ fn two_hundred_concurrent_connections_each_echo_correctly() {
             w.join().expect("every connection echoes its own bytes");
         }
     });
+}
+
+/// The guest's MAC, as the tender generates it for the NIC "service".
+fn service_mac() -> String {
+    let m = skiff_tender::net::generated_mac("service");
+    skiff_tender::net::format_mac(&m)
+}
+
+#[test]
+fn echo_gets_its_address_from_dnsmasq_over_dhcp() {
+    let ns = namespace();
+    let dnsmasq = Dnsmasq::start(&ns, TAP, &["--dhcp-range=10.0.0.50,10.0.0.99,255.255.255.0,2m"]).expect("dnsmasq");
+    let mut g = Guest::start(&ns, echo_image(), &[], &[]);
+    let line = g.wait_line("echo: serving TCP and UDP on", Duration::from_secs(20));
+    let addr = line.split(" on ").nth(1).and_then(|s| s.split(':').next()).expect("address in the line").to_string();
+    assert!(addr.starts_with("10.0.0."), "{line}");
+    g.wait_line(&format!("DHCP: leased {addr}/24 from 10.0.0.1"), Duration::from_secs(1));
+    let leases = dnsmasq.leases();
+    assert!(leases.contains(&service_mac()) && leases.contains(&addr), "leases:\n{leases}");
+    let echoed = ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&format!("{addr}:7").parse().unwrap(), Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"leased").unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert_eq!(&echoed, b"leased");
+}
+
+#[test]
+fn the_dhcp_lease_is_renewed() {
+    let ns = namespace();
+    let dnsmasq = Dnsmasq::start(&ns, TAP, &["--dhcp-range=10.0.0.50,10.0.0.99,255.255.255.0,2m"]).expect("dnsmasq");
+    // Cap the lease at 4 s: the client renews at half of it.
+    let mut g = Guest::start(&ns, netprobe_image(), &[], &["--dhcp-max-lease", "4", "wait", "7"]);
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("netprobe: waited 7 s, address Some(10.0.0."), "{out}");
+    let log = dnsmasq.log();
+    let acks = log.lines().filter(|l| l.contains("DHCPACK") && l.contains(&service_mac())).count();
+    assert!(acks >= 2, "expected the first lease and at least one renewal, dnsmasq saw {acks} ACKs:\n{log}");
+    let requests = log.lines().filter(|l| l.contains("DHCPREQUEST") && l.contains(&service_mac())).count();
+    assert!(requests >= 2, "{log}");
+}
+
+#[test]
+fn slaac_configures_an_ipv6_address_from_router_advertisements() {
+    require_program("ping", "iputils-ping");
+    let ns = namespace();
+    ns.ip(&["-6", "addr", "add", "fd00:5::1/64", "dev", TAP, "nodad"]).unwrap();
+    let _dnsmasq = Dnsmasq::start(
+        &ns,
+        TAP,
+        &[
+            "--enable-ra",
+            "--dhcp-range=fd00:5::,ra-only,64,2m",
+            "--ra-param=tap0,10",
+            "--dhcp-range=10.0.0.50,10.0.0.99,2m",
+        ],
+    )
+    .expect("dnsmasq");
+    let mut g = Guest::start(&ns, echo_image(), &[], &["--slaac"]);
+    g.wait_line("echo: serving TCP and UDP", Duration::from_secs(20));
+    // SLAAC's address: the prefix and the MAC's EUI-64.
+    let m = skiff_tender::net::generated_mac("service");
+    let addr = format!(
+        "fd00:5::{:x}:{:x}:{:x}:{:x}",
+        u16::from_be_bytes([m[0] ^ 2, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]])
+    );
+    let ok = wait_for(Duration::from_secs(20), || {
+        let out = ns.command("ping").args(["-6", "-c", "1", "-W", "1", &addr]).output().ok()?;
+        out.status.success().then_some(())
+    });
+    assert!(ok.is_some(), "no answer from the SLAAC address {addr}:\n{}", g.output());
+}
+
+#[test]
+fn the_dns_client_resolves_and_an_outgoing_connection_gets_its_data() {
+    let ns = namespace();
+    let _dnsmasq = Dnsmasq::start(
+        &ns,
+        TAP,
+        &["--dhcp-range=10.0.0.50,10.0.0.99,2m", "--address=/service.skiff.test/10.0.0.1", "--listen-address=10.0.0.1"],
+    )
+    .expect("dnsmasq");
+    // A TCP server in the namespace that answers with what it read, upper-cased.
+    let server = ns.run(|| std::net::TcpListener::bind("10.0.0.1:9000").unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        s.write_all(format!("served: {}", got.to_uppercase()).as_bytes()).unwrap();
+    });
+    let mut g =
+        Guest::start(&ns, netprobe_image(), &[], &["connect", "service.skiff.test", "9000", "hello from the guest"]);
+    let (status, out) = g.finish(Duration::from_secs(30));
+    handle.join().unwrap();
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("connected to 10.0.0.1:9000"), "{out}");
+    assert!(out.contains(r#"reply "served: HELLO FROM THE GUEST""#), "{out}");
+
+    let mut g = Guest::start(&ns, netprobe_image(), &[], &["resolve", "service.skiff.test"]);
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("service.skiff.test resolves to [10.0.0.1]"), "{out}");
+}
+
+#[test]
+fn a_64_mib_stream_survives_loss_reordering_and_duplication() {
+    let ns = namespace();
+    let _g = echo(&ns, &[], &[]);
+    ns.command("tc")
+        .args([
+            "qdisc",
+            "add",
+            "dev",
+            TAP,
+            "root",
+            "netem",
+            "loss",
+            "3%",
+            "reorder",
+            "5%",
+            "duplicate",
+            "1%",
+            "delay",
+            "1ms",
+        ])
+        .status()
+        .expect("tc");
+    let took = ns.run(|| echo_stream(guest_addr(), 64 << 20, 2));
+    eprintln!("64 MiB echoed through netem in {took:?}");
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_echo_keeps_serving() {
+    let ns = namespace();
+    let mut g = echo(&ns, &["--stats", "--timeout", "30s"], &[]);
+    // Learn the guest's MAC through ARP with a first connection.
+    let first = ns.run(|| echo_stream(guest_addr(), 4096, 3));
+    assert!(first < Duration::from_secs(10));
+    let mac = skiff_tender::net::generated_mac("service");
+    let host: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let eth = |ethertype: [u8; 2]| -> Vec<u8> { [&mac[..], &host[..], &ethertype[..]].concat() };
+    let mut frames: Vec<Vec<u8>> = vec![
+        vec![0xff; 6],                                  // truncated Ethernet header
+        eth([0x08, 0x00]),                              // IPv4 ethertype, no IP header
+        [eth([0x08, 0x00]), vec![0x45, 0, 0]].concat(), // truncated IPv4 header
+        [eth([0x08, 0x06]), vec![0, 1, 8, 0]].concat(), // truncated ARP
+        [eth([0x86, 0xdd]), vec![0x60; 20]].concat(),   // truncated IPv6
+    ];
+    // An IPv4 header with a bogus total length and a bad checksum, then a
+    // UDP datagram to port 7 with a bad checksum, then a TCP segment with a
+    // bogus data offset.
+    let ip = |proto: u8, total: u16, payload: &[u8]| -> Vec<u8> {
+        let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, proto, 0xde, 0xad, 10, 0, 0, 1, 10, 0, 0, 2];
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        [eth([0x08, 0x00]), h, payload.to_vec()].concat()
+    };
+    frames.push(ip(17, 9000, &[0, 9, 0, 7, 0, 12, 0, 0, b'x', b'y', b'z', b'!']));
+    frames.push(ip(17, 32, &[0, 9, 0, 7, 0, 12, 0xbe, 0xef, b'x', b'y', b'z', b'!']));
+    frames.push(ip(6, 40, &[0, 9, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0xf0, 2, 0xff, 0xff, 0, 0, 0, 0]));
+    frames.push(ip(1, 28, &[8, 0, 0xff, 0xff, 0, 1, 0, 1]));
+    // Random bytes, some as long as a full frame.
+    let mut x: u64 = 0x1234_5678_9abc_def0;
+    for i in 0..200 {
+        let len = [14, 60, 200, 1514][i % 4];
+        let f: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        frames.push(if i % 2 == 0 { [&mac[..], &f[6..]].concat() } else { f });
+    }
+    let count = frames.len();
+    let sent = ns.send_raw_frames(TAP, frames).expect("send raw frames");
+    assert!(sent >= count - 1, "only {sent} of {count} frames went out");
+    let again = ns.run(|| echo_stream(guest_addr(), 1 << 20, 4));
+    assert!(again < Duration::from_secs(20));
+    let _ = g.child.0.kill();
+}
+
+#[test]
+fn the_hypercall_transport_moves_frames_in_batches() {
+    let ns = namespace();
+    let mut g = echo(&ns, &["--net-rings", "off", "--stats", "--timeout", "8s"], &[]);
+    ns.run(|| echo_stream(guest_addr(), 4 << 20, 5));
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 111, "ended by its timeout:\n{out}");
+    assert!(out.contains("net-read") && out.contains("net-write"), "{out}");
+    let line = out.lines().find(|l| l.contains("frames received")).expect("--stats net line");
+    let frames: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap();
+    assert!(frames > 2000, "{line}");
+}
+
+#[test]
+fn the_rings_need_few_exits_under_load() {
+    let ns = namespace();
+    let mut g = echo(&ns, &["--stats", "--timeout", "6s"], &[]);
+    ns.run(|| echo_stream(guest_addr(), 16 << 20, 6));
+    let (_, out) = g.finish(Duration::from_secs(30));
+    let line = out.lines().find(|l| l.contains("exits per frame")).expect("--stats net line");
+    let per_frame: f64 =
+        line.split("; ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(per_frame < 0.2, "{line}");
+}
+
+#[test]
+fn nics_must_match_the_manifest_and_exist() {
+    require_root();
+    require_kvm();
+    let ns = NetNs::new().unwrap();
+    let run = |args: &[&str]| {
+        let out = ns.command(env!("CARGO_BIN_EXE_skiff-tender")).args(args).arg(echo_image()).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (status, err) = run(&[]);
+    assert_eq!(status, 125);
+    assert!(
+        err.contains("needs a network interface named \"service\": attach a TAP device with --net service="),
+        "{err}"
+    );
+    let (status, err) = run(&["--net", "service=nosuchtap"]);
+    assert_eq!(status, 125);
+    assert!(err.contains("TAP device nosuchtap does not exist"), "{err}");
+    let (status, err) = run(&["--net", "service=lo"]);
+    assert_eq!(status, 125);
+    assert!(err.contains("lo is not a TAP device"), "{err}");
+    let (status, err) = run(&["--net", "admin=tap9"]);
+    assert_eq!(status, 125);
+    assert!(err.contains("the image declares no NIC of that name (it has: service)"), "{err}");
+    let (status, err) = run(&["--net", "service"]);
+    assert_eq!(status, 2);
+    assert!(err.contains("expected NAME=TAPDEVICE"), "{err}");
 }

@@ -146,8 +146,10 @@ impl NetNs {
     }
 
     /// Sends raw Ethernet frames out of interface `ifname` (from the host
-    /// side of a TAP device, so they arrive at the guest).
-    pub fn send_raw_frames(&self, ifname: &str, frames: Vec<Vec<u8>>) -> io::Result<()> {
+    /// side of a TAP device, so they arrive at the guest). Returns how many
+    /// the kernel accepted (it refuses frames shorter than an Ethernet
+    /// header).
+    pub fn send_raw_frames(&self, ifname: &str, frames: Vec<Vec<u8>>) -> io::Result<usize> {
         let ifname = ifname.to_string();
         self.run(move || {
             // SAFETY: plain socket creation; the result is checked.
@@ -164,7 +166,7 @@ impl NetNs {
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = index as i32;
             addr.sll_halen = 6;
-            let mut result = Ok(());
+            let mut result = Ok(0);
             for f in &frames {
                 // SAFETY: `f` is a valid buffer of `f.len()` bytes and `addr`
                 // a valid sockaddr_ll of the size given.
@@ -179,9 +181,14 @@ impl NetNs {
                     )
                 };
                 if rc < 0 {
-                    result = Err(io::Error::last_os_error());
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::EINVAL) {
+                        continue;
+                    }
+                    result = Err(err);
                     break;
                 }
+                result = result.map(|n| n + 1);
             }
             // SAFETY: `fd` is ours and open.
             unsafe { libc::close(fd) };
