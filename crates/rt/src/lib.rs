@@ -50,6 +50,7 @@ pub mod env;
 pub mod executor;
 pub mod logger;
 pub mod main_result;
+pub mod nic;
 pub mod time;
 
 pub use device::{DeviceError, NetDevice};

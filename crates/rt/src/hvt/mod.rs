@@ -4,19 +4,15 @@
 //! structure lives on the caller's stack, which is below 4 GiB like all
 //! guest memory.
 
-mod nic;
-
-pub use nic::Nic;
-
 use crate::arch::cpu::{hypercall, rdtsc};
 use crate::device::{DeviceError, NetDevice};
+use crate::nic::{Nic, NicCalls, RingView};
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::time::Duration;
-use nic::RingView;
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetFrame, NetInfo, NetIoArgs,
     NetNotifyArgs, PollArgs, WalltimeArgs, manifest,
@@ -111,6 +107,22 @@ pub fn net_notify(device: u32) {
     unsafe { hypercall(Hypercall::NetNotify, addr_of(&mut args)) };
 }
 
+/// The network hypercalls, for the NIC driver.
+#[derive(Clone, Copy)]
+pub struct HvtCalls;
+
+impl NicCalls for HvtCalls {
+    fn net_read(&self, device: u32, frames: &mut [NetFrame]) -> u32 {
+        net_read(device, frames)
+    }
+    fn net_write(&self, device: u32, frames: &[NetFrame]) -> u32 {
+        net_write(device, frames)
+    }
+    fn net_notify(&self, device: u32) {
+        net_notify(device)
+    }
+}
+
 /// A device the tender attached, as the boot info describes it.
 struct Slot {
     name: String,
@@ -175,7 +187,7 @@ impl Devices {
         }
         // SAFETY: the rings in `slot.net` are the ones the tender set up for
         // device `index`.
-        Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, slot.hint.clone()) }))
+        Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, slot.hint.clone(), HvtCalls) }))
     }
 
     fn ready_now(&self) -> u64 {

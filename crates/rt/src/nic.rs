@@ -1,0 +1,449 @@
+//! The NIC driver for the tender's NICs: frames through shared-memory rings
+//! ([`skiff_abi::ring`]), or through the `NetRead`/`NetWrite` hypercalls
+//! when the tender runs without rings.
+//!
+//! The three network hypercalls come through [`NicCalls`], so the driver
+//! (ring protocol, batching) is tested on the host against a fake tender.
+
+use crate::device::NetDevice;
+use crate::executor::wake_on_device;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, Ordering, fence};
+use core::task::{Context, Poll};
+use skiff_abi::{NET_BATCH_MAX, NET_FRAME_MAX, NetFrame, NetInfo, ring};
+
+/// The network hypercalls the driver makes.
+pub trait NicCalls {
+    /// `NetRead`: fills up to `frames.len()` offered buffers; returns how
+    /// many frames arrived.
+    fn net_read(&self, device: u32, frames: &mut [NetFrame]) -> u32;
+    /// `NetWrite`: sends the frames; returns how many the host took.
+    fn net_write(&self, device: u32, frames: &[NetFrame]) -> u32;
+    /// `NetNotify`: wakes the tender's I/O thread.
+    fn net_notify(&self, device: u32);
+}
+
+/// One ring in guest memory, as the tender described it at boot.
+#[derive(Clone, Copy)]
+pub struct RingView {
+    base: usize,
+    slots: u32,
+}
+
+impl RingView {
+    /// # Safety
+    /// `base` must be a ring of `slots` slots (a power of two), mapped
+    /// writable for as long as the view is used, whose other side follows
+    /// the ring protocol.
+    pub const unsafe fn new(base: u64, slots: u32) -> RingView {
+        RingView { base: base as usize, slots }
+    }
+
+    fn word(&self, offset: u64) -> &AtomicU32 {
+        // SAFETY: the header's index words are inside the mapped ring (see
+        // `new`), 4-byte aligned, and accessed atomically by both sides.
+        unsafe { AtomicU32::from_ptr((self.base + offset as usize) as *mut u32) }
+    }
+
+    fn producer(&self) -> &AtomicU32 {
+        self.word(ring::PRODUCER)
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        self.word(ring::CONSUMER)
+    }
+
+    fn sleeping(&self) -> &AtomicU32 {
+        self.word(ring::CONSUMER_SLEEPING)
+    }
+
+    fn slot(&self, i: u32) -> usize {
+        self.base + (ring::HEADER_SIZE + u64::from(i % self.slots) * ring::SLOT_SIZE) as usize
+    }
+
+    /// Consumer side: whether a frame is waiting.
+    pub fn has_frames(&self) -> bool {
+        self.producer().load(Ordering::Acquire) != self.consumer().load(Ordering::Relaxed)
+    }
+}
+
+enum Transport {
+    Rings { rx: RingView, tx: RingView, queued: bool },
+    Hypercalls(Box<Batches>),
+}
+
+use alloc::boxed::Box;
+
+/// Frame buffers for the hypercall transport.
+struct Batches {
+    rx: Vec<u8>,
+    rx_lens: Vec<u32>,
+    rx_next: usize,
+    rx_count: usize,
+    rx_more: bool,
+    tx: Vec<u8>,
+    tx_lens: Vec<u32>,
+    tx_count: usize,
+    frames: Vec<NetFrame>,
+}
+
+const STRIDE: usize = 1536;
+const BATCH: usize = NET_BATCH_MAX as usize;
+
+/// A NIC lent to the service.
+pub struct Nic<C: NicCalls> {
+    index: u32,
+    info: NetInfo,
+    transport: Transport,
+    /// Set by the platform when `Poll` reported this NIC ready (hypercall
+    /// transport only).
+    hint: Rc<Cell<bool>>,
+    calls: C,
+}
+
+impl<C: NicCalls> Nic<C> {
+    /// # Safety
+    /// With rings (`info.ring != 0`), the rings must be the ones the tender
+    /// set up for device `index` (see [`RingView::new`]).
+    pub unsafe fn new(index: u32, info: NetInfo, hint: Rc<Cell<bool>>, calls: C) -> Nic<C> {
+        let transport = if info.ring != 0 {
+            let bytes = ring::ring_bytes(info.slots);
+            // SAFETY: the caller vouches for the rings' addresses.
+            let (rx, tx) =
+                unsafe { (RingView::new(info.ring, info.slots), RingView::new(info.ring + bytes, info.slots)) };
+            Transport::Rings { rx, tx, queued: false }
+        } else {
+            Transport::Hypercalls(Box::new(Batches {
+                rx: vec![0; BATCH * STRIDE],
+                rx_lens: vec![0; BATCH],
+                rx_next: 0,
+                rx_count: 0,
+                rx_more: true,
+                tx: vec![0; BATCH * STRIDE],
+                tx_lens: vec![0; BATCH],
+                tx_count: 0,
+                frames: vec![NetFrame::default(); BATCH],
+            }))
+        };
+        Nic { index, info, transport, hint, calls }
+    }
+}
+
+impl Batches {
+    fn fill(&mut self, device: u32, calls: &impl NicCalls) {
+        for (i, f) in self.frames.iter_mut().enumerate() {
+            *f = NetFrame { addr: self.rx[i * STRIDE..].as_ptr() as u64, len: 0, cap: STRIDE as u32 };
+        }
+        let n = (calls.net_read(device, &mut self.frames) as usize).min(BATCH);
+        for i in 0..n {
+            self.rx_lens[i] = self.frames[i].len.min(STRIDE as u32);
+        }
+        self.rx_count = n;
+        self.rx_next = 0;
+        self.rx_more = n == BATCH;
+    }
+
+    fn flush(&mut self, device: u32, calls: &impl NicCalls) {
+        if self.tx_count == 0 {
+            return;
+        }
+        for i in 0..self.tx_count {
+            self.frames[i] = NetFrame { addr: self.tx[i * STRIDE..].as_ptr() as u64, len: self.tx_lens[i], cap: 0 };
+        }
+        calls.net_write(device, &self.frames[..self.tx_count]);
+        self.tx_count = 0;
+    }
+}
+
+impl<C: NicCalls> NetDevice for Nic<C> {
+    fn mac(&self) -> [u8; 6] {
+        self.info.mac
+    }
+
+    fn mtu(&self) -> usize {
+        usize::from(self.info.mtu)
+    }
+
+    fn rx_pending(&mut self) -> bool {
+        match &mut self.transport {
+            Transport::Rings { rx, .. } => rx.has_frames(),
+            Transport::Hypercalls(b) => {
+                if b.rx_next < b.rx_count {
+                    return true;
+                }
+                if self.hint.replace(false) || b.rx_more {
+                    b.fill(self.index, &self.calls);
+                }
+                b.rx_next < b.rx_count
+            }
+        }
+    }
+
+    fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+        if !self.rx_pending() {
+            return false;
+        }
+        match &mut self.transport {
+            Transport::Rings { rx, .. } => {
+                let c = rx.consumer().load(Ordering::Relaxed);
+                let slot = rx.slot(c);
+                // SAFETY: the slot belongs to us until we advance the
+                // consumer index (the tender published it with release
+                // ordering, which `has_frames` acquired); its length word
+                // and up to NET_FRAME_MAX data bytes lie inside the slot.
+                let frame = unsafe {
+                    let len = ((slot + ring::SLOT_LEN as usize) as *const u32).read_volatile();
+                    let len = len.min(NET_FRAME_MAX) as usize;
+                    core::slice::from_raw_parts((slot + ring::SLOT_DATA as usize) as *const u8, len)
+                };
+                f(frame);
+                rx.consumer().store(c.wrapping_add(1), Ordering::Release);
+            }
+            Transport::Hypercalls(b) => {
+                let i = b.rx_next;
+                f(&b.rx[i * STRIDE..i * STRIDE + b.rx_lens[i] as usize]);
+                b.rx_next += 1;
+            }
+        }
+        true
+    }
+
+    fn tx_room(&mut self) -> bool {
+        match &mut self.transport {
+            Transport::Rings { tx, .. } => {
+                let p = tx.producer().load(Ordering::Relaxed);
+                p.wrapping_sub(tx.consumer().load(Ordering::Acquire)) < tx.slots
+            }
+            Transport::Hypercalls(_) => true,
+        }
+    }
+
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) -> bool {
+        if len > NET_FRAME_MAX as usize || !self.tx_room() {
+            return false;
+        }
+        let index = self.index;
+        match &mut self.transport {
+            Transport::Rings { tx, queued, .. } => {
+                let p = tx.producer().load(Ordering::Relaxed);
+                let slot = tx.slot(p);
+                // SAFETY: `tx_room` saw the tender release this slot; it is
+                // ours until we publish it; the length word and `len` bytes
+                // (at most NET_FRAME_MAX) lie inside the slot.
+                unsafe {
+                    ((slot + ring::SLOT_LEN as usize) as *mut u32).write_volatile(len as u32);
+                    f(core::slice::from_raw_parts_mut((slot + ring::SLOT_DATA as usize) as *mut u8, len));
+                }
+                tx.producer().store(p.wrapping_add(1), Ordering::Release);
+                *queued = true;
+            }
+            Transport::Hypercalls(b) => {
+                if b.tx_count == BATCH {
+                    b.flush(index, &self.calls);
+                }
+                let i = b.tx_count;
+                f(&mut b.tx[i * STRIDE..i * STRIDE + len]);
+                b.tx_lens[i] = len as u32;
+                b.tx_count += 1;
+            }
+        }
+        true
+    }
+
+    fn flush(&mut self) {
+        let index = self.index;
+        match &mut self.transport {
+            Transport::Rings { tx, queued, .. } => {
+                if core::mem::take(queued) {
+                    // Pairs with the I/O thread's fence between setting its
+                    // sleeping flag and its last look at the ring.
+                    fence(Ordering::SeqCst);
+                    if tx.sleeping().load(Ordering::SeqCst) != 0 {
+                        self.calls.net_notify(index);
+                    }
+                }
+            }
+            Transport::Hypercalls(b) => b.flush(index, &self.calls),
+        }
+    }
+
+    fn poll_rx(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.rx_pending() {
+            return Poll::Ready(());
+        }
+        wake_on_device(cx.waker(), self.index as usize);
+        // A frame may have landed between the check and the registration.
+        if self.rx_pending() { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+    use std::vec::Vec;
+
+    /// A fake tender: frames waiting to be read, frames written, doorbells.
+    #[derive(Default)]
+    struct FakeTender {
+        incoming: RefCell<Vec<Vec<u8>>>,
+        reads: Cell<u32>,
+        writes: RefCell<Vec<Vec<Vec<u8>>>>,
+        notifies: Cell<u32>,
+    }
+
+    impl NicCalls for &FakeTender {
+        fn net_read(&self, _device: u32, frames: &mut [NetFrame]) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            let mut incoming = self.incoming.borrow_mut();
+            let n = incoming.len().min(frames.len());
+            for (f, data) in frames.iter_mut().zip(incoming.drain(..n)) {
+                // SAFETY: the driver offers `cap` writable bytes at `addr`.
+                let buf = unsafe { core::slice::from_raw_parts_mut(f.addr as *mut u8, f.cap as usize) };
+                buf[..data.len()].copy_from_slice(&data);
+                f.len = data.len() as u32;
+            }
+            n as u32
+        }
+        fn net_write(&self, _device: u32, frames: &[NetFrame]) -> u32 {
+            let batch = frames
+                .iter()
+                // SAFETY: the driver hands over `len` readable bytes at `addr`.
+                .map(|f| unsafe { core::slice::from_raw_parts(f.addr as *const u8, f.len as usize) }.to_vec())
+                .collect();
+            self.writes.borrow_mut().push(batch);
+            frames.len() as u32
+        }
+        fn net_notify(&self, _device: u32) {
+            self.notifies.set(self.notifies.get() + 1);
+        }
+    }
+
+    fn frame(i: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|j| i.wrapping_add(j as u8)).collect()
+    }
+
+    fn recv_all(nic: &mut dyn NetDevice) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while nic.recv(&mut |f| got.push(f.to_vec())) {}
+        got
+    }
+
+    #[test]
+    fn hypercalls_batch_writes_and_read_only_when_told() {
+        let tender = FakeTender::default();
+        let hint = Rc::new(Cell::new(false));
+        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ..Default::default() };
+        // SAFETY: no rings.
+        let mut nic = unsafe { Nic::new(0, info, hint.clone(), &tender) };
+        // The first look reads once; nothing there, so no more reads until
+        // the platform says frames wait.
+        assert!(!nic.rx_pending());
+        assert!(!nic.rx_pending());
+        assert_eq!(tender.reads.get(), 1);
+        tender.incoming.borrow_mut().extend((0..70).map(|i| frame(i, 60 + i as usize)));
+        assert!(!nic.rx_pending(), "no read without a hint");
+        hint.set(true);
+        let got = recv_all(&mut nic);
+        // A full batch of 64 makes the driver read again at once.
+        assert_eq!(got.len(), 70);
+        assert_eq!(got[69], frame(69, 129));
+        assert_eq!(tender.reads.get(), 3);
+        for i in 0..100u8 {
+            assert!(nic.send(100, &mut |buf| buf.copy_from_slice(&frame(i, 100))));
+        }
+        nic.flush();
+        let writes = tender.writes.borrow();
+        assert_eq!(writes.iter().map(Vec::len).collect::<Vec<_>>(), [64, 36]);
+        assert_eq!(writes[1][35], frame(99, 100));
+        assert!(!nic.send(1515, &mut |_| {}), "over the MTU");
+    }
+
+    /// A tender-side view of the same rings, for the test.
+    struct Other {
+        base: usize,
+        slots: u32,
+    }
+
+    impl Other {
+        fn word(&self, ring: usize, off: u64) -> &AtomicU32 {
+            let bytes = ring::ring_bytes(self.slots) as usize;
+            // SAFETY: inside the test's buffer, aligned, atomically accessed.
+            unsafe { AtomicU32::from_ptr((self.base + ring * bytes + off as usize) as *mut u32) }
+        }
+        fn slot(&self, ring: usize, i: u32) -> usize {
+            self.base
+                + ring * ring::ring_bytes(self.slots) as usize
+                + (ring::HEADER_SIZE + u64::from(i % self.slots) * ring::SLOT_SIZE) as usize
+        }
+        fn push_rx(&self, data: &[u8]) -> bool {
+            let p = self.word(0, ring::PRODUCER).load(Ordering::Relaxed);
+            if p.wrapping_sub(self.word(0, ring::CONSUMER).load(Ordering::Acquire)) >= self.slots {
+                return false;
+            }
+            let s = self.slot(0, p);
+            // SAFETY: the slot is inside the buffer and ours until published.
+            unsafe {
+                ((s + ring::SLOT_LEN as usize) as *mut u32).write(data.len() as u32);
+                core::ptr::copy_nonoverlapping(data.as_ptr(), (s + ring::SLOT_DATA as usize) as *mut u8, data.len());
+            }
+            self.word(0, ring::PRODUCER).store(p + 1, Ordering::Release);
+            true
+        }
+        fn pop_tx(&self) -> Option<Vec<u8>> {
+            let c = self.word(1, ring::CONSUMER).load(Ordering::Relaxed);
+            if c == self.word(1, ring::PRODUCER).load(Ordering::Acquire) {
+                return None;
+            }
+            let s = self.slot(1, c);
+            // SAFETY: published by the driver, inside the buffer.
+            let v = unsafe {
+                let len = ((s + ring::SLOT_LEN as usize) as *const u32).read() as usize;
+                core::slice::from_raw_parts((s + ring::SLOT_DATA as usize) as *const u8, len).to_vec()
+            };
+            self.word(1, ring::CONSUMER).store(c + 1, Ordering::Release);
+            Some(v)
+        }
+    }
+
+    #[test]
+    fn rings_carry_frames_both_ways_and_ring_the_doorbell_only_when_asked() {
+        let slots = 8;
+        let bytes = 2 * ring::ring_bytes(slots) as usize;
+        let mut memory = std::vec![0u64; bytes / 8];
+        let base = memory.as_mut_ptr() as usize;
+        let other = Other { base, slots };
+        let tender = FakeTender::default();
+        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
+        // SAFETY: `memory` holds both rings and outlives `nic`.
+        let mut nic = unsafe { Nic::new(0, info, Rc::new(Cell::new(false)), &tender) };
+        for round in 0..5u8 {
+            for i in 0..slots as u8 {
+                assert!(other.push_rx(&frame(round * 10 + i, 60 + i as usize)));
+            }
+            assert!(!other.push_rx(&frame(0, 60)), "the receive ring is full");
+            let got = recv_all(&mut nic);
+            assert_eq!(got.len(), slots as usize);
+            assert_eq!(got[3], frame(round * 10 + 3, 63));
+            for i in 0..slots as u8 {
+                assert!(nic.send(70, &mut |b| b.copy_from_slice(&frame(i, 70))));
+            }
+            assert!(!nic.tx_room(), "the transmit ring is full");
+            nic.flush();
+            assert_eq!(tender.notifies.get(), 0, "the I/O thread is awake: no doorbell");
+            for i in 0..slots as u8 {
+                assert_eq!(other.pop_tx(), Some(frame(i, 70)));
+            }
+        }
+        other.word(1, ring::CONSUMER_SLEEPING).store(1, Ordering::SeqCst);
+        assert!(nic.send(60, &mut |b| b.fill(1)));
+        nic.flush();
+        nic.flush();
+        assert_eq!(tender.notifies.get(), 1, "one doorbell for the queued frames, none for an empty flush");
+        drop(nic);
+        drop(memory);
+    }
+}
