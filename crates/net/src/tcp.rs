@@ -26,6 +26,9 @@ pub enum TcpError {
     TimedOut,
     /// The connection is closed for sending (shut down, or reset).
     Closed,
+    /// The connection was reset by the peer or aborted because the peer
+    /// stopped acknowledging, before the end of the stream.
+    ConnectionReset,
     /// The address cannot be reached from this interface (no address or
     /// route for it).
     Unaddressable,
@@ -39,6 +42,7 @@ impl core::fmt::Display for TcpError {
             TcpError::ConnectionRefused => f.write_str("connection refused"),
             TcpError::TimedOut => f.write_str("connection timed out"),
             TcpError::Closed => f.write_str("connection closed"),
+            TcpError::ConnectionReset => f.write_str("connection reset before the end of the stream"),
             TcpError::Unaddressable => f.write_str("address unreachable from this interface"),
             TcpError::AddressInUse(p) => write!(f, "TCP port {p} is already in use"),
         }
@@ -128,7 +132,7 @@ impl TcpListener {
                 let remote = inner.sockets.get::<tcp::Socket>(h).remote_endpoint();
                 match remote {
                     Some(ep) => {
-                        let stream = TcpStream { stack: self.stack.clone(), handle: h };
+                        let stream = TcpStream { stack: self.stack.clone(), handle: h, eof: Default::default() };
                         return Poll::Ready(Ok((stream, SocketAddr::from(ep))));
                     }
                     // Reset before it was accepted.
@@ -164,6 +168,9 @@ impl Drop for TcpListener {
 pub struct TcpStream {
     stack: Stack,
     handle: SocketHandle,
+    /// The end of the stream was seen: later reads return 0 even after the
+    /// socket's state is forgotten (TIME-WAIT expiry).
+    eof: core::cell::Cell<bool>,
 }
 
 impl TcpStream {
@@ -190,7 +197,7 @@ impl TcpStream {
         };
         // Owned from here on, so an early return or a dropped future
         // releases the socket.
-        let stream = TcpStream { stack: stack.clone(), handle };
+        let stream = TcpStream { stack: stack.clone(), handle, eof: Default::default() };
         let started = skiff_rt::time::Instant::now();
         poll_fn(|cx| {
             stream.with(|s| match s.state() {
@@ -235,12 +242,20 @@ impl TcpStream {
             if s.can_recv() {
                 return Poll::Ready(Ok(s.recv_slice(buf).unwrap_or(0)));
             }
-            if !s.may_recv() {
-                // End of stream (the peer's FIN, or a reset).
-                return Poll::Ready(Ok(0));
+            // No data: an empty read tells a clean end of stream (the peer's
+            // FIN) from a reset or an abort.
+            match s.recv_slice(&mut []) {
+                Err(tcp::RecvError::Finished) => {
+                    self.eof.set(true);
+                    Poll::Ready(Ok(0))
+                }
+                Err(tcp::RecvError::InvalidState) if self.eof.get() => Poll::Ready(Ok(0)),
+                Err(tcp::RecvError::InvalidState) => Poll::Ready(Err(TcpError::ConnectionReset)),
+                Ok(_) => {
+                    s.register_recv_waker(cx.waker());
+                    Poll::Pending
+                }
             }
-            s.register_recv_waker(cx.waker());
-            Poll::Pending
         });
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             // The window opened: the driver may want to tell the peer.
