@@ -52,7 +52,7 @@ impl Default for NetOptions {
             rings: true,
             slots: ring::DEFAULT_SLOTS,
             io_spin: Duration::from_micros(50),
-            guest_spin: Duration::from_micros(0),
+            guest_spin: Duration::from_micros(50),
         }
     }
 }

@@ -149,8 +149,9 @@ pub struct RunOptions {
     /// last frame before it sleeps.
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
     pub net_spin: std::time::Duration,
-    /// How long the guest keeps polling its rings before it sleeps.
-    #[arg(long, value_parser = parse_duration, default_value = "0us")]
+    /// How long the guest keeps polling its rings before it sleeps (an exit
+    /// costs more than a short spin; see BENCHMARKS.md).
+    #[arg(long, value_parser = parse_duration, default_value = "50us")]
     pub guest_spin: std::time::Duration,
 }
 

@@ -7,8 +7,8 @@
 //! header (`IFF_NO_PI`). The descriptor is non-blocking; readiness comes
 //! from epoll.
 //!
-//! The only `unsafe` here is the `TUNSETIFF` ioctl and the `ppoll` call of
-//! [`wait_readable`].
+//! The only `unsafe` here is the `if_nametoindex` and `TUNSETIFF` calls and
+//! the `ppoll` call of [`wait_readable`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -81,12 +81,13 @@ impl Tap {
         if !valid_name(name) {
             return Err(TapError::BadName(name.to_string()));
         }
-        let sys = std::path::Path::new("/sys/class/net").join(name);
-        if !sys.exists() {
+        // Attaching to a name that does not exist would create a new,
+        // unconnected device: check first, in this thread's network
+        // namespace. (A non-TAP device is refused by TUNSETIFF itself.)
+        let c_name = std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.to_string()))?;
+        // SAFETY: `c_name` is a valid NUL-terminated string for the call.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
             return Err(TapError::Missing(name.to_string()));
-        }
-        if !sys.join("tun_flags").exists() {
-            return Err(TapError::NotTap(name.to_string()));
         }
         let file = OpenOptions::new()
             .read(true)

@@ -1,0 +1,438 @@
+//! Network benchmark: ping flood, TCP bulk throughput in and out, exits per
+//! frame, the ring spin trade-off, and the smallest memory that serves 200
+//! connections. Every figure has a Linux baseline from the same run.
+//!
+//! Set-up (all inside network namespaces this benchmark creates):
+//!
+//! ```text
+//! skiff:  [client ns] tap0 10.0.0.1 ==TAP== skiff-tender (I/O thread, rings) -- guest 10.0.0.2
+//! linux:  [client ns] tap0 10.0.0.1 ==TAP== forwarder process ==TAP== tap1 10.0.0.2 [server ns, Linux kernel]
+//! ```
+//!
+//! The baseline keeps the same path up to the process holding the TAP
+//! device: a forwarder copies frames to a second TAP device whose far side
+//! is the Linux kernel in its own namespace, running the same services as
+//! Linux processes. Both servers sit behind one TAP and one userspace hop;
+//! what differs is the network stack (Skiff in a VM versus the Linux
+//! kernel).
+//!
+//! `cargo run --release -p skiff-bench --bin net` (root, KVM).
+
+use skiff_bench::{Linking, guest, release_tender};
+use skiff_tender::tap::{Tap, wait_readable};
+use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const GUEST: &str = "10.0.0.2";
+
+/// Copies frames between two TAP devices in two namespaces, one thread per
+/// direction, until dropped.
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(a: &NetNs, tap_a: &str, b: &NetNs, tap_b: &str) -> Forwarder {
+        let (ta, tb) = (tap_a.to_string(), tap_b.to_string());
+        let ta = Arc::new(a.run(move || Tap::attach(&ta).expect("attach the client-side TAP")));
+        let tb = Arc::new(b.run(move || Tap::attach(&tb).expect("attach the server-side TAP")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = [(ta.clone(), tb.clone()), (tb, ta)]
+            .into_iter()
+            .map(|(from, to)| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = wait_readable(&[from.fd()], Some(Duration::from_millis(50)));
+                        while let Ok(Some(n)) = from.recv(&mut buf) {
+                            let _ = to.send(&buf[..n]);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Forwarder { stop, threads }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The bulk protocol of the netprobe guest, served by Linux: port 9 counts
+/// what it reads and answers with the count; port 19 sends as many bytes as
+/// asked.
+fn linux_bulk_server(ns: &NetNs) {
+    let (sink, source) = ns
+        .run(|| (TcpListener::bind(format!("{GUEST}:9")).unwrap(), TcpListener::bind(format!("{GUEST}:19")).unwrap()));
+    std::thread::spawn(move || {
+        for s in sink.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 65536];
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(&total.to_le_bytes());
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        for s in source.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut len = [0u8; 8];
+                if s.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut left = u64::from_le_bytes(len);
+                let chunk = vec![0x5au8; 65536];
+                while left > 0 {
+                    let n = (chunk.len() as u64).min(left) as usize;
+                    if s.write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+}
+
+/// A Linux echo server on port 7, a thread per connection.
+fn linux_echo_server(ns: &NetNs) {
+    let l = ns.run(|| TcpListener::bind(format!("{GUEST}:7")).unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Ping flood: (pings per second, average RTT in microseconds).
+fn ping_flood(ns: &NetNs, count: u32) -> (f64, f64) {
+    let out =
+        ns.command("ping").args(["-f", "-q", "-c", &count.to_string(), "-W", "1", GUEST]).output().expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: f64 = text
+        .split(" received")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0.0);
+    let time_ms: f64 =
+        text.split("time ").nth(1).and_then(|s| s.split("ms").next()).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    let avg_ms: f64 =
+        text.split(" = ").nth(1).and_then(|s| s.split('/').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    assert!(received >= f64::from(count) * 0.99, "ping flood lost replies:\n{text}");
+    (received / (time_ms / 1000.0), avg_ms * 1000.0)
+}
+
+/// Sends `bytes` to the sink; MiB/s.
+fn bulk_in(ns: &NetNs, bytes: u64) -> f64 {
+    ns.run(move || {
+        let mut s = TcpStream::connect(format!("{GUEST}:9")).unwrap();
+        let chunk = vec![0xa5u8; 256 * 1024];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = (chunk.len() as u64).min(left) as usize;
+            s.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count).unwrap();
+        assert_eq!(u64::from_le_bytes(count), bytes, "the sink counted every byte");
+        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// Receives `bytes` from the source; MiB/s.
+fn bulk_out(ns: &NetNs, bytes: u64) -> f64 {
+    ns.run(move || {
+        let mut s = TcpStream::connect(format!("{GUEST}:19")).unwrap();
+        let start = Instant::now();
+        s.write_all(&bytes.to_le_bytes()).unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the source stopped after {got} bytes");
+            got += n as u64;
+        }
+        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// 200 connections open at once, each echoing 20 KB: whether all worked.
+fn two_hundred_connections(ns: &NetNs) -> bool {
+    ns.run(|| {
+        let addr: SocketAddr = format!("{GUEST}:7").parse().unwrap();
+        let conns: Vec<_> = (0..200)
+            .map(|_| std::thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5))))
+            .collect();
+        let conns: Vec<_> = conns.into_iter().filter_map(|t| t.join().ok()?.ok()).collect();
+        if conns.len() < 200 {
+            return false;
+        }
+        let workers: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                    let data = vec![i as u8; 20_000];
+                    s.write_all(&data).ok()?;
+                    s.shutdown(std::net::Shutdown::Write).ok()?;
+                    let mut back = Vec::new();
+                    s.read_to_end(&mut back).ok()?;
+                    (back == data).then_some(())
+                })
+            })
+            .collect();
+        workers.into_iter().all(|w| w.join().ok().flatten().is_some())
+    })
+}
+
+struct Skiff {
+    ns: NetNs,
+    guest: Guard,
+    log: std::path::PathBuf,
+}
+
+fn client_ns() -> NetNs {
+    let ns = NetNs::new().expect("namespace");
+    ns.add_tap("tap0", &["10.0.0.1/24"]).expect("tap");
+    ns
+}
+
+fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[&str], ready: &str) -> Skiff {
+    let ns = client_ns();
+    let log = std::env::temp_dir().join(format!("skiff-bench-{}.log", ns.name()));
+    let child = ns
+        .command(tender)
+        .args(["--net", "service=tap0", "--stats"])
+        .args(tender_args)
+        .arg(image)
+        .arg("--")
+        .args(["--ipv4", "10.0.0.2/24"])
+        .args(guest_args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .expect("start the tender");
+    let guest = Guard(child);
+    let ok = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains(ready)).map(|_| ())
+    });
+    assert!(ok.is_some(), "the guest did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    Skiff { ns, guest, log }
+}
+
+/// Stops a guest with SIGINT... the tender has no signal handling, so the
+/// run is ended by `--timeout`; this waits for it and returns the log.
+fn finish(mut s: Skiff) -> String {
+    let _ = wait_for(Duration::from_secs(60), || s.guest.0.try_wait().ok().flatten());
+    std::fs::read_to_string(&s.log).unwrap_or_default()
+}
+
+struct Linux {
+    client: NetNs,
+    _server: NetNs,
+    _fwd: Forwarder,
+}
+
+fn start_linux() -> Linux {
+    let client = client_ns();
+    let server = NetNs::new().expect("namespace");
+    server.add_tap("tap1", &["10.0.0.2/24"]).expect("tap");
+    let fwd = Forwarder::start(&client, "tap0", &server, "tap1");
+    Linux { client, _server: server, _fwd: fwd }
+}
+
+fn exits_and_frames(log: &str) -> (u64, u64) {
+    let exits =
+        log.split("  exits ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let net = log.lines().find(|l| l.contains("frames received")).unwrap_or("");
+    let words: Vec<&str> = net.split_whitespace().collect();
+    let rx: u64 = words.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let tx: u64 = words.get(4).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (exits, rx + tx)
+}
+
+/// CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(") ").next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The tender's pid: the child is `ip netns exec`, which execs the tender.
+fn tender_pid(s: &Skiff) -> u32 {
+    s.guest.0.id()
+}
+
+fn main() {
+    require_root();
+    require_kvm();
+    require_program("ping", "iputils-ping");
+    let pings: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let tender = release_tender(Linking::Static);
+    let echo = guest("examples/echo");
+    let netprobe = guest("tests/guests/netprobe");
+    let bulk_bytes: u64 = 256 << 20;
+
+    // Ping flood.
+    eprintln!("net benchmark: ping flood, {pings} pings each");
+    let s = start_skiff(&tender, &echo, &["--timeout", "30s"], &[], "echo: serving");
+    let (sk_rate, sk_rtt) = ping_flood(&s.ns, pings);
+    drop(s);
+    let l = start_linux();
+    let (lx_rate, lx_rtt) = ping_flood(&l.client, pings);
+    drop(l);
+    println!("## Ping flood (`ping -f -c {pings}` from the client namespace)");
+    println!();
+    println!("| server | pings/s | average RTT | vs. Linux |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| Skiff echo (rings) | {sk_rate:.0} | {sk_rtt:.0} us | {:.2} |", sk_rate / lx_rate);
+    println!("| Linux kernel behind the same TAP path | {lx_rate:.0} | {lx_rtt:.0} us | 1.00 |");
+    println!();
+    println!(
+        "Solo5 hvt manages about 700 pings/s here and its spt sandbox about 38,000/s (DESIGN.md); target: \
+         at least 10,000/s. Skiff: {:.1}x Solo5 hvt.",
+        sk_rate / 700.0
+    );
+
+    // Spin trade-off.
+    eprintln!("net benchmark: spin settings");
+    println!();
+    println!("## Spinning before sleeping (ping flood of {} pings)", pings / 4);
+    println!();
+    println!("| I/O thread spin | guest spin | pings/s | tender CPU per ping | exits per frame |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for (io, g) in [("0us", "0us"), ("50us", "0us"), ("200us", "0us"), ("50us", "50us"), ("200us", "200us")] {
+        let s = start_skiff(
+            &tender,
+            &echo,
+            &["--timeout", "15s", "--net-spin", io, "--guest-spin", g],
+            &[],
+            "echo: serving",
+        );
+        let pid = tender_pid(&s);
+        let cpu0 = cpu_seconds(pid);
+        let (rate, _) = ping_flood(&s.ns, pings / 4);
+        let cpu = cpu_seconds(pid) - cpu0;
+        let log = finish(s);
+        let (exits, frames) = exits_and_frames(&log);
+        println!(
+            "| {io} | {g} | {rate:.0} | {:.1} us | {:.3} |",
+            cpu / f64::from(pings / 4) * 1e6,
+            exits as f64 / frames.max(1) as f64
+        );
+    }
+
+    // Bulk TCP.
+    eprintln!("net benchmark: bulk TCP, {} MiB each way", bulk_bytes >> 20);
+    let s = start_skiff(&tender, &netprobe, &["--timeout", "60s"], &["bulk"], "netprobe: bulk on ports");
+    let sk_in = bulk_in(&s.ns, bulk_bytes);
+    let sk_out = bulk_out(&s.ns, bulk_bytes);
+    let _ = s.guest.0.id();
+    let log = finish(s);
+    let (exits, _) = exits_and_frames(&log);
+    let l = start_linux();
+    linux_bulk_server(&l._server);
+    let lx_in = bulk_in(&l.client, bulk_bytes);
+    let lx_out = bulk_out(&l.client, bulk_bytes);
+    drop(l);
+    println!();
+    println!("## TCP bulk transfer ({} MiB each way, one connection)", bulk_bytes >> 20);
+    println!();
+    println!("| direction | Skiff MiB/s | Linux MiB/s | Skiff / Linux |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| into the server | {sk_in:.0} | {lx_in:.0} | {:.2} |", sk_in / lx_in);
+    println!("| out of the server | {sk_out:.0} | {lx_out:.0} | {:.2} |", sk_out / lx_out);
+    println!();
+    println!(
+        "VM exits for the whole Skiff run (boot, both transfers, idle until --timeout): {exits}, {:.2} per MiB moved",
+        exits as f64 / (2 * (bulk_bytes >> 20)) as f64
+    );
+
+    // Echo with many connections, and the smallest memory for 200.
+    eprintln!("net benchmark: memory for 200 connections");
+    let mut smallest = None;
+    for mem in ["8M", "12M", "16M", "24M", "32M", "48M", "64M"] {
+        let s = start_skiff(&tender, &echo, &["--timeout", "30s", "--mem", mem], &[], "echo: serving");
+        let ok = two_hundred_connections(&s.ns);
+        drop(s);
+        if ok {
+            smallest = Some(mem);
+            break;
+        }
+    }
+    let s = start_skiff(&tender, &echo, &["--timeout", "30s"], &["--tcp-buffer", "16K"], "echo: serving");
+    let small_buffers = two_hundred_connections(&s.ns);
+    drop(s);
+    let mut smallest_16k = None;
+    if small_buffers {
+        for mem in ["4M", "6M", "8M", "12M", "16M"] {
+            let s = start_skiff(
+                &tender,
+                &echo,
+                &["--timeout", "30s", "--mem", mem],
+                &["--tcp-buffer", "16K"],
+                "echo: serving",
+            );
+            let ok = two_hundred_connections(&s.ns);
+            drop(s);
+            if ok {
+                smallest_16k = Some(mem);
+                break;
+            }
+        }
+    }
+    let l = start_linux();
+    linux_echo_server(&l._server);
+    let linux_ok = two_hundred_connections(&l.client);
+    drop(l);
+    println!();
+    println!("## Memory for 200 concurrent echo connections");
+    println!();
+    println!(
+        "smallest `--mem` (of 8, 12, 16, 24, 32, 48, 64 MiB) at which echo serves 200 concurrent connections: {} \
+         with its default 64 KiB TCP buffers; {} with `--tcp-buffer 16K` (of 4, 6, 8, 12, 16 MiB). Linux baseline \
+         served them: {linux_ok}.",
+        smallest.unwrap_or("none"),
+        smallest_16k.unwrap_or("none")
+    );
+}
