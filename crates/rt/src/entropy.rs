@@ -20,11 +20,8 @@ fn mix(mut z: u64) -> u64 {
 
 #[cfg(skiff_guest)]
 fn source() -> u64 {
-    use core::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let tsc = crate::arch::cpu::rdtsc();
-    let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    tsc ^ n.rotate_left(32) ^ crate::arch::cpu::rdrand().unwrap_or(0)
+    // The TSC never repeats, so neither does the seed.
+    crate::arch::cpu::rdtsc() ^ crate::arch::cpu::rdrand().unwrap_or(0)
 }
 
 #[cfg(not(skiff_guest))]

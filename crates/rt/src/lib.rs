@@ -18,10 +18,11 @@
 //!
 //! # Statics
 //!
-//! The runtime keeps exactly three statics, each forced by Rust or by a
-//! facade it serves: the global allocator, the `log` logger, and the TSC
-//! calibration written once at boot. Devices, the executor and its timers
-//! are values owned by the runtime and lent to the service.
+//! The runtime keeps three statics, each forced by Rust or by a facade it
+//! serves: the global allocator, the `log` logger, and the TSC calibration
+//! written once at boot; and one flag, set by the panic handler so a panic
+//! inside a panic ends the guest at once. Devices, the executor and its
+//! timers are values owned by the runtime and lent to the service.
 //!
 //! Host builds (without `--cfg skiff_guest`) contain only the portable
 //! parts, for unit tests: there, time is a manual clock the test advances.
