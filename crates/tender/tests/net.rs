@@ -513,3 +513,14 @@ fn nics_must_match_the_manifest_and_exist() {
     assert_eq!(status, 2);
     assert!(err.contains("expected NAME=TAPDEVICE"), "{err}");
 }
+
+#[test]
+fn an_oversized_frame_from_the_guest_ends_it_with_a_message() {
+    let ns = namespace();
+    let mut g =
+        Guest::start(&ns, netprobe_image(), &["--net-rings", "off"], &["--ipv4", "10.0.0.2/24", "oversize-frame"]);
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 110, "{out}");
+    assert!(out.contains("NIC \"service\": a frame of 2000 bytes is outside 14..=1514 bytes (MTU 1500)"), "{out}");
+    assert!(!out.contains("accepted an oversized frame"), "{out}");
+}

@@ -5,6 +5,8 @@
 //! - `connect HOST PORT MESSAGE`: resolve HOST, connect, send MESSAGE, shut
 //!   down the sending half, and log everything the server sends back;
 //! - `wait SECONDS`: keep the stack up (DHCP renewals) for a while;
+//! - `oversize-frame`: hand the tender a 2000-byte frame with `NetWrite`
+//!   (run with `--net-rings off`), which must end the guest;
 //! - `bulk`: serve bulk transfers for the benchmarks: TCP port 9 reads
 //!   everything it is sent and answers with the byte count (8 bytes, little
 //!   endian) when the sender closes; port 19 reads an 8-byte length and
@@ -45,6 +47,16 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
                 reply.extend_from_slice(&buf[..n]);
             }
             info!("netprobe: reply {:?}", String::from_utf8_lossy(&reply));
+        }
+        ["oversize-frame"] => {
+            let frame = [0u8; 2000];
+            // A NetFrame: address, length, capacity.
+            let desc: [u64; 2] = [frame.as_ptr() as u64, 2000];
+            // NetIoArgs: device 0, one frame, the list, done, reserved.
+            let args: [u64; 3] = [1 << 32, desc.as_ptr() as u64, 0];
+            // SAFETY: a deliberately bad hypercall; the tender ends the guest.
+            unsafe { core::arch::asm!("out dx, eax", in("dx") 0x505u16, in("eax") args.as_ptr() as u32) };
+            error!("netprobe: the tender accepted an oversized frame");
         }
         ["bulk"] => {
             let sink = TcpListener::bind(&stack, 9)?;
