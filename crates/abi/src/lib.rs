@@ -38,7 +38,7 @@
 
 /// Version of this contract. The tender refuses an image whose manifest
 /// carries another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// First I/O port of the hypercall range; call `n` is port `BASE + n`.
 pub const HYPERCALL_PORT_BASE: u16 = 0x500;
@@ -618,9 +618,16 @@ pub mod manifest {
     pub struct ManifestDevice {
         /// A [`DeviceKind`] as `u32`.
         pub kind: u32,
+        /// [`FLAG_OUTBOUND`] and future flags.
+        pub flags: u32,
         /// The device's name, NUL-padded; unique within the manifest.
         pub name: [u8; DEVICE_NAME_MAX],
     }
+
+    /// A NIC's service connects out (to APIs, name servers): on a user-mode
+    /// network the tender relays its outbound traffic unless told not to.
+    /// Without it, outbound traffic is off by default.
+    pub const FLAG_OUTBOUND: u32 = 1;
 
     /// The manifest descriptor.
     #[repr(C)]
@@ -653,13 +660,13 @@ pub mod manifest {
         pub desc: Manifest,
     }
 
-    const EMPTY_DEVICE: ManifestDevice = ManifestDevice { kind: 0, name: [0; DEVICE_NAME_MAX] };
+    const EMPTY_DEVICE: ManifestDevice = ManifestDevice { kind: 0, flags: 0, name: [0; DEVICE_NAME_MAX] };
 
     impl ManifestNote {
-        /// Builds the note for a list of `(kind, name)` devices at compile
-        /// time. Fails compilation (const panic) on too many devices, an
-        /// empty or too long name, or a duplicate name.
-        pub const fn new(devices: &[(DeviceKind, &str)]) -> ManifestNote {
+        /// Builds the note for a list of `(kind, name, flags)` devices at
+        /// compile time. Fails compilation (const panic) on too many
+        /// devices, an empty or too long name, or a duplicate name.
+        pub const fn new(devices: &[(DeviceKind, &str, u32)]) -> ManifestNote {
             assert!(devices.len() <= MAX_DEVICES, "too many devices in the manifest");
             let mut out = [EMPTY_DEVICE; MAX_DEVICES];
             let mut i = 0;
@@ -673,6 +680,7 @@ pub mod manifest {
                     j += 1;
                 }
                 out[i].kind = devices[i].0 as u32;
+                out[i].flags = devices[i].2;
                 let mut k = 0;
                 while k < i {
                     assert!(!name_eq(&out[k].name, &out[i].name), "duplicate device name");
@@ -765,21 +773,22 @@ mod tests {
     #[test]
     fn manifest_note_layout() {
         use manifest::*;
-        assert_eq!(size_of::<ManifestDevice>(), 36);
-        assert_eq!(DESC_SIZE, 8 + 36 * MAX_DEVICES);
+        assert_eq!(size_of::<ManifestDevice>(), 40);
+        assert_eq!(DESC_SIZE, 8 + 40 * MAX_DEVICES);
         assert_eq!(offset_of!(ManifestNote, desc), 20);
         assert_eq!(size_of::<ManifestNote>() % 4, 0);
-        let note = ManifestNote::new(&[(DeviceKind::Net, "service"), (DeviceKind::Block, "disk")]);
+        let note = ManifestNote::new(&[(DeviceKind::Net, "service", FLAG_OUTBOUND), (DeviceKind::Block, "disk", 0)]);
         assert_eq!(note.desc.device_count, 2);
         assert_eq!(note.desc.abi_version, ABI_VERSION);
         assert_eq!(device_name(&note.desc.devices[0].name), Some("service"));
         assert_eq!(note.desc.devices[1].kind, DeviceKind::Block as u32);
+        assert_eq!(note.desc.devices[0].flags, FLAG_OUTBOUND);
     }
 
     #[test]
     #[should_panic(expected = "duplicate device name")]
     fn manifest_rejects_duplicates() {
-        let _ = manifest::ManifestNote::new(&[(DeviceKind::Net, "a"), (DeviceKind::Net, "a")]);
+        let _ = manifest::ManifestNote::new(&[(DeviceKind::Net, "a", 0), (DeviceKind::Net, "a", 0)]);
     }
 
     #[test]

@@ -82,8 +82,8 @@ pub enum CheckError {
     #[error("the image failed its checks:\n{}", .0.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
     Findings(Vec<Finding>),
     /// The tender would refuse the image.
-    #[error(transparent)]
-    Tender(#[from] skiff_tender::TenderError),
+    #[error("{0}")]
+    Refused(skiff_tender::elf::ElfError),
 }
 
 /// What the checks looked at.
@@ -237,7 +237,7 @@ pub fn check_bytes(data: &[u8]) -> Result<CheckReport, CheckError> {
 pub fn check_image(path: &Path) -> Result<CheckReport, CheckError> {
     let data = std::fs::read(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
     let report = check_bytes(&data)?;
-    skiff_tender::load_image(path, true)?;
+    skiff_tender::elf::Image::parse(data, true).map_err(CheckError::Refused)?;
     Ok(report)
 }
 

@@ -7,6 +7,9 @@
 //!
 //! #[skiff::main(net = "service")]          // declares a NIC named "service"
 //! async fn main(env: skiff::Env) { ... }
+//!
+//! #[skiff::main(net = "service", outbound)] // ... that connects out
+//! async fn main(env: skiff::Env) { ... }
 //! ```
 //!
 //! The function may take no argument or one (the [`Env`]), and may return
@@ -96,10 +99,18 @@ fn params_end_with_comma(params: &TokenStream) -> bool {
     matches!(params.clone().into_iter().last(), Some(TokenTree::Punct(p)) if p.as_char() == ',')
 }
 
-/// `net = "service", block = "disk"` -> [("Net", "service"), ("Block", "disk")].
-fn parse_devices(attr: TokenStream) -> Result<Vec<(&'static str, String)>, String> {
+/// What the attribute's arguments declare.
+struct Declared {
+    /// `net = "service", block = "disk"` -> [("Net", "service"), ("Block", "disk")].
+    devices: Vec<(&'static str, String)>,
+    /// `outbound`: the service connects out through its NICs.
+    outbound: bool,
+}
+
+fn parse_devices(attr: TokenStream) -> Result<Declared, String> {
     let tokens: Vec<TokenTree> = attr.into_iter().collect();
     let mut devices = Vec::new();
+    let mut outbound = false;
     let mut i = 0;
     while i < tokens.len() {
         let key = match &tokens[i] {
@@ -108,53 +119,68 @@ fn parse_devices(attr: TokenStream) -> Result<Vec<(&'static str, String)>, Strin
                 return Err(format!("#[skiff::main]: unexpected `{other}`; use net = \"name\""));
             }
         };
-        let kind = match key.as_str() {
-            "net" => "Net",
-            "block" => "Block",
-            _ => {
-                return Err(format!("#[skiff::main]: unknown device kind `{key}` (known: net, block)"));
-            }
-        };
-        match tokens.get(i + 1) {
-            Some(TokenTree::Punct(p)) if p.as_char() == '=' => {}
-            _ => return Err(format!("#[skiff::main]: expected `=` after `{key}`")),
-        }
-        let name = match tokens.get(i + 2) {
-            Some(TokenTree::Literal(l)) => {
-                let s = l.to_string();
-                if !(s.starts_with('"') && s.ends_with('"') && s.len() >= 2) {
-                    return Err(format!("#[skiff::main]: the {key} device name must be a string"));
+        if key == "outbound" {
+            outbound = true;
+            i += 1;
+        } else {
+            let kind = match key.as_str() {
+                "net" => "Net",
+                "block" => "Block",
+                _ => {
+                    return Err(format!("#[skiff::main]: unknown argument `{key}` (known: net, block, outbound)"));
                 }
-                s[1..s.len() - 1].to_string()
+            };
+            match tokens.get(i + 1) {
+                Some(TokenTree::Punct(p)) if p.as_char() == '=' => {}
+                _ => return Err(format!("#[skiff::main]: expected `=` after `{key}`")),
             }
-            _ => return Err(format!("#[skiff::main]: expected a string after `{key} =`")),
-        };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!(
-                "#[skiff::main]: device name {name:?} must be non-empty ASCII letters, digits, '-' or '_'"
-            ));
+            let name = match tokens.get(i + 2) {
+                Some(TokenTree::Literal(l)) => {
+                    let s = l.to_string();
+                    if !(s.starts_with('"') && s.ends_with('"') && s.len() >= 2) {
+                        return Err(format!("#[skiff::main]: the {key} device name must be a string"));
+                    }
+                    s[1..s.len() - 1].to_string()
+                }
+                _ => return Err(format!("#[skiff::main]: expected a string after `{key} =`")),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(format!(
+                    "#[skiff::main]: device name {name:?} must be non-empty ASCII letters, digits, '-' or '_'"
+                ));
+            }
+            devices.push((kind, name));
+            i += 3;
         }
-        devices.push((kind, name));
-        i += 3;
         match tokens.get(i) {
             None => {}
             Some(TokenTree::Punct(p)) if p.as_char() == ',' => i += 1,
             Some(other) => return Err(format!("#[skiff::main]: expected `,`, found `{other}`")),
         }
     }
-    Ok(devices)
+    if outbound && !devices.iter().any(|(k, _)| *k == "Net") {
+        return Err("#[skiff::main]: `outbound` needs a NIC (net = \"name\")".into());
+    }
+    Ok(Declared { devices, outbound })
 }
 
 fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream, String> {
     let sig = parse_signature(item)?;
-    let devices = parse_devices(attr)?;
+    let declared = parse_devices(attr)?;
     let call = if sig.takes_env {
         format!("{}(env).await", sig.name)
     } else {
         format!("{{ let _ = env; {}().await }}", sig.name)
     };
-    let device_list: Vec<String> =
-        devices.iter().map(|(kind, name)| format!("(::skiff::__private::DeviceKind::{kind}, {name:?})")).collect();
+    let flags = if declared.outbound { "::skiff::__private::FLAG_OUTBOUND" } else { "0" };
+    let device_list: Vec<String> = declared
+        .devices
+        .iter()
+        .map(|(kind, name)| {
+            let flags = if *kind == "Net" { flags } else { "0" };
+            format!("(::skiff::__private::DeviceKind::{kind}, {name:?}, {flags})")
+        })
+        .collect();
     let code = format!(
         r#"
         #[doc(hidden)]

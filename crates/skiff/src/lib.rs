@@ -84,6 +84,6 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use skiff_abi::DeviceKind;
-    pub use skiff_abi::manifest::ManifestNote;
+    pub use skiff_abi::manifest::{FLAG_OUTBOUND, ManifestNote};
     pub use skiff_rt::{MainFuture, boxed_main};
 }

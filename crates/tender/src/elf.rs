@@ -177,6 +177,8 @@ pub struct DeclaredDevice {
     pub kind: DeviceKind,
     /// Its name.
     pub name: String,
+    /// The service connects out through it.
+    pub outbound: bool,
 }
 
 /// A function symbol, for naming the code at a faulting address.
@@ -461,12 +463,13 @@ fn parse_manifest(desc: &[u8]) -> Result<Manifest, ElfError> {
     }
     let mut devices = Vec::with_capacity(count);
     for i in 0..count {
-        let at = 8 + i * (4 + DEVICE_NAME_MAX);
+        let at = 8 + i * (8 + DEVICE_NAME_MAX);
         let raw_kind = u32_at(desc, at);
+        let flags = u32_at(desc, at + 4);
         let kind = DeviceKind::from_raw(raw_kind)
             .ok_or_else(|| ElfError::BadManifest(format!("device {i} has unknown kind {raw_kind}")))?;
         let mut name_bytes = [0u8; DEVICE_NAME_MAX];
-        name_bytes.copy_from_slice(&desc[at + 4..at + 4 + DEVICE_NAME_MAX]);
+        name_bytes.copy_from_slice(&desc[at + 8..at + 8 + DEVICE_NAME_MAX]);
         let name = device_name(&name_bytes)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ElfError::BadManifest(format!("device {i} has an empty or non-UTF-8 name")))?
@@ -474,7 +477,7 @@ fn parse_manifest(desc: &[u8]) -> Result<Manifest, ElfError> {
         if devices.iter().any(|d: &DeclaredDevice| d.name == name) {
             return Err(ElfError::BadManifest(format!("device name {name:?} is declared twice")));
         }
-        devices.push(DeclaredDevice { kind, name });
+        devices.push(DeclaredDevice { kind, name, outbound: flags & skiff_abi::manifest::FLAG_OUTBOUND != 0 });
     }
     Ok((version, devices))
 }
@@ -565,6 +568,7 @@ pub(crate) mod tests {
                 for i in 0..MAX_DEVICES {
                     let (kind, name) = self.devices.get(i).copied().unwrap_or((0, ""));
                     note.extend_from_slice(&kind.to_le_bytes());
+                    note.extend_from_slice(&0u32.to_le_bytes());
                     let mut n = [0u8; DEVICE_NAME_MAX];
                     n[..name.len()].copy_from_slice(name.as_bytes());
                     note.extend_from_slice(&n);
@@ -623,7 +627,10 @@ pub(crate) mod tests {
         let img = parse(&b).unwrap();
         assert_eq!(img.segments.len(), 3);
         assert_eq!(img.entry, 0x10_0000);
-        assert_eq!(img.devices, vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into() }]);
+        assert_eq!(
+            img.devices,
+            vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into(), outbound: false }]
+        );
         assert_eq!(img.end(), 0x10_8000);
         assert_eq!(img.segment_bytes(&img.segments[1]), &[1, 2, 3]);
         assert_eq!(img.stack().vaddr, 0x10_4000);

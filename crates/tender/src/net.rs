@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn attachments_must_match_the_manifest() {
-        let declared = vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into() }];
+        let declared = vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into(), outbound: false }];
         let mut opts = NetOptions::default();
         assert!(matches!(attach(&declared, &opts, 0), Err(NetError::Missing(n)) if n == "service"));
         opts.nics = vec![NicSpec { name: "other".into(), tap: "tap0".into() }];

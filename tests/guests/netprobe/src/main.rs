@@ -19,7 +19,7 @@ use skiff::net::{NetConfig, Stack, TcpListener, TcpStream};
 use skiff::prelude::*;
 use skiff::time::{sleep, timeout};
 
-#[skiff::main(net = "service")]
+#[skiff::main(net = "service", outbound)]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let (config, rest) = NetConfig::from_args(env.args())?;
     let stack = Stack::new(env.take_net("service")?, config, &env.spawner());
