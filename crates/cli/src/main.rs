@@ -130,13 +130,23 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
     } else {
         a.path
     };
-    let config = a.options.config(image, a.args);
+    let mut options = a.options;
+    // A service with NICs and no --net runs on the user network: reachable
+    // through --publish, no TAP device or privileges needed.
+    if options.net.is_empty() {
+        let declared = skiff_tender::load_image(&image, true)?.devices;
+        for d in declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net) {
+            eprintln!("skiff: no --net given: NIC {:?} goes on the user network (--net {}=user)", d.name, d.name);
+            options.net.push((d.name.clone(), "user".into()));
+        }
+    }
+    let config = options.config(image, a.args);
     let mut stdout = std::io::stdout().lock();
     let report = skiff_tender::run(&config, &mut stdout)?;
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");
     }
-    if a.options.stats {
+    if options.stats {
         eprintln!("{}", report.stats.report());
     }
     Ok(report.outcome.status())

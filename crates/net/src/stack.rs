@@ -198,6 +198,9 @@ impl Inner {
                     w.wake();
                 }
             }
+            // The socket reports "deconfigured" when it starts, too: only a
+            // lease we had is worth a warning.
+            Some(dhcpv4::Event::Deconfigured) if self.iface.ipv4_addr().is_none() => {}
             Some(dhcpv4::Event::Deconfigured) => {
                 warn!("DHCP: lease lost; no IPv4 address until a server answers");
                 self.iface.update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a, IpCidr::Ipv4(_))));

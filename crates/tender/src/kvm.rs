@@ -301,6 +301,16 @@ impl Vm {
     }
 }
 
+/// Makes every thread allocate from glibc's main malloc arena. A per-thread
+/// arena, when it shrinks, reads `/proc/sys/vm/overcommit_memory`, which
+/// the seccomp allow-list forbids; the main arena only uses `brk` and
+/// `mmap`. Called before any thread starts.
+pub fn use_one_malloc_arena() {
+    // SAFETY: mallopt only changes malloc's tuning; M_ARENA_MAX is a valid
+    // parameter and 1 a valid value for it.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// The signal that interrupts a running vCPU.
 const KICK_SIGNAL: i32 = libc::SIGUSR2;
 

@@ -225,6 +225,7 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 /// to `console`.
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
     let mut stats = Stats::new();
+    kvm::use_one_malloc_arena();
     let image = load_image(&config.image, true)?;
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
@@ -234,6 +235,13 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
+    let users = user_networks(&nics, &config.net)?;
+    let user_net = !users.is_empty();
+    let user_outbound = users.iter().any(|(i, _)| match config.net.outbound {
+        net::Outbound::AsDeclared => nics[*i].outbound_declared,
+        net::Outbound::All => true,
+        net::Outbound::None => false,
+    });
     let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
     let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
     let tables = PageTables::build(&regions)?;
@@ -309,6 +317,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         Some(
             netio::IoThread::start(
                 nics.clone(),
+                users,
                 mem.clone(),
                 io_shared.clone(),
                 config.net.io_spin,
@@ -320,7 +329,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         None
     };
     let proc_status = stats::ProcStatus::open();
-    seccomp::lock_down()?;
+    seccomp::lock_down(seccomp::UserNetCalls { relays: user_net, outbound: user_outbound })?;
     let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
@@ -338,6 +347,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.net_rx = io_shared.counters.rx.load(std::sync::atomic::Ordering::Relaxed);
     stats.net_tx = io_shared.counters.tx.load(std::sync::atomic::Ordering::Relaxed);
     stats.net_dropped = io_shared.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    stats.user_nets = std::mem::take(&mut *io_shared.user_stats.lock().unwrap_or_else(|e| e.into_inner()));
     stats.timeline.ended = Some(Instant::now());
     stats.guest.at_end = vm.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
@@ -345,6 +355,48 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest_resident = mem.resident_bytes();
     stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
+}
+
+/// Sets up the user network of every NIC attached to it (the first takes
+/// the published ports), and says on stderr how the guest is reached.
+fn user_networks(
+    nics: &[net::Nic],
+    options: &net::NetOptions,
+) -> Result<Vec<(usize, skiff_usernet::UserNet)>, TenderError> {
+    let mut users = Vec::new();
+    let mut publish = options.publish.clone();
+    for (i, nic) in nics.iter().enumerate() {
+        if !matches!(nic.host, net::Host::User) {
+            continue;
+        }
+        let outbound = match options.outbound {
+            net::Outbound::AsDeclared => nic.outbound_declared,
+            net::Outbound::All => true,
+            net::Outbound::None => false,
+        };
+        let config = skiff_usernet::Config {
+            guest_mac: nic.mac,
+            publish: std::mem::take(&mut publish),
+            outbound,
+            upstream_dns: if outbound { skiff_usernet::config::host_dns() } else { None },
+            limits: skiff_usernet::Limits::default(),
+        };
+        let (user, bound) = skiff_usernet::UserNet::new(config)
+            .map_err(|source| net::NetError::User { nic: nic.name.clone(), source })?;
+        eprintln!(
+            "skiff-tender: NIC {:?} is on the user network: guest {} by DHCP, gateway {} (the host's loopback), \
+             outbound traffic {}",
+            nic.name,
+            skiff_usernet::config::GUEST,
+            skiff_usernet::config::GATEWAY,
+            if outbound { "relayed" } else { "off" }
+        );
+        for p in &bound {
+            eprintln!("skiff-tender: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
+        }
+        users.push((i, user));
+    }
+    Ok(users)
 }
 
 fn write_device_info(mem: &GuestMemory, index: usize, d: &DeviceInfo) -> Result<(), MemoryError> {

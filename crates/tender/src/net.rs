@@ -1,6 +1,10 @@
 //! Guest NICs: attaching TAP devices to the NICs an image declares, and
 //! moving frames between them.
 //!
+//! A NIC's host end is a TAP device (`--net NAME=tap0`) or the tender's
+//! user-mode network (`--net NAME=user`, [`skiff_usernet`]), which needs no
+//! TAP device and no privileges.
+//!
 //! Two ways to move frames, chosen with `--net-rings`:
 //!
 //! - **rings** (default): each NIC gets a receive and a transmit ring in
@@ -17,13 +21,31 @@ use crate::tap::{Tap, TapError};
 use skiff_abi::{DeviceKind, NET_FRAME_MAX, NET_FRAME_MIN, NET_MTU, NetInfo, ring};
 use std::time::Duration;
 
-/// One `--net NAME=TAP` attachment.
+/// One `--net NAME=TAP` (or `NAME=user`) attachment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NicSpec {
     /// The NIC's name in the image's manifest.
     pub name: String,
-    /// The host TAP device.
+    /// The host TAP device, or `user` for user-mode networking.
     pub tap: String,
+}
+
+impl NicSpec {
+    /// Whether this NIC goes to the user-mode network.
+    pub fn is_user(&self) -> bool {
+        self.tap == "user"
+    }
+}
+
+/// Whether outbound traffic is relayed on the user network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// As the image declares (`#[skiff::main(net = ..., outbound)]`).
+    AsDeclared,
+    /// Always.
+    All,
+    /// Never.
+    None,
 }
 
 /// How the network is set up.
@@ -33,6 +55,10 @@ pub struct NetOptions {
     pub nics: Vec<NicSpec>,
     /// MAC addresses given with `--net-mac`.
     pub macs: Vec<(String, [u8; 6])>,
+    /// Host ports relayed to the guest on the user network.
+    pub publish: Vec<skiff_usernet::Publish>,
+    /// Outbound traffic on the user network.
+    pub outbound: Outbound,
     /// Use shared-memory rings (else hypercalls only).
     pub rings: bool,
     /// Slots per ring.
@@ -49,6 +75,8 @@ impl Default for NetOptions {
         NetOptions {
             nics: Vec::new(),
             macs: Vec::new(),
+            publish: Vec::new(),
+            outbound: Outbound::AsDeclared,
             rings: true,
             slots: ring::DEFAULT_SLOTS,
             io_spin: Duration::from_micros(50),
@@ -98,6 +126,20 @@ pub enum NetError {
         nic: String,
         /// Why.
         source: TapError,
+    },
+    /// User networking moves frames through rings only.
+    #[error("NIC {0:?}: user networking needs the shared-memory rings (drop --net-rings off)")]
+    UserWithoutRings(String),
+    /// `--publish` without a user-network NIC.
+    #[error("--publish needs a NIC on the user network (--net NAME=user)")]
+    PublishWithoutUser,
+    /// The user network could not be set up.
+    #[error("NIC {nic:?}: {source}")]
+    User {
+        /// The NIC.
+        nic: String,
+        /// Why.
+        source: skiff_usernet::UserNetError,
     },
 }
 
@@ -152,6 +194,14 @@ pub fn format_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
+/// The host end of a NIC.
+pub enum Host {
+    /// A TAP device.
+    Tap(Tap),
+    /// The user-mode network (served by the I/O thread).
+    User,
+}
+
 /// An attached NIC.
 pub struct Nic {
     /// Its name in the manifest.
@@ -159,9 +209,21 @@ pub struct Nic {
     /// Its MAC.
     pub mac: [u8; 6],
     /// The host side.
-    pub tap: Tap,
+    pub host: Host,
     /// Its receive and transmit rings, with rings on.
     pub rings: Option<(Ring, Ring)>,
+    /// Whether the service declared that it connects out.
+    pub outbound_declared: bool,
+}
+
+impl Nic {
+    /// The TAP device, for a NIC that has one.
+    pub fn tap(&self) -> Option<&Tap> {
+        match &self.host {
+            Host::Tap(t) => Some(t),
+            Host::User => None,
+        }
+    }
 }
 
 impl Nic {
@@ -216,13 +278,23 @@ pub fn attach(
             return Err(NetError::Unsupported { kind: d.kind.name(), name: d.name.clone() });
         }
         let spec = options.nics.iter().find(|s| s.name == d.name).ok_or_else(|| NetError::Missing(d.name.clone()))?;
-        let tap = Tap::attach(&spec.tap).map_err(|source| NetError::Tap { nic: d.name.clone(), source })?;
+        let host = if spec.is_user() {
+            if !options.rings {
+                return Err(NetError::UserWithoutRings(d.name.clone()));
+            }
+            Host::User
+        } else {
+            Host::Tap(Tap::attach(&spec.tap).map_err(|source| NetError::Tap { nic: d.name.clone(), source })?)
+        };
         let mac = macs.iter().find(|(n, _)| n == &d.name).map_or_else(|| generated_mac(&d.name), |(_, m)| *m);
         let rings = options.rings.then(|| {
             let rx = ring_base + nics.len() as u64 * 2 * ring_len;
             (Ring::new(rx, options.slots), Ring::new(rx + ring_len, options.slots))
         });
-        nics.push(Nic { name: d.name.clone(), mac, tap, rings });
+        nics.push(Nic { name: d.name.clone(), mac, host, rings, outbound_declared: d.outbound });
+    }
+    if !options.publish.is_empty() && !nics.iter().any(|n| matches!(n.host, Host::User)) {
+        return Err(NetError::PublishWithoutUser);
     }
     Ok(nics)
 }
@@ -288,9 +360,9 @@ pub fn tx_pending(nics: &[Nic], mem: &GuestMemory) -> Result<bool, RingError> {
 
 /// Reads one pending frame from the host into `buf`, dropping frames that
 /// do not fit an MTU-sized frame. `Ok(None)` when nothing is pending.
-pub fn recv_from_host(nic: &Nic, buf: &mut [u8; 65536], counters: &Counters) -> Result<Option<usize>, FrameError> {
+pub fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], counters: &Counters) -> Result<Option<usize>, FrameError> {
     loop {
-        match nic.tap.recv(buf).map_err(|e| FrameError::Host(e.to_string()))? {
+        match tap.recv(buf).map_err(|e| FrameError::Host(e.to_string()))? {
             None => return Ok(None),
             Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
             Some(_) => {
@@ -302,11 +374,11 @@ pub fn recv_from_host(nic: &Nic, buf: &mut [u8; 65536], counters: &Counters) -> 
 
 /// Writes a guest frame at `addr` (already checked to be guest memory the
 /// service may read) to the host.
-pub fn send_to_host(nic: &Nic, mem: &GuestMemory, addr: u64, len: u32, counters: &Counters) -> Result<(), FrameError> {
+pub fn send_to_host(tap: &Tap, mem: &GuestMemory, addr: u64, len: u32, counters: &Counters) -> Result<(), FrameError> {
     check_frame_len(len)?;
     let mut buf = [0u8; NET_FRAME_MAX as usize];
     mem.read(GuestAddr(addr), &mut buf[..len as usize]).map_err(|e| FrameError::Ring(e.into()))?;
-    let sent = nic.tap.send(&buf[..len as usize]).map_err(|e| FrameError::Host(e.to_string()))?;
+    let sent = tap.send(&buf[..len as usize]).map_err(|e| FrameError::Host(e.to_string()))?;
     let counter = if sent { &counters.tx } else { &counters.dropped };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())

@@ -1,19 +1,23 @@
 //! The network I/O thread: moves frames between the guest's rings and the
-//! TAP devices while the guest runs, so a busy guest needs no VM exit.
+//! host ends of its NICs (TAP devices, or the user-mode network) while the
+//! guest runs, so a busy guest needs no VM exit.
 //!
-//! The loop: send everything in the transmit rings, read everything the
-//! TAP devices hold into the receive rings, and if the guest is asleep in
-//! `Poll` and frames arrived, wake its vCPU thread (an eventfd). With
-//! nothing to do it keeps polling for `--net-spin`, then sleeps in `ppoll`
-//! on the TAP devices and the doorbell eventfd, after setting each
-//! transmit ring's "consumer asleep" flag so the guest knows to ring.
+//! The loop: take everything from the transmit rings to the host ends, let
+//! the user networks move their host sockets, put everything the host ends
+//! hold into the receive rings, and if the guest is asleep in `Poll` and
+//! frames arrived, wake its vCPU thread (an eventfd). With nothing to do it
+//! keeps polling for `--net-spin`, then sleeps in `ppoll` on the TAP
+//! devices, the user networks' sockets and the doorbell eventfd, after
+//! setting each transmit ring's "consumer asleep" flag so the guest knows to
+//! ring.
 //!
 //! A guest that breaks the ring protocol gets its error recorded here; the
 //! vCPU thread, kicked out of `KVM_RUN`, ends the guest with it.
 
 use crate::guest_memory::GuestMemory;
 use crate::kvm::ThreadKicker;
-use crate::net::{Counters, FrameError, Nic, recv_from_host};
+use crate::net::{Counters, FrameError, Host, Nic, recv_from_host};
+use skiff_usernet::UserNet;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,8 @@ pub struct IoShared {
     pub error: Mutex<Option<(String, FrameError)>>,
     /// Frame counters.
     pub counters: Counters,
+    /// The user networks' counters, when the thread ends.
+    pub user_stats: Mutex<Vec<(String, skiff_usernet::Stats)>>,
 }
 
 impl IoShared {
@@ -47,6 +53,7 @@ impl IoShared {
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
             counters: Counters::default(),
+            user_stats: Mutex::new(Vec::new()),
         })
     }
 
@@ -63,10 +70,12 @@ pub struct IoThread {
 }
 
 impl IoThread {
-    /// Starts serving `nics` (which must all have rings). `vcpu` is kicked
-    /// when the guest must be ended.
+    /// Starts serving `nics` (which must all have rings); `users` holds
+    /// the user network of each NIC whose host end is `Host::User`, by NIC
+    /// index. `vcpu` is kicked when the guest must be ended.
     pub fn start(
         nics: Arc<Vec<Nic>>,
+        users: Vec<(usize, UserNet)>,
         mem: Arc<GuestMemory>,
         shared: Arc<IoShared>,
         spin: Duration,
@@ -78,7 +87,11 @@ impl IoThread {
             // Thread start-up makes system calls the seccomp allow-list does
             // not have; the lockdown waits for this.
             let _ = started_tx.send(());
-            if let Err((nic, e)) = serve(&nics, &mem, &s, spin) {
+            let mut users = users;
+            let result = serve(&nics, &mut users, &mem, &s, spin);
+            *s.user_stats.lock().unwrap_or_else(|e| e.into_inner()) =
+                users.iter().map(|(i, u)| (nics[*i].name.clone(), u.stats())).collect();
+            if let Err((nic, e)) = result {
                 *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some((nic, e));
                 vcpu.kick();
             }
@@ -98,37 +111,68 @@ impl Drop for IoThread {
     }
 }
 
-fn serve(nics: &[Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration) -> Result<(), (String, FrameError)> {
+fn serve(
+    nics: &[Nic],
+    users: &mut [(usize, UserNet)],
+    mem: &GuestMemory,
+    shared: &IoShared,
+    spin: Duration,
+) -> Result<(), (String, FrameError)> {
     let mut buf = Box::new([0u8; 65536]);
-    let mut fds: Vec<i32> = nics.iter().map(|n| n.tap.fd()).collect();
-    fds.push(shared.doorbell.as_raw_fd());
     let mut last_work = Instant::now();
     let fail = |nic: &Nic, e: FrameError| (nic.name.clone(), e);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = false;
         let mut produced = false;
         let mut ring_full = false;
-        for nic in nics {
+        for (index, nic) in nics.iter().enumerate() {
             let Some((rx, tx)) = nic.rings else { continue };
-            // Transmit everything queued.
+            let mut user = users.iter_mut().find(|(i, _)| *i == index).map(|(_, u)| u);
+            // Everything the guest queued goes to the host end.
             while let Some(n) = tx.pop(mem, &mut buf[..]).map_err(|e| fail(nic, e.into()))? {
-                match nic.tap.send(&buf[..n]) {
-                    Ok(true) => shared.counters.tx.fetch_add(1, Ordering::Relaxed),
-                    Ok(false) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => return Err(fail(nic, FrameError::Host(e.to_string()))),
+                match (&nic.host, user.as_deref_mut()) {
+                    (Host::Tap(tap), _) => match tap.send(&buf[..n]) {
+                        Ok(true) => shared.counters.tx.fetch_add(1, Ordering::Relaxed),
+                        Ok(false) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => return Err(fail(nic, FrameError::Host(e.to_string()))),
+                    },
+                    (Host::User, Some(u)) => {
+                        u.receive_frame(&buf[..n]);
+                        shared.counters.tx.fetch_add(1, Ordering::Relaxed)
+                    }
+                    (Host::User, None) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
                 };
                 moved = true;
             }
-            // Receive while there is room.
+            if let Some(u) = user.as_deref_mut() {
+                u.poll();
+            }
+            // Everything the host end holds goes to the guest, while there
+            // is room.
             loop {
                 if !rx.has_room(mem).map_err(|e| fail(nic, e.into()))? {
-                    ring_full = true;
+                    ring_full |= match (&nic.host, user.as_deref()) {
+                        (Host::User, Some(u)) => u.has_frames(),
+                        _ => true,
+                    };
                     break;
                 }
-                let Some(n) = recv_from_host(nic, &mut buf, &shared.counters).map_err(|e| fail(nic, e))? else {
-                    break;
+                let delivered = match (&nic.host, user.as_deref_mut()) {
+                    (Host::Tap(tap), _) => {
+                        match recv_from_host(tap, &mut buf, &shared.counters).map_err(|e| fail(nic, e))? {
+                            Some(n) => rx.push(mem, &buf[..n]).map_err(|e| fail(nic, e.into()))?,
+                            None => false,
+                        }
+                    }
+                    (Host::User, Some(u)) => match u.take_frame() {
+                        Some(frame) => rx.push(mem, &frame).map_err(|e| fail(nic, e.into()))?,
+                        None => false,
+                    },
+                    (Host::User, None) => false,
                 };
-                rx.push(mem, &buf[..n]).map_err(|e| fail(nic, e.into()))?;
+                if !delivered {
+                    break;
+                }
                 shared.counters.rx.fetch_add(1, Ordering::Relaxed);
                 moved = true;
                 produced = true;
@@ -157,11 +201,7 @@ fn serve(nics: &[Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration) -> 
             continue;
         }
         // Going to sleep: tell the guest to ring, then look once more.
-        for nic in nics {
-            if let Some((_, tx)) = nic.rings {
-                tx.sleeping(mem).map_err(|e| fail(nic, FrameError::Ring(e.into())))?.store(1, Ordering::SeqCst);
-            }
-        }
+        set_sleeping(nics, mem, 1).map_err(|(nic, e)| fail(nic, e))?;
         fence(Ordering::SeqCst);
         let mut queued = false;
         for nic in nics {
@@ -170,15 +210,29 @@ fn serve(nics: &[Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration) -> 
             }
         }
         if !queued {
-            let _ = crate::tap::wait_readable(&fds, None);
-        }
-        for nic in nics {
-            if let Some((_, tx)) = nic.rings {
-                tx.sleeping(mem).map_err(|e| fail(nic, FrameError::Ring(e.into())))?.store(0, Ordering::SeqCst);
+            let mut fds: Vec<(i32, bool)> = nics.iter().filter_map(|n| n.tap()).map(|t| (t.fd(), false)).collect();
+            fds.push((shared.doorbell.as_raw_fd(), false));
+            let mut timeout: Option<Duration> = None;
+            for (_, u) in users.iter_mut() {
+                fds.extend(u.poll_fds());
+                if let Some(d) = u.poll_delay() {
+                    timeout = Some(timeout.map_or(d, |t| t.min(d)));
+                }
             }
+            let _ = crate::tap::wait(&fds, timeout);
         }
+        set_sleeping(nics, mem, 0).map_err(|(nic, e)| fail(nic, e))?;
         let _ = shared.doorbell.read();
         last_work = Instant::now();
+    }
+    Ok(())
+}
+
+fn set_sleeping<'n>(nics: &'n [Nic], mem: &GuestMemory, value: u32) -> Result<(), (&'n Nic, FrameError)> {
+    for nic in nics {
+        if let Some((_, tx)) = nic.rings {
+            tx.sleeping(mem).map_err(|e| (nic, FrameError::Ring(e.into())))?.store(value, Ordering::SeqCst);
+        }
     }
     Ok(())
 }

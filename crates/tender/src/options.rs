@@ -117,6 +117,15 @@ pub fn parse_switch(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Parses `all` / `none`.
+pub fn parse_outbound(s: &str) -> Result<crate::net::Outbound, String> {
+    match s {
+        "all" => Ok(crate::net::Outbound::All),
+        "none" => Ok(crate::net::Outbound::None),
+        _ => Err(format!("{s:?} is neither all nor none")),
+    }
+}
+
 /// The tender's run-time options, shared by `skiff-tender` and `skiff run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
@@ -141,6 +150,16 @@ pub struct RunOptions {
     /// same every run).
     #[arg(long = "net-mac", value_name = "NAME=MAC", value_parser = crate::net::parse_mac_spec)]
     pub net_mac: Vec<(String, [u8; 6])>,
+    /// Relay host address HOSTADDR:HOSTPORT (default address 127.0.0.1) to
+    /// the guest's GUESTPORT on the user network (repeatable); port 0 picks
+    /// a free one.
+    #[arg(long, value_name = "[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]")]
+    pub publish: Vec<skiff_usernet::Publish>,
+    /// On the user network, relay the guest's own connections out (`all`)
+    /// or not (`none`); by default, only if the image declares it
+    /// (`#[skiff::main(net = ..., outbound)]`).
+    #[arg(long, value_parser = parse_outbound, value_name = "all|none")]
+    pub net_outbound: Option<crate::net::Outbound>,
     /// Move frames through shared-memory rings served by an I/O thread
     /// (on), or only through hypercalls (off).
     #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set)]
@@ -171,6 +190,8 @@ impl RunOptions {
                     .map(|(name, tap)| crate::net::NicSpec { name: name.clone(), tap: tap.clone() })
                     .collect(),
                 macs: self.net_mac.clone(),
+                publish: self.publish.clone(),
+                outbound: self.net_outbound.unwrap_or(crate::net::Outbound::AsDeclared),
                 rings: self.net_rings,
                 io_spin: self.net_spin,
                 guest_spin: self.guest_spin,

@@ -40,14 +40,28 @@ fn no_exec(index: u8) -> Result<SeccompCondition, SeccompError> {
     Ok(SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?)
 }
 
+/// What the user-mode network needs from the kernel, if it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserNetCalls {
+    /// A user network runs: accept, send, receive, shut down host sockets.
+    pub relays: bool,
+    /// It relays the guest's own traffic out: create and connect sockets.
+    pub outbound: bool,
+}
+
 /// Builds the allow-list. One line per system call, saying why.
-pub fn filter() -> Result<BpfProgram, SeccompError> {
+pub fn filter(user: UserNetCalls) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
         rules.insert(nr, with);
     };
-    // Run the vCPU; read the guest TSC for --stats at the end.
-    allow(libc::SYS_ioctl, vec![rule(vec![arg_eq(1, KVM_RUN)?])?, rule(vec![arg_eq(1, KVM_GET_MSRS)?])?]);
+    // Run the vCPU; read the guest TSC for --stats at the end; (user
+    // network) make accepted sockets non-blocking.
+    let mut ioctls = vec![rule(vec![arg_eq(1, KVM_RUN)?])?, rule(vec![arg_eq(1, KVM_GET_MSRS)?])?];
+    if user.relays {
+        ioctls.push(rule(vec![arg_eq(1, libc::FIONBIO)?])?);
+    }
+    allow(libc::SYS_ioctl, ioctls);
     // Console output, the tender's own messages, frames to TAP devices,
     // eventfd notifications.
     allow(libc::SYS_write, vec![]);
@@ -84,8 +98,38 @@ pub fn filter() -> Result<BpfProgram, SeccompError> {
     allow(libc::SYS_mincore, vec![]);
     // Tear-down: close the VM's descriptors; the watchdog thread ends.
     allow(libc::SYS_close, vec![]);
-    // Debug builds of std check a descriptor is open before closing it.
-    allow(libc::SYS_fcntl, vec![rule(vec![arg_eq(1, libc::F_GETFD as u64)?])?]);
+    // Debug builds of std check a descriptor is open before closing it;
+    // (user network) sockets are made non-blocking.
+    let mut fcntls = vec![rule(vec![arg_eq(1, libc::F_GETFD as u64)?])?];
+    if user.relays {
+        fcntls.push(rule(vec![arg_eq(1, libc::F_GETFL as u64)?])?);
+        fcntls.push(rule(vec![arg_eq(1, libc::F_SETFL as u64)?])?);
+    }
+    allow(libc::SYS_fcntl, fcntls);
+    if user.relays {
+        // Published ports: accept connections; move bytes and datagrams;
+        // half-close, reset (SO_LINGER), no delay; connect results.
+        allow(libc::SYS_accept4, vec![]);
+        allow(libc::SYS_recvfrom, vec![]);
+        allow(libc::SYS_sendto, vec![]);
+        allow(libc::SYS_recvmsg, vec![]);
+        allow(libc::SYS_sendmsg, vec![]);
+        allow(libc::SYS_shutdown, vec![]);
+        allow(libc::SYS_setsockopt, vec![]);
+        allow(libc::SYS_getsockopt, vec![]);
+        allow(libc::SYS_getpeername, vec![]);
+        allow(libc::SYS_getsockname, vec![]);
+    }
+    if user.outbound {
+        // Relaying the guest's connections and datagrams out: IPv4 and IPv6
+        // sockets only, bound and connected to their destinations.
+        allow(
+            libc::SYS_socket,
+            vec![rule(vec![arg_eq(0, libc::AF_INET as u64)?])?, rule(vec![arg_eq(0, libc::AF_INET6 as u64)?])?],
+        );
+        allow(libc::SYS_connect, vec![]);
+        allow(libc::SYS_bind, vec![]);
+    }
     allow(libc::SYS_sigaltstack, vec![]);
     allow(libc::SYS_rseq, vec![]);
     allow(libc::SYS_exit, vec![]);
@@ -96,8 +140,8 @@ pub fn filter() -> Result<BpfProgram, SeccompError> {
 }
 
 /// Installs the allow-list on every thread of the process.
-pub fn lock_down() -> Result<(), SeccompError> {
-    let program = filter()?;
+pub fn lock_down(user: UserNetCalls) -> Result<(), SeccompError> {
+    let program = filter(user)?;
     seccompiler::apply_filter_all_threads(&program)?;
     Ok(())
 }
@@ -106,7 +150,9 @@ pub fn lock_down() -> Result<(), SeccompError> {
 mod tests {
     #[test]
     fn the_filter_builds() {
-        let program = super::filter().expect("filter builds");
-        assert!(program.len() > 30, "{} instructions", program.len());
+        let plain = super::filter(Default::default()).expect("filter builds");
+        assert!(plain.len() > 30, "{} instructions", plain.len());
+        let user = super::filter(super::UserNetCalls { relays: true, outbound: true }).expect("filter builds");
+        assert!(user.len() > plain.len());
     }
 }

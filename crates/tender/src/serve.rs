@@ -337,7 +337,7 @@ impl Guest<'_> {
             return Ok(0);
         }
         if !self.rings {
-            let fds: Vec<i32> = self.nics.iter().map(|n| n.tap.fd()).collect();
+            let fds: Vec<i32> = self.nics.iter().filter_map(|n| n.tap()).map(|t| t.fd()).collect();
             return crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
                 nic: self.nics[0].name.clone(),
                 source: FrameError::Host(e.to_string()),
@@ -385,6 +385,11 @@ impl Guest<'_> {
             Ok(nic) => nic,
             Err(e) => return Ok(Err(e)),
         };
+        // Without rings every NIC has a TAP device (user networking needs
+        // rings, which `net::attach` enforces).
+        let Some(tap) = nic.tap() else {
+            return Ok(Err(GuestError::WrongMode { call: call.name(), nic: nic.name.clone(), rings: true }));
+        };
         if a.count > NET_BATCH_MAX {
             return Ok(Err(GuestError::Batch { call: call.name(), count: a.count }));
         }
@@ -401,7 +406,7 @@ impl Guest<'_> {
                     return Ok(Err(frame_error(e)));
                 }
                 self.check_user(f.addr, u64::from(f.len), false)?;
-                if let Err(e) = net::send_to_host(nic, self.mem, f.addr, f.len, &self.io.counters) {
+                if let Err(e) = net::send_to_host(tap, self.mem, f.addr, f.len, &self.io.counters) {
                     return Ok(Err(frame_error(e)));
                 }
             } else {
@@ -409,7 +414,7 @@ impl Guest<'_> {
                     return Ok(Err(frame_error(FrameError::Buffer(f.cap))));
                 }
                 self.check_user(f.addr, u64::from(f.cap), true)?;
-                let n = match net::recv_from_host(nic, &mut buf, &self.io.counters) {
+                let n = match net::recv_from_host(tap, &mut buf, &self.io.counters) {
                     Ok(Some(n)) => n,
                     Ok(None) => break,
                     Err(e) => return Ok(Err(frame_error(e))),

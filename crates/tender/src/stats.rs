@@ -59,6 +59,8 @@ pub struct Stats {
     pub net_tx: u64,
     /// Frames dropped (host queue full, oversized, receive ring full).
     pub net_dropped: u64,
+    /// Each user network's counters.
+    pub user_nets: Vec<(String, skiff_usernet::Stats)>,
 }
 
 /// `/proc/self/status`, opened before the seccomp lockdown (which forbids
@@ -98,6 +100,7 @@ impl Stats {
             net_rx: 0,
             net_tx: 0,
             net_dropped: 0,
+            user_nets: Vec::new(),
         }
     }
 
@@ -161,6 +164,19 @@ impl Stats {
                 self.net_tx,
                 self.net_dropped,
                 total as f64 / frames.max(1) as f64
+            );
+        }
+        for (nic, u) in &self.user_nets {
+            let _ = write!(
+                s,
+                "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, {} datagrams, \
+                 {} DNS queries, {} frames dropped",
+                u.published_connections,
+                u.outbound_connections,
+                u.refused_connections,
+                u.datagrams,
+                u.dns_queries,
+                u.dropped_frames
             );
         }
         if let Some(r) = self.guest_resident {

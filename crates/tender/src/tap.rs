@@ -151,8 +151,18 @@ impl Tap {
 /// forever). Returns a bit per descriptor that is readable (at most 64).
 /// An interrupting signal returns early with whatever is ready.
 pub fn wait_readable(fds: &[RawFd], timeout: Option<std::time::Duration>) -> io::Result<u64> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let fds: Vec<(RawFd, bool)> = fds.iter().map(|&fd| (fd, false)).collect();
+    wait(&fds, timeout)
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes (`None`: forever):
+/// readable, or writable for those paired with `true`. Returns a bit per
+/// descriptor that is ready (the first 64).
+pub fn wait(fds: &[(RawFd, bool)], timeout: Option<std::time::Duration>) -> io::Result<u64> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, write)| libc::pollfd { fd, events: if write { libc::POLLOUT } else { libc::POLLIN }, revents: 0 })
+        .collect();
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
