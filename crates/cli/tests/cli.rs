@@ -165,3 +165,41 @@ fn the_readme_service_example_builds_and_runs() {
     assert!(run.stdout.contains("hello, Ada"), "{}", run.stdout);
     assert!(run.stdout.contains("tick 2"), "{}", run.stdout);
 }
+
+#[test]
+fn run_puts_a_service_with_a_nic_on_the_user_network() {
+    require_kvm();
+    use std::io::{Read, Write};
+    let echo = workspace().join("examples/echo");
+    let out = workspace().join("target/cli-tests/run-user.out");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&out).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", echo.to_str().unwrap(), "-q", "--target-dir", &guest_target_dir()])
+        .args(["--publish", "0:7", "--timeout", "60s"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.contains("echo: serving")
+            && let Some(line) = text.lines().find(|l| l.contains("/tcp -> guest port 7"))
+        {
+            break line.split_whitespace().nth(1).unwrap().trim_end_matches("/tcp").to_string();
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "echo did not come up:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"no root needed").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(back, "no root needed");
+    assert!(text.contains("NIC \"service\" goes on the user network"), "{text}");
+}

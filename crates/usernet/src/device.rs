@@ -59,7 +59,7 @@ impl phy::Device for FrameQueues {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        (self.to_guest.len() < self.limit).then(|| TxToken(self))
+        (self.to_guest.len() < self.limit).then_some(TxToken(self))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

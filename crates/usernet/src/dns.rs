@@ -2,7 +2,7 @@
 //! a fresh id, and answers come back with the guest's id. With outbound
 //! traffic off, every query is answered `REFUSED` at once.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How long a forwarded query waits for its answer.
@@ -22,7 +22,7 @@ pub struct Pending {
 #[derive(Default)]
 pub struct Forwarder {
     /// Our id -> the guest's query.
-    pub pending: HashMap<u16, Pending>,
+    pub pending: BTreeMap<u16, Pending>,
     next_id: u16,
 }
 

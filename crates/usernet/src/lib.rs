@@ -46,7 +46,7 @@ use smoltcp::wire::{
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 use socket2::{Domain, SockRef, Socket, Type};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -137,7 +137,7 @@ struct UdpOut {
     port: u16,
     sock: SocketHandle,
     /// Guest source port -> host socket connected to the destination.
-    hosts: HashMap<u16, (UdpSocket, Instant)>,
+    hosts: BTreeMap<u16, (UdpSocket, Instant)>,
 }
 
 /// How long an idle UDP flow lives.
@@ -393,7 +393,7 @@ impl UserNet {
                     return;
                 }
                 let sock = self.sockets.add(s);
-                self.udp_out.push(UdpOut { dst, port, sock, hosts: HashMap::new() });
+                self.udp_out.push(UdpOut { dst, port, sock, hosts: BTreeMap::new() });
                 self.udp_out.len() - 1
             }
         };
@@ -492,11 +492,7 @@ impl UserNet {
     fn receive_published_udp(&mut self) {
         let mut buf = std::mem::take(&mut self.scratch);
         for i in 0..self.udp_listeners.len() {
-            loop {
-                let (n, peer) = match self.udp_listeners[i].0.recv_from(&mut buf) {
-                    Ok(r) => r,
-                    Err(_) => break,
-                };
+            while let Ok((n, peer)) = self.udp_listeners[i].0.recv_from(&mut buf) {
                 let guest_port = self.udp_listeners[i].1;
                 let flow = match self.udp_in.iter().position(|f| f.listener == i && f.peer == peer) {
                     Some(f) => f,

@@ -5,6 +5,9 @@
 //! - `connect HOST PORT MESSAGE`: resolve HOST, connect, send MESSAGE, shut
 //!   down the sending half, and log everything the server sends back;
 //! - `wait SECONDS`: keep the stack up (DHCP renewals) for a while;
+//! - `flood SECONDS`: serve TCP echo on port 7 while sending a stream of
+//!   garbage frames (random bytes, some shaped like TCP SYNs to random
+//!   addresses) for SECONDS, then exit;
 //! - `oversize-frame`: hand the tender a 2000-byte frame with `NetWrite`
 //!   (run with `--net-rings off`), which must end the guest;
 //! - `bulk`: serve bulk transfers for the benchmarks: TCP port 9 reads
@@ -22,7 +25,10 @@ use skiff::time::{sleep, timeout};
 #[skiff::main(net = "service", outbound)]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let (config, rest) = NetConfig::from_args(env.args())?;
-    let stack = Stack::new(env.take_net("service")?, config, &env.spawner());
+    let flooding = rest.first().is_some_and(|s| s == "flood");
+    let nic = env.take_net("service")?;
+    let nic: Box<dyn skiff::NetDevice> = if flooding { Box::new(Flooding { inner: nic, rng: 0x5eed, sent: 0 }) } else { nic };
+    let stack = Stack::new(nic, config, &env.spawner());
     let addr = timeout(Duration::from_secs(20), stack.wait_ipv4()).await.map_err(|_| "no IPv4 address in 20 s")?;
     info!("netprobe: up at {addr}");
     match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -47,6 +53,35 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
                 reply.extend_from_slice(&buf[..n]);
             }
             info!("netprobe: reply {:?}", String::from_utf8_lossy(&reply));
+        }
+        ["flood", secs] => {
+            let secs: u64 = secs.parse()?;
+            let listener = TcpListener::bind(&stack, 7)?;
+            let spawner = env.spawner();
+            env.spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    spawner.spawn(async move {
+                        let mut buf = vec![0u8; 8192];
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        s.shutdown();
+                    });
+                }
+            });
+            // Datagrams to the gateway make the stack poll (and the
+            // flooding NIC send garbage) every millisecond.
+            let poke = skiff::net::UdpSocket::bind(&stack, 9999)?;
+            let gateway = SocketAddr::from(([10, 0, 2, 2], 9));
+            let start = Instant::now();
+            info!("netprobe: flooding for {secs} s, echo on port 7");
+            while start.elapsed() < Duration::from_secs(secs) {
+                let _ = poke.send_to(b"poke", gateway).await;
+                sleep(Duration::from_millis(1)).await;
+            }
+            info!("netprobe: flood over");
         }
         ["oversize-frame"] => {
             let frame = [0u8; 2000];
@@ -122,4 +157,80 @@ async fn serve_source(mut s: TcpStream) -> Result<(), skiff::net::TcpError> {
     s.flush().await?;
     s.shutdown();
     Ok(())
+}
+
+/// A NIC that sends garbage frames alongside the stack's own.
+struct Flooding {
+    inner: Box<dyn skiff::NetDevice>,
+    rng: u64,
+    sent: u64,
+}
+
+impl Flooding {
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+}
+
+impl skiff::NetDevice for Flooding {
+    fn mac(&self) -> [u8; 6] {
+        self.inner.mac()
+    }
+    fn mtu(&self) -> usize {
+        self.inner.mtu()
+    }
+    fn rx_pending(&mut self) -> bool {
+        self.inner.rx_pending()
+    }
+    fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+        self.inner.recv(f)
+    }
+    fn tx_room(&mut self) -> bool {
+        self.inner.tx_room()
+    }
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) -> bool {
+        self.inner.send(len, f)
+    }
+    fn flush(&mut self) {
+        for _ in 0..32 {
+            let kind = self.next() % 4;
+            let len = [14usize, 60, 400, 1514][(self.next() % 4) as usize];
+            let mut seed = self.next();
+            let mac = self.inner.mac();
+            self.inner.send(len, &mut |buf| {
+                for b in buf.iter_mut() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *b = seed as u8;
+                }
+                if kind == 0 && buf.len() >= 54 {
+                    // A TCP SYN from the guest to a random port of the
+                    // gateway (the host's loopback: nothing leaves the host).
+                    buf[0..6].copy_from_slice(&[0x52, 0x55, 10, 0, 2, 2]);
+                    buf[6..12].copy_from_slice(&mac);
+                    buf[12..14].copy_from_slice(&[0x08, 0x00]);
+                    buf[14] = 0x45;
+                    buf[16..18].copy_from_slice(&40u16.to_be_bytes());
+                    buf[23] = 6;
+                    buf[26..30].copy_from_slice(&[10, 0, 2, 15]);
+                    buf[30..34].copy_from_slice(&[10, 0, 2, 2]);
+                    buf[46] = 0x50;
+                    buf[47] = 0x02;
+                } else if buf.len() >= 14 {
+                    // Random bytes, but never an IP packet that could be
+                    // relayed to a random address outside.
+                    buf[12..14].copy_from_slice(if kind == 1 { &[0x08, 0x06] } else { &[0x88, 0xb5] });
+                }
+            });
+            self.sent += 1;
+        }
+        self.inner.flush();
+    }
+    fn poll_rx(&mut self, cx: &mut core::task::Context<'_>) -> core::task::Poll<()> {
+        self.inner.poll_rx(cx)
+    }
 }
