@@ -235,6 +235,7 @@ fn client_ns() -> NetNs {
 fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[&str], ready: &str) -> Skiff {
     let ns = client_ns();
     let log = std::env::temp_dir().join(format!("skiff-bench-{}.log", ns.name()));
+    let file = std::fs::File::create(&log).unwrap();
     let child = ns
         .command(tender)
         .args(["--net", "service=tap0", "--stats"])
@@ -244,8 +245,8 @@ fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[
         .args(["--ipv4", "10.0.0.2/24"])
         .args(guest_args)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
         .expect("start the tender");
     let guest = Guard(child);

@@ -304,20 +304,22 @@ impl Guest<'_> {
             return Ok(Err(GuestError::WaitsForever));
         }
         let mut wait = (a.timeout_nanos != u64::MAX).then(|| Duration::from_nanos(a.timeout_nanos));
-        let mut timeout = None;
-        if let Some((deadline, limit)) = self.deadline {
+        if let Some((deadline, _)) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if wait.is_none_or(|w| left < w) {
                 wait = Some(left);
-                timeout = Some(limit);
             }
         }
         let ready = match self.wait_for_frames(wait) {
             Ok(ready) => ready,
             Err(e) => return Ok(Err(e)),
         };
-        if ready == 0
-            && let Some(limit) = timeout
+        // The wait can end early (a notification for frames the guest took
+        // already, a signal): only a deadline that really passed ends the
+        // guest.
+        if let Some((deadline, limit)) = self.deadline
+            && ready == 0
+            && Instant::now() >= deadline
         {
             return Ok(Ok(Flow::End(Outcome::Timeout(limit))));
         }
