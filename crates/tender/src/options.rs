@@ -142,9 +142,10 @@ pub struct RunOptions {
     /// The guest's console log level: off, error, warn, info, debug, trace.
     #[arg(long, value_parser = parse_level, default_value = "info")]
     pub log: u32,
-    /// Attach the existing TAP device TAP to the image's NIC NAME
-    /// (repeatable), e.g. --net service=tap0.
-    #[arg(long = "net", value_name = "NAME=TAP", value_parser = crate::net::parse_nic)]
+    /// Connect the image's NIC NAME to the existing TAP device TAP, or to a
+    /// user network inside the tender with NAME=user (no root, see
+    /// --publish); repeatable, e.g. --net service=tap0.
+    #[arg(long = "net", value_name = "NAME=TAP|user", value_parser = crate::net::parse_nic)]
     pub net: Vec<(String, String)>,
     /// The MAC address of NIC NAME (default: generated from its name, the
     /// same every run).

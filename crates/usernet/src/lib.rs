@@ -230,7 +230,10 @@ impl UserNet {
         };
         let mut frames = FrameQueues::new(config.limits.queued_frames);
         let mut iface_config = smoltcp::iface::Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
-        iface_config.random_seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
+        // The seed picks TCP initial sequence numbers and ports on the guest's
+        // link; only the guest sees them, so the clock is enough.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        iface_config.random_seed = u64::from(std::process::id()) ^ now.as_nanos() as u64;
         let started = Instant::now();
         let mut iface = Interface::new(iface_config, &mut frames, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
