@@ -7,6 +7,9 @@
 //! directory, so host builds keep their cache:
 //!
 //! - `--cfg skiff_guest`: turns on the guest-only parts of `skiff-rt`;
+//! - `--cfg getrandom_backend="custom"`: getrandom 0.3 takes its bytes from
+//!   `skiff_rt::random`, and `--config patch.crates-io.getrandom...` swaps
+//!   getrandom 0.2 for a crate that forwards to it ([`getrandom_patch`]);
 //! - `-C relocation-model=static`, and link arguments `-nostartfiles
 //!   -nostdlib -static -no-pie -T skiff.ld` (the linker script and empty C
 //!   library stand-ins come from `skiff-rt`'s build script);
@@ -28,8 +31,14 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The flags a guest is compiled and linked with.
 pub fn guest_rustflags() -> Vec<String> {
-    let mut flags: Vec<String> =
-        vec!["--cfg".into(), "skiff_guest".into(), "-C".into(), "relocation-model=static".into()];
+    let mut flags: Vec<String> = vec![
+        "--cfg".into(),
+        "skiff_guest".into(),
+        "--cfg".into(),
+        "getrandom_backend=\"custom\"".into(),
+        "-C".into(),
+        "relocation-model=static".into(),
+    ];
     for link_arg in [
         "-nostartfiles",
         "-nostdlib",
@@ -44,6 +53,17 @@ pub fn guest_rustflags() -> Vec<String> {
         flags.push(format!("link-arg={link_arg}"));
     }
     flags
+}
+
+/// The cargo `--config` value that replaces getrandom 0.2 with Skiff's
+/// forwarding crate (`crates/getrandom02`): on the Linux target the real one
+/// reaches the kernel through libc.
+pub fn getrandom_patch() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../getrandom02");
+    let dir = dir.canonicalize().unwrap_or(dir);
+    // TOML basic string: escape backslashes and quotes.
+    let path = dir.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    format!("patch.crates-io.getrandom.path=\"{path}\"")
 }
 
 /// Debug or release.
@@ -156,6 +176,8 @@ pub fn build(opts: &BuildOptions) -> Result<Built, BuildError> {
         .arg(&manifest)
         .args(["--target", GUEST_TARGET, "--message-format=json-render-diagnostics"])
         .args(["--config", "profile.release.panic=\"abort\"", "--config", "profile.dev.panic=\"abort\""])
+        .arg("--config")
+        .arg(getrandom_patch())
         .env_remove("RUSTFLAGS")
         .env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags())
         .stdout(Stdio::piped())

@@ -52,6 +52,7 @@ pub mod executor;
 pub mod logger;
 pub mod main_result;
 pub mod nic;
+pub mod random;
 pub mod time;
 
 pub use device::{DeviceError, NetDevice};

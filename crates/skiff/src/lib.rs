@@ -51,6 +51,13 @@ pub mod time {
     }
 }
 
+/// Cryptographic randomness: the CPU's hardware source (RDSEED, or RDRAND)
+/// seeding a ChaCha20 generator. There is no weaker fallback: on a CPU
+/// without one, [`random::fill`] fails.
+pub mod random {
+    pub use skiff_rt::random::{HardwareSource, RandomError, fill, hardware_source, next_u64};
+}
+
 /// Tasks: spawning and yielding.
 pub mod task {
     pub use skiff_rt::executor::{JoinHandle, Spawner, YieldNow, yield_now};

@@ -270,6 +270,18 @@ fn the_wall_clock_matches_the_host() {
 }
 
 #[test]
+fn the_guest_draws_random_bytes_from_the_hardware_source_without_a_system_call() {
+    let run = run_probe(&["random"]);
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    let line = run.stdout.lines().find(|l| l.contains("random: source")).expect("random line");
+    assert!(line.contains("source RDSEED") || line.contains("source RDRAND"), "{line}");
+    assert!(line.contains("draws differ true"), "{line}");
+    assert!(line.contains("256 byte values"), "{line}");
+    let fraction: f64 = line.rsplit(", ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((0.49..0.51).contains(&fraction), "{line}");
+}
+
+#[test]
 fn the_heap_serves_many_allocations() {
     let run = run_probe(&["heap"]);
     let mut blocks: Vec<Vec<u64>> = (0..200).map(|i| vec![i as u64; 1000 + i * 37]).collect();

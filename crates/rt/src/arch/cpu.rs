@@ -60,3 +60,26 @@ fn rdrand_step() -> Option<u64> {
     }
     None
 }
+
+/// A random value from `RDSEED`, if the CPU has it and it delivers (it can
+/// run dry briefly under load; callers fall back or retry).
+pub fn rdseed() -> Option<u64> {
+    // CPUID leaf 7 (subleaf 0), EBX bit 18: RDSEED.
+    if core::arch::x86_64::__cpuid(0).eax < 7 || core::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 18) == 0 {
+        return None;
+    }
+    // SAFETY: CPUID says the instruction exists.
+    unsafe { rdseed_step() }
+}
+
+#[target_feature(enable = "rdseed")]
+fn rdseed_step() -> Option<u64> {
+    let mut v = 0u64;
+    for _ in 0..100 {
+        if core::arch::x86_64::_rdseed64_step(&mut v) == 1 {
+            return Some(v);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}

@@ -134,6 +134,27 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             let secs = skiff::time::wall_clock_nanos() / 1_000_000_000;
             info!("wall clock: {secs} s since the epoch");
         }
+        "random" => {
+            // Two draws from the pool, and 64 KiB to look at: every byte
+            // value should turn up, and no two draws repeat.
+            let source = skiff::random::hardware_source().map_err(|e| e.to_string())?;
+            let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+            skiff::random::fill(&mut a).map_err(|e| e.to_string())?;
+            skiff::random::fill(&mut b).map_err(|e| e.to_string())?;
+            let mut big = vec![0u8; 64 * 1024];
+            skiff::random::fill(&mut big).map_err(|e| e.to_string())?;
+            let mut seen = [false; 256];
+            for &x in &big {
+                seen[x as usize] = true;
+            }
+            let values = seen.iter().filter(|s| **s).count();
+            let ones: u32 = big.iter().map(|x| x.count_ones()).sum();
+            info!(
+                "random: source {source}, draws differ {}, {values} byte values, {:.4} of bits set",
+                a != b,
+                ones as f64 / (big.len() * 8) as f64
+            );
+        }
         "heap" => {
             // Allocate and free a lot; check contents survive.
             let mut blocks: Vec<Vec<u64>> = (0..200).map(|i| vec![i as u64; 1000 + i * 37]).collect();

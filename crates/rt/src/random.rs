@@ -1,0 +1,273 @@
+//! Cryptographic randomness for the guest: keys, nonces, TLS.
+//!
+//! The CPU's entropy source seeds a ChaCha20 generator: `RDSEED` (raw
+//! conditioned entropy) when the CPU has it, `RDRAND` (the CPU's own
+//! hardware-reseeded generator) otherwise, both checked with CPUID. There is
+//! no fallback to anything weaker: on a CPU with neither, [`fill`] fails with
+//! [`RandomError::NoHardwareSource`], and what needs randomness (TLS)
+//! refuses to start.
+//!
+//! The generator erases its key after every request (the next key is the
+//! first 32 bytes of the next block, so earlier output cannot be recomputed
+//! from the state) and mixes in fresh hardware entropy every
+//! [`RESEED_BYTES`] of output.
+//!
+//! This is the guest's one entropy pool, like a kernel's: crates reach it
+//! through the `getrandom` custom backend (getrandom 0.3, and 0.2 through
+//! the forwarding crate `skiff build` patches in), so it lives in a static
+//! behind a lock rather than in a value the service owns. On one core with
+//! a cooperative executor the lock is never contended.
+//!
+//! Host builds (unit tests) use the operating system's generator.
+
+use core::fmt;
+
+/// Output after which hardware entropy is mixed in again.
+pub const RESEED_BYTES: u64 = 1 << 20;
+
+/// Why no random bytes could be produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RandomError {
+    /// CPUID shows neither RDSEED nor RDRAND.
+    NoHardwareSource,
+    /// The hardware source kept failing (or returned a stuck value).
+    HardwareFailed,
+}
+
+impl fmt::Display for RandomError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RandomError::NoHardwareSource => {
+                f.write_str("the CPU has no hardware random source (RDSEED or RDRAND); refusing to use a weaker one")
+            }
+            RandomError::HardwareFailed => f.write_str("the CPU's hardware random source kept failing"),
+        }
+    }
+}
+
+impl core::error::Error for RandomError {}
+
+/// Which instruction seeds the generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HardwareSource {
+    /// `RDSEED`: entropy straight from the conditioner.
+    Rdseed,
+    /// `RDRAND`: the CPU's hardware-reseeded generator.
+    Rdrand,
+}
+
+impl fmt::Display for HardwareSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HardwareSource::Rdseed => "RDSEED",
+            HardwareSource::Rdrand => "RDRAND",
+        })
+    }
+}
+
+/// Fills `dest` with cryptographically secure random bytes.
+pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
+    imp::fill(dest)
+}
+
+/// A random `u64`.
+pub fn next_u64() -> Result<u64, RandomError> {
+    let mut b = [0u8; 8];
+    fill(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// The hardware source the generator uses, or why there is none.
+pub fn hardware_source() -> Result<HardwareSource, RandomError> {
+    imp::hardware_source()
+}
+
+/// A ChaCha20 generator with fast key erasure and periodic reseeding, fed
+/// by `seed`. Portable, so that host tests exercise the same code.
+pub struct Generator {
+    rng: rand_chacha::ChaCha20Rng,
+    since_reseed: u64,
+}
+
+impl Generator {
+    /// A generator keyed with `seed`.
+    pub fn new(seed: [u8; 32]) -> Generator {
+        use rand_chacha::rand_core::SeedableRng;
+        Generator { rng: rand_chacha::ChaCha20Rng::from_seed(seed), since_reseed: 0 }
+    }
+
+    /// Fills `dest`, then replaces the key. `reseed` is asked for 32 bytes
+    /// of fresh entropy every [`RESEED_BYTES`].
+    pub fn fill(
+        &mut self,
+        dest: &mut [u8],
+        reseed: impl FnOnce(&mut [u8; 32]) -> Result<(), RandomError>,
+    ) -> Result<(), RandomError> {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        if self.since_reseed >= RESEED_BYTES {
+            let mut fresh = [0u8; 32];
+            reseed(&mut fresh)?;
+            let mut key = [0u8; 32];
+            self.rng.fill_bytes(&mut key);
+            for (k, f) in key.iter_mut().zip(fresh) {
+                *k ^= f;
+            }
+            self.rng = rand_chacha::ChaCha20Rng::from_seed(key);
+            self.since_reseed = 0;
+        }
+        self.rng.fill_bytes(dest);
+        let mut next = [0u8; 32];
+        self.rng.fill_bytes(&mut next);
+        self.rng = rand_chacha::ChaCha20Rng::from_seed(next);
+        self.since_reseed = self.since_reseed.saturating_add(dest.len() as u64 + 32);
+        Ok(())
+    }
+}
+
+#[cfg(skiff_guest)]
+mod imp {
+    use super::{Generator, HardwareSource, RandomError};
+    use spinning_top::Spinlock;
+
+    /// The pool; `None` until the first request.
+    static POOL: Spinlock<Option<Generator>> = Spinlock::new(None);
+
+    pub fn hardware_source() -> Result<HardwareSource, RandomError> {
+        // CPUID leaf 7 EBX bit 18: RDSEED; leaf 1 ECX bit 30: RDRAND.
+        let leaf0 = core::arch::x86_64::__cpuid(0).eax;
+        if leaf0 >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 18) != 0 {
+            return Ok(HardwareSource::Rdseed);
+        }
+        if core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0 {
+            return Ok(HardwareSource::Rdrand);
+        }
+        Err(RandomError::NoHardwareSource)
+    }
+
+    /// 32 bytes from the hardware. RDSEED may run dry under load: it is
+    /// retried, then RDRAND (hardware-reseeded) takes over. A source that
+    /// repeats a value is broken (some CPUs return all ones after a
+    /// firmware fault) and is refused.
+    fn hardware(out: &mut [u8; 32], source: HardwareSource) -> Result<(), RandomError> {
+        let mut last = None;
+        for chunk in out.chunks_exact_mut(8) {
+            let v = match source {
+                HardwareSource::Rdseed => crate::arch::cpu::rdseed().or_else(crate::arch::cpu::rdrand),
+                HardwareSource::Rdrand => crate::arch::cpu::rdrand(),
+            }
+            .ok_or(RandomError::HardwareFailed)?;
+            if last == Some(v) {
+                return Err(RandomError::HardwareFailed);
+            }
+            last = Some(v);
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
+        let mut pool = POOL.lock();
+        let generator = match &mut *pool {
+            Some(g) => g,
+            None => {
+                let source = hardware_source()?;
+                let mut seed = [0u8; 32];
+                hardware(&mut seed, source)?;
+                pool.insert(Generator::new(seed))
+            }
+        };
+        generator.fill(dest, |fresh| hardware(fresh, hardware_source()?))
+    }
+}
+
+#[cfg(not(skiff_guest))]
+mod imp {
+    use super::{HardwareSource, RandomError};
+
+    pub fn hardware_source() -> Result<HardwareSource, RandomError> {
+        Ok(HardwareSource::Rdrand)
+    }
+
+    pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
+        getrandom::fill(dest).map_err(|_| RandomError::HardwareFailed)
+    }
+}
+
+/// The getrandom 0.3 custom backend (`--cfg getrandom_backend="custom"`,
+/// which `skiff build` sets): every crate that asks getrandom for bytes gets
+/// them from the pool, and no Linux system call is linked.
+///
+/// # Safety
+/// getrandom calls this with `dest` valid for writes of `len` bytes.
+#[cfg(skiff_guest)]
+#[unsafe(no_mangle)]
+unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: getrandom passes a pointer valid for `len` bytes of writes;
+    // zeroing them first makes the slice initialised.
+    let buf = unsafe {
+        core::ptr::write_bytes(dest, 0, len);
+        core::slice::from_raw_parts_mut(dest, len)
+    };
+    fill(buf).map_err(|e| match e {
+        RandomError::NoHardwareSource => getrandom::Error::UNSUPPORTED,
+        RandomError::HardwareFailed => getrandom::Error::new_custom(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_erases_its_key_and_reseeds() {
+        let mut a = Generator::new([7; 32]);
+        let mut b = Generator::new([7; 32]);
+        let (mut x, mut y) = ([0u8; 64], [0u8; 64]);
+        a.fill(&mut x, |_| unreachable!()).unwrap();
+        b.fill(&mut y, |_| unreachable!()).unwrap();
+        // Deterministic for one seed...
+        assert_eq!(x, y);
+        // ...and the next request does not repeat the first.
+        a.fill(&mut y, |_| unreachable!()).unwrap();
+        assert_ne!(x, y);
+        b.fill(&mut x, |_| unreachable!()).unwrap();
+        // After RESEED_BYTES the reseed source is consulted, and what it
+        // returns changes the output.
+        let mut big = alloc::vec![0u8; RESEED_BYTES as usize];
+        a.fill(&mut big, |_| unreachable!()).unwrap();
+        b.fill(&mut big, |_| unreachable!()).unwrap();
+        let mut asked = false;
+        a.fill(&mut x, |f| {
+            asked = true;
+            *f = [1; 32];
+            Ok(())
+        })
+        .unwrap();
+        assert!(asked);
+        b.fill(&mut y, |f| {
+            *f = [2; 32];
+            Ok(())
+        })
+        .unwrap();
+        assert_ne!(x, y, "different fresh entropy, different output");
+    }
+
+    #[test]
+    fn a_failing_reseed_is_reported() {
+        let mut g = Generator::new([0; 32]);
+        let mut big = alloc::vec![0u8; RESEED_BYTES as usize];
+        g.fill(&mut big, |_| unreachable!()).unwrap();
+        assert_eq!(g.fill(&mut [0; 4], |_| Err(RandomError::HardwareFailed)), Err(RandomError::HardwareFailed));
+    }
+
+    #[test]
+    fn fill_gives_different_bytes() {
+        let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
+        fill(&mut x).unwrap();
+        fill(&mut y).unwrap();
+        assert_ne!(x, y);
+    }
+}
