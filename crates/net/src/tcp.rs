@@ -427,3 +427,41 @@ impl Drop for OwnedWriteHalf {
         self.shutdown();
     }
 }
+
+impl embedded_io_async::Error for TcpError {
+    fn kind(&self) -> embedded_io_async::ErrorKind {
+        use embedded_io_async::ErrorKind;
+        match self {
+            TcpError::ConnectionRefused => ErrorKind::ConnectionRefused,
+            TcpError::TimedOut => ErrorKind::TimedOut,
+            TcpError::Closed => ErrorKind::NotConnected,
+            TcpError::ConnectionReset => ErrorKind::ConnectionReset,
+            TcpError::Unaddressable => ErrorKind::AddrNotAvailable,
+            TcpError::AddressInUse(_) => ErrorKind::AddrInUse,
+        }
+    }
+}
+
+impl embedded_io_async::ErrorType for TcpStream {
+    type Error = TcpError;
+}
+
+/// The byte-stream traits that TLS and HTTP are written against.
+impl embedded_io_async::Read for TcpStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
+        TcpStream::read(self, buf).await
+    }
+}
+
+impl embedded_io_async::Write for TcpStream {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, TcpError> {
+        TcpStream::write(self, buf).await
+    }
+
+    /// Data written is already queued for sending: the trait's flush has
+    /// nothing to wait for. ([`TcpStream::flush`] waits for the peer's
+    /// acknowledgement, which would cost a delayed ACK per response.)
+    async fn flush(&mut self) -> Result<(), TcpError> {
+        Ok(())
+    }
+}

@@ -199,8 +199,15 @@ mod source {
         NOW.with(Cell::get)
     }
 
+    /// The host's wall clock when the thread first asked, advanced with
+    /// the manual clock: certificates and dates see the real date.
     pub(super) fn wall_nanos() -> u64 {
-        now_nanos()
+        std::thread_local! {
+            static BASE: u64 = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        }
+        BASE.with(|b| *b) + now_nanos()
     }
 
     pub(super) fn advance(d: core::time::Duration) {

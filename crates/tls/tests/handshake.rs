@@ -1,0 +1,324 @@
+//! TLS between this crate's server and client, in memory: both run as
+//! tasks on Skiff's executor (host build, manual clock) over a pipe.
+
+use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
+use rustls::pki_types::ServerName;
+use rustls::{HandshakeKind, ProtocolVersion};
+use skiff_rt::executor::{Executor, Platform};
+use skiff_tls::{ClientOptions, ServerOptions, TlsAcceptor, TlsConnector, TlsError, Versions};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// One direction of the pipe.
+#[derive(Default)]
+struct Half {
+    bytes: VecDeque<u8>,
+    closed: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+/// One end of an in-memory byte pipe with a bounded buffer each way.
+struct End {
+    rx: Rc<RefCell<Half>>,
+    tx: Rc<RefCell<Half>>,
+}
+
+const PIPE_BUFFER: usize = 64 * 1024;
+
+fn pipe() -> (End, End) {
+    let a = Rc::new(RefCell::new(Half::default()));
+    let b = Rc::new(RefCell::new(Half::default()));
+    (End { rx: a.clone(), tx: b.clone() }, End { rx: b, tx: a })
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        for half in [&self.tx, &self.rx] {
+            let mut h = half.borrow_mut();
+            h.closed = true;
+            if let Some(w) = h.reader.take() {
+                w.wake();
+            }
+            if let Some(w) = h.writer.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl ErrorType for End {
+    type Error = ErrorKind;
+}
+
+impl Read for End {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
+        poll_fn(|cx| {
+            let mut h = self.rx.borrow_mut();
+            if !h.bytes.is_empty() {
+                let n = buf.len().min(h.bytes.len());
+                for (d, s) in buf.iter_mut().zip(h.bytes.drain(..n)) {
+                    *d = s;
+                }
+                if let Some(w) = h.writer.take() {
+                    w.wake();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if h.closed {
+                return Poll::Ready(Ok(0));
+            }
+            h.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Write for End {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
+        poll_fn(|cx| {
+            let mut h = self.tx.borrow_mut();
+            if h.closed {
+                return Poll::Ready(Err(ErrorKind::BrokenPipe));
+            }
+            let room = PIPE_BUFFER - h.bytes.len();
+            if room == 0 {
+                h.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = room.min(buf.len());
+            h.bytes.extend(&buf[..n]);
+            if let Some(w) = h.reader.take() {
+                w.wake();
+            }
+            Poll::Ready(Ok(n))
+        })
+        .await
+    }
+}
+
+/// Idle time passes at once on the manual clock.
+struct Clock;
+
+impl Platform for Clock {
+    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+        if let Some(t) = timeout {
+            skiff_rt::time::advance_manual_clock(t);
+        }
+        0
+    }
+    fn has_devices(&self) -> bool {
+        false
+    }
+}
+
+fn run<T: 'static>(f: impl AsyncFnOnce(skiff_rt::Spawner) -> T + 'static) -> T {
+    let mut ex = Executor::new();
+    let spawner = ex.spawner();
+    ex.run(async move { f(spawner).await }, &mut Clock).expect("the executor finished")
+}
+
+struct Pki {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki(name: &str) -> Pki {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    Pki { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem() }
+}
+
+fn acceptor(pki: &Pki, versions: Versions) -> TlsAcceptor {
+    let config = ServerOptions::default()
+        .versions(versions)
+        .alpn(&[b"h2", b"http/1.1"])
+        .build(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())
+        .unwrap();
+    TlsAcceptor::new(config).unwrap()
+}
+
+fn connector(trusted: &Pki, versions: Versions) -> TlsConnector {
+    let roots = ClientOptions::roots_from_pem(trusted.cert_pem.as_bytes()).unwrap();
+    TlsConnector::new(ClientOptions::default().versions(versions).alpn(&[b"http/1.1"]).build(roots).unwrap()).unwrap()
+}
+
+fn name(s: &str) -> ServerName<'static> {
+    ServerName::try_from(s.to_string()).unwrap()
+}
+
+/// Sends `n` bytes of a pattern from client to server and back (an echo),
+/// and reports what each side negotiated.
+async fn echo(
+    spawner: &skiff_rt::Spawner,
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    n: usize,
+) -> (ProtocolVersion, Option<Vec<u8>>, HandshakeKind) {
+    let (client_end, server_end) = pipe();
+    let server = spawner.spawn(async move {
+        let mut tls = acceptor.accept(server_end).await.expect("server handshake");
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let k = tls.read(&mut buf).await.unwrap();
+            if k == 0 {
+                break;
+            }
+            tls.write_all(&buf[..k]).await.unwrap();
+        }
+        tls.close().await.unwrap();
+        tls.state().handshake_kind().unwrap()
+    });
+    let mut tls = connector.connect(name("localhost"), client_end).await.expect("client handshake");
+    let version = tls.state().protocol_version().unwrap();
+    let alpn = tls.state().alpn_protocol().map(<[u8]>::to_vec);
+    let data: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
+    let (mut sent, mut got) = (0, Vec::with_capacity(n));
+    let mut buf = vec![0u8; 8192];
+    // Interleave so neither pipe direction fills up.
+    while got.len() < n {
+        if sent < n {
+            let end = (sent + 16 * 1024).min(n);
+            tls.write_all(&data[sent..end]).await.unwrap();
+            sent = end;
+        }
+        while got.len() < sent {
+            let k = tls.read(&mut buf).await.unwrap();
+            assert!(k > 0, "early end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..k]);
+        }
+    }
+    assert!(got == data, "echoed bytes differ");
+    tls.close().await.unwrap();
+    // The server's close_notify ends our stream.
+    assert_eq!(tls.read(&mut buf).await.unwrap(), 0);
+    let server_kind = server.await;
+    let client_kind = tls.state().handshake_kind().unwrap();
+    assert_eq!(client_kind, server_kind);
+    (version, alpn, client_kind)
+}
+
+#[test]
+fn tls13_and_tls12_handshakes_carry_data_both_ways() {
+    let pki = pki("localhost");
+    for (versions, expected) in
+        [(Versions::Tls13, ProtocolVersion::TLSv1_3), (Versions::Tls12, ProtocolVersion::TLSv1_2)]
+    {
+        let (a, c) = (acceptor(&pki, Versions::Both), connector(&pki, versions));
+        let (version, alpn, kind) = run(async move |s| echo(&s, a, c, 300 * 1024).await);
+        assert_eq!(version, expected);
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "ALPN picks the protocol both speak");
+        assert_eq!(kind, HandshakeKind::Full);
+    }
+}
+
+#[test]
+fn sessions_resume_with_tickets_and_session_ids() {
+    let pki = pki("localhost");
+    for versions in [Versions::Tls13, Versions::Tls12] {
+        let (a, c) = (acceptor(&pki, Versions::Both), connector(&pki, versions));
+        let kinds = run(async move |s| {
+            let first = echo(&s, a.clone(), c.clone(), 10).await.2;
+            let second = echo(&s, a, c, 10).await.2;
+            (first, second)
+        });
+        assert_eq!(kinds, (HandshakeKind::Full, HandshakeKind::Resumed), "{versions:?}");
+    }
+}
+
+#[test]
+fn an_untrusted_certificate_fails_both_sides_and_the_server_serves_on() {
+    let server_pki = pki("localhost");
+    let other = pki("localhost");
+    let a = acceptor(&server_pki, Versions::Both);
+    let bad = connector(&other, Versions::Both);
+    let good = connector(&server_pki, Versions::Both);
+    run(async move |s| {
+        let (client_end, server_end) = pipe();
+        let a2 = a.clone();
+        let server = s.spawn(async move { a2.accept(server_end).await.map(|_| ()) });
+        let client = bad.connect(name("localhost"), client_end).await;
+        assert!(
+            matches!(client, Err(TlsError::Protocol(rustls::Error::InvalidCertificate(_)))),
+            "the client accepted a certificate it does not trust"
+        );
+        drop(client);
+        // The client's alert reaches the server, which reports it.
+        let err = server.await.expect_err("the server saw the failure");
+        assert!(err.to_string().contains("alert") || err.to_string().contains("closed"), "{err}");
+        // And the same acceptor goes on serving.
+        echo(&s, a, good, 1000).await;
+    });
+}
+
+#[test]
+fn the_wrong_server_name_is_refused() {
+    let pki = pki("localhost");
+    let (a, c) = (acceptor(&pki, Versions::Both), connector(&pki, Versions::Both));
+    run(async move |s| {
+        let (client_end, server_end) = pipe();
+        let _server = s.spawn(async move { a.accept(server_end).await.map(|_| ()) });
+        let r = c.connect(name("example.org"), client_end).await;
+        assert!(matches!(r, Err(TlsError::Protocol(_))), "a certificate for localhost served example.org");
+    });
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_an_error_not_a_panic() {
+    let pki = pki("localhost");
+    let a = acceptor(&pki, Versions::Both);
+    let inputs: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0x16, 0x03, 0x01, 0xff, 0xff],
+        vec![0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0],
+        (0..5000u32).map(|i| (i * 31 % 256) as u8).collect(),
+        vec![],
+    ];
+    for input in inputs {
+        let a = a.clone();
+        let r = run(async move |_| {
+            let (mut client_end, server_end) = pipe();
+            client_end.write_all(&input).await.unwrap();
+            drop(client_end);
+            a.accept(server_end).await.map(|_| ())
+        });
+        assert!(
+            matches!(r, Err(TlsError::Protocol(_) | TlsError::UnexpectedEof)),
+            "{r:?} for {} bytes of garbage",
+            r.as_ref().map_or(0, |_| 0)
+        );
+    }
+}
+
+#[test]
+fn a_silent_client_times_out() {
+    let pki = pki("localhost");
+    let a = acceptor(&pki, Versions::Both).with_handshake_timeout(Some(Duration::from_secs(3)));
+    let r = run(async move |_| {
+        let (client_end, server_end) = pipe();
+        let r = a.accept(server_end).await.map(|_| ());
+        drop(client_end);
+        r
+    });
+    assert!(matches!(r, Err(TlsError::HandshakeTimeout)), "{r:?}");
+}
+
+#[test]
+fn bad_pem_is_reported() {
+    let pki = pki("localhost");
+    let opts = ServerOptions::default();
+    assert!(matches!(opts.build(b"", pki.key_pem.as_bytes()), Err(TlsError::NoCertificate)));
+    assert!(matches!(opts.build(pki.cert_pem.as_bytes(), b"nothing"), Err(TlsError::NoPrivateKey)));
+    assert!(matches!(opts.build(pki.key_pem.as_bytes(), pki.key_pem.as_bytes()), Err(TlsError::NoCertificate)));
+    // A key that does not match the certificate.
+    let other = pki_other();
+    assert!(matches!(opts.build(pki.cert_pem.as_bytes(), other.as_bytes()), Err(TlsError::Config(_))));
+}
+
+fn pki_other() -> String {
+    pki("other").key_pem
+}
