@@ -38,6 +38,18 @@ pub type Error = alloc::boxed::Box<dyn core::error::Error>;
 #[cfg(feature = "net")]
 pub use skiff_net as net;
 
+/// TLS (feature `tls`): acceptors, connectors and streams over TCP.
+#[cfg(feature = "tls")]
+pub use skiff_tls as tls;
+
+/// HTTP/1.1 (feature `http`): server, router, static files, client.
+#[cfg(feature = "http")]
+pub use skiff_http as http;
+
+/// Files baked into the image (feature `kv`).
+#[cfg(feature = "kv")]
+pub use skiff_kv as kv;
+
 /// Time: the monotonic clock, the wall clock, sleeping and timeouts.
 pub mod time {
     pub use core::time::Duration;

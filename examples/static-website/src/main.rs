@@ -1,0 +1,178 @@
+//! A static website over HTTPS from one unikernel.
+//!
+//! The files under `site/` are baked into the image at build time (with
+//! their content types, ETags and gzip variants), so the guest needs no
+//! disk. HTTPS on port 443 serves them; HTTP on port 80 redirects to HTTPS
+//! (or, with `--http serve`, serves the same files in the clear).
+//!
+//! ```text
+//! skiff run examples/static-website --publish 8443:443 --publish 8080:80 -- --https-port 8443
+//! skiff run examples/static-website --net service=tap0 -- --ipv4 10.0.0.2/24
+//!     [--cert "$(cat chain.pem)" --key "$(cat key.pem)"]   default: a self-signed demo certificate
+//!     [--https-port N]      the port redirects point to (default 443; the published one)
+//!     [--http redirect|serve]
+//!     [--tcp-buffer 16K]    per-connection TCP buffers (receive, send)
+//! ```
+#![no_std]
+#![no_main]
+
+use alloc::rc::Rc;
+use skiff::http::{Handler, Method, Request, Response, Server, ServerConfig, StaticFiles, Status};
+use skiff::net::{ListenOptions, NetConfig, Stack, TcpListener};
+use skiff::prelude::*;
+use skiff::tls::{ServerOptions, TlsAcceptor};
+
+extern crate alloc;
+
+/// The demo certificate made by the build script.
+const DEMO_CERT: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-cert.pem"));
+const DEMO_KEY: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-key.pem"));
+
+#[skiff::main(net = "service")]
+async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
+    let (config, rest) = NetConfig::from_args(env.args())?;
+    let options = Options::parse(&rest)?;
+    let stack = Stack::new(env.take_net("service")?, config, &env.spawner());
+    let mut tcp = stack.tcp_defaults();
+    tcp.rx_buffer = options.rx_buffer;
+    tcp.tx_buffer = options.tx_buffer;
+    stack.set_tcp_defaults(tcp);
+
+    let store = skiff::kv::include_store!("site.kv")?;
+    let bytes: usize = store.iter().map(|e| e.body.len()).sum();
+
+    let (cert, key, which) = match (&options.cert, &options.key) {
+        (Some(c), Some(k)) => (c.as_bytes(), k.as_bytes(), "from the command line"),
+        (None, None) => (DEMO_CERT.as_bytes(), DEMO_KEY.as_bytes(), "self-signed demo certificate for localhost"),
+        _ => return Err("--cert and --key go together".into()),
+    };
+    let tls = ServerOptions::default().alpn(&[b"http/1.1"]).build(cert, key)?;
+    let acceptor = TlsAcceptor::new(tls)?;
+
+    let listen = ListenOptions::with_tcp(tcp);
+    let https_listener = TcpListener::bind_with(&stack, 443, listen)?;
+    let http_listener = TcpListener::bind_with(&stack, 80, listen)?;
+    let files = StaticFiles::new(store).cache_control("max-age=60");
+    let config = ServerConfig::default();
+    let https = Rc::new(Server::new(files, config));
+
+    let addr = stack.wait_ipv4().await;
+    info!(
+        "static-website: {} files ({} KiB) on https://{addr}:443/ ({which}); http://{addr}:80/ {}",
+        store.len(),
+        bytes / 1024,
+        if options.serve_http { "serves them too" } else { "redirects to HTTPS" }
+    );
+
+    let spawner = env.spawner();
+    if options.serve_http {
+        let plain = Rc::new(Server::new(files, config));
+        env.spawn(log_end("http", plain.serve_tcp(spawner.clone(), http_listener)));
+    } else {
+        let redirect = Redirect { https_port: options.https_port, fallback_host: alloc::format!("{addr}") };
+        let plain = Rc::new(Server::new(redirect, config));
+        env.spawn(log_end("http", plain.serve_tcp(spawner.clone(), http_listener)));
+    }
+    https.serve_tls(spawner, https_listener, acceptor).await?;
+    Ok(())
+}
+
+async fn log_end(what: &str, serving: impl Future<Output = Result<(), skiff::net::TcpError>>) {
+    if let Err(e) = serving.await {
+        error!("static-website: {what} listener failed: {e}");
+    }
+}
+
+/// Answers plain HTTP with a redirect to the same path over HTTPS.
+#[derive(Clone)]
+struct Redirect {
+    https_port: u16,
+    fallback_host: String,
+}
+
+impl Handler for Redirect {
+    async fn handle(&self, req: Request) -> Response {
+        if req.method() != Method::Get && req.method() != Method::Head {
+            return Response::error(Status::METHOD_NOT_ALLOWED).header("allow", &b"GET, HEAD"[..]);
+        }
+        let host = req.header("host").map(strip_port).unwrap_or(&self.fallback_host);
+        if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
+            return Response::error(Status::BAD_REQUEST);
+        }
+        let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+        let target = if req.head.target.starts_with('/') { req.head.target.as_str() } else { "/" };
+        Response::redirect(Status::MOVED_PERMANENTLY, &format!("https://{host}{port}{target}"))
+    }
+}
+
+/// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.split(':').next().unwrap_or(host)
+}
+
+struct Options {
+    cert: Option<String>,
+    key: Option<String>,
+    https_port: u16,
+    serve_http: bool,
+    rx_buffer: usize,
+    tx_buffer: usize,
+}
+
+fn size(v: &str) -> Result<usize, String> {
+    let (n, mult) = match v.strip_suffix(['K', 'k']) {
+        Some(n) => (n, 1024),
+        None => (v, 1),
+    };
+    let n: usize = n.parse().map_err(|_| format!("{v:?} is not a size"))?;
+    Ok((n * mult).clamp(2048, 1 << 20))
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            cert: None,
+            key: None,
+            https_port: 443,
+            serve_http: false,
+            rx_buffer: 8 * 1024,
+            tx_buffer: 32 * 1024,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--cert" => o.cert = Some(value()?.clone()),
+                "--key" => o.key = Some(value()?.clone()),
+                "--https-port" => {
+                    let v = value()?;
+                    o.https_port = v.parse().map_err(|_| format!("--https-port {v:?}: not a port"))?;
+                }
+                "--http" => match value()?.as_str() {
+                    "redirect" => o.serve_http = false,
+                    "serve" => o.serve_http = true,
+                    other => return Err(format!("--http {other:?}: use redirect or serve")),
+                },
+                "--tcp-buffer" => {
+                    let v = value()?;
+                    let (rx, tx) = match v.split_once(',') {
+                        Some((rx, tx)) => (size(rx)?, size(tx)?),
+                        None => (size(v)?, size(v)?),
+                    };
+                    o.rx_buffer = rx;
+                    o.tx_buffer = tx;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --http, \
+                         --tcp-buffer, and the network options)"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
