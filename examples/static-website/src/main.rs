@@ -11,7 +11,8 @@
 //!     [--cert "$(cat chain.pem)" --key "$(cat key.pem)"]   default: a self-signed demo certificate
 //!     [--https-port N]      the port redirects point to (default 443; the published one)
 //!     [--http redirect|serve]
-//!     [--tcp-buffer 16K]    per-connection TCP buffers (receive, send)
+//!     [--tcp-buffer 8K,32K] per-connection TCP buffers (receive, send; one size for both)
+//!     [--header-timeout 10s] how long a request head may take (408 after)
 //! ```
 #![no_std]
 #![no_main]
@@ -53,7 +54,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let https_listener = TcpListener::bind_with(&stack, 443, listen)?;
     let http_listener = TcpListener::bind_with(&stack, 80, listen)?;
     let files = StaticFiles::new(store).cache_control("max-age=60");
-    let config = ServerConfig::default();
+    let config = ServerConfig { header_timeout: options.header_timeout, ..ServerConfig::default() };
     let https = Rc::new(Server::new(files, config));
 
     let addr = stack.wait_ipv4().await;
@@ -120,6 +121,15 @@ struct Options {
     serve_http: bool,
     rx_buffer: usize,
     tx_buffer: usize,
+    header_timeout: Duration,
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("{v:?} is not a duration (e.g. 500ms, 10s)");
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    v.strip_suffix('s').unwrap_or(v).parse().map(Duration::from_secs).map_err(|_| bad())
 }
 
 fn size(v: &str) -> Result<usize, String> {
@@ -140,6 +150,7 @@ impl Options {
             serve_http: false,
             rx_buffer: 8 * 1024,
             tx_buffer: 32 * 1024,
+            header_timeout: ServerConfig::default().header_timeout,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -156,6 +167,7 @@ impl Options {
                     "serve" => o.serve_http = true,
                     other => return Err(format!("--http {other:?}: use redirect or serve")),
                 },
+                "--header-timeout" => o.header_timeout = duration(value()?)?,
                 "--tcp-buffer" => {
                     let v = value()?;
                     let (rx, tx) = match v.split_once(',') {
@@ -168,7 +180,7 @@ impl Options {
                 other => {
                     return Err(format!(
                         "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --http, \
-                         --tcp-buffer, and the network options)"
+                         --tcp-buffer, --header-timeout, and the network options)"
                     ));
                 }
             }

@@ -1,0 +1,482 @@
+//! Boot tests of examples/static-website on a TAP device in a network
+//! namespace: curl and openssl fetch the site over HTTP and HTTPS (TLS 1.2
+//! and 1.3 forced in turn), conditional and range requests and gzip
+//! behave, and misbehaving raw-socket clients get the right answer while
+//! other clients go on being served.
+//!
+//! Needs root, `/dev/kvm`, iproute2, curl and openssl (`scripts/setup`).
+
+use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+fn site() -> PathBuf {
+    workspace().join("examples/static-website/site")
+}
+
+fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut opts = skiff_build::BuildOptions::new(workspace().join("examples/static-website"));
+        opts.target_dir = Some(workspace().join("target/guest"));
+        opts.quiet = true;
+        match skiff_build::build(&opts) {
+            Ok(built) => built.image,
+            Err(e) => panic!("building examples/static-website failed: {e}"),
+        }
+    })
+}
+
+const GUEST: &str = "10.0.0.2";
+
+/// A CA and a leaf certificate for `localhost` and 10.0.0.2, made with the
+/// openssl command line; shared by the tests.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn chain(&self) -> String {
+        std::fs::read_to_string(self.dir.join("leaf.pem")).unwrap() + &std::fs::read_to_string(self.ca()).unwrap()
+    }
+    fn key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("leaf.key")).unwrap()
+    }
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        require_program("openssl", "openssl");
+        let dir = workspace().join(format!("target/website-tests/pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
+        let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        let mut ca = args(&format!("req -x509 {ec} -keyout ca.key -out ca.pem -subj"));
+        ca.push("/CN=Skiff Test CA".into());
+        run(&ca.iter().map(String::as_str).collect::<Vec<_>>());
+        let leaf = args(&format!("req {ec} -keyout leaf.key -out leaf.csr -subj /CN=localhost"));
+        run(&leaf.iter().map(String::as_str).collect::<Vec<_>>());
+        std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:localhost,IP:{GUEST}\n")).unwrap();
+        let sign = args("x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2");
+        run(&[&sign.iter().map(String::as_str).collect::<Vec<_>>()[..], &["-extfile", "ext.cnf"]].concat());
+        Pki { dir }
+    })
+}
+
+/// The website running in its own namespace, reachable at 10.0.0.2.
+struct Website {
+    ns: NetNs,
+    child: Guard,
+    console: PathBuf,
+}
+
+impl Website {
+    fn start(guest_args: &[&str]) -> Website {
+        require_root();
+        require_kvm();
+        require_program("curl", "curl");
+        let image = image();
+        let ns = NetNs::new().expect("create a network namespace");
+        ns.add_tap("tap0", &["10.0.0.1/24"]).expect("create the TAP device");
+        let dir = workspace().join("target/website-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join(format!("{}.out", ns.name()));
+        let file = std::fs::File::create(&console).unwrap();
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(["--net", "service=tap0", "--timeout", "300s", "--mem", "64M"])
+            .arg(image)
+            .arg("--")
+            .args(["--ipv4", "10.0.0.2/24", "--gateway", "10.0.0.1"])
+            .args(guest_args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start the tender");
+        let mut w = Website { ns, child: Guard(child), console };
+        w.wait_line("static-website:", Duration::from_secs(30));
+        w
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let found = wait_for(limit, || self.output().lines().find(|l| l.contains(needle)).map(str::to_string));
+        match found {
+            Some(line) => line,
+            None => {
+                let status = self.child.0.try_wait().ok().flatten();
+                panic!("no {needle:?} within {limit:?} (tender: {status:?}):\n{}", self.output())
+            }
+        }
+    }
+
+    /// Runs curl in the namespace; returns stdout, panics on failure.
+    fn curl(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.ns.command("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("run curl");
+        assert!(
+            out.status.success(),
+            "curl {args:?} failed: {}\nguest:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.output()
+        );
+        out.stdout
+    }
+
+    fn https(&self, path: &str) -> String {
+        format!("https://localhost{path}")
+    }
+
+    /// curl options that reach the guest as `localhost` and trust the
+    /// test CA.
+    fn tls_args(&self) -> Vec<String> {
+        vec!["--resolve".into(), format!("localhost:443:{GUEST}"), "--cacert".into(), pki().ca().display().to_string()]
+    }
+
+    fn raw(&self, f: impl FnOnce(TcpStream) -> String + Send + 'static) -> String {
+        self.ns.run(move || {
+            let s = TcpStream::connect_timeout(&format!("{GUEST}:80").parse().unwrap(), Duration::from_secs(5))
+                .expect("connect to port 80");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            f(s)
+        })
+    }
+}
+
+/// Every file under the site directory, as (URL path, bytes).
+fn site_files() -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+                out.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&site(), &site(), &mut out);
+    assert!(out.len() >= 10, "the site has {} files", out.len());
+    out
+}
+
+fn cert_args() -> Vec<String> {
+    vec!["--cert".into(), pki().chain(), "--key".into(), pki().key()]
+}
+
+fn start_with_test_cert(extra: &[&str]) -> Website {
+    let mut args: Vec<String> = cert_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Website::start(&refs)
+}
+
+/// Fetches every file in one curl run (one keep-alive connection) and
+/// compares the bytes.
+fn fetch_all(w: &Website, base: &str, extra: &[String]) {
+    let files = site_files();
+    let dir = workspace().join(format!("target/website-tests/{}-{}", w.ns.name(), extra.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args: Vec<String> = extra.to_vec();
+    args.extend(["-w".into(), "%{http_code} %{http_version} %{num_connects}\n".into()]);
+    for (i, (path, _)) in files.iter().enumerate() {
+        args.push("-o".into());
+        args.push(dir.join(i.to_string()).display().to_string());
+        args.push(format!("{base}{path}"));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = String::from_utf8(w.curl(&refs)).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), files.len(), "{report}");
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        let status = lines[i].split(' ').next().unwrap();
+        assert_eq!(status, "200", "{path}: {}", lines[i]);
+        let got = std::fs::read(dir.join(i.to_string())).unwrap();
+        assert!(got == *bytes, "{path}: {} bytes fetched, {} in the site", got.len(), bytes.len());
+    }
+    // One connection carried them all (keep-alive).
+    let connects: u32 = lines.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn curl_fetches_every_file_over_https_with_tls13_and_tls12_and_over_http() {
+    let w = start_with_test_cert(&["--http", "serve"]);
+    let tls = w.tls_args();
+    for (force, wanted) in [(&["--tlsv1.3"][..], "TLSv1.3"), (&["--tlsv1.2", "--tls-max", "1.2"][..], "TLSv1.2")] {
+        let mut args = tls.clone();
+        args.extend(force.iter().map(|s| s.to_string()));
+        fetch_all(&w, "https://localhost", &args);
+        // The version really was the one forced: curl says so in -v.
+        let out = w.ns.command("curl").args(&args).args(["-v", "-o", "/dev/null", &w.https("/")]).output().unwrap();
+        let verbose = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && verbose.contains(wanted), "{verbose}");
+    }
+    fetch_all(&w, &format!("http://{GUEST}"), &[]);
+}
+
+#[test]
+fn openssl_completes_handshakes_and_shows_the_chain() {
+    require_program("openssl", "openssl");
+    let w = start_with_test_cert(&[]);
+    for (flag, protocol) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let out =
+            w.ns.command("openssl")
+                .args(["s_client", "-connect", &format!("{GUEST}:443"), "-servername", "localhost", "-showcerts"])
+                .args(["-CAfile", &pki().ca().display().to_string(), flag, "-alpn", "http/1.1"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("Verify return code: 0 (ok)"), "{flag}:\n{text}");
+        assert!(text.contains("0 s:CN = localhost") || text.contains("0 s:CN=localhost"), "{flag}:\n{text}");
+        assert!(text.contains("1 s:CN = Skiff Test CA") || text.contains("1 s:CN=Skiff Test CA"), "{flag}:\n{text}");
+        assert!(text.contains(protocol), "{flag}:\n{text}");
+        assert!(text.contains("ALPN protocol: http/1.1"), "{flag}:\n{text}");
+    }
+}
+
+#[test]
+fn the_demo_certificate_is_used_without_one_and_http_redirects() {
+    require_program("openssl", "openssl");
+    let w = Website::start(&[]);
+    let out =
+        w.ns.command("openssl")
+            .args(["s_client", "-connect", &format!("{GUEST}:443"), "-servername", "localhost"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Skiff static-website demo"), "{text}");
+    // Self-signed: openssl cannot verify it without being told to trust it.
+    assert!(text.contains("Verify return code: 18") || text.contains("self-signed"), "{text}");
+    let head =
+        String::from_utf8(w.curl(&["-D", "-", "-o", "/dev/null", &format!("http://{GUEST}/docs/?x=1")])).unwrap();
+    assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+    assert!(head.to_lowercase().contains(&format!("location: https://{GUEST}/docs/?x=1")), "{head}");
+    // curl follows the redirect to HTTPS and gets the page.
+    let page = w.curl(&["-k", "-L", &format!("http://{GUEST}/docs/")]);
+    assert!(page == std::fs::read(site().join("docs/index.html")).unwrap());
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn etags_ranges_and_gzip_behave() {
+    let w = start_with_test_cert(&[]);
+    let tls = w.tls_args();
+    let curl = |extra: &[&str]| -> (String, Vec<u8>) {
+        let dir = workspace().join("target/website-tests");
+        let body_file = dir.join(format!("{}-body", w.ns.name()));
+        // curl writes no file for an empty body: start without one.
+        let _ = std::fs::remove_file(&body_file);
+        let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        args.extend_from_slice(&["-D", "-", "-o"]);
+        let body_path = body_file.display().to_string();
+        args.push(&body_path);
+        args.extend_from_slice(extra);
+        let head = String::from_utf8(w.curl(&args)).unwrap();
+        let body = std::fs::read(&body_file).unwrap_or_default();
+        (head, body)
+    };
+    let css = std::fs::read(site().join("css/site.css")).unwrap();
+    let url = w.https("/css/site.css");
+
+    // ETag, then If-None-Match: 304 with no body.
+    let (head, body) = curl(&[&url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, css);
+    let etag = header(&head, "etag").expect("an ETag").to_string();
+    let (head, body) = curl(&["-H", &format!("If-None-Match: {etag}"), &url]);
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    assert!(body.is_empty());
+    assert_eq!(header(&head, "etag"), Some(etag.as_str()));
+    let (head, _) = curl(&["-H", "If-None-Match: \"something-else\"", &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Range: the bytes asked for, 206; past the end, 416.
+    let (head, body) = curl(&["-r", "100-299", &url]);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(header(&head, "content-range"), Some(format!("bytes 100-299/{}", css.len()).as_str()));
+    assert_eq!(body, css[100..300]);
+    let (head, body) = curl(&["-r", "-50", &url]);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(body, css[css.len() - 50..]);
+    let (head, _) = curl(&["-r", &format!("{}-", css.len() + 10), &url]);
+    assert!(head.starts_with("HTTP/1.1 416"), "{head}");
+
+    // gzip: the precompressed variant, decoded by curl to the same bytes.
+    let (head, body) = curl(&["--compressed", &url]);
+    assert_eq!(header(&head, "content-encoding"), Some("gzip"), "{head}");
+    assert_eq!(header(&head, "vary"), Some("accept-encoding"), "{head}");
+    assert_eq!(body, css);
+    let gz_len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    assert!(gz_len < css.len() / 2, "gzip {gz_len} of {}", css.len());
+    let gz_etag = header(&head, "etag").unwrap().to_string();
+    assert_ne!(gz_etag, etag, "the gzip variant has its own ETag");
+    // Without Accept-Encoding: identity.
+    let (head, _) = curl(&[&url]);
+    assert_eq!(header(&head, "content-encoding"), None, "{head}");
+    // A PNG is not compressed.
+    let (head, body) = curl(&["--compressed", &w.https("/img/hero.png")]);
+    assert_eq!(header(&head, "content-encoding"), None, "{head}");
+    assert_eq!(body, std::fs::read(site().join("img/hero.png")).unwrap());
+    // A missing page: 404 with the site's page.
+    let (head, body) = curl(&[&w.https("/no/such/page")]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(body, std::fs::read(site().join("404.html")).unwrap());
+}
+
+/// Sends `request` on a fresh connection to port 80 and returns the
+/// status line of the answer (or what happened instead).
+fn raw_status(w: &Website, request: Vec<u8>) -> String {
+    w.raw(move |mut s| {
+        let _ = s.write_all(&request);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or("(connection closed without an answer)").to_string()
+    })
+}
+
+#[test]
+fn misbehaving_clients_get_their_status_while_others_are_served() {
+    let w = Arc::new(start_with_test_cert(&["--http", "serve", "--header-timeout", "2s"]));
+
+    // A curl loop over HTTPS alongside everything below.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU32::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let looper = {
+        let (w, stop, ok, failures) = (w.clone(), stop.clone(), ok.clone(), failures.clone());
+        let index = std::fs::read(site().join("index.html")).unwrap();
+        std::thread::spawn(move || {
+            let mut args = w.tls_args();
+            args.extend(["-sS".into(), "--max-time".into(), "10".into(), w.https("/index.html")]);
+            while !stop.load(Ordering::Relaxed) {
+                let out = w.ns.command("curl").args(&args).output().expect("run curl");
+                if out.status.success() && out.stdout == index {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.lock().unwrap().push(String::from_utf8_lossy(&out.stderr).to_string());
+                }
+            }
+        })
+    };
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", b"\x16\x03\x01\x02\x00hello there\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        ("no version", b"GET /\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), "HTTP/1.1 505"),
+        ("unknown method", b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "HTTP/1.1 501"),
+        (
+            "POST to a file",
+            b"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            "HTTP/1.1 405",
+        ),
+        ("POST without a length", b"POST / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "HTTP/1.1 411"),
+        ("huge body", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n".to_vec(), "HTTP/1.1 413"),
+        ("long URI", format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000)).into_bytes(), "HTTP/1.1 414"),
+        (
+            "oversized headers",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                "X-Filler: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n".repeat(1000)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431",
+        ),
+        (
+            "gzip transfer coding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            "HTTP/1.1 501",
+        ),
+        ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+    ];
+    for (what, request, expected) in cases {
+        let status = raw_status(&w, request);
+        assert!(status.starts_with(expected), "{what}: got {status:?}, wanted {expected}");
+    }
+
+    // A slow drip of a head: 408 once the header timeout passes, however
+    // steadily the bytes come.
+    let started = Instant::now();
+    let status = w.raw(|mut s| {
+        for b in b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain([b'z'; 64].iter()) {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_string()
+    });
+    assert!(status.starts_with("HTTP/1.1 408"), "slow drip: {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(12), "took {:?}", started.elapsed());
+
+    // A TLS client that sends garbage gets an alert and the server logs it.
+    let garbage_tls = w.ns.run(|| {
+        let mut s = TcpStream::connect(format!("{GUEST}:443")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    });
+    assert_eq!(garbage_tls.first(), Some(&0x15), "a TLS alert record: {garbage_tls:?}");
+
+    // Pipelined requests on one connection: answered in order.
+    let answers = w.raw(|mut s| {
+        s.write_all(
+            b"GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /index.html HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).to_string()
+    });
+    let statuses: Vec<&str> = answers.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
+    assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found"], "{answers}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().unwrap();
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "curl failed {} times: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(ok.load(Ordering::Relaxed) >= 5, "only {} fetches succeeded", ok.load(Ordering::Relaxed));
+    assert!(w.output().contains("TLS handshake with 10.0.0.1"), "{}", w.output());
+}
