@@ -5,8 +5,12 @@
 //! baseline in the same invocation, interleaved with the subject, and
 //! reports ratios.
 
+use skiff_tender::tap::{Tap, wait_readable};
+use skiff_testnet::NetNs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -105,4 +109,72 @@ pub fn summary(samples: &[Sample]) -> (Duration, Duration, Duration) {
 /// Milliseconds with three decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// Copies frames between two TAP devices in two namespaces, one thread per
+/// direction, until dropped.
+pub struct Forwarder {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Starts copying between `tap_a` in `a` and `tap_b` in `b`.
+    pub fn start(a: &NetNs, tap_a: &str, b: &NetNs, tap_b: &str) -> Forwarder {
+        let (ta, tb) = (tap_a.to_string(), tap_b.to_string());
+        let ta = Arc::new(a.run(move || Tap::attach(&ta).expect("attach the client-side TAP")));
+        let tb = Arc::new(b.run(move || Tap::attach(&tb).expect("attach the server-side TAP")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = [(ta.clone(), tb.clone()), (tb, ta)]
+            .into_iter()
+            .map(|(from, to)| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = wait_readable(&[from.fd()], Some(Duration::from_millis(50)));
+                        while let Ok(Some(n)) = from.recv(&mut buf) {
+                            let _ = to.send(&buf[..n]);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Forwarder { stop, threads }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client namespace with `tap0` addressed 10.0.0.1/24.
+pub fn client_ns() -> NetNs {
+    let ns = NetNs::new().expect("namespace");
+    ns.add_tap("tap0", &["10.0.0.1/24"]).expect("tap");
+    ns
+}
+
+/// The Linux baseline: a client namespace, a forwarder, and a server
+/// namespace whose `tap1` is 10.0.0.2/24.
+pub struct Linux {
+    /// Where clients run.
+    pub client: NetNs,
+    /// Where the Linux servers run.
+    pub server: NetNs,
+    _fwd: Forwarder,
+}
+
+/// Sets up the Linux baseline's namespaces and forwarder.
+pub fn start_linux() -> Linux {
+    let client = client_ns();
+    let server = NetNs::new().expect("namespace");
+    server.add_tap("tap1", &["10.0.0.2/24"]).expect("tap");
+    let fwd = Forwarder::start(&client, "tap0", &server, "tap1");
+    Linux { client, server, _fwd: fwd }
 }

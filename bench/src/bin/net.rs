@@ -18,59 +18,15 @@
 //!
 //! `cargo run --release -p skiff-bench --bin net` (root, KVM).
 
-use skiff_bench::{Linking, guest, release_tender};
-use skiff_tender::tap::{Tap, wait_readable};
+use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const GUEST: &str = "10.0.0.2";
-
-/// Copies frames between two TAP devices in two namespaces, one thread per
-/// direction, until dropped.
-struct Forwarder {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Forwarder {
-    fn start(a: &NetNs, tap_a: &str, b: &NetNs, tap_b: &str) -> Forwarder {
-        let (ta, tb) = (tap_a.to_string(), tap_b.to_string());
-        let ta = Arc::new(a.run(move || Tap::attach(&ta).expect("attach the client-side TAP")));
-        let tb = Arc::new(b.run(move || Tap::attach(&tb).expect("attach the server-side TAP")));
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = [(ta.clone(), tb.clone()), (tb, ta)]
-            .into_iter()
-            .map(|(from, to)| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 65536];
-                    while !stop.load(Ordering::Relaxed) {
-                        let _ = wait_readable(&[from.fd()], Some(Duration::from_millis(50)));
-                        while let Ok(Some(n)) = from.recv(&mut buf) {
-                            let _ = to.send(&buf[..n]);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Forwarder { stop, threads }
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The bulk protocol of the netprobe guest, served by Linux: port 9 counts
 /// what it reads and answers with the count; port 19 sends as many bytes as
@@ -226,12 +182,6 @@ struct Skiff {
     log: std::path::PathBuf,
 }
 
-fn client_ns() -> NetNs {
-    let ns = NetNs::new().expect("namespace");
-    ns.add_tap("tap0", &["10.0.0.1/24"]).expect("tap");
-    ns
-}
-
 fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[&str], ready: &str) -> Skiff {
     let ns = client_ns();
     let log = std::env::temp_dir().join(format!("skiff-bench-{}.log", ns.name()));
@@ -262,20 +212,6 @@ fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[
 fn finish(mut s: Skiff) -> String {
     let _ = wait_for(Duration::from_secs(60), || s.guest.0.try_wait().ok().flatten());
     std::fs::read_to_string(&s.log).unwrap_or_default()
-}
-
-struct Linux {
-    client: NetNs,
-    _server: NetNs,
-    _fwd: Forwarder,
-}
-
-fn start_linux() -> Linux {
-    let client = client_ns();
-    let server = NetNs::new().expect("namespace");
-    server.add_tap("tap1", &["10.0.0.2/24"]).expect("tap");
-    let fwd = Forwarder::start(&client, "tap0", &server, "tap1");
-    Linux { client, _server: server, _fwd: fwd }
 }
 
 fn exits_and_frames(log: &str) -> (u64, u64) {
@@ -372,7 +308,7 @@ fn main() {
     let log = finish(s);
     let (exits, _) = exits_and_frames(&log);
     let l = start_linux();
-    linux_bulk_server(&l._server);
+    linux_bulk_server(&l.server);
     let lx_in = bulk_in(&l.client, bulk_bytes);
     let lx_out = bulk_out(&l.client, bulk_bytes);
     drop(l);
@@ -423,7 +359,7 @@ fn main() {
         }
     }
     let l = start_linux();
-    linux_echo_server(&l._server);
+    linux_echo_server(&l.server);
     let linux_ok = two_hundred_connections(&l.client);
     drop(l);
     println!();

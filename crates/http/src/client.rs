@@ -126,7 +126,8 @@ impl Default for ClientLimits {
 /// A request failed.
 #[derive(Debug)]
 pub enum ClientError {
-    /// The URL is not `http://` or `https://` with a host.
+    /// The URL is not `http://` or `https://` with a host, or the
+    /// request's target or host holds a space or a control character.
     BadUrl(&'static str),
     /// The host name did not resolve.
     Dns(skiff_net::DnsError),
@@ -202,6 +203,12 @@ async fn exchange<S: Read + Write>(
     request: &ClientRequest,
     limits: &ClientLimits,
 ) -> Result<ClientResponse, ClientError> {
+    // A space or line break in the target or host would rewrite the
+    // request line and add fields of its own.
+    let unsafe_text = |s: &str| s.bytes().any(|b| b <= b' ' || b == 0x7f);
+    if unsafe_text(&request.target) || unsafe_text(&request.host) {
+        return Err(ClientError::BadUrl("a space or control character in the target or host"));
+    }
     io_.write_all(&request.encode()).await.map_err(io)?;
     io_.flush().await.map_err(io)?;
     let mut buf = Vec::new();
@@ -278,13 +285,16 @@ async fn read_body<S: Read>(
         }
         return Ok(buf.drain(..n).collect());
     }
-    // Neither: the body runs to the end of the connection.
-    while fill(io_, buf).await? {
+    // Neither: the body runs to the end of the connection (some of it may
+    // have come with the head).
+    loop {
         if buf.len() > limits.body {
             return Err(ClientError::TooLarge);
         }
+        if !fill(io_, buf).await? {
+            return Ok(core::mem::take(buf));
+        }
     }
-    Ok(core::mem::take(buf))
 }
 
 /// The parts of an `http://` or `https://` URL.
@@ -310,7 +320,7 @@ impl Url {
         } else {
             return Err(ClientError::BadUrl("only http:// and https:// are supported"));
         };
-        let (authority, target) = match rest.find(['/', '?']) {
+        let (authority, target) = match rest.find(['/', '?', '#']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
             None => (rest, "/".to_string()),
@@ -423,7 +433,26 @@ mod tests {
         assert_eq!(u.host_header(), "[fe80::1]:81");
         let u = Url::parse("http://h?q").unwrap();
         assert_eq!(u.target, "/?q");
-        for bad in ["ftp://x/", "http://", "http://u@h/", "http://h:99999/", "http://[::1/"] {
+        let u = Url::parse("http://h#top").unwrap();
+        assert_eq!((u.host.as_str(), u.target.as_str()), ("h", "/"));
+        let u = Url::parse("https://h:8443?a#b").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("h", 8443, "/?a"));
+        assert_eq!(u.host_header(), "h:8443");
+        let u = Url::parse("https://[::1]/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 443));
+        assert_eq!(u.host_header(), "[::1]");
+        let u = Url::parse("http://h:443/").unwrap();
+        assert_eq!(u.host_header(), "h:443");
+        for bad in [
+            "ftp://x/",
+            "http://",
+            "http://u@h/",
+            "http://h:99999/",
+            "http://[::1/",
+            "http://[::1]x/",
+            "http://:80/",
+            "http://#x",
+        ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }

@@ -182,16 +182,27 @@ pub fn accepts_gzip(value: &str) -> bool {
         let q = parts
             .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
             .next()
-            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
-        let Some(q) = q else { continue };
+            .map_or(Some(true), |q| qvalue_positive(q.trim()));
+        let Some(positive) = q else { continue };
         if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-            return q > 0.0;
+            return positive;
         }
         if coding == "*" {
-            star = Some(q > 0.0);
+            star = Some(positive);
         }
     }
     star.unwrap_or(false)
+}
+
+/// Whether a qvalue (`0`, `0.5`, `1.000`: RFC 9110 section 12.4.2) is
+/// above zero; `None` when it is malformed.
+fn qvalue_positive(q: &str) -> Option<bool> {
+    let (int, frac) = q.split_once('.').unwrap_or((q, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !matches!(int, "0" | "1") || frac.len() > 3 || !digits(frac) {
+        return None;
+    }
+    Some(int == "1" || frac.bytes().any(|b| b != b'0'))
 }
 
 /// Whether an `If-None-Match` value matches `etag` (weak comparison).
@@ -259,5 +270,74 @@ pub fn parse_range(value: &str, len: u64) -> RangeSpec {
             _ => RangeSpec::Ignore,
         },
         (true, true) => RangeSpec::Ignore,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::{Ignore, One, Unsatisfiable};
+        let cases = [
+            ("bytes=0-9", One(0, 9)),
+            ("bytes=0-", One(0, 99)),
+            ("bytes=90-200", One(90, 99)),
+            ("bytes=99-99", One(99, 99)),
+            ("bytes=-10", One(90, 99)),
+            ("bytes=-100", One(0, 99)),
+            ("bytes=-1000", One(0, 99)),
+            (" bytes= 5 - 6 ", One(5, 6)),
+            ("bytes=100-", Unsatisfiable),
+            ("bytes=100-200", Unsatisfiable),
+            ("bytes=-0", Unsatisfiable),
+            ("bytes=6-5", Ignore),
+            ("bytes=0-1,3-4", Ignore),
+            ("bytes=-", Ignore),
+            ("bytes=1", Ignore),
+            ("bytes=a-b", Ignore),
+            ("bytes=+1-2", Ignore),
+            ("bytes=99999999999999999999999-", Ignore),
+            ("items=0-1", Ignore),
+            ("", Ignore),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_range(value, 100), expected, "{value:?}");
+        }
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn gzip_acceptance() {
+        for yes in ["gzip", "GZIP", "x-gzip", "br, gzip;q=0.1", "gzip; q=1.0", "*", "br;q=1, *;q=0.5", "*;q=0, gzip"] {
+            assert!(accepts_gzip(yes), "{yes:?}");
+        }
+        for no in ["", "identity", "br, deflate", "gzip;q=0", "gzip;Q=0.000", "*;q=0", "gzip;q=0, *", "gzipped"] {
+            assert!(!accepts_gzip(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches("\"abc\"", "\"abc\""));
+        assert!(etag_matches("W/\"abc\"", "\"abc\""));
+        assert!(etag_matches(" \"x\", W/\"abc\" ", "\"abc\""));
+        assert!(etag_matches("*", "\"abc\""));
+        assert!(!etag_matches("\"abd\"", "\"abc\""));
+        assert!(!etag_matches("abc", "\"abc\""));
+        assert!(!etag_matches("", "\"abc\""));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/plain").as_deref(), Some("/plain"));
+        assert_eq!(percent_decode("/a%20b%2Fc").as_deref(), Some("/a b/c"));
+        assert_eq!(percent_decode("/%c3%a9t%C3%A9").as_deref(), Some("/été"));
+        assert_eq!(percent_decode("/100%25").as_deref(), Some("/100%"));
+        for bad in ["/%", "/%2", "/%zz", "/%g0", "/%ff", "/%c3", "/%%41"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
     }
 }

@@ -79,3 +79,34 @@ impl Headers {
 pub fn lists_token(value: &str, token: &str) -> bool {
     value.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_found_without_regard_to_case() {
+        let mut h = Headers::new();
+        h.append("Accept", &b"a"[..]);
+        h.append("accept", &b"b"[..]);
+        h.append("X-Pad", &b"  v  "[..]);
+        assert_eq!(h.get("ACCEPT"), Some(&b"a"[..]));
+        assert_eq!(h.get_all("accept").collect::<Vec<_>>(), [&b"a"[..], &b"b"[..]]);
+        assert_eq!(h.get_str("x-pad"), Some("v"));
+        h.set("ACCEPT", &b"c"[..]);
+        assert_eq!(h.get_all("accept").collect::<Vec<_>>(), [&b"c"[..]]);
+        h.remove("x-PAD");
+        assert!(!h.contains("x-pad"));
+        assert_eq!(h.len(), 1);
+        h.append("bin", &b"\xff"[..]);
+        assert_eq!(h.get_str("bin"), None);
+    }
+
+    #[test]
+    fn token_lists() {
+        assert!(lists_token("keep-alive, Close", "close"));
+        assert!(lists_token("gzip;q=1", "gzip"));
+        assert!(!lists_token("closed", "close"));
+        assert!(!lists_token("", "close"));
+    }
+}

@@ -194,7 +194,8 @@ pub struct RequestHead {
     pub body: BodyLength,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
-    /// The client sent `Expect: 100-continue` and waits for it.
+    /// The client sent `Expect: 100-continue` (over HTTP/1.1) and waits
+    /// for it.
     pub expect_continue: bool,
 }
 
@@ -204,8 +205,8 @@ impl RequestHead {
     pub fn path(&self) -> &str {
         let t = self.target.as_str();
         let t = match t.find("://") {
-            Some(i) => t[i + 3..].find('/').map_or("/", |j| &t[i + 3 + j..]),
-            None => t,
+            Some(i) if !t.starts_with('/') => t[i + 3..].find('/').map_or("/", |j| &t[i + 3 + j..]),
+            _ => t,
         };
         t.split(['?', '#']).next().unwrap_or("/")
     }
@@ -235,6 +236,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError> {
     }
     if buf.len() > skip && buf[skip] == b'\n' {
         skip += 1;
+    }
+    // Empty lines are kept until a head completes: they count toward the
+    // head's limit.
+    if skip > limits.head {
+        return Err(RequestError::HeadersTooLarge);
     }
     let input = &buf[skip..];
     // The request line must end within its limit.
@@ -291,13 +297,20 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError> {
     if version == Version::Http11 && headers.get_all("host").count() != 1 {
         return Err(RequestError::BadRequest("HTTP/1.1 needs exactly one Host header"));
     }
-    let connection = headers.get_str("connection").unwrap_or("");
-    let has = |token: &str| connection.split(',').any(|t| t.trim().eq_ignore_ascii_case(token));
+    // Every Connection field counts: two fields are one list.
+    let has = |token: &str| {
+        headers
+            .get_all("connection")
+            .filter_map(|v| core::str::from_utf8(v).ok())
+            .any(|v| crate::headers::lists_token(v, token))
+    };
     let keep_alive = match version {
         Version::Http11 => !has("close"),
         Version::Http10 => has("keep-alive"),
     };
-    let expect_continue = headers.get_str("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    // HTTP/1.0 clients do not know 1xx responses (RFC 9110 section 10.1.1).
+    let expect_continue =
+        version == Version::Http11 && headers.get_str("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
     Ok(Parsed::Complete(
         RequestHead { method, target: target.to_string(), version, headers, body, keep_alive, expect_continue },
         skip + used,
@@ -335,15 +348,22 @@ fn body_length(headers: &Headers, method: Method, limits: &Limits) -> Result<Bod
             // Both: a classic request-smuggling shape. Refuse it.
             return Err(RequestError::BadRequest("both Transfer-Encoding and Content-Length"));
         }
-        let mut codings = te.iter().flat_map(|v| v.split(|&b| b == b',')).map(trim).filter(|c| !c.is_empty());
-        let first = codings.next();
-        let rest = codings.next();
-        return match (first, rest) {
-            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(BodyLength::Chunked),
-            (Some(c), _) => {
+        let codings: Vec<&[u8]> =
+            te.iter().flat_map(|v| v.split(|&b| b == b',')).map(trim).filter(|c| !c.is_empty()).collect();
+        let is_chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+        let chunked = codings.iter().filter(|c| is_chunked(c)).count();
+        let unknown = codings.iter().find(|c| !is_chunked(c));
+        // RFC 9112 section 6: chunked must come last and only once (400);
+        // codings this server does not know get 501.
+        return match (codings.last(), unknown) {
+            (None, _) => Err(RequestError::BadRequest("empty Transfer-Encoding")),
+            (Some(last), _) if chunked > 1 || (chunked == 1 && !is_chunked(last)) => {
+                Err(RequestError::BadRequest("chunked must be the last transfer coding, once"))
+            }
+            (Some(_), Some(c)) => {
                 Err(RequestError::NotImplemented(alloc::format!("transfer coding {}", String::from_utf8_lossy(c))))
             }
-            (None, _) => Err(RequestError::BadRequest("empty Transfer-Encoding")),
+            (Some(_), None) => Ok(BodyLength::Chunked),
         };
     }
     let mut length: Option<u64> = None;
@@ -383,7 +403,7 @@ fn parse_decimal(b: &[u8]) -> Option<u64> {
 #[derive(Clone, Debug, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
-    /// Bytes of the current size line or trailer line so far.
+    /// Bytes of the current size line, or of the trailer section, so far.
     line: usize,
     size: u64,
     total: u64,
@@ -414,7 +434,7 @@ enum ChunkState {
     Done,
 }
 
-/// Longest chunk-size line or trailer line accepted.
+/// Longest chunk-size line, and longest trailer section, accepted.
 const CHUNK_LINE_MAX: usize = 4096;
 
 impl ChunkedDecoder {
@@ -514,7 +534,7 @@ impl ChunkedDecoder {
                     if b == b'\r' {
                         self.state = ChunkState::EndLf;
                     } else {
-                        self.line = 1;
+                        self.line += 1;
                         self.state = ChunkState::Trailer;
                     }
                 }

@@ -43,7 +43,8 @@ impl Body {
 }
 
 /// A response: status, headers, body. `Content-Length`, `Date`,
-/// `Server` and `Connection` are added by the writer.
+/// `Server` and `Connection` are added by the writer (a service's own
+/// `Content-Length`, `Transfer-Encoding` and `Connection` are dropped).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     /// The status.
@@ -125,7 +126,8 @@ pub fn write_head(response: &Response, ctx: &WriteContext<'_>, out: &mut Vec<u8>
     let _ = write!(line, "HTTP/1.1 {} {}\r\n", status.0, status.reason());
     out.extend_from_slice(line.as_bytes());
     for (name, value) in response.headers.iter() {
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
+        let framing = ["content-length", "transfer-encoding", "connection"];
+        if framing.iter().any(|f| name.eq_ignore_ascii_case(f)) {
             continue;
         }
         // Never let a value end the header early.
@@ -233,6 +235,6 @@ mod tests {
         // The service cannot set its own framing headers.
         let r = Response::text(Status::OK, "abc").header("content-length", &b"99"[..]);
         let (h, _) = head(&r, &ctx(Method::Get, true));
-        assert!(h.contains("content-length: 3\r\n") && !h.contains("99"), "{h}");
+        assert!(h.contains("content-length: 3\r\n") && !h.contains("content-length: 99"), "{h}");
     }
 }

@@ -123,3 +123,21 @@ impl Handler for Router {
         self.dispatch(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let exact = Pattern::parse("/a/b");
+        assert!(exact.matches("/a/b"));
+        assert!(!exact.matches("/a/b/") && !exact.matches("/a") && !exact.matches("/a/bc"));
+        let prefix = Pattern::parse("/static/*");
+        assert_eq!(prefix, Pattern::Prefix("/static/".into()));
+        assert!(prefix.matches("/static/") && prefix.matches("/static/a/b") && prefix.matches("/static"));
+        assert!(!prefix.matches("/staticx") && !prefix.matches("/"));
+        let all = Pattern::parse("/*");
+        assert!(all.matches("/") && all.matches("/anything"));
+    }
+}

@@ -57,9 +57,14 @@ pub struct ServerConfig {
     /// How long writing one response may take (a client that does not
     /// read is dropped).
     pub write_timeout: Duration,
-    /// Connections served at once; beyond it new ones get 503 and are
-    /// closed.
+    /// Connections served at once; beyond it new plain-HTTP connections get
+    /// 503 and are closed (HTTPS ones are closed before the handshake).
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; more wait their turn. A
+    /// handshake needs several times the memory of an established
+    /// connection, so this bounds the peak when many clients arrive
+    /// together.
+    pub max_handshakes: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +76,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_handshakes: 32,
         }
     }
 }
@@ -110,6 +116,48 @@ pub struct Server<H> {
     date: Cell<(u64, HttpDate)>,
     active: Cell<usize>,
     stats: Cell<ServerStats>,
+    handshakes: Gate,
+}
+
+/// Admits at most a fixed number of holders at a time; the rest wait in
+/// line.
+struct Gate {
+    free: Cell<usize>,
+    waiting: core::cell::RefCell<alloc::collections::VecDeque<core::task::Waker>>,
+}
+
+impl Gate {
+    fn new(n: usize) -> Gate {
+        Gate { free: Cell::new(n.max(1)), waiting: Default::default() }
+    }
+
+    async fn enter(&self) -> GatePass<'_> {
+        core::future::poll_fn(|cx| {
+            if self.free.get() > 0 {
+                self.free.set(self.free.get() - 1);
+                core::task::Poll::Ready(())
+            } else {
+                self.waiting.borrow_mut().push_back(cx.waker().clone());
+                core::task::Poll::Pending
+            }
+        })
+        .await;
+        GatePass { gate: self }
+    }
+}
+
+/// A place in a [`Gate`]; given back when dropped.
+struct GatePass<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        self.gate.free.set(self.gate.free.get() + 1);
+        if let Some(w) = self.gate.waiting.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
 }
 
 enum ReadOutcome {
@@ -152,6 +200,7 @@ impl<H: Handler> Server<H> {
             date: Cell::new((u64::MAX, HttpDate::from_unix(0))),
             active: Cell::new(0),
             stats: Cell::new(ServerStats::default()),
+            handshakes: Gate::new(config.max_handshakes),
         }
     }
 
@@ -269,7 +318,8 @@ impl<H: Handler> Server<H> {
                 Err(Some(e)) => return self.refuse(io, e, &mut out).await,
                 Err(None) => return ConnectionEnd::Transport,
             };
-            if buf.is_empty() && buf.capacity() > 2 * COALESCE {
+            if buf.is_empty() {
+                // An idle connection keeps no buffers.
                 buf = Vec::new();
             }
             let (method, version, keep_alive) = (head.method, head.version, head.keep_alive);
@@ -282,7 +332,7 @@ impl<H: Handler> Server<H> {
             if !self.respond(io, &response, &ctx, &mut out).await {
                 return ConnectionEnd::Transport;
             }
-            if out.capacity() > 2 * COALESCE {
+            if out.capacity() > 4096 {
                 out = Vec::new();
             }
             if !keep_alive {
@@ -418,7 +468,10 @@ impl<H: Handler + 'static> Server<H> {
                     stream.shutdown();
                     return;
                 };
-                let mut tls = match acceptor.accept(stream).await {
+                let pass = server.handshakes.enter().await;
+                let accepted = acceptor.accept(stream).await;
+                drop(pass);
+                let mut tls = match accepted {
                     Ok(tls) => tls,
                     Err(e) => {
                         server.count(|s| s.failed_handshakes += 1);

@@ -113,3 +113,20 @@ impl fmt::Display for Status {
         write!(f, "{} {}", self.0, self.reason())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_bodies() {
+        assert_eq!(alloc::format!("{}", Status::URI_TOO_LONG), "414 URI Too Long");
+        assert_eq!(Status(799).reason(), "Unknown");
+        for no_body in [100, 101, 199, 204, 304] {
+            assert!(Status(no_body).has_no_body(), "{no_body}");
+        }
+        for body in [200, 206, 301, 404, 500] {
+            assert!(!Status(body).has_no_body(), "{body}");
+        }
+    }
+}

@@ -74,9 +74,25 @@ pub fn format_line(
     writeln!(out, "[{secs:5}.{micros:06}] {level:<5} {target}: {args}")
 }
 
+/// Libraries that log at `warn` about what a remote peer did (rustls:
+/// "illegal SNI extension", a client's unsupported extension) would let
+/// any client fill the console; their warnings count as `debug` and show
+/// with `--log debug`. What the service itself should know (a failed
+/// handshake) it logs itself.
+const PEER_CHATTER: &[&str] = &["rustls"];
+
+/// The level a record is shown at.
+fn effective_level(metadata: &log::Metadata<'_>) -> log::Level {
+    let level = metadata.level();
+    if level == log::Level::Warn && PEER_CHATTER.iter().any(|t| metadata.target().starts_with(t)) {
+        return log::Level::Debug;
+    }
+    level
+}
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        effective_level(metadata) <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -141,6 +157,15 @@ mod tests {
         drain();
         let text = String::from_utf8(DRAINED.with(|d| d.borrow().clone())).unwrap();
         assert!(text.ends_with("WARN  t: careful\nraw\n"), "{text:?}");
+    }
+
+    #[test]
+    fn peer_chatter_from_libraries_needs_debug() {
+        let record = |target| log::Metadata::builder().level(log::Level::Warn).target(target).build();
+        assert_eq!(effective_level(&record("rustls::msgs::handshake")), log::Level::Debug);
+        assert_eq!(effective_level(&record("skiff_http::server")), log::Level::Warn);
+        let error = log::Metadata::builder().level(log::Level::Error).target("rustls").build();
+        assert_eq!(effective_level(&error), log::Level::Error);
     }
 
     #[test]

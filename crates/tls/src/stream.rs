@@ -250,8 +250,9 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
             Ok(_) => Ok(Step::Again),
         };
         self.incoming.drain(..discard);
-        if self.incoming.is_empty() && self.incoming.capacity() > READ_CHUNK {
-            // Idle connections keep no record-sized buffer.
+        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+            // Idle connections keep no receive buffer: with hundreds of
+            // them open, that is most of their memory.
             self.incoming = Vec::new();
         }
         step
@@ -263,10 +264,8 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
             return Ok(());
         }
         self.io.write_all(&self.outgoing).await.map_err(io_error)?;
-        self.outgoing.clear();
-        if self.outgoing.capacity() > WRITE_CHUNK + 8 * RECORD_OVERHEAD {
-            self.outgoing = Vec::new();
-        }
+        // Nothing is kept between writes (see `step` for `incoming`).
+        self.outgoing = Vec::new();
         Ok(())
     }
 
@@ -389,11 +388,8 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
                 buf[..n].copy_from_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
                 self.plain_pos += n;
                 if self.plain_pos == self.plain.len() {
-                    self.plain.clear();
+                    self.plain = Vec::new();
                     self.plain_pos = 0;
-                    if self.plain.capacity() > READ_CHUNK {
-                        self.plain = Vec::new();
-                    }
                 }
                 return Ok(n);
             }

@@ -11,8 +11,9 @@
 //!     [--cert "$(cat chain.pem)" --key "$(cat key.pem)"]   default: a self-signed demo certificate
 //!     [--https-port N]      the port redirects point to (default 443; the published one)
 //!     [--http redirect|serve]
-//!     [--tcp-buffer 8K,32K] per-connection TCP buffers (receive, send; one size for both)
+//!     [--tcp-buffer 8K,16K] per-connection TCP buffers (receive, send; one size for both)
 //!     [--header-timeout 10s] how long a request head may take (408 after)
+//!     [--tls-resumption on|off] session cache and tickets (default on)
 //! ```
 #![no_std]
 #![no_main]
@@ -47,7 +48,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         (None, None) => (DEMO_CERT.as_bytes(), DEMO_KEY.as_bytes(), "self-signed demo certificate for localhost"),
         _ => return Err("--cert and --key go together".into()),
     };
-    let tls = ServerOptions::default().alpn(&[b"http/1.1"]).build(cert, key)?;
+    let tls = ServerOptions::default().alpn(&[b"http/1.1"]).resumption(options.resumption).build(cert, key)?;
     let acceptor = TlsAcceptor::new(tls)?;
 
     let listen = ListenOptions::with_tcp(tcp);
@@ -122,6 +123,7 @@ struct Options {
     rx_buffer: usize,
     tx_buffer: usize,
     header_timeout: Duration,
+    resumption: bool,
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
@@ -149,8 +151,9 @@ impl Options {
             https_port: 443,
             serve_http: false,
             rx_buffer: 8 * 1024,
-            tx_buffer: 32 * 1024,
+            tx_buffer: 16 * 1024,
             header_timeout: ServerConfig::default().header_timeout,
+            resumption: true,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -167,6 +170,11 @@ impl Options {
                     "serve" => o.serve_http = true,
                     other => return Err(format!("--http {other:?}: use redirect or serve")),
                 },
+                "--tls-resumption" => match value()?.as_str() {
+                    "on" => o.resumption = true,
+                    "off" => o.resumption = false,
+                    other => return Err(format!("--tls-resumption {other:?}: use on or off")),
+                },
                 "--header-timeout" => o.header_timeout = duration(value()?)?,
                 "--tcp-buffer" => {
                     let v = value()?;
@@ -180,7 +188,7 @@ impl Options {
                 other => {
                     return Err(format!(
                         "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --http, \
-                         --tcp-buffer, --header-timeout, and the network options)"
+                         --tcp-buffer, --header-timeout, --tls-resumption, and the network options)"
                     ));
                 }
             }

@@ -1,0 +1,355 @@
+//! HTTP and HTTPS benchmark: examples/static-website against nginx serving
+//! the same files with the same certificate, behind identical TAP set-ups,
+//! in the same run (see `net.rs` for the set-up):
+//!
+//! ```text
+//! skiff:  [client ns] wrk -> tap0 10.0.0.1 ==TAP== skiff-tender -- static-website 10.0.0.2
+//! nginx:  [client ns] wrk -> tap0 10.0.0.1 ==TAP== forwarder ==TAP== tap1 10.0.0.2 [server ns] nginx
+//! ```
+//!
+//! Measures requests per second and latency (wrk) for a 1 KiB and a
+//! 100 KiB file over HTTP keep-alive and over HTTPS keep-alive, with 16 and
+//! 256 connections; new TLS handshakes per second (no resumption: a
+//! connection per request, both servers with session caches and tickets
+//! off); the image size without the site's content; and the smallest
+//! `--mem` that serves 256 HTTPS connections.
+//!
+//! nginx runs one worker process, as the unikernel runs on one vCPU.
+//!
+//! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
+
+use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, workspace};
+use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const GUEST: &str = "10.0.0.2";
+
+/// A self-signed ECDSA P-256 certificate for both servers.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_cert(dir: &Path) -> Cert {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:10.0.0.2"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl could not make a certificate");
+    Cert { cert, key }
+}
+
+struct Skiff {
+    ns: NetNs,
+    guest: Guard,
+    log: PathBuf,
+}
+
+fn start_skiff(tender: &Path, image: &Path, cert: &Cert, mem: &str, extra: &[&str]) -> Skiff {
+    let ns = client_ns();
+    let log = std::env::temp_dir().join(format!("skiff-bench-http-{}.log", ns.name()));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = ns
+        .command(tender)
+        .args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
+        .arg(image)
+        .arg("--")
+        .args(["--ipv4", "10.0.0.2/24", "--http", "serve"])
+        .arg("--cert")
+        .arg(std::fs::read_to_string(&cert.cert).unwrap())
+        .arg("--key")
+        .arg(std::fs::read_to_string(&cert.key).unwrap())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("start the tender");
+    let guest = Guard(child);
+    let up = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("static-website:")).map(|_| ())
+    });
+    assert!(up.is_some(), "the website did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    Skiff { ns, guest, log }
+}
+
+impl Skiff {
+    fn alive(&mut self) -> bool {
+        self.guest.0.try_wait().ok().flatten().is_none()
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// nginx in the server namespace, serving the site on 80 and 443.
+struct Nginx {
+    _child: Guard,
+}
+
+fn start_nginx(server: &NetNs, cert: &Cert, dir: &Path, resumption: bool) -> Nginx {
+    let site = workspace().join("examples/static-website/site");
+    let prefix = dir.join(format!("nginx-{}", if resumption { "resume" } else { "full" }));
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let sessions = if resumption {
+        "ssl_session_cache shared:SSL:10m; ssl_session_tickets on;"
+    } else {
+        "ssl_session_cache off; ssl_session_tickets off;"
+    };
+    let conf = format!(
+        "user root;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n\
+         keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  types {{ text/html html; text/css css; \
+         image/png png; image/svg+xml svg; application/javascript js; text/plain txt; }}\n\
+         client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  \
+         fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n\
+         server {{\n    listen {GUEST}:80;\n    listen {GUEST}:443 ssl;\n    root {site};\n\
+         ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
+         {sessions}\n  }}\n}}\n",
+        prefix = prefix.display(),
+        site = site.display(),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = server
+        .command("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let child = Guard(child);
+    // Ready when port 80 answers.
+    let ready = wait_for(Duration::from_secs(10), || {
+        server.run(|| std::net::TcpStream::connect(format!("{GUEST}:80")).ok()).map(|_| ())
+    });
+    assert!(
+        ready.is_some(),
+        "nginx did not start: {}",
+        std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+    );
+    Nginx { _child: child }
+}
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn parse_latency(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn wrk(ns: &NetNs, url: &str, connections: u32, secs: u32, close: bool) -> Wrk {
+    let threads = if connections > 16 { 2 } else { 1 };
+    let mut cmd = ns.command("wrk");
+    cmd.args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{secs}s"), "--latency"]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            w.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            w.p50_us = parse_latency(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            w.p99_us = parse_latency(v);
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // connect N, read N, write N, timeout N
+            w.errors += v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            w.errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    if w.rps == 0.0 {
+        eprintln!("    wrk measured nothing for {url}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        w.errors += 1;
+    }
+    w
+}
+
+fn median(mut v: Vec<Wrk>) -> Wrk {
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2]
+}
+
+/// The stripped image size, and the same without the baked site (the
+/// store blob the build script wrote).
+fn image_sizes(image: &Path) -> (u64, u64) {
+    let stripped = std::env::temp_dir().join("skiff-bench-website-stripped");
+    let status = Command::new("objcopy").arg("--strip-all").arg(image).arg(&stripped).status().expect("objcopy");
+    assert!(status.success());
+    let size = std::fs::metadata(&stripped).unwrap().len();
+    let build = workspace().join("target/guest/x86_64-unknown-linux-gnu/release/build");
+    let blob = std::fs::read_dir(&build)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("out/site.kv"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("the baked site (site.kv) in the guest build directory");
+    let blob_len = std::fs::metadata(blob).unwrap().len();
+    (size, size - blob_len)
+}
+
+fn main() {
+    require_root();
+    require_kvm();
+    require_program("wrk", "wrk");
+    require_program("nginx", "nginx-light");
+    require_program("openssl", "openssl");
+    require_program("objcopy", "binutils");
+    let tender = release_tender(Linking::Static);
+    let image = guest("examples/static-website");
+    let dir = std::env::temp_dir().join(format!("skiff-bench-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = make_cert(&dir);
+    // SKIFF_BENCH_QUICK=1: one short round, for trying changes.
+    let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
+    let secs = if quick { 2 } else { 5 };
+    let rounds = if quick { 1 } else { 3 };
+    eprintln!("http benchmark: {rounds} rounds of {secs} s per case, Skiff and nginx alternating");
+
+    let cases: [(&str, &str, u32); 8] = [
+        ("1 KiB", "http", 16),
+        ("1 KiB", "http", 256),
+        ("100 KiB", "http", 16),
+        ("100 KiB", "http", 256),
+        ("1 KiB", "https", 16),
+        ("1 KiB", "https", 256),
+        ("100 KiB", "https", 16),
+        ("100 KiB", "https", 256),
+    ];
+    let path = |size: &str| if size == "1 KiB" { "/bench/1k.html" } else { "/bench/100k.html" };
+    let mut results: Vec<(Vec<Wrk>, Vec<Wrk>)> = vec![(Vec::new(), Vec::new()); cases.len()];
+    let (mut hs_skiff, mut hs_nginx) = (Vec::new(), Vec::new());
+    // SKIFF_BENCH_ONLY=memory: only the memory search and the image size.
+    let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
+    for round in 0..if only_memory { 0 } else { rounds } {
+        eprintln!("  round {}", round + 1);
+        {
+            let mut s = start_skiff(&tender, &image, &cert, "64M", &[]);
+            for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+                let w = wrk(&s.ns, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
+                eprintln!("    skiff {size} {scheme} {conns}: {:.0} req/s, {} errors", w.rps, w.errors);
+                results[i].0.push(w);
+            }
+            assert!(s.alive(), "the website stopped:\n{}", s.log());
+        }
+        {
+            let l = start_linux();
+            let _n = start_nginx(&l.server, &cert, &dir, true);
+            for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+                let w = wrk(&l.client, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
+                eprintln!("    nginx {size} {scheme} {conns}: {:.0} req/s, {} errors", w.rps, w.errors);
+                results[i].1.push(w);
+            }
+        }
+        // New handshakes: one request per connection, no resumption.
+        {
+            let mut s = start_skiff(&tender, &image, &cert, "64M", &["--tls-resumption", "off"]);
+            hs_skiff.push(wrk(&s.ns, &format!("https://{GUEST}/bench/1k.html"), 16, secs, true));
+            assert!(s.alive(), "the website stopped:\n{}", s.log());
+        }
+        {
+            let l = start_linux();
+            let _n = start_nginx(&l.server, &cert, &dir, false);
+            hs_nginx.push(wrk(&l.client, &format!("https://{GUEST}/bench/1k.html"), 16, secs, true));
+        }
+    }
+
+    // The smallest --mem that serves 256 HTTPS connections at once.
+    let mut smallest = None;
+    for mem in [8, 10, 12, 14, 16, 20, 24, 32, 48, 64] {
+        let mut s = start_skiff(&tender, &image, &cert, &format!("{mem}M"), &[]);
+        let w = wrk(&s.ns, &format!("https://{GUEST}/bench/1k.html"), 256, 3, false);
+        let ok = s.alive() && w.errors == 0;
+        eprintln!(
+            "  --mem {mem}M: {} ({} errors, {:.0} requests/s)",
+            if ok { "serves" } else { "fails" },
+            w.errors,
+            w.rps
+        );
+        if ok {
+            smallest = Some(mem);
+            break;
+        }
+    }
+    let (size, without) = image_sizes(&image);
+
+    println!("## HTTP and HTTPS: static-website against nginx (median of {rounds} runs of {secs} s)");
+    println!();
+    println!(
+        "| file | scheme | connections | Skiff req/s | nginx req/s | Skiff / nginx | Skiff p50 / p99 | nginx p50 / p99 |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+        let (s, n) = (median(results[i].0.clone()), median(results[i].1.clone()));
+        println!(
+            "| {size} | {scheme} | {conns} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} us | {:.0} / {:.0} us |",
+            s.rps,
+            n.rps,
+            s.rps / n.rps,
+            s.p50_us,
+            s.p99_us,
+            n.p50_us,
+            n.p99_us
+        );
+    }
+    if only_memory {
+        println!("image {size} bytes stripped, {without} without the site; smallest --mem {smallest:?} MiB");
+        return;
+    }
+    let (hs, hn) = (median(hs_skiff), median(hs_nginx));
+    println!();
+    println!("| new TLS handshakes (no resumption, 16 clients) | Skiff | nginx | Skiff / nginx |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| handshakes + 1 KiB request per second | {:.0} | {:.0} | {:.2} |", hs.rps, hn.rps, hs.rps / hn.rps);
+    println!();
+    println!("| measure | value | target |");
+    println!("| --- | ---: | ---: |");
+    println!("| static-website image, stripped | {:.0} KiB | |", size as f64 / 1024.0);
+    println!("| the same without the baked site | {:.0} KiB | at most 1536 KiB |", without as f64 / 1024.0);
+    match smallest {
+        Some(m) => println!("| smallest --mem serving 256 HTTPS connections | {m} MiB | at most 16 MiB |"),
+        None => println!("| smallest --mem serving 256 HTTPS connections | over 64 MiB | at most 16 MiB |"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
