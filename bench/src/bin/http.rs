@@ -314,6 +314,10 @@ fn main() {
     }
     let (size, without) = image_sizes(&image);
 
+    if only_memory {
+        println!("image {size} bytes stripped, {without} without the site; smallest --mem {smallest:?} MiB");
+        return;
+    }
     println!("## HTTP and HTTPS: static-website against nginx (median of {rounds} runs of {secs} s)");
     println!();
     println!(
@@ -332,10 +336,6 @@ fn main() {
             n.p50_us,
             n.p99_us
         );
-    }
-    if only_memory {
-        println!("image {size} bytes stripped, {without} without the site; smallest --mem {smallest:?} MiB");
-        return;
     }
     let (hs, hn) = (median(hs_skiff), median(hs_nginx));
     println!();

@@ -116,16 +116,19 @@ pub struct Server<H> {
     date: Cell<(u64, HttpDate)>,
     active: Cell<usize>,
     stats: Cell<ServerStats>,
+    #[cfg(feature = "tls")]
     handshakes: Gate,
 }
 
 /// Admits at most a fixed number of holders at a time; the rest wait in
 /// line.
+#[cfg(feature = "tls")]
 struct Gate {
     free: Cell<usize>,
     waiting: core::cell::RefCell<alloc::collections::VecDeque<core::task::Waker>>,
 }
 
+#[cfg(feature = "tls")]
 impl Gate {
     fn new(n: usize) -> Gate {
         Gate { free: Cell::new(n.max(1)), waiting: Default::default() }
@@ -147,10 +150,12 @@ impl Gate {
 }
 
 /// A place in a [`Gate`]; given back when dropped.
+#[cfg(feature = "tls")]
 struct GatePass<'a> {
     gate: &'a Gate,
 }
 
+#[cfg(feature = "tls")]
 impl Drop for GatePass<'_> {
     fn drop(&mut self) {
         self.gate.free.set(self.gate.free.get() + 1);
@@ -167,10 +172,13 @@ enum ReadOutcome {
     Failed,
 }
 
-/// Reads more bytes into `buf` until `deadline`.
+/// Reads more bytes into `buf` until `deadline`. The room is allocated
+/// while the read waits, so a connection waiting for its next request
+/// holds little: 1 KiB for a new head (most fit), 8 KiB once one is under
+/// way.
 async fn read_more<S: Read>(io: &mut S, buf: &mut Vec<u8>, deadline: Instant) -> ReadOutcome {
     let start = buf.len();
-    buf.resize(start + 4096, 0);
+    buf.resize(start + if start == 0 { 1024 } else { 8192 }, 0);
     let left = deadline.saturating_duration_since(Instant::now());
     let result = timeout(left, io.read(&mut buf[start..])).await;
     let n = match result {
@@ -200,6 +208,7 @@ impl<H: Handler> Server<H> {
             date: Cell::new((u64::MAX, HttpDate::from_unix(0))),
             active: Cell::new(0),
             stats: Cell::new(ServerStats::default()),
+            #[cfg(feature = "tls")]
             handshakes: Gate::new(config.max_handshakes),
         }
     }

@@ -56,6 +56,30 @@ pub mod random;
 pub mod time;
 
 pub use device::{DeviceError, NetDevice};
+
+/// Heap figures (zero in host builds, which use the system allocator).
+pub fn heap_size() -> usize {
+    #[cfg(skiff_guest)]
+    return heap::size();
+    #[cfg(not(skiff_guest))]
+    0
+}
+
+/// Bytes allocated now (zero in host builds).
+pub fn heap_used() -> usize {
+    #[cfg(skiff_guest)]
+    return heap::used();
+    #[cfg(not(skiff_guest))]
+    0
+}
+
+/// The most bytes allocated at once (zero in host builds).
+pub fn heap_peak() -> usize {
+    #[cfg(skiff_guest)]
+    return heap::peak();
+    #[cfg(not(skiff_guest))]
+    0
+}
 pub use env::Env;
 pub use executor::{JoinHandle, Spawner};
 pub use main_result::{ExitStatus, MainFuture, MainResult, boxed_main};

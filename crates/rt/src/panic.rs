@@ -50,9 +50,10 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         Some(size) => {
             let _ = write!(
                 buf,
-                "out of memory: an allocation of {size} bytes failed (heap: {} KiB; give the \
-                 guest more with --mem)",
-                crate::heap::size() / 1024
+                "out of memory: an allocation of {size} bytes failed (heap: {} KiB, {} KiB in use; \
+                 give the guest more with --mem)",
+                crate::heap::size() / 1024,
+                crate::heap::used() / 1024
             );
             AbortReason::OutOfMemory
         }

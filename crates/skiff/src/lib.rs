@@ -63,6 +63,22 @@ pub mod time {
     }
 }
 
+/// The heap's size and use.
+pub mod heap {
+    /// Bytes of guest memory the heap was given at boot.
+    pub fn size() -> usize {
+        skiff_rt::heap_size()
+    }
+    /// Bytes allocated now.
+    pub fn used() -> usize {
+        skiff_rt::heap_used()
+    }
+    /// The most bytes allocated at once since boot.
+    pub fn peak() -> usize {
+        skiff_rt::heap_peak()
+    }
+}
+
 /// Cryptographic randomness: the CPU's hardware source (RDSEED, or RDRAND)
 /// seeding a ChaCha20 generator. There is no weaker fallback: on a CPU
 /// without one, [`random::fill`] fails.

@@ -24,8 +24,10 @@ use rustls::{ClientConfig, CommonState, ServerConfig};
 /// The largest TLS record on the wire: 2^14 bytes of plaintext plus the
 /// most expansion TLS 1.2 allows, plus the header.
 const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
-/// Read this much at a time from the transport.
-const READ_CHUNK: usize = 8 * 1024;
+/// Read at most this much at a time from the transport. The buffer is
+/// allocated while the read waits, so an idle connection holds this much:
+/// kept small, as records arrive in pieces anyway.
+const READ_CHUNK: usize = 2 * 1024;
 /// Plaintext encrypted per transport write (four full records).
 const WRITE_CHUNK: usize = 4 * crate::MAX_FRAGMENT;
 /// Per-record overhead allowance when sizing the outgoing buffer.

@@ -11,7 +11,7 @@
 //!     [--cert "$(cat chain.pem)" --key "$(cat key.pem)"]   default: a self-signed demo certificate
 //!     [--https-port N]      the port redirects point to (default 443; the published one)
 //!     [--http redirect|serve]
-//!     [--tcp-buffer 8K,16K] per-connection TCP buffers (receive, send; one size for both)
+//!     [--tcp-buffer 4K,16K] per-connection TCP buffers (receive, send; one size for both)
 //!     [--header-timeout 10s] how long a request head may take (408 after)
 //!     [--tls-resumption on|off] session cache and tickets (default on)
 //! ```
@@ -53,7 +53,8 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
 
     let listen = ListenOptions::with_tcp(tcp);
     let https_listener = TcpListener::bind_with(&stack, 443, listen)?;
-    let http_listener = TcpListener::bind_with(&stack, 80, listen)?;
+    // Port 80 mostly redirects: a shorter backlog of ready sockets.
+    let http_listener = TcpListener::bind_with(&stack, 80, ListenOptions { backlog: 4, ..listen })?;
     let files = StaticFiles::new(store).cache_control("max-age=60");
     let config = ServerConfig { header_timeout: options.header_timeout, ..ServerConfig::default() };
     let https = Rc::new(Server::new(files, config));
@@ -150,7 +151,7 @@ impl Options {
             key: None,
             https_port: 443,
             serve_http: false,
-            rx_buffer: 8 * 1024,
+            rx_buffer: 4 * 1024,
             tx_buffer: 16 * 1024,
             header_timeout: ServerConfig::default().header_timeout,
             resumption: true,
