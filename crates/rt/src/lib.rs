@@ -18,9 +18,10 @@
 //!
 //! # Statics
 //!
-//! The runtime keeps three statics, each forced by Rust or by a facade it
-//! serves: the global allocator, the `log` logger, and the TSC calibration
-//! written once at boot; and one flag, set by the panic handler so a panic
+//! The runtime keeps four statics, each forced by Rust or by a facade it
+//! serves: the global allocator, the `log` logger, the TSC calibration
+//! written once at boot, and the entropy pool ([`random`]: getrandom's
+//! backend is a free function); and one flag, set by the panic handler so a panic
 //! inside a panic ends the guest at once. Devices, the executor and its
 //! timers are values owned by the runtime and lent to the service.
 //!
