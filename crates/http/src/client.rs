@@ -384,9 +384,12 @@ pub async fn fetch(
     let mut tcp = skiff_net::TcpStream::connect(stack, core::net::SocketAddr::new(addr, url.port))
         .await
         .map_err(ClientError::Connect)?;
+    // A clean close (bounded), so the server is not left waiting on a
+    // connection whose guest may end right after.
+    let linger = Duration::from_secs(1);
     if !url.tls {
         let r = send(&mut tcp, &request, limits).await;
-        tcp.shutdown();
+        let _ = skiff_rt::executor::timeout(linger, tcp.close()).await;
         return r;
     }
     #[cfg(feature = "tls")]
@@ -395,8 +398,11 @@ pub async fn fetch(
         let name = rustls_name(&url.host)?;
         let mut stream = connector.connect(name, tcp).await.map_err(ClientError::Tls)?;
         let r = send(&mut stream, &request, limits).await;
-        let _ = stream.close().await;
-        stream.get_mut().shutdown();
+        let _ = skiff_rt::executor::timeout(linger, async {
+            let _ = stream.close().await;
+            stream.get_mut().close().await;
+        })
+        .await;
         r
     }
     #[cfg(not(feature = "tls"))]

@@ -329,6 +329,27 @@ impl TcpStream {
         self.kick();
     }
 
+    /// Closes the sending half and waits until the peer has acknowledged
+    /// everything, the close included (or the connection is gone). Use it
+    /// before a guest ends, so the peer sees a clean close rather than
+    /// silence; bound it with `skiff::time::timeout`.
+    pub async fn close(&mut self) {
+        self.shutdown();
+        poll_fn(|cx| {
+            self.with(|s| match s.state() {
+                tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed | tcp::State::Closing => {
+                    Poll::Ready(())
+                }
+                _ => {
+                    s.register_send_waker(cx.waker());
+                    s.register_recv_waker(cx.waker());
+                    Poll::Pending
+                }
+            })
+        })
+        .await
+    }
+
     /// Borrowed halves, to read and write from two futures at once.
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         (ReadHalf { stream: self }, WriteHalf { stream: self })

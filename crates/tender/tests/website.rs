@@ -2,7 +2,9 @@
 //! namespace: curl and openssl fetch the site over HTTP and HTTPS (TLS 1.2
 //! and 1.3 forced in turn), conditional and range requests and gzip
 //! behave, and misbehaving raw-socket clients get the right answer while
-//! other clients go on being served.
+//! other clients go on being served. And the other direction: a guest's
+//! HTTP client fetches from servers the test runs (HTTP with a chunked
+//! body, HTTPS from `openssl s_server` with certificate checks).
 //!
 //! Needs root, `/dev/kvm`, iproute2, curl and openssl (`scripts/setup`).
 
@@ -74,7 +76,7 @@ fn pki() -> &'static Pki {
         run(&ca.iter().map(String::as_str).collect::<Vec<_>>());
         let leaf = args(&format!("req {ec} -keyout leaf.key -out leaf.csr -subj /CN=localhost"));
         run(&leaf.iter().map(String::as_str).collect::<Vec<_>>());
-        std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:localhost,IP:{GUEST}\n")).unwrap();
+        std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:localhost,IP:{GUEST},IP:10.0.0.1\n")).unwrap();
         let sign = args("x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2");
         run(&[&sign.iter().map(String::as_str).collect::<Vec<_>>()[..], &["-extfile", "ext.cnf"]].concat());
         Pki { dir }
@@ -479,4 +481,129 @@ fn misbehaving_clients_get_their_status_while_others_are_served() {
     assert!(failures.is_empty(), "curl failed {} times: {:?}", failures.len(), &failures[..failures.len().min(3)]);
     assert!(ok.load(Ordering::Relaxed) >= 5, "only {} fetches succeeded", ok.load(Ordering::Relaxed));
     assert!(w.output().contains("TLS handshake with 10.0.0.1"), "{}", w.output());
+}
+
+fn client_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut opts = skiff_build::BuildOptions::new(workspace().join("tests/guests/httpclient"));
+        opts.target_dir = Some(workspace().join("target/guest"));
+        opts.quiet = true;
+        match skiff_build::build(&opts) {
+            Ok(built) => built.image,
+            Err(e) => panic!("building tests/guests/httpclient failed: {e}"),
+        }
+    })
+}
+
+/// Runs the client guest at 10.0.0.2 in `ns` to the end; its status and
+/// output.
+fn run_client(ns: &NetNs, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(["--net", "service=tap0", "--timeout", "60s"])
+        .arg(client_image())
+        .arg("--")
+        .args(["--ipv4", "10.0.0.2/24", "--gateway", "10.0.0.1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the tender");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn fnv(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+#[test]
+fn the_guest_http_client_fetches_over_http_and_https() {
+    require_root();
+    require_kvm();
+    require_program("openssl", "openssl");
+    let ns = NetNs::new().expect("create a network namespace");
+    ns.add_tap("tap0", &["10.0.0.1/24"]).expect("create the TAP device");
+
+    // HTTP: a server that answers with a chunked body and reports the
+    // request it got.
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let expected = fnv(&body);
+    let listener = ns.run(|| std::net::TcpListener::bind("10.0.0.1:8080").expect("bind 8080"));
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("the guest connects");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let mut response =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for chunk in body.chunks(7000) {
+            response.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            response.extend_from_slice(chunk);
+            response.extend_from_slice(b"\r\n");
+        }
+        response.extend_from_slice(b"0\r\n\r\n");
+        s.write_all(&response).unwrap();
+        String::from_utf8_lossy(&request).to_string()
+    });
+    let (status, out) = run_client(&ns, &["http://10.0.0.1:8080/data?x=1"]);
+    let request = server.join().unwrap();
+    assert_eq!(status, 0, "{out}");
+    assert!(request.starts_with("GET /data?x=1 HTTP/1.1\r\n"), "{request}");
+    assert!(request.to_lowercase().contains("host: 10.0.0.1:8080\r\n"), "{request}");
+    assert!(out.contains(&format!("httpclient: 200 OK, 50000 bytes, fnv {expected}")), "{out}");
+
+    // HTTPS from openssl's test server, trusting the test CA.
+    let pki = pki();
+    // s_server serves one connection at a time: wait for its ACCEPT line
+    // rather than probing the port (a probe would hold its only slot).
+    let s_log = workspace().join(format!("target/website-tests/s_server-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&s_log).unwrap();
+    let mut s_server = Guard(
+        ns.command("openssl")
+            .args(["s_server", "-accept", "10.0.0.1:8443", "-www"])
+            .arg("-cert")
+            .arg(pki.dir.join("leaf.pem"))
+            .arg("-key")
+            .arg(pki.dir.join("leaf.key"))
+            .stdin(Stdio::piped())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start openssl s_server"),
+    );
+    let up = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&s_log).ok().filter(|t| t.contains("ACCEPT")).map(|_| ())
+    });
+    assert!(up.is_some(), "openssl s_server did not start: {}", std::fs::read_to_string(&s_log).unwrap_or_default());
+    let ca = std::fs::read_to_string(pki.ca()).unwrap();
+    let (status, out) = run_client(&ns, &["https://10.0.0.1:8443/", "--ca", &ca]);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("httpclient: 200 ok") || out.contains("httpclient: 200 OK"), "{out}");
+    assert!(out.contains("content-type \"text/html\""), "{out}");
+
+    // A CA that did not sign the server's certificate: refused, clearly.
+    let stranger = workspace().join(format!("target/website-tests/stranger-{}.pem", std::process::id()));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=Stranger CA", "-keyout", "/dev/null", "-out"])
+        .arg(&stranger)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let other = std::fs::read_to_string(&stranger).unwrap();
+    let (status, out) = run_client(&ns, &["https://10.0.0.1:8443/", "--ca", &other]);
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains("invalid peer certificate"), "{out}");
+    let _ = s_server.0.kill();
 }
