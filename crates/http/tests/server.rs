@@ -5,7 +5,7 @@
 
 mod common;
 
-use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
+use embedded_io_async::{Read, Write};
 use skiff_http::client::{self, ClientError, ClientLimits, ClientRequest};
 use skiff_http::date::HttpDate;
 use skiff_http::{
@@ -14,138 +14,13 @@ use skiff_http::{
 };
 use skiff_kv::Store;
 use skiff_kv::build::BakeOptions;
-use skiff_rt::executor::{Executor, Platform, sleep, timeout};
+use skiff_rt::executor::{sleep, timeout};
 use skiff_rt::time::Instant;
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::future::poll_fn;
+use skiff_testio::{End, pipe, run};
 use std::io::Read as _;
 use std::rc::Rc;
 use std::sync::OnceLock;
-use std::task::{Poll, Waker};
 use std::time::Duration;
-
-// An in-memory pipe.
-
-/// One direction of the pipe.
-#[derive(Default)]
-struct Half {
-    bytes: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-    writer: Option<Waker>,
-}
-
-/// One end of an in-memory byte pipe with a bounded buffer each way.
-struct End {
-    rx: Rc<RefCell<Half>>,
-    tx: Rc<RefCell<Half>>,
-}
-
-const PIPE_BUFFER: usize = 64 * 1024;
-
-fn pipe() -> (End, End) {
-    let a = Rc::new(RefCell::new(Half::default()));
-    let b = Rc::new(RefCell::new(Half::default()));
-    (End { rx: a.clone(), tx: b.clone() }, End { rx: b, tx: a })
-}
-
-fn close(half: &RefCell<Half>) {
-    let mut h = half.borrow_mut();
-    h.closed = true;
-    if let Some(w) = h.reader.take() {
-        w.wake();
-    }
-    if let Some(w) = h.writer.take() {
-        w.wake();
-    }
-}
-
-impl End {
-    /// Closes the sending direction only (a TCP half-close).
-    fn shutdown_write(&self) {
-        close(&self.tx);
-    }
-}
-
-impl Drop for End {
-    fn drop(&mut self) {
-        close(&self.tx);
-        close(&self.rx);
-    }
-}
-
-impl ErrorType for End {
-    type Error = ErrorKind;
-}
-
-impl Read for End {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
-        poll_fn(|cx| {
-            let mut h = self.rx.borrow_mut();
-            if !h.bytes.is_empty() {
-                let n = buf.len().min(h.bytes.len());
-                for (d, s) in buf.iter_mut().zip(h.bytes.drain(..n)) {
-                    *d = s;
-                }
-                if let Some(w) = h.writer.take() {
-                    w.wake();
-                }
-                return Poll::Ready(Ok(n));
-            }
-            if h.closed {
-                return Poll::Ready(Ok(0));
-            }
-            h.reader = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
-impl Write for End {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
-        poll_fn(|cx| {
-            let mut h = self.tx.borrow_mut();
-            if h.closed {
-                return Poll::Ready(Err(ErrorKind::BrokenPipe));
-            }
-            let room = PIPE_BUFFER - h.bytes.len();
-            if room == 0 {
-                h.writer = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            let n = room.min(buf.len());
-            h.bytes.extend(&buf[..n]);
-            if let Some(w) = h.reader.take() {
-                w.wake();
-            }
-            Poll::Ready(Ok(n))
-        })
-        .await
-    }
-}
-
-/// Idle time passes at once on the manual clock.
-struct Clock;
-
-impl Platform for Clock {
-    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
-        if let Some(t) = timeout {
-            skiff_rt::time::advance_manual_clock(t);
-        }
-        0
-    }
-    fn has_devices(&self) -> bool {
-        false
-    }
-}
-
-fn run<T: 'static>(f: impl AsyncFnOnce(skiff_rt::Spawner) -> T + 'static) -> T {
-    let mut ex = Executor::new();
-    let spawner = ex.spawner();
-    ex.run(async move { f(spawner).await }, &mut Clock).expect("the executor finished")
-}
 
 // The client side of a test connection.
 
