@@ -8,7 +8,7 @@
 #![no_main]
 
 use skiff::prelude::*;
-use skiff::time::{sleep, Instant};
+use skiff::time::{Instant, sleep};
 
 #[skiff::main]
 async fn main(env: skiff::Env) -> Result<(), String> {
@@ -25,11 +25,7 @@ async fn main(env: skiff::Env) -> Result<(), String> {
         let start = Instant::now();
         sleep(Duration::from_millis(millis)).await;
         let slept = start.elapsed();
-        info!(
-            "slept {}.{:03} ms (asked for {millis} ms)",
-            slept.as_micros() / 1000,
-            slept.as_micros() % 1000
-        );
+        info!("slept {}.{:03} ms (asked for {millis} ms)", slept.as_micros() / 1000, slept.as_micros() % 1000);
     }
     info!("command line: {args:?}");
     Ok(())

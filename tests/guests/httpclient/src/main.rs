@@ -8,8 +8,8 @@
 #![no_std]
 #![no_main]
 
-use skiff::http::client::{ClientLimits, ClientRequest, fetch};
 use skiff::http::Method;
+use skiff::http::client::{ClientLimits, ClientRequest, fetch};
 use skiff::net::{NetConfig, Stack};
 use skiff::prelude::*;
 use skiff::tls::{ClientOptions, TlsConnector};
@@ -45,7 +45,8 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     };
     let response = fetch(&stack, &url, request, connector.as_ref(), &ClientLimits::default()).await?;
     // FNV-1a, to compare bodies without printing them.
-    let sum = response.body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    let sum =
+        response.body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     info!(
         "httpclient: {} {}, {} bytes, fnv {sum:016x}, content-type {:?}",
         response.status.0,

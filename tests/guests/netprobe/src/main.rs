@@ -27,7 +27,8 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let (config, rest) = NetConfig::from_args(env.args())?;
     let flooding = rest.first().is_some_and(|s| s == "flood");
     let nic = env.take_net("service")?;
-    let nic: Box<dyn skiff::NetDevice> = if flooding { Box::new(Flooding { inner: nic, rng: 0x5eed, sent: 0 }) } else { nic };
+    let nic: Box<dyn skiff::NetDevice> =
+        if flooding { Box::new(Flooding { inner: nic, rng: 0x5eed, sent: 0 }) } else { nic };
     let stack = Stack::new(nic, config, &env.spawner());
     let addr = timeout(Duration::from_secs(20), stack.wait_ipv4()).await.map_err(|_| "no IPv4 address in 20 s")?;
     info!("netprobe: up at {addr}");
