@@ -249,7 +249,9 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
                     Ok(Step::Writable(0))
                 }
             }
-            Ok(_) => Ok(Step::Again),
+            // A state this crate does not know (the enum is non-exhaustive):
+            // going round again would spin, so end the connection.
+            Ok(_) => Err(TlsError::Protocol(rustls::Error::General("unsupported engine state".into()))),
         };
         self.incoming.drain(..discard);
         if self.incoming.is_empty() && self.incoming.capacity() > 0 {
