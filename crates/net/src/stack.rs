@@ -209,6 +209,18 @@ impl Inner {
         }
     }
 
+    /// Whether a TCP socket still has data the peer has not acknowledged,
+    /// or a close it has not acknowledged.
+    fn has_unsent(&self) -> bool {
+        self.sockets.iter().any(|(_, socket)| match socket {
+            smoltcp::socket::Socket::Tcp(s) => {
+                s.send_queue() > 0
+                    || matches!(s.state(), tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck)
+            }
+            _ => false,
+        })
+    }
+
     fn reap_closing(&mut self, now: smoltcp::time::Instant) {
         let sockets = &mut self.sockets;
         self.closing.retain(|&(h, deadline)| {
@@ -362,6 +374,10 @@ impl Stack {
             stats: StackStats::default(),
         }));
         spawner.spawn(drive(inner.clone()));
+        // When main returns, data still queued and closes not yet
+        // acknowledged get up to the runtime's settle time to go out.
+        let weak = Rc::downgrade(&inner);
+        spawner.before_exit(move || weak.upgrade().is_some_and(|i| i.try_borrow().is_ok_and(|i| i.has_unsent())));
         Stack { inner }
     }
 

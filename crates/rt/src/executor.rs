@@ -247,7 +247,12 @@ struct Slot {
 #[derive(Clone)]
 pub struct Spawner {
     incoming: Rc<RefCell<Vec<TaskFuture>>>,
+    exit_work: Rc<RefCell<Vec<ExitWork>>>,
 }
+
+/// A check that says whether work remains that should finish before the
+/// guest ends (see [`Spawner::before_exit`]).
+type ExitWork = Box<dyn Fn() -> bool>;
 
 impl Spawner {
     /// Starts `future` as a new task; it first runs when the current task
@@ -274,7 +279,28 @@ impl Spawner {
         }));
         JoinHandle { state }
     }
+
+    /// Registers a check that reports whether work remains that should
+    /// finish before the guest ends: when `main` returns, the runtime keeps
+    /// running tasks (for at most [`EXIT_SETTLE`]) until no check reports
+    /// any. The network stack uses it so that data and closes still queued
+    /// reach the peer.
+    pub fn before_exit(&self, pending: impl Fn() -> bool + 'static) {
+        self.exit_work.borrow_mut().push(Box::new(pending));
+    }
+
+    /// Waits until no [`before_exit`](Self::before_exit) check reports
+    /// work, or `limit` passes. Returns at once when none does.
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.exit_work.borrow().iter().any(|pending| pending()) && Instant::now() < deadline {
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
+
+/// How long the runtime lets remaining work finish after `main` returns.
+pub const EXIT_SETTLE: Duration = Duration::from_secs(1);
 
 struct JoinState<T> {
     output: Option<T>,
@@ -328,6 +354,7 @@ pub struct Executor {
     slots: Vec<Slot>,
     free: Vec<usize>,
     incoming: Rc<RefCell<Vec<TaskFuture>>>,
+    exit_work: Rc<RefCell<Vec<ExitWork>>>,
     live: usize,
     stats: ExecutorStats,
 }
@@ -346,6 +373,7 @@ impl Executor {
             slots: Vec::new(),
             free: Vec::new(),
             incoming: Rc::new(RefCell::new(Vec::new())),
+            exit_work: Rc::new(RefCell::new(Vec::new())),
             live: 0,
             stats: ExecutorStats::default(),
         }
@@ -353,7 +381,7 @@ impl Executor {
 
     /// A spawner for this executor.
     pub fn spawner(&self) -> Spawner {
-        Spawner { incoming: self.incoming.clone() }
+        Spawner { incoming: self.incoming.clone(), exit_work: self.exit_work.clone() }
     }
 
     /// Counters so far.

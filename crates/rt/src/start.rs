@@ -98,6 +98,14 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
     record_tsc(shared, SHARED_TSC_MAIN, rdtsc());
     // SAFETY: defined by `#[skiff::main]` with exactly this signature.
     let main = unsafe { __skiff_service_main(env) };
+    // When main returns, let queued work finish (data and closes still in
+    // the network stack) before the guest ends.
+    let spawner = executor.spawner();
+    let main = async move {
+        let status = main.await;
+        spawner.settle(crate::executor::EXIT_SETTLE).await;
+        status
+    };
     match executor.run(main, &mut hvt::Hvt::new(devices)) {
         Ok(status) => hvt::exit(status.code()),
         Err(e) => hvt::abort(AbortReason::Deadlock, &format!("{e}")),

@@ -214,6 +214,29 @@ fn a_guest_connects_out_to_the_host_through_the_gateway() {
 }
 
 #[test]
+fn data_written_just_before_main_returns_still_arrives() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = server.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        // read_to_end succeeds only at a clean end of stream (the FIN).
+        let eof = c.read_to_end(&mut got).is_ok();
+        (got, eof)
+    });
+    let bytes = 48_000;
+    let mut g =
+        Guest::start(netprobe_image(), &[], &["send-and-return", "10.0.2.2", &port.to_string(), &bytes.to_string()]);
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 0, "{out}");
+    let (got, eof) = reader.join().unwrap();
+    assert!(eof, "the connection ended without a FIN after {} bytes:\n{out}", got.len());
+    let expected: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    assert!(got == expected, "{} bytes arrived of {bytes}", got.len());
+}
+
+#[test]
 fn outbound_none_blocks_the_guests_connections() {
     let (port, server) = one_shot_server(Duration::from_secs(5));
     let port = port.to_string();

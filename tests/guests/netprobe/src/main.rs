@@ -55,6 +55,17 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
             }
             info!("netprobe: reply {:?}", String::from_utf8_lossy(&reply));
         }
+        ["send-and-return", host, port, bytes] => {
+            // Writes and returns at once: the runtime must still deliver
+            // the data and the close.
+            let ip = *stack.resolve(host).await?.first().ok_or("no address")?;
+            let port: u16 = port.parse()?;
+            let bytes: usize = bytes.parse()?;
+            let mut stream = TcpStream::connect(&stack, SocketAddr::new(ip, port)).await?;
+            let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+            stream.write_all(&data).await?;
+            info!("netprobe: wrote {bytes} bytes, returning");
+        }
         ["flood", secs] => {
             let secs: u64 = secs.parse()?;
             let listener = TcpListener::bind(&stack, 7)?;
