@@ -150,6 +150,17 @@ fn start_nginx(server: &NetNs, cert: &Cert, dir: &Path, resumption: bool) -> Ngi
     Nginx { _child: child }
 }
 
+impl Drop for Nginx {
+    /// A fast shutdown through the master, which stops its workers; killing
+    /// the master outright would leave them running.
+    fn drop(&mut self) {
+        let pid = self._child.0.id() as libc::pid_t;
+        // SAFETY: kill has no memory effects; the pid is our child's.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = wait_for(Duration::from_secs(5), || self._child.0.try_wait().ok().flatten());
+    }
+}
+
 /// What one wrk run measured.
 #[derive(Clone, Copy, Debug, Default)]
 struct Wrk {
