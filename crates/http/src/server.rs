@@ -12,7 +12,7 @@
 
 use crate::date::HttpDate;
 use crate::request::{BodyLength, ChunkedDecoder, Limits, Parsed, Request, RequestError, RequestHead, parse_head};
-use crate::response::{Body, Response, WriteContext, write_head};
+use crate::response::{Response, WriteContext, write_head};
 use crate::status::Status;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -272,10 +272,9 @@ impl<H: Handler> Server<H> {
         matches!(timeout(self.config.write_timeout, write).await, Ok(Ok(())))
     }
 
-    /// Sends the status for a refused request and closes.
-    async fn refuse<S: Write>(&self, io: &mut S, error: RequestError, out: &mut Vec<u8>) -> ConnectionEnd {
-        self.count(|s| s.refused += 1);
-        log::debug!("http: refused: {error}");
+    /// Writes a response after which the connection closes (no request to
+    /// answer in kind: a refusal, or a server too busy to take one).
+    async fn respond_and_close<S: Write>(&self, io: &mut S, response: &Response, out: &mut Vec<u8>) -> bool {
         let date = self.date();
         let ctx = WriteContext {
             method: crate::Method::Get,
@@ -283,7 +282,14 @@ impl<H: Handler> Server<H> {
             keep_alive: false,
             date: date.as_str(),
         };
-        let _ = self.respond(io, &Response::error(error.status()), &ctx, out).await;
+        self.respond(io, response, &ctx, out).await
+    }
+
+    /// Sends the status for a refused request and closes.
+    async fn refuse<S: Write>(&self, io: &mut S, error: RequestError, out: &mut Vec<u8>) -> ConnectionEnd {
+        self.count(|s| s.refused += 1);
+        log::debug!("http: refused: {error}");
+        let _ = self.respond_and_close(io, &Response::error(error.status()), out).await;
         ConnectionEnd::Refused(error)
     }
 
@@ -445,16 +451,9 @@ impl<H: Handler + 'static> Server<H> {
     }
 
     async fn refuse_busy<S: Write>(&self, io: &mut S, out: &mut Vec<u8>) -> bool {
-        let date = self.date();
-        let ctx = WriteContext {
-            method: crate::Method::Get,
-            version: crate::Version::Http11,
-            keep_alive: false,
-            date: date.as_str(),
-        };
         let mut busy = Response::error(Status::SERVICE_UNAVAILABLE);
         busy.headers.set("retry-after", &b"1"[..]);
-        self.respond(io, &busy, &ctx, out).await
+        self.respond_and_close(io, &busy, out).await
     }
 
     /// Accepts HTTPS connections on `listener` forever: a TLS handshake,
@@ -506,10 +505,4 @@ impl<H> Drop for Slot<'_, H> {
     fn drop(&mut self) {
         self.server.active.set(self.server.active.get() - 1);
     }
-}
-
-/// A response with the given body, for handlers that build responses from
-/// parts.
-pub fn respond_with(status: Status, content_type: &'static str, body: Body) -> Response {
-    Response::new(status).header("content-type", content_type.as_bytes()).body(body)
 }

@@ -157,7 +157,6 @@ impl ServerOptions {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<ServerConfig, TlsError> {
-        crate::random::check()?;
         let mut config = ServerConfig::builder_with_details(provider(), Arc::new(SkiffClock))
             .with_protocol_versions(self.versions.list())
             .map_err(TlsError::Config)?
@@ -208,7 +207,6 @@ impl ClientOptions {
 
     /// A client configuration that trusts `roots`.
     pub fn build(&self, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
-        crate::random::check()?;
         let mut config = ClientConfig::builder_with_details(provider(), Arc::new(SkiffClock))
             .with_protocol_versions(self.versions.list())
             .map_err(TlsError::Config)?
