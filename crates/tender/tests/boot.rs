@@ -5,15 +5,14 @@
 //! These tests need `/dev/kvm`; without it they fail with a message that
 //! says so.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
+use common::workspace;
 
 fn require_kvm() {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
@@ -24,30 +23,14 @@ fn require_kvm() {
     }
 }
 
-fn build_guest(dir: &str) -> PathBuf {
-    let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
-    opts.target_dir = Some(workspace().join("target/guest"));
-    opts.quiet = true;
-    match skiff_build::build(&opts) {
-        Ok(built) => built.image,
-        Err(e) => panic!("building {dir} failed: {e}"),
-    }
-}
-
 fn probe() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        require_kvm();
-        build_guest("tests/guests/probe")
-    })
+    require_kvm();
+    common::guest("tests/guests/probe")
 }
 
 fn hello() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        require_kvm();
-        build_guest("examples/hello")
-    })
+    require_kvm();
+    common::guest("examples/hello")
 }
 
 #[derive(Debug)]

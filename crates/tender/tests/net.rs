@@ -5,36 +5,23 @@
 //! Needs root (namespaces, TAP devices), `/dev/kvm`, and the Debian
 //! packages iproute2, iputils-ping and dnsmasq-base (`scripts/setup`).
 
+mod common;
+
 use skiff_testnet::{Dnsmasq, Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
-
-fn build_guest(dir: &str) -> PathBuf {
-    let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
-    opts.target_dir = Some(workspace().join("target/guest"));
-    opts.quiet = true;
-    match skiff_build::build(&opts) {
-        Ok(built) => built.image,
-        Err(e) => panic!("building {dir} failed: {e}"),
-    }
-}
+use common::workspace;
 
 fn echo_image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest("examples/echo"))
+    common::guest("examples/echo")
 }
 
 fn netprobe_image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest("tests/guests/netprobe"))
+    common::guest("tests/guests/netprobe")
 }
 
 const TAP: &str = "tap0";

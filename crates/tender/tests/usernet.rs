@@ -2,36 +2,23 @@
 //! is reached through ports the tender publishes on 127.0.0.1, and reaches
 //! servers the test runs on 127.0.0.1 through the gateway.
 
+mod common;
+
 use skiff_testnet::{Guard, require_kvm, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
-
-fn build_guest(dir: &str) -> PathBuf {
-    let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
-    opts.target_dir = Some(workspace().join("target/guest"));
-    opts.quiet = true;
-    match skiff_build::build(&opts) {
-        Ok(built) => built.image,
-        Err(e) => panic!("building {dir} failed: {e}"),
-    }
-}
+use common::workspace;
 
 fn echo_image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest("examples/echo"))
+    common::guest("examples/echo")
 }
 
 fn netprobe_image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_guest("tests/guests/netprobe"))
+    common::guest("tests/guests/netprobe")
 }
 
 /// A guest on the user network; its output goes to a file.

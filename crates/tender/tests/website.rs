@@ -8,6 +8,8 @@
 //!
 //! Needs root, `/dev/kvm`, iproute2, curl and openssl (`scripts/setup`).
 
+mod common;
+
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,25 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
+use common::workspace;
 
 fn site() -> PathBuf {
     workspace().join("examples/static-website/site")
 }
 
 fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let mut opts = skiff_build::BuildOptions::new(workspace().join("examples/static-website"));
-        opts.target_dir = Some(workspace().join("target/guest"));
-        opts.quiet = true;
-        match skiff_build::build(&opts) {
-            Ok(built) => built.image,
-            Err(e) => panic!("building examples/static-website failed: {e}"),
-        }
-    })
+    common::guest("examples/static-website")
 }
 
 const GUEST: &str = "10.0.0.2";
@@ -484,16 +475,7 @@ fn misbehaving_clients_get_their_status_while_others_are_served() {
 }
 
 fn client_image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let mut opts = skiff_build::BuildOptions::new(workspace().join("tests/guests/httpclient"));
-        opts.target_dir = Some(workspace().join("target/guest"));
-        opts.quiet = true;
-        match skiff_build::build(&opts) {
-            Ok(built) => built.image,
-            Err(e) => panic!("building tests/guests/httpclient failed: {e}"),
-        }
-    })
+    common::guest("tests/guests/httpclient")
 }
 
 /// Runs the client guest at 10.0.0.2 in `ns` to the end; its status and
