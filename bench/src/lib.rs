@@ -6,7 +6,7 @@
 //! reports ratios.
 
 use skiff_tender::tap::{Tap, wait_readable};
-use skiff_testnet::NetNs;
+use skiff_testnet::{Guard, NetNs, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -177,4 +177,23 @@ pub fn start_linux() -> Linux {
     server.add_tap("tap1", &["10.0.0.2/24"]).expect("tap");
     let fwd = Forwarder::start(&client, "tap0", &server, "tap1");
     Linux { client, server, _fwd: fwd }
+}
+
+/// Starts `tender` (a tender command line, on the host or in a namespace)
+/// with stdout and stderr in one log file named after `tag`, and waits up
+/// to 30 s for `ready` to appear in it. Returns the running tender, the
+/// log's path and its text at that moment.
+pub fn start_logged(mut tender: Command, tag: &str, ready: &str) -> (Guard, PathBuf, String) {
+    let log = std::env::temp_dir().join(format!("skiff-bench-{tag}.log"));
+    let file = std::fs::File::create(&log).expect("create the log file");
+    let child = tender
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("share the log file"))
+        .stderr(file)
+        .spawn()
+        .expect("start the tender");
+    let guard = Guard(child);
+    let text = wait_for(Duration::from_secs(30), || std::fs::read_to_string(&log).ok().filter(|t| t.contains(ready)))
+        .unwrap_or_else(|| panic!("the guest did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    (guard, log, text)
 }

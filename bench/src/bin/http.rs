@@ -18,7 +18,7 @@
 //!
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, workspace};
+use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, start_logged, workspace};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,11 +58,8 @@ struct Skiff {
 
 fn start_skiff(tender: &Path, image: &Path, cert: &Cert, mem: &str, extra: &[&str]) -> Skiff {
     let ns = client_ns();
-    let log = std::env::temp_dir().join(format!("skiff-bench-http-{}.log", ns.name()));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = ns
-        .command(tender)
-        .args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
+    let mut cmd = ns.command(tender);
+    cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
         .arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24", "--http", "serve"])
@@ -70,17 +67,8 @@ fn start_skiff(tender: &Path, image: &Path, cert: &Cert, mem: &str, extra: &[&st
         .arg(std::fs::read_to_string(&cert.cert).unwrap())
         .arg("--key")
         .arg(std::fs::read_to_string(&cert.key).unwrap())
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("start the tender");
-    let guest = Guard(child);
-    let up = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains("static-website:")).map(|_| ())
-    });
-    assert!(up.is_some(), "the website did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        .args(extra);
+    let (guest, log, _) = start_logged(cmd, &format!("http-{}", ns.name()), "static-website:");
     Skiff { ns, guest, log }
 }
 

@@ -18,12 +18,11 @@
 //!
 //! `cargo run --release -p skiff-bench --bin net` (root, KVM).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux};
+use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, start_logged};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const GUEST: &str = "10.0.0.2";
@@ -184,26 +183,14 @@ struct Skiff {
 
 fn start_skiff(tender: &Path, image: &Path, tender_args: &[&str], guest_args: &[&str], ready: &str) -> Skiff {
     let ns = client_ns();
-    let log = std::env::temp_dir().join(format!("skiff-bench-{}.log", ns.name()));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = ns
-        .command(tender)
-        .args(["--net", "service=tap0", "--stats"])
+    let mut cmd = ns.command(tender);
+    cmd.args(["--net", "service=tap0", "--stats"])
         .args(tender_args)
         .arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24"])
-        .args(guest_args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("start the tender");
-    let guest = Guard(child);
-    let ok = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains(ready)).map(|_| ())
-    });
-    assert!(ok.is_some(), "the guest did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        .args(guest_args);
+    let (guest, log, _) = start_logged(cmd, ns.name(), ready);
     Skiff { ns, guest, log }
 }
 

@@ -5,12 +5,12 @@
 //! `cargo run --release -p skiff-bench --bin usernet` (root for the TAP
 //! half, KVM).
 
-use skiff_bench::{Linking, guest, release_tender};
-use skiff_testnet::{Guard, NetNs, require_kvm, require_root, wait_for};
+use skiff_bench::{Linking, guest, release_tender, start_logged};
+use skiff_testnet::{Guard, NetNs, require_kvm, require_root};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Where the client reaches the guest's ports, and what runs it.
@@ -36,34 +36,15 @@ impl Target {
     }
 }
 
-fn log_path(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("skiff-bench-usernet-{}-{tag}.log", std::process::id()))
-}
-
-fn wait_ready(log: &Path, ready: &str) -> String {
-    wait_for(Duration::from_secs(30), || std::fs::read_to_string(log).ok().filter(|t| t.contains(ready)))
-        .unwrap_or_else(|| panic!("the guest did not come up:\n{}", std::fs::read_to_string(log).unwrap_or_default()))
-}
-
 fn user_target(tender: &Path, image: &Path, guest_ports: &[u16], guest_args: &[&str], ready: &str) -> Target {
-    let log = log_path(&format!("user-{}", guest_ports[0]));
-    let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(tender);
     cmd.args(["--net", "service=user", "--timeout", "120s"]);
     for p in guest_ports {
         cmd.args(["--publish", &format!("0:{p}")]);
     }
-    let child = cmd
-        .arg(image)
-        .arg("--")
-        .args(guest_args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("start the tender");
-    let guard = Guard(child);
-    let text = wait_ready(&log, ready);
+    cmd.arg(image).arg("--").args(guest_args);
+    let tag = format!("usernet-{}-user-{}", std::process::id(), guest_ports[0]);
+    let (guard, log, text) = start_logged(cmd, &tag, ready);
     let ports = guest_ports
         .iter()
         .map(|p| {
@@ -78,22 +59,14 @@ fn user_target(tender: &Path, image: &Path, guest_ports: &[u16], guest_args: &[&
 fn tap_target(tender: &Path, image: &Path, guest_ports: &[u16], guest_args: &[&str], ready: &str) -> Target {
     let ns = NetNs::new().expect("namespace");
     ns.add_tap("tap0", &["10.0.0.1/24"]).expect("tap");
-    let log = log_path(&format!("tap-{}", guest_ports[0]));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = ns
-        .command(tender)
-        .args(["--net", "service=tap0", "--timeout", "120s"])
+    let mut cmd = ns.command(tender);
+    cmd.args(["--net", "service=tap0", "--timeout", "120s"])
         .arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24"])
-        .args(guest_args)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("start the tender");
-    let guard = Guard(child);
-    wait_ready(&log, ready);
+        .args(guest_args);
+    let tag = format!("usernet-{}-tap-{}", std::process::id(), guest_ports[0]);
+    let (guard, log, _) = start_logged(cmd, &tag, ready);
     let ports = guest_ports.iter().map(|p| (*p, format!("10.0.0.2:{p}").parse().unwrap())).collect();
     Target { _guest: guard, _ns: Some(ns), ports, log }
 }

@@ -525,8 +525,15 @@ pub struct SharedArea {
     pub tsc_ring3_entry: u64,
     /// Written by the guest: TSC when the service's `main` started.
     pub tsc_main: u64,
+    /// Written by the tender: non-zero once the guest is asked to stop (a
+    /// `SIGTERM` or `SIGINT` reached the tender). The tender then wakes the
+    /// guest from `Poll`; the runtime sees the flag whenever it wakes and
+    /// resolves `Env::stopping`. Older images ignore it (it was reserved).
+    pub stop_requested: u32,
     /// Reserved, zero.
-    pub reserved: [u64; 5],
+    pub reserved0: u32,
+    /// Reserved, zero.
+    pub reserved: [u64; 4],
     /// The ring's bytes.
     pub console: [u8; CONSOLE_RING_SIZE],
 }
@@ -539,11 +546,25 @@ pub const SHARED_CONSOLE_TAIL: usize = 4;
 pub const SHARED_TSC_RING3_ENTRY: usize = 8;
 /// Byte offset of [`SharedArea::tsc_main`].
 pub const SHARED_TSC_MAIN: usize = 16;
+/// Byte offset of [`SharedArea::stop_requested`].
+pub const SHARED_STOP_REQUESTED: usize = 24;
 /// Byte offset of [`SharedArea::console`].
 pub const SHARED_CONSOLE_DATA: usize = 64;
 
-/// Exit statuses. The tender exits with the guest's status, so these are
-/// also the tender's process exit statuses.
+/// Exit statuses. The tender (and `skiff run`) exits with the guest's
+/// status, so these are also the process exit statuses. The ranges never
+/// meet:
+///
+/// | status | who | meaning |
+/// | --- | --- | --- |
+/// | 0..=99 | the service | its own status (`0` success, `1` `main` returned an error) |
+/// | 101..=104 | the runtime | panic, CPU exception, out of memory, other abort |
+/// | 110..=114 | the tender, about the guest | bad hypercall, timeout, VM failure, stop grace expired |
+/// | 120..=125 | the tender, about itself | blocked system call, bad command line, could not start |
+///
+/// 126 and up are left to shells (126, 127) and signal deaths (128 + n).
+/// [`exit::TABLE`] lists every status with its meaning; `skiff-tender
+/// --help` prints it.
 pub mod exit {
     /// The service succeeded.
     pub const SUCCESS: u8 = 0;
@@ -567,8 +588,41 @@ pub mod exit {
     /// The virtual machine failed (triple fault, emulation failure,
     /// unexpected exit).
     pub const VM_FAILURE: u8 = 112;
+    /// A stop signal (`SIGTERM`, `SIGINT`) came and the guest did not end
+    /// within the grace period, or a second one came; the tender ended it.
+    pub const STOPPED: u8 = 114;
+    /// The tender made a system call its seccomp allow-list does not have
+    /// (a tender bug, or a subverted tender); it ended at once.
+    pub const BLOCKED_SYSCALL: u8 = 120;
+    /// The command line of `skiff-tender` or `skiff` is wrong.
+    pub const USAGE: u8 = 124;
     /// The tender could not start the guest (bad image, no KVM, bad option).
     pub const TENDER_ERROR: u8 = 125;
+
+    /// Every status the tender or runtime gives, with its meaning; the
+    /// service's own range first.
+    pub const TABLE: &[(u8, u8, &str)] = &[
+        (SUCCESS, SERVICE_MAX, "the service's own status (0 success, 1 main returned an error)"),
+        (PANIC, PANIC, "the guest panicked"),
+        (CPU_EXCEPTION, CPU_EXCEPTION, "the guest took a CPU exception"),
+        (OUT_OF_MEMORY, OUT_OF_MEMORY, "the guest ran out of memory"),
+        (ABORT, ABORT, "the runtime aborted (e.g. deadlock)"),
+        (BAD_HYPERCALL, BAD_HYPERCALL, "the guest broke the hypercall contract"),
+        (TIMEOUT, TIMEOUT, "--timeout expired"),
+        (VM_FAILURE, VM_FAILURE, "the virtual machine failed"),
+        (STOPPED, STOPPED, "stopped by a signal: the guest did not end within the grace period"),
+        (BLOCKED_SYSCALL, BLOCKED_SYSCALL, "the tender made a system call its allow-list forbids"),
+        (USAGE, USAGE, "bad command line"),
+        (TENDER_ERROR, TENDER_ERROR, "the guest could not be started"),
+    ];
+
+    /// The meaning of a process exit status.
+    pub fn describe(status: u8) -> &'static str {
+        TABLE.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&status)).map_or(
+            if status >= 128 { "killed by a signal (128 + its number)" } else { "not a status Skiff gives" },
+            |(_, _, what)| what,
+        )
+    }
 }
 
 /// Custom ELF `p_flags` bits (in the `PF_MASKOS` range) that the linker
@@ -732,6 +786,40 @@ mod tests {
     use core::mem::{align_of, offset_of, size_of};
 
     #[test]
+    fn exit_statuses_do_not_collide() {
+        // The table's ranges are sorted and disjoint, and every named
+        // status is in it with its own entry.
+        for w in exit::TABLE.windows(2) {
+            assert!(w[0].1 < w[1].0, "{:?} overlaps {:?}", w[0], w[1]);
+        }
+        for (lo, hi, _) in exit::TABLE {
+            assert!(lo <= hi);
+            assert!(*hi < 126, "126 and up belong to shells and signals");
+        }
+        let named = [
+            exit::PANIC,
+            exit::CPU_EXCEPTION,
+            exit::OUT_OF_MEMORY,
+            exit::ABORT,
+            exit::BAD_HYPERCALL,
+            exit::TIMEOUT,
+            exit::VM_FAILURE,
+            exit::STOPPED,
+            exit::BLOCKED_SYSCALL,
+            exit::USAGE,
+            exit::TENDER_ERROR,
+        ];
+        for s in named {
+            assert!(s > exit::SERVICE_MAX, "{s} is in the service's range");
+            assert!(exit::TABLE.iter().any(|(lo, hi, _)| lo == hi && *lo == s), "{s} is not in the table");
+        }
+        assert_eq!(exit::describe(2), exit::TABLE[0].2);
+        assert_eq!(exit::describe(exit::USAGE), "bad command line");
+        assert_eq!(exit::describe(143), "killed by a signal (128 + its number)");
+        assert_eq!(exit::describe(100), "not a status Skiff gives");
+    }
+
+    #[test]
     fn argument_layouts_are_stable() {
         assert_eq!(size_of::<WalltimeArgs>(), 8);
         assert_eq!(size_of::<PollArgs>(), 16);
@@ -766,6 +854,7 @@ mod tests {
         assert_eq!(offset_of!(SharedArea, console_tail), SHARED_CONSOLE_TAIL);
         assert_eq!(offset_of!(SharedArea, tsc_ring3_entry), SHARED_TSC_RING3_ENTRY);
         assert_eq!(offset_of!(SharedArea, tsc_main), SHARED_TSC_MAIN);
+        assert_eq!(offset_of!(SharedArea, stop_requested), SHARED_STOP_REQUESTED);
         assert_eq!(offset_of!(SharedArea, console), SHARED_CONSOLE_DATA);
         assert!(CONSOLE_RING_SIZE.is_power_of_two());
     }

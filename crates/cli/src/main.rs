@@ -29,6 +29,7 @@ enum Cmd {
     /// Build a service crate into an image.
     Build(BuildArgs),
     /// Build (when needed) and boot a service under the tender.
+    #[command(after_help = skiff_tender::options::after_help())]
     Run(RunArgs),
     /// Show what is inside an image.
     Inspect {
@@ -93,6 +94,8 @@ enum CliError {
     New(#[from] new::NewError),
     #[error("{0} does not exist")]
     Missing(PathBuf),
+    #[error("cannot use standard output: {0}")]
+    Stdout(std::io::Error),
 }
 
 fn build_options(
@@ -141,7 +144,7 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
         }
     }
     let config = options.config(image, a.args);
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = skiff_tender::console::Stdout::new().map_err(CliError::Stdout)?;
     let report = skiff_tender::run(&config, &mut stdout)?;
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");
@@ -197,7 +200,13 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Before `skiff build` starts its first thread: the tender's seccomp
+    // allow-list depends on it (see the function).
+    skiff_tender::sys::use_one_malloc_arena();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return skiff_tender::options::usage_error(&e),
+    };
     let result = match cli.command {
         Cmd::New(a) => new::create(&a).map(|()| 0).map_err(CliError::from),
         Cmd::Build(a) => build(a),

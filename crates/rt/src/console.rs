@@ -128,7 +128,9 @@ pub(crate) mod tests {
             console_tail: 0,
             tsc_ring3_entry: 0,
             tsc_main: 0,
-            reserved: [0; 5],
+            stop_requested: 0,
+            reserved0: 0,
+            reserved: [0; 4],
             console: [0; CONSOLE_RING_SIZE],
         });
         let ptr = NonNull::from(Box::leak(area));

@@ -49,6 +49,17 @@ impl Env {
         self.spawner.clone()
     }
 
+    /// Resolves once the guest is asked to stop (`SIGTERM` from `podman
+    /// stop` or systemd, `SIGINT` from Ctrl-C, sent to the tender). A
+    /// service that awaits it ends itself within the tender's grace period
+    /// (`--stop-grace`, 5 s by default), e.g. after finishing the requests
+    /// in flight; one that never asks is ended by the runtime with status 0
+    /// once its queued network work has settled. See
+    /// [`Spawner::stopping`].
+    pub fn stopping(&self) -> crate::executor::Stopping {
+        self.spawner.stopping()
+    }
+
     /// Starts a task; shorthand for `env.spawner().spawn(future)`.
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where

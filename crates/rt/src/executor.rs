@@ -46,6 +46,12 @@ pub trait Platform {
     fn ready_now(&mut self) -> u64 {
         0
     }
+
+    /// Whether the guest has been asked to stop (the tender got `SIGTERM`
+    /// or `SIGINT`). Checked whenever the executor wakes.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
 
 /// Why [`Executor::run`] stopped without a result.
@@ -248,6 +254,46 @@ struct Slot {
 pub struct Spawner {
     incoming: Rc<RefCell<Vec<TaskFuture>>>,
     exit_work: Rc<RefCell<Vec<ExitWork>>>,
+    stop: Rc<RefCell<StopState>>,
+}
+
+/// The stop request as the executor knows it.
+#[derive(Default)]
+struct StopState {
+    /// The platform reported a stop request.
+    requested: bool,
+    /// The service asked for it ([`Spawner::stopping`]): it ends itself.
+    watched: bool,
+    /// Tasks of the service waiting for it.
+    waiters: Vec<Waker>,
+    /// The runtime's own wait ([`Spawner::until_unwatched_stop`]).
+    runtime: Option<Waker>,
+}
+
+impl StopState {
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+    }
+}
+
+/// Resolves when the guest is asked to stop; see [`Spawner::stopping`].
+pub struct Stopping {
+    stop: Rc<RefCell<StopState>>,
+}
+
+impl Future for Stopping {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.stop.borrow_mut();
+        s.watched = true;
+        if s.requested {
+            return Poll::Ready(());
+        }
+        s.wait(cx.waker());
+        Poll::Pending
+    }
 }
 
 /// A check that says whether work remains that should finish before the
@@ -287,6 +333,34 @@ impl Spawner {
     /// reach the peer.
     pub fn before_exit(&self, pending: impl Fn() -> bool + 'static) {
         self.exit_work.borrow_mut().push(Box::new(pending));
+    }
+
+    /// Resolves once the guest is asked to stop: the tender got `SIGTERM`
+    /// (`podman stop`, systemd) or `SIGINT` (Ctrl-C). A service that awaits
+    /// this (once is enough) ends itself, within the tender's grace period
+    /// (`--stop-grace`, 5 s by default). A service that never asks is ended
+    /// by the runtime when the request comes: `main` is dropped, queued
+    /// network work settles, and the guest exits with status 0.
+    pub fn stopping(&self) -> Stopping {
+        Stopping { stop: self.stop.clone() }
+    }
+
+    /// Runs `main` until it finishes, or until a stop request comes that
+    /// no task asked for with [`stopping`](Self::stopping) (then `None`).
+    pub async fn until_unwatched_stop<T>(&self, main: Pin<Box<dyn Future<Output = T>>>) -> Option<T> {
+        let mut main = main;
+        core::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = main.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let mut s = self.stop.borrow_mut();
+            if s.requested && !s.watched {
+                return Poll::Ready(None);
+            }
+            s.runtime = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Waits until no [`before_exit`](Self::before_exit) check reports
@@ -355,6 +429,7 @@ pub struct Executor {
     free: Vec<usize>,
     incoming: Rc<RefCell<Vec<TaskFuture>>>,
     exit_work: Rc<RefCell<Vec<ExitWork>>>,
+    stop: Rc<RefCell<StopState>>,
     live: usize,
     stats: ExecutorStats,
 }
@@ -374,6 +449,7 @@ impl Executor {
             free: Vec::new(),
             incoming: Rc::new(RefCell::new(Vec::new())),
             exit_work: Rc::new(RefCell::new(Vec::new())),
+            stop: Rc::new(RefCell::new(StopState::default())),
             live: 0,
             stats: ExecutorStats::default(),
         }
@@ -381,7 +457,7 @@ impl Executor {
 
     /// A spawner for this executor.
     pub fn spawner(&self) -> Spawner {
-        Spawner { incoming: self.incoming.clone(), exit_work: self.exit_work.clone() }
+        Spawner { incoming: self.incoming.clone(), exit_work: self.exit_work.clone(), stop: self.stop.clone() }
     }
 
     /// Counters so far.
@@ -491,6 +567,7 @@ impl Executor {
             }
             let now = Instant::now();
             self.stats.timers_fired += self.shared.fire_timers(now) as u64;
+            self.check_stop(platform);
             if platform.has_devices() {
                 self.shared.wake_devices(platform.ready_now());
             }
@@ -499,7 +576,9 @@ impl Executor {
             }
             let timeout = match self.shared.next_deadline() {
                 Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
-                None if platform.has_devices() => None,
+                // A device, or a stop request a task waits for, can still
+                // wake the guest.
+                None if platform.has_devices() || self.stop_can_wake() => None,
                 None => {
                     self.drop_all_tasks();
                     return Err(RunError::Deadlock);
@@ -508,6 +587,30 @@ impl Executor {
             self.stats.idle_calls += 1;
             let ready = platform.poll(timeout);
             self.shared.wake_devices(ready);
+        }
+    }
+
+    /// Whether a task waits for a stop request that has not come yet.
+    fn stop_can_wake(&self) -> bool {
+        let s = self.stop.borrow();
+        !s.requested && !s.waiters.is_empty()
+    }
+
+    /// Wakes the tasks waiting for a stop request once the platform
+    /// reports one.
+    fn check_stop(&mut self, platform: &mut impl Platform) {
+        if self.stop.borrow().requested || !platform.stop_requested() {
+            return;
+        }
+        let waiters = {
+            let mut s = self.stop.borrow_mut();
+            s.requested = true;
+            let mut all = core::mem::take(&mut s.waiters);
+            all.extend(s.runtime.take());
+            all
+        };
+        for w in waiters {
+            w.wake();
         }
     }
 
@@ -674,6 +777,55 @@ mod tests {
         fn has_devices(&self) -> bool {
             self.devices
         }
+    }
+
+    /// A platform that reports a stop request at its `stop_at`-th idle
+    /// call, each idle call advancing the clock by 1 ms.
+    struct StopPlatform {
+        idles: usize,
+        stop_at: usize,
+    }
+
+    impl Platform for StopPlatform {
+        fn poll(&mut self, _: Option<Duration>) -> u64 {
+            self.idles += 1;
+            advance_manual_clock(Duration::from_millis(1));
+            0
+        }
+        fn has_devices(&self) -> bool {
+            true
+        }
+        fn stop_requested(&mut self) -> bool {
+            self.idles >= self.stop_at
+        }
+    }
+
+    #[test]
+    fn a_service_that_waits_for_the_stop_request_ends_itself() {
+        let mut ex = Executor::new();
+        let spawner = ex.spawner();
+        let mut p = StopPlatform { idles: 0, stop_at: 3 };
+        let main: Pin<Box<dyn Future<Output = u8>>> = Box::pin(async move {
+            spawner.stopping().await;
+            // Clean-up work after the request still runs.
+            sleep(Duration::from_millis(5)).await;
+            7
+        });
+        let s2 = ex.spawner();
+        let out = ex.run(async move { s2.until_unwatched_stop(main).await }, &mut p).unwrap();
+        assert_eq!(out, Some(7));
+        assert!(p.idles >= 3 + 5, "the clean-up ran after the request ({} idles)", p.idles);
+    }
+
+    #[test]
+    fn a_service_that_never_asks_is_ended_at_the_stop_request() {
+        let mut ex = Executor::new();
+        let mut p = StopPlatform { idles: 0, stop_at: 4 };
+        let main: Pin<Box<dyn Future<Output = u8>>> = Box::pin(core::future::pending());
+        let spawner = ex.spawner();
+        let out = ex.run(async move { spawner.until_unwatched_stop(main).await }, &mut p).unwrap();
+        assert_eq!(out, None);
+        assert_eq!(p.idles, 4);
     }
 
     #[test]

@@ -102,11 +102,14 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
     // the network stack) before the guest ends.
     let spawner = executor.spawner();
     let main = async move {
-        let status = main.await;
+        let status = spawner.until_unwatched_stop(main).await.unwrap_or_else(|| {
+            log::info!("asked to stop: ending (the service does not wait for Env::stopping)");
+            crate::ExitStatus::SUCCESS
+        });
         spawner.settle(crate::executor::EXIT_SETTLE).await;
         status
     };
-    match executor.run(main, &mut hvt::Hvt::new(devices)) {
+    match executor.run(main, &mut hvt::Hvt::new(devices, shared)) {
         Ok(status) => hvt::exit(status.code()),
         Err(e) => hvt::abort(AbortReason::Deadlock, &format!("{e}")),
     }

@@ -20,9 +20,40 @@ pub enum ConsoleError {
     Memory(#[from] MemoryError),
 }
 
+/// The process's standard output as the console's destination: each write
+/// is one `write(2)`, so a signal interrupts a write blocked on a full pipe
+/// (std's `Stdout` retries it, and would hold the tender there).
+pub struct Stdout(std::fs::File);
+
+impl Stdout {
+    /// A second descriptor for standard output.
+    pub fn new() -> std::io::Result<Stdout> {
+        use std::os::fd::AsFd;
+        Ok(Stdout(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?)))
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Copies every pending byte of the ring at `shared` to `out`, and marks
-/// them consumed. Returns the number of bytes.
-pub fn drain(mem: &GuestMemory, shared: u64, out: &mut dyn Write) -> Result<usize, ConsoleError> {
+/// them consumed. Returns the number of bytes. A write interrupted by a
+/// signal is retried unless `give_up()` says the guest is being ended;
+/// then, or if `out` fails (a closed pipe), the bytes are dropped: the
+/// service goes on, and the tender never hangs on its console.
+pub fn drain(
+    mem: &GuestMemory,
+    shared: u64,
+    out: &mut dyn Write,
+    give_up: &dyn Fn() -> bool,
+) -> Result<usize, ConsoleError> {
     let head: u32 = mem.read_obj(GuestAddr(shared + SHARED_CONSOLE_HEAD as u64))?;
     let tail: u32 = mem.read_obj(GuestAddr(shared + SHARED_CONSOLE_TAIL as u64))?;
     let pending = head.wrapping_sub(tail) as usize;
@@ -38,9 +69,16 @@ pub fn drain(mem: &GuestMemory, shared: u64, out: &mut dyn Write) -> Result<usiz
     let mut buf = vec![0u8; pending];
     mem.read(GuestAddr(data + start as u64), &mut buf[..first])?;
     mem.read(GuestAddr(data), &mut buf[first..])?;
-    // A closed stdout must not stop the guest: its output is lost, the
-    // service goes on.
-    let _ = out.write_all(&buf).and_then(|()| out.flush());
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        match out.write(rest) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !give_up() => {}
+            Err(_) => break,
+        }
+    }
+    let _ = out.flush();
     mem.write_obj(GuestAddr(shared + SHARED_CONSOLE_TAIL as u64), &head)?;
     Ok(pending)
 }
@@ -61,9 +99,9 @@ mod tests {
         mem.write_obj(GuestAddr(shared + 4), &tail).unwrap();
         mem.write_obj(GuestAddr(shared), &tail.wrapping_add(5)).unwrap();
         let mut out = Vec::new();
-        assert_eq!(drain(&mem, shared, &mut out).unwrap(), 5);
+        assert_eq!(drain(&mem, shared, &mut out, &|| false).unwrap(), 5);
         assert_eq!(out, b"abcde");
-        assert_eq!(drain(&mem, shared, &mut out).unwrap(), 0);
+        assert_eq!(drain(&mem, shared, &mut out, &|| false).unwrap(), 0);
         assert_eq!(mem.read_obj::<u32>(GuestAddr(shared + 4)).unwrap(), tail.wrapping_add(5));
     }
 
@@ -71,6 +109,6 @@ mod tests {
     fn a_head_too_far_ahead_is_an_error() {
         let mem = GuestMemory::new(1 << 20).unwrap();
         mem.write_obj(GuestAddr(0x4000), &(CONSOLE_RING_SIZE as u32 + 1)).unwrap();
-        assert!(matches!(drain(&mem, 0x4000, &mut Vec::new()), Err(ConsoleError::Corrupt { .. })));
+        assert!(matches!(drain(&mem, 0x4000, &mut Vec::new(), &|| false), Err(ConsoleError::Corrupt { .. })));
     }
 }

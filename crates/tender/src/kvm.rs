@@ -151,6 +151,13 @@ fn guest_cpuid() -> Result<CpuId, KvmError> {
 }
 
 impl Vm {
+    /// The vCPU's file descriptor, for the seccomp allow-list (which lets
+    /// `KVM_RUN` reach this descriptor alone).
+    pub fn vcpu_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.vcpu.as_raw_fd()
+    }
+
     /// Opens KVM, creates the VM with `mem` as its RAM at guest address 0,
     /// and creates the vCPU.
     pub fn new(mem: &GuestMemory) -> Result<Vm, KvmError> {
@@ -298,59 +305,5 @@ impl Vm {
             Err(e) => return Err(ioctl("vCPU run")(e)),
         };
         Ok(exit)
-    }
-}
-
-/// Makes every thread allocate from glibc's main malloc arena. A per-thread
-/// arena, when it shrinks, reads `/proc/sys/vm/overcommit_memory`, which
-/// the seccomp allow-list forbids; the main arena only uses `brk` and
-/// `mmap`. Called before any thread starts.
-pub fn use_one_malloc_arena() {
-    // SAFETY: mallopt only changes malloc's tuning; M_ARENA_MAX is a valid
-    // parameter and 1 a valid value for it.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-}
-
-/// The signal that interrupts a running vCPU.
-const KICK_SIGNAL: i32 = libc::SIGUSR2;
-
-extern "C" fn on_kick(_: libc::c_int) {}
-
-/// Lets [`ThreadKicker::kick`] interrupt `KVM_RUN`: installs a handler
-/// that does nothing, without `SA_RESTART`, so the ioctl returns `EINTR`.
-pub fn install_kick_handler() -> io::Result<()> {
-    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
-    // the handler is an `extern "C"` function that touches nothing, so it
-    // is async-signal-safe.
-    let rc = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_kick as *const () as usize;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(KICK_SIGNAL, &action, std::ptr::null_mut())
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// A handle that interrupts one thread's `KVM_RUN`.
-#[derive(Clone, Copy)]
-pub struct ThreadKicker(libc::pthread_t);
-
-// SAFETY: a pthread_t is an identifier; `pthread_kill` may be called with
-// it from any thread while the target thread lives, which the owner of the
-// kicker guarantees (the watchdog is joined before the vCPU thread ends).
-unsafe impl Send for ThreadKicker {}
-
-impl ThreadKicker {
-    /// A kicker for the calling thread.
-    pub fn current() -> ThreadKicker {
-        // SAFETY: pthread_self has no preconditions.
-        ThreadKicker(unsafe { libc::pthread_self() })
-    }
-
-    /// Interrupts the thread (a no-op if it is not in `KVM_RUN`).
-    pub fn kick(&self) {
-        // SAFETY: the target thread is alive (see the Send impl) and the
-        // signal has a handler installed by `install_kick_handler`.
-        unsafe { libc::pthread_kill(self.0, KICK_SIGNAL) };
     }
 }

@@ -25,6 +25,7 @@ pub mod elf;
 pub mod fault;
 pub mod guest_memory;
 pub mod kvm;
+pub mod monitor;
 pub mod net;
 pub mod netio;
 pub mod options;
@@ -33,11 +34,12 @@ pub mod rings;
 pub mod seccomp;
 pub mod serve;
 pub mod stats;
+pub mod sys;
 pub mod tap;
 
 use elf::{ElfError, Image};
 use guest_memory::{GuestAddr, GuestMemory, MemoryError};
-use kvm::{KvmError, ThreadKicker, Vm};
+use kvm::{KvmError, Vm};
 use paging::{PageTables, PagingError};
 pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
@@ -47,9 +49,9 @@ use skiff_abi::{
 use stats::Stats;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use sys::ThreadKicker;
 
 /// Guest memory when `--mem` is not given.
 pub const DEFAULT_MEM: u64 = 64 << 20;
@@ -61,8 +63,10 @@ pub struct Config {
     pub image: PathBuf,
     /// Guest memory in bytes.
     pub mem: u64,
-    /// End the guest after this long.
+    /// End the guest after this long (counted from the start of [`run`]).
     pub timeout: Option<Duration>,
+    /// After `SIGTERM`/`SIGINT`, how long the guest has to end by itself.
+    pub stop_grace: Duration,
     /// Console log level for the guest (0 off .. 5 trace).
     pub log_level: u32,
     /// The guest's command line.
@@ -78,6 +82,7 @@ impl Config {
             image: image.into(),
             mem: DEFAULT_MEM,
             timeout: None,
+            stop_grace: monitor::DEFAULT_STOP_GRACE,
             log_level: 3,
             args: Vec::new(),
             net: net::NetOptions::default(),
@@ -125,8 +130,8 @@ pub enum TenderError {
     /// KVM could not be used.
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    /// The timeout watchdog could not be set up.
-    #[error("cannot set up the timeout: {0}")]
+    /// A thread, signal handler or notifier could not be set up.
+    #[error("cannot set up the tender's threads and signals: {0}")]
     Watchdog(std::io::Error),
     /// The system-call allow-list could not be installed.
     #[error(transparent)]
@@ -156,6 +161,8 @@ pub enum Outcome {
     BadHypercall(GuestError),
     /// `--timeout` expired.
     Timeout(Duration),
+    /// A stop signal (named) came and the guest did not end in time.
+    Stopped(&'static str),
     /// The VM itself failed.
     VmFailure(VmFailure),
 }
@@ -169,6 +176,7 @@ impl Outcome {
             Outcome::Fault { .. } => exit::CPU_EXCEPTION,
             Outcome::BadHypercall(_) => exit::BAD_HYPERCALL,
             Outcome::Timeout(_) => exit::TIMEOUT,
+            Outcome::Stopped(_) => exit::STOPPED,
             Outcome::VmFailure(_) => exit::VM_FAILURE,
         }
     }
@@ -181,6 +189,7 @@ impl Outcome {
             Outcome::Fault { report, .. } => Some(report.clone()),
             Outcome::BadHypercall(m) => Some(format!("guest ended for a bad hypercall: {m}")),
             Outcome::Timeout(t) => Some(format!("guest ended: --timeout of {:.3} s expired", t.as_secs_f64())),
+            Outcome::Stopped(signal) => Some(format!("guest ended: it did not stop by itself after {signal}")),
             Outcome::VmFailure(m) => Some(format!("virtual machine failure: {m}")),
         }
     }
@@ -224,8 +233,12 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 /// Boots `config.image` and serves it until it ends. Console output goes
 /// to `console`.
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
+    let started = Instant::now();
     let mut stats = Stats::new();
-    kvm::use_one_malloc_arena();
+    sys::use_one_malloc_arena();
+    // Before any thread starts, so that every thread blocks them and the
+    // monitor alone takes them.
+    sys::block_stop_signals().map_err(TenderError::Watchdog)?;
     let image = load_image(&config.image, true)?;
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
@@ -304,13 +317,10 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
-    if !nics.is_empty() || config.timeout.is_some() {
-        kvm::install_kick_handler().map_err(TenderError::Watchdog)?;
-    }
-    let watchdog = match config.timeout {
-        Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
-        None => None,
-    };
+    let deadline = config.timeout.map(|t| started + t);
+    let monitor =
+        monitor::Monitor::start(monitor::Limits { deadline, grace: config.stop_grace }, mem.clone(), paging::SHARED)
+            .map_err(TenderError::Watchdog)?;
     let nics = Arc::new(nics);
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
     let io_thread = if config.net.rings && !nics.is_empty() {
@@ -329,20 +339,24 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         None
     };
     let proc_status = stats::ProcStatus::open();
-    seccomp::lock_down(seccomp::UserNetCalls { relays: user_net, outbound: user_outbound })?;
+    seccomp::lock_down(
+        seccomp::UserNetCalls { relays: user_net, outbound: user_outbound },
+        seccomp::KvmFds { vcpu: vm.vcpu_fd() },
+    )?;
     let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
         regions: &regions,
         console,
         stats: &mut stats,
-        deadline: config.timeout.map(|t| (Instant::now() + t, t)),
+        deadline: deadline.zip(config.timeout),
         nics: &nics,
         io: &io_shared,
         rings: io_thread.is_some(),
+        monitor: monitor.state(),
     };
-    let outcome = guest.serve(&mut vm, watchdog.as_ref());
-    drop(watchdog);
+    let outcome = guest.serve(&mut vm);
+    drop(monitor);
     drop(io_thread);
     stats.net_rx = io_shared.counters.rx.load(std::sync::atomic::Ordering::Relaxed);
     stats.net_tx = io_shared.counters.tx.load(std::sync::atomic::Ordering::Relaxed);
@@ -434,60 +448,6 @@ fn write_boot_info(mem: &GuestMemory, b: &BootInfo) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// Ends the guest after a timeout by kicking the vCPU thread out of
-/// `KVM_RUN` until it notices.
-struct Watchdog {
-    state: Arc<(Mutex<bool>, Condvar)>,
-    fired: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(timeout: Duration) -> std::io::Result<Watchdog> {
-        kvm::install_kick_handler()?;
-        let kicker = ThreadKicker::current();
-        let state = Arc::new((Mutex::new(false), Condvar::new()));
-        let fired = Arc::new(AtomicBool::new(false));
-        let (s, f) = (state.clone(), fired.clone());
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("skiff-watchdog".into()).spawn(move || {
-            // Thread start-up makes system calls the seccomp allow-list does
-            // not have; the lockdown waits for this.
-            let _ = started_tx.send(());
-            let (lock, cv) = &*s;
-            let mut done = lock.lock().unwrap_or_else(|e| e.into_inner());
-            let deadline = Instant::now() + timeout;
-            while !*done {
-                let now = Instant::now();
-                if now >= deadline {
-                    f.store(true, Ordering::SeqCst);
-                    kicker.kick();
-                    done = cv.wait_timeout(done, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
-                } else {
-                    done = cv.wait_timeout(done, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            }
-        })?;
-        let _ = started_rx.recv();
-        Ok(Watchdog { state, fired, thread: Some(thread) })
-    }
-
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.state;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,8 +466,9 @@ mod tests {
             Outcome::Aborted { reason: AbortReason::Panic, message: String::new() }.status(),
             Outcome::Aborted { reason: AbortReason::OutOfMemory, message: String::new() }.status(),
             Outcome::Fault { frame: FaultFrame::default(), report: String::new() }.status(),
-            Outcome::BadHypercall(GuestError::WaitsForever).status(),
+            Outcome::BadHypercall(GuestError::PortRead(0)).status(),
             Outcome::Timeout(Duration::ZERO).status(),
+            Outcome::Stopped("SIGTERM").status(),
             Outcome::VmFailure(VmFailure::Halted).status(),
         ];
         let mut sorted = statuses.to_vec();

@@ -1,9 +1,8 @@
 //! `skiff-tender IMAGE [-- ARGS...]`: boots a Skiff image under KVM.
 //!
-//! Exits with the guest's status; see `skiff_abi::exit` for the statuses
-//! the tender itself uses (101 panic, 102 CPU exception, 103 out of
-//! memory, 104 abort, 110 bad hypercall, 111 timeout, 112 VM failure,
-//! 125 the guest could not be started, 2 bad command line).
+//! Exits with the guest's status; `skiff_abi::exit::TABLE` (printed by
+//! `--help`) lists the statuses the runtime and the tender give, which
+//! never meet the service's own range 0..=99.
 
 use clap::Parser;
 use skiff_tender::options::RunOptions;
@@ -12,7 +11,7 @@ use std::process::ExitCode;
 
 /// Boots a Skiff unikernel image under KVM and serves its hypercalls.
 #[derive(Parser, Debug)]
-#[command(name = "skiff-tender", version, about, after_help = "Arguments after `--` are passed to the guest.")]
+#[command(name = "skiff-tender", version, about, after_help = skiff_tender::options::after_help())]
 struct Cli {
     /// The image to boot (built by `skiff build`).
     image: PathBuf,
@@ -24,9 +23,20 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Before anything can start a thread (see the function).
+    skiff_tender::sys::use_one_malloc_arena();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return skiff_tender::options::usage_error(&e),
+    };
     let config = cli.options.config(cli.image, cli.args);
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = match skiff_tender::console::Stdout::new() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skiff-tender: cannot use standard output: {e}");
+            return ExitCode::from(skiff_abi::exit::TENDER_ERROR);
+        }
+    };
     match skiff_tender::run(&config, &mut stdout) {
         Ok(report) => {
             if let Some(message) = report.outcome.message() {

@@ -16,7 +16,7 @@
 //!   exit, and `Poll` reports which NICs have frames waiting.
 
 use crate::guest_memory::{GuestAddr, GuestMemory};
-use crate::rings::{Ring, RingError};
+use crate::rings::{Direction, Ring, RingError};
 use crate::tap::{Tap, TapError};
 use skiff_abi::{DeviceKind, NET_FRAME_MAX, NET_FRAME_MIN, NET_MTU, NetInfo, ring};
 use std::time::Duration;
@@ -98,7 +98,10 @@ pub enum NetError {
     #[error("NIC {0:?} is given twice")]
     Duplicate(String),
     /// The image declares a NIC nobody attached.
-    #[error("the image needs a network interface named {0:?}: attach a TAP device with --net {0}=TAPDEVICE")]
+    #[error(
+        "the image needs a network interface named {0:?}: attach a TAP device with --net {0}=TAPDEVICE, \
+         or the user network with --net {0}=user"
+    )]
     Missing(String),
     /// A NIC is attached that the image does not declare.
     #[error("--net {name}=...: the image declares no NIC of that name{}", declared_list(.declared))]
@@ -131,8 +134,11 @@ pub enum NetError {
     #[error("NIC {0:?}: user networking needs the shared-memory rings (drop --net-rings off)")]
     UserWithoutRings(String),
     /// `--publish` without a user-network NIC.
-    #[error("--publish needs a NIC on the user network (--net NAME=user)")]
-    PublishWithoutUser,
+    #[error("--publish needs a NIC on the user network{}", publish_hint(.0))]
+    PublishWithoutUser(
+        /// The NICs the image declares.
+        Vec<String>,
+    ),
     /// The user network could not be set up.
     #[error("NIC {nic:?}: {source}")]
     User {
@@ -143,8 +149,22 @@ pub enum NetError {
     },
 }
 
+/// How a service gets a NIC, for messages about an image without one.
+const DECLARE_HINT: &str = "a service declares one with #[skiff::main(net = \"service\")] and is rebuilt";
+
 fn declared_list(declared: &[String]) -> String {
-    if declared.is_empty() { " (it has no NICs)".into() } else { format!(" (it has: {})", declared.join(", ")) }
+    if declared.is_empty() {
+        format!(" (it has no NICs: {DECLARE_HINT})")
+    } else {
+        format!(" (it has: {})", declared.join(", "))
+    }
+}
+
+fn publish_hint(declared: &[String]) -> String {
+    match declared.first() {
+        None => format!(", but the image has no NIC: {DECLARE_HINT}"),
+        Some(name) => format!(": --net {name}=user (the image declares: {})", declared.join(", ")),
+    }
 }
 
 /// Parses `NAME=TAP`.
@@ -289,12 +309,17 @@ pub fn attach(
         let mac = macs.iter().find(|(n, _)| n == &d.name).map_or_else(|| generated_mac(&d.name), |(_, m)| *m);
         let rings = options.rings.then(|| {
             let rx = ring_base + nics.len() as u64 * 2 * ring_len;
-            (Ring::new(rx, options.slots), Ring::new(rx + ring_len, options.slots))
+            (
+                Ring::new(rx, options.slots, Direction::Receive),
+                Ring::new(rx + ring_len, options.slots, Direction::Transmit),
+            )
         });
         nics.push(Nic { name: d.name.clone(), mac, host, rings, outbound_declared: d.outbound });
     }
     if !options.publish.is_empty() && !nics.iter().any(|n| matches!(n.host, Host::User)) {
-        return Err(NetError::PublishWithoutUser);
+        return Err(NetError::PublishWithoutUser(
+            declared.iter().filter(|d| d.kind == DeviceKind::Net).map(|d| d.name.clone()).collect(),
+        ));
     }
     Ok(nics)
 }
@@ -333,12 +358,25 @@ pub fn check_frame_len(len: u32) -> Result<(), FrameError> {
     if (NET_FRAME_MIN..=NET_FRAME_MAX).contains(&len) { Ok(()) } else { Err(FrameError::Length(len)) }
 }
 
+/// A broken ring, with the NIC it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicRingError {
+    /// The NIC's name.
+    pub nic: String,
+    /// What is wrong.
+    pub error: RingError,
+}
+
+fn pending(nic: &Nic, ring: Ring, mem: &GuestMemory) -> Result<u32, NicRingError> {
+    ring.pending(mem).map_err(|error| NicRingError { nic: nic.name.clone(), error })
+}
+
 /// Receive ring readiness: bit `i` set when NIC `i` has frames waiting.
-pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, RingError> {
+pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, NicRingError> {
     let mut mask = 0;
     for (i, nic) in nics.iter().enumerate() {
         if let Some((rx, _)) = nic.rings
-            && rx.pending(mem)? > 0
+            && pending(nic, rx, mem)? > 0
         {
             mask |= 1 << i;
         }
@@ -347,10 +385,10 @@ pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, RingError> {
 }
 
 /// Whether any transmit ring has frames the I/O thread has not sent.
-pub fn tx_pending(nics: &[Nic], mem: &GuestMemory) -> Result<bool, RingError> {
+pub fn tx_pending(nics: &[Nic], mem: &GuestMemory) -> Result<bool, NicRingError> {
     for nic in nics {
         if let Some((_, tx)) = nic.rings
-            && tx.pending(mem)? > 0
+            && pending(nic, tx, mem)? > 0
         {
             return Ok(true);
         }

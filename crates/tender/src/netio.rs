@@ -15,8 +15,8 @@
 //! vCPU thread, kicked out of `KVM_RUN`, ends the guest with it.
 
 use crate::guest_memory::GuestMemory;
-use crate::kvm::ThreadKicker;
 use crate::net::{Counters, FrameError, Host, Nic, recv_from_host};
+use crate::sys::ThreadKicker;
 use skiff_usernet::UserNet;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering, fence};

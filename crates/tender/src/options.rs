@@ -135,6 +135,11 @@ pub struct RunOptions {
     /// End the guest after this long, e.g. 500ms, 10s, 2m (exit status 111).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// After SIGTERM or SIGINT, how long the guest has to end by itself
+    /// before the tender ends it (exit status 114); a second signal ends
+    /// it at once.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub stop_grace: std::time::Duration,
     /// Print VM exits by kind, frame counts and a boot-time breakdown on
     /// stderr at the end.
     #[arg(long)]
@@ -182,6 +187,7 @@ impl RunOptions {
             image,
             mem: self.mem,
             timeout: self.timeout,
+            stop_grace: self.stop_grace,
             log_level: self.log,
             args,
             net: crate::net::NetOptions {
@@ -200,4 +206,23 @@ impl RunOptions {
             },
         }
     }
+}
+
+/// The `--help` epilogue: how arguments reach the guest, and the exit
+/// statuses.
+pub fn after_help() -> String {
+    let mut text = String::from("Arguments after `--` are passed to the guest.\n\nExit status:\n");
+    for (lo, hi, what) in skiff_abi::exit::TABLE {
+        let range = if lo == hi { format!("{lo}") } else { format!("{lo}-{hi}") };
+        text.push_str(&format!("  {range:>6}  {what}\n"));
+    }
+    text
+}
+
+/// Prints a command-line error (or the help or version asked for) and
+/// returns the status: [`skiff_abi::exit::USAGE`] for an error, 0 for help
+/// and version. Clap's own status for errors (2) is a service's status.
+pub fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    let _ = e.print();
+    if e.use_stderr() { std::process::ExitCode::from(skiff_abi::exit::USAGE) } else { std::process::ExitCode::SUCCESS }
 }

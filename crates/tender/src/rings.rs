@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The guest broke the ring protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
-    /// The guest's producer index is more than a ring ahead.
-    #[error("transmit ring indices are inconsistent (producer {producer}, consumer {consumer}, {slots} slots)")]
+    /// The producer index is more than a ring ahead of the consumer.
+    #[error("{} ring indices are inconsistent (producer {producer}, consumer {consumer}, {slots} slots)", .ring.name())]
     Corrupt {
+        /// Which ring.
+        ring: Direction,
         /// Guest-written producer index.
         producer: u32,
         /// Tender-written consumer index.
@@ -31,18 +33,38 @@ pub enum RingError {
     Memory(#[from] MemoryError),
 }
 
+/// Which way a ring carries frames, seen from the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Tender to guest: the tender produces, the guest consumes.
+    Receive,
+    /// Guest to tender: the guest produces, the tender consumes.
+    Transmit,
+}
+
+impl Direction {
+    /// "receive" or "transmit".
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Receive => "receive",
+            Direction::Transmit => "transmit",
+        }
+    }
+}
+
 /// One ring in guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
     base: u64,
     slots: u32,
+    direction: Direction,
 }
 
 impl Ring {
     /// The ring at `base` with `slots` slots (a power of two).
-    pub fn new(base: u64, slots: u32) -> Ring {
+    pub fn new(base: u64, slots: u32, direction: Direction) -> Ring {
         debug_assert!(slots.is_power_of_two());
-        Ring { base, slots }
+        Ring { base, slots, direction }
     }
 
     /// Its guest address.
@@ -64,7 +86,7 @@ impl Ring {
         let consumer = self.index(mem, ring::CONSUMER)?.load(Ordering::Acquire);
         let n = producer.wrapping_sub(consumer);
         if n > self.slots {
-            return Err(RingError::Corrupt { producer, consumer, slots: self.slots });
+            return Err(RingError::Corrupt { ring: self.direction, producer, consumer, slots: self.slots });
         }
         Ok(n)
     }
@@ -123,7 +145,7 @@ mod tests {
     #[test]
     fn frames_go_round_and_wrap() {
         let mem = GuestMemory::new(4 << 20).unwrap();
-        let r = Ring::new(0x10_0000, 4);
+        let r = Ring::new(0x10_0000, 4, Direction::Transmit);
         let mut buf = [0u8; 2048];
         assert_eq!(r.pop(&mem, &mut buf).unwrap(), None);
         for round in 0..10u8 {
@@ -141,9 +163,14 @@ mod tests {
     #[test]
     fn a_corrupt_producer_or_length_is_an_error() {
         let mem = GuestMemory::new(4 << 20).unwrap();
-        let r = Ring::new(0x10_0000, 4);
+        let r = Ring::new(0x10_0000, 4, Direction::Transmit);
         mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &9u32).unwrap();
-        assert!(matches!(r.pending(&mem), Err(RingError::Corrupt { producer: 9, .. })));
+        let err = r.pending(&mem).unwrap_err();
+        assert!(matches!(err, RingError::Corrupt { producer: 9, .. }));
+        assert!(err.to_string().starts_with("transmit ring"), "{err}");
+        let rx = Ring::new(0x20_0000, 4, Direction::Receive);
+        mem.write_obj(GuestAddr(0x20_0000 + ring::CONSUMER), &9u32).unwrap();
+        assert!(rx.pending(&mem).unwrap_err().to_string().starts_with("receive ring"));
         mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &1u32).unwrap();
         mem.write_obj(GuestAddr(0x10_0000 + ring::HEADER_SIZE), &9000u32).unwrap();
         let mut buf = [0u8; 2048];
@@ -155,7 +182,7 @@ mod tests {
     #[test]
     fn indices_wrap_at_u32() {
         let mem = GuestMemory::new(4 << 20).unwrap();
-        let r = Ring::new(0x10_0000, 4);
+        let r = Ring::new(0x10_0000, 4, Direction::Transmit);
         mem.write_obj(GuestAddr(0x10_0000 + ring::PRODUCER), &(u32::MAX - 1)).unwrap();
         mem.write_obj(GuestAddr(0x10_0000 + ring::CONSUMER), &(u32::MAX - 1)).unwrap();
         let mut buf = [0u8; 2048];

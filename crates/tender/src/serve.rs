@@ -8,11 +8,12 @@
 use crate::elf::Image;
 use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError, Pod};
 use crate::kvm::{Exit, KvmError, Vm};
+use crate::monitor::{Ending, MonitorState};
 use crate::net::{self, FrameError, Nic};
 use crate::netio::IoShared;
 use crate::paging::Region;
 use crate::stats::Stats;
-use crate::{Outcome, Watchdog, console, fault, paging};
+use crate::{Outcome, console, fault, paging};
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
     NET_BATCH_MAX, NET_FRAME_MAX, NetFrame, NetIoArgs, NetNotifyArgs, PollArgs, WalltimeArgs, exit,
@@ -72,9 +73,6 @@ pub enum GuestError {
     /// `abort` with an over-long message.
     #[error("abort: message of {0} bytes is longer than {ABORT_MESSAGE_MAX}")]
     MessageTooLong(u32),
-    /// `poll` forever without devices: nothing could ever wake the guest.
-    #[error("poll: the guest waits for a device forever, but it has no devices")]
-    WaitsForever,
     /// The console ring is broken.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
@@ -185,15 +183,20 @@ pub(crate) struct Guest<'a> {
     pub io: &'a IoShared,
     /// Whether frames move through rings (an I/O thread runs).
     pub rings: bool,
+    /// The timeout and stop signals.
+    pub monitor: &'a MonitorState,
 }
 
 impl Guest<'_> {
     /// Runs the vCPU until the guest ends.
-    pub fn serve(&mut self, vm: &mut Vm, watchdog: Option<&Watchdog>) -> Outcome {
+    pub fn serve(&mut self, vm: &mut Vm) -> Outcome {
         loop {
-            if watchdog.is_some_and(Watchdog::fired) {
+            if let Some(ending) = self.monitor.ending() {
                 let _ = self.drain_console();
-                return Outcome::Timeout(self.deadline.map(|d| d.1).unwrap_or_default());
+                return match ending {
+                    Ending::Timeout => Outcome::Timeout(self.deadline.map(|d| d.1).unwrap_or_default()),
+                    Ending::Stopped => Outcome::Stopped(self.monitor.stop_signal().map_or("a signal", |s| s.name())),
+                };
             }
             let exit = match vm.run() {
                 Ok(e) => e,
@@ -227,7 +230,8 @@ impl Guest<'_> {
     }
 
     fn drain_console(&mut self) -> Result<(), GuestError> {
-        let n = console::drain(self.mem, paging::SHARED, self.console)?;
+        let monitor = self.monitor;
+        let n = console::drain(self.mem, paging::SHARED, self.console, &|| monitor.ending().is_some())?;
         self.stats.console_bytes += n as u64;
         Ok(())
     }
@@ -300,9 +304,8 @@ impl Guest<'_> {
     /// `Poll`: sleep until a NIC has frames or the timeout passes.
     fn poll(&mut self, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
         let mut a: PollArgs = self.read_arg(arg, true)?;
-        if a.timeout_nanos == u64::MAX && self.nics.is_empty() {
-            return Ok(Err(GuestError::WaitsForever));
-        }
+        // Waiting forever without devices is allowed: a stop request (or
+        // --timeout) still ends the wait.
         let mut wait = (a.timeout_nanos != u64::MAX).then(|| Duration::from_nanos(a.timeout_nanos));
         if let Some((deadline, _)) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -331,19 +334,29 @@ impl Guest<'_> {
     /// Blocks up to `wait` (`None`: forever) for frames; returns the NICs
     /// that have some.
     fn wait_for_frames(&mut self, wait: Option<Duration>) -> Result<u64, GuestError> {
-        let ring_error = |e| GuestError::Frame { nic: String::from("(rings)"), source: FrameError::Ring(e) };
+        let ring_error = |e: net::NicRingError| GuestError::Frame { nic: e.nic, source: FrameError::Ring(e.error) };
+        // The monitor's eventfd wakes every wait when the guest is asked to
+        // stop or must end; it is emptied after the wait.
+        let wake = self.monitor.wake.as_raw_fd();
         if self.nics.is_empty() {
-            if let Some(w) = wait.filter(|w| !w.is_zero()) {
-                std::thread::sleep(w);
+            if !wait.is_some_and(|w| w.is_zero()) {
+                let _ = crate::tap::wait_readable(&[wake], wait);
+                let _ = self.monitor.wake.read();
             }
             return Ok(0);
         }
         if !self.rings {
-            let fds: Vec<i32> = self.nics.iter().filter_map(|n| n.tap()).map(|t| t.fd()).collect();
-            return crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
+            let mut fds: Vec<i32> = self.nics.iter().filter_map(|n| n.tap()).map(|t| t.fd()).collect();
+            let taps = fds.len();
+            fds.push(wake);
+            let ready = crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
                 nic: self.nics[0].name.clone(),
                 source: FrameError::Host(e.to_string()),
-            });
+            })?;
+            if ready & (1 << taps) != 0 {
+                let _ = self.monitor.wake.read();
+            }
+            return Ok(ready & !(1 << taps));
         }
         let mut ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
         if ready != 0 || wait.is_some_and(|w| w.is_zero()) {
@@ -358,10 +371,11 @@ impl Guest<'_> {
         fence(Ordering::SeqCst);
         ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
         if ready == 0 {
-            let _ = crate::tap::wait_readable(&[self.io.rx_notify.as_raw_fd()], wait);
+            let _ = crate::tap::wait_readable(&[self.io.rx_notify.as_raw_fd(), wake], wait);
         }
         self.io.guest_waiting.store(false, Ordering::SeqCst);
         let _ = self.io.rx_notify.read();
+        let _ = self.monitor.wake.read();
         net::rx_ready(self.nics, self.mem).map_err(ring_error)
     }
 

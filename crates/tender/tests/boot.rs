@@ -321,10 +321,10 @@ fn malformed_images_are_refused_with_a_clear_message() {
 #[test]
 fn bad_options_are_usage_errors() {
     let image = hello().to_str().unwrap();
-    expect(&tender(&["--mem", "lots", image]), 2, &["is not a memory size"]);
+    expect(&tender(&["--mem", "lots", image]), 124, &["is not a memory size"]);
     expect(&tender(&["--mem", "1M", image]), 125, &["out of range"]);
-    expect(&tender(&["--timeout", "soon", image]), 2, &["is not a duration"]);
-    expect(&tender(&["--log", "loud", image]), 2, &["is not a log level"]);
+    expect(&tender(&["--timeout", "soon", image]), 124, &["is not a duration"]);
+    expect(&tender(&["--log", "loud", image]), 124, &["is not a log level"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use skiff_abi::{NetFrame, NetInfo, ring};
 use skiff_rt::NetDevice;
 use skiff_rt::nic::{Nic, NicCalls};
 use skiff_tender::guest_memory::GuestMemory;
-use skiff_tender::rings::Ring;
+use skiff_tender::rings::{Direction, Ring};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,8 +40,8 @@ fn a_tender_thread_and_the_guest_driver_exchange_frames() {
     let slots = 16;
     let base = 0x10_0000u64;
     let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
-    let rx = Ring::new(base, slots);
-    let tx = Ring::new(base + ring::ring_bytes(slots), slots);
+    let rx = Ring::new(base, slots, Direction::Receive);
+    let tx = Ring::new(base + ring::ring_bytes(slots), slots, Direction::Transmit);
     let count = 5000u32;
 
     // The tender's side on its own thread: produce `count` frames into the

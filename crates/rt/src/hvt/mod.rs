@@ -12,10 +12,11 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
+use core::ptr::NonNull;
 use core::time::Duration;
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetFrame, NetInfo, NetIoArgs,
-    NetNotifyArgs, PollArgs, WalltimeArgs, manifest,
+    NetNotifyArgs, PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
@@ -201,12 +202,14 @@ impl Devices {
 /// The executor's view of this platform.
 pub struct Hvt {
     devices: Rc<Devices>,
+    shared: NonNull<SharedArea>,
 }
 
 impl Hvt {
-    /// The platform for a guest with `devices`.
-    pub(crate) fn new(devices: Rc<Devices>) -> Hvt {
-        Hvt { devices }
+    /// The platform for a guest with `devices` and the shared area
+    /// `shared` (from the boot info; valid for the guest's life).
+    pub(crate) fn new(devices: Rc<Devices>, shared: NonNull<SharedArea>) -> Hvt {
+        Hvt { devices, shared }
     }
 }
 
@@ -242,5 +245,12 @@ impl crate::executor::Platform for Hvt {
 
     fn ready_now(&mut self) -> u64 {
         self.devices.ready_now()
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        // SAFETY: the shared area is mapped for the guest's life (see
+        // `new`); the field is an aligned u32 the tender writes, so it is
+        // read with a volatile load.
+        unsafe { self.shared.as_ptr().cast::<u8>().add(SHARED_STOP_REQUESTED).cast::<u32>().read_volatile() != 0 }
     }
 }

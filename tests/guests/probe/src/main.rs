@@ -113,6 +113,22 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             info!("slept {} us", start.elapsed().as_micros());
         }
         "timers" => timers(&env).await?,
+        "stop-watch" => {
+            // Waits for the stop request, cleans up, and ends with status 3.
+            env.stopping().await;
+            info!("stop requested: cleaning up");
+            sleep(Duration::from_millis(100)).await;
+            info!("clean-up done");
+            skiff::exit(3);
+        }
+        "stop-ignore" => {
+            // Asks for the stop request, then goes on working forever.
+            env.stopping().await;
+            info!("stop requested: ignoring it");
+            loop {
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
         "log-burst" => {
             let n = arg(1)?;
             for i in 0..n {

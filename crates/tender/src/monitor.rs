@@ -1,0 +1,178 @@
+//! The monitor thread: ends the guest when `--timeout` expires, and turns
+//! `SIGTERM`/`SIGINT` into a stop request the guest can act on.
+//!
+//! A stop signal sets [`SharedArea::stop_requested`](skiff_abi::SharedArea)
+//! in guest memory and wakes the vCPU thread; the runtime sees the flag
+//! whenever it wakes and resolves `Env::stopping`, and a service that does
+//! not wait for it is ended by the runtime after its network work settles.
+//! If the guest has not ended after the grace period, or a second signal
+//! comes, the monitor ends it ([`Ending::Stopped`]). To end the guest, the
+//! monitor interrupts the vCPU thread (`KVM_RUN`, a `Poll` wait, a console
+//! write blocked on a full pipe) every few milliseconds until the vCPU
+//! thread returns.
+//!
+//! The stop signals are blocked in every thread of the tender (from
+//! [`sys::block_stop_signals`], called before any thread starts) and taken
+//! here with `sigtimedwait`, so no signal handler touches the tender's state.
+
+use crate::guest_memory::{GuestAddr, GuestMemory};
+use crate::sys::{self, StopSignal, ThreadKicker};
+use skiff_abi::SHARED_STOP_REQUESTED;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The grace period when `--stop-grace` is not given.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the monitor ends the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// `--timeout` expired.
+    Timeout,
+    /// A stop signal came and the grace period passed, or a second signal.
+    Stopped,
+}
+
+/// What the vCPU thread and the monitor share.
+pub struct MonitorState {
+    ending: AtomicU8,
+    /// The first stop signal and when it came.
+    stop: Mutex<Option<(StopSignal, Instant)>>,
+    /// Readable once a stop was requested or the guest must end: wakes the
+    /// vCPU thread from a `Poll` wait without a race against the signal.
+    pub wake: EventFd,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl MonitorState {
+    /// Whether the guest must end now, and why.
+    pub fn ending(&self) -> Option<Ending> {
+        match self.ending.load(Ordering::SeqCst) {
+            1 => Some(Ending::Timeout),
+            2 => Some(Ending::Stopped),
+            _ => None,
+        }
+    }
+
+    /// The stop signal that came, if any.
+    pub fn stop_signal(&self) -> Option<StopSignal> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).map(|(s, _)| s)
+    }
+
+    fn end(&self, why: Ending) {
+        let code = match why {
+            Ending::Timeout => 1,
+            Ending::Stopped => 2,
+        };
+        let _ = self.ending.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// The running monitor thread; dropping it stops the thread.
+pub struct Monitor {
+    state: Arc<MonitorState>,
+    thread: Option<(std::thread::JoinHandle<()>, ThreadKicker)>,
+}
+
+/// When the guest must end and how long a stop may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `--timeout`, counted from `started`.
+    pub deadline: Option<Instant>,
+    /// `--stop-grace`.
+    pub grace: Duration,
+}
+
+impl Monitor {
+    /// Starts the monitor for a guest in `mem` whose shared area is at
+    /// `shared`, run by the calling thread (which it interrupts).
+    pub fn start(limits: Limits, mem: Arc<GuestMemory>, shared: u64) -> std::io::Result<Monitor> {
+        sys::install_kick_handler()?;
+        let vcpu = ThreadKicker::current();
+        let state = Arc::new(MonitorState {
+            ending: AtomicU8::new(0),
+            stop: Mutex::new(None),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            finished: std::sync::atomic::AtomicBool::new(false),
+        });
+        let s = state.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("skiff-monitor".into()).spawn(move || {
+            // Thread start-up makes system calls the seccomp allow-list does
+            // not have; the lockdown waits for this.
+            let _ = started_tx.send(ThreadKicker::current());
+            watch(&s, limits, &mem, shared, vcpu);
+        })?;
+        let me = started_rx.recv().map_err(std::io::Error::other)?;
+        Ok(Monitor { state, thread: Some((thread, me)) })
+    }
+
+    /// The state the vCPU thread checks.
+    pub fn state(&self) -> &MonitorState {
+        &self.state
+    }
+}
+
+fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu: ThreadKicker) {
+    let mut grace_end: Option<Instant> = None;
+    while !s.finished.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if s.ending().is_some() {
+            // Keep interrupting until the vCPU thread notices: a kick that
+            // lands between two system calls is lost.
+            vcpu.kick();
+            if let Some(sig) = sys::wait_for_stop(Duration::from_millis(5)) {
+                eprintln!("skiff-tender: {}: already ending the guest", sig.name());
+            }
+            continue;
+        }
+        if limits.deadline.is_some_and(|d| now >= d) {
+            s.end(Ending::Timeout);
+            continue;
+        }
+        if grace_end.is_some_and(|g| now >= g) {
+            eprintln!("skiff-tender: the guest did not stop within {:.1} s; ending it", limits.grace.as_secs_f64());
+            s.end(Ending::Stopped);
+            continue;
+        }
+        let next = [limits.deadline, grace_end].into_iter().flatten().min();
+        // Without a deadline, wait in long steps; the drop interrupts it.
+        let wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
+        let Some(signal) = sys::wait_for_stop(wait) else { continue };
+        let now = Instant::now();
+        if grace_end.is_some() {
+            eprintln!("skiff-tender: {} again: ending the guest now", signal.name());
+            s.end(Ending::Stopped);
+            continue;
+        }
+        eprintln!(
+            "skiff-tender: {}: asking the guest to stop (it has {:.1} s; send it again to end it now)",
+            signal.name(),
+            limits.grace.as_secs_f64()
+        );
+        *s.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some((signal, now));
+        grace_end = Some(now + limits.grace);
+        let _ = mem.write_obj(GuestAddr(shared + SHARED_STOP_REQUESTED as u64), &1u32);
+        let _ = s.wake.write(1);
+        vcpu.kick();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.state.finished.store(true, Ordering::SeqCst);
+        if let Some((thread, kicker)) = self.thread.take() {
+            kicker.kick();
+            // The kick can land before the thread waits; keep kicking until
+            // it has gone.
+            while !thread.is_finished() {
+                kicker.kick();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Process-level set-up that needs the C library directly: malloc tuning,
+//! the signal that interrupts a running vCPU, the report of a blocked
+//! system call, and the stop signals (`SIGTERM`, `SIGINT`).
+//!
+//! With `kvm` and `guest_memory`, one of the three modules of the tender
+//! with `unsafe` code.
+
+#![allow(unsafe_code)]
+
+use skiff_abi::exit;
+use std::io;
+use std::time::Duration;
+
+/// Makes every thread allocate from glibc's main malloc arena. A per-thread
+/// arena, when it shrinks, reads `/proc/sys/vm/overcommit_memory`, which
+/// the seccomp allow-list forbids; the main arena only uses `brk` and
+/// `mmap`. It must run before the process starts its first thread: an
+/// arena a finished thread leaves behind is handed to the next new thread
+/// whatever the limit says. Both binaries call it first thing in `main`.
+pub fn use_one_malloc_arena() {
+    // SAFETY: mallopt only changes malloc's tuning; M_ARENA_MAX is a valid
+    // parameter and 1 a valid value for it.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// The signal that interrupts a running vCPU (or a blocked console write).
+const KICK_SIGNAL: i32 = libc::SIGUSR2;
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+fn set_handler(signal: i32, handler: usize, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
+    // callers pass an `extern "C"` handler of the shape `flags` announces,
+    // and every such handler here is async-signal-safe.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        action.sa_flags = flags;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Lets [`ThreadKicker::kick`] interrupt `KVM_RUN`: installs a handler
+/// that does nothing, without `SA_RESTART`, so the ioctl (or a blocked
+/// `write`) returns `EINTR`.
+pub fn install_kick_handler() -> io::Result<()> {
+    set_handler(KICK_SIGNAL, on_kick as *const () as usize, 0)
+}
+
+/// A handle that interrupts one thread's `KVM_RUN`.
+#[derive(Clone, Copy)]
+pub struct ThreadKicker(libc::pthread_t);
+
+// SAFETY: a pthread_t is an identifier; `pthread_kill` may be called with
+// it from any thread while the target thread lives, which the owner of the
+// kicker guarantees (the watchdog is joined before the vCPU thread ends).
+unsafe impl Send for ThreadKicker {}
+
+impl ThreadKicker {
+    /// A kicker for the calling thread.
+    pub fn current() -> ThreadKicker {
+        // SAFETY: pthread_self has no preconditions.
+        ThreadKicker(unsafe { libc::pthread_self() })
+    }
+
+    /// Interrupts the thread (a no-op if it is not in a system call).
+    pub fn kick(&self) {
+        // SAFETY: the target thread is alive (see the Send impl) and the
+        // signal has a handler installed by `install_kick_handler`.
+        unsafe { libc::pthread_kill(self.0, KICK_SIGNAL) };
+    }
+}
+
+/// Where `si_syscall` sits in a `siginfo_t` for `SIGSYS` on x86_64:
+/// after `si_signo`, `si_errno`, `si_code` (padded to 16 bytes) and
+/// `si_call_addr` (8 bytes). The libc crate has no accessor for it.
+const SI_SYSCALL_OFFSET: usize = 24;
+
+/// A message built in a fixed buffer, so the `SIGSYS` handler needs no
+/// allocation and no lock.
+struct StackText {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl core::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let take = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// The name of system call `nr` on x86_64.
+pub fn syscall_name(nr: i64) -> &'static str {
+    usize::try_from(nr).ok().and_then(syscalls::Sysno::new).map_or("unknown", |s| s.name())
+}
+
+/// Writes the report of a blocked call to stderr and ends the process.
+fn report_blocked_call(nr: i64, thread: &[u8]) -> ! {
+    use core::fmt::Write as _;
+    let mut text = StackText { buf: [0; 256], len: 0 };
+    let thread = core::str::from_utf8(thread).unwrap_or("?");
+    let _ = writeln!(
+        text,
+        "skiff-tender: blocked system call {} ({nr}) in thread {thread}; the tender ends (status {})",
+        syscall_name(nr),
+        exit::BLOCKED_SYSCALL
+    );
+    // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by
+    // the filter; the buffer is valid for `len` bytes.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, text.buf.as_ptr().cast(), text.len);
+        libc::_exit(i32::from(exit::BLOCKED_SYSCALL))
+    }
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler;
+    // for a seccomp trap its `_sigsys` member holds the call number at
+    // SI_SYSCALL_OFFSET, an aligned i32 inside the structure.
+    let nr = unsafe { info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>().read() };
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the
+    // buffer, which has 16; prctl(PR_GET_NAME) is allowed by the filter.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    report_blocked_call(i64::from(nr), &name[..len]);
+}
+
+/// Makes a call the seccomp filter traps (`SIGSYS`) end the process with
+/// one line naming the call and the thread, and status
+/// [`exit::BLOCKED_SYSCALL`].
+pub fn install_blocked_call_reporter() -> io::Result<()> {
+    set_handler(libc::SIGSYS, on_sigsys as *const () as usize, libc::SA_SIGINFO)
+}
+
+/// A signal asking the tender to stop the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignal {
+    /// `SIGTERM` (`podman stop`, systemd, `kill`).
+    Term,
+    /// `SIGINT` (Ctrl-C).
+    Int,
+}
+
+impl StopSignal {
+    /// The signal's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+        }
+    }
+}
+
+fn stop_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid
+    // signal numbers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks `SIGTERM` and `SIGINT` in the calling thread and in every thread
+/// it starts afterwards, so they stay pending until [`wait_for_stop`]
+/// takes them. They stay blocked after the guest ends: one that comes
+/// then is answered by the process ending as it was going to anyway.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_set();
+    // SAFETY: the set is valid; a null old-set pointer is allowed.
+    match unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Waits up to `timeout` for a stop signal (blocked by
+/// [`block_stop_signals`]) and takes it.
+pub fn wait_for_stop(timeout: Duration) -> Option<StopSignal> {
+    let set = stop_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: the set and the timespec are valid; a null siginfo is allowed.
+    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    match signal {
+        libc::SIGTERM => Some(StopSignal::Term),
+        libc::SIGINT => Some(StopSignal::Int),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_calls_are_named() {
+        assert_eq!(syscall_name(257), "openat");
+        assert_eq!(syscall_name(16), "ioctl");
+        assert_eq!(syscall_name(-1), "unknown");
+        assert_eq!(syscall_name(100_000), "unknown");
+    }
+
+    #[test]
+    fn the_stack_text_truncates_instead_of_overflowing() {
+        use core::fmt::Write as _;
+        let mut t = StackText { buf: [0; 256], len: 0 };
+        for _ in 0..100 {
+            let _ = write!(t, "0123456789");
+        }
+        assert_eq!(t.len, 256);
+    }
+}
