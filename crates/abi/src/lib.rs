@@ -38,7 +38,7 @@
 
 /// Version of this contract. The tender refuses an image whose manifest
 /// carries another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// First I/O port of the hypercall range; call `n` is port `BASE + n`.
 pub const HYPERCALL_PORT_BASE: u16 = 0x500;
@@ -157,8 +157,10 @@ pub struct PollArgs {
     /// In: the longest time to block, in nanoseconds. Zero checks readiness
     /// without blocking; `u64::MAX` waits for a device only.
     pub timeout_nanos: u64,
-    /// Out: bit `i` is set when device `i` (in [`BootInfo::devices`] order)
-    /// has something ready.
+    /// In: the devices the guest waits for, bit `i` for device `i` (in
+    /// [`BootInfo::devices`] order); a device outside the set never ends
+    /// the wait, whatever it holds. Out: the devices of the set that have
+    /// something ready.
     pub ready: u64,
 }
 
@@ -425,6 +427,12 @@ pub mod ring {
     pub const CONSUMER: u64 = 64;
     /// Offset of the consumer's "asleep, ring the doorbell" flag (`u32`).
     pub const CONSUMER_SLEEPING: u64 = 128;
+    /// Offset of the producer's "full and waiting for room, ring the
+    /// doorbell" flag (`u32`): the tender sets it on a receive ring it
+    /// cannot fill further and then sleeps; the guest, after taking frames,
+    /// clears it and rings (`NetNotify`). So a guest that stops reading
+    /// costs the host nothing, and one that resumes is served at once.
+    pub const PRODUCER_WAITING: u64 = 192;
     /// Bytes per slot.
     pub const SLOT_SIZE: u64 = 2048;
     /// Offset of a slot's length field.

@@ -163,7 +163,7 @@ async fn run_link(link: Rc<RefCell<Link>>) {
 struct SimulatedTime;
 
 impl Platform for SimulatedTime {
-    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+    fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
         advance_manual_clock(timeout.expect("the simulation always has a timer pending"));
         0
     }

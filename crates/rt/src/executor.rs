@@ -32,9 +32,12 @@ use crate::time::Instant;
 
 /// What the executor needs from the machine it runs on.
 pub trait Platform {
-    /// Blocks until a device is ready or `timeout` passes; `None` waits for
-    /// a device only. Returns the set of ready devices, one bit each.
-    fn poll(&mut self, timeout: Option<Duration>) -> u64;
+    /// Blocks until a device in `interest` (one bit each) is ready or
+    /// `timeout` passes; `None` waits for a device only. Returns the set of
+    /// ready devices. Devices outside `interest` have no task waiting for
+    /// them: what they hold must not wake the guest, or a service that
+    /// never reads its NIC would keep a host core busy.
+    fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64;
 
     /// Whether anything outside the executor (a device) can wake a task.
     /// Without devices and timers, a blocked guest can never continue.
@@ -93,6 +96,11 @@ impl Shared {
             next_timer: AtomicU64::new(0),
             devices: Spinlock::new([const { None }; skiff_abi::MAX_DEVICES]),
         }
+    }
+
+    /// The devices a task waits for, one bit each.
+    fn interest(&self) -> u64 {
+        self.devices.lock().iter().enumerate().fold(0, |m, (i, w)| if w.is_some() { m | 1 << i } else { m })
     }
 
     /// Wakes the tasks waiting on the devices whose bits are set.
@@ -585,7 +593,7 @@ impl Executor {
                 }
             };
             self.stats.idle_calls += 1;
-            let ready = platform.poll(timeout);
+            let ready = platform.poll(timeout, self.shared.interest());
             self.shared.wake_devices(ready);
         }
     }
@@ -767,7 +775,7 @@ mod tests {
     }
 
     impl Platform for FakePlatform {
-        fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+        fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
             self.idles.push(timeout);
             if let Some(t) = timeout {
                 advance_manual_clock(t);
@@ -787,7 +795,7 @@ mod tests {
     }
 
     impl Platform for StopPlatform {
-        fn poll(&mut self, _: Option<Duration>) -> u64 {
+        fn poll(&mut self, _: Option<Duration>, _interest: u64) -> u64 {
             self.idles += 1;
             advance_manual_clock(Duration::from_millis(1));
             0
@@ -826,6 +834,50 @@ mod tests {
         let out = ex.run(async move { spawner.until_unwatched_stop(main).await }, &mut p).unwrap();
         assert_eq!(out, None);
         assert_eq!(p.idles, 4);
+    }
+
+    #[test]
+    fn only_devices_a_task_waits_for_are_of_interest() {
+        /// Device 0 always has something; the platform records the
+        /// interest of each idle call.
+        struct Busy {
+            interests: Vec<u64>,
+        }
+        impl Platform for Busy {
+            fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64 {
+                self.interests.push(interest);
+                if let Some(t) = timeout {
+                    advance_manual_clock(t);
+                }
+                interest & 1
+            }
+            fn has_devices(&self) -> bool {
+                true
+            }
+        }
+        let mut ex = Executor::new();
+        let mut p = Busy { interests: Vec::new() };
+        ex.run(
+            async {
+                let mut waited = false;
+                // Nobody waits on the device: the sleep's idle call must
+                // not ask for it.
+                sleep(Duration::from_millis(5)).await;
+                // Now a task waits for it: the next idle call asks.
+                core::future::poll_fn(|cx| {
+                    if waited {
+                        return Poll::Ready(());
+                    }
+                    waited = true;
+                    wake_on_device(cx.waker(), 0);
+                    Poll::Pending
+                })
+                .await;
+            },
+            &mut p,
+        )
+        .unwrap();
+        assert_eq!(p.interests, vec![0, 1]);
     }
 
     #[test]
@@ -977,7 +1029,7 @@ mod tests {
             polls: usize,
         }
         impl Platform for OneShotDevice {
-            fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+            fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
                 assert_eq!(timeout, None);
                 self.polls += 1;
                 1
@@ -1014,8 +1066,8 @@ mod tests {
 
     struct WakeAfterPoll<'a, P>(&'a mut P);
     impl<P: Platform> Platform for WakeAfterPoll<'_, P> {
-        fn poll(&mut self, timeout: Option<Duration>) -> u64 {
-            let r = self.0.poll(timeout);
+        fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64 {
+            let r = self.0.poll(timeout, interest);
             if let Some(w) = DEFERRED.with(|d| d.borrow_mut().take()) {
                 w.wake();
             }
@@ -1083,7 +1135,7 @@ mod tests {
             idles: usize,
         }
         impl Platform for Dev {
-            fn poll(&mut self, _timeout: Option<Duration>) -> u64 {
+            fn poll(&mut self, _timeout: Option<Duration>, _interest: u64) -> u64 {
                 self.idles += 1;
                 if self.idles >= 2 { 1 } else { 0 }
             }

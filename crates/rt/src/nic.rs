@@ -60,6 +60,10 @@ impl RingView {
         self.word(ring::CONSUMER_SLEEPING)
     }
 
+    fn producer_waiting(&self) -> &AtomicU32 {
+        self.word(ring::PRODUCER_WAITING)
+    }
+
     fn slot(&self, i: u32) -> usize {
         self.base + (ring::HEADER_SIZE + u64::from(i % self.slots) * ring::SLOT_SIZE) as usize
     }
@@ -71,7 +75,14 @@ impl RingView {
 }
 
 enum Transport {
-    Rings { rx: RingView, tx: RingView, queued: bool },
+    /// `queued`: frames were sent since the last flush; `taken`: frames
+    /// were received since the last flush.
+    Rings {
+        rx: RingView,
+        tx: RingView,
+        queued: bool,
+        taken: bool,
+    },
     Hypercalls(Box<Batches>),
 }
 
@@ -114,7 +125,7 @@ impl<C: NicCalls> Nic<C> {
             // SAFETY: the caller vouches for the rings' addresses.
             let (rx, tx) =
                 unsafe { (RingView::new(info.ring, info.slots), RingView::new(info.ring + bytes, info.slots)) };
-            Transport::Rings { rx, tx, queued: false }
+            Transport::Rings { rx, tx, queued: false, taken: false }
         } else {
             Transport::Hypercalls(Box::new(Batches {
                 rx: vec![0; BATCH * STRIDE],
@@ -187,7 +198,7 @@ impl<C: NicCalls> NetDevice for Nic<C> {
             return false;
         }
         match &mut self.transport {
-            Transport::Rings { rx, .. } => {
+            Transport::Rings { rx, taken, .. } => {
                 let c = rx.consumer().load(Ordering::Relaxed);
                 let slot = rx.slot(c);
                 // SAFETY: the slot belongs to us until we advance the
@@ -201,6 +212,7 @@ impl<C: NicCalls> NetDevice for Nic<C> {
                 };
                 f(frame);
                 rx.consumer().store(c.wrapping_add(1), Ordering::Release);
+                *taken = true;
             }
             Transport::Hypercalls(b) => {
                 let i = b.rx_next;
@@ -256,14 +268,19 @@ impl<C: NicCalls> NetDevice for Nic<C> {
     fn flush(&mut self) {
         let index = self.index;
         match &mut self.transport {
-            Transport::Rings { tx, queued, .. } => {
-                if core::mem::take(queued) {
-                    // Pairs with the I/O thread's fence between setting its
-                    // sleeping flag and its last look at the ring.
-                    fence(Ordering::SeqCst);
-                    if tx.sleeping().load(Ordering::SeqCst) != 0 {
-                        self.calls.net_notify(index);
-                    }
+            Transport::Rings { rx, tx, queued, taken } => {
+                let sent = core::mem::take(queued);
+                let took = core::mem::take(taken);
+                if !sent && !took {
+                    return;
+                }
+                // Pairs with the I/O thread's fence between setting a flag
+                // and its last look at the ring.
+                fence(Ordering::SeqCst);
+                let tender_asleep = sent && tx.sleeping().load(Ordering::SeqCst) != 0;
+                let tender_waits_for_room = took && rx.producer_waiting().swap(0, Ordering::SeqCst) != 0;
+                if tender_asleep || tender_waits_for_room {
+                    self.calls.net_notify(index);
                 }
             }
             Transport::Hypercalls(b) => b.flush(index, &self.calls),

@@ -275,6 +275,11 @@ pub fn attach(
     ring_base: u64,
 ) -> Result<Vec<Nic>, NetError> {
     let macs = &options.macs;
+    if !options.publish.is_empty() && !options.nics.iter().any(NicSpec::is_user) {
+        return Err(NetError::PublishWithoutUser(
+            declared.iter().filter(|d| d.kind == DeviceKind::Net).map(|d| d.name.clone()).collect(),
+        ));
+    }
     for (i, spec) in options.nics.iter().enumerate() {
         if options.nics[..i].iter().any(|s| s.name == spec.name) {
             return Err(NetError::Duplicate(spec.name.clone()));
@@ -315,11 +320,6 @@ pub fn attach(
             )
         });
         nics.push(Nic { name: d.name.clone(), mac, host, rings, outbound_declared: d.outbound });
-    }
-    if !options.publish.is_empty() && !nics.iter().any(|n| matches!(n.host, Host::User)) {
-        return Err(NetError::PublishWithoutUser(
-            declared.iter().filter(|d| d.kind == DeviceKind::Net).map(|d| d.name.clone()).collect(),
-        ));
     }
     Ok(nics)
 }

@@ -19,15 +19,16 @@ use crate::net::{Counters, FrameError, Host, Nic, recv_from_host};
 use crate::sys::ThreadKicker;
 use skiff_usernet::UserNet;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 /// State shared by the vCPU thread and the I/O thread.
 pub struct IoShared {
-    /// The vCPU thread is asleep in `Poll`, waiting on `rx_notify`.
-    pub guest_waiting: AtomicBool,
+    /// The NICs (one bit each) the vCPU thread waits for, asleep in
+    /// `Poll` on `rx_notify`; zero when it is not waiting.
+    pub guest_waiting: AtomicU64,
     /// Written by the I/O thread when frames arrive for a waiting guest.
     pub rx_notify: EventFd,
     /// Written by the vCPU thread to wake the I/O thread (`NetNotify`, or
@@ -47,7 +48,7 @@ impl IoShared {
     /// Fresh shared state.
     pub fn new() -> std::io::Result<IoShared> {
         Ok(IoShared {
-            guest_waiting: AtomicBool::new(false),
+            guest_waiting: AtomicU64::new(0),
             rx_notify: EventFd::new(libc::EFD_NONBLOCK)?,
             doorbell: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
@@ -123,8 +124,10 @@ fn serve(
     let fail = |nic: &Nic, e: FrameError| (nic.name.clone(), e);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = false;
-        let mut produced = false;
-        let mut ring_full = false;
+        // NICs whose receive ring got frames, and whose ring is full while
+        // their host end holds more (one bit each).
+        let mut produced = 0u64;
+        let mut full = 0u64;
         for (index, nic) in nics.iter().enumerate() {
             let Some((rx, tx)) = nic.rings else { continue };
             let mut user = users.iter_mut().find(|(i, _)| *i == index).map(|(_, u)| u);
@@ -151,10 +154,13 @@ fn serve(
             // is room.
             loop {
                 if !rx.has_room(mem).map_err(|e| fail(nic, e.into()))? {
-                    ring_full |= match (&nic.host, user.as_deref()) {
+                    let more = match (&nic.host, user.as_deref()) {
                         (Host::User, Some(u)) => u.has_frames(),
                         _ => true,
                     };
+                    if more {
+                        full |= 1 << index;
+                    }
                     break;
                 }
                 let delivered = match (&nic.host, user.as_deref_mut()) {
@@ -175,14 +181,14 @@ fn serve(
                 }
                 shared.counters.rx.fetch_add(1, Ordering::Relaxed);
                 moved = true;
-                produced = true;
+                produced |= 1 << index;
             }
         }
-        if produced {
+        if produced != 0 {
             // Pairs with the vCPU thread's store of `guest_waiting` followed
             // by its check of the rings.
             fence(Ordering::SeqCst);
-            if shared.guest_waiting.load(Ordering::SeqCst) {
+            if shared.guest_waiting.load(Ordering::SeqCst) & produced != 0 {
                 let _ = shared.rx_notify.write(1);
             }
         }
@@ -191,26 +197,32 @@ fn serve(
             last_work = now;
             continue;
         }
-        if ring_full {
-            // The guest is behind; give it time without spinning hard.
-            std::thread::sleep(Duration::from_micros(20));
-            continue;
-        }
-        if now.duration_since(last_work) < spin {
+        if full == 0 && now.duration_since(last_work) < spin {
             std::hint::spin_loop();
             continue;
         }
-        // Going to sleep: tell the guest to ring, then look once more.
+        // Going to sleep: tell the guest to ring when it sends, and when it
+        // makes room in a full receive ring; then look once more.
         set_sleeping(nics, mem, 1).map_err(|(nic, e)| fail(nic, e))?;
+        set_waiting(nics, mem, full, 1).map_err(|(nic, e)| fail(nic, e))?;
         fence(Ordering::SeqCst);
         let mut queued = false;
-        for nic in nics {
-            if let Some((_, tx)) = nic.rings {
+        for (index, nic) in nics.iter().enumerate() {
+            if let Some((rx, tx)) = nic.rings {
                 queued |= tx.pending(mem).map_err(|e| fail(nic, e.into()))? > 0;
+                queued |= full & (1 << index) != 0 && rx.has_room(mem).map_err(|e| fail(nic, e.into()))?;
             }
         }
         if !queued {
-            let mut fds: Vec<(i32, bool)> = nics.iter().filter_map(|n| n.tap()).map(|t| (t.fd(), false)).collect();
+            // A TAP device whose receive ring is full stays readable: leave
+            // it out until the guest makes room (the doorbell).
+            let mut fds: Vec<(i32, bool)> = nics
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| full & (1 << i) == 0)
+                .filter_map(|(_, n)| n.tap())
+                .map(|t| (t.fd(), false))
+                .collect();
             fds.push((shared.doorbell.as_raw_fd(), false));
             let mut timeout: Option<Duration> = None;
             for (_, u) in users.iter_mut() {
@@ -222,8 +234,22 @@ fn serve(
             let _ = crate::tap::wait(&fds, timeout);
         }
         set_sleeping(nics, mem, 0).map_err(|(nic, e)| fail(nic, e))?;
+        set_waiting(nics, mem, full, 0).map_err(|(nic, e)| fail(nic, e))?;
         let _ = shared.doorbell.read();
         last_work = Instant::now();
+    }
+    Ok(())
+}
+
+/// Sets the "waiting for room" flag of the receive rings of the NICs in
+/// `which`.
+fn set_waiting<'n>(nics: &'n [Nic], mem: &GuestMemory, which: u64, value: u32) -> Result<(), (&'n Nic, FrameError)> {
+    for (index, nic) in nics.iter().enumerate() {
+        if which & (1 << index) != 0
+            && let Some((rx, _)) = nic.rings
+        {
+            rx.producer_waiting(mem).map_err(|e| (nic, FrameError::Ring(e.into())))?.store(value, Ordering::SeqCst);
+        }
     }
     Ok(())
 }

@@ -128,6 +128,11 @@ impl Ring {
         Ok(true)
     }
 
+    /// The producer's "waiting for room" flag (receive rings).
+    pub fn producer_waiting<'m>(&self, mem: &'m GuestMemory) -> Result<&'m AtomicU32, MemoryError> {
+        self.index(mem, ring::PRODUCER_WAITING)
+    }
+
     /// The consumer's "asleep" flag.
     pub fn sleeping<'m>(&self, mem: &'m GuestMemory) -> Result<&'m AtomicU32, MemoryError> {
         self.index(mem, ring::CONSUMER_SLEEPING)

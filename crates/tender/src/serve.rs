@@ -313,7 +313,8 @@ impl Guest<'_> {
                 wait = Some(left);
             }
         }
-        let ready = match self.wait_for_frames(wait) {
+        let interest = a.ready;
+        let ready = match self.wait_for_frames(wait, interest) {
             Ok(ready) => ready,
             Err(e) => return Ok(Err(e)),
         };
@@ -331,52 +332,79 @@ impl Guest<'_> {
         Ok(Ok(Flow::Continue))
     }
 
-    /// Blocks up to `wait` (`None`: forever) for frames; returns the NICs
-    /// that have some.
-    fn wait_for_frames(&mut self, wait: Option<Duration>) -> Result<u64, GuestError> {
+    /// Blocks up to `wait` (`None`: forever) for frames on the NICs in
+    /// `interest`; returns those that have some. Frames on other NICs never
+    /// end the wait (nobody in the guest waits for them). A stop request or
+    /// the end of the guest (the monitor's eventfd) ends it early.
+    fn wait_for_frames(&mut self, wait: Option<Duration>, interest: u64) -> Result<u64, GuestError> {
         let ring_error = |e: net::NicRingError| GuestError::Frame { nic: e.nic, source: FrameError::Ring(e.error) };
-        // The monitor's eventfd wakes every wait when the guest is asked to
-        // stop or must end; it is emptied after the wait.
         let wake = self.monitor.wake.as_raw_fd();
-        if self.nics.is_empty() {
-            if !wait.is_some_and(|w| w.is_zero()) {
-                let _ = crate::tap::wait_readable(&[wake], wait);
-                let _ = self.monitor.wake.read();
-            }
-            return Ok(0);
-        }
+        let nonblocking = wait.is_some_and(|w| w.is_zero());
+        let mut fds: Vec<i32> = Vec::new();
         if !self.rings {
-            let mut fds: Vec<i32> = self.nics.iter().filter_map(|n| n.tap()).map(|t| t.fd()).collect();
+            fds = self
+                .nics
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| interest & (1 << i) != 0)
+                .filter_map(|(_, n)| n.tap())
+                .map(|t| t.fd())
+                .collect();
             let taps = fds.len();
             fds.push(wake);
             let ready = crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
-                nic: self.nics[0].name.clone(),
+                nic: self.nics.first().map_or_else(|| "(none)".into(), |n| n.name.clone()),
                 source: FrameError::Host(e.to_string()),
             })?;
             if ready & (1 << taps) != 0 {
                 let _ = self.monitor.wake.read();
             }
-            return Ok(ready & !(1 << taps));
+            // Bit i of `ready` is the i-th NIC of interest: map it back.
+            let mut out = 0;
+            let mut k = 0;
+            for i in 0..self.nics.len() {
+                if interest & (1 << i) != 0 && self.nics[i].tap().is_some() {
+                    if ready & (1 << k) != 0 {
+                        out |= 1 << i;
+                    }
+                    k += 1;
+                }
+            }
+            return Ok(out);
         }
-        let mut ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
-        if ready != 0 || wait.is_some_and(|w| w.is_zero()) {
-            return Ok(ready);
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            let ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest;
+            if ready != 0 || nonblocking {
+                return Ok(ready);
+            }
+            if net::tx_pending(self.nics, self.mem).map_err(ring_error)? {
+                let _ = self.io.doorbell.write(1);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(0);
+            }
+            fds.clear();
+            fds.push(wake);
+            if interest != 0 {
+                fds.push(self.io.rx_notify.as_raw_fd());
+            }
+            self.io.guest_waiting.store(interest, Ordering::SeqCst);
+            // Pairs with the I/O thread's fence between publishing frames and
+            // reading `guest_waiting`: one of the two sees the other.
+            fence(Ordering::SeqCst);
+            let ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest;
+            let woke = if ready == 0 { crate::tap::wait_readable(&fds, left).unwrap_or(0) } else { 0 };
+            self.io.guest_waiting.store(0, Ordering::SeqCst);
+            let _ = self.io.rx_notify.read();
+            if woke & 1 != 0 {
+                // Asked to stop, or ending: let the guest (or the serve
+                // loop) see it now.
+                let _ = self.monitor.wake.read();
+                return Ok(net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest);
+            }
         }
-        if net::tx_pending(self.nics, self.mem).map_err(ring_error)? {
-            let _ = self.io.doorbell.write(1);
-        }
-        self.io.guest_waiting.store(true, Ordering::SeqCst);
-        // Pairs with the I/O thread's fence between publishing frames and
-        // reading `guest_waiting`: one of the two sees the other.
-        fence(Ordering::SeqCst);
-        ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)?;
-        if ready == 0 {
-            let _ = crate::tap::wait_readable(&[self.io.rx_notify.as_raw_fd(), wake], wait);
-        }
-        self.io.guest_waiting.store(false, Ordering::SeqCst);
-        let _ = self.io.rx_notify.read();
-        let _ = self.monitor.wake.read();
-        net::rx_ready(self.nics, self.mem).map_err(ring_error)
     }
 
     fn nic(&self, call: Hypercall, device: u32, rings: bool) -> Result<&Nic, GuestError> {

@@ -447,6 +447,54 @@ fn malformed_frames_are_dropped_and_echo_keeps_serving() {
     let _ = g.child.0.kill();
 }
 
+/// The CPU time (user + system, in clock ticks of 10 ms) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A guest that takes its NIC and never reads it, while frames keep
+/// arriving: the host must not spend a core on it (rings: the guest's
+/// executor, the I/O thread; hypercalls: poll exits).
+fn a_nic_nobody_reads_costs_no_cpu(tender_args: &[&str]) {
+    let ns = namespace();
+    let mut args = vec!["--stats", "--timeout", "30s"];
+    args.extend_from_slice(tender_args);
+    let mut g = Guest::start(&ns, netprobe_image(), &args, &["hold-nic", "3"]);
+    g.wait_line("netprobe: holding the NIC", Duration::from_secs(20));
+    let mac = skiff_tender::net::generated_mac("service");
+    // More frames than the receive ring holds (256 slots).
+    let frames: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| [&mac[..], &[0x02, 0, 0, 0, 0, 0x99], &[0x08, 0x00], &i.to_be_bytes()[..], &[0u8; 60][..]].concat())
+        .collect();
+    let sent = ns.send_raw_frames(TAP, frames).expect("send raw frames");
+    assert!(sent >= 590, "only {sent} frames went out");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = g.child.0.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_ticks(pid) - before;
+    let (status, out) = g.finish(Duration::from_secs(20));
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("netprobe: done holding"), "{out}");
+    // 1.5 s of a busy core is 150 ticks; allow 10% of that.
+    assert!(used <= 15, "the tender used {used} ticks (10 ms each) of CPU in 1.5 s for an idle guest:\n{out}");
+}
+
+#[test]
+fn a_nic_nobody_reads_costs_no_cpu_with_rings() {
+    a_nic_nobody_reads_costs_no_cpu(&[]);
+}
+
+#[test]
+fn a_nic_nobody_reads_costs_no_cpu_with_hypercalls() {
+    a_nic_nobody_reads_costs_no_cpu(&["--net-rings", "off"]);
+}
+
 #[test]
 fn the_hypercall_transport_moves_frames_in_batches() {
     let ns = namespace();
@@ -497,8 +545,29 @@ fn nics_must_match_the_manifest_and_exist() {
     assert_eq!(status, 125);
     assert!(err.contains("the image declares no NIC of that name (it has: service)"), "{err}");
     let (status, err) = run(&["--net", "service"]);
-    assert_eq!(status, 2);
+    assert_eq!(status, 124, "a command-line error, not a service's status 2");
     assert!(err.contains("expected NAME=TAPDEVICE"), "{err}");
+    // --publish without the user network names what to add.
+    let (status, err) = run(&["--net", "service=tap9", "--publish", "8080:80"]);
+    assert_eq!(status, 125);
+    assert!(err.contains("--publish needs a NIC on the user network: --net service=user"), "{err}");
+    // An image without NICs says how a service declares one.
+    let hello = common::guest("examples/hello");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(["--net", "service=user"])
+        .arg(hello)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(err.contains(r#"it has no NICs: a service declares one with #[skiff::main(net = "service")]"#), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(["--publish", "8080:80"])
+        .arg(hello)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--publish needs a NIC on the user network, but the image has no NIC"), "{err}");
 }
 
 #[test]

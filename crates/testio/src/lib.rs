@@ -126,7 +126,7 @@ impl Write for End {
 pub struct ManualClock;
 
 impl Platform for ManualClock {
-    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
+    fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
         if let Some(t) = timeout {
             skiff_rt::time::advance_manual_clock(t);
         }

@@ -25,14 +25,15 @@ fn addr_of<T>(arg: &mut T) -> u32 {
     arg as *mut T as usize as u32
 }
 
-/// Blocks until a device is ready or `timeout` passes (`None`: wait for a
-/// device only). Returns the ready set, one bit per device.
-pub fn poll(timeout: Option<Duration>) -> u64 {
+/// Blocks until a device in `interest` is ready or `timeout` passes
+/// (`None`: wait for a device only). Returns the ready set, one bit per
+/// device.
+pub fn poll(timeout: Option<Duration>, interest: u64) -> u64 {
     let timeout_nanos = match timeout {
         Some(t) => u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1),
         None => u64::MAX,
     };
-    let mut args = PollArgs { timeout_nanos, ready: 0 };
+    let mut args = PollArgs { timeout_nanos, ready: interest };
     // SAFETY: `args` is a live PollArgs for the duration of the call.
     unsafe { hypercall(Hypercall::Poll, addr_of(&mut args)) };
     args.ready
@@ -214,23 +215,23 @@ impl Hvt {
 }
 
 impl crate::executor::Platform for Hvt {
-    fn poll(&mut self, timeout: Option<Duration>) -> u64 {
-        let ready = self.devices.ready_now();
+    fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64 {
+        let ready = self.devices.ready_now() & interest;
         if ready != 0 {
             return ready;
         }
         // Spin on the rings a little before paying for an exit.
-        if self.devices.spin_ticks > 0 && timeout.is_none_or(|t| !t.is_zero()) {
+        if interest != 0 && self.devices.spin_ticks > 0 && timeout.is_none_or(|t| !t.is_zero()) {
             let until = rdtsc().saturating_add(self.devices.spin_ticks);
             while rdtsc() < until {
-                let ready = self.devices.ready_now();
+                let ready = self.devices.ready_now() & interest;
                 if ready != 0 {
                     return ready;
                 }
                 core::hint::spin_loop();
             }
         }
-        let ready = poll(timeout);
+        let ready = poll(timeout, interest);
         for (i, s) in self.devices.slots.iter().enumerate() {
             if ready & (1 << i) != 0 && s.rx.is_none() {
                 s.hint.set(true);

@@ -10,6 +10,8 @@
 //!   addresses) for SECONDS, then exit;
 //! - `oversize-frame`: hand the tender a 2000-byte frame with `NetWrite`
 //!   (run with `--net-rings off`), which must end the guest;
+//! - `hold-nic SECONDS` (alone, without network options): take the NIC,
+//!   never read it, and sleep; what arrives must not cost the host CPU;
 //! - `bulk`: serve bulk transfers for the benchmarks: TCP port 9 reads
 //!   everything it is sent and answers with the byte count (8 bytes, little
 //!   endian) when the sender closes; port 19 reads an 8-byte length and
@@ -24,6 +26,15 @@ use skiff::time::{sleep, timeout};
 
 #[skiff::main(net = "service", outbound)]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
+    if let [cmd, seconds] = env.args() {
+        if cmd == "hold-nic" {
+            let _nic = env.take_net("service")?;
+            info!("netprobe: holding the NIC without reading it");
+            sleep(Duration::from_secs(seconds.parse()?)).await;
+            info!("netprobe: done holding");
+            return Ok(());
+        }
+    }
     let (config, rest) = NetConfig::from_args(env.args())?;
     let flooding = rest.first().is_some_and(|s| s == "flood");
     let nic = env.take_net("service")?;
