@@ -42,6 +42,14 @@ pub use skiff_rt::{DeviceError, Env, ExitStatus, MainResult, NetDevice};
 /// exits with status 1.
 pub type Error = alloc::boxed::Box<dyn core::error::Error>;
 
+/// The async byte-stream traits (`embedded-io-async`) that TCP and TLS
+/// streams implement (feature `net`): `use skiff::io::Write as _` for
+/// `write_all` on a TLS stream.
+#[cfg(feature = "net")]
+pub mod io {
+    pub use embedded_io_async::{ErrorType, Read, Write};
+}
+
 /// Networking (feature `net`): the stack, TCP, UDP, DNS and DHCP.
 #[cfg(feature = "net")]
 pub use skiff_net as net;
