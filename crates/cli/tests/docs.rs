@@ -214,9 +214,9 @@ fn docs_crate() -> PathBuf {
     write_if_changed(&dir.join("Cargo.toml"), &manifest);
     write_if_changed(&dir.join("build.rs"), &build);
     write_if_changed(&dir.join("site/index.html"), "<!doctype html><title>Skiff</title><p>hello</p>\n");
-    if !dir.join("Cargo.lock").exists() {
-        std::fs::copy(root.join("examples/static-website/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-    }
+    // Every run: a lock file cargo rewrote without Skiff's getrandom patch
+    // (a `cargo clean` by hand) must not stay.
+    std::fs::copy(root.join("examples/static-website/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
     let _ = std::fs::remove_dir_all(&fresh);
     dir
 }
@@ -278,6 +278,16 @@ fn the_templates_are_the_readme_samples() {
     assert_eq!(blocks.first().map(|b| b.code.as_str()), Some(template("default").as_str()), "the first sample");
     let https = template("https");
     assert!(blocks.iter().any(|b| b.code == https), "the README does not show the https template:\n{https}");
+
+    // They are outside the workspace's `cargo fmt`: formatted as the rest.
+    let templates = workspace().join("crates/cli/templates");
+    let out = Command::new("rustfmt")
+        .args(["--check", "--edition", "2024", "--config-path"])
+        .arg(workspace().join("rustfmt.toml"))
+        .args(["default/main.rs", "https/main.rs", "https/build.rs"].map(|f| templates.join(f)))
+        .output()
+        .expect("run rustfmt");
+    assert!(out.status.success(), "the templates are not formatted:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
