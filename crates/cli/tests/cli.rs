@@ -152,18 +152,31 @@ fn a_service_that_calls_libc_fails_to_link_instead_of_pulling_in_glibc() {
     assert!(out.stderr.contains("needs a C library or OS function"), "{}", out.stderr);
 }
 
+/// A `skiff run` in the background, ended when dropped (also when a test
+/// fails).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `skiff run ARGS` with its output in `out`, and waits until a
 /// line of it contains `ready` (the guest is serving) and the tender has
 /// printed the host address published for `guest_port`.
-fn run_until_published(args: &[&str], out: &Path, ready: &str, guest_port: u16) -> (std::process::Child, String) {
+fn run_until_published(args: &[&str], out: &Path, ready: &str, guest_port: u16) -> (Running, String) {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let file = std::fs::File::create(out).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(args)
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let running = Running(
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
     let published = format!("/tcp -> guest port {guest_port}");
     let start = std::time::Instant::now();
     loop {
@@ -172,7 +185,7 @@ fn run_until_published(args: &[&str], out: &Path, ready: &str, guest_port: u16) 
             && let Some(line) = text.lines().find(|l| l.contains(&published))
         {
             let addr = line.split_whitespace().nth(1).unwrap().trim_end_matches("/tcp").to_string();
-            return (child, addr);
+            return (running, addr);
         }
         assert!(start.elapsed() < std::time::Duration::from_secs(300), "the service did not come up:\n{text}");
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -205,12 +218,11 @@ fn the_https_template_serves_its_api_to_curl() {
     let log = workspace().join("target/cli-tests/https-template.out");
     let target_dir = guest_target_dir();
     let args = ["run", d, "-q", "--target-dir", &target_dir, "--publish", "0:443", "--timeout", "120s"];
-    let (mut child, addr) = run_until_published(&args, &log, "HTTPS on 10.0.2.15:443", 443);
+    let (running, addr) = run_until_published(&args, &log, "HTTPS on 10.0.2.15:443", 443);
     let hello = curl(&[&format!("https://{addr}/hello")]);
     let echo = curl(&["--data-binary", "ping over TLS", &format!("https://{addr}/echo")]);
     let missing = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("https://{addr}/nothing")]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(hello, "hello\n", "{text}");
     assert_eq!(echo, "ping over TLS", "{text}");
@@ -232,14 +244,13 @@ fn run_puts_a_service_with_a_nic_on_the_user_network() {
     let target_dir = guest_target_dir();
     let args =
         ["run", echo.to_str().unwrap(), "-q", "--target-dir", &target_dir, "--publish", "0:7", "--timeout", "60s"];
-    let (mut child, addr) = run_until_published(&args, &out, "echo: serving", 7);
+    let (running, addr) = run_until_published(&args, &out, "echo: serving", 7);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"no root needed").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut back = String::new();
     s.read_to_string(&mut back).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(back, "no root needed");
     assert!(text.contains("NIC \"service\" goes on the user network"), "{text}");
