@@ -1,11 +1,14 @@
 //! `skiff`: create, build, run and inspect Skiff services.
 //!
-//! - `skiff new NAME` makes a service crate that builds and runs as it is.
+//! - `skiff new NAME [--template https]` makes a service crate that builds
+//!   and runs as it is.
 //! - `skiff build [DIR]` compiles a service crate into a checked image.
 //! - `skiff run [DIR|IMAGE] [-- ARGS]` builds when needed and boots the
 //!   image with the tender (in this process), passing ARGS to the service.
 //! - `skiff inspect IMAGE` shows an image's size, segments, entry points,
 //!   manifest and check results.
+
+#![forbid(unsafe_code)]
 
 mod new;
 

@@ -51,10 +51,12 @@ fn a_new_service_builds_and_runs_as_it_is() {
     assert!(out.stdout.contains("created service `fresh-service`"));
     assert!(dir.join("Cargo.toml").is_file() && dir.join("src/main.rs").is_file());
 
-    let run = skiff(&["run", d, "--target-dir", &guest_target_dir(), "-q", "--", "hello", "world"]);
+    // The default template is the README's first sample (tests/docs.rs
+    // checks the text): it greets its first argument and ticks three times.
+    let run = skiff(&["run", d, "--target-dir", &guest_target_dir(), "-q", "--", "Ada"]);
     assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains(r#"fresh-service is up; arguments: ["hello", "world"]"#), "{}", run.stdout);
-    assert!(run.stdout.contains("bye"), "{}", run.stdout);
+    assert!(run.stdout.contains("hello, Ada"), "{}", run.stdout);
+    assert!(run.stdout.contains("tick 2"), "{}", run.stdout);
 
     let again = skiff(&["new", "fresh-service", "--path", d]);
     assert_eq!(again.status, 125);
@@ -150,20 +152,87 @@ fn a_service_that_calls_libc_fails_to_link_instead_of_pulling_in_glibc() {
     assert!(out.stderr.contains("needs a C library or OS function"), "{}", out.stderr);
 }
 
+/// A `skiff run` in the background, ended when dropped (also when a test
+/// fails).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `skiff run ARGS` with its output in `out`, and waits until a
+/// line of it contains `ready` (the guest is serving) and the tender has
+/// printed the host address published for `guest_port`.
+fn run_until_published(args: &[&str], out: &Path, ready: &str, guest_port: u16) -> (Running, String) {
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(out).unwrap();
+    let running = Running(
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    let published = format!("/tcp -> guest port {guest_port}");
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if text.contains(ready)
+            && let Some(line) = text.lines().find(|l| l.contains(&published))
+        {
+            let addr = line.split_whitespace().nth(1).unwrap().trim_end_matches("/tcp").to_string();
+            return (running, addr);
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(300), "the service did not come up:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--insecure", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl (scripts/setup installs it)");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
-fn the_readme_service_example_builds_and_runs() {
+fn the_https_template_serves_its_api_to_curl() {
     require_kvm();
-    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
-    let code =
-        readme.split("```rust\n").nth(1).and_then(|s| s.split("```").next()).expect("README has a rust code block");
-    let dir = scratch("readme-example");
-    let out = skiff(&["new", "readme-example", "--path", dir.to_str().unwrap()]);
+    let dir = scratch("https-template");
+    let d = dir.to_str().unwrap();
+    let out = skiff(&["new", "https-template", "--template", "https", "--path", d]);
     assert_eq!(out.status, 0, "{}", out.stderr);
-    std::fs::write(dir.join("src/main.rs"), code).unwrap();
-    let run = skiff(&["run", dir.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q", "--", "Ada"]);
-    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("hello, Ada"), "{}", run.stdout);
-    assert!(run.stdout.contains("tick 2"), "{}", run.stdout);
+    assert!(out.stdout.contains("curl -k https://localhost:8443/hello"), "{}", out.stdout);
+    assert!(dir.join("build.rs").is_file());
+    // The demo's lock file: the same dependency versions as the boot tests
+    // build, so the shared guest target directory already has them.
+    std::fs::copy(workspace().join("examples/static-website/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+
+    let log = workspace().join("target/cli-tests/https-template.out");
+    let target_dir = guest_target_dir();
+    let args = ["run", d, "-q", "--target-dir", &target_dir, "--publish", "0:443", "--timeout", "120s"];
+    let (running, addr) = run_until_published(&args, &log, "HTTPS on 10.0.2.15:443", 443);
+    let hello = curl(&[&format!("https://{addr}/hello")]);
+    let echo = curl(&["--data-binary", "ping over TLS", &format!("https://{addr}/echo")]);
+    let missing = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("https://{addr}/nothing")]);
+    drop(running);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(hello, "hello\n", "{text}");
+    assert_eq!(echo, "ping over TLS", "{text}");
+    assert_eq!(missing, "404", "{text}");
+
+    // An argument it does not know: one clear line, status 1.
+    let image = workspace().join("target/guest/x86_64-unknown-linux-gnu/release/https-template");
+    let bad = skiff(&["run", image.to_str().unwrap(), "--", "--bogus"]);
+    assert_eq!(bad.status, 1, "{}\n{}", bad.stdout, bad.stderr);
+    assert!(bad.stdout.contains(r#"main failed: unknown argument "--bogus""#), "{}", bad.stdout);
 }
 
 #[test]
@@ -172,33 +241,16 @@ fn run_puts_a_service_with_a_nic_on_the_user_network() {
     use std::io::{Read, Write};
     let echo = workspace().join("examples/echo");
     let out = workspace().join("target/cli-tests/run-user.out");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let file = std::fs::File::create(&out).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["run", echo.to_str().unwrap(), "-q", "--target-dir", &guest_target_dir()])
-        .args(["--publish", "0:7", "--timeout", "60s"])
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    let addr = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.contains("echo: serving")
-            && let Some(line) = text.lines().find(|l| l.contains("/tcp -> guest port 7"))
-        {
-            break line.split_whitespace().nth(1).unwrap().trim_end_matches("/tcp").to_string();
-        }
-        assert!(start.elapsed() < std::time::Duration::from_secs(120), "echo did not come up:\n{text}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let target_dir = guest_target_dir();
+    let args =
+        ["run", echo.to_str().unwrap(), "-q", "--target-dir", &target_dir, "--publish", "0:7", "--timeout", "60s"];
+    let (running, addr) = run_until_published(&args, &out, "echo: serving", 7);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"no root needed").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut back = String::new();
     s.read_to_string(&mut back).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(back, "no root needed");
     assert!(text.contains("NIC \"service\" goes on the user network"), "{text}");

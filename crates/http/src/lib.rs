@@ -16,10 +16,12 @@
 //! - [`client`]: requests to other servers, over HTTP or HTTPS.
 //!
 //! ```ignore
-//! let router = Router::new()
-//!     .route(Method::Get, "/hello", |_req| async { Response::text(Status::OK, "hello\n") });
+//! use skiff::http::{Method, Request, Response, Router, Server, ServerConfig, Status};
+//!
+//! let hello = |_req: Request| async { Response::text(Status::OK, "hello\n") };
+//! let router = Router::new().route(Method::Get, "/hello", hello);
 //! let server = Rc::new(Server::new(router, ServerConfig::default()));
-//! server.serve_tcp(&env.spawner(), TcpListener::bind(&stack, 80)?).await?;
+//! server.serve_tcp(env.spawner(), skiff::net::TcpListener::bind(&stack, 80)?).await?;
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

@@ -1,13 +1,16 @@
 //! A small router: method and path to an async handler.
 //!
 //! ```ignore
+//! use skiff::http::{Body, Method, Request, Response, Router, StaticFiles, Status};
+//!
+//! let files = StaticFiles::new(skiff::kv::include_store!("site.kv")?);
 //! let router = Router::new()
-//!     .route(Method::Get, "/hello", |_req| async { Response::text(Status::OK, "hello\n") })
+//!     .route(Method::Get, "/hello", |_req: Request| async { Response::text(Status::OK, "hello\n") })
 //!     .route(Method::Post, "/echo", |req: Request| async move {
 //!         Response::new(Status::OK).body(Body::Bytes(req.body))
 //!     })
-//!     .route(Method::Get, "/static/*", files)   // a prefix
-//!     .fallback(|_req| async { Response::error(Status::NOT_FOUND) });
+//!     .route(Method::Get, "/static/*", files) // a prefix
+//!     .fallback(|_req: Request| async { Response::error(Status::NOT_FOUND) });
 //! ```
 //!
 //! A path that some route matches with another method gets 405 with an

@@ -38,21 +38,25 @@
 //! (and tells cargo to run again when a file in it changes; set
 //! `SKIFF_KV_VERBOSE=1` to see a one-line summary):
 //!
-//! ```ignore
+//! ```no_run
+//! # #[cfg(feature = "build")]
 //! fn main() -> Result<(), skiff_kv::build::BuildError> {
 //!     skiff_kv::build::bake_for_build_script("site", "site.kv")?;
 //!     Ok(())
 //! }
+//! # #[cfg(not(feature = "build"))]
+//! # fn main() {}
 //! ```
 //!
-//! The service opens the baked blob with [`include_store!`] and serves
-//! from it:
+//! The service (through `skiff::kv`, the `kv` feature of `skiff`) opens the
+//! baked blob with [`include_store!`] and serves from it:
 //!
 //! ```ignore
-//! use skiff_kv::{Lookup, Store};
+//! use skiff::kv::{Lookup, Store};
 //!
-//! let site: Store<'static> = skiff_kv::include_store!("site.kv")?;
-//! // `path` is the request target's path, percent-decoded, query removed.
+//! let site: Store<'static> = skiff::kv::include_store!("site.kv")?;
+//! // The request target's path, percent-decoded, query removed.
+//! let (path, accepts_gzip) = ("/index.html", true);
 //! match site.resolve(path) {
 //!     Lookup::Found(entry) => {
 //!         let rep = entry.representation(accepts_gzip);

@@ -2,19 +2,26 @@
 //! runtime calls, and emits the image's manifest note.
 //!
 //! ```ignore
-//! #[skiff::main]
-//! async fn main(env: skiff::Env) -> Result<(), MyError> { ... }
+//! #![no_std]
+//! #![no_main]
 //!
-//! #[skiff::main(net = "service")]          // declares a NIC named "service"
-//! async fn main(env: skiff::Env) { ... }
-//!
-//! #[skiff::main(net = "service", outbound)] // ... that connects out
-//! async fn main(env: skiff::Env) { ... }
+//! // Declares a NIC named "service" that makes outgoing connections.
+//! #[skiff::main(net = "service", outbound)]
+//! async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
+//!     let nic = env.take_net("service")?;
+//!     skiff::log::info!("MAC {:02x?}", nic.mac());
+//!     Ok(())
+//! }
 //! ```
 //!
-//! The function may take no argument or one (the [`Env`]), and may return
-//! anything that implements `skiff::MainResult`: `()`, `ExitStatus`, or a
-//! `Result` whose error implements `Display`.
+//! `#[skiff::main]` alone declares no device; `net = "NAME"` declares a NIC
+//! (repeat it for more), and `outbound` says the service connects out
+//! through its NICs. The function may take no argument or one (the
+//! [`Env`]), and may return anything that implements `skiff::MainResult`:
+//! `()`, `ExitStatus`, or a `Result` whose error implements `Display`
+//! (`skiff::Error` takes any error with `?`). The guest-only examples in
+//! these crates are fenced `ignore` for rustdoc, which builds for the host;
+//! `crates/cli/tests/docs.rs` builds each of them for the guest.
 //!
 //! The parser is a few lines over the token stream rather than `syn`: the
 //! attribute only needs the function's name, whether it is `async`, and

@@ -13,6 +13,11 @@
 //! - [`config`]: addresses from the guest's command line.
 //!
 //! ```ignore
+//! #![no_std]
+//! #![no_main]
+//!
+//! use skiff::net::{NetConfig, Stack, TcpListener};
+//!
 //! #[skiff::main(net = "service")]
 //! async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
 //!     let (config, _rest) = NetConfig::from_args(env.args())?;
@@ -20,7 +25,14 @@
 //!     let listener = TcpListener::bind(&stack, 7)?;
 //!     loop {
 //!         let (mut stream, _peer) = listener.accept().await?;
-//!         env.spawn(async move { /* read and write */ });
+//!         env.spawn(async move {
+//!             let mut buf = [0u8; 1024];
+//!             while let Ok(n @ 1..) = stream.read(&mut buf).await {
+//!                 if stream.write_all(&buf[..n]).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
 //!     }
 //! }
 //! ```

@@ -23,6 +23,7 @@
 //! clocks ([`time`]), logging through the [`log`] facade, a cooperative
 //! executor ([`task`]) and the panic handler.
 #![cfg_attr(skiff_guest, no_std)]
+#![forbid(unsafe_code)]
 
 pub extern crate alloc;
 
@@ -30,9 +31,24 @@ pub use log;
 pub use skiff_macros::main;
 pub use skiff_rt::{DeviceError, Env, ExitStatus, MainResult, NetDevice};
 
-/// A boxed error: what `?` turns any error into in a `main` that returns
-/// `Result<(), skiff::Error>`.
+/// The error type for a service's `main`: any error, boxed.
+///
+/// Every error type of Skiff's crates (`net::TcpError`, `net::ConfigError`,
+/// [`DeviceError`], `tls::TlsError`, `kv::KvError`, ...) implements
+/// [`core::error::Error`], and so does any error type made with `thiserror`;
+/// `?` turns each into a `skiff::Error`, and a `String` or a `&str` too
+/// (`return Err(format!("bad port {p}").into())`). When `main` returns an
+/// `Err`, the runtime logs `main failed: ` and the error, and the guest
+/// exits with status 1.
 pub type Error = alloc::boxed::Box<dyn core::error::Error>;
+
+/// The async byte-stream traits (`embedded-io-async`) that TCP and TLS
+/// streams implement (feature `net`): `use skiff::io::Write as _` for
+/// `write_all` on a TLS stream.
+#[cfg(feature = "net")]
+pub mod io {
+    pub use embedded_io_async::{ErrorType, Read, Write};
+}
 
 /// Networking (feature `net`): the stack, TCP, UDP, DNS and DHCP.
 #[cfg(feature = "net")]
@@ -110,6 +126,7 @@ pub mod prelude {
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;
     pub use alloc::format;
+    pub use alloc::rc::Rc;
     pub use alloc::string::{String, ToString};
     pub use alloc::vec;
     pub use alloc::vec::Vec;

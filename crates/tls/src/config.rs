@@ -146,9 +146,9 @@ impl ServerOptions {
     }
 
     /// A server configuration for the certificate chain (leaf first) and
-    /// private key in PEM form.
-    pub fn build(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, TlsError> {
-        self.build_der(certificates_from_pem(chain_pem)?, private_key_from_pem(key_pem)?)
+    /// private key in PEM form (`&str`, `String` or bytes).
+    pub fn build(&self, chain_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Result<ServerConfig, TlsError> {
+        self.build_der(certificates_from_pem(chain_pem.as_ref())?, private_key_from_pem(key_pem.as_ref())?)
     }
 
     /// A server configuration for a chain and key already decoded.

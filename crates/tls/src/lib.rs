@@ -8,14 +8,20 @@
 //! [`TlsStream`] drives it over any async byte stream (Skiff's TCP streams,
 //! or an in-memory pipe in tests) through the `embedded-io-async` traits.
 //!
+//! A service reaches it as `skiff::tls` (the `tls` feature of `skiff`):
+//!
 //! ```ignore
-//! let config = skiff_tls::ServerOptions::default()
-//!     .alpn(&[b"http/1.1"])
-//!     .build(CERT_PEM, KEY_PEM)?;
-//! let acceptor = skiff_tls::TlsAcceptor::new(config)?;
-//! let (tcp, peer) = listener.accept().await?;
-//! let mut tls = acceptor.accept(tcp).await?;      // handshake
-//! tls.write_all(b"hello").await?;                   // embedded_io_async::Write
+//! use skiff::io::Write as _;
+//! use skiff::tls::{ServerOptions, TlsAcceptor};
+//!
+//! // The chain and key in PEM: `&str` (`include_str!`) or bytes.
+//! let config = ServerOptions::default().alpn(&[b"http/1.1"]).build(CERT_PEM, KEY_PEM)?;
+//! let acceptor = TlsAcceptor::new(config)?;
+//! let listener = skiff::net::TcpListener::bind(&stack, 443)?;
+//! let (tcp, _peer) = listener.accept().await?;
+//! let mut tls = acceptor.accept(tcp).await?; // the handshake
+//! tls.write_all(b"hello").await?; // skiff::io::Write (embedded-io-async)
+//! tls.close().await?;
 //! ```
 //!
 //! What it offers: TLS 1.2 and 1.3 (either can be forced), ALPN, session
