@@ -9,11 +9,15 @@
 //! leave this module are to atomic integers ([`GuestMemory::atomic_u32`]),
 //! for the indices of the shared-memory rings.
 //!
-//! Concurrency: the vCPU thread touches guest memory while the vCPU is
-//! stopped; the network I/O thread touches only the frame rings, at the same
-//! time as the running guest. The ring protocol keeps the two sides on
-//! different bytes; a guest that breaks it can only garble the bytes of its
-//! own frames, which the tender treats as plain data.
+//! Concurrency: guest memory can change under the tender at any time. The
+//! vCPU thread touches it while the vCPU is stopped, but the network I/O
+//! thread and the monitor touch the rings and the shared area while the
+//! guest runs (see [`crate::rings`] for the ring protocol and its
+//! ordering). So every copy in or out is made with volatile accesses, each
+//! byte read once into host memory, and only that host copy is ever
+//! checked or used: nothing here assumes guest bytes stay as they were. A
+//! guest that breaks the protocol can only garble its own frames, which the
+//! tender treats as plain data.
 
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
@@ -156,10 +160,9 @@ impl GuestMemory {
     /// Copies `out.len()` bytes from guest memory.
     pub fn read(&self, addr: GuestAddr, out: &mut [u8]) -> Result<(), MemoryError> {
         let offset = self.check(addr, out.len() as u64)?;
-        // SAFETY: `check` proved the range is inside the mapping; `out` is a
-        // distinct host buffer; the vCPU is stopped, so nothing writes the
-        // range meanwhile.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        // SAFETY: `check` proved the range is inside the mapping, which
+        // lives as long as `self`; `out` is a distinct host buffer.
+        unsafe { copy_out(self.base.as_ptr().add(offset), out) };
         Ok(())
     }
 
@@ -176,7 +179,7 @@ impl GuestMemory {
         let offset = self.check(addr, data.len() as u64)?;
         // SAFETY: `check` proved the range is inside the mapping, which this
         // value owns; `data` is a distinct host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(offset), data.len()) };
+        unsafe { copy_in(data, self.base.as_ptr().add(offset)) };
         Ok(())
     }
 
@@ -197,19 +200,65 @@ impl GuestMemory {
 
     /// Reads a plain-old-data value.
     pub fn read_obj<T: Pod>(&self, addr: GuestAddr) -> Result<T, MemoryError> {
-        let offset = self.check(addr, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping (checked); `T: Pod` is
-        // valid for any bytes; `read_unaligned` has no alignment demand.
-        Ok(unsafe { self.base.as_ptr().add(offset).cast::<T>().read_unaligned() })
+        let mut value = T::default();
+        // SAFETY: `T: Pod` has no padding and is valid for any bytes, so its
+        // storage may be viewed as bytes and filled with any.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), std::mem::size_of::<T>()) };
+        self.read(addr, bytes)?;
+        Ok(value)
     }
 
     /// Writes a plain-old-data value.
     pub fn write_obj<T: Pod>(&self, addr: GuestAddr, value: &T) -> Result<(), MemoryError> {
-        let offset = self.check(addr, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the range is inside the mapping (checked) and owned by
-        // this value; `write_unaligned` has no alignment demand.
-        unsafe { self.base.as_ptr().add(offset).cast::<T>().write_unaligned(*value) };
-        Ok(())
+        // SAFETY: `T: Pod` has no padding, so all its bytes are initialised.
+        let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) };
+        self.write(addr, bytes)
+    }
+}
+
+/// Copies guest bytes at `src` into `out` with volatile reads: eight bytes
+/// at a time where `src` is 8-byte aligned (frame slots are), else one by
+/// one.
+///
+/// # Safety
+/// `src..src + out.len()` must be inside a live mapping.
+unsafe fn copy_out(src: *const u8, out: &mut [u8]) {
+    let mut i = 0;
+    if src.align_offset(8) == 0 {
+        while i + 8 <= out.len() {
+            // SAFETY: in range (caller), and aligned: `src` is, and `i` is a
+            // multiple of 8.
+            let word = unsafe { src.add(i).cast::<u64>().read_volatile() };
+            out[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+            i += 8;
+        }
+    }
+    for (k, b) in out.iter_mut().enumerate().skip(i) {
+        // SAFETY: in range (caller).
+        *b = unsafe { src.add(k).read_volatile() };
+    }
+}
+
+/// Copies `data` to guest bytes at `dst` with volatile writes, like
+/// [`copy_out`].
+///
+/// # Safety
+/// `dst..dst + data.len()` must be inside a live, writable mapping.
+unsafe fn copy_in(data: &[u8], dst: *mut u8) {
+    let mut i = 0;
+    if dst.align_offset(8) == 0 {
+        while i + 8 <= data.len() {
+            let word = u64::from_ne_bytes(data[i..i + 8].try_into().expect("8 bytes"));
+            // SAFETY: in range (caller), and aligned: `dst` is, and `i` is a
+            // multiple of 8.
+            unsafe { dst.add(i).cast::<u64>().write_volatile(word) };
+            i += 8;
+        }
+    }
+    for (k, &b) in data.iter().enumerate().skip(i) {
+        // SAFETY: in range (caller).
+        unsafe { dst.add(k).write_volatile(b) };
     }
 }
 
@@ -233,6 +282,18 @@ mod tests {
         assert_eq!(m.read_obj::<u64>(GuestAddr(0x1003)).unwrap(), 0x1122_3344_5566_7788);
         m.write(GuestAddr(10), b"skiff").unwrap();
         assert_eq!(m.read_vec(GuestAddr(10), 5).unwrap(), b"skiff");
+    }
+
+    #[test]
+    fn copies_of_every_length_and_alignment_round_trip() {
+        let m = GuestMemory::new(1 << 20).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        for start in 0x2000..0x2010u64 {
+            for len in [0usize, 1, 7, 8, 9, 16, 17, 63, 64, 100] {
+                m.write(GuestAddr(start), &data[..len]).unwrap();
+                assert_eq!(m.read_vec(GuestAddr(start), len as u64).unwrap(), &data[..len], "at {start:#x}, {len}");
+            }
+        }
     }
 
     #[test]

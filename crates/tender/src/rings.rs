@@ -5,6 +5,26 @@
 //! is untrusted, so every index it writes is checked: a producer more than
 //! a ring ahead of the consumer, or a frame length out of range, is a
 //! [`RingError`] that ends the guest.
+//!
+//! The protocol and its ordering (the guest's side is `skiff_rt::nic`):
+//!
+//! - Producer: write the slot (length word, then bytes), then store the
+//!   producer index with `Release`. Consumer: load the producer index with
+//!   `Acquire`, copy the slot out, then store the consumer index with
+//!   `Release`; the producer loads it with `Acquire` before reusing a slot.
+//!   So a slot is only ever read after it was published and only reused
+//!   after it was released.
+//! - The tender runs concurrently with the guest (the I/O thread), so slot
+//!   bytes are copied with volatile accesses ([`GuestMemory`]) into host
+//!   buffers, and the length word is read once and checked before the copy.
+//!   A guest that writes a slot it has published races only with itself:
+//!   its frame arrives garbled, as data.
+//! - Sleep flags: a side about to sleep sets its flag (`CONSUMER_SLEEPING`
+//!   on a transmit ring, `PRODUCER_WAITING` on a full receive ring), issues a
+//!   `SeqCst` fence and looks at the ring once more; the other side, after
+//!   publishing (or making room), issues a `SeqCst` fence and reads the flag.
+//!   One of the two always sees the other, so no wake-up is lost; a wake-up
+//!   is the doorbell (`NetNotify`).
 
 use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError};
 use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN, ring};

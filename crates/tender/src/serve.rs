@@ -156,6 +156,15 @@ pub enum VmFailure {
     Kvm(#[from] KvmError),
 }
 
+/// A range of guest memory checked writable for the service
+/// ([`Guest::writable`]); hypercall handlers write to the guest only
+/// through one.
+#[derive(Clone, Copy, Debug)]
+struct Writable {
+    addr: u64,
+    len: u64,
+}
+
 enum Flow {
     Continue,
     End(Outcome),
@@ -254,13 +263,46 @@ impl Guest<'_> {
         Ok(())
     }
 
-    fn read_arg<T: Pod>(&self, addr: u32, write: bool) -> Result<T, ArgError> {
-        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, write)?;
+    /// Guest memory the service may write, as [`Writable`]: the only way
+    /// a hypercall handler writes to the guest.
+    fn writable(&self, addr: u64, len: u64) -> Result<Writable, ArgError> {
+        self.check_user(addr, len, true)?;
+        Ok(Writable { addr, len })
+    }
+
+    /// Writes `bytes` at `offset` into a checked range; past its end is a
+    /// bad argument, never a write.
+    fn write_user(&self, to: Writable, offset: u64, bytes: &[u8]) -> Result<(), ArgError> {
+        let len = bytes.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > to.len) {
+            return Err(ArgError::NotUser { addr: to.addr.saturating_add(offset), len, write: true });
+        }
+        Ok(self.mem.write(GuestAddr(to.addr + offset), bytes)?)
+    }
+
+    /// Reads an argument the service may read.
+    fn read_arg<T: Pod>(&self, addr: u32) -> Result<T, ArgError> {
+        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, false)?;
         Ok(self.mem.read_obj(GuestAddr(u64::from(addr)))?)
     }
 
-    fn write_arg<T: Pod>(&self, addr: u32, value: &T) -> Result<(), ArgError> {
-        Ok(self.mem.write_obj(GuestAddr(u64::from(addr)), value)?)
+    /// Reads an argument the tender answers in place: it must be writable
+    /// by the service, and the handle returned is what `write_arg` takes.
+    fn read_arg_mut<T: Pod>(&self, addr: u32) -> Result<(Writable, T), ArgError> {
+        let to = self.writable(u64::from(addr), std::mem::size_of::<T>() as u64)?;
+        Ok((to, self.mem.read_obj(GuestAddr(to.addr))?))
+    }
+
+    fn write_arg<T: Pod>(&self, to: Writable, value: &T) -> Result<(), ArgError> {
+        self.write_obj(to, 0, value)
+    }
+
+    fn write_obj<T: Pod>(&self, to: Writable, offset: u64, value: &T) -> Result<(), ArgError> {
+        let size = std::mem::size_of::<T>() as u64;
+        if offset.checked_add(size).is_none_or(|end| end > to.len) {
+            return Err(ArgError::NotUser { addr: to.addr.saturating_add(offset), len: size, write: true });
+        }
+        Ok(self.mem.write_obj(GuestAddr(to.addr + offset), value)?)
     }
 
     fn io_out(&mut self, port: u16, value: Option<u32>) -> Flow {
@@ -303,7 +345,7 @@ impl Guest<'_> {
 
     /// `Poll`: sleep until a NIC has frames or the timeout passes.
     fn poll(&mut self, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
-        let mut a: PollArgs = self.read_arg(arg, true)?;
+        let (to, mut a): (_, PollArgs) = self.read_arg_mut(arg)?;
         // Waiting forever without devices is allowed: a stop request (or
         // --timeout) still ends the wait.
         let mut wait = (a.timeout_nanos != u64::MAX).then(|| Duration::from_nanos(a.timeout_nanos));
@@ -328,7 +370,7 @@ impl Guest<'_> {
             return Ok(Ok(Flow::End(Outcome::Timeout(limit))));
         }
         a.ready = ready;
-        self.write_arg(arg, &a)?;
+        self.write_arg(to, &a)?;
         Ok(Ok(Flow::Continue))
     }
 
@@ -418,13 +460,13 @@ impl Guest<'_> {
     /// `NetRead`, `NetWrite` and `NetNotify`.
     fn net_call(&mut self, call: Hypercall, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
         if call == Hypercall::NetNotify {
-            let a: NetNotifyArgs = self.read_arg(arg, false)?;
+            let a: NetNotifyArgs = self.read_arg(arg)?;
             return Ok(self.nic(call, a.device, true).map(|_| {
                 let _ = self.io.doorbell.write(1);
                 Flow::Continue
             }));
         }
-        let mut a: NetIoArgs = self.read_arg(arg, true)?;
+        let (args_to, mut a): (_, NetIoArgs) = self.read_arg_mut(arg)?;
         let nic = match self.nic(call, a.device, false) {
             Ok(nic) => nic,
             Err(e) => return Ok(Err(e)),
@@ -437,14 +479,19 @@ impl Guest<'_> {
         if a.count > NET_BATCH_MAX {
             return Ok(Err(GuestError::Batch { call: call.name(), count: a.count }));
         }
-        let list_len = u64::from(a.count) * std::mem::size_of::<NetFrame>() as u64;
-        self.check_user(a.frames, list_len, call == Hypercall::NetRead)?;
+        let entry = std::mem::size_of::<NetFrame>() as u64;
+        let list_len = u64::from(a.count) * entry;
+        let list = if call == Hypercall::NetRead {
+            Some(self.writable(a.frames, list_len)?)
+        } else {
+            self.check_user(a.frames, list_len, false)?;
+            None
+        };
         let frame_error = |source| GuestError::Frame { nic: nic.name.clone(), source };
         let mut done = 0;
         let mut buf = Box::new([0u8; 65536]);
         for i in 0..u64::from(a.count) {
-            let at = GuestAddr(a.frames + i * std::mem::size_of::<NetFrame>() as u64);
-            let mut f: NetFrame = self.mem.read_obj(at)?;
+            let mut f: NetFrame = self.mem.read_obj(GuestAddr(a.frames + i * entry))?;
             if call == Hypercall::NetWrite {
                 if let Err(e) = net::check_frame_len(f.len) {
                     return Ok(Err(frame_error(e)));
@@ -457,37 +504,39 @@ impl Guest<'_> {
                 if f.cap < NET_FRAME_MAX {
                     return Ok(Err(frame_error(FrameError::Buffer(f.cap))));
                 }
-                self.check_user(f.addr, u64::from(f.cap), true)?;
+                let frame = self.writable(f.addr, u64::from(f.cap))?;
                 let n = match net::recv_from_host(tap, &mut buf, &self.io.counters) {
                     Ok(Some(n)) => n,
                     Ok(None) => break,
                     Err(e) => return Ok(Err(frame_error(e))),
                 };
-                self.mem.write(GuestAddr(f.addr), &buf[..n])?;
+                self.write_user(frame, 0, &buf[..n])?;
                 f.len = n as u32;
-                self.mem.write_obj(at, &f)?;
+                if let Some(list) = list {
+                    self.write_obj(list, i * entry, &f)?;
+                }
                 self.io.counters.rx.fetch_add(1, Ordering::Relaxed);
             }
             done += 1;
         }
         a.done = done;
-        self.write_arg(arg, &a)?;
+        self.write_arg(args_to, &a)?;
         Ok(Ok(Flow::Continue))
     }
 
     fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
         Ok(match call {
             Hypercall::Walltime => {
-                let mut a: WalltimeArgs = self.read_arg(arg, true)?;
+                let (to, mut a): (_, WalltimeArgs) = self.read_arg_mut(arg)?;
                 let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
                 a.nanos = wall.as_nanos() as u64;
-                self.write_arg(arg, &a)?;
+                self.write_arg(to, &a)?;
                 Flow::Continue
             }
             // The console was drained when this exit began.
             Hypercall::ConsoleFlush => Flow::Continue,
             Hypercall::Exit => {
-                let a: ExitArgs = self.read_arg(arg, false)?;
+                let a: ExitArgs = self.read_arg(arg)?;
                 if a.status > u32::from(exit::SERVICE_MAX) || a.reserved != 0 {
                     return Ok(GuestError::BadExitStatus(a.status).into());
                 }
@@ -497,7 +546,7 @@ impl Guest<'_> {
                 unreachable!("dispatched by io_out")
             }
             Hypercall::Abort => {
-                let a: AbortArgs = self.read_arg(arg, false)?;
+                let a: AbortArgs = self.read_arg(arg)?;
                 let Some(reason) = AbortReason::from_raw(a.reason) else {
                     return Ok(GuestError::UnknownAbortReason(a.reason).into());
                 };
