@@ -195,14 +195,14 @@ pub struct RunReport {
     pub stats: Stats,
 }
 
-/// Reads and validates an image file.
+/// Reads and validates an image file. At most [`elf::MAX_FILE_SIZE`]
+/// bytes are read, whatever the file claims (a pipe or a device has no
+/// size).
 pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
+    use std::io::Read;
     let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
-    let size = std::fs::metadata(path).map_err(read_err)?.len();
-    if size > elf::MAX_FILE_SIZE {
-        return Err(TenderError::Image { path: path.to_owned(), source: ElfError::TooLarge { size } });
-    }
-    let data = std::fs::read(path).map_err(read_err)?;
+    let mut data = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data)).map_err(read_err)?;
     Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
 }
 
@@ -224,6 +224,8 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 /// Boots `config.image` and serves it until it ends. Console output goes
 /// to `console`.
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
+    // `--timeout` counts from here: loading the image is part of the budget.
+    let deadline = config.timeout.map(|t| (Instant::now() + t, t));
     let mut stats = Stats::new();
     kvm::use_one_malloc_arena();
     let image = load_image(&config.image, true)?;
@@ -307,8 +309,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     if !nics.is_empty() || config.timeout.is_some() {
         kvm::install_kick_handler().map_err(TenderError::Watchdog)?;
     }
-    let watchdog = match config.timeout {
-        Some(t) => Some(Watchdog::start(t).map_err(TenderError::Watchdog)?),
+    let watchdog = match deadline {
+        Some((at, _)) => Some(Watchdog::start(at.saturating_duration_since(Instant::now())).map_err(TenderError::Watchdog)?),
         None => None,
     };
     let nics = Arc::new(nics);
@@ -336,7 +338,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         regions: &regions,
         console,
         stats: &mut stats,
-        deadline: config.timeout.map(|t| (Instant::now() + t, t)),
+        deadline,
         nics: &nics,
         io: &io_shared,
         rings: io_thread.is_some(),
