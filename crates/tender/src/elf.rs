@@ -431,7 +431,10 @@ impl Image {
     /// its size says `addr` is past its end.
     pub fn function_at(&self, addr: u64) -> Option<Symbol<'_>> {
         let named = |s: &Symbol| s.code && s.addr != 0 && !s.raw_name.is_empty() && !s.raw_name.starts_with(b".L");
-        let best = self.symbols().filter(|s| named(s) && s.addr <= addr).reduce(|a, b| if b.addr >= a.addr { b } else { a })?;
+        let best = self
+            .symbols()
+            .filter(|s| named(s) && s.addr <= addr)
+            .reduce(|a, b| if b.addr >= a.addr { b } else { a })?;
         (best.size == 0 || addr < best.addr + best.size).then_some(best)
     }
 

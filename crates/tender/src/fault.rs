@@ -63,12 +63,14 @@ fn classify(addr: u64, image: &Image, regions: &[Region], mem_size: u64) -> Stri
         return format!("beyond guest memory ({} MiB)", mem_size >> 20);
     }
     if let Some(r) = regions.iter().find(|r| (r.start..r.end).contains(&addr)) {
-        let protection = match (r.perm.user, r.perm.write) {
-            (false, false) => ", read-only and reachable only from ring 0",
-            (false, true) => ", reachable only from ring 0",
-            (true, false) => ", read-only",
-            (true, true) => "",
-        };
+        let mut limits = Vec::new();
+        if !r.perm.write && !r.what.contains("read-only") {
+            limits.push("read-only");
+        }
+        if !r.perm.user {
+            limits.push("reachable only from ring 0");
+        }
+        let protection = if limits.is_empty() { String::new() } else { format!(", {}", limits.join(" and ")) };
         return format!("the {}{protection} ({} at {:#x}..{:#x})", r.what, r.perm.describe(), r.start, r.end);
     }
     if addr < layout::IMAGE_MIN {
@@ -135,10 +137,13 @@ mod tests {
         assert!(overflow.contains("stack overflow"));
         let text = report(0x7, 0x10_0010);
         assert!(text.contains("write to a page whose protection forbids it"));
-        assert!(text.contains("supervisor code, read-only and reachable only from ring 0 (r-x supervisor"), "{text}");
+        assert!(
+            text.contains("the code of the supervisor, read-only and reachable only from ring 0 (r-x supervisor"),
+            "{text}"
+        );
         let fetch = report(0x15, 0x10_1000);
         assert!(fetch.contains("instruction fetch"), "{fetch}");
-        assert!(fetch.contains("the image data (rw- user at 0x101000..0x103000)"), "{fetch}");
+        assert!(fetch.contains("the data of the image (rw- user at 0x101000..0x103000)"), "{fetch}");
         let tables = report(0x7, paging::TABLES);
         assert!(tables.contains("the page tables, reachable only from ring 0"), "{tables}");
         // Mapped but protected pages are named, never called a hole.
@@ -147,7 +152,7 @@ mod tests {
             (paging::SHARED + 8, "the shared area (rw- user at 0x4000"),
             (paging::BOOT_INFO, "the boot info, read-only (r-- user"),
             (paging::ARGS, "the command line, read-only"),
-            (0x10_a010, "the image read-only data, read-only (r-- user at 0x10a000..0x10b000)"),
+            (0x10_a010, "the read-only data of the image (r-- user at 0x10a000..0x10b000)"),
             (0x10_b000, "the heap (rw- user"),
         ];
         for (addr, needle) in cases {

@@ -229,6 +229,11 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let mut stats = Stats::new();
     kvm::use_one_malloc_arena();
     let image = load_image(&config.image, true)?;
+    if let Some((at, t)) = deadline
+        && Instant::now() >= at
+    {
+        return Ok(RunReport { outcome: Outcome::Timeout(t), stats });
+    }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
@@ -310,7 +315,9 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         kvm::install_kick_handler().map_err(TenderError::Watchdog)?;
     }
     let watchdog = match deadline {
-        Some((at, _)) => Some(Watchdog::start(at.saturating_duration_since(Instant::now())).map_err(TenderError::Watchdog)?),
+        Some((at, _)) => {
+            Some(Watchdog::start(at.saturating_duration_since(Instant::now())).map_err(TenderError::Watchdog)?)
+        }
         None => None,
     };
     let nics = Arc::new(nics);

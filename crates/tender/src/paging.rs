@@ -142,11 +142,11 @@ pub fn regions(
     for s in &image.segments {
         let what = match (s.supervisor(), s.executable(), s.writable()) {
             _ if s.stack() => "ring-3 stack",
-            (true, true, _) => "supervisor code",
-            (true, false, _) => "supervisor data",
-            (false, true, _) => "image code",
-            (false, false, true) => "image data",
-            (false, false, false) => "image read-only data",
+            (true, true, _) => "code of the supervisor",
+            (true, false, _) => "data of the supervisor",
+            (false, true, _) => "code of the image",
+            (false, false, true) => "data of the image",
+            (false, false, false) => "read-only data of the image",
         };
         let perm = Perm { write: s.writable(), exec: s.executable(), user: !s.supervisor() };
         out.push(region(s.page_start(), s.page_end(), perm, what));
