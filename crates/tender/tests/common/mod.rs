@@ -34,6 +34,7 @@ pub fn guest(dir: &'static str) -> &'static Path {
 /// A copy of the image `elf` whose symbol table is replaced by one of
 /// `count` function labels (size 0, every 16 bytes from 1 MiB) that all
 /// share the name `name`: a hostile image for the budget tests.
+#[allow(dead_code, reason = "not every test binary uses it")]
 pub fn with_symbols(elf: &[u8], count: usize, name: &[u8]) -> Vec<u8> {
     fn pad(d: &mut Vec<u8>) {
         d.resize(d.len().next_multiple_of(8), 0);
@@ -83,6 +84,7 @@ pub fn with_symbols(elf: &[u8], count: usize, name: &[u8]) -> Vec<u8> {
 
 /// How a child process ended and what it cost.
 #[derive(Debug)]
+#[allow(dead_code, reason = "not every test binary uses it")]
 pub struct Measured {
     /// Its exit status (-1 if a signal ended it).
     pub status: i32,
@@ -95,6 +97,8 @@ pub struct Measured {
 }
 
 /// Runs `cmd` to its end and measures it.
+#[allow(clippy::zombie_processes, reason = "wait4 reaps the child, with its resource usage")]
+#[allow(dead_code, reason = "not every test binary uses it")]
 pub fn run_measured(cmd: &mut std::process::Command) -> Measured {
     use std::io::Read;
     use std::process::Stdio;
