@@ -435,7 +435,7 @@ impl Image {
             .symbols()
             .filter(|s| named(s) && s.addr <= addr)
             .reduce(|a, b| if b.addr >= a.addr { b } else { a })?;
-        (best.size == 0 || addr < best.addr + best.size).then_some(best)
+        (best.size == 0 || addr - best.addr < best.size).then_some(best)
     }
 
     /// Names the code at `addr`, like `hello::main+0x1c`.
@@ -522,6 +522,8 @@ pub(crate) mod tests {
         pub manifest_version: u32,
         pub devices: Vec<(u32, &'static str)>,
         pub with_manifest: bool,
+        /// Symbol table entries: value, size, `st_info`, `st_shndx`, name.
+        pub symbols: Vec<(u64, u64, u8, u16, &'static str)>,
     }
 
     impl Builder {
@@ -536,6 +538,7 @@ pub(crate) mod tests {
                 manifest_version: ABI_VERSION,
                 devices: vec![],
                 with_manifest: true,
+                symbols: vec![],
             }
         }
 
@@ -595,7 +598,45 @@ pub(crate) mod tests {
                 out[p + 32..p + 40].copy_from_slice(&filesz.to_le_bytes());
                 out[p + 40..p + 48].copy_from_slice(&memsz.to_le_bytes());
             }
+            if !self.symbols.is_empty() {
+                self.append_symbols(&mut out);
+            }
             out
+        }
+
+        /// Appends `.symtab`, `.strtab`, `.shstrtab` and section headers.
+        fn append_symbols(&self, out: &mut Vec<u8>) {
+            let mut strtab = vec![0u8];
+            let mut symtab = vec![0u8; 24];
+            for (value, size, info, shndx, name) in &self.symbols {
+                symtab.extend_from_slice(&(strtab.len() as u32).to_le_bytes());
+                symtab.extend_from_slice(&[*info, 0]);
+                symtab.extend_from_slice(&shndx.to_le_bytes());
+                symtab.extend_from_slice(&value.to_le_bytes());
+                symtab.extend_from_slice(&size.to_le_bytes());
+                strtab.extend_from_slice(name.as_bytes());
+                strtab.push(0);
+            }
+            let names = b"\0.symtab\0.strtab\0.shstrtab\0";
+            let mut shdrs = vec![0u8; 64];
+            for (name, kind, bytes, link, entsize) in
+                [(1u32, 2u32, &symtab[..], 2u32, 24u64), (9, 3, &strtab[..], 0, 0), (17, 3, &names[..], 0, 0)]
+            {
+                let at = out.len() as u64;
+                out.extend_from_slice(bytes);
+                let mut sh = [0u8; 64];
+                sh[..4].copy_from_slice(&name.to_le_bytes());
+                sh[4..8].copy_from_slice(&kind.to_le_bytes());
+                sh[24..32].copy_from_slice(&at.to_le_bytes());
+                sh[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+                sh[40..44].copy_from_slice(&link.to_le_bytes());
+                sh[56..64].copy_from_slice(&entsize.to_le_bytes());
+                shdrs.extend_from_slice(&sh);
+            }
+            let shoff = out.len() as u64;
+            out.extend_from_slice(&shdrs);
+            out[40..48].copy_from_slice(&shoff.to_le_bytes());
+            out[58..64].copy_from_slice(&[64, 0, 4, 0, 3, 0]);
         }
     }
 
@@ -729,10 +770,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn symbols_are_read_in_place_and_named_on_demand() {
+        let mut b = Builder::new();
+        b.symbols = vec![
+            (0x10_0000, 0x10, 0x12, 1, "_ZN5hello4main17h0123456789abcdefE"),
+            (0x10_0100, 0, 0x10, 1, "skiff_label"),
+            (0x10_0200, 0x10, 0x02, 1, ".Lhidden"),
+            (0x10_0300, 0x10, 0x11, 1, "some_data"),
+            (0, 0, 0x12, 0, "needed_elsewhere"),
+        ];
+        let img = parse(&b).unwrap();
+        assert_eq!(img.symbols().count(), 5);
+        assert_eq!(img.symbolize(0x10_0008).as_deref(), Some("hello::main+0x8"));
+        assert_eq!(img.symbolize(0x10_0010), None, "past the end of a sized function");
+        assert_eq!(img.symbolize(0x10_0150).as_deref(), Some("skiff_label+0x50"));
+        // Local labels and data objects are not functions.
+        assert_eq!(img.symbolize(0x10_0350).as_deref(), Some("skiff_label+0x250"));
+        let undefined: Vec<String> = img.symbols().filter(|s| s.undefined).map(|s| s.name()).collect();
+        assert_eq!(undefined, ["needed_elsewhere"]);
+        // A broken table means no names, never a refused image.
+        let mut d = b.build();
+        let shoff = u64::from_le_bytes(d[40..48].try_into().unwrap()) as usize;
+        d[shoff + 64 + 40..shoff + 64 + 44].copy_from_slice(&99u32.to_le_bytes());
+        let img = Image::parse(d, true).unwrap();
+        assert_eq!(img.symbols().count(), 0);
+        assert_eq!(img.symbolize(0x10_0008), None);
+    }
+
+    #[test]
+    fn demangling_is_bounded_in_output_and_time() {
+        // 44 bytes whose back-references expand to about a megabyte.
+        let bomb = b"_RYFG_FGyyEvRYFF_EvRYFFEvERLB_B_B_ERLRjB_B_B_";
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            let name = demangle(bomb);
+            assert!(name.len() <= NAME_MAX + 3 && name.ends_with("..."), "{name}");
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "took {:?}", start.elapsed());
+        let long = "x".repeat(1 << 20);
+        assert_eq!(demangle(long.as_bytes()).len(), NAME_MAX + 3);
+        assert_eq!(demangle("é".repeat(200).as_bytes()).len(), NAME_MAX + 3);
+    }
+
+    #[test]
     fn random_mutations_never_panic() {
-        // A deterministic xorshift: flip bytes of a good image and check
-        // that parsing returns (Ok or Err) instead of panicking.
-        let good = Builder::new().build();
+        // A deterministic xorshift: flip bytes of a good image (with a
+        // symbol table) and check that parsing returns (Ok or Err) and
+        // naming returns, instead of panicking.
+        let mut b = Builder::new();
+        b.symbols =
+            vec![(0x10_0000, 0x10, 0x12, 1, "_ZN5hello4main17h0123456789abcdefE"), (0x10_0100, 0, 0x10, 1, "x")];
+        let good = b.build();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             let mut d = good.clone();
@@ -743,7 +831,9 @@ pub(crate) mod tests {
                 let at = (x as usize) % d.len();
                 d[at] = (x >> 32) as u8;
             }
-            let _ = Image::parse(d, true);
+            if let Ok(img) = Image::parse(d, true) {
+                let _ = (img.symbolize(0x10_0008), img.symbolize(u64::MAX), img.symbols().count());
+            }
         }
     }
 }
