@@ -397,11 +397,6 @@ impl Image {
         self.segments.iter().find(|s| s.stack()).expect("validated: one stack segment")
     }
 
-    /// The segment containing `addr`.
-    pub fn segment_at(&self, addr: u64) -> Option<&Segment> {
-        self.segments.iter().find(|s| s.page_start() <= addr && addr < s.page_end())
-    }
-
     /// The entries of the symbol table (`.symtab`), read in place and in
     /// file order; none for a stripped image or a malformed table (names
     /// are a convenience for reports, never needed to run).
