@@ -200,13 +200,13 @@ pub fn check(image: &Image) -> Result<CheckReport, CheckError> {
     let (mut pvh_start, mut pvh_end) = (None, None);
     for sym in image.symbols() {
         report.symbols += 1;
-        if sym.undefined && !sym.raw_name.is_empty() {
+        if sym.undefined && sym.has_name() {
             findings.add(|| Finding::Undefined(sym.name()));
         }
-        match sym.raw_name {
-            b"skiff_pvh_start" => pvh_start = Some(sym.addr),
-            b"skiff_pvh_long" => pvh_end = Some(sym.addr),
-            _ => {}
+        if sym.is_named(b"skiff_pvh_start") {
+            pvh_start = Some(sym.addr);
+        } else if sym.is_named(b"skiff_pvh_long") {
+            pvh_end = Some(sym.addr);
         }
     }
     let pvh_32bit = pvh_start.zip(pvh_end).filter(|(s, e)| s < e);

@@ -14,7 +14,7 @@
 
 use object::LittleEndian as LE;
 use object::elf::{self, FileHeader64};
-use object::read::elf::{FileHeader, ProgramHeader, Sym};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 use skiff_abi::manifest::{DESC_SIZE, NOTE_NAMESZ, NOTE_TYPE, device_name};
 use skiff_abi::{ABI_VERSION, DEVICE_NAME_MAX, DeviceKind, MAX_DEVICES, layout, pflags, pvh};
 use std::fmt::Write as _;
@@ -25,6 +25,8 @@ pub const MAX_FILE_SIZE: u64 = 128 << 20;
 pub const MAX_PHDRS: u16 = 64;
 /// Longest demangled name shown, in bytes; longer ones end in `...`.
 pub const NAME_MAX: usize = 256;
+/// Most bytes of a raw symbol name read.
+pub const RAW_NAME_MAX: usize = 4 * NAME_MAX;
 
 const PF_X: u32 = elf::PF_X.0;
 const PF_W: u32 = elf::PF_W.0;
@@ -194,18 +196,40 @@ pub struct Symbol<'a> {
     pub addr: u64,
     /// Size in bytes (zero for assembly labels).
     pub size: u64,
-    /// The raw (mangled) name; empty if it cannot be read.
-    pub raw_name: &'a [u8],
     /// Undefined: the image expects someone else to provide it.
     pub undefined: bool,
     /// A function, or an untyped label defined in a section (assembly).
     pub code: bool,
+    /// The string table from the name's offset on (empty if out of range).
+    name_tail: &'a [u8],
 }
 
-impl Symbol<'_> {
+impl<'a> Symbol<'a> {
+    /// The raw (mangled) name, up to its NUL and at most [`RAW_NAME_MAX`]
+    /// bytes: a name is never scanned further, whatever its length.
+    pub fn raw_name(&self) -> &'a [u8] {
+        let tail = &self.name_tail[..self.name_tail.len().min(RAW_NAME_MAX)];
+        tail.split(|&b| b == 0).next().unwrap_or_default()
+    }
+
+    /// The name is exactly `name` (reads at most its length and one byte).
+    pub fn is_named(&self, name: &[u8]) -> bool {
+        self.name_tail.strip_prefix(name).is_some_and(|rest| rest.first() == Some(&0))
+    }
+
+    /// The name is not empty (reads one byte).
+    pub fn has_name(&self) -> bool {
+        self.name_tail.first().is_some_and(|&b| b != 0)
+    }
+
     /// The demangled name, at most [`NAME_MAX`] bytes.
     pub fn name(&self) -> String {
-        demangle(self.raw_name)
+        demangle(self.raw_name())
+    }
+
+    /// A named function or label a report may use: not a local `.L` label.
+    fn names_code(&self) -> bool {
+        self.code && self.addr != 0 && self.has_name() && !self.name_tail.starts_with(b".L")
     }
 }
 
@@ -227,7 +251,7 @@ pub fn demangle(raw: &[u8]) -> String {
             Err(std::fmt::Error)
         }
     }
-    let raw = String::from_utf8_lossy(&raw[..raw.len().min(4 * NAME_MAX)]);
+    let raw = String::from_utf8_lossy(&raw[..raw.len().min(RAW_NAME_MAX)]);
     let mut out = Bounded(String::new());
     if write!(out, "{:#}", rustc_demangle::demangle(&raw)).is_err() {
         out.0.push_str("...");
@@ -402,20 +426,21 @@ impl Image {
     /// are a convenience for reports, never needed to run).
     pub fn symbols(&self) -> impl Iterator<Item = Symbol<'_>> {
         let data = &*self.data;
-        let table = FileHeader64::<LE>::parse(data)
-            .and_then(|h| h.sections(LE, data))
-            .and_then(|s| s.symbols(LE, data, elf::SHT_SYMTAB))
-            .ok();
-        table.into_iter().flat_map(move |table| {
-            let strings = table.strings();
-            table.iter().skip(1).map(move |s| {
+        let table = || {
+            let sections = FileHeader64::<LE>::parse(data).ok()?.sections(LE, data).ok()?;
+            let table = sections.symbols(LE, data, elf::SHT_SYMTAB).ok()?;
+            let strings = sections.section(table.string_section()).ok()?.data(LE, data).ok()?;
+            Some((table, strings))
+        };
+        table().into_iter().flat_map(|(table, strings)| {
+            table.iter().skip(1).map(|s| {
                 let (kind, section) = (s.st_type(), s.st_shndx(LE));
                 Symbol {
                     addr: s.st_value(LE),
                     size: s.st_size(LE),
-                    raw_name: s.name(LE, strings).unwrap_or_default(),
                     undefined: s.is_undefined(LE),
                     code: kind == elf::STT_FUNC || (kind == elf::STT_NOTYPE && section != elf::SHN_UNDEF),
+                    name_tail: strings.get(s.st_name(LE) as usize..).unwrap_or_default(),
                 }
             })
         })
@@ -423,12 +448,11 @@ impl Image {
 
     /// The function or label at `addr`: the code symbol with the highest
     /// address at or below it (the last such in the table on a tie), unless
-    /// its size says `addr` is past its end.
+    /// its size says `addr` is past its end. One pass over the table.
     pub fn function_at(&self, addr: u64) -> Option<Symbol<'_>> {
-        let named = |s: &Symbol| s.code && s.addr != 0 && !s.raw_name.is_empty() && !s.raw_name.starts_with(b".L");
         let best = self
             .symbols()
-            .filter(|s| named(s) && s.addr <= addr)
+            .filter(|s| s.names_code() && s.addr <= addr)
             .reduce(|a, b| if b.addr >= a.addr { b } else { a })?;
         (best.size == 0 || addr - best.addr < best.size).then_some(best)
     }
