@@ -176,7 +176,11 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
     }
     println!("segments     address       memory      file   permissions");
     for s in &image.segments {
-        println!("             {:#010x} {:>9} {:>9}   {}", s.vaddr, s.memsz, s.filesz, s.describe());
+        let perm = |on, c| if on { c } else { '-' };
+        let (r, w, x) = (perm(s.readable(), 'r'), perm(s.writable(), 'w'), perm(s.executable(), 'x'));
+        let ring = if s.supervisor() { "supervisor" } else { "user" };
+        let stack = if s.stack() { " stack" } else { "" };
+        println!("             {:#010x} {:>9} {:>9}   {r}{w}{x} {ring}{stack}", s.vaddr, s.memsz, s.filesz);
     }
     println!("image end    {:#x} (the heap starts here)", image.end());
     let functions = image.symbols().filter(|s| s.code && !s.undefined).count();

@@ -30,7 +30,6 @@ pub const RAW_NAME_MAX: usize = 4 * NAME_MAX;
 
 const PF_X: u32 = elf::PF_X.0;
 const PF_W: u32 = elf::PF_W.0;
-const PF_R: u32 = elf::PF_R.0;
 const PAGE: u64 = layout::PAGE_SIZE;
 
 /// What is wrong with an image file.
@@ -141,6 +140,10 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Readable.
+    pub fn readable(&self) -> bool {
+        self.flags & elf::PF_R.0 != 0
+    }
     /// Writable.
     pub fn writable(&self) -> bool {
         self.flags & PF_W != 0
@@ -164,17 +167,6 @@ impl Segment {
     /// One past the last page.
     pub fn page_end(&self) -> u64 {
         (self.vaddr + self.memsz).div_ceil(PAGE) * PAGE
-    }
-    /// A short description of the permissions, like `r-x supervisor`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}{}{}{}{}",
-            if self.flags & PF_R != 0 { 'r' } else { '-' },
-            if self.writable() { 'w' } else { '-' },
-            if self.executable() { 'x' } else { '-' },
-            if self.supervisor() { " supervisor" } else { " user" },
-            if self.stack() { " stack" } else { "" },
-        )
     }
 }
 
@@ -531,6 +523,7 @@ pub(crate) mod tests {
     const PT_LOAD: u32 = 1;
     const PT_DYNAMIC: u32 = 2;
     const PT_NOTE: u32 = 4;
+    const PF_R: u32 = 4;
 
     /// Builds a minimal valid image: a supervisor text segment with the
     /// entry, a user data segment, a stack with a guard page, and a

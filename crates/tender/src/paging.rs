@@ -238,29 +238,31 @@ impl PageTables {
         self.tables[pt][idx(0)] = addr | r.perm.bits();
         Ok(())
     }
-
-    /// Walks the tables like the MMU: the permissions of `addr`, or `None`
-    /// if it is not mapped.
-    pub fn lookup(&self, addr: u64) -> Option<Perm> {
-        let mut t = 0usize;
-        for level in (0..4).rev() {
-            let e = self.tables[t][((addr >> (12 + 9 * level)) & 0x1ff) as usize];
-            if e & P == 0 {
-                return None;
-            }
-            if level == 0 || (level == 1 && e & PS != 0) {
-                return Some(Perm { write: e & RW != 0, exec: e & NX == 0, user: e & US != 0 });
-            }
-            t = (((e & ADDR_MASK) - TABLES) / PAGE) as usize;
-        }
-        None
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::elf::tests::Builder;
+
+    impl PageTables {
+        /// The test oracle: walks the tables like the MMU, giving the
+        /// permissions of `addr`, or `None` if it is not mapped.
+        fn lookup(&self, addr: u64) -> Option<Perm> {
+            let mut t = 0usize;
+            for level in (0..4).rev() {
+                let e = self.tables[t][((addr >> (12 + 9 * level)) & 0x1ff) as usize];
+                if e & P == 0 {
+                    return None;
+                }
+                if level == 0 || (level == 1 && e & PS != 0) {
+                    return Some(Perm { write: e & RW != 0, exec: e & NX == 0, user: e & US != 0 });
+                }
+                t = (((e & ADDR_MASK) - TABLES) / PAGE) as usize;
+            }
+            None
+        }
+    }
 
     fn image() -> Image {
         Image::parse(Builder::new().build(), true).unwrap()
