@@ -14,8 +14,8 @@
 
 use object::LittleEndian as LE;
 use object::elf::{self, FileHeader64};
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
-use skiff_abi::manifest::{DESC_SIZE, NOTE_NAMESZ, NOTE_TYPE, device_name};
+use object::read::elf::{FileHeader, Note, ProgramHeader, SectionHeader, Sym};
+use skiff_abi::manifest::{DESC_SIZE, NOTE_TYPE, device_name};
 use skiff_abi::{ABI_VERSION, DEVICE_NAME_MAX, DeviceKind, MAX_DEVICES, layout, pflags, pvh};
 use std::fmt::Write as _;
 
@@ -352,8 +352,7 @@ impl Image {
                     let bad = |e: object::Error| ElfError::BadNote { offset, problem: e.to_string() };
                     let Some(mut notes) = p.notes(LE, &*data).map_err(bad)? else { continue };
                     while let Some(note) = notes.next().map_err(bad)? {
-                        read_note(note.name_bytes(), note.n_type(LE).0, note.desc(), &mut manifest, &mut pvh_entry)
-                            .map_err(|e| e.unwrap_or_else(|problem| ElfError::BadNote { offset, problem }))?;
+                        read_note(&note, offset, &mut manifest, &mut pvh_entry)?;
                     }
                     continue;
                 }
@@ -457,26 +456,26 @@ impl Image {
 
 type Manifest = (u32, Vec<DeclaredDevice>);
 
-/// Takes in one note: the manifest or the PVH entry; other notes are
-/// ignored. `Err(Err(problem))` is a malformed note.
+/// Takes in one note of the note segment at `offset`: the manifest or the
+/// PVH entry; other notes are ignored.
 fn read_note(
-    name: &[u8],
-    note_type: u32,
-    desc: &[u8],
+    note: &Note<'_, FileHeader64<LE>>,
+    offset: u64,
     manifest: &mut Option<Manifest>,
     pvh_entry: &mut Option<u64>,
-) -> Result<(), Result<ElfError, String>> {
-    if name.len() == NOTE_NAMESZ as usize && name == b"Skiff\0" && note_type == NOTE_TYPE {
+) -> Result<(), ElfError> {
+    let (name, note_type, desc) = (note.name_bytes(), note.n_type(LE).0, note.desc());
+    if name == b"Skiff\0" && note_type == NOTE_TYPE {
         if manifest.is_some() {
-            return Err(Ok(ElfError::BadManifest("the image has two manifests".into())));
+            return Err(ElfError::BadManifest("the image has two manifests".into()));
         }
-        *manifest = Some(parse_manifest(desc).map_err(Ok)?);
+        *manifest = Some(parse_manifest(desc)?);
     } else if name == pvh::NOTE_NAME && note_type == pvh::NOTE_TYPE_PHYS32_ENTRY {
-        *pvh_entry = match *desc {
-            [a, b, c, d] => Some(u64::from(u32::from_le_bytes([a, b, c, d]))),
-            [..] if desc.len() == 8 => Some(u64::from_le_bytes(desc.try_into().expect("8 bytes"))),
-            _ => return Err(Err("PVH entry note has an odd size".into())),
-        };
+        *pvh_entry = Some(match *desc {
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(ElfError::BadNote { offset, problem: "PVH entry note has an odd size".into() }),
+        });
     }
     Ok(())
 }
@@ -519,6 +518,7 @@ fn parse_manifest(desc: &[u8]) -> Result<Manifest, ElfError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use skiff_abi::manifest::NOTE_NAMESZ;
 
     const PT_LOAD: u32 = 1;
     const PT_DYNAMIC: u32 = 2;
@@ -536,6 +536,8 @@ pub(crate) mod tests {
         pub with_manifest: bool,
         /// Symbol table entries: value, size, `st_info`, `st_shndx`, name.
         pub symbols: Vec<(u64, u64, u8, u16, &'static str)>,
+        /// Bytes appended to the note segment.
+        pub extra_notes: Vec<u8>,
     }
 
     impl Builder {
@@ -551,6 +553,7 @@ pub(crate) mod tests {
                 devices: vec![],
                 with_manifest: true,
                 symbols: vec![],
+                extra_notes: vec![],
             }
         }
 
@@ -572,6 +575,7 @@ pub(crate) mod tests {
                     note.extend_from_slice(&n);
                 }
             }
+            note.extend_from_slice(&self.extra_notes);
             let phnum = self.segments.len() + 1;
             let mut out = vec![0u8; 64 + 56 * phnum];
             let place = |out: &mut Vec<u8>, bytes: &[u8]| {
@@ -762,6 +766,35 @@ pub(crate) mod tests {
         let mut b = Builder::new();
         b.segments.pop();
         assert!(matches!(parse(&b).unwrap_err(), ElfError::BadStack(_)));
+    }
+
+    #[test]
+    fn notes_are_checked() {
+        let note = |name: &[u8], kind: u32, desc: &[u8]| {
+            let mut n = Vec::new();
+            for v in [name.len() as u32, desc.len() as u32, kind] {
+                n.extend_from_slice(&v.to_le_bytes());
+            }
+            for part in [name, desc] {
+                n.extend_from_slice(part);
+                n.resize(n.len().next_multiple_of(4), 0);
+            }
+            n
+        };
+        let mut b = Builder::new();
+        b.extra_notes = note(b"Xen\0", pvh::NOTE_TYPE_PHYS32_ENTRY, &0x10_0040u32.to_le_bytes());
+        assert_eq!(parse(&b).unwrap().pvh_entry, Some(0x10_0040));
+        b.extra_notes = note(b"Xen\0", pvh::NOTE_TYPE_PHYS32_ENTRY, &[1, 2, 3]);
+        assert!(parse(&b).unwrap_err().to_string().contains("PVH entry note has an odd size"));
+        b.extra_notes = note(b"Other\0", 7, &[9; 12]);
+        assert!(parse(&b).is_ok(), "other notes are ignored");
+        b.extra_notes = note(b"Skiff\0", NOTE_TYPE, &vec![0; DESC_SIZE]);
+        b.extra_notes[20..24].copy_from_slice(&ABI_VERSION.to_le_bytes());
+        assert!(parse(&b).unwrap_err().to_string().contains("two manifests"));
+        b.extra_notes = vec![200, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert!(matches!(parse(&b).unwrap_err(), ElfError::BadNote { .. }), "a name past the segment");
+        b.extra_notes = vec![4, 0, 0];
+        assert!(matches!(parse(&b).unwrap_err(), ElfError::BadNote { .. }), "a header past the segment");
     }
 
     #[test]
