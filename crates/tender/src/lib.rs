@@ -204,14 +204,14 @@ pub struct RunReport {
     pub stats: Stats,
 }
 
-/// Reads and validates an image file.
+/// Reads and validates an image file. At most [`elf::MAX_FILE_SIZE`]
+/// bytes are read, whatever the file claims (a pipe or a device has no
+/// size).
 pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
+    use std::io::Read;
     let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
-    let size = std::fs::metadata(path).map_err(read_err)?.len();
-    if size > elf::MAX_FILE_SIZE {
-        return Err(TenderError::Image { path: path.to_owned(), source: ElfError::TooLarge { size } });
-    }
-    let data = std::fs::read(path).map_err(read_err)?;
+    let mut data = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data)).map_err(read_err)?;
     Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
 }
 
@@ -233,13 +233,19 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 /// Boots `config.image` and serves it until it ends. Console output goes
 /// to `console`.
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
-    let started = Instant::now();
+    // `--timeout` counts from here: loading the image is part of the budget.
+    let deadline = config.timeout.map(|t| (Instant::now() + t, t));
     let mut stats = Stats::new();
     sys::use_one_malloc_arena();
     // Before any thread starts, so that every thread blocks them and the
     // monitor alone takes them.
     sys::block_stop_signals().map_err(TenderError::Watchdog)?;
     let image = load_image(&config.image, true)?;
+    if let Some((at, t)) = deadline
+        && Instant::now() >= at
+    {
+        return Ok(RunReport { outcome: Outcome::Timeout(t), stats });
+    }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
@@ -317,10 +323,12 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
-    let deadline = config.timeout.map(|t| started + t);
-    let monitor =
-        monitor::Monitor::start(monitor::Limits { deadline, grace: config.stop_grace }, mem.clone(), paging::SHARED)
-            .map_err(TenderError::Watchdog)?;
+    let monitor = monitor::Monitor::start(
+        monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace },
+        mem.clone(),
+        paging::SHARED,
+    )
+    .map_err(TenderError::Watchdog)?;
     let nics = Arc::new(nics);
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
     let io_thread = if config.net.rings && !nics.is_empty() {
@@ -349,7 +357,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         regions: &regions,
         console,
         stats: &mut stats,
-        deadline: deadline.zip(config.timeout),
+        deadline,
         nics: &nics,
         io: &io_shared,
         rings: io_thread.is_some(),
