@@ -18,6 +18,7 @@
 //! Then every image is checked ([`check`]): the tender's image reader
 //! accepts it, and it has no system call instruction, no undefined symbol
 //! and no SIMD in the supervisor.
+#![forbid(unsafe_code)]
 
 pub mod check;
 
