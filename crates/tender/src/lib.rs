@@ -51,8 +51,8 @@ use kvm::{KvmError, Vm};
 use paging::{PageTables, PagingError};
 pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
-    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DEVICE_NAME_MAX, DeviceInfo, DeviceKind, FaultFrame,
-    MAX_DEVICES, SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
+    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, DeviceKind, FaultFrame, MAX_DEVICES,
+    SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
 };
 use stats::Stats;
 use std::io::Write;
@@ -296,7 +296,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let tsc_hz = vm.tsc_hz()?;
     let tsc_now = vm.guest_tsc();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let boot = BootInfo {
+    let mut boot = BootInfo {
         magic: BOOT_INFO_MAGIC,
         abi_version: ABI_VERSION,
         log_level: config.log_level,
@@ -315,18 +315,12 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         reserved: 0,
         devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
     };
-    write_boot_info(&mem, &boot)?;
-    for (i, nic) in nics.iter().enumerate() {
-        let mut name = [0u8; DEVICE_NAME_MAX];
-        name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
-        let info = DeviceInfo {
-            kind: DeviceKind::Net as u32,
-            reserved: 0,
-            name,
-            data: nic.info(config.net.guest_spin).encode(),
-        };
-        write_device_info(&mem, i, &info)?;
+    for (slot, nic) in boot.devices.iter_mut().zip(nics.iter()) {
+        slot.kind = DeviceKind::Net as u32;
+        slot.name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
+        slot.data = nic.info(config.net.guest_spin).encode();
     }
+    mem.write_obj(GuestAddr(paging::BOOT_INFO), &boot)?;
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
@@ -427,41 +421,6 @@ fn user_networks(
         users.push((i, user));
     }
     Ok(users)
-}
-
-fn write_device_info(mem: &GuestMemory, index: usize, d: &DeviceInfo) -> Result<(), MemoryError> {
-    let at = paging::BOOT_INFO
-        + std::mem::offset_of!(BootInfo, devices) as u64
-        + (index * std::mem::size_of::<DeviceInfo>()) as u64;
-    mem.write_obj(GuestAddr(at), &d.kind)?;
-    mem.write_obj(GuestAddr(at + 4), &d.reserved)?;
-    mem.write(GuestAddr(at + 8), &d.name)?;
-    mem.write(GuestAddr(at + 8 + DEVICE_NAME_MAX as u64), &d.data)
-}
-
-fn write_boot_info(mem: &GuestMemory, b: &BootInfo) -> Result<(), MemoryError> {
-    // Field by field: BootInfo is not plain-old-data as a whole (it has
-    // arrays of structs), and the layout is pinned by skiff-abi's tests.
-    let base = paging::BOOT_INFO;
-    let put = |off: u64, v: u64| mem.write_obj(GuestAddr(base + off), &v);
-    let put32 = |off: u64, v: u32| mem.write_obj(GuestAddr(base + off), &v);
-    put(0, b.magic)?;
-    put32(8, b.abi_version)?;
-    put32(12, b.log_level)?;
-    put(16, b.mem_size)?;
-    put(24, b.heap_start)?;
-    put(32, b.heap_end)?;
-    put(40, b.tsc_hz)?;
-    put(48, b.wall_nanos)?;
-    put(56, b.tsc_at_wall)?;
-    put(64, b.shared)?;
-    put(72, b.args)?;
-    put32(80, b.argc)?;
-    put32(84, b.args_len)?;
-    put(88, b.page_table_root)?;
-    put32(96, b.device_count)?;
-    put32(100, b.reserved)?;
-    Ok(())
 }
 
 #[cfg(test)]
