@@ -842,6 +842,15 @@ mod tests {
     }
 
     #[test]
+    fn boot_info_has_no_padding() {
+        // The tender copies it into guest memory as plain bytes.
+        let fields = 8 + 4 + 4 + 8 * 8 + 4 + 4 + 8 + 4 + 4;
+        assert_eq!(offset_of!(BootInfo, devices), fields);
+        assert_eq!(size_of::<DeviceInfo>(), 4 + 4 + DEVICE_NAME_MAX + 32);
+        assert_eq!(size_of::<BootInfo>(), fields + MAX_DEVICES * size_of::<DeviceInfo>());
+    }
+
+    #[test]
     fn boot_info_layout_is_stable() {
         assert_eq!(offset_of!(BootInfo, abi_version), 8);
         assert_eq!(offset_of!(BootInfo, mem_size), 16);

@@ -11,14 +11,22 @@
 //!   0 is emulated and the emulator lacks many of them.
 //! - The tender accepts the image: manifest, ABI version, segments.
 //!
-//! Instructions are found by decoding each executable segment linearly
-//! (with iced-x86), so a byte pattern inside another instruction's
-//! immediate is not a false alarm; the supervisor's 32-bit PVH trampoline
-//! is decoded as 32-bit code.
+//! The image is read once, by the tender's own reader
+//! ([`skiff_tender::elf::Image`]): the checks look at the segments and
+//! symbols the tender would load. Instructions are found by decoding each
+//! executable segment linearly (with iced-x86), so a byte pattern inside
+//! another instruction's immediate is not a false alarm; the supervisor's
+//! 32-bit PVH trampoline is decoded as 32-bit code. At most
+//! [`MAX_FINDINGS`] problems are listed (with a count of the rest), and
+//! names are demangled only for those, so a hostile image cannot make a
+//! check take unbounded time or memory.
 
 use iced_x86::{Code, CpuidFeature, Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic};
-use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags};
+use skiff_tender::elf::{ElfError, Image};
 use std::path::Path;
+
+/// Most problems listed; the rest are counted.
+pub const MAX_FINDINGS: usize = 32;
 
 /// A problem found in an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,15 +83,21 @@ pub enum CheckError {
         /// Why.
         source: std::io::Error,
     },
-    /// Not an ELF file `object` can read.
-    #[error("cannot parse the image: {0}")]
-    Parse(#[from] object::Error),
     /// The checks found problems.
-    #[error("the image failed its checks:\n{}", .0.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
-    Findings(Vec<Finding>),
+    #[error(
+        "the image failed its checks:\n{}{}",
+        findings.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"),
+        if *more > 0 { format!("\n  - and {more} more") } else { String::new() }
+    )]
+    Findings {
+        /// The first [`MAX_FINDINGS`] problems.
+        findings: Vec<Finding>,
+        /// How many more there are.
+        more: u64,
+    },
     /// The tender would refuse the image.
     #[error("{0}")]
-    Refused(skiff_tender::elf::ElfError),
+    Refused(#[from] ElfError),
 }
 
 /// What the checks looked at.
@@ -102,8 +116,6 @@ pub struct CheckReport {
     /// Symbols checked.
     pub symbols: u64,
 }
-
-const PF_SUPERVISOR: u32 = skiff_abi::pflags::SUPERVISOR;
 
 fn is_syscall(i: &Instruction) -> bool {
     matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter)
@@ -156,54 +168,57 @@ fn format(i: &Instruction) -> String {
     out
 }
 
-/// Runs the instruction and symbol checks on an image's bytes.
+/// Collects findings, listing at most [`MAX_FINDINGS`].
+#[derive(Default)]
+struct Findings {
+    listed: Vec<Finding>,
+    more: u64,
+}
+
+impl Findings {
+    /// Adds the finding `make` builds, if there is room to list it.
+    fn add(&mut self, make: impl FnOnce() -> Finding) {
+        if self.listed.len() < MAX_FINDINGS {
+            self.listed.push(make());
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// Reads an image's bytes with the tender's reader (without its ABI
+/// version check) and runs the instruction and symbol checks.
 pub fn check_bytes(data: &[u8]) -> Result<CheckReport, CheckError> {
-    let file = object::File::parse(data)?;
-    let mut report = CheckReport { file_size: data.len() as u64, ..Default::default() };
-    let mut findings = Vec::new();
+    check(&Image::parse(data.to_vec(), false)?)
+}
 
-    let mut functions: Vec<(u64, String)> = Vec::new();
-    let mut pvh_32bit = None;
+/// Runs the instruction and symbol checks on an image the tender's reader
+/// accepted.
+pub fn check(image: &Image) -> Result<CheckReport, CheckError> {
+    let mut report = CheckReport { file_size: image.data.len() as u64, ..Default::default() };
+    let mut findings = Findings::default();
     let (mut pvh_start, mut pvh_end) = (None, None);
-    for sym in file.symbols() {
+    for sym in image.symbols() {
         report.symbols += 1;
-        let name = sym.name().unwrap_or("");
-        if sym.is_undefined() && !name.is_empty() {
-            findings.push(Finding::Undefined(name.to_string()));
+        if sym.undefined && sym.has_name() {
+            findings.add(|| Finding::Undefined(sym.name()));
         }
-        if sym.is_definition() && sym.address() != 0 {
-            functions.push((sym.address(), name.to_string()));
-        }
-        match name {
-            "skiff_pvh_start" => pvh_start = Some(sym.address()),
-            "skiff_pvh_long" => pvh_end = Some(sym.address()),
-            _ => {}
+        if sym.is_named(b"skiff_pvh_start") {
+            pvh_start = Some(sym.addr);
+        } else if sym.is_named(b"skiff_pvh_long") {
+            pvh_end = Some(sym.addr);
         }
     }
-    if let (Some(s), Some(e)) = (pvh_start, pvh_end)
-        && s < e
-    {
-        pvh_32bit = Some((s, e));
-    }
-    functions.sort();
-    let function_at = |addr: u64| {
-        let i = functions.partition_point(|(a, _)| *a <= addr);
-        i.checked_sub(1).map(|i| format!("{:#}", rustc_demangle::demangle(&functions[i].1)))
-    };
+    let pvh_32bit = pvh_start.zip(pvh_end).filter(|(s, e)| s < e);
 
-    for seg in file.segments() {
-        let SegmentFlags::Elf { p_type, p_flags } = seg.flags() else { continue };
-        if p_type.0 != 1 {
-            continue; // not PT_LOAD
-        }
-        let p_flags = p_flags.0;
-        let contents = seg.data()?;
+    for seg in &image.segments {
+        let contents = image.segment_bytes(seg);
         report.loadable_bytes += contents.len() as u64;
-        if p_flags & 1 == 0 {
-            continue; // not executable
+        if !seg.executable() {
+            continue;
         }
-        let base = seg.address();
-        let supervisor = p_flags & PF_SUPERVISOR != 0;
+        let base = seg.vaddr;
+        let supervisor = seg.supervisor();
         report.code_bytes += contents.len() as u64;
         // Split out the 32-bit trampoline, if it lies in this segment.
         let mut pieces = vec![(base, contents, 64u32)];
@@ -217,10 +232,14 @@ pub fn check_bytes(data: &[u8]) -> Result<CheckReport, CheckError> {
         for (addr, code, bitness) in pieces {
             let n = decode(code, addr, bitness, |i| {
                 if is_syscall(i) {
-                    findings.push(Finding::Syscall { addr: i.ip(), text: format(i), function: function_at(i.ip()) });
+                    findings.add(|| Finding::Syscall {
+                        addr: i.ip(),
+                        text: format(i),
+                        function: image.function_at(i.ip()).map(|s| s.name()),
+                    });
                 }
                 if supervisor && is_simd(i) {
-                    findings.push(Finding::SupervisorSimd { addr: i.ip(), text: format(i) });
+                    findings.add(|| Finding::SupervisorSimd { addr: i.ip(), text: format(i) });
                 }
             });
             report.instructions += n;
@@ -229,16 +248,18 @@ pub fn check_bytes(data: &[u8]) -> Result<CheckReport, CheckError> {
             }
         }
     }
-    if findings.is_empty() { Ok(report) } else { Err(CheckError::Findings(findings)) }
+    if findings.listed.is_empty() {
+        Ok(report)
+    } else {
+        Err(CheckError::Findings { findings: findings.listed, more: findings.more })
+    }
 }
 
-/// Checks an image file: instructions and symbols, then that the tender
-/// accepts it.
+/// Checks an image file: the tender accepts it (ABI version included),
+/// then instructions and symbols.
 pub fn check_image(path: &Path) -> Result<CheckReport, CheckError> {
     let data = std::fs::read(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
-    let report = check_bytes(&data)?;
-    skiff_tender::elf::Image::parse(data, true).map_err(CheckError::Refused)?;
-    Ok(report)
+    check(&Image::parse(data, true)?)
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@
 //!   library stand-ins come from `skiff-rt`'s build script);
 //! - `panic = "abort"` for every profile.
 //!
-//! Then every image is checked ([`check`]): no system call instruction, no
-//! undefined symbol, no SIMD in the supervisor, and the tender accepts it.
+//! Then every image is checked ([`check`]): the tender's image reader
+//! accepts it, and it has no system call instruction, no undefined symbol
+//! and no SIMD in the supervisor.
+#![forbid(unsafe_code)]
 
 pub mod check;
 

@@ -182,13 +182,18 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
     }
     println!("segments     address       memory      file   permissions");
     for s in &image.segments {
-        println!("             {:#010x} {:>9} {:>9}   {}", s.vaddr, s.memsz, s.filesz, s.describe());
+        let perm = |on, c| if on { c } else { '-' };
+        let (r, w, x) = (perm(s.readable(), 'r'), perm(s.writable(), 'w'), perm(s.executable(), 'x'));
+        let ring = if s.supervisor() { "supervisor" } else { "user" };
+        let stack = if s.stack() { " stack" } else { "" };
+        println!("             {:#010x} {:>9} {:>9}   {r}{w}{x} {ring}{stack}", s.vaddr, s.memsz, s.filesz);
     }
     println!("image end    {:#x} (the heap starts here)", image.end());
-    if !image.symbols.is_empty() {
-        println!("symbols      {}", image.symbols.len());
+    let functions = image.symbols().filter(|s| s.code && !s.undefined).count();
+    if functions > 0 {
+        println!("symbols      {functions}");
     }
-    match skiff_build::check::check_bytes(&image.data) {
+    match skiff_build::check::check(&image) {
         Ok(r) => println!(
             "checks       ok: {} instructions ({} in the supervisor), no system calls, no undefined symbols, no SIMD in ring 0",
             r.instructions, r.supervisor_instructions

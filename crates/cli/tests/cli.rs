@@ -4,6 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+// The boot tests' helpers: guest images built once, hostile images made
+// from them, and child processes measured.
+#[path = "../../tender/tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
@@ -254,4 +261,54 @@ fn run_puts_a_service_with_a_nic_on_the_user_network() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(back, "no root needed");
     assert!(text.contains("NIC \"service\" goes on the user network"), "{text}");
+}
+
+/// A 44-byte Rust (v0) symbol name whose back-references demangle to
+/// about a megabyte.
+const NAME_BOMB: &[u8] = b"_RYFG_FGyyEvRYFF_EvRYFFEvERLB_B_B_ERLRjB_B_B_";
+
+#[test]
+fn inspect_and_run_stay_within_budget_on_images_full_of_hostile_symbol_names() {
+    // 4,000 symbols sharing the bomb once took a minute and 4 GB; 100,000
+    // sharing a 1 MiB name meant reading 100 GB.
+    require_kvm();
+    let hello = std::fs::read(common::guest("examples/hello")).unwrap();
+    let long = vec![b'x'; 1 << 20];
+    for (tag, count, name) in [("name-bombs", 4000, NAME_BOMB), ("long-names", 100_000, &long[..])] {
+        let path = scratch(tag);
+        std::fs::write(&path, common::with_symbols(&hello, count, name)).unwrap();
+        let path = path.to_str().unwrap();
+        let skiff = || Command::new(env!("CARGO_BIN_EXE_skiff"));
+        let inspect = common::run_measured(skiff().args(["inspect", path]));
+        assert_eq!(inspect.status, 0, "{tag}: {}", inspect.output);
+        assert!(inspect.output.contains(&format!("symbols      {count}\n")), "{tag}: {}", inspect.output);
+        let run = common::run_measured(skiff().args(["run", path, "--timeout", "10s"]));
+        assert_eq!(run.status, 0, "{tag}: {}", run.output);
+        for m in [&inspect, &run] {
+            assert!(m.elapsed < Duration::from_secs(2), "{tag}: took {:?}", m.elapsed);
+            assert!(m.peak_rss < 64 << 20, "{tag}: peak RSS {} bytes", m.peak_rss);
+        }
+    }
+}
+
+#[test]
+fn inspect_lists_a_bounded_number_of_findings() {
+    // Every byte pair of the service's code made a `syscall`: tens of
+    // thousands of findings, of which the first 32 are listed and named.
+    let mut data = std::fs::read(common::guest("examples/hello")).unwrap();
+    let ph = 64 + 56 * 2; // the user text segment
+    let offset = u64::from_le_bytes(data[ph + 8..ph + 16].try_into().unwrap()) as usize;
+    let size = u64::from_le_bytes(data[ph + 32..ph + 40].try_into().unwrap()) as usize;
+    for pair in data[offset..offset + size].chunks_exact_mut(2) {
+        pair.copy_from_slice(&[0x0f, 0x05]);
+    }
+    let path = scratch("all-syscalls");
+    std::fs::write(&path, data).unwrap();
+    let out = common::run_measured(Command::new(env!("CARGO_BIN_EXE_skiff")).args(["inspect", path.to_str().unwrap()]));
+    assert_eq!(out.status, 1, "{}", out.output);
+    assert_eq!(out.output.matches("system call instruction `syscall`").count(), skiff_build::check::MAX_FINDINGS);
+    let more: u64 =
+        out.output.split("and ").last().and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert_eq!(more as usize, size / 2 - skiff_build::check::MAX_FINDINGS, "{}", out.output);
+    assert!(out.elapsed < Duration::from_secs(5), "took {:?}", out.elapsed);
 }

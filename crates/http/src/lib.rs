@@ -13,6 +13,8 @@
 //! - [`Router`]: method and path to an async handler.
 //! - [`StaticFiles`]: files baked into the image with `skiff-kv`, with
 //!   ETags, 304s, byte ranges and precompressed gzip.
+//! - [`HttpsRedirect`]: plain HTTP answered with redirects to HTTPS on a
+//!   configured host name (never the one a client made up).
 //! - [`client`]: requests to other servers, over HTTP or HTTPS.
 //!
 //! ```ignore
@@ -32,6 +34,7 @@ pub mod client;
 pub mod date;
 pub mod files;
 pub mod headers;
+pub mod redirect;
 pub mod request;
 pub mod response;
 pub mod router;
@@ -40,8 +43,13 @@ pub mod status;
 
 pub use files::StaticFiles;
 pub use headers::Headers;
+pub use redirect::{HostNameError, HttpsRedirect};
 pub use request::{Limits, Method, Request, RequestError, RequestHead, Version};
 pub use response::{Body, Response};
 pub use router::Router;
-pub use server::{ConnectionEnd, Handler, Server, ServerConfig, ServerStats};
+pub use server::{ConnectionEnd, Handler, LogBudget, LogLimit, LogVerdict, Server, ServerConfig, ServerStats};
 pub use status::Status;
+
+/// The ALPN protocols an HTTP/1.x server over TLS offers, most preferred
+/// first: a client that offers only `http/1.0` (`curl -0`) is served too.
+pub const ALPN: &[&[u8]] = &[b"http/1.1", b"http/1.0"];

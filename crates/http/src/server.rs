@@ -65,6 +65,86 @@ pub struct ServerConfig {
     /// connection, so this bounds the peak when many clients arrive
     /// together.
     pub max_handshakes: usize,
+    /// `Strict-Transport-Security: max-age=SECONDS` on every response over
+    /// TLS (never over plain HTTP, where browsers ignore it); `None` sends
+    /// none. Once a browser has seen it, it uses HTTPS for the host until
+    /// the age runs out, so turn it on only where HTTPS will stay.
+    pub hsts: Option<Duration>,
+    /// How many failed TLS handshakes are logged one by one per interval;
+    /// beyond that they are counted and the count is logged once the
+    /// interval is over, so peers cannot fill the log.
+    pub handshake_log: LogLimit,
+}
+
+/// At most `lines` log lines of one kind per `interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimit {
+    /// Lines logged one by one in an interval.
+    pub lines: u32,
+    /// The interval.
+    pub interval: Duration,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit { lines: 10, interval: Duration::from_secs(60) }
+    }
+}
+
+/// What to do with one event under a [`LogBudget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogVerdict {
+    /// Log it.
+    Log,
+    /// The budget just ran out: say that further events are counted.
+    LogLast,
+    /// Count it silently.
+    Count,
+}
+
+/// Rate limit for a kind of log line that peers can cause: the first
+/// [`LogLimit::lines`] events of each interval are logged, the rest
+/// counted, and the count is handed back once the interval is over.
+#[derive(Clone, Debug)]
+pub struct LogBudget {
+    limit: LogLimit,
+    window_end: Option<Instant>,
+    used: u32,
+    counted: u64,
+}
+
+impl LogBudget {
+    /// A fresh budget.
+    pub fn new(limit: LogLimit) -> LogBudget {
+        LogBudget { limit, window_end: None, used: 0, counted: 0 }
+    }
+
+    /// Closes the interval if it is over: the number of events it counted
+    /// without logging, if any (log it as one line).
+    pub fn roll(&mut self, now: Instant) -> Option<u64> {
+        match self.window_end {
+            Some(end) if now >= end => {
+                self.window_end = None;
+                self.used = 0;
+                Some(core::mem::take(&mut self.counted)).filter(|&n| n > 0)
+            }
+            _ => None,
+        }
+    }
+
+    /// Records one event at `now` (call [`LogBudget::roll`] first).
+    pub fn event(&mut self, now: Instant) -> LogVerdict {
+        if self.window_end.is_none() {
+            self.window_end = Some(now + self.limit.interval);
+        }
+        if self.used < self.limit.lines {
+            self.used += 1;
+            if self.used == self.limit.lines { LogVerdict::LogLast } else { LogVerdict::Log }
+        } else {
+            self.counted += 1;
+            LogVerdict::Count
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -77,6 +157,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_handshakes: 32,
+            hsts: None,
+            handshake_log: LogLimit::default(),
         }
     }
 }
@@ -118,6 +200,8 @@ pub struct Server<H> {
     stats: Cell<ServerStats>,
     #[cfg(feature = "tls")]
     handshakes: Gate,
+    #[cfg(feature = "tls")]
+    handshake_log: core::cell::RefCell<LogBudget>,
 }
 
 /// Admits at most a fixed number of holders at a time; the rest wait in
@@ -210,6 +294,8 @@ impl<H: Handler> Server<H> {
             stats: Cell::new(ServerStats::default()),
             #[cfg(feature = "tls")]
             handshakes: Gate::new(config.max_handshakes),
+            #[cfg(feature = "tls")]
+            handshake_log: core::cell::RefCell::new(LogBudget::new(config.handshake_log)),
         }
     }
 
@@ -286,16 +372,46 @@ impl<H: Handler> Server<H> {
     }
 
     /// Sends the status for a refused request and closes.
-    async fn refuse<S: Write>(&self, io: &mut S, error: RequestError, out: &mut Vec<u8>) -> ConnectionEnd {
+    async fn refuse<S: Write>(
+        &self,
+        io: &mut S,
+        error: RequestError,
+        secure: bool,
+        out: &mut Vec<u8>,
+    ) -> ConnectionEnd {
         self.count(|s| s.refused += 1);
         log::debug!("http: refused: {error}");
-        let _ = self.respond_and_close(io, &Response::error(error.status()), out).await;
+        let mut response = Response::error(error.status());
+        self.add_hsts(&mut response, secure);
+        let _ = self.respond_and_close(io, &response, out).await;
         ConnectionEnd::Refused(error)
+    }
+
+    /// Adds `Strict-Transport-Security` on a secure connection, when
+    /// configured and the handler has not set its own.
+    fn add_hsts(&self, response: &mut Response, secure: bool) {
+        if let (true, Some(age)) = (secure, self.config.hsts)
+            && !response.headers.contains("strict-transport-security")
+        {
+            let value = alloc::format!("max-age={}", age.as_secs());
+            response.headers.set("strict-transport-security", value.into_bytes());
+        }
     }
 
     /// Serves requests on one connection until it ends. The caller closes
     /// the transport afterwards.
     pub async fn serve_connection<S: Read + Write>(&self, io: &mut S) -> ConnectionEnd {
+        self.serve(io, false).await
+    }
+
+    /// Serves requests on a connection whose transport is secure (TLS), as
+    /// [`Server::serve_connection`] does; responses carry
+    /// `Strict-Transport-Security` when [`ServerConfig::hsts`] is set.
+    pub async fn serve_secure_connection<S: Read + Write>(&self, io: &mut S) -> ConnectionEnd {
+        self.serve(io, true).await
+    }
+
+    async fn serve<S: Read + Write>(&self, io: &mut S, secure: bool) -> ConnectionEnd {
         let limits = self.config.limits;
         let mut buf: Vec<u8> = Vec::new();
         let mut out: Vec<u8> = Vec::new();
@@ -308,7 +424,7 @@ impl<H: Handler> Server<H> {
                     match parse_head(&buf, &limits) {
                         Ok(Parsed::Complete(head, used)) => break (head, used),
                         Ok(Parsed::Partial) => {}
-                        Err(e) => return self.refuse(io, e, &mut out).await,
+                        Err(e) => return self.refuse(io, e, secure, &mut out).await,
                     }
                 }
                 let started = buf.iter().any(|b| !b.is_ascii_whitespace());
@@ -320,17 +436,21 @@ impl<H: Handler> Server<H> {
                     ReadOutcome::Data => {}
                     ReadOutcome::Eof | ReadOutcome::Failed if !started => return ConnectionEnd::Done,
                     ReadOutcome::Eof => {
-                        return self.refuse(io, RequestError::BadRequest("incomplete request head"), &mut out).await;
+                        return self
+                            .refuse(io, RequestError::BadRequest("incomplete request head"), secure, &mut out)
+                            .await;
                     }
                     ReadOutcome::Failed => return ConnectionEnd::Transport,
-                    ReadOutcome::TimedOut if started => return self.refuse(io, RequestError::Timeout, &mut out).await,
+                    ReadOutcome::TimedOut if started => {
+                        return self.refuse(io, RequestError::Timeout, secure, &mut out).await;
+                    }
                     ReadOutcome::TimedOut => return ConnectionEnd::Done,
                 }
             };
             buf.drain(..used);
             let body = match self.read_body(io, &head, &mut buf).await {
                 Ok(body) => body,
-                Err(Some(e)) => return self.refuse(io, e, &mut out).await,
+                Err(Some(e)) => return self.refuse(io, e, secure, &mut out).await,
                 Err(None) => return ConnectionEnd::Transport,
             };
             if buf.is_empty() {
@@ -338,7 +458,8 @@ impl<H: Handler> Server<H> {
                 buf = Vec::new();
             }
             let (method, version, keep_alive) = (head.method, head.version, head.keep_alive);
-            let response = self.handler.handle(Request { head, body }).await;
+            let mut response = self.handler.handle(Request { head, body }).await;
+            self.add_hsts(&mut response, secure);
             self.count(|s| s.requests += 1);
             let keep_alive = keep_alive
                 && !response.headers.get_str("connection").is_some_and(|c| crate::headers::lists_token(c, "close"));
@@ -468,6 +589,8 @@ impl<H: Handler + 'static> Server<H> {
     ) -> Result<(), skiff_net::TcpError> {
         loop {
             let (stream, peer) = listener.accept().await?;
+            // A quiet spell after a burst of failures still gets its count.
+            self.log_unlogged_failures();
             let server = self.clone();
             let acceptor = acceptor.clone();
             spawner.spawn(async move {
@@ -483,15 +606,45 @@ impl<H: Handler + 'static> Server<H> {
                     Ok(tls) => tls,
                     Err(e) => {
                         server.count(|s| s.failed_handshakes += 1);
-                        log::warn!("https: TLS handshake with {peer} failed: {e}");
+                        server.log_failed_handshake(peer, &e);
                         return;
                     }
                 };
-                let end = server.serve_connection(&mut tls).await;
+                let end = server.serve_secure_connection(&mut tls).await;
                 log::debug!("https: {peer}: {end:?}");
                 let _ = timeout(Duration::from_secs(1), tls.close()).await;
                 tls.get_mut().shutdown();
             });
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<H> Server<H> {
+    /// Logs a failed handshake within [`ServerConfig::handshake_log`].
+    fn log_failed_handshake(&self, peer: impl core::fmt::Display, error: &skiff_tls::TlsError) {
+        self.log_unlogged_failures();
+        let verdict = self.handshake_log.borrow_mut().event(Instant::now());
+        match verdict {
+            LogVerdict::Log => log::warn!("https: TLS handshake with {peer} failed: {error}"),
+            LogVerdict::LogLast => log::warn!(
+                "https: TLS handshake with {peer} failed: {error} (further failures in the next {} s are counted, \
+                 not logged)",
+                self.config.handshake_log.interval.as_secs()
+            ),
+            LogVerdict::Count => {}
+        }
+    }
+
+    /// Logs how many failed handshakes went unlogged, once their interval
+    /// is over.
+    fn log_unlogged_failures(&self) {
+        let unlogged = self.handshake_log.borrow_mut().roll(Instant::now());
+        if let Some(n) = unlogged {
+            log::warn!(
+                "https: {n} more TLS handshakes failed in {} s (not logged one by one)",
+                self.config.handshake_log.interval.as_secs()
+            );
         }
     }
 }

@@ -129,6 +129,7 @@ fn config() -> ServerConfig {
         write_timeout: WRITE_TIMEOUT,
         max_connections: 4,
         max_handshakes: 4,
+        ..ServerConfig::default()
     }
 }
 

@@ -28,31 +28,47 @@
 //! Host builds (without `--cfg skiff_guest`) contain only the portable
 //! parts, for unit tests: there, time is a manual clock the test advances.
 #![cfg_attr(skiff_guest, no_std)]
+// Unsafe code lives only in the modules that allow it below: CPU and
+// assembly (`arch`, `mem`), the heap, the boot path (`start`, `panic`),
+// the hypercalls and shared memory (`hvt`, `console`, `nic`), the waker
+// vtable (`executor`), and the statics of `logger` and `random`.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 pub mod arch;
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 pub mod heap;
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 pub mod hvt;
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 mod mem;
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 mod panic;
 #[cfg(skiff_guest)]
+#[allow(unsafe_code)]
 pub mod start;
 
 pub mod abort;
+#[allow(unsafe_code)]
 pub mod console;
 pub mod device;
 pub mod entropy;
 pub mod env;
+#[allow(unsafe_code)]
 pub mod executor;
+#[allow(unsafe_code)]
 pub mod logger;
 pub mod main_result;
+#[allow(unsafe_code)]
 pub mod nic;
+#[allow(unsafe_code)]
 pub mod random;
 pub mod time;
 

@@ -1,28 +1,35 @@
 //! Reading a Skiff image: an ELF64 x86-64 executable.
 //!
-//! The file is untrusted input. Every offset, size and count is checked
-//! against the file and against the others before use, with checked
-//! arithmetic; anything odd is an [`ElfError`] naming what is wrong. What
-//! comes out, an [`Image`], is safe to load: segments sorted, inside the
-//! file, page-disjoint, above [`layout::IMAGE_MIN`], and the entry point in
-//! an executable supervisor segment.
+//! The file is untrusted input. The `object` crate's ELF reader bounds
+//! every read against the file; on top of it this module checks what a
+//! Skiff image must be, and anything odd is an [`ElfError`] naming what is
+//! wrong. What comes out, an [`Image`], is safe to load: segments sorted,
+//! inside the file, page-disjoint, above [`layout::IMAGE_MIN`], and the
+//! entry point in an executable supervisor segment.
+//!
+//! The symbol table is not read when the image is loaded: it is looked at
+//! in place when a name is needed (a fault report names one function), and
+//! every name is demangled into at most [`NAME_MAX`] bytes, so an image
+//! cannot make loading or naming take unbounded time or memory.
 
-use skiff_abi::manifest::{DESC_SIZE, NOTE_NAMESZ, NOTE_TYPE, device_name};
+use object::LittleEndian as LE;
+use object::elf::{self, FileHeader64};
+use object::read::elf::{FileHeader, Note, ProgramHeader, SectionHeader, Sym};
+use skiff_abi::manifest::{DESC_SIZE, NOTE_TYPE, device_name};
 use skiff_abi::{ABI_VERSION, DEVICE_NAME_MAX, DeviceKind, MAX_DEVICES, layout, pflags, pvh};
+use std::fmt::Write as _;
 
 /// Largest image file the tender reads.
 pub const MAX_FILE_SIZE: u64 = 128 << 20;
 /// Most program headers accepted.
 pub const MAX_PHDRS: u16 = 64;
+/// Longest demangled name shown, in bytes; longer ones end in `...`.
+pub const NAME_MAX: usize = 256;
+/// Most bytes of a raw symbol name read.
+pub const RAW_NAME_MAX: usize = 4 * NAME_MAX;
 
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const PT_INTERP: u32 = 3;
-const PT_NOTE: u32 = 4;
-const PT_TLS: u32 = 7;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
-const PF_R: u32 = 4;
+const PF_X: u32 = elf::PF_X.0;
+const PF_W: u32 = elf::PF_W.0;
 const PAGE: u64 = layout::PAGE_SIZE;
 
 /// What is wrong with an image file.
@@ -32,9 +39,9 @@ pub enum ElfError {
     #[error("not an ELF file")]
     NotElf,
     /// The file is larger than [`MAX_FILE_SIZE`].
-    #[error("image is {size} bytes; the limit is {MAX_FILE_SIZE}")]
+    #[error("the image is larger than the limit of {MAX_FILE_SIZE} bytes")]
     TooLarge {
-        /// File size.
+        /// Bytes read (reading stops past the limit).
         size: u64,
     },
     /// Not a 64-bit little-endian x86-64 executable.
@@ -88,12 +95,12 @@ pub enum ElfError {
     #[error("entry point {0:#x} is not inside an executable supervisor segment")]
     BadEntry(u64),
     /// A note is malformed.
-    #[error("malformed note at offset {offset:#x}: {problem}")]
+    #[error("malformed note in the note segment at offset {offset:#x}: {problem}")]
     BadNote {
-        /// File offset of the note.
+        /// File offset of the note segment.
         offset: u64,
         /// What is wrong.
-        problem: &'static str,
+        problem: String,
     },
     /// No Skiff manifest note.
     #[error("not a Skiff image: it has no Skiff manifest note (build it with `skiff build`)")]
@@ -133,6 +140,10 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Readable.
+    pub fn readable(&self) -> bool {
+        self.flags & elf::PF_R.0 != 0
+    }
     /// Writable.
     pub fn writable(&self) -> bool {
         self.flags & PF_W != 0
@@ -157,17 +168,6 @@ impl Segment {
     pub fn page_end(&self) -> u64 {
         (self.vaddr + self.memsz).div_ceil(PAGE) * PAGE
     }
-    /// A short description of the permissions, like `r-x sup`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}{}{}{}{}",
-            if self.flags & PF_R != 0 { 'r' } else { '-' },
-            if self.writable() { 'w' } else { '-' },
-            if self.executable() { 'x' } else { '-' },
-            if self.supervisor() { " supervisor" } else { " user" },
-            if self.stack() { " stack" } else { "" },
-        )
-    }
 }
 
 /// A device the image declares.
@@ -181,15 +181,74 @@ pub struct DeclaredDevice {
     pub outbound: bool,
 }
 
-/// A function symbol, for naming the code at a faulting address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
-    /// Start address.
+/// An entry of the image's symbol table, read in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    /// Its value: the address of a defined symbol.
     pub addr: u64,
     /// Size in bytes (zero for assembly labels).
     pub size: u64,
-    /// Demangled name.
-    pub name: String,
+    /// Undefined: the image expects someone else to provide it.
+    pub undefined: bool,
+    /// A function, or an untyped label defined in a section (assembly).
+    pub code: bool,
+    /// The string table from the name's offset on (empty if out of range).
+    name_tail: &'a [u8],
+}
+
+impl<'a> Symbol<'a> {
+    /// The raw (mangled) name, up to its NUL and at most [`RAW_NAME_MAX`]
+    /// bytes: a name is never scanned further, whatever its length.
+    pub fn raw_name(&self) -> &'a [u8] {
+        let tail = &self.name_tail[..self.name_tail.len().min(RAW_NAME_MAX)];
+        tail.split(|&b| b == 0).next().unwrap_or_default()
+    }
+
+    /// The name is exactly `name` (reads at most its length and one byte).
+    pub fn is_named(&self, name: &[u8]) -> bool {
+        self.name_tail.strip_prefix(name).is_some_and(|rest| rest.first() == Some(&0))
+    }
+
+    /// The name is not empty (reads one byte).
+    pub fn has_name(&self) -> bool {
+        self.name_tail.first().is_some_and(|&b| b != 0)
+    }
+
+    /// The demangled name, at most [`NAME_MAX`] bytes.
+    pub fn name(&self) -> String {
+        demangle(self.raw_name())
+    }
+
+    /// A named function or label a report may use: not a local `.L` label.
+    fn names_code(&self) -> bool {
+        self.code && self.addr != 0 && self.has_name() && !self.name_tail.starts_with(b".L")
+    }
+}
+
+/// Demangles a Rust symbol name into at most [`NAME_MAX`] bytes: the
+/// demangler stops at the first byte over the limit, so the work is
+/// bounded whatever the name (back-references can make a short mangled
+/// name stand for megabytes).
+pub fn demangle(raw: &[u8]) -> String {
+    struct Bounded(String);
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = NAME_MAX - self.0.len();
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            let cut = (0..=room).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            self.0.push_str(&s[..cut]);
+            Err(std::fmt::Error)
+        }
+    }
+    let raw = String::from_utf8_lossy(&raw[..raw.len().min(RAW_NAME_MAX)]);
+    let mut out = Bounded(String::new());
+    if write!(out, "{:#}", rustc_demangle::demangle(&raw)).is_err() {
+        out.0.push_str("...");
+    }
+    out.0
 }
 
 /// A validated image.
@@ -207,27 +266,10 @@ pub struct Image {
     pub devices: Vec<DeclaredDevice>,
     /// The PVH entry, if the image has the note.
     pub pvh_entry: Option<u64>,
-    /// Function symbols sorted by address (empty for a stripped image).
-    pub symbols: Vec<Symbol>,
 }
 
-fn bytes<'a>(data: &'a [u8], offset: u64, len: u64, what: &'static str) -> Result<&'a [u8], ElfError> {
-    let file_size = data.len() as u64;
-    let end = offset.checked_add(len).filter(|&e| e <= file_size);
-    match end {
-        Some(end) => Ok(&data[offset as usize..end as usize]),
-        None => Err(ElfError::Truncated { what, offset, len, file_size }),
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 impl Image {
@@ -238,53 +280,47 @@ impl Image {
         if file_size > MAX_FILE_SIZE {
             return Err(ElfError::TooLarge { size: file_size });
         }
-        if data.len() < 64 || &data[..4] != b"\x7fELF" {
-            return Err(ElfError::NotElf);
-        }
-        let h = &data[..64];
-        if h[4] != 2 {
+        // The identification bytes first, for a precise message; then
+        // `object` reads the header.
+        let ident = data.get(..16).filter(|i| i[..4] == elf::ELFMAG).ok_or(ElfError::NotElf)?;
+        if ident[4] != elf::ELFCLASS64.0 {
             return Err(ElfError::WrongKind("not 64-bit"));
         }
-        if h[5] != 1 {
+        if ident[5] != elf::ELFDATA2LSB.0 {
             return Err(ElfError::WrongKind("not little-endian"));
         }
-        if h[6] != 1 || u32_at(h, 20) != 1 {
+        let header = FileHeader64::<LE>::parse(&*data).map_err(|_| ElfError::NotElf)?;
+        if ident[6] != elf::EV_CURRENT.0 || header.e_version(LE) != u32::from(elf::EV_CURRENT.0) {
             return Err(ElfError::BadHeader("unknown ELF version"));
         }
-        if u16_at(h, 16) != 2 {
+        if header.e_type(LE) != elf::ET_EXEC {
             return Err(ElfError::WrongKind("not an executable (ET_EXEC)"));
         }
-        if u16_at(h, 18) != 62 {
+        if header.e_machine(LE) != elf::EM_X86_64 {
             return Err(ElfError::WrongKind("not x86-64"));
         }
-        let entry = u64_at(h, 24);
-        let phoff = u64_at(h, 32);
-        let phentsize = u16_at(h, 54);
-        let phnum = u16_at(h, 56);
-        if phnum == 0 {
+        let phnum = header.e_phnum(LE);
+        if phnum == 0 || header.e_phoff(LE) == 0 {
             return Err(ElfError::NoSegments);
         }
-        if phentsize != 56 {
+        if header.e_phentsize(LE) != 56 {
             return Err(ElfError::BadHeader("program header size is not 56"));
         }
         if phnum > MAX_PHDRS {
             return Err(ElfError::BadHeader("too many program headers"));
         }
-        let phdrs = bytes(&data, phoff, u64::from(phnum) * 56, "program header table")?;
+        let truncated = |what, offset, len| ElfError::Truncated { what, offset, len, file_size };
+        let phdrs = header
+            .program_headers(LE, &*data)
+            .map_err(|_| truncated("program header table", header.e_phoff(LE), u64::from(phnum) * 56))?;
 
         let mut segments = Vec::new();
-        let mut notes = Vec::new();
-        for index in 0..phnum as usize {
-            let p = &phdrs[index * 56..(index + 1) * 56];
-            let p_type = u32_at(p, 0);
-            let flags = u32_at(p, 4);
-            let offset = u64_at(p, 8);
-            let vaddr = u64_at(p, 16);
-            let paddr = u64_at(p, 24);
-            let filesz = u64_at(p, 32);
-            let memsz = u64_at(p, 40);
-            match p_type {
-                PT_LOAD => {
+        let (mut manifest, mut pvh_entry) = (None, None);
+        for (index, p) in phdrs.iter().enumerate() {
+            let (offset, filesz, vaddr, memsz) = (p.p_offset(LE), p.p_filesz(LE), p.p_vaddr(LE), p.p_memsz(LE));
+            let flags = p.p_flags(LE).0;
+            let what = match p.p_type(LE) {
+                elf::PT_LOAD => {
                     let bad = |problem| ElfError::BadSegment { index, vaddr, problem };
                     if memsz == 0 {
                         continue;
@@ -292,17 +328,16 @@ impl Image {
                     if filesz > memsz {
                         return Err(bad("file size exceeds memory size"));
                     }
-                    if vaddr != paddr {
+                    if vaddr != p.p_paddr(LE) {
                         return Err(bad("virtual and physical addresses differ"));
                     }
                     if vaddr < layout::IMAGE_MIN {
                         return Err(bad("below 1 MiB, where the tender keeps the boot area"));
                     }
-                    match vaddr.checked_add(memsz) {
-                        Some(end) if end <= layout::MEM_MAX => {}
-                        _ => return Err(bad("extends beyond the largest guest memory")),
+                    if vaddr.checked_add(memsz).is_none_or(|end| end > layout::MEM_MAX) {
+                        return Err(bad("extends beyond the largest guest memory"));
                     }
-                    bytes(&data, offset, filesz, "segment contents")?;
+                    p.data(LE, &*data).map_err(|()| truncated("segment contents", offset, filesz))?;
                     if flags & PF_W != 0 && flags & PF_X != 0 {
                         return Err(bad("writable and executable (W^X)"));
                     }
@@ -310,39 +345,43 @@ impl Image {
                         return Err(bad("the stack segment must be writable and have no file bytes"));
                     }
                     segments.push(Segment { vaddr, memsz, offset, filesz, flags });
+                    continue;
                 }
-                PT_NOTE => {
-                    notes.push((offset, filesz));
+                elf::PT_NOTE => {
+                    p.data(LE, &*data).map_err(|()| truncated("note segment", offset, filesz))?;
+                    let bad = |e: object::Error| ElfError::BadNote { offset, problem: e.to_string() };
+                    let Some(mut notes) = p.notes(LE, &*data).map_err(bad)? else { continue };
+                    while let Some(note) = notes.next().map_err(bad)? {
+                        read_note(&note, offset, &mut manifest, &mut pvh_entry)?;
+                    }
+                    continue;
                 }
-                PT_DYNAMIC => {
-                    return Err(ElfError::Unsupported { index, what: "dynamic-linking" });
-                }
-                PT_INTERP => {
-                    return Err(ElfError::Unsupported { index, what: "interpreter" });
-                }
-                PT_TLS => {
-                    return Err(ElfError::Unsupported { index, what: "thread-local storage" });
-                }
-                _ => {}
-            }
+                elf::PT_DYNAMIC => "dynamic-linking",
+                elf::PT_INTERP => "interpreter",
+                elf::PT_TLS => "thread-local storage",
+                _ => continue,
+            };
+            return Err(ElfError::Unsupported { index, what });
         }
         if segments.is_empty() {
             return Err(ElfError::NoSegments);
         }
         segments.sort_by_key(|s| s.vaddr);
-        for pair in segments.windows(2) {
-            if pair[0].page_end() > pair[1].page_start() {
-                return Err(ElfError::Overlap { a: pair[0].vaddr, b: pair[1].vaddr });
-            }
+        if let Some(pair) = segments.windows(2).find(|pair| pair[0].page_end() > pair[1].page_start()) {
+            return Err(ElfError::Overlap { a: pair[0].vaddr, b: pair[1].vaddr });
         }
-        let entry_ok =
-            segments.iter().any(|s| s.executable() && s.supervisor() && entry >= s.vaddr && entry < s.vaddr + s.memsz);
-        if !entry_ok {
+        let entry = header.e_entry(LE);
+        let in_code = |s: &Segment| s.executable() && s.supervisor() && (s.vaddr..s.vaddr + s.memsz).contains(&entry);
+        if !segments.iter().any(in_code) {
             return Err(ElfError::BadEntry(entry));
         }
-        let stacks: Vec<&Segment> = segments.iter().filter(|s| s.stack()).collect();
-        match stacks.as_slice() {
-            [stack] => {
+        let mut stacks = segments.iter().filter(|s| s.stack());
+        match (stacks.next(), stacks.next()) {
+            (None, _) => {
+                return Err(ElfError::BadStack("the image has no ring-3 stack segment (is it a Skiff image?)"));
+            }
+            (Some(_), Some(_)) => return Err(ElfError::BadStack("the image has more than one stack segment")),
+            (Some(stack), None) => {
                 let guard = stack.page_start() - PAGE;
                 if segments.iter().any(|s| s.page_start() <= guard && guard < s.page_end()) {
                     return Err(ElfError::BadStack(
@@ -350,25 +389,12 @@ impl Image {
                     ));
                 }
             }
-            [] => {
-                return Err(ElfError::BadStack("the image has no ring-3 stack segment (is it a Skiff image?)"));
-            }
-            _ => {
-                return Err(ElfError::BadStack("the image has more than one stack segment"));
-            }
-        }
-
-        let mut manifest = None;
-        let mut pvh_entry = None;
-        for (offset, len) in notes {
-            parse_notes(&data, offset, len, &mut manifest, &mut pvh_entry)?;
         }
         let (abi_version, devices) = manifest.ok_or(ElfError::NoManifest)?;
         if abi_check && abi_version != ABI_VERSION {
             return Err(ElfError::AbiMismatch { image: abi_version, tender: ABI_VERSION });
         }
-        let symbols = parse_symbols(&data).unwrap_or_default();
-        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry, symbols })
+        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry })
     }
 
     /// One past the last byte of the highest segment, page aligned.
@@ -386,63 +412,70 @@ impl Image {
         self.segments.iter().find(|s| s.stack()).expect("validated: one stack segment")
     }
 
-    /// The segment containing `addr`.
-    pub fn segment_at(&self, addr: u64) -> Option<&Segment> {
-        self.segments.iter().find(|s| s.page_start() <= addr && addr < s.page_end())
+    /// The entries of the symbol table (`.symtab`), read in place and in
+    /// file order; none for a stripped image or a malformed table (names
+    /// are a convenience for reports, never needed to run).
+    pub fn symbols(&self) -> impl Iterator<Item = Symbol<'_>> {
+        let data = &*self.data;
+        let table = || {
+            let sections = FileHeader64::<LE>::parse(data).ok()?.sections(LE, data).ok()?;
+            let table = sections.symbols(LE, data, elf::SHT_SYMTAB).ok()?;
+            let strings = sections.section(table.string_section()).ok()?.data(LE, data).ok()?;
+            Some((table, strings))
+        };
+        table().into_iter().flat_map(|(table, strings)| {
+            table.iter().skip(1).map(|s| {
+                let (kind, section) = (s.st_type(), s.st_shndx(LE));
+                Symbol {
+                    addr: s.st_value(LE),
+                    size: s.st_size(LE),
+                    undefined: s.is_undefined(LE),
+                    code: kind == elf::STT_FUNC || (kind == elf::STT_NOTYPE && section != elf::SHN_UNDEF),
+                    name_tail: strings.get(s.st_name(LE) as usize..).unwrap_or_default(),
+                }
+            })
+        })
+    }
+
+    /// The function or label at `addr`: the code symbol with the highest
+    /// address at or below it (the last such in the table on a tie), unless
+    /// its size says `addr` is past its end. One pass over the table.
+    pub fn function_at(&self, addr: u64) -> Option<Symbol<'_>> {
+        let best = self
+            .symbols()
+            .filter(|s| s.names_code() && s.addr <= addr)
+            .reduce(|a, b| if b.addr >= a.addr { b } else { a })?;
+        (best.size == 0 || addr - best.addr < best.size).then_some(best)
     }
 
     /// Names the code at `addr`, like `hello::main+0x1c`.
     pub fn symbolize(&self, addr: u64) -> Option<String> {
-        let i = self.symbols.partition_point(|s| s.addr <= addr);
-        let sym = self.symbols.get(i.checked_sub(1)?)?;
-        if sym.size != 0 && addr >= sym.addr + sym.size {
-            return None;
-        }
-        Some(format!("{}+{:#x}", sym.name, addr - sym.addr))
+        self.function_at(addr).map(|s| format!("{}+{:#x}", s.name(), addr - s.addr))
     }
 }
 
 type Manifest = (u32, Vec<DeclaredDevice>);
 
-fn parse_notes(
-    data: &[u8],
+/// Takes in one note of the note segment at `offset`: the manifest or the
+/// PVH entry; other notes are ignored.
+fn read_note(
+    note: &Note<'_, FileHeader64<LE>>,
     offset: u64,
-    len: u64,
     manifest: &mut Option<Manifest>,
     pvh_entry: &mut Option<u64>,
 ) -> Result<(), ElfError> {
-    let notes = bytes(data, offset, len, "note segment")?;
-    let mut at = 0usize;
-    while at < notes.len() {
-        let note_offset = offset + at as u64;
-        let bad = |problem| ElfError::BadNote { offset: note_offset, problem };
-        if notes.len() - at < 12 {
-            return Err(bad("header runs past the segment"));
+    let (name, note_type, desc) = (note.name_bytes(), note.n_type(LE).0, note.desc());
+    if name == b"Skiff\0" && note_type == NOTE_TYPE {
+        if manifest.is_some() {
+            return Err(ElfError::BadManifest("the image has two manifests".into()));
         }
-        let namesz = u32_at(notes, at) as usize;
-        let descsz = u32_at(notes, at + 4) as usize;
-        let note_type = u32_at(notes, at + 8);
-        let name_start = at + 12;
-        let desc_start = name_start.checked_add(namesz.next_multiple_of(4)).ok_or(bad("name size overflows"))?;
-        let next = desc_start.checked_add(descsz.next_multiple_of(4)).ok_or(bad("descriptor size overflows"))?;
-        if desc_start.checked_add(descsz).is_none_or(|e| e > notes.len()) || name_start + namesz > notes.len() {
-            return Err(bad("name or descriptor runs past the segment"));
-        }
-        let name = &notes[name_start..name_start + namesz];
-        let desc = &notes[desc_start..desc_start + descsz];
-        if namesz == NOTE_NAMESZ as usize && name == b"Skiff\0" && note_type == NOTE_TYPE {
-            if manifest.is_some() {
-                return Err(ElfError::BadManifest("the image has two manifests".into()));
-            }
-            *manifest = Some(parse_manifest(desc)?);
-        } else if name == pvh::NOTE_NAME && note_type == pvh::NOTE_TYPE_PHYS32_ENTRY {
-            *pvh_entry = match descsz {
-                4 => Some(u64::from(u32_at(desc, 0))),
-                8 => Some(u64_at(desc, 0)),
-                _ => return Err(bad("PVH entry note has an odd size")),
-            };
-        }
-        at = next;
+        *manifest = Some(parse_manifest(desc)?);
+    } else if name == pvh::NOTE_NAME && note_type == pvh::NOTE_TYPE_PHYS32_ENTRY {
+        *pvh_entry = Some(match *desc {
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(ElfError::BadNote { offset, problem: "PVH entry note has an odd size".into() }),
+        });
     }
     Ok(())
 }
@@ -482,53 +515,15 @@ fn parse_manifest(desc: &[u8]) -> Result<Manifest, ElfError> {
     Ok((version, devices))
 }
 
-/// Reads `.symtab` for function names. Any inconsistency just means no
-/// symbols: names are a convenience for fault reports, never needed to run.
-fn parse_symbols(data: &[u8]) -> Option<Vec<Symbol>> {
-    let shoff = u64_at(data, 40);
-    let shentsize = u16_at(data, 58);
-    let shnum = u16_at(data, 60);
-    if shoff == 0 || shentsize != 64 {
-        return None;
-    }
-    let shdrs = bytes(data, shoff, u64::from(shnum) * 64, "section headers").ok()?;
-    for i in 0..shnum as usize {
-        let sh = &shdrs[i * 64..(i + 1) * 64];
-        if u32_at(sh, 4) != 2 {
-            continue; // not SHT_SYMTAB
-        }
-        let link = u32_at(sh, 40) as usize;
-        let symtab = bytes(data, u64_at(sh, 24), u64_at(sh, 32), "symbol table").ok()?;
-        let strsh = shdrs.get(link * 64..(link + 1) * 64)?;
-        let strtab = bytes(data, u64_at(strsh, 24), u64_at(strsh, 32), "string table").ok()?;
-        let mut symbols = Vec::new();
-        for entry in symtab.chunks_exact(24) {
-            let st_type = entry[4] & 0xf;
-            let shndx = u16_at(entry, 6);
-            let value = u64_at(entry, 8);
-            // Functions, and untyped labels defined in a section (assembly).
-            if !(st_type == 2 || (st_type == 0 && shndx != 0)) || value == 0 {
-                continue;
-            }
-            let name_off = u32_at(entry, 0) as usize;
-            let raw = strtab.get(name_off..)?;
-            let end = raw.iter().position(|&b| b == 0)?;
-            let raw = std::str::from_utf8(&raw[..end]).ok()?;
-            if raw.is_empty() || raw.starts_with(".L") {
-                continue;
-            }
-            let name = format!("{:#}", rustc_demangle::demangle(raw));
-            symbols.push(Symbol { addr: value, size: u64_at(entry, 16), name });
-        }
-        symbols.sort_by_key(|s| s.addr);
-        return Some(symbols);
-    }
-    None
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use skiff_abi::manifest::NOTE_NAMESZ;
+
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const PT_NOTE: u32 = 4;
+    const PF_R: u32 = 4;
 
     /// Builds a minimal valid image: a supervisor text segment with the
     /// entry, a user data segment, a stack with a guard page, and a
@@ -539,6 +534,10 @@ pub(crate) mod tests {
         pub manifest_version: u32,
         pub devices: Vec<(u32, &'static str)>,
         pub with_manifest: bool,
+        /// Symbol table entries: value, size, `st_info`, `st_shndx`, name.
+        pub symbols: Vec<(u64, u64, u8, u16, &'static str)>,
+        /// Bytes appended to the note segment.
+        pub extra_notes: Vec<u8>,
     }
 
     impl Builder {
@@ -553,6 +552,8 @@ pub(crate) mod tests {
                 manifest_version: ABI_VERSION,
                 devices: vec![],
                 with_manifest: true,
+                symbols: vec![],
+                extra_notes: vec![],
             }
         }
 
@@ -574,6 +575,7 @@ pub(crate) mod tests {
                     note.extend_from_slice(&n);
                 }
             }
+            note.extend_from_slice(&self.extra_notes);
             let phnum = self.segments.len() + 1;
             let mut out = vec![0u8; 64 + 56 * phnum];
             let place = |out: &mut Vec<u8>, bytes: &[u8]| {
@@ -612,7 +614,45 @@ pub(crate) mod tests {
                 out[p + 32..p + 40].copy_from_slice(&filesz.to_le_bytes());
                 out[p + 40..p + 48].copy_from_slice(&memsz.to_le_bytes());
             }
+            if !self.symbols.is_empty() {
+                self.append_symbols(&mut out);
+            }
             out
+        }
+
+        /// Appends `.symtab`, `.strtab`, `.shstrtab` and section headers.
+        fn append_symbols(&self, out: &mut Vec<u8>) {
+            let mut strtab = vec![0u8];
+            let mut symtab = vec![0u8; 24];
+            for (value, size, info, shndx, name) in &self.symbols {
+                symtab.extend_from_slice(&(strtab.len() as u32).to_le_bytes());
+                symtab.extend_from_slice(&[*info, 0]);
+                symtab.extend_from_slice(&shndx.to_le_bytes());
+                symtab.extend_from_slice(&value.to_le_bytes());
+                symtab.extend_from_slice(&size.to_le_bytes());
+                strtab.extend_from_slice(name.as_bytes());
+                strtab.push(0);
+            }
+            let names = b"\0.symtab\0.strtab\0.shstrtab\0";
+            let mut shdrs = vec![0u8; 64];
+            for (name, kind, bytes, link, entsize) in
+                [(1u32, 2u32, &symtab[..], 2u32, 24u64), (9, 3, &strtab[..], 0, 0), (17, 3, &names[..], 0, 0)]
+            {
+                let at = out.len() as u64;
+                out.extend_from_slice(bytes);
+                let mut sh = [0u8; 64];
+                sh[..4].copy_from_slice(&name.to_le_bytes());
+                sh[4..8].copy_from_slice(&kind.to_le_bytes());
+                sh[24..32].copy_from_slice(&at.to_le_bytes());
+                sh[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+                sh[40..44].copy_from_slice(&link.to_le_bytes());
+                sh[56..64].copy_from_slice(&entsize.to_le_bytes());
+                shdrs.extend_from_slice(&sh);
+            }
+            let shoff = out.len() as u64;
+            out.extend_from_slice(&shdrs);
+            out[40..48].copy_from_slice(&shoff.to_le_bytes());
+            out[58..64].copy_from_slice(&[64, 0, 4, 0, 3, 0]);
         }
     }
 
@@ -729,6 +769,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn notes_are_checked() {
+        let note = |name: &[u8], kind: u32, desc: &[u8]| {
+            let mut n = Vec::new();
+            for v in [name.len() as u32, desc.len() as u32, kind] {
+                n.extend_from_slice(&v.to_le_bytes());
+            }
+            for part in [name, desc] {
+                n.extend_from_slice(part);
+                n.resize(n.len().next_multiple_of(4), 0);
+            }
+            n
+        };
+        let mut b = Builder::new();
+        b.extra_notes = note(b"Xen\0", pvh::NOTE_TYPE_PHYS32_ENTRY, &0x10_0040u32.to_le_bytes());
+        assert_eq!(parse(&b).unwrap().pvh_entry, Some(0x10_0040));
+        b.extra_notes = note(b"Xen\0", pvh::NOTE_TYPE_PHYS32_ENTRY, &[1, 2, 3]);
+        assert!(parse(&b).unwrap_err().to_string().contains("PVH entry note has an odd size"));
+        b.extra_notes = note(b"Other\0", 7, &[9; 12]);
+        assert!(parse(&b).is_ok(), "other notes are ignored");
+        b.extra_notes = note(b"Skiff\0", NOTE_TYPE, &vec![0; DESC_SIZE]);
+        b.extra_notes[20..24].copy_from_slice(&ABI_VERSION.to_le_bytes());
+        assert!(parse(&b).unwrap_err().to_string().contains("two manifests"));
+        b.extra_notes = vec![200, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert!(matches!(parse(&b).unwrap_err(), ElfError::BadNote { .. }), "a name past the segment");
+        b.extra_notes = vec![4, 0, 0];
+        assert!(matches!(parse(&b).unwrap_err(), ElfError::BadNote { .. }), "a header past the segment");
+    }
+
+    #[test]
     fn manifest_is_required_and_versioned() {
         let mut b = Builder::new();
         b.with_manifest = false;
@@ -746,10 +815,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn symbols_are_read_in_place_and_named_on_demand() {
+        let mut b = Builder::new();
+        b.symbols = vec![
+            (0x10_0000, 0x10, 0x12, 1, "_ZN5hello4main17h0123456789abcdefE"),
+            (0x10_0100, 0, 0x10, 1, "skiff_label"),
+            (0x10_0200, 0x10, 0x02, 1, ".Lhidden"),
+            (0x10_0300, 0x10, 0x11, 1, "some_data"),
+            (0, 0, 0x12, 0, "needed_elsewhere"),
+        ];
+        let img = parse(&b).unwrap();
+        assert_eq!(img.symbols().count(), 5);
+        assert_eq!(img.symbolize(0x10_0008).as_deref(), Some("hello::main+0x8"));
+        assert_eq!(img.symbolize(0x10_0010), None, "past the end of a sized function");
+        assert_eq!(img.symbolize(0x10_0150).as_deref(), Some("skiff_label+0x50"));
+        // Local labels and data objects are not functions.
+        assert_eq!(img.symbolize(0x10_0350).as_deref(), Some("skiff_label+0x250"));
+        let undefined: Vec<String> = img.symbols().filter(|s| s.undefined).map(|s| s.name()).collect();
+        assert_eq!(undefined, ["needed_elsewhere"]);
+        // A broken table means no names, never a refused image.
+        let mut d = b.build();
+        let shoff = u64::from_le_bytes(d[40..48].try_into().unwrap()) as usize;
+        d[shoff + 64 + 40..shoff + 64 + 44].copy_from_slice(&99u32.to_le_bytes());
+        let img = Image::parse(d, true).unwrap();
+        assert_eq!(img.symbols().count(), 0);
+        assert_eq!(img.symbolize(0x10_0008), None);
+    }
+
+    #[test]
+    fn demangling_is_bounded_in_output_and_time() {
+        // 44 bytes whose back-references expand to about a megabyte.
+        let bomb = b"_RYFG_FGyyEvRYFF_EvRYFFEvERLB_B_B_ERLRjB_B_B_";
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            let name = demangle(bomb);
+            assert!(name.len() <= NAME_MAX + 3 && name.ends_with("..."), "{name}");
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "took {:?}", start.elapsed());
+        let long = "x".repeat(1 << 20);
+        assert_eq!(demangle(long.as_bytes()).len(), NAME_MAX + 3);
+        assert_eq!(demangle("é".repeat(200).as_bytes()).len(), NAME_MAX + 3);
+    }
+
+    #[test]
     fn random_mutations_never_panic() {
-        // A deterministic xorshift: flip bytes of a good image and check
-        // that parsing returns (Ok or Err) instead of panicking.
-        let good = Builder::new().build();
+        // A deterministic xorshift: flip bytes of a good image (with a
+        // symbol table) and check that parsing returns (Ok or Err) and
+        // naming returns, instead of panicking.
+        let mut b = Builder::new();
+        b.symbols =
+            vec![(0x10_0000, 0x10, 0x12, 1, "_ZN5hello4main17h0123456789abcdefE"), (0x10_0100, 0, 0x10, 1, "x")];
+        let good = b.build();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             let mut d = good.clone();
@@ -760,7 +876,9 @@ pub(crate) mod tests {
                 let at = (x as usize) % d.len();
                 d[at] = (x >> 32) as u8;
             }
-            let _ = Image::parse(d, true);
+            if let Ok(img) = Image::parse(d, true) {
+                let _ = (img.symbolize(0x10_0008), img.symbolize(u64::MAX), img.symbols().count());
+            }
         }
     }
 }

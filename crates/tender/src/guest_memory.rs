@@ -60,7 +60,7 @@ pub enum MemoryError {
 /// # Safety
 /// Implementors must be `#[repr(C)]`, contain no padding, no pointers or
 /// references, and be valid for every bit pattern.
-pub unsafe trait Pod: Copy + Default {}
+pub unsafe trait Pod: Copy {}
 
 // SAFETY: all four are #[repr(C)] structs of u32/u64 fields laid out without
 // padding (their sizes are asserted by skiff-abi's tests), valid for any
@@ -80,6 +80,10 @@ unsafe impl Pod for skiff_abi::NetIoArgs {}
 unsafe impl Pod for skiff_abi::NetFrame {}
 // SAFETY: as above.
 unsafe impl Pod for skiff_abi::NetNotifyArgs {}
+// SAFETY: #[repr(C)], every field an integer or an array of them (the
+// devices are DeviceInfo, u32s and byte arrays), laid out without padding:
+// skiff-abi's tests pin its size and offsets.
+unsafe impl Pod for skiff_abi::BootInfo {}
 // SAFETY: integers are valid for every bit pattern and have no padding.
 unsafe impl Pod for u32 {}
 // SAFETY: as above.
@@ -200,13 +204,15 @@ impl GuestMemory {
 
     /// Reads a plain-old-data value.
     pub fn read_obj<T: Pod>(&self, addr: GuestAddr) -> Result<T, MemoryError> {
-        let mut value = T::default();
-        // SAFETY: `T: Pod` has no padding and is valid for any bytes, so its
-        // storage may be viewed as bytes and filled with any.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), std::mem::size_of::<T>()) };
-        self.read(addr, bytes)?;
-        Ok(value)
+        let mut value = std::mem::MaybeUninit::<T>::zeroed();
+        // SAFETY: the storage is zeroed, so initialised, bytes; `T: Pod` has
+        // no padding and is valid for any bytes, so the storage may be viewed
+        // as bytes, filled with any, and then read as a `T`.
+        unsafe {
+            let bytes = std::slice::from_raw_parts_mut(value.as_mut_ptr().cast::<u8>(), std::mem::size_of::<T>());
+            self.read(addr, bytes)?;
+            Ok(value.assume_init())
+        }
     }
 
     /// Writes a plain-old-data value.

@@ -1,8 +1,8 @@
 //! KVM: the virtual machine, its one vCPU, and the register state that
 //! enters the guest directly in 64-bit long mode.
 //!
-//! With `guest_memory`, this is one of the two modules of the tender with
-//! `unsafe` code.
+//! One of the four modules of the tender with `unsafe` code (with
+//! `guest_memory`, `sys` and `tap`).
 
 use crate::guest_memory::GuestMemory;
 use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, kvm_xcrs};

@@ -15,15 +15,21 @@
 //! exits cleanly.
 //!
 //! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
-//! memory and builds page tables, [`kvm`] and [`guest_memory`] hold all
-//! the unsafe code, [`console`] drains the guest's console ring,
+//! memory and builds page tables, [`kvm`], [`guest_memory`], [`sys`]
+//! (signals, malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold
+//! all the unsafe code (the compiler enforces it: `deny(unsafe_code)`
+//! everywhere else), [`console`] drains the guest's console ring,
 //! [`fault`] explains CPU exceptions, [`stats`] counts exits and times the
 //! boot.
+
+#![deny(unsafe_code)]
 
 pub mod console;
 pub mod elf;
 pub mod fault;
+#[allow(unsafe_code)]
 pub mod guest_memory;
+#[allow(unsafe_code)]
 pub mod kvm;
 pub mod monitor;
 pub mod net;
@@ -34,7 +40,9 @@ pub mod rings;
 pub mod seccomp;
 pub mod serve;
 pub mod stats;
+#[allow(unsafe_code)]
 pub mod sys;
+#[allow(unsafe_code)]
 pub mod tap;
 
 use elf::{ElfError, Image};
@@ -43,8 +51,8 @@ use kvm::{KvmError, Vm};
 use paging::{PageTables, PagingError};
 pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
-    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DEVICE_NAME_MAX, DeviceInfo, DeviceKind, FaultFrame,
-    MAX_DEVICES, SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
+    ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, DeviceKind, FaultFrame, MAX_DEVICES,
+    SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
 };
 use stats::Stats;
 use std::io::Write;
@@ -204,14 +212,14 @@ pub struct RunReport {
     pub stats: Stats,
 }
 
-/// Reads and validates an image file.
+/// Reads and validates an image file. At most [`elf::MAX_FILE_SIZE`]
+/// bytes are read, whatever the file claims (a pipe or a device has no
+/// size).
 pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
+    use std::io::Read;
     let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
-    let size = std::fs::metadata(path).map_err(read_err)?.len();
-    if size > elf::MAX_FILE_SIZE {
-        return Err(TenderError::Image { path: path.to_owned(), source: ElfError::TooLarge { size } });
-    }
-    let data = std::fs::read(path).map_err(read_err)?;
+    let mut data = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data)).map_err(read_err)?;
     Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
 }
 
@@ -233,13 +241,19 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 /// Boots `config.image` and serves it until it ends. Console output goes
 /// to `console`.
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
-    let started = Instant::now();
+    // `--timeout` counts from here: loading the image is part of the budget.
+    let deadline = config.timeout.map(|t| (Instant::now() + t, t));
     let mut stats = Stats::new();
     sys::use_one_malloc_arena();
     // Before any thread starts, so that every thread blocks them and the
     // monitor alone takes them.
     sys::block_stop_signals().map_err(TenderError::Watchdog)?;
     let image = load_image(&config.image, true)?;
+    if let Some((at, t)) = deadline
+        && Instant::now() >= at
+    {
+        return Ok(RunReport { outcome: Outcome::Timeout(t), stats });
+    }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
@@ -282,7 +296,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let tsc_hz = vm.tsc_hz()?;
     let tsc_now = vm.guest_tsc();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let boot = BootInfo {
+    let mut boot = BootInfo {
         magic: BOOT_INFO_MAGIC,
         abi_version: ABI_VERSION,
         log_level: config.log_level,
@@ -301,26 +315,22 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         reserved: 0,
         devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
     };
-    write_boot_info(&mem, &boot)?;
-    for (i, nic) in nics.iter().enumerate() {
-        let mut name = [0u8; DEVICE_NAME_MAX];
-        name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
-        let info = DeviceInfo {
-            kind: DeviceKind::Net as u32,
-            reserved: 0,
-            name,
-            data: nic.info(config.net.guest_spin).encode(),
-        };
-        write_device_info(&mem, i, &info)?;
+    for (slot, nic) in boot.devices.iter_mut().zip(nics.iter()) {
+        slot.kind = DeviceKind::Net as u32;
+        slot.name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
+        slot.data = nic.info(config.net.guest_spin).encode();
     }
+    mem.write_obj(GuestAddr(paging::BOOT_INFO), &boot)?;
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
-    let deadline = config.timeout.map(|t| started + t);
-    let monitor =
-        monitor::Monitor::start(monitor::Limits { deadline, grace: config.stop_grace }, mem.clone(), paging::SHARED)
-            .map_err(TenderError::Watchdog)?;
+    let monitor = monitor::Monitor::start(
+        monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace },
+        mem.clone(),
+        paging::SHARED,
+    )
+    .map_err(TenderError::Watchdog)?;
     let nics = Arc::new(nics);
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
     let io_thread = if config.net.rings && !nics.is_empty() {
@@ -349,7 +359,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         regions: &regions,
         console,
         stats: &mut stats,
-        deadline: deadline.zip(config.timeout),
+        deadline,
         nics: &nics,
         io: &io_shared,
         rings: io_thread.is_some(),
@@ -411,41 +421,6 @@ fn user_networks(
         users.push((i, user));
     }
     Ok(users)
-}
-
-fn write_device_info(mem: &GuestMemory, index: usize, d: &DeviceInfo) -> Result<(), MemoryError> {
-    let at = paging::BOOT_INFO
-        + std::mem::offset_of!(BootInfo, devices) as u64
-        + (index * std::mem::size_of::<DeviceInfo>()) as u64;
-    mem.write_obj(GuestAddr(at), &d.kind)?;
-    mem.write_obj(GuestAddr(at + 4), &d.reserved)?;
-    mem.write(GuestAddr(at + 8), &d.name)?;
-    mem.write(GuestAddr(at + 8 + DEVICE_NAME_MAX as u64), &d.data)
-}
-
-fn write_boot_info(mem: &GuestMemory, b: &BootInfo) -> Result<(), MemoryError> {
-    // Field by field: BootInfo is not plain-old-data as a whole (it has
-    // arrays of structs), and the layout is pinned by skiff-abi's tests.
-    let base = paging::BOOT_INFO;
-    let put = |off: u64, v: u64| mem.write_obj(GuestAddr(base + off), &v);
-    let put32 = |off: u64, v: u32| mem.write_obj(GuestAddr(base + off), &v);
-    put(0, b.magic)?;
-    put32(8, b.abi_version)?;
-    put32(12, b.log_level)?;
-    put(16, b.mem_size)?;
-    put(24, b.heap_start)?;
-    put(32, b.heap_end)?;
-    put(40, b.tsc_hz)?;
-    put(48, b.wall_nanos)?;
-    put(56, b.tsc_at_wall)?;
-    put(64, b.shared)?;
-    put(72, b.args)?;
-    put32(80, b.argc)?;
-    put32(84, b.args_len)?;
-    put(88, b.page_table_root)?;
-    put32(96, b.device_count)?;
-    put32(100, b.reserved)?;
-    Ok(())
 }
 
 #[cfg(test)]

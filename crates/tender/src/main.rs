@@ -4,6 +4,8 @@
 //! `--help`) lists the statuses the runtime and the tender give, which
 //! never meet the service's own range 0..=99.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use skiff_tender::options::RunOptions;
 use std::path::PathBuf;

@@ -66,6 +66,13 @@ pub struct Perm {
 }
 
 impl Perm {
+    /// Like `r-x user` or `rw- supervisor`.
+    pub fn describe(self) -> String {
+        let flag = |on, c| if on { c } else { '-' };
+        let ring = if self.user { "user" } else { "supervisor" };
+        format!("r{}{} {ring}", flag(self.write, 'w'), flag(self.exec, 'x'))
+    }
+
     fn bits(self) -> u64 {
         P | if self.write { RW } else { 0 } | if self.user { US } else { 0 } | if self.exec { 0 } else { NX }
     }
@@ -123,44 +130,26 @@ pub fn regions(
     rings: Option<(u64, u64)>,
 ) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
     let ro = Perm { write: false, exec: false, user: true };
+    let rw = Perm { write: true, exec: false, user: true };
+    let region = |start, end, perm, what| Region { start, end, perm, what, device: false };
     let mut out = vec![
-        Region { start: BOOT_INFO, end: SHARED, perm: ro, what: "boot info", device: false },
-        Region {
-            start: SHARED,
-            end: SHARED + SHARED_LEN,
-            perm: Perm { write: true, exec: false, user: true },
-            what: "shared area",
-            device: false,
-        },
-        Region {
-            start: BOOT_GDT,
-            end: BOOT_GDT + PAGE,
-            perm: Perm { write: false, exec: false, user: false },
-            what: "boot GDT",
-            device: false,
-        },
-        Region {
-            start: TABLES,
-            end: TABLES_END,
-            perm: Perm { write: true, exec: false, user: false },
-            what: "page tables",
-            device: false,
-        },
+        region(BOOT_INFO, ARGS, ro, "boot info"),
+        region(ARGS, SHARED, ro, "command line"),
+        region(SHARED, SHARED + SHARED_LEN, rw, "shared area"),
+        region(BOOT_GDT, BOOT_GDT + PAGE, Perm { write: false, exec: false, user: false }, "boot GDT"),
+        region(TABLES, TABLES_END, Perm { write: true, exec: false, user: false }, "page tables"),
     ];
     for s in &image.segments {
-        out.push(Region {
-            start: s.page_start(),
-            end: s.page_end(),
-            perm: Perm { write: s.writable(), exec: s.executable(), user: !s.supervisor() },
-            what: if s.supervisor() {
-                "supervisor segment"
-            } else if s.stack() {
-                "stack"
-            } else {
-                "image segment"
-            },
-            device: false,
-        });
+        let what = match (s.supervisor(), s.executable(), s.writable()) {
+            _ if s.stack() => "ring-3 stack",
+            (true, true, _) => "code of the supervisor",
+            (true, false, _) => "data of the supervisor",
+            (false, true, _) => "code of the image",
+            (false, false, true) => "data of the image",
+            (false, false, false) => "read-only data of the image",
+        };
+        let perm = Perm { write: s.writable(), exec: s.executable(), user: !s.supervisor() };
+        out.push(region(s.page_start(), s.page_end(), perm, what));
     }
     let heap_start = image.end();
     let heap_end = rings.map_or(mem_size, |(start, _)| start);
@@ -168,8 +157,7 @@ pub fn regions(
     if heap_start + PAGE > heap_end {
         return Err(PagingError::MemoryTooSmall { need: heap_start + (mem_size - heap_end), have: mem_size });
     }
-    let rw = Perm { write: true, exec: false, user: true };
-    out.push(Region { start: heap_start, end: heap_end, perm: rw, what: "heap", device: false });
+    out.push(region(heap_start, heap_end, rw, "heap"));
     if let Some((start, end)) = rings {
         out.push(Region { start, end, perm: rw, what: "NIC rings", device: true });
     }
@@ -250,29 +238,31 @@ impl PageTables {
         self.tables[pt][idx(0)] = addr | r.perm.bits();
         Ok(())
     }
-
-    /// Walks the tables like the MMU: the permissions of `addr`, or `None`
-    /// if it is not mapped.
-    pub fn lookup(&self, addr: u64) -> Option<Perm> {
-        let mut t = 0usize;
-        for level in (0..4).rev() {
-            let e = self.tables[t][((addr >> (12 + 9 * level)) & 0x1ff) as usize];
-            if e & P == 0 {
-                return None;
-            }
-            if level == 0 || (level == 1 && e & PS != 0) {
-                return Some(Perm { write: e & RW != 0, exec: e & NX == 0, user: e & US != 0 });
-            }
-            t = (((e & ADDR_MASK) - TABLES) / PAGE) as usize;
-        }
-        None
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::elf::tests::Builder;
+
+    impl PageTables {
+        /// The test oracle: walks the tables like the MMU, giving the
+        /// permissions of `addr`, or `None` if it is not mapped.
+        fn lookup(&self, addr: u64) -> Option<Perm> {
+            let mut t = 0usize;
+            for level in (0..4).rev() {
+                let e = self.tables[t][((addr >> (12 + 9 * level)) & 0x1ff) as usize];
+                if e & P == 0 {
+                    return None;
+                }
+                if level == 0 || (level == 1 && e & PS != 0) {
+                    return Some(Perm { write: e & RW != 0, exec: e & NX == 0, user: e & US != 0 });
+                }
+                t = (((e & ADDR_MASK) - TABLES) / PAGE) as usize;
+            }
+            None
+        }
+    }
 
     fn image() -> Image {
         Image::parse(Builder::new().build(), true).unwrap()

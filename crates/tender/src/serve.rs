@@ -316,7 +316,7 @@ impl Guest<'_> {
             };
             return match self.mem.read_obj::<FaultFrame>(GuestAddr(u64::from(addr))) {
                 Ok(frame) => {
-                    let report = fault::describe(&frame, self.image, self.mem.size());
+                    let report = fault::describe(&frame, self.image, self.regions, self.mem.size());
                     Flow::End(Outcome::Fault { frame, report })
                 }
                 Err(e) => GuestError::FaultReport(e).into(),

@@ -2,10 +2,8 @@
 //! the signal that interrupts a running vCPU, the report of a blocked
 //! system call, and the stop signals (`SIGTERM`, `SIGINT`).
 //!
-//! With `kvm` and `guest_memory`, one of the three modules of the tender
-//! with `unsafe` code.
-
-#![allow(unsafe_code)]
+//! One of the four modules of the tender with `unsafe` code (with `kvm`,
+//! `guest_memory` and `tap`).
 
 use skiff_abi::exit;
 use std::io;

@@ -99,10 +99,26 @@ fn cpu_exceptions_are_reported_with_vector_address_and_status() {
     let cases: &[(&str, &[&str])] = &[
         ("divzero", &["divide error (#DE, vector 0)", "in ring 3"]),
         ("read-null", &["page fault (#PF, vector 14)", "address 0x0: read of an unmapped page", "null pointer"]),
-        ("write-text", &["write to a page whose protection forbids it", "(r-x user)"]),
-        ("jump-data", &["instruction fetch from a page whose protection forbids it", "(rw- user)"]),
+        ("write-text", &["write to a page whose protection forbids it", "the code of the image, read-only (r-x user"]),
+        (
+            "jump-data",
+            &["instruction fetch from a page whose protection forbids it", "the data of the image (rw- user"],
+        ),
         ("write-pagetable", &["address 0x10000: write", "page tables, reachable only from ring 0"]),
         ("write-bootinfo", &["address 0x1000: write", "boot info, read-only"]),
+        // Mapped but protected pages are named for what they are.
+        (
+            "write-gdt",
+            &[
+                "address 0xf000: write to a page whose protection forbids it",
+                "the boot GDT, read-only and reachable only from ring 0",
+            ],
+        ),
+        ("write-rodata", &["write to a page whose protection forbids it", "the read-only data of the image (r-- user"]),
+        (
+            "jump-shared",
+            &["address 0x4000: instruction fetch from a page whose protection forbids it", "the shared area (rw- user"],
+        ),
         ("stack-overflow", &["write to an unmapped page", "stack overflow", "probe::recurse"]),
         ("privileged", &["general protection fault (#GP, vector 13)"]),
         ("port", &["general protection fault (#GP, vector 13)"]),
@@ -113,6 +129,7 @@ fn cpu_exceptions_are_reported_with_vector_address_and_status() {
         let mut all = vec!["guest CPU exception in ring 3", "rip 0x"];
         all.extend_from_slice(needles);
         expect(&run, 102, &all);
+        assert!(!run.stderr.contains("hole"), "{scenario}: {}", run.stderr);
     }
 }
 
@@ -316,6 +333,60 @@ fn malformed_images_are_refused_with_a_clear_message() {
     }
     let run = tender(&["/nonexistent/image"]);
     expect(&run, 125, &["cannot read /nonexistent/image"]);
+}
+
+/// A 44-byte Rust (v0) symbol name whose back-references demangle to
+/// about a megabyte.
+const NAME_BOMB: &[u8] = b"_RYFG_FGyyEvRYFF_EvRYFFEvERLB_B_B_ERLRjB_B_B_";
+
+#[test]
+fn images_full_of_hostile_symbol_names_boot_and_fault_within_budget() {
+    // 4,000 function symbols sharing the bomb once took the tender a minute
+    // and 4 GB before the guest started, and 100,000 sharing a 1 MiB name
+    // meant reading 100 GB; now the table is read in place only for a
+    // report, and a name is read and demangled to a bounded length.
+    let probe_bytes = std::fs::read(probe()).unwrap();
+    let long = vec![b'x'; 1 << 20];
+    for (tag, count, name) in [("name-bombs", 4000, NAME_BOMB), ("long-names", 100_000, &long[..])] {
+        let path = temp_file(tag, &common::with_symbols(&probe_bytes, count, name));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-tender"));
+        let run = common::run_measured(cmd.args(["--timeout", "10s", path.to_str().unwrap(), "--", "ud2"]));
+        assert_eq!(run.status, 102, "{tag}: {}", run.output);
+        let rip = run.output.lines().find(|l| l.contains("rip 0x")).expect("a fault report");
+        let name = rip.split(" in ").nth(1).expect("the function is named");
+        assert!(name.contains("...+0x") && name.len() <= skiff_tender::elf::NAME_MAX + 16, "{tag}: {rip}");
+        assert!(run.elapsed < Duration::from_secs(2), "{tag}: took {:?}", run.elapsed);
+        assert!(run.peak_rss < 64 << 20, "{tag}: peak RSS {} bytes", run.peak_rss);
+    }
+}
+
+#[test]
+fn the_timeout_counts_from_the_tender_start_loading_included() {
+    // The image arrives through a pipe in two parts a second apart: a
+    // 300 ms budget is spent before the guest starts, so the guest (hello,
+    // which would exit 0 after 10 ms) is ended at once.
+    let image = std::fs::read(hello()).unwrap();
+    let fifo = workspace().join(format!("target/test-images/slow-image-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the file.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            pipe.write_all(&image[..64]).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = pipe.write_all(&image[64..]);
+        })
+    };
+    let run = tender(&["--timeout", "300ms", fifo.to_str().unwrap()]);
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    expect(&run, 111, &["--timeout of 0.300 s expired"]);
+    assert!(!run.stdout.contains("Hello from Skiff"), "{}", run.stdout);
 }
 
 #[test]

@@ -280,6 +280,6 @@ fn a_taken_host_port_is_a_clear_error() {
         .arg(echo_image())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(skiff_abi::exit::USAGE)));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected [HOSTADDR:]HOSTPORT:GUESTPORT"));
 }

@@ -164,6 +164,10 @@ impl ServerOptions {
             .with_single_cert(chain, key)
             .map_err(TlsError::Config)?;
         config.alpn_protocols = self.alpn.clone();
+        // The server's order of cipher suites wins over the client's: the
+        // provider lists the strongest first (AES-256-GCM, AES-128-GCM,
+        // ChaCha20-Poly1305).
+        config.ignore_client_order = true;
         if self.session_cache > 0 {
             config.session_storage = ServerSessionMemoryCache::new::<SpinLock>(self.session_cache);
         }

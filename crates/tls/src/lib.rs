@@ -32,6 +32,7 @@
 //! serving. [`random::check`] refuses to start without a hardware entropy
 //! source.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

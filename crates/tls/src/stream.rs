@@ -79,6 +79,19 @@ enum Step {
     Closed,
 }
 
+/// Received bytes being read into: on drop, the buffer keeps only `keep`
+/// bytes (what was there before, plus what the read delivered).
+struct PendingRead<'a> {
+    buf: &'a mut Vec<u8>,
+    keep: usize,
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.keep);
+    }
+}
+
 /// A TLS connection over the byte stream `S`.
 pub struct TlsStream<S, C> {
     io: S,
@@ -267,7 +280,18 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
         if self.outgoing.is_empty() {
             return Ok(());
         }
-        self.io.write_all(&self.outgoing).await.map_err(io_error)?;
+        // Sent bytes leave `outgoing` as each write completes, so a caller
+        // that gives up on a write (a timeout) and writes again later
+        // neither repeats nor loses a byte.
+        while !self.outgoing.is_empty() {
+            match self.io.write(&self.outgoing).await {
+                Ok(0) => return Err(TlsError::Io(embedded_io_async::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    self.outgoing.drain(..n);
+                }
+                Err(e) => return Err(io_error(e)),
+            }
+        }
         // Nothing is kept between writes (see `step` for `incoming`).
         self.outgoing = Vec::new();
         Ok(())
@@ -288,15 +312,14 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
             return Err(TlsError::Protocol(rustls::Error::InvalidMessage(rustls::InvalidMessage::MessageTooLarge)));
         }
         let room = READ_CHUNK.min(MAX_RECORD - start);
-        self.incoming.resize(start + room, 0);
-        let n = match self.io.read(&mut self.incoming[start..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.incoming.truncate(start);
-                return Err(io_error(e));
-            }
-        };
-        self.incoming.truncate(start + n);
+        // The room is zero-filled while the read waits. If the caller gives
+        // up on the read (a timeout drops this future), the guard takes the
+        // room away again: the engine must never see it as received bytes.
+        let mut pending = PendingRead { buf: &mut self.incoming, keep: start };
+        pending.buf.resize(start + room, 0);
+        let n = self.io.read(&mut pending.buf[start..]).await.map_err(io_error)?;
+        pending.keep = start + n;
+        drop(pending);
         if n == 0 {
             self.io_eof = true;
         }
@@ -323,17 +346,45 @@ impl<S: Read + Write, C: Engine> TlsStream<S, C> {
     }
 
     /// After a protocol error the engine has queued an alert for the peer;
-    /// send it (best effort) so the peer learns why. The engine gives queued
-    /// records out before it looks at input again, so one call takes the
-    /// alert; a second would parse the bad input again.
+    /// send it (best effort) so the peer learns why. Each call gives out one
+    /// queued record; once the queue is empty the engine would parse the
+    /// bad input again, so this stops at the alert. In TLS 1.3 a handshake
+    /// can fail after the ServerHello is queued (ALPN is chosen in the
+    /// encrypted extensions): the alert is then encrypted, the peer reads
+    /// it only after that ServerHello, and so every record up to the alert
+    /// goes out, in order. The alert is the last record queued: a plaintext
+    /// alert, or the first encrypted record (what came before the failing
+    /// message was already sent).
     async fn send_alert(&mut self) {
-        let status = self.conn.process(&mut self.incoming);
-        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+        // A few records at most (ServerHello, ChangeCipherSpec, alert); the
+        // bound only guards against an engine that never stops.
+        for _ in 0..8 {
+            let status = self.conn.process(&mut self.incoming);
+            let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state else { break };
             let start = self.outgoing.len();
-            self.outgoing.resize(start + 512, 0);
-            match encode.encode(&mut self.outgoing[start..]) {
-                Ok(n) => self.outgoing.truncate(start + n),
-                Err(_) => self.outgoing.truncate(start),
+            let mut room = 512;
+            let encoded = loop {
+                self.outgoing.resize(start + room, 0);
+                match encode.encode(&mut self.outgoing[start..]) {
+                    Ok(n) => {
+                        self.outgoing.truncate(start + n);
+                        break n > 0;
+                    }
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                        if room < required_size =>
+                    {
+                        room = required_size;
+                    }
+                    Err(_) => {
+                        self.outgoing.truncate(start);
+                        break false;
+                    }
+                }
+            };
+            const ALERT: u8 = 0x15;
+            const ENCRYPTED: u8 = 0x17;
+            if !encoded || matches!(self.outgoing[start], ALERT | ENCRYPTED) {
+                break;
             }
         }
         let _ = self.transmit().await;

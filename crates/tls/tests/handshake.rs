@@ -207,3 +207,132 @@ fn bad_pem_is_reported() {
 fn pki_other() -> String {
     pki("other").key_pem
 }
+
+/// A server that speaks only `http/1.1` and a client that offers only
+/// `protocols`: the client's handshake fails with the server's alert.
+fn alpn_mismatch(versions: Versions, protocols: &[&[u8]]) -> (Result<(), TlsError>, Result<(), TlsError>) {
+    let pki = pki("localhost");
+    let config =
+        ServerOptions::default().alpn(&[b"http/1.1"]).build(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+    let a = TlsAcceptor::new(config).unwrap();
+    let roots = ClientOptions::roots_from_pem(pki.cert_pem.as_bytes()).unwrap();
+    let c =
+        TlsConnector::new(ClientOptions::default().versions(versions).alpn(protocols).build(roots).unwrap()).unwrap();
+    run(async move |s| {
+        let (client_end, server_end) = pipe();
+        let server = s.spawn(async move { a.accept(server_end).await.map(|_| ()) });
+        let client = c.connect(name("localhost"), client_end).await.map(|_| ());
+        (client, server.await)
+    })
+}
+
+#[test]
+fn an_alpn_mismatch_reaches_the_client_as_no_application_protocol_in_tls13_and_tls12() {
+    for versions in [Versions::Tls13, Versions::Tls12] {
+        let (client, server) = alpn_mismatch(versions, &[b"h2"]);
+        assert!(
+            matches!(server, Err(TlsError::Protocol(rustls::Error::NoApplicationProtocol))),
+            "{versions:?}: server {server:?}"
+        );
+        assert!(
+            matches!(
+                client,
+                Err(TlsError::Protocol(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)))
+            ),
+            "{versions:?}: the client got {client:?}, not the server's no_application_protocol alert"
+        );
+    }
+}
+
+/// A time source for configurations built here with rustls directly.
+#[derive(Debug)]
+struct HostClock;
+
+impl rustls::time_provider::TimeProvider for HostClock {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(since))
+    }
+}
+
+#[test]
+fn the_server_picks_the_cipher_suite_in_its_own_order() {
+    use rustls::CipherSuite;
+    let pki = pki("localhost");
+    let a = acceptor(&pki, Versions::Both);
+    // A client that prefers ChaCha20: the server's order (AES-256-GCM
+    // first) wins.
+    for (versions, chacha, expected) in [
+        (Versions::Tls13, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256, CipherSuite::TLS13_AES_256_GCM_SHA384),
+        (
+            Versions::Tls12,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let mut provider = (*skiff_tls::provider()).clone();
+        provider.cipher_suites.sort_by_key(|s| s.suite() != chacha);
+        assert_eq!(provider.cipher_suites[0].suite(), chacha);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(skiff_tls::certificates_from_pem(pki.cert_pem.as_bytes()).unwrap().remove(0)).unwrap();
+        let version = if versions == Versions::Tls13 { &rustls::version::TLS13 } else { &rustls::version::TLS12 };
+        let config =
+            rustls::ClientConfig::builder_with_details(std::sync::Arc::new(provider), std::sync::Arc::new(HostClock))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let c = TlsConnector::new(config).unwrap();
+        let a = a.clone();
+        let suite = run(async move |s| {
+            let (client_end, server_end) = pipe();
+            let _server = s.spawn(async move { a.accept(server_end).await.map(|_| ()) });
+            let tls = c.connect(name("localhost"), client_end).await.expect("handshake");
+            tls.state().negotiated_cipher_suite().unwrap().suite()
+        });
+        assert_eq!(suite, expected, "{versions:?}: the client's preference won");
+    }
+}
+
+#[test]
+fn a_read_cut_short_by_a_timeout_leaves_the_stream_usable() {
+    // An HTTP server waits for a request head with a deadline; when it
+    // passes, it answers 408 on the same stream. The abandoned read must
+    // not leave anything behind that corrupts what follows.
+    let pki = pki("localhost");
+    let a = acceptor(&pki, Versions::Both);
+    for versions in [Versions::Tls13, Versions::Tls12] {
+        let (a, c) = (a.clone(), connector(&pki, versions));
+        let got = run(async move |s| {
+            let (client_end, server_end) = pipe();
+            let server = s.spawn(async move {
+                let mut tls = a.accept(server_end).await.expect("server handshake");
+                let mut head = Vec::new();
+                let mut buf = [0u8; 64];
+                // The first part arrives; then nothing until the deadline.
+                while !head.ends_with(b"X-Slow: ") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let waited = skiff_rt::executor::timeout(Duration::from_secs(2), tls.read(&mut buf)).await;
+                assert!(waited.is_err(), "the read was meant to time out");
+                tls.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.expect("write after the timeout");
+                tls.close().await.expect("close_notify");
+            });
+            let mut tls = c.connect(name("localhost"), client_end).await.expect("client handshake");
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 256];
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("the client's read failed: {e}"),
+                }
+            }
+            server.await;
+            answer
+        });
+        assert_eq!(got, b"HTTP/1.1 408 Request Timeout\r\n\r\n", "{versions:?}");
+    }
+}

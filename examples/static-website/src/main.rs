@@ -4,12 +4,17 @@
 //! their content types, ETags and gzip variants), so the guest needs no
 //! disk. HTTPS on port 443 serves them; HTTP on port 80 redirects to HTTPS
 //! (or, with `--http serve`, serves the same files in the clear).
+//! Redirects name only the configured host names (`--host`), never the
+//! `Host` a client made up nor the guest's own address.
 //!
 //! ```text
 //! skiff run examples/static-website --publish 8443:443 --publish 8080:80 -- --https-port 8443
 //! skiff run examples/static-website --net service=tap0 -- --ipv4 10.0.0.2/24
 //!     [--cert "$(cat chain.pem)" --key "$(cat key.pem)"]   default: a self-signed demo certificate
 //!     [--https-port N]      the port redirects point to (default 443; the published one)
+//!     [--host NAME[,NAME...]] the site's host names, canonical first (default localhost):
+//!                           redirects keep a Host that is one of them, else use the first
+//!     [--hsts SECONDS]      send Strict-Transport-Security: max-age=SECONDS over HTTPS (default off)
 //!     [--http redirect|serve]
 //!     [--tcp-buffer 4K,16K] per-connection TCP buffers (receive, send; one size for both)
 //!     [--header-timeout 10s] how long a request head may take (408 after)
@@ -19,7 +24,7 @@
 #![no_main]
 
 use alloc::rc::Rc;
-use skiff::http::{Handler, Method, Request, Response, Server, ServerConfig, StaticFiles, Status};
+use skiff::http::{HttpsRedirect, Server, ServerConfig, StaticFiles};
 use skiff::net::{ListenOptions, NetConfig, Stack, TcpListener};
 use skiff::prelude::*;
 use skiff::tls::{ServerOptions, TlsAcceptor};
@@ -29,6 +34,8 @@ extern crate alloc;
 /// The demo certificate made by the build script.
 const DEMO_CERT: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-cert.pem"));
 const DEMO_KEY: &str = include_str!(concat!(env!("OUT_DIR"), "/demo-key.pem"));
+/// When the demo certificate expires (seconds since 1970).
+const DEMO_CERT_NOT_AFTER: &str = env!("DEMO_CERT_NOT_AFTER");
 
 #[skiff::main(net = "service")]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
@@ -45,10 +52,14 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
 
     let (cert, key, which) = match (&options.cert, &options.key) {
         (Some(c), Some(k)) => (c.as_bytes(), k.as_bytes(), "from the command line"),
-        (None, None) => (DEMO_CERT.as_bytes(), DEMO_KEY.as_bytes(), "self-signed demo certificate for localhost"),
+        (None, None) => {
+            check_demo_certificate();
+            (DEMO_CERT.as_bytes(), DEMO_KEY.as_bytes(), "self-signed demo certificate for localhost")
+        }
         _ => return Err("--cert and --key go together".into()),
     };
-    let tls = ServerOptions::default().alpn(&[b"http/1.1"]).resumption(options.resumption).build(cert, key)?;
+    // ALPN: http/1.1, and http/1.0 for clients that offer only that.
+    let tls = ServerOptions::default().alpn(skiff::http::ALPN).resumption(options.resumption).build(cert, key)?;
     let acceptor = TlsAcceptor::new(tls)?;
 
     let listen = ListenOptions::with_tcp(tcp);
@@ -57,7 +68,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let http_listener = TcpListener::bind_with(&stack, 80, ListenOptions { backlog: 4, ..listen })?;
     let files = StaticFiles::new(store).cache_control("max-age=60");
     let config = ServerConfig { header_timeout: options.header_timeout, ..ServerConfig::default() };
-    let https = Rc::new(Server::new(files, config));
+    let https = Rc::new(Server::new(files, ServerConfig { hsts: options.hsts, ..config }));
 
     let addr = stack.wait_ipv4().await;
     info!(
@@ -72,7 +83,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         let plain = Rc::new(Server::new(files, config));
         env.spawn(log_end("http", plain.serve_tcp(spawner.clone(), http_listener)));
     } else {
-        let redirect = Redirect { https_port: options.https_port, fallback_host: alloc::format!("{addr}") };
+        let redirect = HttpsRedirect::new(&options.hosts, options.https_port)?;
         let plain = Rc::new(Server::new(redirect, config));
         env.spawn(log_end("http", plain.serve_tcp(spawner.clone(), http_listener)));
     }
@@ -86,40 +97,26 @@ async fn log_end(what: &str, serving: impl Future<Output = Result<(), skiff::net
     }
 }
 
-/// Answers plain HTTP with a redirect to the same path over HTTPS.
-#[derive(Clone)]
-struct Redirect {
-    https_port: u16,
-    fallback_host: String,
-}
-
-impl Handler for Redirect {
-    async fn handle(&self, req: Request) -> Response {
-        if req.method() != Method::Get && req.method() != Method::Head {
-            return Response::error(Status::METHOD_NOT_ALLOWED).header("allow", &b"GET, HEAD"[..]);
-        }
-        let host = req.header("host").map(strip_port).unwrap_or(&self.fallback_host);
-        if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
-            return Response::error(Status::BAD_REQUEST);
-        }
-        let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
-        let target = if req.head.target.starts_with('/') { req.head.target.as_str() } else { "/" };
-        Response::redirect(Status::MOVED_PERMANENTLY, &format!("https://{host}{port}{target}"))
+/// Warns when the demo certificate made at build time has expired (or the
+/// guest's clock is far off): browsers and curl then refuse it.
+fn check_demo_certificate() {
+    let now = skiff::time::wall_clock_nanos() / 1_000_000_000;
+    match DEMO_CERT_NOT_AFTER.parse::<u64>() {
+        Ok(end) if now > end => warn!(
+            "static-website: the demo certificate expired {} days ago; rebuild (cargo clean -p static-website) \
+             for a new one, or pass --cert and --key",
+            (now - end) / 86_400
+        ),
+        _ => {}
     }
-}
-
-/// `example.org:8080` -> `example.org`; `[::1]:8080` -> `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.split(':').next().unwrap_or(host)
 }
 
 struct Options {
     cert: Option<String>,
     key: Option<String>,
     https_port: u16,
+    hosts: Vec<String>,
+    hsts: Option<Duration>,
     serve_http: bool,
     rx_buffer: usize,
     tx_buffer: usize,
@@ -150,6 +147,8 @@ impl Options {
             cert: None,
             key: None,
             https_port: 443,
+            hosts: alloc::vec!["localhost".into()],
+            hsts: None,
             serve_http: false,
             rx_buffer: 4 * 1024,
             tx_buffer: 16 * 1024,
@@ -165,6 +164,18 @@ impl Options {
                 "--https-port" => {
                     let v = value()?;
                     o.https_port = v.parse().map_err(|_| format!("--https-port {v:?}: not a port"))?;
+                }
+                "--host" => {
+                    let v = value()?;
+                    o.hosts = v.split(',').map(|h| h.trim().into()).collect();
+                    // Checked here, so a bad name stops the start-up with
+                    // a clear message.
+                    HttpsRedirect::new(&o.hosts, 443).map_err(|e| format!("--host {v:?}: {e}"))?;
+                }
+                "--hsts" => {
+                    let v = value()?;
+                    let secs: u64 = v.parse().map_err(|_| format!("--hsts {v:?}: seconds, e.g. 31536000"))?;
+                    o.hsts = (secs > 0).then(|| Duration::from_secs(secs));
                 }
                 "--http" => match value()?.as_str() {
                     "redirect" => o.serve_http = false,
@@ -188,8 +199,8 @@ impl Options {
                 }
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --http, \
-                         --tcp-buffer, --header-timeout, --tls-resumption, and the network options)"
+                        "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --host, \
+                         --hsts, --http, --tcp-buffer, --header-timeout, --tls-resumption, and the network options)"
                     ));
                 }
             }

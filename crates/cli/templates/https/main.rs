@@ -22,7 +22,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let hello = |_req: Request| async { Response::text(Status::OK, "hello\n") };
     let echo = |req: Request| async move { Response::new(Status::OK).body(Body::Bytes(req.body)) };
     let router = Router::new().route(Method::Get, "/hello", hello).route(Method::Post, "/echo", echo);
-    let tls = ServerOptions::default().alpn(&[b"http/1.1"]).build(CERT_PEM, KEY_PEM)?;
+    let tls = ServerOptions::default().alpn(skiff::http::ALPN).build(CERT_PEM, KEY_PEM)?;
     let server = Rc::new(Server::new(router, ServerConfig::default()));
     let listener = TcpListener::bind(&stack, 443)?;
     info!("HTTPS on {}:443: GET /hello, POST /echo", stack.wait_ipv4().await);

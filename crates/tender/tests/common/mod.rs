@@ -30,3 +30,97 @@ pub fn guest(dir: &'static str) -> &'static Path {
     built.insert(dir, image);
     image
 }
+
+/// A copy of the image `elf` whose symbol table is replaced by one of
+/// `count` function labels (size 0, every 16 bytes from 1 MiB) that all
+/// share the name `name`: a hostile image for the budget tests.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn with_symbols(elf: &[u8], count: usize, name: &[u8]) -> Vec<u8> {
+    fn pad(d: &mut Vec<u8>) {
+        d.resize(d.len().next_multiple_of(8), 0);
+    }
+    let mut d = elf.to_vec();
+    pad(&mut d);
+    let symtab = d.len() as u64;
+    d.extend_from_slice(&[0; 24]);
+    for i in 0..count as u64 {
+        // st_name 1, STB_GLOBAL | STT_FUNC, st_shndx 1, value, size 0.
+        d.extend_from_slice(&1u32.to_le_bytes());
+        d.extend_from_slice(&[0x12, 0, 1, 0]);
+        d.extend_from_slice(&(0x10_0000 + 16 * i).to_le_bytes());
+        d.extend_from_slice(&0u64.to_le_bytes());
+    }
+    let strtab = d.len() as u64;
+    d.push(0);
+    d.extend_from_slice(name);
+    d.push(0);
+    let shstrtab = d.len() as u64;
+    let names = b"\0.symtab\0.strtab\0.shstrtab\0";
+    d.extend_from_slice(names);
+    pad(&mut d);
+    let shoff = d.len() as u64;
+    let section = |d: &mut Vec<u8>, name: u32, kind: u32, offset: u64, size: u64, link: u32, entsize: u64| {
+        for v in [name, kind] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [0, 0, offset, size] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [link, 1] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [1, entsize] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    d.extend_from_slice(&[0; 64]);
+    section(&mut d, 1, 2, symtab, strtab - symtab, 2, 24);
+    section(&mut d, 9, 3, strtab, name.len() as u64 + 2, 0, 0);
+    section(&mut d, 17, 3, shstrtab, names.len() as u64, 0, 0);
+    d[40..48].copy_from_slice(&shoff.to_le_bytes());
+    d[58..64].copy_from_slice(&[64, 0, 4, 0, 3, 0]);
+    d
+}
+
+/// How a child process ended and what it cost.
+#[derive(Debug)]
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub struct Measured {
+    /// Its exit status (-1 if a signal ended it).
+    pub status: i32,
+    /// Its standard output and error, one after the other.
+    pub output: String,
+    /// Wall time from start to end.
+    pub elapsed: std::time::Duration,
+    /// Its peak resident memory, in bytes (from `wait4`'s resource usage).
+    pub peak_rss: u64,
+}
+
+/// Runs `cmd` to its end and measures it.
+#[allow(clippy::zombie_processes, reason = "wait4 reaps the child, with its resource usage")]
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn run_measured(cmd: &mut std::process::Command) -> Measured {
+    use std::io::Read;
+    use std::process::Stdio;
+    let start = std::time::Instant::now();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing only into the two locals.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    let elapsed = start.elapsed();
+    let output = out.join().expect("stdout") + &err.join().expect("stderr");
+    let status = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    Measured { status, output, elapsed, peak_rss: usage.ru_maxrss as u64 * 1024 }
+}

@@ -14,12 +14,17 @@ use skiff::time::{sleep, timeout};
 const PAGE_TABLES: u64 = 0x1_0000;
 /// Where the tender puts the boot info.
 const BOOT_INFO: u64 = 0x1000;
+/// Where the tender puts the shared area (console ring).
+const SHARED: u64 = 0x4000;
+/// Where the tender puts the GDT the vCPU starts with.
+const BOOT_GDT: u64 = 0xf000;
 /// The hypercall ports (see skiff-abi).
 const PORT_WALLTIME: u16 = 0x500;
 const PORT_POLL: u16 = 0x502;
 const PORT_ABORT: u16 = 0x504;
 
 static mut DATA: [u8; 64] = [0xc3; 64]; // `ret` bytes, in a no-execute page
+static RODATA: [u8; 64] = [0x5a; 64]; // in the image's read-only data
 
 #[skiff::main]
 async fn main(env: skiff::Env) -> Result<(), String> {
@@ -58,6 +63,19 @@ async fn main(env: skiff::Env) -> Result<(), String> {
         "write-bootinfo" => {
             // SAFETY: deliberately writes to the read-only boot info page.
             unsafe { asm!("mov qword ptr [{0}], 0", in(reg) black_box(BOOT_INFO)) };
+        }
+        "write-gdt" => {
+            // SAFETY: deliberately writes to the supervisor-only boot GDT.
+            unsafe { asm!("mov qword ptr [{0}], 0", in(reg) black_box(BOOT_GDT)) };
+        }
+        "write-rodata" => {
+            let target = &raw const RODATA as u64;
+            // SAFETY: deliberately writes to the image's read-only data.
+            unsafe { asm!("mov byte ptr [{0}], 0", in(reg) black_box(target)) };
+        }
+        "jump-shared" => {
+            // SAFETY: deliberately calls into the no-execute shared area.
+            unsafe { asm!("call {0}", in(reg) black_box(SHARED), clobber_abi("C")) };
         }
         "stack-overflow" => {
             info!("recursing: {}", recurse(black_box(1)));
