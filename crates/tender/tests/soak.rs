@@ -211,13 +211,16 @@ impl Website {
     }
 
     fn wait<T>(&mut self, limit: Duration, mut f: impl FnMut(&str) -> Option<T>) -> T {
-        let found = wait_for(limit, || f(&self.output()));
-        match found {
+        let mut ended = None;
+        let found = wait_for(limit, || {
+            ended = self.child.0.try_wait().ok().flatten();
+            // A last look at the output of a process that ended.
+            let found = f(&self.output());
+            if found.is_none() && ended.is_some() { Some(None) } else { found.map(Some) }
+        });
+        match found.flatten() {
             Some(v) => v,
-            None => {
-                let status = self.child.0.try_wait().ok().flatten();
-                panic!("the website did not come up within {limit:?} (process: {status:?}):\n{}", self.output())
-            }
+            None => panic!("the website did not come up within {limit:?} (process: {ended:?}):\n{}", self.output()),
         }
     }
 
