@@ -502,8 +502,10 @@ fn soak(entry: Entry, link: Link) {
         (handle, rx)
     };
 
-    // Warm-up: the first tenth of the connections (at least 200).
-    let warm_at = (total / 10).max(200).min(total);
+    // Warm-up: a third of the connections, at most 2,000 (the user
+    // network's relays and the guest's heap reach their working set within
+    // about 2,000).
+    let warm_at = (total / 3).clamp(200, 2_000).min(total);
     let mut rss_warm = None;
     let mut rss_max = rss_start;
     loop {
