@@ -7,8 +7,9 @@
 //! ClientHellos) in between. Each checks that no well-formed request
 //! fails, that the tender is still serving at the end with no blocked
 //! system call, that its resident memory (guest memory it touched
-//! included) stays flat after warm-up, and that a stop signal then ends it
-//! with a documented status.
+//! included) and the guest's heap in use (the website's `--heap-log`)
+//! stay flat after warm-up, and that a stop signal then ends it with a
+//! documented status.
 //!
 //! The clients are rustls in this process, trusting a certificate made
 //! for the run. `SKIFF_SOAK_CONNECTIONS` sets the number of non-keep-alive
@@ -172,6 +173,8 @@ impl Website {
             args.extend(["--ipv4", "10.0.0.2/24", "--gateway", "10.0.0.1"].map(String::from));
         }
         args.extend(["--cert".into(), pki.cert_pem.clone(), "--key".into(), pki.key_pem.clone()]);
+        // The guest's heap figures, every second.
+        args.extend(["--heap-log".into(), "1s".into()]);
 
         let dir = workspace().join("target/soak-tests");
         std::fs::create_dir_all(&dir).unwrap();
@@ -247,6 +250,18 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS for process {pid}: is it gone?"))
+}
+
+/// The guest heap's latest figures in `output` (the website's
+/// `--heap-log` lines): KiB in use and peak.
+fn guest_heap(output: &str) -> Option<(u64, u64)> {
+    let line = output.lines().rev().find_map(|l| l.split_once("static-website: heap ").map(|(_, rest)| rest))?;
+    let mut numbers = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+fn heap_text(figures: Option<(u64, u64)>) -> String {
+    figures.map_or("none".into(), |(used, peak)| format!("{used} KiB (peak {peak} KiB)"))
 }
 
 /// Why a request failed.
@@ -479,6 +494,7 @@ fn soak(entry: Entry, link: Link) {
     let pid = w.pid();
     let addr = w.addr;
     let rss_start = rss_kib(pid);
+    let heap_start = w.wait(Duration::from_secs(10), |text| guest_heap(text).map(Some));
 
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
@@ -507,6 +523,7 @@ fn soak(entry: Entry, link: Link) {
     // about 2,000).
     let warm_at = (total / 3).clamp(200, 2_000).min(total);
     let mut rss_warm = None;
+    let mut heap_warm = None;
     let mut rss_max = rss_start;
     loop {
         let finished = load.1.recv_timeout(Duration::from_millis(100)).is_ok();
@@ -518,6 +535,7 @@ fn soak(entry: Entry, link: Link) {
         rss_max = rss_max.max(rss);
         if rss_warm.is_none() && counts.done.load(Ordering::Relaxed) >= warm_at {
             rss_warm = Some(rss);
+            heap_warm = guest_heap(&w.output());
         }
         if finished {
             break;
@@ -528,6 +546,11 @@ fn soak(entry: Entry, link: Link) {
     let elapsed = started.elapsed();
     let rss_end = rss_kib(pid);
     let rss_warm = rss_warm.unwrap_or(rss_end);
+    // The guest's next heap report, once the load is over.
+    let logged = w.output().matches("static-website: heap ").count();
+    let heap_end = w.wait(Duration::from_secs(5), |text| {
+        (text.matches("static-website: heap ").count() > logged).then(|| guest_heap(text))
+    });
 
     // Still serving: one more request, after everything.
     let still = w.reach(move || one_shot(addr, 0).map_err(|f| f.0));
@@ -541,7 +564,7 @@ fn soak(entry: Entry, link: Link) {
     eprintln!(
         "soak {entry:?} on {link:?}: {done} of {total} connections in {:.1} s ({:.0}/s), {} failed; \
          {kept} keep-alive requests, {garbage} garbage connections; tender RSS start {}, after warm-up ({warm_at} \
-         connections) {}, end {}, max {}",
+         connections) {}, end {}, max {}; guest heap in use at start {}, after warm-up {}, at the end {}",
         elapsed.as_secs_f64(),
         done as f64 / elapsed.as_secs_f64(),
         failures.len(),
@@ -549,6 +572,9 @@ fn soak(entry: Entry, link: Link) {
         mib(rss_warm),
         mib(rss_end),
         mib(rss_max),
+        heap_text(heap_start),
+        heap_text(heap_warm),
+        heap_text(heap_end),
     );
 
     assert!(status.is_none(), "the tender ended during the soak ({status:?}):\n{output}");
@@ -570,6 +596,14 @@ fn soak(entry: Entry, link: Link) {
         mib(rss_end),
         mib(allowed)
     );
+    // The guest's heap is as flat: connections that ended gave back what
+    // they held.
+    if let (Some((warm, _)), Some((end, _))) = (heap_warm, heap_end) {
+        assert!(
+            end <= warm + (warm / 10).max(1024),
+            "guest heap in use grew from {warm} KiB after warm-up to {end} KiB"
+        );
+    }
     drop(failures);
 
     // A stop signal ends it with a documented status, and its stats.
