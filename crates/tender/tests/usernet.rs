@@ -450,5 +450,14 @@ fn beyond_the_connection_limit_clients_wait_and_every_one_is_served() {
     eprintln!("{user}");
     assert!(user.contains("at most 16 at once"), "{user}");
     assert!(!user.contains("limit reached 0 times"), "{user}");
-    assert!(user.contains(" 0 slow closes"), "{user}");
+    // Before the guest acknowledged closes at once, every connection's
+    // close waited a retransmission timeout (all but the last second's
+    // were counted); a vCPU descheduled on a busy host may delay a few.
+    let slow: u64 = user
+        .split(" slow closes")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("slow closes count");
+    assert!(slow < 10, "{slow} closes needed a retransmission: {user}");
 }
