@@ -286,6 +286,21 @@ fn a_taken_host_port_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected [HOSTADDR:]HOSTPORT:GUESTPORT"));
+    for (option, value, says) in [
+        ("--net-max-connections", "0", "is not a whole number from 1 to 16384"),
+        ("--net-backlog", "lots", "is not a whole number from 1 to 65535"),
+        ("--net-max-udp-flows", "100000", "is not a whole number from 1 to 8192"),
+        ("--net-tcp-buffer", "1K", "is not a buffer size from 4K to 16M"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(["--net", "service=user", option, value])
+            .arg(echo_image())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&format!("for '{option}")) && err.contains(says), "{err}");
+    }
 }
 
 /// A TLS client that takes any certificate (the demo's is self-signed) but
