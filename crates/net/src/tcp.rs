@@ -369,6 +369,11 @@ impl Drop for TcpStream {
         let mut inner = self.stack.inner.borrow_mut();
         let s = inner.sockets.get_mut::<tcp::Socket>(handle);
         s.close();
+        // Nobody reads any more, so nothing is gained by delaying ACKs; and
+        // the socket is dropped as soon as it reaches TIME-WAIT, so the ACK
+        // of the peer's FIN must leave in the same poll, or the peer waits
+        // in LAST-ACK for a retransmission timeout and then gets a reset.
+        s.set_ack_delay(None);
         // Finish the close in the background for at most 30 s.
         let deadline = now() + smoltcp::time::Duration::from_secs(30);
         inner.closing.push((handle, deadline));

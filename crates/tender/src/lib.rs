@@ -403,7 +403,7 @@ fn user_networks(
             publish: std::mem::take(&mut publish),
             outbound,
             upstream_dns: if outbound { skiff_usernet::config::host_dns() } else { None },
-            limits: skiff_usernet::Limits::default(),
+            limits: options.limits,
         };
         let (user, bound) = skiff_usernet::UserNet::new(config)
             .map_err(|source| net::NetError::User { nic: nic.name.clone(), source })?;

@@ -68,6 +68,8 @@ pub struct NetOptions {
     pub io_spin: Duration,
     /// How long the guest keeps polling its rings before it sleeps.
     pub guest_spin: Duration,
+    /// Bounds of the user network.
+    pub limits: skiff_usernet::Limits,
 }
 
 impl Default for NetOptions {
@@ -81,6 +83,7 @@ impl Default for NetOptions {
             slots: ring::DEFAULT_SLOTS,
             io_spin: Duration::from_micros(50),
             guest_spin: Duration::from_micros(50),
+            limits: skiff_usernet::Limits::default(),
         }
     }
 }

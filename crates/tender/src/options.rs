@@ -12,6 +12,63 @@ pub enum OptionError {
     /// Not a level.
     #[error("{0:?} is not a log level (off, error, warn, info, debug, trace)")]
     Level(String),
+    /// A count outside its range.
+    #[error("{value:?} is not a whole number from {min} to {max}")]
+    Count {
+        /// What was given.
+        value: String,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// A buffer size outside its range.
+    #[error("{value:?} is not a buffer size from {}K to {}M (examples: 16K, 64K, 1M)", .min >> 10, .max >> 20)]
+    Buffer {
+        /// What was given.
+        value: String,
+        /// The smallest allowed, in bytes.
+        min: u64,
+        /// The largest allowed, in bytes.
+        max: u64,
+    },
+}
+
+/// Parses a whole number from `min` to `max`.
+pub fn parse_count(s: &str, min: u64, max: u64) -> Result<u64, OptionError> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(OptionError::Count { value: s.to_string(), min, max }),
+    }
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, OptionError> {
+    parse_count(s, 1, skiff_usernet::config::MAX_TCP_CONNECTIONS as u64).map(|n| n as usize)
+}
+
+fn parse_backlog(s: &str) -> Result<u32, OptionError> {
+    parse_count(s, 1, 65535).map(|n| n as u32)
+}
+
+fn parse_max_udp_flows(s: &str) -> Result<usize, OptionError> {
+    parse_count(s, 1, skiff_usernet::config::MAX_UDP_FLOWS as u64).map(|n| n as usize)
+}
+
+/// Parses a per-connection buffer size: a memory size (a plain number
+/// means KiB here) within the user network's range.
+fn parse_tcp_buffer(s: &str) -> Result<usize, OptionError> {
+    let range = skiff_usernet::config::TCP_BUFFER_RANGE;
+    let (min, max) = (*range.start() as u64, *range.end() as u64);
+    let t = s.trim();
+    let bytes = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        parse_size(&format!("{t}K"))
+    } else {
+        parse_size(t)
+    };
+    match bytes {
+        Ok(n) if (min..=max).contains(&n) => Ok(n as usize),
+        _ => Err(OptionError::Buffer { value: s.to_string(), min, max }),
+    }
 }
 
 /// Parses `64M`, `1G`, `65536K`, `2097152B` or `64` (MiB) into bytes.
@@ -101,6 +158,29 @@ mod tests {
     }
 
     #[test]
+    fn network_limits() {
+        assert_eq!(parse_max_connections("16"), Ok(16));
+        assert_eq!(parse_max_connections(" 256 "), Ok(256));
+        let err = parse_max_connections("0").unwrap_err().to_string();
+        assert_eq!(err, "\"0\" is not a whole number from 1 to 16384");
+        assert!(parse_max_connections("16385").is_err());
+        assert!(parse_max_connections("-1").is_err());
+        assert!(parse_max_connections("lots").is_err());
+        assert_eq!(parse_backlog("128"), Ok(128));
+        assert!(parse_backlog("0").is_err());
+        assert!(parse_backlog("65536").is_err());
+        assert_eq!(parse_max_udp_flows("1"), Ok(1));
+        assert!(parse_max_udp_flows("").is_err());
+        assert_eq!(parse_tcp_buffer("64K"), Ok(64 << 10));
+        assert_eq!(parse_tcp_buffer("16"), Ok(16 << 10));
+        assert_eq!(parse_tcp_buffer("1M"), Ok(1 << 20));
+        let err = parse_tcp_buffer("1K").unwrap_err().to_string();
+        assert_eq!(err, "\"1K\" is not a buffer size from 4K to 16M (examples: 16K, 64K, 1M)");
+        assert!(parse_tcp_buffer("1G").is_err());
+        assert!(parse_tcp_buffer("big").is_err());
+    }
+
+    #[test]
     fn levels() {
         assert_eq!(parse_level("INFO"), Ok(3));
         assert_eq!(parse_level("off"), Ok(0));
@@ -178,6 +258,23 @@ pub struct RunOptions {
     /// costs more than a short spin; see BENCHMARKS.md).
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
     pub guest_spin: std::time::Duration,
+    /// On the user network, TCP connections relayed at once (published and
+    /// outbound); beyond it published ports stop accepting (connections
+    /// wait in the backlog) and outbound connections are refused.
+    #[arg(long, value_parser = parse_max_connections, default_value = "256", value_name = "N")]
+    pub net_max_connections: usize,
+    /// On the user network, host connections each published TCP port holds
+    /// waiting while every relay is taken (its listen backlog).
+    #[arg(long, value_parser = parse_backlog, default_value = "128", value_name = "N")]
+    pub net_backlog: u32,
+    /// On the user network, UDP flows at once (a host peer of a published
+    /// port, or a guest flow out); the least recently used makes way.
+    #[arg(long, value_parser = parse_max_udp_flows, default_value = "256", value_name = "N")]
+    pub net_max_udp_flows: usize,
+    /// On the user network, the buffer per direction of each relayed TCP
+    /// connection, e.g. 16K or 1M (a plain number means KiB).
+    #[arg(long, value_parser = parse_tcp_buffer, default_value = "64K", value_name = "SIZE")]
+    pub net_tcp_buffer: usize,
 }
 
 impl RunOptions {
@@ -202,6 +299,13 @@ impl RunOptions {
                 rings: self.net_rings,
                 io_spin: self.net_spin,
                 guest_spin: self.guest_spin,
+                limits: skiff_usernet::Limits {
+                    tcp_connections: self.net_max_connections,
+                    backlog: self.net_backlog,
+                    udp_flows: self.net_max_udp_flows,
+                    tcp_buffer: self.net_tcp_buffer,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         }

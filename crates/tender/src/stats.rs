@@ -169,11 +169,14 @@ impl Stats {
         for (nic, u) in &self.user_nets {
             let _ = write!(
                 s,
-                "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, {} datagrams, \
-                 {} DNS queries, {} frames dropped",
+                "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, at most {} at once, \
+                 limit reached {} times, {} slow closes, {} datagrams, {} DNS queries, {} frames dropped",
                 u.published_connections,
                 u.outbound_connections,
                 u.refused_connections,
+                u.peak_connections,
+                u.limit_reached,
+                u.slow_closes,
                 u.datagrams,
                 u.dns_queries,
                 u.dropped_frames

@@ -21,6 +21,10 @@ fn netprobe_image() -> &'static Path {
     common::guest("tests/guests/netprobe")
 }
 
+fn website_image() -> &'static Path {
+    common::guest("examples/static-website")
+}
+
 /// A guest on the user network; its output goes to a file.
 struct Guest {
     child: Guard,
@@ -282,4 +286,195 @@ fn a_taken_host_port_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(i32::from(skiff_abi::exit::USAGE)));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected [HOSTADDR:]HOSTPORT:GUESTPORT"));
+    // Bad limits are bad command lines too, refused with their range.
+    let usage = out.status.code();
+    for (option, value, says) in [
+        ("--net-max-connections", "0", "is not a whole number from 1 to 16384"),
+        ("--net-backlog", "lots", "is not a whole number from 1 to 65535"),
+        ("--net-max-udp-flows", "100000", "is not a whole number from 1 to 8192"),
+        ("--net-tcp-buffer", "1K", "is not a buffer size from 4K to 16M"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(["--net", "service=user", option, value])
+            .arg(echo_image())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), usage, "{err}");
+        assert!(err.contains(&format!("for '{option}")) && err.contains(says), "{err}");
+    }
+}
+
+/// A TLS client that takes any certificate (the demo's is self-signed) but
+/// checks the handshake's signatures, without session resumption: every
+/// connection is a full handshake, as `ab` makes them.
+mod tls {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn config() -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        c.resumption = rustls::client::Resumption::disabled();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+
+    /// One HTTPS GET without keep-alive, as `ab` makes it: HTTP/1.0, read
+    /// to the server's close, then our close_notify. Returns the status.
+    pub fn get(addr: SocketAddr, config: &Arc<ClientConfig>, limit: Duration) -> Result<u16, String> {
+        get_slowly(addr, config, limit, Duration::ZERO)
+    }
+
+    /// The same, waiting `hold` between the connect and the handshake.
+    pub fn get_slowly(
+        addr: SocketAddr,
+        config: &Arc<ClientConfig>,
+        limit: Duration,
+        hold: Duration,
+    ) -> Result<u16, String> {
+        let mut sock = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+        std::thread::sleep(hold);
+        sock.set_read_timeout(Some(limit)).unwrap();
+        sock.set_write_timeout(Some(limit)).unwrap();
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        tls.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: skiff-test\r\n\r\n")
+            .map_err(|e| format!("handshake or request: {e}"))?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response).map_err(|e| format!("response after {} bytes: {e}", response.len()))?;
+        conn.send_close_notify();
+        let _ = conn.complete_io(&mut sock);
+        let head = String::from_utf8_lossy(&response[..response.len().min(64)]).to_string();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status in {head:?}"))?;
+        if response.len() < 200 {
+            return Err(format!("a short response: {head:?}"));
+        }
+        Ok(status)
+    }
+}
+
+/// The static website on the user network with its HTTPS port published.
+fn website(tender_args: &[&str]) -> (Guest, SocketAddr) {
+    let mut args = vec!["--publish", "0:443", "--stats"];
+    args.extend_from_slice(tender_args);
+    let g = Guest::start(website_image(), &args, &[]);
+    g.wait_line("static-website: ");
+    let addr = g.published(443, "tcp");
+    (g, addr)
+}
+
+/// The `--stats` line of the user network, once the tender has ended.
+fn user_stats(out: &str) -> &str {
+    out.lines().find(|l| l.contains("outbound connections")).expect("--stats user line")
+}
+
+#[test]
+fn twenty_thousand_sequential_https_connections_all_succeed() {
+    let (g, addr) = website(&["--timeout", "600s"]);
+    let config = tls::config();
+    let start = Instant::now();
+    let count = 20_000;
+    let mut failures = Vec::new();
+    for i in 0..count {
+        match tls::get(addr, &config, Duration::from_secs(10)) {
+            Ok(200) => {}
+            other => failures.push((i, other)),
+        }
+        assert!(failures.len() < 10, "failures: {failures:?}\n{}", g.output());
+    }
+    let took = start.elapsed();
+    eprintln!("{count} sequential HTTPS connections in {took:?} ({:.0}/s)", count as f64 / took.as_secs_f64());
+    assert!(failures.is_empty(), "failures: {failures:?}");
+}
+
+#[test]
+fn beyond_the_connection_limit_clients_wait_and_every_one_is_served() {
+    // 16 relays, 40 clients at once, each holding its connection a while.
+    let (mut g, addr) = website(&["--timeout", "12s", "--net-max-connections", "16", "--net-backlog", "64"]);
+    let config = tls::config();
+    // First, sequential connections: each close is acknowledged at once,
+    // so none of them needs the gateway to retransmit its FIN.
+    for i in 0..300 {
+        assert_eq!(tls::get(addr, &config, Duration::from_secs(10)), Ok(200), "connection {i}");
+    }
+    let start = Instant::now();
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let config = config.clone();
+            // Slow clients: each holds its relay half a second before its
+            // handshake.
+            std::thread::spawn(move || {
+                tls::get_slowly(addr, &config, Duration::from_secs(10), Duration::from_millis(500))
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
+    let took = start.elapsed();
+    let served = results.iter().filter(|r| matches!(r, Ok(200))).count();
+    assert_eq!(served, 40, "{results:?}");
+    assert!(took < Duration::from_secs(8), "40 clients took {took:?}");
+    let (status, out) = g.finish(Duration::from_secs(30));
+    assert_eq!(status, 111, "{out}");
+    let user = user_stats(&out);
+    eprintln!("{user}");
+    assert!(user.contains("at most 16 at once"), "{user}");
+    assert!(!user.contains("limit reached 0 times"), "{user}");
+    // Before the guest acknowledged closes at once, every connection's
+    // close waited a retransmission timeout (all but the last second's
+    // were counted); a vCPU descheduled on a busy host may delay a few.
+    let slow: u64 = user
+        .split(" slow closes")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("slow closes count");
+    assert!(slow < 10, "{slow} closes needed a retransmission: {user}");
 }

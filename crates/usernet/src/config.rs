@@ -83,13 +83,24 @@ impl std::str::FromStr for Publish {
 /// can make the tender grow without limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// TCP connections relayed at once (published and outbound together);
-    /// more are refused.
+    /// TCP connections relayed at once (published and outbound together).
+    /// A relay's slot is freed as soon as both sides are done. Beyond the
+    /// limit a published port stops accepting, so new host connections
+    /// wait in its listen backlog; an outbound connection is refused (the
+    /// guest gets a reset).
     pub tcp_connections: usize,
+    /// The listen backlog of each published TCP port: host connections
+    /// that wait while every relay is taken. When it is full too, the host
+    /// kernel drops further SYNs and clients retry, as with any server.
+    pub backlog: u32,
+    /// Guest-side closes still finishing after the host side is done (the
+    /// gateway's FIN waiting for the guest's acknowledgement). They hold no
+    /// relay slot; beyond this many the oldest is reset.
+    pub closing: usize,
     /// Buffer per direction per TCP connection, in bytes.
     pub tcp_buffer: usize,
     /// UDP flows (a host peer of a published port, or a guest flow out)
-    /// at once; the oldest is dropped for a new one.
+    /// at once; the least recently used is dropped for a new one.
     pub udp_flows: usize,
     /// Frames queued towards the guest while its receive ring is full.
     pub queued_frames: usize,
@@ -99,22 +110,50 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { tcp_connections: 256, tcp_buffer: 64 * 1024, udp_flows: 256, queued_frames: 512, dns_queries: 256 }
+        Limits {
+            tcp_connections: 256,
+            backlog: 128,
+            closing: 64,
+            tcp_buffer: 64 * 1024,
+            udp_flows: 256,
+            queued_frames: 512,
+            dns_queries: 256,
+        }
     }
 }
 
+/// Most TCP relays at once: each published connection takes a gateway
+/// port from the 28,232 ephemeral ones, and closing ones hold theirs too.
+pub const MAX_TCP_CONNECTIONS: usize = 16384;
+/// Most UDP flows at once.
+pub const MAX_UDP_FLOWS: usize = 8192;
+/// Smallest and largest TCP buffer per direction.
+pub const TCP_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(16 << 20);
+
 impl Limits {
     /// An upper bound on the memory these limits allow the network's
-    /// buffers to take, in bytes.
+    /// buffers to take, in bytes: relays and closing connections with both
+    /// buffers full, UDP flows with full datagram buffers, both frame
+    /// queues full, and the DNS queries in flight.
     pub fn memory_bound(&self) -> usize {
-        let tcp = self.tcp_connections * 2 * self.tcp_buffer;
-        // A UDP flow: a smoltcp socket with 16 datagrams of up to 64 KiB each
-        // way is the worst case; in practice datagrams are small.
-        let udp = self.udp_flows * 2 * UDP_BUFFER;
-        let frames = 2 * self.queued_frames * 2048;
+        let tcp = (self.tcp_connections + self.closing) * (2 * self.tcp_buffer + TCP_SOCKET_OVERHEAD);
+        // A UDP flow: a smoltcp socket with 16 datagrams each way (a
+        // published port's peer) or a host socket per guest port (a flow
+        // out, sharing one smoltcp socket per destination).
+        let udp = self.udp_flows * (2 * UDP_BUFFER + UDP_SOCKET_OVERHEAD);
+        let frames = 2 * self.queued_frames * FRAME_OVERHEAD;
         tcp + udp + frames + self.dns_queries * 600
     }
 }
+
+/// What a TCP socket and its relay take beside the two buffers (the
+/// smoltcp socket, its assembler, the relay's record), rounded up.
+const TCP_SOCKET_OVERHEAD: usize = 1024;
+/// What a UDP flow takes beside its payload buffers (datagram metadata,
+/// the flow's record), rounded up.
+const UDP_SOCKET_OVERHEAD: usize = 2048;
+/// A queued frame: up to 1,514 bytes and its vector, rounded up.
+const FRAME_OVERHEAD: usize = 2048;
 
 /// Payload bytes buffered per direction per UDP socket.
 pub const UDP_BUFFER: usize = 16 * 1024;
@@ -166,9 +205,9 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_bound_covers_the_limits() {
-        let l = Limits::default();
-        assert!(l.memory_bound() >= l.tcp_connections * 2 * l.tcp_buffer);
-        assert!(l.memory_bound() < 64 << 20);
+    fn the_default_memory_bound_is_documented() {
+        // docs/architecture.md states "about 51 MiB".
+        let mib = Limits::default().memory_bound() as f64 / f64::from(1 << 20);
+        assert!((50.0..52.0).contains(&mib), "{mib} MiB");
     }
 }

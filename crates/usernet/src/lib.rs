@@ -88,8 +88,18 @@ pub struct Stats {
     pub published_connections: u64,
     /// TCP connections relayed out for the guest.
     pub outbound_connections: u64,
-    /// Connections refused because the limit was reached.
+    /// Outbound connections refused because every relay was taken.
     pub refused_connections: u64,
+    /// Relays open now.
+    pub open_connections: u64,
+    /// Most relays open at once.
+    pub peak_connections: u64,
+    /// Times a published port stopped accepting because every relay was
+    /// taken (its new connections waited in the listen backlog).
+    pub limit_reached: u64,
+    /// Guest-side closes that took over a second to be acknowledged (the
+    /// gateway had to retransmit its FIN), or never were.
+    pub slow_closes: u64,
     /// UDP datagrams relayed (both ways).
     pub datagrams: u64,
     /// DNS queries answered (forwarded or refused).
@@ -109,6 +119,8 @@ enum HostConn {
 struct Relay {
     sock: SocketHandle,
     host: HostConn,
+    /// For published connections: the gateway's port towards the guest.
+    local_port: Option<u16>,
     /// For outbound connections: (guest port, destination, port).
     key: Option<(u16, Ipv4Addr, u16)>,
     /// The host side sent its FIN (read returned 0).
@@ -119,8 +131,29 @@ struct Relay {
     host_shut: bool,
     /// The guest sent its FIN.
     guest_fin: bool,
-    /// The relay is finished and can go.
-    done: bool,
+    /// What is left to do.
+    end: End,
+}
+
+/// How far a relay is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Bytes or closes still to move.
+    Open,
+    /// Both sides are done: the socket and the host connection go.
+    Done,
+    /// The host side is done and the guest has sent everything (its FIN
+    /// included); only the gateway's FIN waits for the guest's
+    /// acknowledgement. The host connection goes and the slot is free; the
+    /// socket finishes its close among the closing ones.
+    HostDone,
+}
+
+/// A gateway socket finishing its close after its relay ended.
+struct Closing {
+    sock: SocketHandle,
+    local_port: Option<u16>,
+    since: Instant,
 }
 
 /// A host peer of a published UDP port.
@@ -143,6 +176,14 @@ struct UdpOut {
 /// How long an idle UDP flow lives.
 const UDP_IDLE: Duration = Duration::from_secs(60);
 
+/// How long a closing socket may wait for the guest's acknowledgements
+/// before it is given up (reset).
+const CLOSING_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
+
+/// A close acknowledged later than this needed a retransmission: the
+/// gateway's retransmission timeout is at least a second.
+const SLOW_CLOSE: Duration = Duration::from_secs(1);
+
 /// The virtual LAN.
 pub struct UserNet {
     config: Config,
@@ -157,6 +198,9 @@ pub struct UserNet {
     tcp_listeners: Vec<(TcpListener, u16)>,
     udp_listeners: Vec<(UdpSocket, u16)>,
     relays: Vec<Relay>,
+    /// Whether every relay was taken at the last poll.
+    at_limit: bool,
+    closing: std::collections::VecDeque<Closing>,
     udp_in: Vec<UdpIn>,
     udp_out: Vec<UdpOut>,
     next_port: u16,
@@ -179,14 +223,114 @@ fn udp_socket() -> udp::Socket<'static> {
     )
 }
 
+/// A non-blocking host listener with a bounded backlog.
+fn tcp_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
 fn would_block(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
-/// Closes a host connection with a reset rather than a FIN.
+/// Makes the close of a host connection a reset rather than a FIN: the
+/// stream is dropped right after (a shutdown first would send a FIN, and the
+/// client would read a clean end of stream before the reset).
 fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Moves what can move for one relay and says how far it is.
+fn serve_relay(r: &mut Relay, s: &mut tcp::Socket<'static>) -> End {
+    // Finish a pending outbound connect.
+    if let HostConn::Connecting(sock) = &r.host {
+        match sock.take_error() {
+            Ok(None) => match sock.peer_addr() {
+                Ok(_) => {
+                    if let HostConn::Connecting(sock) = std::mem::replace(&mut r.host, HostConn::Moving) {
+                        r.host = HostConn::Connected(TcpStream::from(sock));
+                    }
+                }
+                Err(_) => return End::Open, // still connecting
+            },
+            // The destination refused: reset the guest's connection.
+            _ => {
+                s.abort();
+                return End::Done;
+            }
+        }
+    }
+    let HostConn::Connected(host) = &mut r.host else { return End::Open };
+    let mut failed = false;
+    // Host -> guest, as far as the guest's window allows.
+    while !r.host_eof && s.can_send() {
+        let res = s.send(|buf| match host.read(buf) {
+            Ok(0) => (0, Some(true)),
+            Ok(n) => (n, None),
+            Err(e) if would_block(&e) => (0, Some(false)),
+            // Reset by the host client.
+            Err(_) => {
+                failed = true;
+                (0, Some(false))
+            }
+        });
+        match res {
+            Ok(Some(true)) => r.host_eof = true,
+            Ok(Some(false)) | Err(_) => break,
+            Ok(None) => {}
+        }
+    }
+    // Guest -> host, as far as the host socket takes it.
+    while !failed && s.can_recv() {
+        let res = s.recv(|buf| match host.write(buf) {
+            Ok(n) => (n, n > 0),
+            Err(e) if would_block(&e) => (0, false),
+            Err(_) => {
+                failed = true;
+                (0, false)
+            }
+        });
+        if !matches!(res, Ok(true)) {
+            break;
+        }
+    }
+    if failed {
+        s.abort();
+        reset(host);
+        return End::Done;
+    }
+    // Half-closes, each way once the data before them is through.
+    if r.host_eof && !r.fin_sent && s.may_send() {
+        s.close();
+        r.fin_sent = true;
+    }
+    r.guest_fin |=
+        matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait);
+    // The guest's FIN goes to the host once its data has.
+    if r.guest_fin && s.recv_queue() == 0 && !r.host_shut {
+        let _ = host.shutdown(std::net::Shutdown::Write);
+        r.host_shut = true;
+    }
+    let host_done = r.host_eof && r.host_shut;
+    match s.state() {
+        // Both sides closed and every byte delivered.
+        tcp::State::Closed | tcp::State::TimeWait if host_done => End::Done,
+        // Guest data still on its way to the host.
+        tcp::State::Closed | tcp::State::TimeWait if r.guest_fin && s.recv_queue() > 0 => End::Open,
+        // Reset by the guest, timed out, never connected, or closed while
+        // the host still had bytes to send: reset the host side too.
+        tcp::State::Closed | tcp::State::TimeWait => {
+            reset(host);
+            End::Done
+        }
+        // Only the gateway's FIN is left to be acknowledged.
+        tcp::State::LastAck | tcp::State::Closing if host_done => End::HostDone,
+        _ => End::Open,
+    }
 }
 
 impl UserNet {
@@ -203,8 +347,7 @@ impl UserNet {
             let bind_err = |source| UserNetError::Bind { addr: p.host, proto: p.proto, source };
             let actual = match p.proto {
                 Proto::Tcp => {
-                    let l = TcpListener::bind(p.host).map_err(bind_err)?;
-                    l.set_nonblocking(true).map_err(bind_err)?;
+                    let l = tcp_listener(p.host, config.limits.backlog).map_err(bind_err)?;
                     let a = l.local_addr().map_err(bind_err)?;
                     tcp_listeners.push((l, p.guest_port));
                     a
@@ -264,6 +407,8 @@ impl UserNet {
             tcp_listeners,
             udp_listeners,
             relays: Vec::new(),
+            at_limit: false,
+            closing: std::collections::VecDeque::new(),
             udp_in: Vec::new(),
             udp_out: Vec::new(),
             next_port: 32768,
@@ -275,17 +420,27 @@ impl UserNet {
 
     /// Counters so far.
     pub fn stats(&self) -> Stats {
-        Stats { dropped_frames: self.frames.dropped, ..self.stats }
+        Stats { dropped_frames: self.frames.dropped, open_connections: self.relays.len() as u64, ..self.stats }
     }
 
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.started.elapsed().as_micros() as i64)
     }
 
+    /// A gateway port for a new flow towards the guest, not used by any
+    /// live one (the range wraps after 28,232 flows).
     fn port(&mut self) -> u16 {
-        let p = self.next_port;
-        self.next_port = if p >= 60999 { 32768 } else { p + 1 };
-        p
+        for _ in 32768..=60999 {
+            let p = self.next_port;
+            self.next_port = if p >= 60999 { 32768 } else { p + 1 };
+            let used = self.relays.iter().any(|r| r.local_port == Some(p))
+                || self.closing.iter().any(|c| c.local_port == Some(p))
+                || self.udp_in.iter().any(|f| self.sockets.get::<udp::Socket>(f.sock).endpoint().port == p);
+            if !used {
+                return p;
+            }
+        }
+        self.next_port
     }
 
     /// A frame from the guest.
@@ -374,13 +529,15 @@ impl UserNet {
         self.relays.push(Relay {
             sock,
             host: HostConn::Connecting(host),
+            local_port: None,
             key: Some(key),
             host_eof: false,
             fin_sent: false,
             host_shut: false,
             guest_fin: false,
-            done: false,
+            end: End::Open,
         });
+        self.note_peak();
     }
 
     fn open_outbound_udp(&mut self, guest_port: u16, dst: Ipv4Addr, port: u16) {
@@ -454,15 +611,17 @@ impl UserNet {
         self.reap();
     }
 
+    /// Accepts host connections on the published ports while relays are
+    /// free. With every relay taken, new connections stay in the listen
+    /// backlog until one frees: nothing is accepted only to be dropped.
     fn accept_published(&mut self) {
         for i in 0..self.tcp_listeners.len() {
-            loop {
-                let (stream, _) = match self.tcp_listeners[i].0.accept() {
-                    Ok(c) => c,
+            while self.relays.len() < self.config.limits.tcp_connections {
+                let stream = match self.tcp_listeners[i].0.accept() {
+                    Ok((c, _)) => c,
                     Err(_) => break,
                 };
-                if self.relays.len() >= self.config.limits.tcp_connections || stream.set_nonblocking(true).is_err() {
-                    self.stats.refused_connections += 1;
+                if stream.set_nonblocking(true).is_err() {
                     reset(&stream);
                     continue;
                 }
@@ -481,15 +640,26 @@ impl UserNet {
                 self.relays.push(Relay {
                     sock,
                     host: HostConn::Connected(stream),
+                    local_port: Some(local_port),
                     key: None,
                     host_eof: false,
                     fin_sent: false,
                     host_shut: false,
                     guest_fin: false,
-                    done: false,
+                    end: End::Open,
                 });
+                self.note_peak();
             }
         }
+        let at_limit = self.relays.len() >= self.config.limits.tcp_connections;
+        if at_limit && !self.at_limit && !self.tcp_listeners.is_empty() {
+            self.stats.limit_reached += 1;
+        }
+        self.at_limit = at_limit;
+    }
+
+    fn note_peak(&mut self) {
+        self.stats.peak_connections = self.stats.peak_connections.max(self.relays.len() as u64);
     }
 
     fn receive_published_udp(&mut self) {
@@ -529,87 +699,7 @@ impl UserNet {
     fn serve_relays(&mut self) {
         for r in &mut self.relays {
             let s = self.sockets.get_mut::<tcp::Socket>(r.sock);
-            // Finish a pending outbound connect.
-            if let HostConn::Connecting(sock) = &r.host {
-                match sock.take_error() {
-                    Ok(None) => match sock.peer_addr() {
-                        Ok(_) => {
-                            if let HostConn::Connecting(sock) = std::mem::replace(&mut r.host, HostConn::Moving) {
-                                r.host = HostConn::Connected(TcpStream::from(sock));
-                            }
-                        }
-                        Err(_) => continue, // still connecting
-                    },
-                    // The destination refused: reset the guest's connection.
-                    _ => {
-                        s.abort();
-                        r.done = true;
-                        continue;
-                    }
-                }
-            }
-            let HostConn::Connected(host) = &mut r.host else { continue };
-            let mut failed = false;
-            // Host -> guest, as far as the guest's window allows.
-            while !r.host_eof && s.can_send() {
-                let res = s.send(|buf| match host.read(buf) {
-                    Ok(0) => (0, Some(true)),
-                    Ok(n) => (n, None),
-                    Err(e) if would_block(&e) => (0, Some(false)),
-                    Err(_) => (0, Some(false)),
-                });
-                match res {
-                    Ok(Some(true)) => r.host_eof = true,
-                    Ok(Some(false)) | Err(_) => break,
-                    Ok(None) => {}
-                }
-            }
-            // Guest -> host, as far as the host socket takes it.
-            while s.can_recv() {
-                let res = s.recv(|buf| match host.write(buf) {
-                    Ok(n) => (n, n > 0),
-                    Err(e) if would_block(&e) => (0, false),
-                    Err(_) => {
-                        failed = true;
-                        (0, false)
-                    }
-                });
-                if !matches!(res, Ok(true)) {
-                    break;
-                }
-            }
-            if failed {
-                s.abort();
-                reset(host);
-                r.done = true;
-                continue;
-            }
-            // Half-closes, each way once the data before them is through.
-            if r.host_eof && !r.fin_sent && s.may_send() {
-                s.close();
-                r.fin_sent = true;
-            }
-            let guest_fin = matches!(
-                s.state(),
-                tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
-            );
-            r.guest_fin |= guest_fin;
-            // The guest's FIN goes to the host once its data has.
-            if r.guest_fin && s.recv_queue() == 0 && !r.host_shut {
-                let _ = host.shutdown(std::net::Shutdown::Write);
-                r.host_shut = true;
-            }
-            match s.state() {
-                // Reset by the guest, timed out, or never connected: reset
-                // the host side too.
-                tcp::State::Closed if !r.guest_fin => {
-                    reset(host);
-                    r.done = true;
-                }
-                // Both sides closed and every byte delivered.
-                tcp::State::Closed | tcp::State::TimeWait if r.host_shut => r.done = true,
-                _ => {}
-            }
+            r.end = serve_relay(r, s);
         }
     }
 
@@ -709,20 +799,56 @@ impl UserNet {
         }
     }
 
+    /// Frees the relays whose both sides are done, hands the closes still
+    /// in flight to the closing sockets, and drops the closing sockets that
+    /// are through.
     fn reap(&mut self) {
-        let sockets = &mut self.sockets;
-        self.relays.retain(|r| {
-            if r.done {
-                sockets.remove(r.sock);
+        let mut i = 0;
+        while i < self.relays.len() {
+            match self.relays[i].end {
+                End::Open => i += 1,
+                End::Done => {
+                    let r = self.relays.swap_remove(i);
+                    self.sockets.remove(r.sock);
+                }
+                End::HostDone => {
+                    let r = self.relays.swap_remove(i);
+                    if self.closing.len() >= self.config.limits.closing
+                        && let Some(oldest) = self.closing.pop_front()
+                    {
+                        self.sockets.get_mut::<tcp::Socket>(oldest.sock).abort();
+                        self.sockets.remove(oldest.sock);
+                        self.stats.slow_closes += 1;
+                    }
+                    self.sockets.get_mut::<tcp::Socket>(r.sock).set_timeout(Some(CLOSING_TIMEOUT));
+                    self.closing.push_back(Closing { sock: r.sock, local_port: r.local_port, since: Instant::now() });
+                }
             }
-            !r.done
+        }
+        let (sockets, stats) = (&mut self.sockets, &mut self.stats);
+        self.closing.retain(|c| {
+            // TIME-WAIT: the guest acknowledged our FIN and sent its own;
+            // nothing is left that the socket could still deliver.
+            let through =
+                matches!(sockets.get::<tcp::Socket>(c.sock).state(), tcp::State::Closed | tcp::State::TimeWait);
+            if through {
+                if c.since.elapsed() >= SLOW_CLOSE {
+                    stats.slow_closes += 1;
+                }
+                sockets.remove(c.sock);
+            }
+            !through
         });
     }
 
     /// Host descriptors to wait on, with whether to wait for writability.
     pub fn poll_fds(&self) -> Vec<(RawFd, bool)> {
         let mut fds: Vec<(RawFd, bool)> = Vec::new();
-        fds.extend(self.tcp_listeners.iter().map(|(l, _)| (l.as_raw_fd(), false)));
+        // With every relay taken, listeners are left alone: their
+        // connections wait in the backlog until a relay frees.
+        if self.relays.len() < self.config.limits.tcp_connections {
+            fds.extend(self.tcp_listeners.iter().map(|(l, _)| (l.as_raw_fd(), false)));
+        }
         fds.extend(self.udp_listeners.iter().map(|(u, _)| (u.as_raw_fd(), false)));
         if let Some((u, _)) = &self.upstream {
             fds.push((u.as_raw_fd(), false));
