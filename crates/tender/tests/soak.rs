@@ -173,8 +173,8 @@ impl Website {
             args.extend(["--ipv4", "10.0.0.2/24", "--gateway", "10.0.0.1"].map(String::from));
         }
         args.extend(["--cert".into(), pki.cert_pem.clone(), "--key".into(), pki.key_pem.clone()]);
-        // The guest's heap figures, every second.
-        args.extend(["--heap-log".into(), "1s".into()]);
+        // The guest's heap figures, four times a second.
+        args.extend(["--heap-log".into(), "250ms".into()]);
 
         let dir = workspace().join("target/soak-tests");
         std::fs::create_dir_all(&dir).unwrap();
@@ -252,12 +252,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS for process {pid}: is it gone?"))
 }
 
-/// The guest heap's latest figures in `output` (the website's
-/// `--heap-log` lines): KiB in use and peak.
+const HEAP_LINE: &str = "static-website: heap ";
+
+/// The guest heap's figures in the website's `--heap-log` lines of
+/// `output`, oldest first: KiB in use and peak.
+fn guest_heap_all(output: &str) -> Vec<(u64, u64)> {
+    let figures = |rest: &str| {
+        let mut numbers = rest.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().ok());
+        Some((numbers.next()??, numbers.next()??))
+    };
+    output.lines().filter_map(|l| l.split_once(HEAP_LINE)).filter_map(|(_, rest)| figures(rest)).collect()
+}
+
+/// The latest figures.
 fn guest_heap(output: &str) -> Option<(u64, u64)> {
-    let line = output.lines().rev().find_map(|l| l.split_once("static-website: heap ").map(|(_, rest)| rest))?;
-    let mut numbers = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().ok());
-    Some((numbers.next()??, numbers.next()??))
+    guest_heap_all(output).last().copied()
 }
 
 fn heap_text(figures: Option<(u64, u64)>) -> String {
@@ -523,7 +532,9 @@ fn soak(entry: Entry, link: Link) {
     // about 2,000).
     let warm_at = (total / 3).clamp(200, 2_000).min(total);
     let mut rss_warm = None;
-    let mut heap_warm = None;
+    // How many heap reports had come when warm-up ended: the next one is
+    // the heap after warm-up.
+    let mut heap_reports_at_warm = None;
     let mut rss_max = rss_start;
     loop {
         let finished = load.1.recv_timeout(Duration::from_millis(100)).is_ok();
@@ -535,7 +546,7 @@ fn soak(entry: Entry, link: Link) {
         rss_max = rss_max.max(rss);
         if rss_warm.is_none() && counts.done.load(Ordering::Relaxed) >= warm_at {
             rss_warm = Some(rss);
-            heap_warm = guest_heap(&w.output());
+            heap_reports_at_warm = Some(guest_heap_all(&w.output()).len());
         }
         if finished {
             break;
@@ -547,10 +558,10 @@ fn soak(entry: Entry, link: Link) {
     let rss_end = rss_kib(pid);
     let rss_warm = rss_warm.unwrap_or(rss_end);
     // The guest's next heap report, once the load is over.
-    let logged = w.output().matches("static-website: heap ").count();
-    let heap_end = w.wait(Duration::from_secs(5), |text| {
-        (text.matches("static-website: heap ").count() > logged).then(|| guest_heap(text))
-    });
+    let logged = guest_heap_all(&w.output()).len();
+    let heap_end =
+        w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then(|| guest_heap(text)));
+    let heap_warm = heap_reports_at_warm.and_then(|n| guest_heap_all(&w.output()).get(n).copied());
 
     // Still serving: one more request, after everything.
     let still = w.reach(move || one_shot(addr, 0).map_err(|f| f.0));
