@@ -26,37 +26,13 @@ use std::time::Duration;
 
 const GUEST: &str = "10.0.0.2";
 
-/// A self-signed ECDSA P-256 certificate for both servers.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_cert(dir: &Path) -> Cert {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:10.0.0.2"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl could not make a certificate");
-    Cert { cert, key }
-}
-
 struct Skiff {
     ns: NetNs,
     guest: Guard,
     log: PathBuf,
 }
 
-fn start_skiff(tender: &Path, image: &Path, cert: &Cert, mem: &str, extra: &[&str]) -> Skiff {
+fn start_skiff(tender: &Path, image: &Path, cert: &skiff_bench::Cert, mem: &str, extra: &[&str]) -> Skiff {
     let ns = client_ns();
     let mut cmd = ns.command(tender);
     cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
@@ -86,7 +62,7 @@ struct Nginx {
     _child: Guard,
 }
 
-fn start_nginx(server: &NetNs, cert: &Cert, dir: &Path, resumption: bool) -> Nginx {
+fn start_nginx(server: &NetNs, cert: &skiff_bench::Cert, dir: &Path, resumption: bool) -> Nginx {
     let site = workspace().join("examples/static-website/site");
     let prefix = dir.join(format!("nginx-{}", if resumption { "resume" } else { "full" }));
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
@@ -239,7 +215,7 @@ fn main() {
     let image = guest("examples/static-website");
     let dir = std::env::temp_dir().join(format!("skiff-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert = make_cert(&dir);
+    let cert = skiff_bench::make_cert(&dir, "10.0.0.2");
     // SKIFF_BENCH_QUICK=1: one short round, for trying changes.
     let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
     let secs = if quick { 2 } else { 5 };

@@ -19,33 +19,15 @@
 use skiff_bench::{Linking, guest, release_tender, workspace};
 use skiff_testnet::{Guard, require_kvm, require_program, wait_for};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A self-signed ECDSA P-256 certificate for both servers.
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl could not make a certificate");
-    (cert, key)
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-fn start_skiff(tender: &Path, image: &Path, cert: &(PathBuf, PathBuf), log: &Path) -> (Guard, SocketAddr) {
+fn start_skiff(tender: &Path, image: &Path, cert: &skiff_bench::Cert, log: &Path) -> (Guard, SocketAddr) {
     let port = free_port();
     let file = std::fs::File::create(log).unwrap();
     let child = Command::new(tender)
@@ -54,9 +36,9 @@ fn start_skiff(tender: &Path, image: &Path, cert: &(PathBuf, PathBuf), log: &Pat
         .arg("--")
         .args(["--tls-resumption", "off", "--https-port", &port.to_string()])
         .arg("--cert")
-        .arg(std::fs::read_to_string(&cert.0).unwrap())
+        .arg(std::fs::read_to_string(&cert.cert).unwrap())
         .arg("--key")
-        .arg(std::fs::read_to_string(&cert.1).unwrap())
+        .arg(std::fs::read_to_string(&cert.key).unwrap())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -76,7 +58,7 @@ struct Nginx {
     addr: SocketAddr,
 }
 
-fn start_nginx(dir: &Path, cert: &(PathBuf, PathBuf)) -> Nginx {
+fn start_nginx(dir: &Path, cert: &skiff_bench::Cert) -> Nginx {
     let site = workspace().join("examples/static-website/site");
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
@@ -93,8 +75,8 @@ fn start_nginx(dir: &Path, cert: &(PathBuf, PathBuf)) -> Nginx {
          ssl_session_cache off;\n    ssl_session_tickets off;\n  }}\n}}\n",
         prefix = prefix.display(),
         site = site.display(),
-        cert = cert.0.display(),
-        key = cert.1.display(),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
@@ -168,7 +150,7 @@ fn main() {
     let image = guest("examples/static-website");
     let dir = std::env::temp_dir().join(format!("skiff-bench-publish-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert = make_cert(&dir);
+    let cert = skiff_bench::make_cert(&dir, "127.0.0.1");
     let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
     let (secs, rounds, connections) = (if quick { 2 } else { 5 }, if quick { 1 } else { 3 }, 16);
     eprintln!("publish benchmark: {rounds} rounds of {secs} s, {connections} clients, Skiff and nginx alternating");
