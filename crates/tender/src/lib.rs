@@ -262,13 +262,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
-    let users = user_networks(&nics, &config.net)?;
-    let user_net = !users.is_empty();
-    let user_outbound = users.iter().any(|(i, _)| match config.net.outbound {
-        net::Outbound::AsDeclared => nics[*i].outbound_declared,
-        net::Outbound::All => true,
-        net::Outbound::None => false,
-    });
+    let user_net =
+        seccomp::UserNetCalls { relays: nics.iter().any(net::Nic::is_user), outbound: nics.iter().any(|n| n.outbound) };
     let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
     let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
     let tables = PageTables::build(&regions)?;
@@ -317,7 +312,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     };
     for (slot, nic) in boot.devices.iter_mut().zip(nics.iter()) {
         slot.kind = DeviceKind::Net as u32;
-        slot.name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
+        slot.name[..nic.rings.nic.len()].copy_from_slice(nic.rings.nic.as_bytes());
         slot.data = nic.info(config.net.guest_spin).encode();
     }
     mem.write_obj(GuestAddr(paging::BOOT_INFO), &boot)?;
@@ -331,28 +326,17 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         paging::SHARED,
     )
     .map_err(TenderError::Watchdog)?;
-    let nics = Arc::new(nics);
+    let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
-    let io_thread = if config.net.rings && !nics.is_empty() {
-        Some(
-            netio::IoThread::start(
-                nics.clone(),
-                users,
-                mem.clone(),
-                io_shared.clone(),
-                config.net.io_spin,
-                ThreadKicker::current(),
-            )
-            .map_err(TenderError::Watchdog)?,
-        )
-    } else {
+    let io_thread = if nics.is_empty() {
         None
+    } else {
+        let kicker = ThreadKicker::current();
+        let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker);
+        Some(io.map_err(TenderError::Watchdog)?)
     };
     let proc_status = stats::ProcStatus::open();
-    seccomp::lock_down(
-        seccomp::UserNetCalls { relays: user_net, outbound: user_outbound },
-        seccomp::KvmFds { vcpu: vm.vcpu_fd() },
-    )?;
+    seccomp::lock_down(user_net, seccomp::KvmFds { vcpu: vm.vcpu_fd() })?;
     let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
@@ -360,9 +344,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         console,
         stats: &mut stats,
         deadline,
-        nics: &nics,
+        nics: &nic_rings,
         io: &io_shared,
-        rings: io_thread.is_some(),
         monitor: monitor.state(),
     };
     let outcome = guest.serve(&mut vm);
@@ -379,48 +362,6 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest_resident = mem.resident_bytes();
     stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
-}
-
-/// Sets up the user network of every NIC attached to it (the first takes
-/// the published ports), and says on stderr how the guest is reached.
-fn user_networks(
-    nics: &[net::Nic],
-    options: &net::NetOptions,
-) -> Result<Vec<(usize, skiff_usernet::UserNet)>, TenderError> {
-    let mut users = Vec::new();
-    let mut publish = options.publish.clone();
-    for (i, nic) in nics.iter().enumerate() {
-        if !matches!(nic.host, net::Host::User) {
-            continue;
-        }
-        let outbound = match options.outbound {
-            net::Outbound::AsDeclared => nic.outbound_declared,
-            net::Outbound::All => true,
-            net::Outbound::None => false,
-        };
-        let config = skiff_usernet::Config {
-            guest_mac: nic.mac,
-            publish: std::mem::take(&mut publish),
-            outbound,
-            upstream_dns: if outbound { skiff_usernet::config::host_dns() } else { None },
-            limits: options.limits,
-        };
-        let (user, bound) = skiff_usernet::UserNet::new(config)
-            .map_err(|source| net::NetError::User { nic: nic.name.clone(), source })?;
-        eprintln!(
-            "skiff-tender: NIC {:?} is on the user network: guest {} by DHCP, gateway {} (the host's loopback), \
-             outbound traffic {}",
-            nic.name,
-            skiff_usernet::config::GUEST,
-            skiff_usernet::config::GATEWAY,
-            if outbound { "relayed" } else { "off" }
-        );
-        for p in &bound {
-            eprintln!("skiff-tender: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
-        }
-        users.push((i, user));
-    }
-    Ok(users)
 }
 
 #[cfg(test)]

@@ -188,15 +188,6 @@ mod tests {
     }
 }
 
-/// Parses `on` / `off`.
-pub fn parse_switch(s: &str) -> Result<bool, String> {
-    match s {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(format!("{s:?} is neither on nor off")),
-    }
-}
-
 /// Parses `all` / `none`.
 pub fn parse_outbound(s: &str) -> Result<crate::net::Outbound, String> {
     match s {
@@ -246,10 +237,6 @@ pub struct RunOptions {
     /// (`#[skiff::main(net = ..., outbound)]`).
     #[arg(long, value_parser = parse_outbound, value_name = "all|none")]
     pub net_outbound: Option<crate::net::Outbound>,
-    /// Move frames through shared-memory rings served by an I/O thread
-    /// (on), or only through hypercalls (off).
-    #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set)]
-    pub net_rings: bool,
     /// How long the tender's I/O thread keeps polling the rings after its
     /// last frame before it sleeps.
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
@@ -296,7 +283,6 @@ impl RunOptions {
                 macs: self.net_mac.clone(),
                 publish: self.publish.clone(),
                 outbound: self.net_outbound.unwrap_or(crate::net::Outbound::AsDeclared),
-                rings: self.net_rings,
                 io_spin: self.net_spin,
                 guest_spin: self.guest_spin,
                 limits: skiff_usernet::Limits {
