@@ -243,7 +243,7 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
     // `--timeout` counts from here: loading the image is part of the budget.
     let deadline = config.timeout.map(|t| (Instant::now() + t, t));
-    let mut stats = Stats::new();
+    let mut stats = Stats::default();
     sys::use_one_malloc_arena();
     // Before any thread starts, so that every thread blocks them and the
     // monitor alone takes them.

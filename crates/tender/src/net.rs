@@ -13,6 +13,7 @@ use crate::rings::{Direction, Ring, RingError};
 use crate::tap::{Tap, TapError};
 use skiff_abi::{DeviceKind, NET_MTU, NetInfo, ring};
 use skiff_usernet::UserNet;
+use smoltcp::wire::EthernetAddress;
 use std::time::Duration;
 
 /// One `--net NAME=TAP` (or `NAME=user`) attachment.
@@ -32,9 +33,10 @@ impl NicSpec {
 }
 
 /// Whether outbound traffic is relayed on the user network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Outbound {
     /// As the image declares (`#[skiff::main(net = ..., outbound)]`).
+    #[value(skip)]
     AsDeclared,
     /// Always.
     All,
@@ -158,33 +160,20 @@ fn publish_hint(declared: &[String]) -> String {
     }
 }
 
-/// Parses `NAME=TAP`.
-pub fn parse_nic(s: &str) -> Result<(String, String), NetError> {
+/// Parses `NAME=TAP` (or `NAME=user`).
+pub fn parse_nic(s: &str) -> Result<NicSpec, NetError> {
     match s.split_once('=') {
-        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
+        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok(NicSpec { name: n.to_string(), tap: t.to_string() }),
         _ => Err(NetError::BadSpec(s.to_string())),
     }
 }
 
-/// Parses `NAME=aa:bb:cc:dd:ee:ff`.
+/// Parses `NAME=aa:bb:cc:dd:ee:ff`: a unicast MAC.
 pub fn parse_mac_spec(s: &str) -> Result<(String, [u8; 6]), NetError> {
     let bad = || NetError::BadMac(s.to_string());
-    let (name, mac) = s.split_once('=').ok_or_else(bad)?;
-    let parts: Vec<&str> = mac.split(':').collect();
-    if name.is_empty() || parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 6];
-    for (o, p) in out.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if out[0] & 1 != 0 {
-        return Err(bad()); // multicast
-    }
-    Ok((name.to_string(), out))
+    let (name, mac) = s.split_once('=').filter(|(name, _)| !name.is_empty()).ok_or_else(bad)?;
+    let mac = mac.parse::<EthernetAddress>().ok().filter(EthernetAddress::is_unicast).ok_or_else(bad)?;
+    Ok((name.to_string(), mac.0))
 }
 
 /// The MAC a NIC gets when none is given: locally administered, unicast,
@@ -425,13 +414,15 @@ mod tests {
 
     #[test]
     fn specs_and_macs_parse() {
-        assert_eq!(parse_nic("service=tap0").unwrap(), ("service".into(), "tap0".into()));
+        assert_eq!(parse_nic("service=tap0").unwrap(), NicSpec { name: "service".into(), tap: "tap0".into() });
         assert!(parse_nic("service").is_err());
         assert!(parse_nic("=tap0").is_err());
         assert_eq!(parse_mac_spec("s=02:00:00:0a:0b:ff").unwrap(), ("s".into(), [2, 0, 0, 10, 11, 255]));
         assert!(parse_mac_spec("s=01:00:00:00:00:00").is_err(), "multicast");
         assert!(parse_mac_spec("s=02:00:00:00:00").is_err());
         assert!(parse_mac_spec("s=02:00:00:00:00:zz").is_err());
+        assert!(parse_mac_spec("=02:00:00:00:00:01").is_err());
+        assert!(parse_mac_spec("s=02:00:00:00:00:01:02").is_err());
     }
 
     #[test]
