@@ -189,11 +189,6 @@ pub fn generated_mac(name: &str) -> [u8; 6] {
     [0x02, 0x5f, b[0], b[1], b[2], b[3]]
 }
 
-/// Formats a MAC.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
 /// The host end of a NIC, owned by the I/O thread.
 pub enum Host {
     /// A TAP device.
@@ -431,7 +426,6 @@ mod tests {
         assert_eq!(a, generated_mac("service"));
         assert_ne!(a, generated_mac("admin"));
         assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
-        assert_eq!(format_mac(&[2, 0x5f, 0, 1, 0xab, 0xff]), "02:5f:00:01:ab:ff");
     }
 
     #[test]

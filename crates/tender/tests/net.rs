@@ -262,7 +262,7 @@ fn two_hundred_concurrent_connections_each_echo_correctly() {
 /// The guest's MAC, as the tender generates it for the NIC "service".
 fn service_mac() -> String {
     let m = skiff_tender::net::generated_mac("service");
-    skiff_tender::net::format_mac(&m)
+    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 #[test]
