@@ -200,9 +200,9 @@ impl Guest<'_> {
                     self.stats.exit("bad-port");
                     GuestError::PortRead(port).into()
                 }
-                other => {
+                Exit::Failed(failure) => {
                     self.stats.exit("vm-failure");
-                    Flow::End(Outcome::VmFailure(unexpected(other)))
+                    Flow::End(Outcome::VmFailure(failure))
                 }
             };
             if let Flow::End(outcome) = flow {
@@ -396,17 +396,5 @@ impl Guest<'_> {
                 Flow::End(Outcome::Aborted { reason, message: String::from_utf8_lossy(&bytes).into_owned() })
             }
         })
-    }
-}
-
-fn unexpected(exit: Exit) -> VmFailure {
-    match exit {
-        Exit::Mmio { addr, write } => VmFailure::Unbacked { addr, write },
-        Exit::Hlt => VmFailure::Halted,
-        Exit::Shutdown => VmFailure::TripleFault,
-        Exit::InternalError { suberror } => VmFailure::Internal { suberror },
-        Exit::FailEntry(reason) => VmFailure::EntryFailed(reason),
-        Exit::Other(s) => VmFailure::UnexpectedExit(s),
-        e @ (Exit::IoOut { .. } | Exit::IoIn(_) | Exit::Interrupted) => VmFailure::UnexpectedExit(format!("{e:?}")),
     }
 }
