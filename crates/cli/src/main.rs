@@ -33,7 +33,7 @@ enum Cmd {
     Build(BuildArgs),
     /// Build (when needed) and boot a service under the tender.
     #[command(after_help = skiff_tender::options::after_help())]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what is inside an image.
     Inspect {
         /// The image file.
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::New(a) => new::create(&a).map(|()| 0).map_err(CliError::from),
         Cmd::Build(a) => build(a),
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
         Cmd::Inspect { image } => inspect(&image),
     };
     match result {

@@ -78,6 +78,18 @@ fn bad_service_names_are_refused() {
 }
 
 #[test]
+fn command_line_errors_are_status_124_and_run_help_lists_the_statuses() {
+    for args in [&["run", "--mem", "lots", "."][..], &["no-such-command"], &["run", "--stop-grace", "soon"]] {
+        let out = skiff(args);
+        assert_eq!(out.status, 124, "skiff {args:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty());
+    }
+    let help = skiff(&["run", "--help"]);
+    assert_eq!(help.status, 0);
+    assert!(help.stdout.contains("Exit status:") && help.stdout.contains("120  the tender made a system call"));
+}
+
+#[test]
 fn run_boots_hello_and_passes_arguments() {
     require_kvm();
     let hello = workspace().join("examples/hello");

@@ -4,12 +4,15 @@
 use crate::TlsError;
 use crate::random::PoolRandom;
 use crate::ticketer::Ticketer;
+#[cfg(skiff_guest)]
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+#[cfg(skiff_guest)]
 use core::fmt;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
+#[cfg(skiff_guest)]
 use rustls::lock::{Lock, MakeMutex, MutexGuard, Poisoned};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -35,24 +38,30 @@ impl TimeProvider for SkiffClock {
 }
 
 /// rustls's lock for caches without `std`: a spin lock, which on one core
-/// with a cooperative executor is never contended.
+/// with a cooperative executor is never contended. (Host builds have
+/// rustls with `std`, whose caches use std's mutex.)
+#[cfg(skiff_guest)]
 #[derive(Debug)]
 pub struct SpinLock;
 
+#[cfg(skiff_guest)]
 struct SpinMutex<T>(spinning_top::Spinlock<T>);
 
+#[cfg(skiff_guest)]
 impl<T> fmt::Debug for SpinMutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SpinMutex")
     }
 }
 
+#[cfg(skiff_guest)]
 impl<T: Send> Lock<T> for SpinMutex<T> {
     fn lock(&self) -> Result<MutexGuard<'_, T>, Poisoned> {
         Ok(Box::new(self.0.lock()))
     }
 }
 
+#[cfg(skiff_guest)]
 impl MakeMutex for SpinLock {
     fn make_mutex<T>(value: T) -> Arc<dyn Lock<T>>
     where
@@ -169,7 +178,11 @@ impl ServerOptions {
         // ChaCha20-Poly1305).
         config.ignore_client_order = true;
         if self.session_cache > 0 {
-            config.session_storage = ServerSessionMemoryCache::new::<SpinLock>(self.session_cache);
+            #[cfg(skiff_guest)]
+            let cache = ServerSessionMemoryCache::new::<SpinLock>(self.session_cache);
+            #[cfg(not(skiff_guest))]
+            let cache = ServerSessionMemoryCache::new(self.session_cache);
+            config.session_storage = cache;
         }
         if self.tickets {
             config.ticketer = Arc::new(Ticketer::new()?);
@@ -218,7 +231,11 @@ impl ClientOptions {
             .with_no_client_auth();
         config.alpn_protocols = self.alpn.clone();
         config.resumption = if self.session_cache > 0 {
-            Resumption::store(Arc::new(ClientSessionMemoryCache::new::<SpinLock>(self.session_cache)))
+            #[cfg(skiff_guest)]
+            let cache = ClientSessionMemoryCache::new::<SpinLock>(self.session_cache);
+            #[cfg(not(skiff_guest))]
+            let cache = ClientSessionMemoryCache::new(self.session_cache);
+            Resumption::store(Arc::new(cache))
         } else {
             Resumption::disabled()
         };
