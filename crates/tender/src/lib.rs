@@ -346,11 +346,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     };
     let outcome = guest.serve(&mut vm);
     drop(monitor);
-    drop(io_thread);
-    stats.net_rx = io_shared.counters.rx.load(std::sync::atomic::Ordering::Relaxed);
-    stats.net_tx = io_shared.counters.tx.load(std::sync::atomic::Ordering::Relaxed);
-    stats.net_dropped = io_shared.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
-    stats.user_nets = std::mem::take(&mut *io_shared.user_stats.lock().unwrap_or_else(|e| e.into_inner()));
+    stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
     stats.guest.at_end = vm.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);

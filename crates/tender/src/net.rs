@@ -337,18 +337,6 @@ fn user_network(
     Ok(user)
 }
 
-/// Frame counters, for `--stats`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Frames delivered to the guest.
-    pub rx: std::sync::atomic::AtomicU64,
-    /// Frames sent for the guest.
-    pub tx: std::sync::atomic::AtomicU64,
-    /// Frames dropped: too long from the host, a full host queue, or a
-    /// full receive ring.
-    pub dropped: std::sync::atomic::AtomicU64,
-}
-
 /// The host end of a NIC failed, or the guest broke a ring.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

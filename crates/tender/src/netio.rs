@@ -16,7 +16,8 @@
 //! with it.
 
 use crate::guest_memory::GuestMemory;
-use crate::net::{Counters, FrameError, Host, Nic, NicError};
+use crate::net::{FrameError, Host, Nic, NicError};
+use crate::stats::NetStats;
 use crate::sys::ThreadKicker;
 use crate::tap::Tap;
 use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN};
@@ -41,10 +42,6 @@ pub struct IoShared {
     pub stop: AtomicBool,
     /// The guest broke the ring protocol (set once; the I/O thread stops).
     pub error: Mutex<Option<NicError>>,
-    /// Frame counters.
-    pub counters: Counters,
-    /// The user networks' counters, when the thread ends.
-    pub user_stats: Mutex<Vec<(String, skiff_usernet::Stats)>>,
 }
 
 impl IoShared {
@@ -56,8 +53,6 @@ impl IoShared {
             doorbell: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
-            counters: Counters::default(),
-            user_stats: Mutex::new(Vec::new()),
         })
     }
 
@@ -70,7 +65,7 @@ impl IoShared {
 /// The running I/O thread.
 pub struct IoThread {
     shared: Arc<IoShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<NetStats>>,
 }
 
 impl IoThread {
@@ -89,36 +84,48 @@ impl IoThread {
             // Thread start-up makes system calls the seccomp allow-list does
             // not have; the lockdown waits for this.
             let _ = started_tx.send(());
-            let result = serve(&mut nics, &mem, &s, spin);
-            *s.user_stats.lock().unwrap_or_else(|e| e.into_inner()) = nics
-                .iter()
-                .filter_map(|n| match &n.host {
-                    Host::User(u) => Some((n.rings.nic.clone(), u.stats())),
-                    Host::Tap(_) => None,
-                })
-                .collect();
-            if let Err(e) = result {
+            let mut stats = NetStats::default();
+            if let Err(e) = serve(&mut nics, &mem, &s, spin, &mut stats) {
                 *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 let _ = s.rx_notify.write(1);
                 vcpu.kick();
             }
+            for nic in &nics {
+                if let Host::User(u) = &nic.host {
+                    stats.user_nets.push((nic.rings.nic.clone(), u.stats()));
+                }
+            }
+            stats
         })?;
         let _ = started_rx.recv();
         Ok(IoThread { shared, thread: Some(thread) })
+    }
+
+    /// Stops the thread and returns what it moved.
+    pub fn finish(mut self) -> NetStats {
+        self.stop().unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> Option<NetStats> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.shared.doorbell.write(1);
+        self.thread.take()?.join().ok()
     }
 }
 
 impl Drop for IoThread {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.doorbell.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
-fn serve(nics: &mut [Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration) -> Result<(), NicError> {
+fn serve(
+    nics: &mut [Nic],
+    mem: &GuestMemory,
+    shared: &IoShared,
+    spin: Duration,
+    stats: &mut NetStats,
+) -> Result<(), NicError> {
     let mut buf = Box::new([0u8; 65536]);
     let mut last_work = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -140,8 +147,7 @@ fn serve(nics: &mut [Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration)
                         true
                     }
                 };
-                let counter = if sent { &shared.counters.tx } else { &shared.counters.dropped };
-                counter.fetch_add(1, Ordering::Relaxed);
+                *if sent { &mut stats.tx } else { &mut stats.dropped } += 1;
                 moved = true;
             }
             if let Host::User(u) = &mut nic.host {
@@ -157,7 +163,7 @@ fn serve(nics: &mut [Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration)
                     break;
                 }
                 let pushed = match &mut nic.host {
-                    Host::Tap(tap) => match recv_from_host(tap, &mut buf, &shared.counters).map_err(host_error)? {
+                    Host::Tap(tap) => match recv_from_host(tap, &mut buf, &mut stats.dropped).map_err(host_error)? {
                         Some(n) => rings.rx.push(mem, &buf[..n]),
                         None => break,
                     },
@@ -167,7 +173,7 @@ fn serve(nics: &mut [Nic], mem: &GuestMemory, shared: &IoShared, spin: Duration)
                     },
                 };
                 pushed.map_err(|e| rings.error(e))?;
-                shared.counters.rx.fetch_add(1, Ordering::Relaxed);
+                stats.rx += 1;
                 moved = true;
                 produced |= 1 << index;
             }
@@ -240,13 +246,13 @@ fn set_flags(nics: &[Nic], mem: &GuestMemory, full: u64, value: u32) -> Result<(
 
 /// Reads one pending frame from a TAP device, dropping frames that do not
 /// fit an MTU-sized frame. `Ok(None)` when nothing is pending.
-fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], counters: &Counters) -> std::io::Result<Option<usize>> {
+fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], dropped: &mut u64) -> std::io::Result<Option<usize>> {
     loop {
         match tap.recv(buf)? {
             None => return Ok(None),
             Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
             Some(_) => {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                *dropped += 1;
             }
         }
     }

@@ -60,12 +60,19 @@ pub struct Stats {
     pub guest_mem: u64,
     /// The tender's peak resident set (VmHWM) when the guest ended.
     pub tender_peak_rss: Option<u64>,
+    /// What the network I/O thread moved.
+    pub net: NetStats,
+}
+
+/// What the network I/O thread moved.
+#[derive(Clone, Debug, Default)]
+pub struct NetStats {
     /// Frames delivered to the guest.
-    pub net_rx: u64,
+    pub rx: u64,
     /// Frames sent for the guest.
-    pub net_tx: u64,
-    /// Frames dropped (host queue full, oversized, receive ring full).
-    pub net_dropped: u64,
+    pub tx: u64,
+    /// Frames dropped: too long from the host, or a full host queue.
+    pub dropped: u64,
     /// Each user network's counters.
     pub user_nets: Vec<(String, skiff_usernet::Stats)>,
 }
@@ -144,18 +151,19 @@ impl Stats {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
-        let frames = self.net_rx + self.net_tx;
-        if frames > 0 || self.net_dropped > 0 {
+        let net = &self.net;
+        let frames = net.rx + net.tx;
+        if frames > 0 || net.dropped > 0 {
             let _ = write!(
                 s,
                 "\n  net   {} frames received, {} sent, {} dropped; {:.3} exits per frame",
-                self.net_rx,
-                self.net_tx,
-                self.net_dropped,
+                net.rx,
+                net.tx,
+                net.dropped,
                 total as f64 / frames.max(1) as f64
             );
         }
-        for (nic, u) in &self.user_nets {
+        for (nic, u) in &net.user_nets {
             let _ = write!(
                 s,
                 "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, at most {} at once, \
