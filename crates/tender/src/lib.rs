@@ -320,8 +320,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
-    let monitor = monitor::Monitor::start(deadline.map(|(at, _)| at), config.stop_grace, mem.clone(), paging::SHARED)
-        .map_err(TenderError::Watchdog)?;
+    let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
+    let monitor = monitor::Monitor::start(limits, mem.clone(), paging::SHARED).map_err(TenderError::Watchdog)?;
     let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
     let io_thread = if nics.is_empty() {

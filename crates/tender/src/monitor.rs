@@ -77,17 +77,19 @@ pub struct Monitor {
     thread: Option<(std::thread::JoinHandle<()>, ThreadKicker)>,
 }
 
+/// When the guest must end and how long a stop may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `--timeout`, counted from `started`.
+    pub deadline: Option<Instant>,
+    /// `--stop-grace`.
+    pub grace: Duration,
+}
+
 impl Monitor {
     /// Starts the monitor for a guest in `mem` whose shared area is at
-    /// `shared`, run by the calling thread (which it interrupts): it ends
-    /// the guest at `deadline` (`--timeout`), and `grace` (`--stop-grace`)
-    /// after a stop signal.
-    pub fn start(
-        deadline: Option<Instant>,
-        grace: Duration,
-        mem: Arc<GuestMemory>,
-        shared: u64,
-    ) -> std::io::Result<Monitor> {
+    /// `shared`, run by the calling thread (which it interrupts).
+    pub fn start(limits: Limits, mem: Arc<GuestMemory>, shared: u64) -> std::io::Result<Monitor> {
         sys::install_kick_handler()?;
         let vcpu = ThreadKicker::current();
         let state = Arc::new(MonitorState {
@@ -102,7 +104,7 @@ impl Monitor {
             // Thread start-up makes system calls the seccomp allow-list does
             // not have; the lockdown waits for this.
             let _ = started_tx.send(ThreadKicker::current());
-            watch(&s, deadline, grace, &mem, shared, vcpu);
+            watch(&s, limits, &mem, shared, vcpu);
         })?;
         let me = started_rx.recv().map_err(std::io::Error::other)?;
         Ok(Monitor { state, thread: Some((thread, me)) })
@@ -114,14 +116,7 @@ impl Monitor {
     }
 }
 
-fn watch(
-    s: &MonitorState,
-    deadline: Option<Instant>,
-    grace: Duration,
-    mem: &GuestMemory,
-    shared: u64,
-    vcpu: ThreadKicker,
-) {
+fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu: ThreadKicker) {
     let mut grace_end: Option<Instant> = None;
     while !s.finished.load(Ordering::SeqCst) {
         let now = Instant::now();
@@ -134,16 +129,16 @@ fn watch(
             }
             continue;
         }
-        if deadline.is_some_and(|d| now >= d) {
+        if limits.deadline.is_some_and(|d| now >= d) {
             s.end(Ending::Timeout);
             continue;
         }
         if grace_end.is_some_and(|g| now >= g) {
-            eprintln!("skiff-tender: the guest did not stop within {:.1} s; ending it", grace.as_secs_f64());
+            eprintln!("skiff-tender: the guest did not stop within {:.1} s; ending it", limits.grace.as_secs_f64());
             s.end(Ending::Stopped);
             continue;
         }
-        let next = [deadline, grace_end].into_iter().flatten().min();
+        let next = [limits.deadline, grace_end].into_iter().flatten().min();
         // Without a deadline, wait in long steps; the drop interrupts it.
         let wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
         let Some(signal) = sys::wait_for_stop(wait) else { continue };
@@ -156,10 +151,10 @@ fn watch(
         eprintln!(
             "skiff-tender: {}: asking the guest to stop (it has {:.1} s; send it again to end it now)",
             signal.name(),
-            grace.as_secs_f64()
+            limits.grace.as_secs_f64()
         );
         *s.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some((signal, now));
-        grace_end = Some(now + grace);
+        grace_end = Some(now + limits.grace);
         let _ = mem.write_obj(GuestAddr(shared + SHARED_STOP_REQUESTED as u64), &1u32);
         let _ = s.wake.write(1);
         vcpu.kick();
