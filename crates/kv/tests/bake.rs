@@ -440,47 +440,93 @@ fn non_utf8_names_are_errors() {
     let _ = fs::remove_dir_all(&root);
 }
 
-/// Set by `build_script_output` for the copy of this binary it runs.
+/// Set by `build_script_output` for the copy of this binary it runs as a
+/// build script; the value says what the copy checks.
 const CHILD_ENV: &str = "SKIFF_KV_TEST_BUILD_SCRIPT_CHILD";
 
-/// Runs `bake_for_build_script` as a build script would; only does
-/// anything when started by `build_script_output`.
-#[test]
-fn build_script_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
+/// The build script's side of `build_script_output`, in a copy of this
+/// binary started with the environment cargo gives build scripts.
+fn build_script_child(role: &str) {
+    let result = build::bake_for_build_script("site", "site.kv");
+    match role {
+        "bake" => {
+            let summary = result.expect("bake");
+            assert_eq!(summary.files, 2);
+            println!("child: baked {} files", summary.files);
+        }
+        "no-out-dir" => {
+            assert!(matches!(result, Err(BuildError::MissingEnv("OUT_DIR"))), "{result:?}");
+            println!("child: refused without OUT_DIR");
+        }
+        "bad-epoch" => {
+            assert!(matches!(&result, Err(BuildError::BadSourceDateEpoch(v)) if v == "yesterday"), "{result:?}");
+            println!("child: refused SOURCE_DATE_EPOCH=yesterday");
+        }
+        other => panic!("unknown child role {other:?}"),
     }
-    let summary = build::bake_for_build_script("site", "site.kv").expect("bake");
-    assert_eq!(summary.files, 2);
-    assert!(matches!(build::bake_for_build_script("site", "../x"), Err(BuildError::BadOutputName(_))));
 }
 
+/// `bake_for_build_script` as cargo runs it: the environment variables
+/// are the process's, so the build script's side runs in a copy of this
+/// test binary (this same test, with `CHILD_ENV` set), and this side
+/// checks what it printed and wrote.
 #[test]
 fn build_script_output() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        build_script_child(&role);
+        return;
+    }
+    // Names that are not one plain file name are refused before anything
+    // is read or written.
+    for name in ["../x", "", ".", "..", "a/b", "a\\b", "a\0b", "a\nb"] {
+        let result = build::bake_for_build_script("site", name);
+        assert!(matches!(&result, Err(BuildError::BadOutputName(n)) if n == name), "{name:?}: {result:?}");
+    }
+
     let manifest_dir = scratch("build-script");
     put(&manifest_dir, "site/index.html", b"<h1>Hi</h1>");
     put(&manifest_dir, "site/css/a.css", b"p{}");
     let out_dir = manifest_dir.join("out");
     fs::create_dir_all(&out_dir).expect("create out dir");
 
-    let run = |verbose: bool| {
+    // Runs the child in `role`; its `cargo:` lines and the line saying
+    // what it checked (proof that it ran this test and not nothing).
+    let child = |role: &str, env: &[(&str, Option<&str>)]| -> (Vec<String>, String) {
         let mut command = Command::new(std::env::current_exe().expect("test binary"));
         command
-            .args(["build_script_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, "1")
+            .args(["build_script_output", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, role)
             .env("CARGO_MANIFEST_DIR", &manifest_dir)
             .env("OUT_DIR", &out_dir)
-            .env_remove("SOURCE_DATE_EPOCH");
-        if verbose {
-            command.env("SKIFF_KV_VERBOSE", "1");
-        } else {
-            command.env_remove("SKIFF_KV_VERBOSE");
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("SKIFF_KV_VERBOSE");
+        for (name, value) in env {
+            match value {
+                Some(v) => command.env(name, v),
+                None => command.env_remove(name),
+            };
         }
         let output = command.output().expect("run child");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
-        stdout.lines().filter(|l| l.starts_with("cargo:")).map(String::from).collect::<Vec<_>>()
+        assert!(output.status.success(), "{role}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        // The first line printed follows the harness's "test NAME ... ".
+        let from = |marker: &'static str| move |l: &str| l.find(marker).map(|i| l[i..].to_string());
+        let said = stdout.lines().find_map(from("child: ")).unwrap_or_else(|| panic!("{role}: {stdout}"));
+        (stdout.lines().filter_map(from("cargo:")).collect(), said)
     };
+    let run = |verbose: bool| {
+        let (lines, said) = child("bake", if verbose { &[("SKIFF_KV_VERBOSE", Some("1"))] } else { &[] });
+        assert_eq!(said, "child: baked 2 files");
+        lines
+    };
+
+    // Without OUT_DIR, or with a SOURCE_DATE_EPOCH that is no number, the
+    // build script fails with the reason and writes nothing.
+    let (_, said) = child("no-out-dir", &[("OUT_DIR", None)]);
+    assert_eq!(said, "child: refused without OUT_DIR");
+    let (_, said) = child("bad-epoch", &[("SOURCE_DATE_EPOCH", Some("yesterday"))]);
+    assert_eq!(said, "child: refused SOURCE_DATE_EPOCH=yesterday");
+    assert!(!out_dir.join("site.kv").exists());
 
     let quiet = run(false);
     let site = manifest_dir.join("site");
@@ -488,6 +534,7 @@ fn build_script_output() {
         assert!(quiet.contains(&format!("cargo:rerun-if-changed={}", path.display())), "{quiet:?}");
     }
     assert!(quiet.contains(&"cargo:rerun-if-env-changed=SKIFF_KV_VERBOSE".to_string()));
+    assert!(quiet.contains(&"cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH".to_string()), "{quiet:?}");
     assert!(!quiet.iter().any(|l| l.starts_with("cargo:warning")), "{quiet:?}");
     let blob = fs::read(out_dir.join("site.kv")).expect("blob written");
     assert_eq!(Store::new(&blob).expect("valid").len(), 2);

@@ -18,7 +18,8 @@
 //! behind a lock rather than in a value the service owns. On one core with
 //! a cooperative executor the lock is never contended.
 //!
-//! Host builds (unit tests) use the operating system's generator.
+//! Host builds (unit tests) run the same pool, with the operating system's
+//! generator standing in for the hardware instruction.
 
 use core::fmt;
 
@@ -124,13 +125,60 @@ impl Generator {
     }
 }
 
+/// The pool: a [`Generator`] keyed from the entropy source on first use.
+/// A failed seeding leaves it unkeyed, so the next request tries again.
+pub(crate) struct Pool {
+    generator: Option<Generator>,
+}
+
+impl Pool {
+    /// An unkeyed pool.
+    pub(crate) const fn new() -> Pool {
+        Pool { generator: None }
+    }
+
+    /// Fills `dest`; `source` gives 32 bytes of fresh entropy, for the key
+    /// on the first request and for every reseed after it.
+    pub(crate) fn fill(
+        &mut self,
+        dest: &mut [u8],
+        mut source: impl FnMut(&mut [u8; 32]) -> Result<(), RandomError>,
+    ) -> Result<(), RandomError> {
+        let generator = match &mut self.generator {
+            Some(g) => g,
+            None => {
+                let mut seed = [0u8; 32];
+                source(&mut seed)?;
+                self.generator.insert(Generator::new(seed))
+            }
+        };
+        generator.fill(dest, source)
+    }
+}
+
+/// 32 bytes from an instruction that gives 64 bits a call, or `None` when
+/// it fails (RDSEED, RDRAND). A source that repeats a value is broken (some
+/// CPUs return all ones after a firmware fault) and is refused.
+pub(crate) fn hardware_words(out: &mut [u8; 32], mut next: impl FnMut() -> Option<u64>) -> Result<(), RandomError> {
+    let mut last = None;
+    for chunk in out.chunks_exact_mut(8) {
+        let v = next().ok_or(RandomError::HardwareFailed)?;
+        if last == Some(v) {
+            return Err(RandomError::HardwareFailed);
+        }
+        last = Some(v);
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(())
+}
+
 #[cfg(skiff_guest)]
 mod imp {
-    use super::{Generator, HardwareSource, RandomError};
+    use super::{HardwareSource, Pool, RandomError};
     use spinning_top::Spinlock;
 
-    /// The pool; `None` until the first request.
-    static POOL: Spinlock<Option<Generator>> = Spinlock::new(None);
+    /// The pool; unkeyed until the first request.
+    static POOL: Spinlock<Pool> = Spinlock::new(Pool::new());
 
     pub fn hardware_source() -> Result<HardwareSource, RandomError> {
         // CPUID leaf 7 EBX bit 18: RDSEED; leaf 1 ECX bit 30: RDRAND.
@@ -145,51 +193,42 @@ mod imp {
     }
 
     /// 32 bytes from the hardware. RDSEED may run dry under load: it is
-    /// retried, then RDRAND (hardware-reseeded) takes over. A source that
-    /// repeats a value is broken (some CPUs return all ones after a
-    /// firmware fault) and is refused.
+    /// retried, then RDRAND (hardware-reseeded) takes over.
     fn hardware(out: &mut [u8; 32], source: HardwareSource) -> Result<(), RandomError> {
-        let mut last = None;
-        for chunk in out.chunks_exact_mut(8) {
-            let v = match source {
-                HardwareSource::Rdseed => crate::arch::cpu::rdseed().or_else(crate::arch::cpu::rdrand),
-                HardwareSource::Rdrand => crate::arch::cpu::rdrand(),
-            }
-            .ok_or(RandomError::HardwareFailed)?;
-            if last == Some(v) {
-                return Err(RandomError::HardwareFailed);
-            }
-            last = Some(v);
-            chunk.copy_from_slice(&v.to_le_bytes());
-        }
-        Ok(())
+        super::hardware_words(out, || match source {
+            HardwareSource::Rdseed => crate::arch::cpu::rdseed().or_else(crate::arch::cpu::rdrand),
+            HardwareSource::Rdrand => crate::arch::cpu::rdrand(),
+        })
     }
 
     pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
-        let mut pool = POOL.lock();
-        let generator = match &mut *pool {
-            Some(g) => g,
-            None => {
-                let source = hardware_source()?;
-                let mut seed = [0u8; 32];
-                hardware(&mut seed, source)?;
-                pool.insert(Generator::new(seed))
-            }
-        };
-        generator.fill(dest, |fresh| hardware(fresh, hardware_source()?))
+        // CPUID is asked only when the pool needs entropy (it costs an exit).
+        POOL.lock().fill(dest, |fresh| hardware(fresh, hardware_source()?))
     }
 }
 
+/// Host builds: the same pool, with the operating system's generator in
+/// the place of RDRAND, so that host tests run the guest's code.
 #[cfg(not(skiff_guest))]
 mod imp {
-    use super::{HardwareSource, RandomError};
+    use super::{HardwareSource, Pool, RandomError};
+    use std::sync::Mutex;
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool::new());
 
     pub fn hardware_source() -> Result<HardwareSource, RandomError> {
         Ok(HardwareSource::Rdrand)
     }
 
+    fn os_word() -> Option<u64> {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
     pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
-        getrandom::fill(dest).map_err(|_| RandomError::HardwareFailed)
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        pool.fill(dest, |fresh| super::hardware_words(fresh, os_word))
     }
 }
 
@@ -264,10 +303,82 @@ mod tests {
     }
 
     #[test]
-    fn fill_gives_different_bytes() {
+    fn a_stuck_or_failing_source_is_refused() {
+        let mut out = [0u8; 32];
+        let mut n = 0u64;
+        let counter = || {
+            n += 1;
+            Some(n)
+        };
+        assert_eq!(hardware_words(&mut out, counter), Ok(()));
+        assert_eq!(out[..16], [1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(out[24], 4);
+        // All ones after a firmware fault: refused at the second word.
+        assert_eq!(hardware_words(&mut out, || Some(u64::MAX)), Err(RandomError::HardwareFailed));
+        assert_eq!(hardware_words(&mut out, || None), Err(RandomError::HardwareFailed));
+        let mut calls = 0;
+        let late_failure = || {
+            calls += 1;
+            (calls < 4).then_some(calls)
+        };
+        assert_eq!(hardware_words(&mut out, late_failure), Err(RandomError::HardwareFailed));
+    }
+
+    #[test]
+    fn the_pool_is_keyed_once_and_retries_a_failed_seeding() {
+        let seed_with = |byte: u8| {
+            move |f: &mut [u8; 32]| -> Result<(), RandomError> {
+                *f = [byte; 32];
+                Ok(())
+            }
+        };
+        let mut pool = Pool::new();
+        // A failed seeding is reported and leaves the pool unkeyed...
+        assert_eq!(pool.fill(&mut [0; 8], |_| Err(RandomError::HardwareFailed)), Err(RandomError::HardwareFailed));
+        // ...so the next request seeds it, once.
+        let mut seedings = 0;
         let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
-        fill(&mut x).unwrap();
-        fill(&mut y).unwrap();
+        pool.fill(&mut x, |f| {
+            seedings += 1;
+            seed_with(9)(f)
+        })
+        .unwrap();
+        pool.fill(&mut y, |_| unreachable!("keyed already")).unwrap();
+        assert_eq!(seedings, 1);
         assert_ne!(x, y);
+        // The output is the generator's for that seed, not the seed.
+        let mut same = [0u8; 32];
+        Generator::new([9; 32]).fill(&mut same, |_| unreachable!()).unwrap();
+        assert_eq!(x, same);
+        assert_ne!(x, [9; 32]);
+        let mut other = Pool::new();
+        other.fill(&mut y, seed_with(10)).unwrap();
+        assert_ne!(x, y, "another seed, other bytes");
+    }
+
+    #[test]
+    fn the_host_pool_gives_uniform_distinct_bytes() {
+        // Every size, including across a reseed.
+        for len in [0, 1, 7, 32, 33, 1000] {
+            let (mut x, mut y) = (alloc::vec![0u8; len], alloc::vec![0u8; len]);
+            fill(&mut x).unwrap();
+            fill(&mut y).unwrap();
+            assert!(len < 8 || x != y, "{len} bytes repeated");
+        }
+        let mut big = alloc::vec![0u8; RESEED_BYTES as usize + 1];
+        fill(&mut big).unwrap();
+        // 64 KiB: each byte value about 256 times (a standard deviation
+        // is 16; the bounds are six of them away).
+        let mut sample = alloc::vec![0u8; 65536];
+        fill(&mut sample).unwrap();
+        let mut counts = [0u32; 256];
+        for b in &sample {
+            counts[usize::from(*b)] += 1;
+        }
+        for (value, count) in counts.iter().enumerate() {
+            assert!((160..=352).contains(count), "byte {value:#04x} came {count} times in 64 KiB");
+        }
+        assert_eq!(next_u64().map(|a| a != next_u64().unwrap()), Ok(true));
+        assert_eq!(hardware_source(), Ok(HardwareSource::Rdrand));
     }
 }

@@ -430,6 +430,24 @@ fn every_image_passes_the_checks_and_a_planted_syscall_fails_them() {
     assert!(err.contains("SSE/AVX/MMX instruction `movaps xmm0,xmm1`"), "{err}");
 }
 
+/// The build's no-syscall check is a lint: a `syscall` hidden in another
+/// instruction's immediate passes it. What stops it is the virtual CPU: a
+/// guest `syscall` never reaches the host. The tender leaves EFER.SCE off
+/// and LSTAR zero, so it ends the guest with a CPU exception: #UD where the
+/// CPU honours SCE, and under PVM (which sends it to LSTAR) a fetch from
+/// the never-mapped page 0.
+#[test]
+fn a_syscall_hidden_in_an_immediate_passes_the_check_and_faults_in_ring_3() {
+    let report = skiff_build::check_image(probe()).expect("the probe, hidden syscall and all, passes the check");
+    assert!(report.instructions > 1000);
+    let run = run_probe(&["hidden-syscall"]);
+    expect(&run, 102, &["guest CPU exception in ring 3"]);
+    let ud = run.stderr.contains("invalid opcode (#UD, vector 6)");
+    let page_zero = run.stderr.contains("address 0x0: instruction fetch from an unmapped page");
+    assert!(ud || page_zero, "{}", run.stderr);
+    assert!(!run.stderr.contains("blocked system call"), "{}", run.stderr);
+}
+
 /// Copies the tender binary where an unprivileged user can run it.
 fn world_readable_tender(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("skiff-tender-{tag}-{}", std::process::id()));

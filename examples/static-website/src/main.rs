@@ -19,6 +19,7 @@
 //!     [--tcp-buffer 4K,16K] per-connection TCP buffers (receive, send; one size for both)
 //!     [--header-timeout 10s] how long a request head may take (408 after)
 //!     [--tls-resumption on|off] session cache and tickets (default on)
+//!     [--heap-log 10s]      log the heap's use and peak now and at this interval (default off)
 //! ```
 #![no_std]
 #![no_main]
@@ -78,6 +79,9 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         if options.serve_http { "serves them too" } else { "redirects to HTTPS" }
     );
 
+    if let Some(every) = options.heap_log {
+        env.spawn(log_heap(every));
+    }
     let spawner = env.spawner();
     if options.serve_http {
         let plain = Rc::new(Server::new(files, config));
@@ -89,6 +93,20 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     }
     https.serve_tls(spawner, https_listener, acceptor).await?;
     Ok(())
+}
+
+/// Logs the heap's use and peak now and every `every` (a soak watches
+/// them).
+async fn log_heap(every: Duration) {
+    loop {
+        info!(
+            "static-website: heap {} KiB in use, peak {} KiB, of {} KiB",
+            skiff::heap::used() / 1024,
+            skiff::heap::peak() / 1024,
+            skiff::heap::size() / 1024
+        );
+        skiff::time::sleep(every).await;
+    }
 }
 
 async fn log_end(what: &str, serving: impl Future<Output = Result<(), skiff::net::TcpError>>) {
@@ -122,6 +140,7 @@ struct Options {
     tx_buffer: usize,
     header_timeout: Duration,
     resumption: bool,
+    heap_log: Option<Duration>,
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
@@ -154,6 +173,7 @@ impl Options {
             tx_buffer: 16 * 1024,
             header_timeout: ServerConfig::default().header_timeout,
             resumption: true,
+            heap_log: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -188,6 +208,10 @@ impl Options {
                     other => return Err(format!("--tls-resumption {other:?}: use on or off")),
                 },
                 "--header-timeout" => o.header_timeout = duration(value()?)?,
+                "--heap-log" => {
+                    let every = duration(value()?)?;
+                    o.heap_log = (!every.is_zero()).then_some(every);
+                }
                 "--tcp-buffer" => {
                     let v = value()?;
                     let (rx, tx) = match v.split_once(',') {
@@ -200,7 +224,7 @@ impl Options {
                 other => {
                     return Err(format!(
                         "unknown argument {other:?} (static-website takes --cert, --key, --https-port, --host, \
-                         --hsts, --http, --tcp-buffer, --header-timeout, --tls-resumption, and the network options)"
+                         --hsts, --http, --tcp-buffer, --header-timeout, --tls-resumption, --heap-log, and the network options)"
                     ));
                 }
             }

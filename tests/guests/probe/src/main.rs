@@ -88,6 +88,23 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             // SAFETY: deliberately uses an I/O port the TSS bitmap keeps closed.
             unsafe { asm!("out dx, al", in("dx") 0x80u16, in("al") 0u8) };
         }
+        "hidden-syscall" => {
+            // `mov eax, 0x9090050f` (b8 0f 05 90 90) carries `syscall`
+            // (0f 05) in its immediate: the build's check decodes a `mov`
+            // and passes the image. Jumping one byte into it executes the
+            // `syscall`, which ring 3 cannot use (EFER.SCE is off: #UD).
+            // SAFETY: deliberately executes a hidden system call instruction.
+            unsafe {
+                asm!(
+                    "lea {t}, [rip + 2f + 1]",
+                    "jmp {t}",
+                    "2:",
+                    "mov eax, 0x9090050f",
+                    t = out(reg) _,
+                    out("eax") _,
+                )
+            };
+        }
         "ud2" => {
             // SAFETY: deliberately raises #UD.
             unsafe { asm!("ud2") };
