@@ -38,7 +38,7 @@
 
 /// Version of this contract. The tender refuses an image whose manifest
 /// carries another version.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// First I/O port of the hypercall range; call `n` is port `BASE + n`.
 pub const HYPERCALL_PORT_BASE: u16 = 0x500;
@@ -76,34 +76,20 @@ pub enum Hypercall {
     /// deadlock). Argument: [`AbortArgs`], whose message the tender prints.
     /// Does not return.
     Abort = 4,
-    /// Send a batch of Ethernet frames on a NIC. Argument: [`NetIoArgs`]
-    /// whose `frames` lists up to [`NET_BATCH_MAX`] [`NetFrame`]s (`len`
-    /// bytes at `addr` each). The tender writes `done` (frames sent; the
-    /// rest were dropped by the host). A frame longer than
-    /// [`NET_FRAME_MAX`] or shorter than an Ethernet header, an unknown
-    /// device, or a bad address ends the guest.
-    NetWrite = 5,
-    /// Receive up to `count` pending frames from a NIC without blocking.
-    /// Argument: [`NetIoArgs`]; each [`NetFrame`] offers `cap` bytes at
-    /// `addr` (at least [`NET_FRAME_MAX`]), and the tender fills `len`.
-    /// `done` is the number of frames received.
-    NetRead = 6,
     /// Doorbell for the shared-memory rings: the guest queued frames on a
     /// NIC's transmit ring while the tender's I/O thread was asleep.
     /// Argument: [`NetNotifyArgs`]. Never fails for a valid device.
-    NetNotify = 7,
+    NetNotify = 5,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 8] = [
+    pub const ALL: [Hypercall; 6] = [
         Hypercall::Walltime,
         Hypercall::ConsoleFlush,
         Hypercall::Poll,
         Hypercall::Exit,
         Hypercall::Abort,
-        Hypercall::NetWrite,
-        Hypercall::NetRead,
         Hypercall::NetNotify,
     ];
 
@@ -115,9 +101,7 @@ impl Hypercall {
             2 => Some(Hypercall::Poll),
             3 => Some(Hypercall::Exit),
             4 => Some(Hypercall::Abort),
-            5 => Some(Hypercall::NetWrite),
-            6 => Some(Hypercall::NetRead),
-            7 => Some(Hypercall::NetNotify),
+            5 => Some(Hypercall::NetNotify),
             _ => None,
         }
     }
@@ -135,8 +119,6 @@ impl Hypercall {
             Hypercall::Poll => "poll",
             Hypercall::Exit => "exit",
             Hypercall::Abort => "abort",
-            Hypercall::NetWrite => "net-write",
-            Hypercall::NetRead => "net-read",
             Hypercall::NetNotify => "net-notify",
         }
     }
@@ -238,9 +220,6 @@ pub struct AbortArgs {
 /// Longest message [`AbortArgs`] may carry.
 pub const ABORT_MESSAGE_MAX: u32 = 4096;
 
-/// Most frames one [`Hypercall::NetWrite`] or [`Hypercall::NetRead`] moves.
-pub const NET_BATCH_MAX: u32 = 64;
-
 /// Largest Ethernet frame (without FCS) at the MTU of 1500: 14-byte header
 /// plus payload.
 pub const NET_FRAME_MAX: u32 = 1514;
@@ -250,34 +229,6 @@ pub const NET_FRAME_MIN: u32 = 14;
 
 /// The MTU every Skiff NIC has.
 pub const NET_MTU: u32 = 1500;
-
-/// One frame of a [`NetIoArgs`] batch.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetFrame {
-    /// Guest-physical address of the frame's bytes.
-    pub addr: u64,
-    /// Write: the frame's length. Read: out, the received length.
-    pub len: u32,
-    /// Read: bytes available at `addr`. Write: ignored.
-    pub cap: u32,
-}
-
-/// Argument of [`Hypercall::NetWrite`] and [`Hypercall::NetRead`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetIoArgs {
-    /// In: index of the device in [`BootInfo::devices`].
-    pub device: u32,
-    /// In: number of [`NetFrame`]s at `frames`, at most [`NET_BATCH_MAX`].
-    pub count: u32,
-    /// In: guest-physical address of the [`NetFrame`] array.
-    pub frames: u64,
-    /// Out: frames sent or received.
-    pub done: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
-}
 
 /// Argument of [`Hypercall::NetNotify`].
 #[repr(C)]
@@ -354,9 +305,10 @@ impl DeviceKind {
 }
 
 /// What [`DeviceInfo::data`] holds for a NIC. Encoded little-endian:
-/// bytes 0..6 MAC, 6..8 MTU, 8..16 ring base (0: no rings, use the
-/// `NetRead`/`NetWrite` hypercalls), 16..20 slots per ring, 20..24 guest
-/// spin time in microseconds before an idle `Poll`.
+/// bytes 0..6 MAC, 6..8 MTU, 8..16 ring base, 16..20 slots per ring,
+/// 20..24 guest spin time in microseconds before an idle `Poll`. Frames
+/// move only through the rings ([`ring`]); ABI 4 and earlier also had
+/// `NetWrite`/`NetRead` hypercalls (calls 5 and 6), removed in ABI 5.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetInfo {
     /// The NIC's MAC address.
@@ -364,9 +316,9 @@ pub struct NetInfo {
     /// The MTU.
     pub mtu: u16,
     /// Guest-physical address of the receive ring; the transmit ring
-    /// follows it at `ring::ring_bytes(slots)`. Zero without rings.
+    /// follows it at `ring::ring_bytes(slots)`.
     pub ring: u64,
-    /// Slots per ring (a power of two), zero without rings.
+    /// Slots per ring (a power of two).
     pub slots: u32,
     /// How long the guest should poll its rings before sleeping in `Poll`.
     pub spin_micros: u32,
@@ -909,10 +861,7 @@ mod tests {
 
     #[test]
     fn net_layouts_and_info_round_trip() {
-        assert_eq!(size_of::<NetFrame>(), 16);
-        assert_eq!(size_of::<NetIoArgs>(), 24);
-        assert_eq!(offset_of!(NetIoArgs, frames), 8);
-        assert_eq!(offset_of!(NetIoArgs, done), 16);
+        assert_eq!(size_of::<NetNotifyArgs>(), 8);
         assert_eq!(size_of::<NetNotifyArgs>(), 8);
         let info = NetInfo { mac: [2, 0, 0, 1, 2, 3], mtu: 1500, ring: 0x3f0_0000, slots: 256, spin_micros: 20 };
         assert_eq!(NetInfo::decode(&info.encode()), info);

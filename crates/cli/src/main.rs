@@ -143,7 +143,7 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
         let declared = skiff_tender::load_image(&image, true)?.devices;
         for d in declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net) {
             eprintln!("skiff: no --net given: NIC {:?} goes on the user network (--net {}=user)", d.name, d.name);
-            options.net.push((d.name.clone(), "user".into()));
+            options.net.push(skiff_tender::net::NicSpec { name: d.name.clone(), tap: "user".into() });
         }
     }
     let config = options.config(image, a.args);

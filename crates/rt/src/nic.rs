@@ -1,27 +1,17 @@
-//! The NIC driver for the tender's NICs: frames through shared-memory rings
-//! ([`skiff_abi::ring`]), or through the `NetRead`/`NetWrite` hypercalls
-//! when the tender runs without rings.
+//! The NIC driver for the tender's NICs: frames through the shared-memory
+//! rings ([`skiff_abi::ring`]) the tender sets up for every NIC.
 //!
-//! The three network hypercalls come through [`NicCalls`], so the driver
-//! (ring protocol, batching) is tested on the host against a fake tender.
+//! The one network hypercall (`NetNotify`, the doorbell) comes through
+//! [`NicCalls`], so the driver is tested on the host against a fake tender.
 
 use crate::device::NetDevice;
 use crate::executor::wake_on_device;
-use alloc::rc::Rc;
-use alloc::vec;
-use alloc::vec::Vec;
-use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering, fence};
 use core::task::{Context, Poll};
-use skiff_abi::{NET_BATCH_MAX, NET_FRAME_MAX, NetFrame, NetInfo, ring};
+use skiff_abi::{NET_FRAME_MAX, NetInfo, ring};
 
-/// The network hypercalls the driver makes.
+/// The network hypercall the driver makes.
 pub trait NicCalls {
-    /// `NetRead`: fills up to `frames.len()` offered buffers; returns how
-    /// many frames arrived.
-    fn net_read(&self, device: u32, frames: &mut [NetFrame]) -> u32;
-    /// `NetWrite`: sends the frames; returns how many the host took.
-    fn net_write(&self, device: u32, frames: &[NetFrame]) -> u32;
     /// `NetNotify`: wakes the tender's I/O thread.
     fn net_notify(&self, device: u32);
 }
@@ -74,98 +64,28 @@ impl RingView {
     }
 }
 
-enum Transport {
-    /// `queued`: frames were sent since the last flush; `taken`: frames
-    /// were received since the last flush.
-    Rings {
-        rx: RingView,
-        tx: RingView,
-        queued: bool,
-        taken: bool,
-    },
-    Hypercalls(Box<Batches>),
-}
-
-use alloc::boxed::Box;
-
-/// Frame buffers for the hypercall transport.
-struct Batches {
-    rx: Vec<u8>,
-    rx_lens: Vec<u32>,
-    rx_next: usize,
-    rx_count: usize,
-    rx_more: bool,
-    tx: Vec<u8>,
-    tx_lens: Vec<u32>,
-    tx_count: usize,
-    frames: Vec<NetFrame>,
-}
-
-const STRIDE: usize = 1536;
-const BATCH: usize = NET_BATCH_MAX as usize;
-
 /// A NIC lent to the service.
 pub struct Nic<C: NicCalls> {
     index: u32,
     info: NetInfo,
-    transport: Transport,
-    /// Set by the platform when `Poll` reported this NIC ready (hypercall
-    /// transport only).
-    hint: Rc<Cell<bool>>,
+    rx: RingView,
+    tx: RingView,
+    /// Frames were sent since the last flush.
+    queued: bool,
+    /// Frames were received since the last flush.
+    taken: bool,
     calls: C,
 }
 
 impl<C: NicCalls> Nic<C> {
     /// # Safety
-    /// With rings (`info.ring != 0`), the rings must be the ones the tender
-    /// set up for device `index` (see [`RingView::new`]).
-    pub unsafe fn new(index: u32, info: NetInfo, hint: Rc<Cell<bool>>, calls: C) -> Nic<C> {
-        let transport = if info.ring != 0 {
-            let bytes = ring::ring_bytes(info.slots);
-            // SAFETY: the caller vouches for the rings' addresses.
-            let (rx, tx) =
-                unsafe { (RingView::new(info.ring, info.slots), RingView::new(info.ring + bytes, info.slots)) };
-            Transport::Rings { rx, tx, queued: false, taken: false }
-        } else {
-            Transport::Hypercalls(Box::new(Batches {
-                rx: vec![0; BATCH * STRIDE],
-                rx_lens: vec![0; BATCH],
-                rx_next: 0,
-                rx_count: 0,
-                rx_more: true,
-                tx: vec![0; BATCH * STRIDE],
-                tx_lens: vec![0; BATCH],
-                tx_count: 0,
-                frames: vec![NetFrame::default(); BATCH],
-            }))
-        };
-        Nic { index, info, transport, hint, calls }
-    }
-}
-
-impl Batches {
-    fn fill(&mut self, device: u32, calls: &impl NicCalls) {
-        for (i, f) in self.frames.iter_mut().enumerate() {
-            *f = NetFrame { addr: self.rx[i * STRIDE..].as_ptr() as u64, len: 0, cap: STRIDE as u32 };
-        }
-        let n = (calls.net_read(device, &mut self.frames) as usize).min(BATCH);
-        for i in 0..n {
-            self.rx_lens[i] = self.frames[i].len.min(STRIDE as u32);
-        }
-        self.rx_count = n;
-        self.rx_next = 0;
-        self.rx_more = n == BATCH;
-    }
-
-    fn flush(&mut self, device: u32, calls: &impl NicCalls) {
-        if self.tx_count == 0 {
-            return;
-        }
-        for i in 0..self.tx_count {
-            self.frames[i] = NetFrame { addr: self.tx[i * STRIDE..].as_ptr() as u64, len: self.tx_lens[i], cap: 0 };
-        }
-        calls.net_write(device, &self.frames[..self.tx_count]);
-        self.tx_count = 0;
+    /// The rings `info` describes must be the ones the tender set up for
+    /// device `index` (see [`RingView::new`]).
+    pub unsafe fn new(index: u32, info: NetInfo, calls: C) -> Nic<C> {
+        let bytes = ring::ring_bytes(info.slots);
+        // SAFETY: the caller vouches for the rings' addresses.
+        let (rx, tx) = unsafe { (RingView::new(info.ring, info.slots), RingView::new(info.ring + bytes, info.slots)) };
+        Nic { index, info, rx, tx, queued: false, taken: false, calls }
     }
 }
 
@@ -179,111 +99,66 @@ impl<C: NicCalls> NetDevice for Nic<C> {
     }
 
     fn rx_pending(&mut self) -> bool {
-        match &mut self.transport {
-            Transport::Rings { rx, .. } => rx.has_frames(),
-            Transport::Hypercalls(b) => {
-                if b.rx_next < b.rx_count {
-                    return true;
-                }
-                if self.hint.replace(false) || b.rx_more {
-                    b.fill(self.index, &self.calls);
-                }
-                b.rx_next < b.rx_count
-            }
-        }
+        self.rx.has_frames()
     }
 
     fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
         if !self.rx_pending() {
             return false;
         }
-        match &mut self.transport {
-            Transport::Rings { rx, taken, .. } => {
-                let c = rx.consumer().load(Ordering::Relaxed);
-                let slot = rx.slot(c);
-                // SAFETY: the slot belongs to us until we advance the
-                // consumer index (the tender published it with release
-                // ordering, which `has_frames` acquired); its length word
-                // and up to NET_FRAME_MAX data bytes lie inside the slot.
-                let frame = unsafe {
-                    let len = ((slot + ring::SLOT_LEN as usize) as *const u32).read_volatile();
-                    let len = len.min(NET_FRAME_MAX) as usize;
-                    core::slice::from_raw_parts((slot + ring::SLOT_DATA as usize) as *const u8, len)
-                };
-                f(frame);
-                rx.consumer().store(c.wrapping_add(1), Ordering::Release);
-                *taken = true;
-            }
-            Transport::Hypercalls(b) => {
-                let i = b.rx_next;
-                f(&b.rx[i * STRIDE..i * STRIDE + b.rx_lens[i] as usize]);
-                b.rx_next += 1;
-            }
-        }
+        let c = self.rx.consumer().load(Ordering::Relaxed);
+        let slot = self.rx.slot(c);
+        // SAFETY: the slot belongs to us until we advance the consumer index
+        // (the tender published it with release ordering, which `has_frames`
+        // acquired); its length word and up to NET_FRAME_MAX data bytes lie
+        // inside the slot.
+        let frame = unsafe {
+            let len = ((slot + ring::SLOT_LEN as usize) as *const u32).read_volatile();
+            let len = len.min(NET_FRAME_MAX) as usize;
+            core::slice::from_raw_parts((slot + ring::SLOT_DATA as usize) as *const u8, len)
+        };
+        f(frame);
+        self.rx.consumer().store(c.wrapping_add(1), Ordering::Release);
+        self.taken = true;
         true
     }
 
     fn tx_room(&mut self) -> bool {
-        match &mut self.transport {
-            Transport::Rings { tx, .. } => {
-                let p = tx.producer().load(Ordering::Relaxed);
-                p.wrapping_sub(tx.consumer().load(Ordering::Acquire)) < tx.slots
-            }
-            Transport::Hypercalls(_) => true,
-        }
+        let p = self.tx.producer().load(Ordering::Relaxed);
+        p.wrapping_sub(self.tx.consumer().load(Ordering::Acquire)) < self.tx.slots
     }
 
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) -> bool {
         if len > NET_FRAME_MAX as usize || !self.tx_room() {
             return false;
         }
-        let index = self.index;
-        match &mut self.transport {
-            Transport::Rings { tx, queued, .. } => {
-                let p = tx.producer().load(Ordering::Relaxed);
-                let slot = tx.slot(p);
-                // SAFETY: `tx_room` saw the tender release this slot; it is
-                // ours until we publish it; the length word and `len` bytes
-                // (at most NET_FRAME_MAX) lie inside the slot.
-                unsafe {
-                    ((slot + ring::SLOT_LEN as usize) as *mut u32).write_volatile(len as u32);
-                    f(core::slice::from_raw_parts_mut((slot + ring::SLOT_DATA as usize) as *mut u8, len));
-                }
-                tx.producer().store(p.wrapping_add(1), Ordering::Release);
-                *queued = true;
-            }
-            Transport::Hypercalls(b) => {
-                if b.tx_count == BATCH {
-                    b.flush(index, &self.calls);
-                }
-                let i = b.tx_count;
-                f(&mut b.tx[i * STRIDE..i * STRIDE + len]);
-                b.tx_lens[i] = len as u32;
-                b.tx_count += 1;
-            }
+        let p = self.tx.producer().load(Ordering::Relaxed);
+        let slot = self.tx.slot(p);
+        // SAFETY: `tx_room` saw the tender release this slot; it is ours
+        // until we publish it; the length word and `len` bytes (at most
+        // NET_FRAME_MAX) lie inside the slot.
+        unsafe {
+            ((slot + ring::SLOT_LEN as usize) as *mut u32).write_volatile(len as u32);
+            f(core::slice::from_raw_parts_mut((slot + ring::SLOT_DATA as usize) as *mut u8, len));
         }
+        self.tx.producer().store(p.wrapping_add(1), Ordering::Release);
+        self.queued = true;
         true
     }
 
     fn flush(&mut self) {
-        let index = self.index;
-        match &mut self.transport {
-            Transport::Rings { rx, tx, queued, taken } => {
-                let sent = core::mem::take(queued);
-                let took = core::mem::take(taken);
-                if !sent && !took {
-                    return;
-                }
-                // Pairs with the I/O thread's fence between setting a flag
-                // and its last look at the ring.
-                fence(Ordering::SeqCst);
-                let tender_asleep = sent && tx.sleeping().load(Ordering::SeqCst) != 0;
-                let tender_waits_for_room = took && rx.producer_waiting().swap(0, Ordering::SeqCst) != 0;
-                if tender_asleep || tender_waits_for_room {
-                    self.calls.net_notify(index);
-                }
-            }
-            Transport::Hypercalls(b) => b.flush(index, &self.calls),
+        let sent = core::mem::take(&mut self.queued);
+        let took = core::mem::take(&mut self.taken);
+        if !sent && !took {
+            return;
+        }
+        // Pairs with the I/O thread's fence between setting a flag and its
+        // last look at the ring.
+        fence(Ordering::SeqCst);
+        let tender_asleep = sent && self.tx.sleeping().load(Ordering::SeqCst) != 0;
+        let tender_waits_for_room = took && self.rx.producer_waiting().swap(0, Ordering::SeqCst) != 0;
+        if tender_asleep || tender_waits_for_room {
+            self.calls.net_notify(self.index);
         }
     }
 
@@ -300,40 +175,16 @@ impl<C: NicCalls> NetDevice for Nic<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::cell::RefCell;
+    use core::cell::Cell;
     use std::vec::Vec;
 
-    /// A fake tender: frames waiting to be read, frames written, doorbells.
+    /// A fake tender: counts doorbells.
     #[derive(Default)]
     struct FakeTender {
-        incoming: RefCell<Vec<Vec<u8>>>,
-        reads: Cell<u32>,
-        writes: RefCell<Vec<Vec<Vec<u8>>>>,
         notifies: Cell<u32>,
     }
 
     impl NicCalls for &FakeTender {
-        fn net_read(&self, _device: u32, frames: &mut [NetFrame]) -> u32 {
-            self.reads.set(self.reads.get() + 1);
-            let mut incoming = self.incoming.borrow_mut();
-            let n = incoming.len().min(frames.len());
-            for (f, data) in frames.iter_mut().zip(incoming.drain(..n)) {
-                // SAFETY: the driver offers `cap` writable bytes at `addr`.
-                let buf = unsafe { core::slice::from_raw_parts_mut(f.addr as *mut u8, f.cap as usize) };
-                buf[..data.len()].copy_from_slice(&data);
-                f.len = data.len() as u32;
-            }
-            n as u32
-        }
-        fn net_write(&self, _device: u32, frames: &[NetFrame]) -> u32 {
-            let batch = frames
-                .iter()
-                // SAFETY: the driver hands over `len` readable bytes at `addr`.
-                .map(|f| unsafe { core::slice::from_raw_parts(f.addr as *const u8, f.len as usize) }.to_vec())
-                .collect();
-            self.writes.borrow_mut().push(batch);
-            frames.len() as u32
-        }
         fn net_notify(&self, _device: u32) {
             self.notifies.set(self.notifies.get() + 1);
         }
@@ -347,36 +198,6 @@ mod tests {
         let mut got = Vec::new();
         while nic.recv(&mut |f| got.push(f.to_vec())) {}
         got
-    }
-
-    #[test]
-    fn hypercalls_batch_writes_and_read_only_when_told() {
-        let tender = FakeTender::default();
-        let hint = Rc::new(Cell::new(false));
-        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ..Default::default() };
-        // SAFETY: no rings.
-        let mut nic = unsafe { Nic::new(0, info, hint.clone(), &tender) };
-        // The first look reads once; nothing there, so no more reads until
-        // the platform says frames wait.
-        assert!(!nic.rx_pending());
-        assert!(!nic.rx_pending());
-        assert_eq!(tender.reads.get(), 1);
-        tender.incoming.borrow_mut().extend((0..70).map(|i| frame(i, 60 + i as usize)));
-        assert!(!nic.rx_pending(), "no read without a hint");
-        hint.set(true);
-        let got = recv_all(&mut nic);
-        // A full batch of 64 makes the driver read again at once.
-        assert_eq!(got.len(), 70);
-        assert_eq!(got[69], frame(69, 129));
-        assert_eq!(tender.reads.get(), 3);
-        for i in 0..100u8 {
-            assert!(nic.send(100, &mut |buf| buf.copy_from_slice(&frame(i, 100))));
-        }
-        nic.flush();
-        let writes = tender.writes.borrow();
-        assert_eq!(writes.iter().map(Vec::len).collect::<Vec<_>>(), [64, 36]);
-        assert_eq!(writes[1][35], frame(99, 100));
-        assert!(!nic.send(1515, &mut |_| {}), "over the MTU");
     }
 
     /// A tender-side view of the same rings, for the test.
@@ -436,7 +257,7 @@ mod tests {
         let tender = FakeTender::default();
         let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
         // SAFETY: `memory` holds both rings and outlives `nic`.
-        let mut nic = unsafe { Nic::new(0, info, Rc::new(Cell::new(false)), &tender) };
+        let mut nic = unsafe { Nic::new(0, info, &tender) };
         for round in 0..5u8 {
             for i in 0..slots as u8 {
                 assert!(other.push_rx(&frame(round * 10 + i, 60 + i as usize)));
@@ -455,12 +276,12 @@ mod tests {
                 assert_eq!(other.pop_tx(), Some(frame(i, 70)));
             }
         }
+        assert!(!nic.send(1515, &mut |_| {}), "over the MTU");
         other.word(1, ring::CONSUMER_SLEEPING).store(1, Ordering::SeqCst);
         assert!(nic.send(60, &mut |b| b.fill(1)));
         nic.flush();
         nic.flush();
         assert_eq!(tender.notifies.get(), 1, "one doorbell for the queued frames, none for an empty flush");
-        drop(nic);
         drop(memory);
     }
 }

@@ -75,10 +75,6 @@ unsafe impl Pod for skiff_abi::AbortArgs {}
 // SAFETY: as above.
 unsafe impl Pod for skiff_abi::FaultFrame {}
 // SAFETY: as above.
-unsafe impl Pod for skiff_abi::NetIoArgs {}
-// SAFETY: as above.
-unsafe impl Pod for skiff_abi::NetFrame {}
-// SAFETY: as above.
 unsafe impl Pod for skiff_abi::NetNotifyArgs {}
 // SAFETY: #[repr(C)], every field an integer or an array of them (the
 // devices are DeviceInfo, u32s and byte arrays), laid out without padding:

@@ -5,6 +5,7 @@
 //! `guest_memory`, `sys` and `tap`).
 
 use crate::guest_memory::GuestMemory;
+use crate::serve::VmFailure;
 use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::io;
@@ -42,7 +43,7 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
 }
 
 /// Why the vCPU stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Exit {
     /// `out` to `port`; `value` is the data if it was 4 bytes wide.
     IoOut {
@@ -53,28 +54,10 @@ pub enum Exit {
     },
     /// `in` from a port.
     IoIn(u16),
-    /// An access to a guest-physical address with no memory behind it.
-    Mmio {
-        /// The address.
-        addr: u64,
-        /// Whether it was a write.
-        write: bool,
-    },
-    /// `hlt`.
-    Hlt,
-    /// Triple fault.
-    Shutdown,
-    /// KVM could not run the guest (e.g. instruction emulation failed).
-    InternalError {
-        /// KVM's sub-error code.
-        suberror: u32,
-    },
-    /// The hardware refused to enter the guest.
-    FailEntry(u64),
+    /// The guest cannot go on (a triple fault, `hlt`, KVM's failure...).
+    Failed(crate::serve::VmFailure),
     /// A signal interrupted the run.
     Interrupted,
-    /// Anything else.
-    Other(String),
 }
 
 /// Features of the virtual CPU that the tender turned on.
@@ -288,19 +271,19 @@ impl Vm {
                 Exit::IoOut { port, value: <[u8; 4]>::try_from(data).ok().map(u32::from_le_bytes) }
             }
             Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn(port),
-            Ok(VcpuExit::MmioRead(addr, _)) => Exit::Mmio { addr, write: false },
-            Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr, write: true },
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
+            Ok(VcpuExit::MmioRead(addr, _)) => Exit::Failed(VmFailure::Unbacked { addr, write: false }),
+            Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Failed(VmFailure::Unbacked { addr, write: true }),
+            Ok(VcpuExit::Hlt) => Exit::Failed(VmFailure::Halted),
+            Ok(VcpuExit::Shutdown) => Exit::Failed(VmFailure::TripleFault),
+            Ok(VcpuExit::FailEntry(reason, _)) => Exit::Failed(VmFailure::EntryFailed(reason)),
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the
                 // `internal` member of the union is the one KVM filled in.
                 let suberror = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                Exit::InternalError { suberror }
+                Exit::Failed(VmFailure::Internal { suberror })
             }
             Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(other) => Exit::Other(format!("{other:?}")),
+            Ok(other) => Exit::Failed(VmFailure::UnexpectedExit(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => return Err(ioctl("vCPU run")(e)),
         };

@@ -243,7 +243,7 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
     // `--timeout` counts from here: loading the image is part of the budget.
     let deadline = config.timeout.map(|t| (Instant::now() + t, t));
-    let mut stats = Stats::new();
+    let mut stats = Stats::default();
     sys::use_one_malloc_arena();
     // Before any thread starts, so that every thread blocks them and the
     // monitor alone takes them.
@@ -262,13 +262,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
-    let users = user_networks(&nics, &config.net)?;
-    let user_net = !users.is_empty();
-    let user_outbound = users.iter().any(|(i, _)| match config.net.outbound {
-        net::Outbound::AsDeclared => nics[*i].outbound_declared,
-        net::Outbound::All => true,
-        net::Outbound::None => false,
-    });
+    let user_net =
+        seccomp::UserNetCalls { relays: nics.iter().any(net::Nic::is_user), outbound: nics.iter().any(|n| n.outbound) };
     let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
     let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
     let tables = PageTables::build(&regions)?;
@@ -317,7 +312,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     };
     for (slot, nic) in boot.devices.iter_mut().zip(nics.iter()) {
         slot.kind = DeviceKind::Net as u32;
-        slot.name[..nic.name.len()].copy_from_slice(nic.name.as_bytes());
+        slot.name[..nic.rings.nic.len()].copy_from_slice(nic.rings.nic.as_bytes());
         slot.data = nic.info(config.net.guest_spin).encode();
     }
     mem.write_obj(GuestAddr(paging::BOOT_INFO), &boot)?;
@@ -325,34 +320,19 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
 
-    let monitor = monitor::Monitor::start(
-        monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace },
-        mem.clone(),
-        paging::SHARED,
-    )
-    .map_err(TenderError::Watchdog)?;
-    let nics = Arc::new(nics);
+    let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
+    let monitor = monitor::Monitor::start(limits, mem.clone(), paging::SHARED).map_err(TenderError::Watchdog)?;
+    let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
-    let io_thread = if config.net.rings && !nics.is_empty() {
-        Some(
-            netio::IoThread::start(
-                nics.clone(),
-                users,
-                mem.clone(),
-                io_shared.clone(),
-                config.net.io_spin,
-                ThreadKicker::current(),
-            )
-            .map_err(TenderError::Watchdog)?,
-        )
-    } else {
+    let io_thread = if nics.is_empty() {
         None
+    } else {
+        let kicker = ThreadKicker::current();
+        let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker);
+        Some(io.map_err(TenderError::Watchdog)?)
     };
     let proc_status = stats::ProcStatus::open();
-    seccomp::lock_down(
-        seccomp::UserNetCalls { relays: user_net, outbound: user_outbound },
-        seccomp::KvmFds { vcpu: vm.vcpu_fd() },
-    )?;
+    seccomp::lock_down(user_net, seccomp::KvmFds { vcpu: vm.vcpu_fd() })?;
     let mut guest = serve::Guest {
         mem: &mem,
         image: &image,
@@ -360,18 +340,13 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         console,
         stats: &mut stats,
         deadline,
-        nics: &nics,
+        nics: &nic_rings,
         io: &io_shared,
-        rings: io_thread.is_some(),
         monitor: monitor.state(),
     };
     let outcome = guest.serve(&mut vm);
     drop(monitor);
-    drop(io_thread);
-    stats.net_rx = io_shared.counters.rx.load(std::sync::atomic::Ordering::Relaxed);
-    stats.net_tx = io_shared.counters.tx.load(std::sync::atomic::Ordering::Relaxed);
-    stats.net_dropped = io_shared.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
-    stats.user_nets = std::mem::take(&mut *io_shared.user_stats.lock().unwrap_or_else(|e| e.into_inner()));
+    stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
     stats.guest.at_end = vm.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
@@ -379,48 +354,6 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest_resident = mem.resident_bytes();
     stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
-}
-
-/// Sets up the user network of every NIC attached to it (the first takes
-/// the published ports), and says on stderr how the guest is reached.
-fn user_networks(
-    nics: &[net::Nic],
-    options: &net::NetOptions,
-) -> Result<Vec<(usize, skiff_usernet::UserNet)>, TenderError> {
-    let mut users = Vec::new();
-    let mut publish = options.publish.clone();
-    for (i, nic) in nics.iter().enumerate() {
-        if !matches!(nic.host, net::Host::User) {
-            continue;
-        }
-        let outbound = match options.outbound {
-            net::Outbound::AsDeclared => nic.outbound_declared,
-            net::Outbound::All => true,
-            net::Outbound::None => false,
-        };
-        let config = skiff_usernet::Config {
-            guest_mac: nic.mac,
-            publish: std::mem::take(&mut publish),
-            outbound,
-            upstream_dns: if outbound { skiff_usernet::config::host_dns() } else { None },
-            limits: options.limits,
-        };
-        let (user, bound) = skiff_usernet::UserNet::new(config)
-            .map_err(|source| net::NetError::User { nic: nic.name.clone(), source })?;
-        eprintln!(
-            "skiff-tender: NIC {:?} is on the user network: guest {} by DHCP, gateway {} (the host's loopback), \
-             outbound traffic {}",
-            nic.name,
-            skiff_usernet::config::GUEST,
-            skiff_usernet::config::GATEWAY,
-            if outbound { "relayed" } else { "off" }
-        );
-        for p in &bound {
-            eprintln!("skiff-tender: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
-        }
-        users.push((i, user));
-    }
-    Ok(users)
 }
 
 #[cfg(test)]

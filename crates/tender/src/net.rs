@@ -1,24 +1,19 @@
-//! Guest NICs: attaching TAP devices to the NICs an image declares, and
-//! moving frames between them.
+//! Guest NICs: attaching the NICs an image declares to their host ends.
 //!
 //! A NIC's host end is a TAP device (`--net NAME=tap0`) or the tender's
 //! user-mode network (`--net NAME=user`, [`skiff_usernet`]), which needs no
-//! TAP device and no privileges.
-//!
-//! Two ways to move frames, chosen with `--net-rings`:
-//!
-//! - **rings** (default): each NIC gets a receive and a transmit ring in
-//!   guest memory ([`skiff_abi::ring`]), served by one tender I/O thread
-//!   ([`crate::netio`]). A busy guest sends and receives with no VM exit;
-//!   it exits only to sleep (`Poll`) or to wake the I/O thread after it fell
-//!   asleep (`NetNotify`).
-//! - **hypercalls**: `NetRead` and `NetWrite` move up to 64 frames per
-//!   exit, and `Poll` reports which NICs have frames waiting.
+//! TAP device and no privileges. Each NIC gets a receive and a transmit
+//! ring in guest memory ([`skiff_abi::ring`]), served by one tender I/O
+//! thread ([`crate::netio`]), which owns the host ends: a busy guest sends
+//! and receives with no VM exit; it exits only to sleep (`Poll`) or to
+//! wake the I/O thread after it fell asleep (`NetNotify`).
 
-use crate::guest_memory::{GuestAddr, GuestMemory};
+use crate::guest_memory::GuestMemory;
 use crate::rings::{Direction, Ring, RingError};
 use crate::tap::{Tap, TapError};
-use skiff_abi::{DeviceKind, NET_FRAME_MAX, NET_FRAME_MIN, NET_MTU, NetInfo, ring};
+use skiff_abi::{DeviceKind, NET_MTU, NetInfo, ring};
+use skiff_usernet::UserNet;
+use smoltcp::wire::EthernetAddress;
 use std::time::Duration;
 
 /// One `--net NAME=TAP` (or `NAME=user`) attachment.
@@ -38,9 +33,10 @@ impl NicSpec {
 }
 
 /// Whether outbound traffic is relayed on the user network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Outbound {
     /// As the image declares (`#[skiff::main(net = ..., outbound)]`).
+    #[value(skip)]
     AsDeclared,
     /// Always.
     All,
@@ -59,8 +55,6 @@ pub struct NetOptions {
     pub publish: Vec<skiff_usernet::Publish>,
     /// Outbound traffic on the user network.
     pub outbound: Outbound,
-    /// Use shared-memory rings (else hypercalls only).
-    pub rings: bool,
     /// Slots per ring.
     pub slots: u32,
     /// How long the I/O thread keeps polling after its last frame before
@@ -79,7 +73,6 @@ impl Default for NetOptions {
             macs: Vec::new(),
             publish: Vec::new(),
             outbound: Outbound::AsDeclared,
-            rings: true,
             slots: ring::DEFAULT_SLOTS,
             io_spin: Duration::from_micros(50),
             guest_spin: Duration::from_micros(50),
@@ -133,9 +126,6 @@ pub enum NetError {
         /// Why.
         source: TapError,
     },
-    /// User networking moves frames through rings only.
-    #[error("NIC {0:?}: user networking needs the shared-memory rings (drop --net-rings off)")]
-    UserWithoutRings(String),
     /// `--publish` without a user-network NIC.
     #[error("--publish needs a NIC on the user network{}", publish_hint(.0))]
     PublishWithoutUser(
@@ -170,33 +160,20 @@ fn publish_hint(declared: &[String]) -> String {
     }
 }
 
-/// Parses `NAME=TAP`.
-pub fn parse_nic(s: &str) -> Result<(String, String), NetError> {
+/// Parses `NAME=TAP` (or `NAME=user`).
+pub fn parse_nic(s: &str) -> Result<NicSpec, NetError> {
     match s.split_once('=') {
-        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
+        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok(NicSpec { name: n.to_string(), tap: t.to_string() }),
         _ => Err(NetError::BadSpec(s.to_string())),
     }
 }
 
-/// Parses `NAME=aa:bb:cc:dd:ee:ff`.
+/// Parses `NAME=aa:bb:cc:dd:ee:ff`: a unicast MAC.
 pub fn parse_mac_spec(s: &str) -> Result<(String, [u8; 6]), NetError> {
     let bad = || NetError::BadMac(s.to_string());
-    let (name, mac) = s.split_once('=').ok_or_else(bad)?;
-    let parts: Vec<&str> = mac.split(':').collect();
-    if name.is_empty() || parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 6];
-    for (o, p) in out.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if out[0] & 1 != 0 {
-        return Err(bad()); // multicast
-    }
-    Ok((name.to_string(), out))
+    let (name, mac) = s.split_once('=').filter(|(name, _)| !name.is_empty()).ok_or_else(bad)?;
+    let mac = mac.parse::<EthernetAddress>().ok().filter(EthernetAddress::is_unicast).ok_or_else(bad)?;
+    Ok((name.to_string(), mac.0))
 }
 
 /// The MAC a NIC gets when none is given: locally administered, unicast,
@@ -212,65 +189,65 @@ pub fn generated_mac(name: &str) -> [u8; 6] {
     [0x02, 0x5f, b[0], b[1], b[2], b[3]]
 }
 
-/// Formats a MAC.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
-/// The host end of a NIC.
+/// The host end of a NIC, owned by the I/O thread.
 pub enum Host {
     /// A TAP device.
     Tap(Tap),
-    /// The user-mode network (served by the I/O thread).
-    User,
+    /// The user-mode network.
+    User(Box<UserNet>),
+}
+
+/// A NIC's two rings, with its name for messages.
+#[derive(Clone, Debug)]
+pub struct NicRings {
+    /// The NIC's name in the manifest.
+    pub nic: String,
+    /// The receive ring (the tender produces).
+    pub rx: Ring,
+    /// The transmit ring (the guest produces).
+    pub tx: Ring,
 }
 
 /// An attached NIC.
 pub struct Nic {
-    /// Its name in the manifest.
-    pub name: String,
+    /// Its rings and name.
+    pub rings: NicRings,
     /// Its MAC.
     pub mac: [u8; 6],
     /// The host side.
     pub host: Host,
-    /// Its receive and transmit rings, with rings on.
-    pub rings: Option<(Ring, Ring)>,
-    /// Whether the service declared that it connects out.
-    pub outbound_declared: bool,
-}
-
-impl Nic {
-    /// The TAP device, for a NIC that has one.
-    pub fn tap(&self) -> Option<&Tap> {
-        match &self.host {
-            Host::Tap(t) => Some(t),
-            Host::User => None,
-        }
-    }
+    /// On the user network, whether it relays the guest's own connections
+    /// out.
+    pub outbound: bool,
 }
 
 impl Nic {
     /// What the guest is told about this NIC.
     pub fn info(&self, guest_spin: Duration) -> NetInfo {
+        let (rx, tx) = (self.rings.rx, self.rings.tx);
         NetInfo {
             mac: self.mac,
             mtu: NET_MTU as u16,
-            ring: self.rings.map_or(0, |(rx, _)| rx.base()),
-            slots: self
-                .rings
-                .map_or(0, |(rx, tx)| ((tx.base() - rx.base() - ring::HEADER_SIZE) / ring::SLOT_SIZE) as u32),
+            ring: rx.base(),
+            slots: ((tx.base() - rx.base() - ring::HEADER_SIZE) / ring::SLOT_SIZE) as u32,
             spin_micros: guest_spin.as_micros().min(u128::from(u32::MAX)) as u32,
         }
+    }
+
+    /// Whether its host end is the user network.
+    pub fn is_user(&self) -> bool {
+        matches!(self.host, Host::User(_))
     }
 }
 
 /// Bytes of guest memory the rings of `count` NICs need.
 pub fn ring_bytes(count: usize, options: &NetOptions) -> u64 {
-    if options.rings { count as u64 * 2 * ring::ring_bytes(options.slots) } else { 0 }
+    count as u64 * 2 * ring::ring_bytes(options.slots)
 }
 
 /// Matches the attachments to the image's declared devices (in manifest
-/// order) and attaches the TAP devices. With rings, they are laid out from
+/// order), attaches the TAP devices and sets up the user networks (the
+/// first takes the published ports). The rings are laid out from
 /// `ring_base` up.
 pub fn attach(
     declared: &[crate::elf::DeclaredDevice],
@@ -300,54 +277,69 @@ pub fn attach(
         }
     }
     let mut nics = Vec::new();
+    let mut publish = options.publish.clone();
     let ring_len = ring::ring_bytes(options.slots);
     for d in declared {
         if d.kind != DeviceKind::Net {
             return Err(NetError::Unsupported { kind: d.kind.name(), name: d.name.clone() });
         }
         let spec = options.nics.iter().find(|s| s.name == d.name).ok_or_else(|| NetError::Missing(d.name.clone()))?;
+        let mac = macs.iter().find(|(n, _)| n == &d.name).map_or_else(|| generated_mac(&d.name), |(_, m)| *m);
+        let outbound = match options.outbound {
+            Outbound::AsDeclared => d.outbound,
+            Outbound::All => true,
+            Outbound::None => false,
+        };
         let host = if spec.is_user() {
-            if !options.rings {
-                return Err(NetError::UserWithoutRings(d.name.clone()));
-            }
-            Host::User
+            let publish = std::mem::take(&mut publish);
+            Host::User(Box::new(user_network(&d.name, mac, publish, outbound, options.limits)?))
         } else {
             Host::Tap(Tap::attach(&spec.tap).map_err(|source| NetError::Tap { nic: d.name.clone(), source })?)
         };
-        let mac = macs.iter().find(|(n, _)| n == &d.name).map_or_else(|| generated_mac(&d.name), |(_, m)| *m);
-        let rings = options.rings.then(|| {
-            let rx = ring_base + nics.len() as u64 * 2 * ring_len;
-            (
-                Ring::new(rx, options.slots, Direction::Receive),
-                Ring::new(rx + ring_len, options.slots, Direction::Transmit),
-            )
-        });
-        nics.push(Nic { name: d.name.clone(), mac, host, rings, outbound_declared: d.outbound });
+        let rx = ring_base + nics.len() as u64 * 2 * ring_len;
+        let rings = NicRings {
+            nic: d.name.clone(),
+            rx: Ring::new(rx, options.slots, Direction::Receive),
+            tx: Ring::new(rx + ring_len, options.slots, Direction::Transmit),
+        };
+        nics.push(Nic { rings, mac, host, outbound: outbound && spec.is_user() });
     }
     Ok(nics)
 }
 
-/// Frame counters, for `--stats`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Frames delivered to the guest.
-    pub rx: std::sync::atomic::AtomicU64,
-    /// Frames sent for the guest.
-    pub tx: std::sync::atomic::AtomicU64,
-    /// Frames dropped: too long from the host, a full host queue, or a
-    /// full receive ring.
-    pub dropped: std::sync::atomic::AtomicU64,
+/// Sets up the user network of NIC `name`, and says on stderr how the
+/// guest is reached.
+fn user_network(
+    name: &str,
+    mac: [u8; 6],
+    publish: Vec<skiff_usernet::Publish>,
+    outbound: bool,
+    limits: skiff_usernet::Limits,
+) -> Result<UserNet, NetError> {
+    let config = skiff_usernet::Config {
+        guest_mac: mac,
+        publish,
+        outbound,
+        upstream_dns: if outbound { skiff_usernet::config::host_dns() } else { None },
+        limits,
+    };
+    let (user, bound) = UserNet::new(config).map_err(|source| NetError::User { nic: name.to_string(), source })?;
+    eprintln!(
+        "skiff-tender: NIC {name:?} is on the user network: guest {} by DHCP, gateway {} (the host's loopback), \
+         outbound traffic {}",
+        skiff_usernet::config::GUEST,
+        skiff_usernet::config::GATEWAY,
+        if outbound { "relayed" } else { "off" }
+    );
+    for p in &bound {
+        eprintln!("skiff-tender: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
+    }
+    Ok(user)
 }
 
-/// A frame the guest handed over is unusable.
+/// The host end of a NIC failed, or the guest broke a ring.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// Too short or too long.
-    #[error("a frame of {0} bytes is outside {NET_FRAME_MIN}..={NET_FRAME_MAX} bytes (MTU 1500)")]
-    Length(u32),
-    /// A receive buffer smaller than a full frame.
-    #[error("a receive buffer of {0} bytes is smaller than a full frame ({NET_FRAME_MAX} bytes)")]
-    Buffer(u32),
     /// The host refused a write for another reason than a full queue.
     #[error("the TAP device failed: {0}")]
     Host(String),
@@ -356,31 +348,32 @@ pub enum FrameError {
     Ring(#[from] RingError),
 }
 
-/// Checks a transmitted frame's length.
-pub fn check_frame_len(len: u32) -> Result<(), FrameError> {
-    if (NET_FRAME_MIN..=NET_FRAME_MAX).contains(&len) { Ok(()) } else { Err(FrameError::Length(len)) }
-}
-
-/// A broken ring, with the NIC it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicRingError {
+/// A [`FrameError`] with the NIC it belongs to; ends the guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("NIC {nic:?}: {source}")]
+pub struct NicError {
     /// The NIC's name.
     pub nic: String,
     /// What is wrong.
-    pub error: RingError,
+    pub source: FrameError,
 }
 
-fn pending(nic: &Nic, ring: Ring, mem: &GuestMemory) -> Result<u32, NicRingError> {
-    ring.pending(mem).map_err(|error| NicRingError { nic: nic.name.clone(), error })
+impl NicRings {
+    /// A broken ring of this NIC.
+    pub fn error(&self, e: impl Into<RingError>) -> NicError {
+        NicError { nic: self.nic.clone(), source: FrameError::Ring(e.into()) }
+    }
+
+    fn pending(&self, ring: Ring, mem: &GuestMemory) -> Result<u32, NicError> {
+        ring.pending(mem).map_err(|e| self.error(e))
+    }
 }
 
 /// Receive ring readiness: bit `i` set when NIC `i` has frames waiting.
-pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, NicRingError> {
+pub fn rx_ready(nics: &[NicRings], mem: &GuestMemory) -> Result<u64, NicError> {
     let mut mask = 0;
     for (i, nic) in nics.iter().enumerate() {
-        if let Some((rx, _)) = nic.rings
-            && pending(nic, rx, mem)? > 0
-        {
+        if nic.pending(nic.rx, mem)? > 0 {
             mask |= 1 << i;
         }
     }
@@ -388,41 +381,13 @@ pub fn rx_ready(nics: &[Nic], mem: &GuestMemory) -> Result<u64, NicRingError> {
 }
 
 /// Whether any transmit ring has frames the I/O thread has not sent.
-pub fn tx_pending(nics: &[Nic], mem: &GuestMemory) -> Result<bool, NicRingError> {
+pub fn tx_pending(nics: &[NicRings], mem: &GuestMemory) -> Result<bool, NicError> {
     for nic in nics {
-        if let Some((_, tx)) = nic.rings
-            && pending(nic, tx, mem)? > 0
-        {
+        if nic.pending(nic.tx, mem)? > 0 {
             return Ok(true);
         }
     }
     Ok(false)
-}
-
-/// Reads one pending frame from the host into `buf`, dropping frames that
-/// do not fit an MTU-sized frame. `Ok(None)` when nothing is pending.
-pub fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], counters: &Counters) -> Result<Option<usize>, FrameError> {
-    loop {
-        match tap.recv(buf).map_err(|e| FrameError::Host(e.to_string()))? {
-            None => return Ok(None),
-            Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
-            Some(_) => {
-                counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Writes a guest frame at `addr` (already checked to be guest memory the
-/// service may read) to the host.
-pub fn send_to_host(tap: &Tap, mem: &GuestMemory, addr: u64, len: u32, counters: &Counters) -> Result<(), FrameError> {
-    check_frame_len(len)?;
-    let mut buf = [0u8; NET_FRAME_MAX as usize];
-    mem.read(GuestAddr(addr), &mut buf[..len as usize]).map_err(|e| FrameError::Ring(e.into()))?;
-    let sent = tap.send(&buf[..len as usize]).map_err(|e| FrameError::Host(e.to_string()))?;
-    let counter = if sent { &counters.tx } else { &counters.dropped };
-    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -432,13 +397,15 @@ mod tests {
 
     #[test]
     fn specs_and_macs_parse() {
-        assert_eq!(parse_nic("service=tap0").unwrap(), ("service".into(), "tap0".into()));
+        assert_eq!(parse_nic("service=tap0").unwrap(), NicSpec { name: "service".into(), tap: "tap0".into() });
         assert!(parse_nic("service").is_err());
         assert!(parse_nic("=tap0").is_err());
         assert_eq!(parse_mac_spec("s=02:00:00:0a:0b:ff").unwrap(), ("s".into(), [2, 0, 0, 10, 11, 255]));
         assert!(parse_mac_spec("s=01:00:00:00:00:00").is_err(), "multicast");
         assert!(parse_mac_spec("s=02:00:00:00:00").is_err());
         assert!(parse_mac_spec("s=02:00:00:00:00:zz").is_err());
+        assert!(parse_mac_spec("=02:00:00:00:00:01").is_err());
+        assert!(parse_mac_spec("s=02:00:00:00:00:01:02").is_err());
     }
 
     #[test]
@@ -447,7 +414,6 @@ mod tests {
         assert_eq!(a, generated_mac("service"));
         assert_ne!(a, generated_mac("admin"));
         assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
-        assert_eq!(format_mac(&[2, 0x5f, 0, 1, 0xab, 0xff]), "02:5f:00:01:ab:ff");
     }
 
     #[test]
@@ -469,13 +435,5 @@ mod tests {
         opts.macs.clear();
         let err = attach(&declared, &opts, 0).err().unwrap().to_string();
         assert!(err.contains("tapnotthere0 does not exist"), "{err}");
-    }
-
-    #[test]
-    fn frame_lengths_are_bounded() {
-        assert!(check_frame_len(14).is_ok());
-        assert!(check_frame_len(1514).is_ok());
-        assert_eq!(check_frame_len(1515), Err(FrameError::Length(1515)));
-        assert_eq!(check_frame_len(13), Err(FrameError::Length(13)));
     }
 }

@@ -12,12 +12,15 @@
 //! ring.
 //!
 //! A guest that breaks the ring protocol gets its error recorded here; the
-//! vCPU thread, kicked out of `KVM_RUN`, ends the guest with it.
+//! vCPU thread, kicked out of `KVM_RUN` or woken from `Poll`, ends the guest
+//! with it.
 
 use crate::guest_memory::GuestMemory;
-use crate::net::{Counters, FrameError, Host, Nic, recv_from_host};
+use crate::net::{FrameError, Host, Nic, NicError};
+use crate::stats::NetStats;
 use crate::sys::ThreadKicker;
-use skiff_usernet::UserNet;
+use crate::tap::Tap;
+use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,8 @@ pub struct IoShared {
     /// The NICs (one bit each) the vCPU thread waits for, asleep in
     /// `Poll` on `rx_notify`; zero when it is not waiting.
     pub guest_waiting: AtomicU64,
-    /// Written by the I/O thread when frames arrive for a waiting guest.
+    /// Written by the I/O thread when frames arrive for a waiting guest,
+    /// or when it found a broken ring.
     pub rx_notify: EventFd,
     /// Written by the vCPU thread to wake the I/O thread (`NetNotify`, or
     /// shutdown).
@@ -37,11 +41,7 @@ pub struct IoShared {
     /// Set when the I/O thread must stop.
     pub stop: AtomicBool,
     /// The guest broke the ring protocol (set once; the I/O thread stops).
-    pub error: Mutex<Option<(String, FrameError)>>,
-    /// Frame counters.
-    pub counters: Counters,
-    /// The user networks' counters, when the thread ends.
-    pub user_stats: Mutex<Vec<(String, skiff_usernet::Stats)>>,
+    pub error: Mutex<Option<NicError>>,
 }
 
 impl IoShared {
@@ -53,13 +53,11 @@ impl IoShared {
             doorbell: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
-            counters: Counters::default(),
-            user_stats: Mutex::new(Vec::new()),
         })
     }
 
     /// The error the I/O thread found, if any.
-    pub fn take_error(&self) -> Option<(String, FrameError)> {
+    pub fn take_error(&self) -> Option<NicError> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -67,16 +65,14 @@ impl IoShared {
 /// The running I/O thread.
 pub struct IoThread {
     shared: Arc<IoShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<NetStats>>,
 }
 
 impl IoThread {
-    /// Starts serving `nics` (which must all have rings); `users` holds
-    /// the user network of each NIC whose host end is `Host::User`, by NIC
-    /// index. `vcpu` is kicked when the guest must be ended.
+    /// Starts serving `nics`, whose host ends the thread takes over. `vcpu`
+    /// is kicked when the guest must be ended.
     pub fn start(
-        nics: Arc<Vec<Nic>>,
-        users: Vec<(usize, UserNet)>,
+        mut nics: Vec<Nic>,
         mem: Arc<GuestMemory>,
         shared: Arc<IoShared>,
         spin: Duration,
@@ -88,98 +84,96 @@ impl IoThread {
             // Thread start-up makes system calls the seccomp allow-list does
             // not have; the lockdown waits for this.
             let _ = started_tx.send(());
-            let mut users = users;
-            let result = serve(&nics, &mut users, &mem, &s, spin);
-            *s.user_stats.lock().unwrap_or_else(|e| e.into_inner()) =
-                users.iter().map(|(i, u)| (nics[*i].name.clone(), u.stats())).collect();
-            if let Err((nic, e)) = result {
-                *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some((nic, e));
+            let mut stats = NetStats::default();
+            if let Err(e) = serve(&mut nics, &mem, &s, spin, &mut stats) {
+                *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                let _ = s.rx_notify.write(1);
                 vcpu.kick();
             }
+            for nic in &nics {
+                if let Host::User(u) = &nic.host {
+                    stats.user_nets.push((nic.rings.nic.clone(), u.stats()));
+                }
+            }
+            stats
         })?;
         let _ = started_rx.recv();
         Ok(IoThread { shared, thread: Some(thread) })
+    }
+
+    /// Stops the thread and returns what it moved.
+    pub fn finish(mut self) -> NetStats {
+        self.stop().unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> Option<NetStats> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.shared.doorbell.write(1);
+        self.thread.take()?.join().ok()
     }
 }
 
 impl Drop for IoThread {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.doorbell.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
 fn serve(
-    nics: &[Nic],
-    users: &mut [(usize, UserNet)],
+    nics: &mut [Nic],
     mem: &GuestMemory,
     shared: &IoShared,
     spin: Duration,
-) -> Result<(), (String, FrameError)> {
+    stats: &mut NetStats,
+) -> Result<(), NicError> {
     let mut buf = Box::new([0u8; 65536]);
     let mut last_work = Instant::now();
-    let fail = |nic: &Nic, e: FrameError| (nic.name.clone(), e);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = false;
         // NICs whose receive ring got frames, and whose ring is full while
         // their host end holds more (one bit each).
         let mut produced = 0u64;
         let mut full = 0u64;
-        for (index, nic) in nics.iter().enumerate() {
-            let Some((rx, tx)) = nic.rings else { continue };
-            let mut user = users.iter_mut().find(|(i, _)| *i == index).map(|(_, u)| u);
+        for (index, nic) in nics.iter_mut().enumerate() {
+            let rings = &nic.rings;
+            let host_error =
+                |e: std::io::Error| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) };
             // Everything the guest queued goes to the host end.
-            while let Some(n) = tx.pop(mem, &mut buf[..]).map_err(|e| fail(nic, e.into()))? {
-                match (&nic.host, user.as_deref_mut()) {
-                    (Host::Tap(tap), _) => match tap.send(&buf[..n]) {
-                        Ok(true) => shared.counters.tx.fetch_add(1, Ordering::Relaxed),
-                        Ok(false) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => return Err(fail(nic, FrameError::Host(e.to_string()))),
-                    },
-                    (Host::User, Some(u)) => {
+            while let Some(n) = rings.tx.pop(mem, &mut buf[..]).map_err(|e| rings.error(e))? {
+                let sent = match &mut nic.host {
+                    Host::Tap(tap) => tap.send(&buf[..n]).map_err(host_error)?,
+                    Host::User(u) => {
                         u.receive_frame(&buf[..n]);
-                        shared.counters.tx.fetch_add(1, Ordering::Relaxed)
+                        true
                     }
-                    (Host::User, None) => shared.counters.dropped.fetch_add(1, Ordering::Relaxed),
                 };
+                *if sent { &mut stats.tx } else { &mut stats.dropped } += 1;
                 moved = true;
             }
-            if let Some(u) = user.as_deref_mut() {
+            if let Host::User(u) = &mut nic.host {
                 u.poll();
             }
             // Everything the host end holds goes to the guest, while there
             // is room.
             loop {
-                if !rx.has_room(mem).map_err(|e| fail(nic, e.into()))? {
-                    let more = match (&nic.host, user.as_deref()) {
-                        (Host::User, Some(u)) => u.has_frames(),
-                        _ => true,
-                    };
-                    if more {
+                if !rings.rx.has_room(mem).map_err(|e| rings.error(e))? {
+                    if !matches!(&nic.host, Host::User(u) if !u.has_frames()) {
                         full |= 1 << index;
                     }
                     break;
                 }
-                let delivered = match (&nic.host, user.as_deref_mut()) {
-                    (Host::Tap(tap), _) => {
-                        match recv_from_host(tap, &mut buf, &shared.counters).map_err(|e| fail(nic, e))? {
-                            Some(n) => rx.push(mem, &buf[..n]).map_err(|e| fail(nic, e.into()))?,
-                            None => false,
-                        }
-                    }
-                    (Host::User, Some(u)) => match u.take_frame() {
-                        Some(frame) => rx.push(mem, &frame).map_err(|e| fail(nic, e.into()))?,
-                        None => false,
+                let pushed = match &mut nic.host {
+                    Host::Tap(tap) => match recv_from_host(tap, &mut buf, &mut stats.dropped).map_err(host_error)? {
+                        Some(n) => rings.rx.push(mem, &buf[..n]),
+                        None => break,
                     },
-                    (Host::User, None) => false,
+                    Host::User(u) => match u.take_frame() {
+                        Some(frame) => rings.rx.push(mem, &frame),
+                        None => break,
+                    },
                 };
-                if !delivered {
-                    break;
-                }
-                shared.counters.rx.fetch_add(1, Ordering::Relaxed);
+                pushed.map_err(|e| rings.error(e))?;
+                stats.rx += 1;
                 moved = true;
                 produced |= 1 << index;
             }
@@ -203,62 +197,63 @@ fn serve(
         }
         // Going to sleep: tell the guest to ring when it sends, and when it
         // makes room in a full receive ring; then look once more.
-        set_sleeping(nics, mem, 1).map_err(|(nic, e)| fail(nic, e))?;
-        set_waiting(nics, mem, full, 1).map_err(|(nic, e)| fail(nic, e))?;
+        set_flags(nics, mem, full, 1)?;
         fence(Ordering::SeqCst);
         let mut queued = false;
         for (index, nic) in nics.iter().enumerate() {
-            if let Some((rx, tx)) = nic.rings {
-                queued |= tx.pending(mem).map_err(|e| fail(nic, e.into()))? > 0;
-                queued |= full & (1 << index) != 0 && rx.has_room(mem).map_err(|e| fail(nic, e.into()))?;
-            }
+            let rings = &nic.rings;
+            queued |= rings.tx.pending(mem).map_err(|e| rings.error(e))? > 0;
+            queued |= full & (1 << index) != 0 && rings.rx.has_room(mem).map_err(|e| rings.error(e))?;
         }
         if !queued {
             // A TAP device whose receive ring is full stays readable: leave
             // it out until the guest makes room (the doorbell).
-            let mut fds: Vec<(i32, bool)> = nics
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| full & (1 << i) == 0)
-                .filter_map(|(_, n)| n.tap())
-                .map(|t| (t.fd(), false))
-                .collect();
-            fds.push((shared.doorbell.as_raw_fd(), false));
+            let mut fds = vec![(shared.doorbell.as_raw_fd(), false)];
             let mut timeout: Option<Duration> = None;
-            for (_, u) in users.iter_mut() {
-                fds.extend(u.poll_fds());
-                if let Some(d) = u.poll_delay() {
-                    timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            for (index, nic) in nics.iter_mut().enumerate() {
+                match &mut nic.host {
+                    Host::Tap(tap) if full & (1 << index) == 0 => fds.push((tap.fd(), false)),
+                    Host::Tap(_) => {}
+                    Host::User(u) => {
+                        fds.extend(u.poll_fds());
+                        if let Some(d) = u.poll_delay() {
+                            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+                        }
+                    }
                 }
             }
             let _ = crate::tap::wait(&fds, timeout);
         }
-        set_sleeping(nics, mem, 0).map_err(|(nic, e)| fail(nic, e))?;
-        set_waiting(nics, mem, full, 0).map_err(|(nic, e)| fail(nic, e))?;
+        set_flags(nics, mem, full, 0)?;
         let _ = shared.doorbell.read();
         last_work = Instant::now();
     }
     Ok(())
 }
 
-/// Sets the "waiting for room" flag of the receive rings of the NICs in
-/// `which`.
-fn set_waiting<'n>(nics: &'n [Nic], mem: &GuestMemory, which: u64, value: u32) -> Result<(), (&'n Nic, FrameError)> {
+/// Sets each transmit ring's "consumer asleep" flag, and the "waiting for
+/// room" flag of the receive rings of the NICs in `full`.
+fn set_flags(nics: &[Nic], mem: &GuestMemory, full: u64, value: u32) -> Result<(), NicError> {
     for (index, nic) in nics.iter().enumerate() {
-        if which & (1 << index) != 0
-            && let Some((rx, _)) = nic.rings
-        {
-            rx.producer_waiting(mem).map_err(|e| (nic, FrameError::Ring(e.into())))?.store(value, Ordering::SeqCst);
+        let rings = &nic.rings;
+        rings.tx.sleeping(mem).map_err(|e| rings.error(e))?.store(value, Ordering::SeqCst);
+        if full & (1 << index) != 0 {
+            rings.rx.producer_waiting(mem).map_err(|e| rings.error(e))?.store(value, Ordering::SeqCst);
         }
     }
     Ok(())
 }
 
-fn set_sleeping<'n>(nics: &'n [Nic], mem: &GuestMemory, value: u32) -> Result<(), (&'n Nic, FrameError)> {
-    for nic in nics {
-        if let Some((_, tx)) = nic.rings {
-            tx.sleeping(mem).map_err(|e| (nic, FrameError::Ring(e.into())))?.store(value, Ordering::SeqCst);
+/// Reads one pending frame from a TAP device, dropping frames that do not
+/// fit an MTU-sized frame. `Ok(None)` when nothing is pending.
+fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], dropped: &mut u64) -> std::io::Result<Option<usize>> {
+    loop {
+        match tap.recv(buf)? {
+            None => return Ok(None),
+            Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
+            Some(_) => {
+                *dropped += 1;
+            }
         }
     }
-    Ok(())
 }

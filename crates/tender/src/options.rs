@@ -1,4 +1,5 @@
-//! Parsing the tender's option values: memory sizes, durations, log levels.
+//! The tender's command-line options, shared by `skiff-tender` and `skiff
+//! run`, and the parsers of their values: memory sizes, durations, counts.
 
 /// An option value could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -9,9 +10,6 @@ pub enum OptionError {
     /// Not a duration.
     #[error("{0:?} is not a duration (examples: 500ms, 10s, 2m; a plain number means seconds)")]
     Duration(String),
-    /// Not a level.
-    #[error("{0:?} is not a log level (off, error, warn, info, debug, trace)")]
-    Level(String),
     /// A count outside its range.
     #[error("{value:?} is not a whole number from {min} to {max}")]
     Count {
@@ -34,24 +32,12 @@ pub enum OptionError {
     },
 }
 
-/// Parses a whole number from `min` to `max`.
-pub fn parse_count(s: &str, min: u64, max: u64) -> Result<u64, OptionError> {
-    match s.trim().parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(OptionError::Count { value: s.to_string(), min, max }),
+/// A parser of a whole number from `min` to `max`, for clap.
+fn count<T: TryFrom<u64>>(min: u64, max: u64) -> impl Fn(&str) -> Result<T, OptionError> + Clone {
+    move |s: &str| {
+        let n = s.trim().parse::<u64>().ok().filter(|n| (min..=max).contains(n));
+        n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| OptionError::Count { value: s.to_string(), min, max })
     }
-}
-
-fn parse_max_connections(s: &str) -> Result<usize, OptionError> {
-    parse_count(s, 1, skiff_usernet::config::MAX_TCP_CONNECTIONS as u64).map(|n| n as usize)
-}
-
-fn parse_backlog(s: &str) -> Result<u32, OptionError> {
-    parse_count(s, 1, 65535).map(|n| n as u32)
-}
-
-fn parse_max_udp_flows(s: &str) -> Result<usize, OptionError> {
-    parse_count(s, 1, skiff_usernet::config::MAX_UDP_FLOWS as u64).map(|n| n as usize)
 }
 
 /// Parses a per-connection buffer size: a memory size (a plain number
@@ -114,17 +100,22 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, OptionError> {
     std::time::Duration::try_from_secs_f64(v * scale).map_err(|_| err())
 }
 
-/// Parses a log level name into the boot info's number.
-pub fn parse_level(s: &str) -> Result<u32, OptionError> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "off" => 0,
-        "error" => 1,
-        "warn" | "warning" => 2,
-        "info" => 3,
-        "debug" => 4,
-        "trace" => 5,
-        _ => return Err(OptionError::Level(s.to_string())),
-    })
+/// The guest's console log level (the boot info holds its number, 0 to 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    #[value(alias = "warning")]
+    Warn,
+    /// The default.
+    Info,
+    /// More detail.
+    Debug,
+    /// Everything.
+    Trace,
 }
 
 #[cfg(test)]
@@ -159,18 +150,18 @@ mod tests {
 
     #[test]
     fn network_limits() {
-        assert_eq!(parse_max_connections("16"), Ok(16));
-        assert_eq!(parse_max_connections(" 256 "), Ok(256));
-        let err = parse_max_connections("0").unwrap_err().to_string();
+        let connections = count::<usize>(1, 16384);
+        assert_eq!(connections("16"), Ok(16));
+        assert_eq!(connections(" 256 "), Ok(256));
+        let err = connections("0").unwrap_err().to_string();
         assert_eq!(err, "\"0\" is not a whole number from 1 to 16384");
-        assert!(parse_max_connections("16385").is_err());
-        assert!(parse_max_connections("-1").is_err());
-        assert!(parse_max_connections("lots").is_err());
-        assert_eq!(parse_backlog("128"), Ok(128));
-        assert!(parse_backlog("0").is_err());
-        assert!(parse_backlog("65536").is_err());
-        assert_eq!(parse_max_udp_flows("1"), Ok(1));
-        assert!(parse_max_udp_flows("").is_err());
+        assert!(connections("16385").is_err());
+        assert!(connections("-1").is_err());
+        assert!(connections("lots").is_err());
+        assert!(connections("").is_err());
+        let backlog = count::<u32>(1, 65535);
+        assert_eq!(backlog("128"), Ok(128));
+        assert!(backlog("65536").is_err());
         assert_eq!(parse_tcp_buffer("64K"), Ok(64 << 10));
         assert_eq!(parse_tcp_buffer("16"), Ok(16 << 10));
         assert_eq!(parse_tcp_buffer("1M"), Ok(1 << 20));
@@ -182,27 +173,12 @@ mod tests {
 
     #[test]
     fn levels() {
-        assert_eq!(parse_level("INFO"), Ok(3));
-        assert_eq!(parse_level("off"), Ok(0));
-        assert!(parse_level("loud").is_err());
-    }
-}
-
-/// Parses `on` / `off`.
-pub fn parse_switch(s: &str) -> Result<bool, String> {
-    match s {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(format!("{s:?} is neither on nor off")),
-    }
-}
-
-/// Parses `all` / `none`.
-pub fn parse_outbound(s: &str) -> Result<crate::net::Outbound, String> {
-    match s {
-        "all" => Ok(crate::net::Outbound::All),
-        "none" => Ok(crate::net::Outbound::None),
-        _ => Err(format!("{s:?} is neither all nor none")),
+        use clap::ValueEnum;
+        assert_eq!(LogLevel::from_str("INFO", true), Ok(LogLevel::Info));
+        assert_eq!(LogLevel::from_str("warning", true), Ok(LogLevel::Warn));
+        assert_eq!(LogLevel::Off as u32, 0);
+        assert_eq!(LogLevel::Trace as u32, 5);
+        assert!(LogLevel::from_str("loud", true).is_err());
     }
 }
 
@@ -224,14 +200,14 @@ pub struct RunOptions {
     /// stderr at the end.
     #[arg(long)]
     pub stats: bool,
-    /// The guest's console log level: off, error, warn, info, debug, trace.
-    #[arg(long, value_parser = parse_level, default_value = "info")]
-    pub log: u32,
+    /// The guest's console log level.
+    #[arg(long, value_enum, ignore_case = true, default_value = "info")]
+    pub log: LogLevel,
     /// Connect the image's NIC NAME to the existing TAP device TAP, or to a
     /// user network inside the tender with NAME=user (no root, see
     /// --publish); repeatable, e.g. --net service=tap0.
     #[arg(long = "net", value_name = "NAME=TAP|user", value_parser = crate::net::parse_nic)]
-    pub net: Vec<(String, String)>,
+    pub net: Vec<crate::net::NicSpec>,
     /// The MAC address of NIC NAME (default: generated from its name, the
     /// same every run).
     #[arg(long = "net-mac", value_name = "NAME=MAC", value_parser = crate::net::parse_mac_spec)]
@@ -244,12 +220,8 @@ pub struct RunOptions {
     /// On the user network, relay the guest's own connections out (`all`)
     /// or not (`none`); by default, only if the image declares it
     /// (`#[skiff::main(net = ..., outbound)]`).
-    #[arg(long, value_parser = parse_outbound, value_name = "all|none")]
+    #[arg(long, value_enum, value_name = "all|none")]
     pub net_outbound: Option<crate::net::Outbound>,
-    /// Move frames through shared-memory rings served by an I/O thread
-    /// (on), or only through hypercalls (off).
-    #[arg(long, value_parser = parse_switch, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set)]
-    pub net_rings: bool,
     /// How long the tender's I/O thread keeps polling the rings after its
     /// last frame before it sleeps.
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
@@ -261,15 +233,15 @@ pub struct RunOptions {
     /// On the user network, TCP connections relayed at once (published and
     /// outbound); beyond it published ports stop accepting (connections
     /// wait in the backlog) and outbound connections are refused.
-    #[arg(long, value_parser = parse_max_connections, default_value = "256", value_name = "N")]
+    #[arg(long, value_parser = count::<usize>(1, skiff_usernet::config::MAX_TCP_CONNECTIONS as u64), default_value = "256", value_name = "N")]
     pub net_max_connections: usize,
     /// On the user network, host connections each published TCP port holds
     /// waiting while every relay is taken (its listen backlog).
-    #[arg(long, value_parser = parse_backlog, default_value = "128", value_name = "N")]
+    #[arg(long, value_parser = count::<u32>(1, 65535), default_value = "128", value_name = "N")]
     pub net_backlog: u32,
     /// On the user network, UDP flows at once (a host peer of a published
     /// port, or a guest flow out); the least recently used makes way.
-    #[arg(long, value_parser = parse_max_udp_flows, default_value = "256", value_name = "N")]
+    #[arg(long, value_parser = count::<usize>(1, skiff_usernet::config::MAX_UDP_FLOWS as u64), default_value = "256", value_name = "N")]
     pub net_max_udp_flows: usize,
     /// On the user network, the buffer per direction of each relayed TCP
     /// connection, e.g. 16K or 1M (a plain number means KiB).
@@ -285,18 +257,13 @@ impl RunOptions {
             mem: self.mem,
             timeout: self.timeout,
             stop_grace: self.stop_grace,
-            log_level: self.log,
+            log_level: self.log as u32,
             args,
             net: crate::net::NetOptions {
-                nics: self
-                    .net
-                    .iter()
-                    .map(|(name, tap)| crate::net::NicSpec { name: name.clone(), tap: tap.clone() })
-                    .collect(),
+                nics: self.net.clone(),
                 macs: self.net_mac.clone(),
                 publish: self.publish.clone(),
                 outbound: self.net_outbound.unwrap_or(crate::net::Outbound::AsDeclared),
-                rings: self.net_rings,
                 io_spin: self.net_spin,
                 guest_spin: self.guest_spin,
                 limits: skiff_usernet::Limits {

@@ -9,16 +9,17 @@ use crate::elf::Image;
 use crate::guest_memory::{GuestAddr, GuestMemory, MemoryError, Pod};
 use crate::kvm::{Exit, KvmError, Vm};
 use crate::monitor::{Ending, MonitorState};
-use crate::net::{self, FrameError, Nic};
+use crate::net::{self, NicError, NicRings};
 use crate::netio::IoShared;
 use crate::paging::Region;
 use crate::stats::Stats;
 use crate::{Outcome, console, fault, paging};
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
-    NET_BATCH_MAX, NET_FRAME_MAX, NetFrame, NetIoArgs, NetNotifyArgs, PollArgs, WalltimeArgs, exit,
+    NetNotifyArgs, PollArgs, WalltimeArgs, exit,
 };
 use std::io::Write;
+use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant, SystemTime};
@@ -87,33 +88,9 @@ pub enum GuestError {
         /// The index given.
         device: u32,
     },
-    /// Too many frames in one call.
-    #[error("{call}: a batch of {count} frames is larger than {NET_BATCH_MAX}")]
-    Batch {
-        /// The call.
-        call: &'static str,
-        /// Frames given.
-        count: u32,
-    },
-    /// A frame is unusable, or the NIC's ring is broken.
-    #[error("NIC {nic:?}: {source}")]
-    Frame {
-        /// The NIC.
-        nic: String,
-        /// What is wrong.
-        source: FrameError,
-    },
-    /// `NetRead`/`NetWrite` on a NIC served by rings, or `NetNotify` on one
-    /// that is not.
-    #[error("{call}: NIC {nic:?} {}", if *.rings { "moves frames through its rings" } else { "has no rings" })]
-    WrongMode {
-        /// The call.
-        call: &'static str,
-        /// The NIC.
-        nic: String,
-        /// Whether the NIC has rings.
-        rings: bool,
-    },
+    /// A NIC's ring is broken, or its host end failed.
+    #[error(transparent)]
+    Nic(#[from] NicError),
 }
 
 /// The virtual machine stopped working.
@@ -156,13 +133,12 @@ pub enum VmFailure {
     Kvm(#[from] KvmError),
 }
 
-/// A range of guest memory checked writable for the service
-/// ([`Guest::writable`]); hypercall handlers write to the guest only
+/// An argument of type `T` checked writable for the service
+/// ([`Guest::read_arg_mut`]); hypercall handlers write to the guest only
 /// through one.
-#[derive(Clone, Copy, Debug)]
-struct Writable {
+struct Writable<T> {
     addr: u64,
-    len: u64,
+    kind: PhantomData<T>,
 }
 
 enum Flow {
@@ -185,13 +161,10 @@ pub(crate) struct Guest<'a> {
     pub stats: &'a mut Stats,
     /// `--timeout`: when, and how long it was.
     pub deadline: Option<(Instant, Duration)>,
-    /// The attached NICs.
-    pub nics: &'a [Nic],
-    /// State shared with the network I/O thread (its counters are used in
-    /// hypercall mode too).
+    /// The rings of the attached NICs.
+    pub nics: &'a [NicRings],
+    /// State shared with the network I/O thread.
     pub io: &'a IoShared,
-    /// Whether frames move through rings (an I/O thread runs).
-    pub rings: bool,
     /// The timeout and stop signals.
     pub monitor: &'a MonitorState,
 }
@@ -214,8 +187,8 @@ impl Guest<'_> {
             if let Err(e) = self.drain_console() {
                 return Outcome::BadHypercall(e);
             }
-            if let Some((nic, source)) = self.io.take_error() {
-                return Outcome::BadHypercall(GuestError::Frame { nic, source });
+            if let Some(e) = self.io.take_error() {
+                return Outcome::BadHypercall(e.into());
             }
             let flow = match exit {
                 Exit::IoOut { port, value } => self.io_out(port, value),
@@ -227,9 +200,9 @@ impl Guest<'_> {
                     self.stats.exit("bad-port");
                     GuestError::PortRead(port).into()
                 }
-                other => {
+                Exit::Failed(failure) => {
                     self.stats.exit("vm-failure");
-                    Flow::End(Outcome::VmFailure(unexpected(other)))
+                    Flow::End(Outcome::VmFailure(failure))
                 }
             };
             if let Flow::End(outcome) = flow {
@@ -263,23 +236,6 @@ impl Guest<'_> {
         Ok(())
     }
 
-    /// Guest memory the service may write, as [`Writable`]: the only way
-    /// a hypercall handler writes to the guest.
-    fn writable(&self, addr: u64, len: u64) -> Result<Writable, ArgError> {
-        self.check_user(addr, len, true)?;
-        Ok(Writable { addr, len })
-    }
-
-    /// Writes `bytes` at `offset` into a checked range; past its end is a
-    /// bad argument, never a write.
-    fn write_user(&self, to: Writable, offset: u64, bytes: &[u8]) -> Result<(), ArgError> {
-        let len = bytes.len() as u64;
-        if offset.checked_add(len).is_none_or(|end| end > to.len) {
-            return Err(ArgError::NotUser { addr: to.addr.saturating_add(offset), len, write: true });
-        }
-        Ok(self.mem.write(GuestAddr(to.addr + offset), bytes)?)
-    }
-
     /// Reads an argument the service may read.
     fn read_arg<T: Pod>(&self, addr: u32) -> Result<T, ArgError> {
         self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, false)?;
@@ -288,21 +244,15 @@ impl Guest<'_> {
 
     /// Reads an argument the tender answers in place: it must be writable
     /// by the service, and the handle returned is what `write_arg` takes.
-    fn read_arg_mut<T: Pod>(&self, addr: u32) -> Result<(Writable, T), ArgError> {
-        let to = self.writable(u64::from(addr), std::mem::size_of::<T>() as u64)?;
-        Ok((to, self.mem.read_obj(GuestAddr(to.addr))?))
+    fn read_arg_mut<T: Pod>(&self, addr: u32) -> Result<(Writable<T>, T), ArgError> {
+        self.check_user(u64::from(addr), std::mem::size_of::<T>() as u64, true)?;
+        let value = self.mem.read_obj(GuestAddr(u64::from(addr)))?;
+        Ok((Writable { addr: u64::from(addr), kind: PhantomData }, value))
     }
 
-    fn write_arg<T: Pod>(&self, to: Writable, value: &T) -> Result<(), ArgError> {
-        self.write_obj(to, 0, value)
-    }
-
-    fn write_obj<T: Pod>(&self, to: Writable, offset: u64, value: &T) -> Result<(), ArgError> {
-        let size = std::mem::size_of::<T>() as u64;
-        if offset.checked_add(size).is_none_or(|end| end > to.len) {
-            return Err(ArgError::NotUser { addr: to.addr.saturating_add(offset), len: size, write: true });
-        }
-        Ok(self.mem.write_obj(GuestAddr(to.addr + offset), value)?)
+    /// Writes an argument back, through the handle `read_arg_mut` gave.
+    fn write_arg<T: Pod>(&self, to: Writable<T>, value: &T) -> Result<(), ArgError> {
+        Ok(self.mem.write_obj(GuestAddr(to.addr), value)?)
     }
 
     fn io_out(&mut self, port: u16, value: Option<u32>) -> Flow {
@@ -331,20 +281,12 @@ impl Guest<'_> {
         let Some(arg) = value else {
             return GuestError::WrongWidth(call.name()).into();
         };
-        let result = match call {
-            Hypercall::NetWrite | Hypercall::NetRead | Hypercall::NetNotify => self.net_call(call, arg),
-            Hypercall::Poll => self.poll(arg),
-            _ => self.hypercall(call, arg).map(Ok),
-        };
-        match result {
-            Ok(Ok(flow)) => flow,
-            Ok(Err(e)) => e.into(),
-            Err(source) => GuestError::BadArgument { call: call.name(), addr: arg, source }.into(),
-        }
+        self.hypercall(call, arg)
+            .unwrap_or_else(|source| GuestError::BadArgument { call: call.name(), addr: arg, source }.into())
     }
 
     /// `Poll`: sleep until a NIC has frames or the timeout passes.
-    fn poll(&mut self, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
+    fn poll(&mut self, arg: u32) -> Result<Flow, ArgError> {
         let (to, mut a): (_, PollArgs) = self.read_arg_mut(arg)?;
         // Waiting forever without devices is allowed: a stop request (or
         // --timeout) still ends the wait.
@@ -358,7 +300,7 @@ impl Guest<'_> {
         let interest = a.ready;
         let ready = match self.wait_for_frames(wait, interest) {
             Ok(ready) => ready,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(e.into()),
         };
         // The wait can end early (a notification for frames the guest took
         // already, a signal): only a deadline that really passed ends the
@@ -367,161 +309,51 @@ impl Guest<'_> {
             && ready == 0
             && Instant::now() >= deadline
         {
-            return Ok(Ok(Flow::End(Outcome::Timeout(limit))));
+            return Ok(Flow::End(Outcome::Timeout(limit)));
         }
         a.ready = ready;
         self.write_arg(to, &a)?;
-        Ok(Ok(Flow::Continue))
+        Ok(Flow::Continue)
     }
 
     /// Blocks up to `wait` (`None`: forever) for frames on the NICs in
     /// `interest`; returns those that have some. Frames on other NICs never
     /// end the wait (nobody in the guest waits for them). A stop request or
-    /// the end of the guest (the monitor's eventfd) ends it early.
+    /// the end of the guest (the monitor's eventfd) ends it early, and so
+    /// does a broken ring the I/O thread found.
     fn wait_for_frames(&mut self, wait: Option<Duration>, interest: u64) -> Result<u64, GuestError> {
-        let ring_error = |e: net::NicRingError| GuestError::Frame { nic: e.nic, source: FrameError::Ring(e.error) };
-        let wake = self.monitor.wake.as_raw_fd();
-        let nonblocking = wait.is_some_and(|w| w.is_zero());
-        let mut fds: Vec<i32> = Vec::new();
-        if !self.rings {
-            fds = self
-                .nics
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| interest & (1 << i) != 0)
-                .filter_map(|(_, n)| n.tap())
-                .map(|t| t.fd())
-                .collect();
-            let taps = fds.len();
-            fds.push(wake);
-            let ready = crate::tap::wait_readable(&fds, wait).map_err(|e| GuestError::Frame {
-                nic: self.nics.first().map_or_else(|| "(none)".into(), |n| n.name.clone()),
-                source: FrameError::Host(e.to_string()),
-            })?;
-            if ready & (1 << taps) != 0 {
-                let _ = self.monitor.wake.read();
-            }
-            // Bit i of `ready` is the i-th NIC of interest: map it back.
-            let mut out = 0;
-            let mut k = 0;
-            for i in 0..self.nics.len() {
-                if interest & (1 << i) != 0 && self.nics[i].tap().is_some() {
-                    if ready & (1 << k) != 0 {
-                        out |= 1 << i;
-                    }
-                    k += 1;
-                }
-            }
-            return Ok(out);
-        }
+        let fds = [self.monitor.wake.as_raw_fd(), self.io.rx_notify.as_raw_fd()];
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
-            let ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest;
-            if ready != 0 || nonblocking {
+            let ready = net::rx_ready(self.nics, self.mem)? & interest;
+            if ready != 0 || wait.is_some_and(|w| w.is_zero()) {
                 return Ok(ready);
             }
-            if net::tx_pending(self.nics, self.mem).map_err(ring_error)? {
+            if net::tx_pending(self.nics, self.mem)? {
                 let _ = self.io.doorbell.write(1);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
                 return Ok(0);
             }
-            fds.clear();
-            fds.push(wake);
-            if interest != 0 {
-                fds.push(self.io.rx_notify.as_raw_fd());
-            }
             self.io.guest_waiting.store(interest, Ordering::SeqCst);
             // Pairs with the I/O thread's fence between publishing frames and
             // reading `guest_waiting`: one of the two sees the other.
             fence(Ordering::SeqCst);
-            let ready = net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest;
+            let ready = net::rx_ready(self.nics, self.mem)? & interest;
             let woke = if ready == 0 { crate::tap::wait_readable(&fds, left).unwrap_or(0) } else { 0 };
             self.io.guest_waiting.store(0, Ordering::SeqCst);
             let _ = self.io.rx_notify.read();
+            if let Some(e) = self.io.take_error() {
+                return Err(e.into());
+            }
             if woke & 1 != 0 {
                 // Asked to stop, or ending: let the guest (or the serve
                 // loop) see it now.
                 let _ = self.monitor.wake.read();
-                return Ok(net::rx_ready(self.nics, self.mem).map_err(ring_error)? & interest);
+                return Ok(net::rx_ready(self.nics, self.mem)? & interest);
             }
         }
-    }
-
-    fn nic(&self, call: Hypercall, device: u32, rings: bool) -> Result<&Nic, GuestError> {
-        let nic = self.nics.get(device as usize).ok_or(GuestError::NoDevice { call: call.name(), device })?;
-        if self.rings != rings {
-            return Err(GuestError::WrongMode { call: call.name(), nic: nic.name.clone(), rings: self.rings });
-        }
-        Ok(nic)
-    }
-
-    /// `NetRead`, `NetWrite` and `NetNotify`.
-    fn net_call(&mut self, call: Hypercall, arg: u32) -> Result<Result<Flow, GuestError>, ArgError> {
-        if call == Hypercall::NetNotify {
-            let a: NetNotifyArgs = self.read_arg(arg)?;
-            return Ok(self.nic(call, a.device, true).map(|_| {
-                let _ = self.io.doorbell.write(1);
-                Flow::Continue
-            }));
-        }
-        let (args_to, mut a): (_, NetIoArgs) = self.read_arg_mut(arg)?;
-        let nic = match self.nic(call, a.device, false) {
-            Ok(nic) => nic,
-            Err(e) => return Ok(Err(e)),
-        };
-        // Without rings every NIC has a TAP device (user networking needs
-        // rings, which `net::attach` enforces).
-        let Some(tap) = nic.tap() else {
-            return Ok(Err(GuestError::WrongMode { call: call.name(), nic: nic.name.clone(), rings: true }));
-        };
-        if a.count > NET_BATCH_MAX {
-            return Ok(Err(GuestError::Batch { call: call.name(), count: a.count }));
-        }
-        let entry = std::mem::size_of::<NetFrame>() as u64;
-        let list_len = u64::from(a.count) * entry;
-        let list = if call == Hypercall::NetRead {
-            Some(self.writable(a.frames, list_len)?)
-        } else {
-            self.check_user(a.frames, list_len, false)?;
-            None
-        };
-        let frame_error = |source| GuestError::Frame { nic: nic.name.clone(), source };
-        let mut done = 0;
-        let mut buf = Box::new([0u8; 65536]);
-        for i in 0..u64::from(a.count) {
-            let mut f: NetFrame = self.mem.read_obj(GuestAddr(a.frames + i * entry))?;
-            if call == Hypercall::NetWrite {
-                if let Err(e) = net::check_frame_len(f.len) {
-                    return Ok(Err(frame_error(e)));
-                }
-                self.check_user(f.addr, u64::from(f.len), false)?;
-                if let Err(e) = net::send_to_host(tap, self.mem, f.addr, f.len, &self.io.counters) {
-                    return Ok(Err(frame_error(e)));
-                }
-            } else {
-                if f.cap < NET_FRAME_MAX {
-                    return Ok(Err(frame_error(FrameError::Buffer(f.cap))));
-                }
-                let frame = self.writable(f.addr, u64::from(f.cap))?;
-                let n = match net::recv_from_host(tap, &mut buf, &self.io.counters) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => return Ok(Err(frame_error(e))),
-                };
-                self.write_user(frame, 0, &buf[..n])?;
-                f.len = n as u32;
-                if let Some(list) = list {
-                    self.write_obj(list, i * entry, &f)?;
-                }
-                self.io.counters.rx.fetch_add(1, Ordering::Relaxed);
-            }
-            done += 1;
-        }
-        a.done = done;
-        self.write_arg(args_to, &a)?;
-        Ok(Ok(Flow::Continue))
     }
 
     fn hypercall(&mut self, call: Hypercall, arg: u32) -> Result<Flow, ArgError> {
@@ -542,8 +374,14 @@ impl Guest<'_> {
                 }
                 Flow::End(Outcome::Exited(a.status as u8))
             }
-            Hypercall::Poll | Hypercall::NetWrite | Hypercall::NetRead | Hypercall::NetNotify => {
-                unreachable!("dispatched by io_out")
+            Hypercall::Poll => self.poll(arg)?,
+            Hypercall::NetNotify => {
+                let a: NetNotifyArgs = self.read_arg(arg)?;
+                if a.device as usize >= self.nics.len() {
+                    return Ok(GuestError::NoDevice { call: call.name(), device: a.device }.into());
+                }
+                let _ = self.io.doorbell.write(1);
+                Flow::Continue
             }
             Hypercall::Abort => {
                 let a: AbortArgs = self.read_arg(arg)?;
@@ -558,17 +396,5 @@ impl Guest<'_> {
                 Flow::End(Outcome::Aborted { reason, message: String::from_utf8_lossy(&bytes).into_owned() })
             }
         })
-    }
-}
-
-fn unexpected(exit: Exit) -> VmFailure {
-    match exit {
-        Exit::Mmio { addr, write } => VmFailure::Unbacked { addr, write },
-        Exit::Hlt => VmFailure::Halted,
-        Exit::Shutdown => VmFailure::TripleFault,
-        Exit::InternalError { suberror } => VmFailure::Internal { suberror },
-        Exit::FailEntry(reason) => VmFailure::EntryFailed(reason),
-        Exit::Other(s) => VmFailure::UnexpectedExit(s),
-        e @ (Exit::IoOut { .. } | Exit::IoIn(_) | Exit::Interrupted) => VmFailure::UnexpectedExit(format!("{e:?}")),
     }
 }

@@ -34,8 +34,15 @@ pub struct GuestClock {
     pub at_end: Option<u64>,
 }
 
+impl Default for Timeline {
+    /// Starts now.
+    fn default() -> Self {
+        Timeline { start: Instant::now(), vm_created: None, loaded: None, vcpu_ready: None, ended: None }
+    }
+}
+
 /// Counters of one run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Exits by kind.
     pub exits: BTreeMap<&'static str, u64>,
@@ -53,12 +60,19 @@ pub struct Stats {
     pub guest_mem: u64,
     /// The tender's peak resident set (VmHWM) when the guest ended.
     pub tender_peak_rss: Option<u64>,
+    /// What the network I/O thread moved.
+    pub net: NetStats,
+}
+
+/// What the network I/O thread moved.
+#[derive(Clone, Debug, Default)]
+pub struct NetStats {
     /// Frames delivered to the guest.
-    pub net_rx: u64,
+    pub rx: u64,
     /// Frames sent for the guest.
-    pub net_tx: u64,
-    /// Frames dropped (host queue full, oversized, receive ring full).
-    pub net_dropped: u64,
+    pub tx: u64,
+    /// Frames dropped: too long from the host, or a full host queue.
+    pub dropped: u64,
     /// Each user network's counters.
     pub user_nets: Vec<(String, skiff_usernet::Stats)>,
 }
@@ -86,24 +100,6 @@ impl ProcStatus {
 }
 
 impl Stats {
-    /// Starts counting now.
-    pub fn new() -> Stats {
-        Stats {
-            exits: BTreeMap::new(),
-            console_bytes: 0,
-            timeline: Timeline { start: Instant::now(), vm_created: None, loaded: None, vcpu_ready: None, ended: None },
-            guest: GuestClock::default(),
-            cpu: None,
-            guest_resident: None,
-            guest_mem: 0,
-            tender_peak_rss: None,
-            net_rx: 0,
-            net_tx: 0,
-            net_dropped: 0,
-            user_nets: Vec::new(),
-        }
-    }
-
     /// Counts one exit of `kind`.
     pub fn exit(&mut self, kind: &'static str) {
         *self.exits.entry(kind).or_insert(0) += 1;
@@ -131,19 +127,19 @@ impl Stats {
         let span = |a: Option<Instant>, b: Option<Instant>| Some(b?.duration_since(a?));
         let g = &self.guest;
         let nz = |v: u64| (v != 0).then_some(v);
+        let boot = [
+            ("open KVM, create VM and vCPU", span(Some(t.start), t.vm_created)),
+            ("load image, page tables", span(t.vm_created, t.loaded)),
+            ("set up vCPU", span(t.loaded, t.vcpu_ready)),
+            ("first instruction -> ring 3", self.guest_span(g.at_first_run, nz(g.ring3_entry))),
+            ("ring 3 -> main", self.guest_span(nz(g.ring3_entry), nz(g.main))),
+            ("main -> guest end", self.guest_span(nz(g.main), g.at_end)),
+            ("tender start -> guest end", span(Some(t.start), t.ended)),
+        ];
         let mut s = String::from("skiff-tender stats\n");
-        let _ = writeln!(s, "  boot  open KVM, create VM and vCPU   {}", ms(span(Some(t.start), t.vm_created)));
-        let _ = writeln!(s, "        load image, page tables       {}", ms(span(t.vm_created, t.loaded)));
-        let _ = writeln!(s, "        set up vCPU                   {}", ms(span(t.loaded, t.vcpu_ready)));
-        let _ = writeln!(
-            s,
-            "        first instruction -> ring 3   {}",
-            ms(self.guest_span(g.at_first_run, nz(g.ring3_entry)))
-        );
-        let _ =
-            writeln!(s, "        ring 3 -> main                {}", ms(self.guest_span(nz(g.ring3_entry), nz(g.main))));
-        let _ = writeln!(s, "        main -> guest end             {}", ms(self.guest_span(nz(g.main), g.at_end)));
-        let _ = writeln!(s, "        tender start -> guest end     {}", ms(span(Some(t.start), t.ended)));
+        for (i, (what, time)) in boot.into_iter().enumerate() {
+            let _ = writeln!(s, "  {}  {what:<30}{}", if i == 0 { "boot" } else { "    " }, ms(time));
+        }
         let run = span(t.vcpu_ready, t.ended).unwrap_or_default();
         let total = self.total_exits();
         let _ = write!(s, "  exits {total} in {:.3} ms", run.as_secs_f64() * 1e3);
@@ -155,18 +151,19 @@ impl Stats {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
-        let frames = self.net_rx + self.net_tx;
-        if frames > 0 || self.net_dropped > 0 {
+        let net = &self.net;
+        let frames = net.rx + net.tx;
+        if frames > 0 || net.dropped > 0 {
             let _ = write!(
                 s,
                 "\n  net   {} frames received, {} sent, {} dropped; {:.3} exits per frame",
-                self.net_rx,
-                self.net_tx,
-                self.net_dropped,
+                net.rx,
+                net.tx,
+                net.dropped,
                 total as f64 / frames.max(1) as f64
             );
         }
-        for (nic, u) in &self.user_nets {
+        for (nic, u) in &net.user_nets {
             let _ = write!(
                 s,
                 "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, at most {} at once, \
@@ -205,19 +202,13 @@ impl Stats {
     }
 }
 
-impl Default for Stats {
-    fn default() -> Self {
-        Stats::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn report_lists_exits_and_guest_spans() {
-        let mut s = Stats::new();
+        let mut s = Stats::default();
         s.exit("poll");
         s.exit("exit");
         s.exit("poll");

@@ -8,6 +8,7 @@
 use skiff_abi::exit;
 use std::io;
 use std::time::Duration;
+use vmm_sys_util::signal::{block_signal, create_sigset, register_signal_handler};
 
 /// Makes every thread allocate from glibc's main malloc arena. A per-thread
 /// arena, when it shrinks, reads `/proc/sys/vm/overcommit_memory`, which
@@ -24,27 +25,13 @@ pub fn use_one_malloc_arena() {
 /// The signal that interrupts a running vCPU (or a blocked console write).
 const KICK_SIGNAL: i32 = libc::SIGUSR2;
 
-extern "C" fn on_kick(_: libc::c_int) {}
-
-fn set_handler(signal: i32, handler: usize, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
-    // callers pass an `extern "C"` handler of the shape `flags` announces,
-    // and every such handler here is async-signal-safe.
-    let rc = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler;
-        action.sa_flags = flags;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(signal, &action, std::ptr::null_mut())
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Lets [`ThreadKicker::kick`] interrupt `KVM_RUN`: installs a handler
 /// that does nothing, without `SA_RESTART`, so the ioctl (or a blocked
 /// `write`) returns `EINTR`.
 pub fn install_kick_handler() -> io::Result<()> {
-    set_handler(KICK_SIGNAL, on_kick as *const () as usize, 0)
+    register_signal_handler(KICK_SIGNAL, on_kick).map_err(io::Error::from)
 }
 
 /// A handle that interrupts one thread's `KVM_RUN`.
@@ -133,7 +120,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 /// one line naming the call and the thread, and status
 /// [`exit::BLOCKED_SYSCALL`].
 pub fn install_blocked_call_reporter() -> io::Result<()> {
-    set_handler(libc::SIGSYS, on_sigsys as *const () as usize, libc::SA_SIGINFO)
+    register_signal_handler(libc::SIGSYS, on_sigsys).map_err(io::Error::from)
 }
 
 /// A signal asking the tender to stop the guest.
@@ -155,35 +142,21 @@ impl StopSignal {
     }
 }
 
-fn stop_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set; sigaddset adds valid
-    // signal numbers to it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        set
-    }
-}
-
 /// Blocks `SIGTERM` and `SIGINT` in the calling thread and in every thread
 /// it starts afterwards, so they stay pending until [`wait_for_stop`]
 /// takes them. They stay blocked after the guest ends: one that comes
 /// then is answered by the process ending as it was going to anyway.
 pub fn block_stop_signals() -> io::Result<()> {
-    let set = stop_set();
-    // SAFETY: the set is valid; a null old-set pointer is allowed.
-    match unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(e)),
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        block_signal(signal).map_err(|e| io::Error::other(e.to_string()))?;
     }
+    Ok(())
 }
 
 /// Waits up to `timeout` for a stop signal (blocked by
 /// [`block_stop_signals`]) and takes it.
 pub fn wait_for_stop(timeout: Duration) -> Option<StopSignal> {
-    let set = stop_set();
+    let set = create_sigset(&[libc::SIGTERM, libc::SIGINT]).ok()?;
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),

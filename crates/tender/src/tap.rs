@@ -60,7 +60,6 @@ pub enum TapError {
 /// An attached TAP device.
 pub struct Tap {
     file: File,
-    name: String,
 }
 
 /// `struct ifreq` as `TUNSETIFF` reads it: a name and the flags.
@@ -110,12 +109,7 @@ impl Tap {
                 _ => TapError::Attach { name: name.to_string(), source: err },
             });
         }
-        Ok(Tap { file, name: name.to_string() })
-    }
-
-    /// The device's name.
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Tap { file })
     }
 
     /// The descriptor, for epoll.

@@ -395,7 +395,7 @@ fn bad_options_are_usage_errors() {
     expect(&tender(&["--mem", "lots", image]), 124, &["is not a memory size"]);
     expect(&tender(&["--mem", "1M", image]), 125, &["out of range"]);
     expect(&tender(&["--timeout", "soon", image]), 124, &["is not a duration"]);
-    expect(&tender(&["--log", "loud", image]), 124, &["is not a log level"]);
+    expect(&tender(&["--log", "loud", image]), 124, &["[possible values: off, error, warn, info, debug, trace]"]);
 }
 
 #[test]

@@ -3,28 +3,19 @@
 //! Both sides are this repository's code, so this pins their agreement on
 //! layout and protocol, with two threads running at once.
 
-use skiff_abi::{NetFrame, NetInfo, ring};
+use skiff_abi::{NetInfo, ring};
 use skiff_rt::NetDevice;
 use skiff_rt::nic::{Nic, NicCalls};
 use skiff_tender::guest_memory::GuestMemory;
 use skiff_tender::rings::{Direction, Ring};
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Doorbells are counted; the transport is rings, so reads and writes
-/// never happen.
+/// Doorbells are counted.
 #[derive(Default)]
 struct Calls(Arc<AtomicU32>);
 
 impl NicCalls for Calls {
-    fn net_read(&self, _: u32, _: &mut [NetFrame]) -> u32 {
-        unreachable!("rings only")
-    }
-    fn net_write(&self, _: u32, _: &[NetFrame]) -> u32 {
-        unreachable!("rings only")
-    }
     fn net_notify(&self, _: u32) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -66,7 +57,7 @@ fn a_tender_thread_and_the_guest_driver_exchange_frames() {
     let doorbells = Arc::new(AtomicU32::new(0));
     // SAFETY: both rings lie in `mem`, alive for the whole test, and the
     // other side follows the protocol.
-    let mut nic = unsafe { Nic::new(0, info, Rc::new(Cell::new(false)), Calls(doorbells.clone())) };
+    let mut nic = unsafe { Nic::new(0, info, Calls(doorbells.clone())) };
     let mut received = 0u32;
     while received < count {
         let mut frames = Vec::new();

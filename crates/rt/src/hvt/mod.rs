@@ -15,8 +15,8 @@ use core::cell::Cell;
 use core::ptr::NonNull;
 use core::time::Duration;
 use skiff_abi::{
-    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetFrame, NetInfo, NetIoArgs,
-    NetNotifyArgs, PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetInfo, NetNotifyArgs,
+    PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
@@ -81,27 +81,6 @@ fn halt_forever() -> ! {
     crate::arch::cpu::trap()
 }
 
-/// Sends a batch of frames (`NetWrite`); returns how many the host took.
-pub fn net_write(device: u32, frames: &[NetFrame]) -> u32 {
-    let mut args =
-        NetIoArgs { device, count: frames.len() as u32, frames: frames.as_ptr() as u64, done: 0, reserved: 0 };
-    // SAFETY: `args` and the frame list it points to are live for the call;
-    // each frame's bytes are owned by the caller.
-    unsafe { hypercall(Hypercall::NetWrite, addr_of(&mut args)) };
-    args.done
-}
-
-/// Receives up to `frames.len()` frames into the buffers the descriptors
-/// offer (`NetRead`); returns how many arrived.
-pub fn net_read(device: u32, frames: &mut [NetFrame]) -> u32 {
-    let mut args =
-        NetIoArgs { device, count: frames.len() as u32, frames: frames.as_mut_ptr() as u64, done: 0, reserved: 0 };
-    // SAFETY: `args`, the descriptors and the buffers they offer are live
-    // and writable for the call.
-    unsafe { hypercall(Hypercall::NetRead, addr_of(&mut args)) };
-    args.done
-}
-
 /// Wakes the tender's I/O thread for a NIC's transmit ring (`NetNotify`).
 pub fn net_notify(device: u32) {
     let mut args = NetNotifyArgs { device, reserved: 0 };
@@ -109,17 +88,11 @@ pub fn net_notify(device: u32) {
     unsafe { hypercall(Hypercall::NetNotify, addr_of(&mut args)) };
 }
 
-/// The network hypercalls, for the NIC driver.
+/// The network hypercall, for the NIC driver.
 #[derive(Clone, Copy)]
 pub struct HvtCalls;
 
 impl NicCalls for HvtCalls {
-    fn net_read(&self, device: u32, frames: &mut [NetFrame]) -> u32 {
-        net_read(device, frames)
-    }
-    fn net_write(&self, device: u32, frames: &[NetFrame]) -> u32 {
-        net_write(device, frames)
-    }
     fn net_notify(&self, device: u32) {
         net_notify(device)
     }
@@ -131,9 +104,7 @@ struct Slot {
     kind: u32,
     net: NetInfo,
     taken: Cell<bool>,
-    /// Hypercall transport: `Poll` said this NIC has frames.
-    hint: Rc<Cell<bool>>,
-    /// Ring transport: the receive ring, checked without an exit.
+    /// A NIC's receive ring, checked without an exit.
     rx: Option<RingView>,
 }
 
@@ -165,7 +136,6 @@ impl Devices {
                     kind: d.kind,
                     net,
                     taken: Cell::new(false),
-                    hint: Rc::new(Cell::new(false)),
                     rx,
                 }
             })
@@ -189,7 +159,7 @@ impl Devices {
         }
         // SAFETY: the rings in `slot.net` are the ones the tender set up for
         // device `index`.
-        Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, slot.hint.clone(), HvtCalls) }))
+        Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, HvtCalls) }))
     }
 
     fn ready_now(&self) -> u64 {
@@ -231,13 +201,7 @@ impl crate::executor::Platform for Hvt {
                 core::hint::spin_loop();
             }
         }
-        let ready = poll(timeout, interest);
-        for (i, s) in self.devices.slots.iter().enumerate() {
-            if ready & (1 << i) != 0 && s.rx.is_none() {
-                s.hint.set(true);
-            }
-        }
-        ready
+        poll(timeout, interest)
     }
 
     fn has_devices(&self) -> bool {

@@ -8,8 +8,9 @@
 //! - `flood SECONDS`: serve TCP echo on port 7 while sending a stream of
 //!   garbage frames (random bytes, some shaped like TCP SYNs to random
 //!   addresses) for SECONDS, then exit;
-//! - `oversize-frame`: hand the tender a 2000-byte frame with `NetWrite`
-//!   (run with `--net-rings off`), which must end the guest;
+//! - `oversize-frame`: queue a 2000-byte frame on the NIC's transmit ring
+//!   behind the driver's back and ring the doorbell, which must end the
+//!   guest;
 //! - `hold-nic SECONDS` (alone, without network options): take the NIC,
 //!   never read it, and sleep; what arrives must not cost the host CPU;
 //! - `bulk`: serve bulk transfers for the benchmarks: TCP port 9 reads
@@ -107,13 +108,8 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
             info!("netprobe: flood over");
         }
         ["oversize-frame"] => {
-            let frame = [0u8; 2000];
-            // A NetFrame: address, length, capacity.
-            let desc: [u64; 2] = [frame.as_ptr() as u64, 2000];
-            // NetIoArgs: device 0, one frame, the list, done, reserved.
-            let args: [u64; 3] = [1 << 32, desc.as_ptr() as u64, 0];
-            // SAFETY: a deliberately bad hypercall; the tender ends the guest.
-            unsafe { core::arch::asm!("out dx, eax", in("dx") 0x505u16, in("eax") args.as_ptr() as u32) };
+            queue_oversized_frame();
+            sleep(Duration::from_secs(5)).await;
             error!("netprobe: the tender accepted an oversized frame");
         }
         ["bulk"] => {
@@ -142,6 +138,35 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         other => return Err(format!("unknown scenario {other:?}").into()),
     }
     Ok(())
+}
+
+/// Queues a frame of 2000 bytes (over the MTU) on NIC 0's transmit ring
+/// and rings the doorbell (`NetNotify`). The layouts are skiff-abi's: the
+/// boot info at 0x1000 holds the NIC's ring base and slot count (device 0's
+/// data at offset 144: ring at +8, slots at +16); the transmit ring follows
+/// the receive ring; a ring is a 4 KiB header (producer index at 0) and
+/// 2 KiB slots (length at 0).
+fn queue_oversized_frame() {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    const DEVICE0_DATA: usize = 0x1000 + 144;
+    // SAFETY: the boot info is mapped readable for ring 3 for the guest's
+    // life; these are two aligned words of device 0's data.
+    let (rx, slots) = unsafe {
+        (((DEVICE0_DATA + 8) as *const u64).read_volatile(), ((DEVICE0_DATA + 16) as *const u32).read_volatile())
+    };
+    let tx = (rx + 4096 + u64::from(slots) * 2048) as usize;
+    // SAFETY: the transmit ring is mapped writable for ring 3; the producer
+    // index is its header's first word, shared atomically with the tender.
+    let producer = unsafe { AtomicU32::from_ptr(tx as *mut u32) };
+    let p = producer.load(Ordering::Relaxed);
+    let slot = tx + 4096 + (p % slots) as usize * 2048;
+    // SAFETY: the slot's length word is inside the mapped ring; the slot
+    // is the driver's to fill until the producer index moves past it.
+    unsafe { (slot as *mut u32).write_volatile(2000) };
+    producer.store(p.wrapping_add(1), Ordering::Release);
+    let args: [u32; 2] = [0, 0]; // NetNotifyArgs: device 0, reserved.
+    // SAFETY: NetNotify (port 0x505) reads its argument and returns.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") 0x505u16, in("eax") args.as_ptr() as u32) };
 }
 
 async fn serve_sink(mut s: TcpStream) -> Result<(), skiff::net::TcpError> {
