@@ -145,6 +145,15 @@ pub enum Error {
         /// The writable bytes of the chain.
         capacity: u32,
     },
+    /// A legacy queue's memory lies above what a 32-bit page frame number
+    /// reaches (16 TiB).
+    #[error("virtqueue {queue}: legacy virtio-mmio cannot reach queue memory at {addr:#x}")]
+    QueueAddressTooHigh {
+        /// The queue index.
+        queue: u16,
+        /// The descriptor table's address.
+        addr: u64,
+    },
     /// No free descriptors for the chain.
     #[error("virtqueue {queue} is full")]
     QueueFull {

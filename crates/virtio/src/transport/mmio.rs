@@ -113,8 +113,11 @@ impl<R: Mmio> Transport for MmioTransport<R> {
         self.regs.write32(QUEUE_SEL, u32::from(queue));
         self.regs.write32(QUEUE_NUM, u32::from(size));
         if self.version == 1 {
+            // A legacy queue is named by a 32-bit page frame number.
+            let pfn = u32::try_from(addrs.desc / u64::from(LEGACY_PAGE_SIZE))
+                .map_err(|_| Error::QueueAddressTooHigh { queue, addr: addrs.desc })?;
             self.regs.write32(QUEUE_ALIGN, LEGACY_PAGE_SIZE);
-            self.regs.write32(QUEUE_PFN, (addrs.desc / u64::from(LEGACY_PAGE_SIZE)) as u32);
+            self.regs.write32(QUEUE_PFN, pfn);
         } else {
             for (reg, addr) in [(QUEUE_DESC, addrs.desc), (QUEUE_DRIVER, addrs.avail), (QUEUE_DEVICE, addrs.used)] {
                 self.regs.write32(reg, addr as u32);
