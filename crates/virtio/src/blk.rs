@@ -135,15 +135,18 @@ impl<T: Transport> VirtioBlk<T> {
             if len == 0 { self.queue.add(&[header, status])? } else { self.queue.add(&[header, data, status])? };
         self.queue.kick(&mut self.transport);
         let used = self.queue.wait(head, self.spins, DeviceType::Block)?;
+        match self.buf.bytes(STATUS_AT, 1)[0] {
+            0 => {}
+            1 => return Err(Error::IoError),
+            2 => return Err(Error::Unsupported),
+            other => return Err(Error::BadStatus(other)),
+        }
+        // A read must have filled the whole buffer, or stale bytes would
+        // pass for data.
         let expected = if kind == T_IN { len as u32 + 1 } else { 1 };
         if used.len < expected {
             return Err(Error::ShortCompletion { device: DeviceType::Block, len: used.len, expected });
         }
-        match self.buf.bytes(STATUS_AT, 1)[0] {
-            0 => Ok(()),
-            1 => Err(Error::IoError),
-            2 => Err(Error::Unsupported),
-            other => Err(Error::BadStatus(other)),
-        }
+        Ok(())
     }
 }

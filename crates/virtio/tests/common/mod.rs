@@ -124,6 +124,8 @@ pub struct Sim {
     pub rng_max: u32,
     /// Answer block requests with this status instead.
     pub blk_status: Option<u8>,
+    /// Report this used length for block requests instead.
+    pub blk_claim_len: Option<u32>,
     pub isr: u32,
 }
 
@@ -152,6 +154,7 @@ impl Sim {
             rng_next: 0,
             rng_max: u32::MAX,
             blk_status: None,
+            blk_claim_len: None,
             isr: 0,
         }))
     }
@@ -184,6 +187,10 @@ impl Sim {
         }
         let head = read16(avail + 4 + 2 * u64::from(last % n));
         self.queues[q].last_avail = last.wrapping_add(1);
+        if self.driver_features & skiff_virtio::features::RING_EVENT_IDX != 0 && idx == last.wrapping_add(1) {
+            // Like QEMU: out of buffers, ask to hear of the next one.
+            self.set_avail_event(q, idx);
+        }
         let mut chain = Vec::new();
         let mut i = head;
         for _ in 0..n {
@@ -311,7 +318,7 @@ impl Sim {
             _ => 2,
         };
         write8(status_addr, status);
-        written
+        self.blk_claim_len.unwrap_or(written)
     }
 }
 
