@@ -140,7 +140,8 @@ pub fn probe<C: PciConfig + ?Sized>(cfg: &mut C) -> Result<PciLayout, Error> {
         isr: place(isr.ok_or(Error::MissingCapability("ISR status"))?)?,
         device_config: device_config.map(&mut place).transpose()?,
     };
-    // Memory space and bus master on; keep the status half untouched.
+    // Memory space and bus master on; zeros to the status half, whose
+    // bits clear when written with a 1.
     cfg.write32(0x04, (command_status & 0xffff) | 0b110);
     Ok(layout)
 }

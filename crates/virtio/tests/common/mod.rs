@@ -131,6 +131,9 @@ pub struct Sim {
 
 pub type Shared = Rc<RefCell<Sim>>;
 
+/// A descriptor as the device sees it: address, length, writable.
+pub type Desc = (u64, u32, bool);
+
 impl Sim {
     pub fn new(version: u32, device_id: u32, kind: Kind, features: u64, queues: &[u32]) -> Shared {
         Rc::new(RefCell::new(Sim {
@@ -178,7 +181,7 @@ impl Sim {
     }
 
     /// Takes the next available chain: its head and (addr, len, writable).
-    pub fn pop_avail(&mut self, q: usize) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    pub fn pop_avail(&mut self, q: usize) -> Option<(u16, Vec<Desc>)> {
         let (desc, avail, _, n) = self.addrs(q);
         let idx = read16(avail + 2);
         let last = self.queues[q].last_avail;
