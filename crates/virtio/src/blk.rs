@@ -6,7 +6,7 @@
 
 use crate::dma::DmaBuf;
 use crate::queue::{Buf, SplitQueue};
-use crate::transport::{Transport, finish_init, negotiate, read_config64};
+use crate::transport::{Transport, finish_init, negotiate, read_config64, reset};
 use crate::{DEFAULT_SPIN_LIMIT, DeviceType, Error, features};
 
 /// The device refuses writes.
@@ -148,5 +148,13 @@ impl<T: Transport> VirtioBlk<T> {
             return Err(Error::ShortCompletion { device: DeviceType::Block, len: used.len, expected });
         }
         Ok(())
+    }
+}
+
+impl<T: Transport> Drop for VirtioBlk<T> {
+    /// Resets the device, so it stops using the queues and buffers before
+    /// their memory is freed.
+    fn drop(&mut self) {
+        let _ = reset(&mut self.transport);
     }
 }

@@ -14,7 +14,7 @@
 
 use crate::dma::DmaBuf;
 use crate::queue::{Buf, SplitQueue};
-use crate::transport::{Transport, finish_init, negotiate};
+use crate::transport::{Transport, finish_init, negotiate, reset};
 use crate::{DeviceType, Error, features};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -210,5 +210,13 @@ impl<T: Transport> VirtioNet<T> {
     /// Asks for (or stops) interrupts when frames arrive.
     pub fn set_rx_interrupts(&mut self, enabled: bool) {
         self.rx.set_interrupts(enabled);
+    }
+}
+
+impl<T: Transport> Drop for VirtioNet<T> {
+    /// Resets the device, so it stops using the queues and buffers before
+    /// their memory is freed.
+    fn drop(&mut self) {
+        let _ = reset(&mut self.transport);
     }
 }

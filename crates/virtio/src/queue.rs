@@ -97,6 +97,8 @@ pub struct SplitQueue {
     notified_idx: u16,
     last_used: u16,
     event_idx: bool,
+    /// The driver wants interrupts for returned chains.
+    interrupts: bool,
     broken: Option<Error>,
 }
 
@@ -136,6 +138,7 @@ impl SplitQueue {
             notified_idx: 0,
             last_used: 0,
             event_idx,
+            interrupts: true,
             broken: None,
         })
     }
@@ -243,6 +246,7 @@ impl SplitQueue {
     /// Asks the device not to interrupt (or to interrupt again) when it
     /// returns chains.
     pub fn set_interrupts(&mut self, enabled: bool) {
+        self.interrupts = enabled;
         if self.event_idx {
             // Interrupt at the next used entry, or (disabled) only after a
             // full wrap of the index.
@@ -299,7 +303,7 @@ impl SplitQueue {
         self.free_head = head;
         self.num_free += chain.count;
         self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx {
+        if self.event_idx && self.interrupts {
             self.mem.write_u16(self.layout.avail + 4 + 2 * usize::from(self.size), self.last_used);
         }
         Ok(Some(Used { head, len }))

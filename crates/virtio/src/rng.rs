@@ -2,7 +2,7 @@
 
 use crate::dma::DmaBuf;
 use crate::queue::{Buf, SplitQueue};
-use crate::transport::{Transport, finish_init, negotiate};
+use crate::transport::{Transport, finish_init, negotiate, reset};
 use crate::{DEFAULT_SPIN_LIMIT, DeviceType, Error};
 
 /// Bytes asked for per request.
@@ -56,5 +56,13 @@ impl<T: Transport> VirtioRng<T> {
             done += got;
         }
         Ok(())
+    }
+}
+
+impl<T: Transport> Drop for VirtioRng<T> {
+    /// Resets the device, so it stops using the queues and buffers before
+    /// their memory is freed.
+    fn drop(&mut self) {
+        let _ = reset(&mut self.transport);
     }
 }

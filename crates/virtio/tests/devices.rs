@@ -261,3 +261,18 @@ fn blk_read_the_device_did_not_fill_is_an_error() {
     assert_eq!(e, Error::ShortCompletion { device: DeviceType::Block, len: 1, expected: 513 });
     assert!(e.to_string().contains("1 bytes written, expected 513"), "{e}");
 }
+
+#[test]
+fn dropping_a_driver_resets_its_device() {
+    let sim = net_sim(2, 0);
+    let net = VirtioNet::new(mmio(&sim)).unwrap();
+    assert_eq!(sim.borrow().status & 4, 4);
+    drop(net);
+    assert_eq!(sim.borrow().status, 0, "the device still owns freed buffers");
+    let sim = blk_sim(0, 8);
+    drop(VirtioBlk::new(mmio(&sim)).unwrap());
+    assert_eq!(sim.borrow().status, 0);
+    let sim = Sim::new(2, 4, Kind::Rng, V1, &[4]);
+    drop(VirtioRng::new(mmio(&sim)).unwrap());
+    assert_eq!(sim.borrow().status, 0);
+}

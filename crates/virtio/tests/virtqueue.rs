@@ -233,3 +233,20 @@ fn legacy_queue_memory_beyond_a_32_bit_page_number_is_refused() {
     assert_eq!(sim.borrow().queues[0].pfn, 0, "a truncated page number reached the device");
     common::LOW.set(true);
 }
+
+#[test]
+fn event_index_interrupts_off_stay_off_while_taking_entries() {
+    let sim = manual(2, &[8]);
+    let mut t = mmio(&sim);
+    let mut q = SplitQueue::new(&mut t, 0, 8, true).unwrap();
+    q.set_interrupts(false);
+    let off = sim.borrow().used_event(0);
+    assert_eq!(off, 0xffff, "interrupt only after a whole wrap of the used index");
+    let head = q.add(&[buf(1, 1, true)]).unwrap();
+    sim.borrow_mut().pop_avail(0).unwrap();
+    sim.borrow_mut().push_used(0, u32::from(head), 1);
+    q.pop_used().unwrap().unwrap();
+    assert_eq!(sim.borrow().used_event(0), off, "taking an entry turned interrupts back on");
+    q.set_interrupts(true);
+    assert_eq!(sim.borrow().used_event(0), 1);
+}
