@@ -54,6 +54,13 @@ mod panic;
 #[cfg(skiff_guest)]
 #[allow(unsafe_code)]
 pub mod start;
+#[cfg(skiff_guest)]
+#[allow(unsafe_code)]
+pub mod virtio;
+#[cfg(skiff_guest)]
+mod platform;
+#[cfg(skiff_guest)]
+pub use platform::exit;
 
 pub mod abort;
 #[allow(unsafe_code)]
@@ -61,6 +68,7 @@ pub mod console;
 pub mod device;
 pub mod entropy;
 pub mod env;
+pub mod fault;
 #[allow(unsafe_code)]
 pub mod executor;
 #[allow(unsafe_code)]

@@ -1,0 +1,367 @@
+//! The virtio platform: the runtime under a standard hypervisor (QEMU
+//! microvm, Firecracker, Cloud Hypervisor), entered through the PVH entry
+//! ([`crate::arch::pvh`]) instead of the tender's.
+//!
+//! The ring-0 trampoline has built the page tables, loaded the GDT, the
+//! PVH TSS and the IDT, and dropped to ring 3 in [`skiff_rt_pvh_main`] with
+//! the PVH start info's address and the memory size. Everything here runs
+//! in ring 3:
+//!
+//! - console: the 16550 UART on COM1, behind a [`SerialBuffer`] that goes
+//!   out when full, when the guest idles, exits, panics or faults;
+//! - exit: the status written to QEMU's `isa-debug-exit` port (0xf4); QEMU
+//!   then exits with `(status << 1) | 1`. Without that device the guest
+//!   says so and halts;
+//! - clock: the TSC, its frequency from CPUID (the hypervisor leaf
+//!   0x40000010, else leaf 0x15) or measured against the PIT's channel 2;
+//!   no wall clock yet (it reads as the UNIX epoch);
+//! - idle: waits for the next timer deadline on the TSC (see
+//!   [`Virtio::poll`]);
+//! - devices: none yet. An image that declares one (a NIC) is refused at
+//!   boot with a message, status 104.
+
+use crate::arch::cpu::{inb, outb, rdtsc};
+use crate::arch::pvh::DEBUG_EXIT_PORT;
+use crate::console::{Console, SerialBuffer};
+use crate::env::{Env, split_command_line};
+use crate::executor::Executor;
+use crate::fault::{MemoryMap, Region};
+use crate::logger::LOGGER;
+use crate::time::{Calibration, TscScale};
+use alloc::format;
+use core::fmt::Write;
+use core::time::Duration;
+use skiff_abi::{ARGS_MAX, AbortReason, DeviceKind, FaultFrame, exit as status, manifest};
+
+/// COM1's base port.
+const COM1: u16 = 0x3f8;
+/// Line status register: transmit holding register (and FIFO) empty.
+const LSR_THRE: u8 = 0x20;
+/// The 16550's transmit FIFO.
+const FIFO_SIZE: usize = 16;
+
+unsafe extern "C" {
+    static skiff_sup_text_end: u8;
+    static skiff_sup_data_end: u8;
+    static skiff_text_start: u8;
+    static skiff_text_end: u8;
+    static skiff_rodata_start: u8;
+    static skiff_rodata_end: u8;
+    static skiff_data_start: u8;
+    static skiff_data_end: u8;
+    static skiff_stack_bottom: u8;
+    static skiff_stack_top: u8;
+    static skiff_pvh_tables: u8;
+    static skiff_pvh_tables_end: u8;
+    static skiff_pvh_small_pages_end: u8;
+    static skiff_manifest_note: u8;
+    static skiff_manifest_note_end: u8;
+}
+
+fn addr(symbol: &u8) -> u64 {
+    symbol as *const u8 as u64
+}
+
+fn serial_init() {
+    outb(COM1 + 1, 0x00); // no interrupts
+    outb(COM1 + 3, 0x03); // 8 bits, no parity, one stop bit
+    outb(COM1 + 2, 0x07); // FIFOs on and cleared
+}
+
+/// Sends `bytes` on COM1: up to a FIFO's worth each time the transmitter
+/// is empty, so nothing is dropped when the host reads slowly. A port
+/// that never reports empty (no UART) is given up on after a while rather
+/// than hanging the guest.
+fn serial_send(bytes: &[u8]) {
+    for chunk in bytes.chunks(FIFO_SIZE) {
+        let mut tries = 0u32;
+        while inb(COM1 + 5) & LSR_THRE == 0 && tries < 1_000_000 {
+            tries += 1;
+            core::hint::spin_loop();
+        }
+        for &b in chunk {
+            outb(COM1, b);
+        }
+    }
+}
+
+/// Halts the vCPU for good (the supervisor's halt gate).
+fn halt() -> ! {
+    // SAFETY: vector 32 is the supervisor's halt gate, open to ring 3 in
+    // the PVH entry's IDT; it never returns.
+    unsafe { core::arch::asm!("int 32", options(noreturn, nomem, nostack)) }
+}
+
+/// Ends the guest with `code` through `isa-debug-exit`, after the console.
+fn end(code: u8) -> ! {
+    LOGGER.flush_console();
+    outb(DEBUG_EXIT_PORT, code);
+    let mut line = LineBuf::new();
+    let _ = writeln!(
+        line,
+        "skiff: exit status {code}, but this VM has no isa-debug-exit device at port {DEBUG_EXIT_PORT:#x} \
+         to report it (QEMU: -device isa-debug-exit,iobase=0xf4,iosize=4); halting"
+    );
+    serial_send(line.as_bytes());
+    halt()
+}
+
+/// Ends the guest with the service's `status` (`0..=99`).
+pub fn exit(status: u8) -> ! {
+    end(status)
+}
+
+/// Ends the guest for `reason`: the same line the tender prints, on the
+/// serial port, and the reason's status.
+pub fn abort(reason: AbortReason, message: &str) -> ! {
+    LOGGER.flush_console();
+    serial_send(b"skiff: guest aborted (");
+    serial_send(reason.describe().as_bytes());
+    serial_send(b"): ");
+    serial_send(message.as_bytes());
+    serial_send(b"\n");
+    end(reason.status())
+}
+
+/// A fixed buffer for lines written where the heap may be unusable.
+struct LineBuf {
+    bytes: [u8; 2048],
+    len: usize,
+}
+
+impl LineBuf {
+    const fn new() -> LineBuf {
+        LineBuf { bytes: [0; 2048], len: 0 }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// The memory map the trampoline built, from the linker's symbols.
+fn regions() -> [Region; 7] {
+    let page_up = |a: u64| a.next_multiple_of(4096);
+    // SAFETY (for the `&` of each extern static): these are linker symbols
+    // whose addresses are used, never their contents.
+    let r = |start: u64, end: u64, write, exec, user, what| Region { start, end: page_up(end), write, exec, user, what };
+    unsafe {
+        [
+            r(0x10_0000, addr(&skiff_sup_text_end), false, true, false, "code of the supervisor"),
+            r(0x10_2000, addr(&skiff_sup_data_end), true, false, false, "data of the supervisor"),
+            r(addr(&skiff_text_start), addr(&skiff_text_end), false, true, true, "code of the image"),
+            r(addr(&skiff_rodata_start), addr(&skiff_rodata_end), false, false, true, "read-only data of the image"),
+            r(addr(&skiff_data_start), addr(&skiff_data_end), true, false, true, "data of the image"),
+            r(addr(&skiff_stack_bottom), addr(&skiff_stack_top), true, false, true, "ring-3 stack"),
+            r(addr(&skiff_pvh_tables), addr(&skiff_pvh_tables_end), true, false, false, "page tables"),
+        ]
+    }
+}
+
+/// Where the supervisor sends a CPU exception under the PVH entry (on a
+/// stack of its own): the report on the serial port, status 102.
+#[unsafe(no_mangle)]
+extern "C" fn skiff_rt_pvh_fault(frame: *const FaultFrame) -> ! {
+    // SAFETY: `skiff_pvh_fault_entry` pushed a whole FaultFrame and passes
+    // its address.
+    let frame = unsafe { frame.read() };
+    LOGGER.flush_console();
+    let regions = regions();
+    // SAFETY: a linker symbol's address.
+    let guard = unsafe { addr(&skiff_stack_bottom) } - 4096;
+    let map = MemoryMap { regions: &regions, guard, mem_size: MEM_SIZE.load(core::sync::atomic::Ordering::Relaxed) };
+    let mut line = LineBuf::new();
+    let _ = line.write_str("skiff: ");
+    let _ = crate::fault::describe(&mut line, &frame, &map);
+    let _ = line.write_str("\n");
+    serial_send(line.as_bytes());
+    end(status::CPU_EXCEPTION)
+}
+
+/// The memory size, for fault reports (written once at boot).
+static MEM_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The TSC frequency and where it came from.
+fn tsc_hz() -> Option<(u64, &'static str)> {
+    use core::arch::x86_64::__cpuid;
+    let hypervisor = __cpuid(1).ecx & (1 << 31) != 0;
+    if hypervisor && __cpuid(0x4000_0000).eax >= 0x4000_0010 {
+        let khz = u64::from(__cpuid(0x4000_0010).eax);
+        if khz != 0 {
+            return Some((khz * 1000, "CPUID leaf 0x40000010"));
+        }
+    }
+    if __cpuid(0).eax >= 0x15 {
+        let leaf = __cpuid(0x15);
+        if leaf.eax != 0 && leaf.ebx != 0 && leaf.ecx != 0 {
+            return Some((u64::from(leaf.ecx) * u64::from(leaf.ebx) / u64::from(leaf.eax), "CPUID leaf 0x15"));
+        }
+    }
+    pit_calibrate().map(|hz| (hz, "the PIT"))
+}
+
+/// Measures the TSC against 10 ms of the PIT's channel 2 (1.193182 MHz).
+fn pit_calibrate() -> Option<u64> {
+    const PIT_HZ: u64 = 1_193_182;
+    const COUNT: u16 = (PIT_HZ / 100) as u16;
+    let gate = inb(0x61);
+    outb(0x61, (gate & !0x02) | 0x01); // gate on, speaker off
+    outb(0x43, 0xb0); // channel 2, low then high byte, mode 0
+    outb(0x42, COUNT as u8);
+    outb(0x42, (COUNT >> 8) as u8);
+    let start = rdtsc();
+    // Give up after about 10 s even at 100 GHz: no PIT.
+    while inb(0x61) & 0x20 == 0 {
+        if rdtsc() - start > 1 << 40 {
+            return None;
+        }
+    }
+    let ticks = rdtsc() - start;
+    Some(ticks * PIT_HZ / u64::from(COUNT))
+}
+
+/// `hvm_start_info`, the part the runtime reads.
+#[repr(C)]
+struct StartInfo {
+    magic: u32,
+    version: u32,
+    flags: u32,
+    nr_modules: u32,
+    modlist_paddr: u64,
+    cmdline_paddr: u64,
+    rsdp_paddr: u64,
+    memmap_paddr: u64,
+    memmap_entries: u32,
+    reserved: u32,
+}
+
+/// Low memory, where the trampoline maps the start info and command line.
+const LOW_END: u64 = 0x10_0000;
+
+/// The command line the start info points at (mapped read-only by the
+/// trampoline: three pages from its first), up to its NUL.
+fn command_line(info: &StartInfo) -> &'static [u8] {
+    let at = info.cmdline_paddr;
+    if at == 0 || at >= LOW_END || at < 4096 {
+        return &[];
+    }
+    let mapped_end = (at & !0xfff) + 3 * 4096;
+    let len = (mapped_end.min(LOW_END) - at).min(ARGS_MAX as u64) as usize;
+    // SAFETY: [at, at + len) lies in the pages the trampoline mapped
+    // read-only for ring 3, which nothing writes while the guest runs.
+    let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(len);
+    &bytes[..end]
+}
+
+/// The NIC the image's manifest declares, if any.
+fn declared_device() -> Option<(&'static str, &'static str)> {
+    // SAFETY: linker symbols around the manifest note.
+    let (start, end) = unsafe { (addr(&skiff_manifest_note), addr(&skiff_manifest_note_end)) };
+    if end - start < core::mem::size_of::<manifest::ManifestNote>() as u64 {
+        return None;
+    }
+    // SAFETY: the note section holds one ManifestNote (4-byte aligned, in
+    // the read-only data), emitted by `#[skiff::main]`.
+    let note = unsafe { &*(start as *const manifest::ManifestNote) };
+    let d = note.desc.devices.first().filter(|_| note.desc.device_count > 0)?;
+    let kind = DeviceKind::from_raw(d.kind).map_or("device", DeviceKind::name);
+    Some((kind, manifest::device_name(&d.name).unwrap_or("?")))
+}
+
+fn fail(message: &str) -> ! {
+    abort(AbortReason::Other, message)
+}
+
+/// The first Rust code under the PVH entry, in ring 3.
+#[unsafe(no_mangle)]
+extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64) -> ! {
+    let tsc_entry = rdtsc();
+    crate::platform::enter_virtio();
+    MEM_SIZE.store(mem_size, core::sync::atomic::Ordering::Relaxed);
+    serial_init();
+    LOGGER.install(Console::Serial(SerialBuffer::new(serial_send)));
+    // `set_logger` fails only if a logger is already set: this runs once.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+
+    if start_info < 4096 || start_info >= LOW_END {
+        fail("the PVH start info is not in low memory, where this runtime reads it");
+    }
+    // SAFETY: the trampoline checked the magic and mapped the start info's
+    // pages read-only for ring 3.
+    let info = unsafe { &*(start_info as *const StartInfo) };
+
+    let Some((tsc_hz, source)) = tsc_hz() else {
+        fail("the TSC frequency is unknown: no CPUID leaf gives it and there is no PIT to measure it against");
+    };
+    let Some(scale) = TscScale::new(tsc_hz) else {
+        fail("the TSC frequency is out of range");
+    };
+    crate::time::install(&Calibration { tsc_at_boot: tsc_entry, scale, wall_nanos: 0, tsc_at_wall: tsc_entry });
+
+    // The heap the trampoline mapped for ring 3: 4 KiB pages from the end
+    // of the image to the next 2 MiB boundary (or the end of memory), then
+    // 2 MiB pages up to the last whole one.
+    // SAFETY: linker symbols' addresses.
+    let (heap_start, small_end) = unsafe { (addr(&skiff_pvh_tables_end), addr(&skiff_pvh_small_pages_end)) };
+    let large_end = mem_size & !0x1f_ffff;
+    let heap_end = if large_end > small_end { large_end } else { small_end.min(mem_size) };
+    // SAFETY: [heap_start, heap_end) is mapped writable for ring 3 and
+    // nothing else uses it.
+    if !unsafe { crate::heap::init(heap_start as usize, heap_end as usize) } {
+        abort(AbortReason::OutOfMemory, "the heap is too small to start; give the VM more memory (-m)");
+    }
+
+    if let Some((kind, name)) = declared_device() {
+        fail(&format!(
+            "this image declares the {kind} device \"{name}\"; virtio-{kind} is not yet supported under a \
+             standard hypervisor: run it under skiff-tender"
+        ));
+    }
+    let args = match split_command_line(command_line(info)) {
+        Ok(args) => args,
+        Err(e) => fail(&format!("bad command line from the hypervisor: {e}")),
+    };
+    log::debug!("PVH entry: {} MiB of memory, TSC at {} kHz from {source}", mem_size >> 20, tsc_hz / 1000);
+
+    let executor = Executor::new();
+    let env = Env::new(args, executor.spawner());
+    match crate::start::run_main(executor, env, &mut Virtio) {
+        Ok(status) => exit(status.code()),
+        Err(e) => abort(AbortReason::Deadlock, &format!("{e}")),
+    }
+}
+
+/// The executor's view of this platform.
+struct Virtio;
+
+impl crate::executor::Platform for Virtio {
+    /// Idles until `timeout` passes: the console goes out first, then the
+    /// guest waits on the TSC. There are no devices yet, so nothing else
+    /// can end the wait.
+    fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
+        LOGGER.flush_console();
+        let Some(timeout) = timeout else {
+            return 0;
+        };
+        let deadline = crate::time::Instant::now() + timeout;
+        while crate::time::Instant::now() < deadline {
+            core::hint::spin_loop();
+        }
+        0
+    }
+
+    fn has_devices(&self) -> bool {
+        false
+    }
+}
