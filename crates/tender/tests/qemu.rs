@@ -65,7 +65,6 @@ struct Qemu {
     /// QEMU's exit status.
     code: i32,
     output: String,
-    elapsed: Duration,
 }
 
 impl Qemu {
@@ -106,9 +105,8 @@ fn qemu(image: &Path, args: &str) -> Qemu {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let elapsed = start.elapsed();
     let output = out.join().expect("stdout") + &err.join().expect("stderr");
-    Qemu { code: status.code().unwrap_or(-1), output, elapsed }
+    Qemu { code: status.code().unwrap_or(-1), output }
 }
 
 #[track_caller]

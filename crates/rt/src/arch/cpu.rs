@@ -85,7 +85,7 @@ fn rdseed_step() -> Option<u64> {
 }
 
 /// Writes `value` to I/O port `port`. Only the ports the PVH TSS opens
-/// (COM1, `isa-debug-exit`, the PIT's channel 2) are reachable from
+/// (COM1, `isa-debug-exit`, the PIT's channel 0) are reachable from
 /// ring 3; any other raises #GP, reported as a CPU exception.
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {

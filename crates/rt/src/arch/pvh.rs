@@ -18,7 +18,7 @@
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
 //! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens COM1,
-//!   `isa-debug-exit` and the PIT's channel 2 to ring 3, and no hypercall
+//!   `isa-debug-exit` and the PIT's channel 0 to ring 3, and no hypercall
 //!   port) and IDT, marks the platform for the trap stubs, and `iretq`s to
 //!   `skiff_rt_pvh_main` in ring 3 with the start info's address and the
 //!   memory size.
