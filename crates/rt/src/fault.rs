@@ -118,16 +118,38 @@ mod tests {
 
     const MAP: MemoryMap<'static> = MemoryMap {
         regions: &[
-            Region { start: 0x10_0000, end: 0x10_1000, write: false, exec: true, user: false, what: "code of the supervisor" },
-            Region { start: 0x10_3000, end: 0x10_5000, write: false, exec: true, user: true, what: "code of the image" },
-            Region { start: 0x10_5000, end: 0x10_6000, write: false, exec: false, user: true, what: "read-only data of the image" },
+            Region {
+                start: 0x10_0000,
+                end: 0x10_1000,
+                write: false,
+                exec: true,
+                user: false,
+                what: "code of the supervisor",
+            },
+            Region {
+                start: 0x10_3000,
+                end: 0x10_5000,
+                write: false,
+                exec: true,
+                user: true,
+                what: "code of the image",
+            },
+            Region {
+                start: 0x10_5000,
+                end: 0x10_6000,
+                write: false,
+                exec: false,
+                user: true,
+                what: "read-only data of the image",
+            },
         ],
         guard: 0x10_7000,
         mem_size: 64 << 20,
     };
 
     fn report(vector: u64, error_code: u64, cr2: u64) -> String {
-        let frame = FaultFrame { cr2, vector, error_code, rip: 0x10_3004, cs: 0x23, rflags: 0x202, rsp: 0x10_7f00, ss: 0x1b };
+        let frame =
+            FaultFrame { cr2, vector, error_code, rip: 0x10_3004, cs: 0x23, rflags: 0x202, rsp: 0x10_7f00, ss: 0x1b };
         let mut s = String::new();
         describe(&mut s, &frame, &MAP).unwrap();
         s

@@ -52,13 +52,13 @@ mod mem;
 #[allow(unsafe_code)]
 mod panic;
 #[cfg(skiff_guest)]
+mod platform;
+#[cfg(skiff_guest)]
 #[allow(unsafe_code)]
 pub mod start;
 #[cfg(skiff_guest)]
 #[allow(unsafe_code)]
 pub mod virtio;
-#[cfg(skiff_guest)]
-mod platform;
 #[cfg(skiff_guest)]
 pub use platform::exit;
 
@@ -68,9 +68,9 @@ pub mod console;
 pub mod device;
 pub mod entropy;
 pub mod env;
-pub mod fault;
 #[allow(unsafe_code)]
 pub mod executor;
+pub mod fault;
 #[allow(unsafe_code)]
 pub mod logger;
 pub mod main_result;

@@ -149,7 +149,7 @@ mod tests {
         let area = new_area();
         let logger = Logger::new();
         // SAFETY: the area is leaked and used only by this thread.
-        logger.install(unsafe { ConsoleRing::new(area, drain) });
+        logger.install(Console::Ring(unsafe { crate::console::ConsoleRing::new(area, drain) }));
         log::set_max_level(log::LevelFilter::Info);
         logger.log(&log::Record::builder().level(log::Level::Warn).target("t").args(format_args!("careful")).build());
         logger.write_raw(b"raw\n");

@@ -23,5 +23,9 @@ pub fn exit(status: u8) -> ! {
 
 /// Ends the guest for `reason`, with `message`.
 pub(crate) fn abort(reason: AbortReason, message: &str) -> ! {
-    if VIRTIO.load(Ordering::Relaxed) { crate::virtio::abort(reason, message) } else { crate::hvt::abort(reason, message) }
+    if VIRTIO.load(Ordering::Relaxed) {
+        crate::virtio::abort(reason, message)
+    } else {
+        crate::hvt::abort(reason, message)
+    }
 }

@@ -141,9 +141,11 @@ fn hello_whole_process_time_under_qemu_against_the_tender() {
     let mut tender_best = Duration::MAX;
     let mut qemu_best = Duration::MAX;
     for _ in 0..runs {
-        let t = common::run_measured(
-            Command::new(env!("CARGO_BIN_EXE_skiff-tender")).arg(hello).args(["--", "--sleep-ms", "0"]),
-        );
+        let t = common::run_measured(Command::new(env!("CARGO_BIN_EXE_skiff-tender")).arg(hello).args([
+            "--",
+            "--sleep-ms",
+            "0",
+        ]));
         assert_eq!(t.status, 0, "{}", t.output);
         tender_best = tender_best.min(t.elapsed);
         let q = common::run_measured(&mut qemu_command(hello, "--sleep-ms 0"));

@@ -99,8 +99,6 @@ pub fn outb(port: u16, value: u8) {
 pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as for `outb`: no guest memory is touched.
-    unsafe {
-        core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
     value
 }

@@ -13,19 +13,21 @@
 //!   (`.skiff.sup.tables`) with the same W^X map the tender builds: 4 KiB
 //!   pages from a table of the image's segments (supervisor segments
 //!   without the user bit, page 0 and the stack's guard page unmapped), the
-//!   heap in 2 MiB pages past the next 2 MiB boundary, and the pages of the
-//!   start info, command line and memory map read-only for ring 3;
+//!   heap in 2 MiB pages from the first 2 MiB boundary past the image (the
+//!   memory between is left out, unless memory ends there), and the pages
+//!   of the start info, command line and memory map read-only for ring 3;
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
 //! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens COM1,
 //!   `isa-debug-exit` and the PIT's channel 0 to ring 3, and no hypercall
 //!   port) and IDT, marks the platform for the trap stubs, and `iretq`s to
-//!   `skiff_rt_pvh_main` in ring 3 with the start info's address and the
-//!   memory size.
+//!   `skiff_rt_pvh_main` in ring 3 with the start info's address, the
+//!   memory size and the TSC at the first instruction (for the boot time).
 //!
-//! Ring 0 is emulated one instruction at a time on PVM, so the loops are
-//! short: about five instructions per 4 KiB page of the image and of the
-//! heap below the first 2 MiB boundary, and three per 2 MiB page.
+//! Ring 0 is emulated one instruction at a time on PVM (a few microseconds
+//! each on the development machines), so the loops are short: five
+//! instructions per 4 KiB page of the image (its 1 MiB stack is most of
+//! them) and five per 2 MiB page of the heap.
 //!
 //! A start info without the PVH magic, without a memory map, or with too
 //! little memory for the image gets one line on COM1 and exit status 104
@@ -70,6 +72,9 @@ core::arch::global_asm!(
 skiff_pvh_start:
     cli
     mov ebp, ebx
+    rdtsc
+    mov dword ptr [skiff_pvh_tsc], eax
+    mov dword ptr [skiff_pvh_tsc + 4], edx
     mov esp, offset skiff_sup_stack_top
     /* CR4: PAE, OSFXSR, OSXMMEXCPT, and SMEP and SMAP when CPUID has them. */
     xor eax, eax
@@ -93,6 +98,27 @@ skiff_pvh_start:
     or eax, esi
     mov cr4, eax
 
+    /* kvmclock: on KVM with the new clock MSRs, have the hypervisor keep
+       the TSC's scale and the wall clock in ring-3 memory (the runtime's
+       clock reads them there; four instructions instead of measuring the
+       TSC against the PIT). */
+    mov eax, 0x40000000
+    cpuid
+    cmp ebx, 0x4b4d564b
+    jne 13f
+    mov eax, 0x40000001
+    cpuid
+    test eax, 0x8
+    jz 13f
+    mov ecx, 0x4b564d01
+    mov eax, offset skiff_kvmclock
+    or eax, 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x4b564d00
+    mov eax, offset skiff_kvm_wall_clock
+    wrmsr
+13:
     /* The start info: magic, version 1 or later (it has a memory map). */
     mov esi, offset skiff_pvh_msg_magic
     cmp dword ptr [ebp], {magic}
@@ -150,23 +176,15 @@ skiff_pvh_start:
     cmp ebx, offset skiff_pvh_regions_end
     jb 7b
 
-    /* The heap: 4 KiB pages up to the next 2 MiB boundary... */
-    mov eax, offset skiff_pvh_tables_end
-    mov ecx, offset skiff_pvh_small_pages_end
-    mov edi, dword ptr [skiff_pvh_mem_end]
-    cmp ecx, edi
-    jbe 8f
-    mov ecx, edi
-8:
-    mov esi, {user_rw}
-    mov edx, {nx_high}
-    call skiff_pvh_map
-    /* ...and 2 MiB pages from there to the end of memory. */
+    /* The heap: 2 MiB pages from the first 2 MiB boundary past the page
+       tables to the end of memory; only when memory ends before that, 4 KiB
+       pages from the tables up to its end (mapping the rest of the last
+       2 MiB in small pages would cost ring 0 a few milliseconds). */
     mov eax, offset skiff_pvh_small_pages_end
     mov ecx, dword ptr [skiff_pvh_mem_end]
     and ecx, 0xffe00000
     sub ecx, eax
-    jbe 10f
+    jbe 14f
     shr ecx, 21
     mov ebx, eax
     shr ebx, 18
@@ -178,6 +196,13 @@ skiff_pvh_start:
     add eax, 0x200000
     add ebx, 8
     loop 9b
+    jmp 10f
+14:
+    mov eax, offset skiff_pvh_tables_end
+    mov ecx, dword ptr [skiff_pvh_mem_end]
+    mov esi, {user_rw}
+    mov edx, {nx_high}
+    call skiff_pvh_map
 10:
     /* The start info, command line and memory map, read-only for ring 3
        (only where they lie in low memory, as QEMU puts them). */
@@ -300,6 +325,7 @@ skiff_pvh_long:
     lidt [rip + skiff_pvh_idt_ptr]
     mov byte ptr [rip + skiff_sup_platform], 1
     mov esi, dword ptr [rip + skiff_pvh_mem_end]
+    mov rdx, qword ptr [rip + skiff_pvh_tsc]
     mov edi, ebp
     push {user_ds}
     lea rax, [rip + skiff_stack_top]
@@ -323,6 +349,9 @@ skiff_pvh_regions:
 skiff_pvh_regions_end:
 skiff_pvh_mem_end:
     .long 0
+    .balign 8
+skiff_pvh_tsc:
+    .quad 0
 skiff_pvh_msg_magic:
     .asciz "skiff: the PVH start info has no PVH magic or no memory map\n"
 skiff_pvh_msg_memory:

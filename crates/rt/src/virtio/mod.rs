@@ -12,9 +12,11 @@
 //! - exit: the status written to QEMU's `isa-debug-exit` port (0xf4); QEMU
 //!   then exits with `(status << 1) | 1`. Without that device the guest
 //!   says so and halts;
-//! - clock: the TSC, its frequency from CPUID (the hypervisor leaf
-//!   0x40000010, else leaf 0x15) or measured against the PIT's channel 0;
-//!   no wall clock yet (it reads as the UNIX epoch);
+//! - clock: the TSC, its frequency and the wall clock from kvmclock (the
+//!   trampoline registers its structures); without kvmclock the frequency
+//!   comes from CPUID (the hypervisor leaf 0x40000010, else leaf 0x15) or
+//!   is measured against the PIT's channel 0, and the wall clock reads as
+//!   the UNIX epoch;
 //! - idle: waits for the next timer deadline on the TSC (see
 //!   [`Virtio::poll`]);
 //! - devices: none yet. An image that declares one (a NIC) is refused at
@@ -29,6 +31,7 @@ use crate::fault::{MemoryMap, Region};
 use crate::logger::LOGGER;
 use crate::time::{Calibration, TscScale};
 use alloc::format;
+use alloc::string::String;
 use core::fmt::Write;
 use core::time::Duration;
 use skiff_abi::{ARGS_MAX, AbortReason, DeviceKind, FaultFrame, exit as status, manifest};
@@ -153,7 +156,8 @@ fn regions() -> [Region; 7] {
     let page_up = |a: u64| a.next_multiple_of(4096);
     // SAFETY (for the `&` of each extern static): these are linker symbols
     // whose addresses are used, never their contents.
-    let r = |start: u64, end: u64, write, exec, user, what| Region { start, end: page_up(end), write, exec, user, what };
+    let r =
+        |start: u64, end: u64, write, exec, user, what| Region { start, end: page_up(end), write, exec, user, what };
     unsafe {
         [
             r(0x10_0000, addr(&skiff_sup_text_end), false, true, false, "code of the supervisor"),
@@ -189,6 +193,66 @@ extern "C" fn skiff_rt_pvh_fault(frame: *const FaultFrame) -> ! {
 
 /// The memory size, for fault reports (written once at boot).
 static MEM_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Memory the hypervisor writes: kvmclock's time info
+/// (`pvclock_vcpu_time_info`, 32 bytes) and wall clock
+/// (`pvclock_wall_clock`, 12 bytes). The trampoline hands their addresses
+/// to KVM; both stay zero elsewhere.
+#[repr(C, align(64))]
+pub struct KvmClockArea(core::cell::UnsafeCell<[u32; 8]>);
+
+// SAFETY: written only by the hypervisor, read with volatile loads by the
+// one vCPU.
+unsafe impl Sync for KvmClockArea {}
+
+#[unsafe(export_name = "skiff_kvmclock")]
+static KVMCLOCK: KvmClockArea = KvmClockArea(core::cell::UnsafeCell::new([0; 8]));
+#[unsafe(export_name = "skiff_kvm_wall_clock")]
+static KVM_WALL_CLOCK: KvmClockArea = KvmClockArea(core::cell::UnsafeCell::new([0; 8]));
+
+/// Reads a kvmclock structure consistently: its first word is a version
+/// the hypervisor makes odd while it writes.
+fn read_versioned(area: &KvmClockArea) -> Option<[u32; 8]> {
+    let ptr = area.0.get().cast::<u32>();
+    for _ in 0..1000 {
+        // SAFETY: the area is 32 aligned bytes of this image; the
+        // hypervisor writes it, so every read is volatile.
+        let read = |i: usize| unsafe { ptr.add(i).read_volatile() };
+        let version = read(0);
+        if version == 0 {
+            return None;
+        }
+        if version & 1 == 1 {
+            continue;
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+        let words = core::array::from_fn(read);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+        if read(0) == version {
+            return Some(words);
+        }
+    }
+    None
+}
+
+/// The TSC frequency and the wall clock (ns since the epoch, and the TSC
+/// value it belongs to) from kvmclock, if the hypervisor keeps one.
+fn kvmclock() -> Option<(u64, u64, u64)> {
+    let time = read_versioned(&KVMCLOCK)?;
+    let tsc_timestamp = u64::from(time[2]) | u64::from(time[3]) << 32;
+    let system_time = u64::from(time[4]) | u64::from(time[5]) << 32;
+    let mul = u128::from(time[6]);
+    let shift = (time[7] & 0xff) as u8 as i8;
+    if mul == 0 || !(-31..=31).contains(&shift) {
+        return None;
+    }
+    // ns = ((ticks << shift) * mul) >> 32, so Hz = 1e9 * 2^32 / (mul << shift).
+    let scaled = 1_000_000_000u128 << 32;
+    let hz = if shift >= 0 { scaled / (mul << shift) } else { (scaled << -shift) / mul };
+    let wall =
+        read_versioned(&KVM_WALL_CLOCK).map_or(0, |w| u64::from(w[1]) * 1_000_000_000 + u64::from(w[2]) + system_time);
+    Some((u64::try_from(hz).ok()?, wall, tsc_timestamp))
+}
 
 /// The TSC frequency and where it came from.
 fn tsc_hz() -> Option<(u64, &'static str)> {
@@ -293,7 +357,7 @@ fn fail(message: &str) -> ! {
 
 /// The first Rust code under the PVH entry, in ring 3.
 #[unsafe(no_mangle)]
-extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64) -> ! {
+extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64) -> ! {
     let tsc_entry = rdtsc();
     crate::platform::enter_virtio();
     MEM_SIZE.store(mem_size, core::sync::atomic::Ordering::Relaxed);
@@ -310,21 +374,28 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64) -> ! {
     // pages read-only for ring 3.
     let info = unsafe { &*(start_info as *const StartInfo) };
 
-    let Some((tsc_hz, source)) = tsc_hz() else {
-        fail("the TSC frequency is unknown: no CPUID leaf gives it and there is no PIT to measure it against");
+    let (tsc_hz, source, wall_nanos, tsc_at_wall) = match kvmclock() {
+        Some((hz, wall, tsc)) => (hz, "kvmclock", wall, tsc),
+        None => match tsc_hz() {
+            Some((hz, source)) => (hz, source, 0, tsc_entry),
+            None => fail(
+                "the TSC frequency is unknown: no kvmclock, no CPUID leaf gives it, and there is no PIT to \
+                 measure it against",
+            ),
+        },
     };
     let Some(scale) = TscScale::new(tsc_hz) else {
         fail("the TSC frequency is out of range");
     };
-    crate::time::install(&Calibration { tsc_at_boot: tsc_entry, scale, wall_nanos: 0, tsc_at_wall: tsc_entry });
+    crate::time::install(&Calibration { tsc_at_boot: tsc_entry, scale, wall_nanos, tsc_at_wall });
 
-    // The heap the trampoline mapped for ring 3: 4 KiB pages from the end
-    // of the image to the next 2 MiB boundary (or the end of memory), then
-    // 2 MiB pages up to the last whole one.
+    // The heap the trampoline mapped for ring 3: 2 MiB pages from the
+    // first 2 MiB boundary past the image to the last whole one, or, when
+    // memory ends before that, 4 KiB pages from the image to its end.
     // SAFETY: linker symbols' addresses.
-    let (heap_start, small_end) = unsafe { (addr(&skiff_pvh_tables_end), addr(&skiff_pvh_small_pages_end)) };
+    let (image_end, small_end) = unsafe { (addr(&skiff_pvh_tables_end), addr(&skiff_pvh_small_pages_end)) };
     let large_end = mem_size & !0x1f_ffff;
-    let heap_end = if large_end > small_end { large_end } else { small_end.min(mem_size) };
+    let (heap_start, heap_end) = if large_end > small_end { (small_end, large_end) } else { (image_end, mem_size) };
     // SAFETY: [heap_start, heap_end) is mapped writable for ring 3 and
     // nothing else uses it.
     if !unsafe { crate::heap::init(heap_start as usize, heap_end as usize) } {
@@ -337,11 +408,34 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64) -> ! {
              standard hypervisor: run it under skiff-tender"
         ));
     }
-    let args = match split_command_line(command_line(info)) {
+    let mut args = match split_command_line(command_line(info)) {
         Ok(args) => args,
         Err(e) => fail(&format!("bad command line from the hypervisor: {e}")),
     };
-    log::debug!("PVH entry: {} MiB of memory, TSC at {} kHz from {source}", mem_size >> 20, tsc_hz / 1000);
+    // `skiff.log=LEVEL` stands for the tender's `--log LEVEL`.
+    let mut bad_level = None;
+    args.retain(|a| match a.strip_prefix("skiff.log=") {
+        Some(level) => {
+            match level.parse::<log::LevelFilter>() {
+                Ok(filter) => log::set_max_level(filter),
+                Err(_) => bad_level = Some(String::from(level)),
+            }
+            false
+        }
+        None => true,
+    });
+    if let Some(level) = bad_level {
+        fail(&format!("skiff.log={level}: not a log level (off, error, warn, info, debug, trace)"));
+    }
+    let ring0_micros = scale.ticks_to_nanos(tsc_entry - tsc_ring0) / 1000;
+    let ring3_micros = scale.ticks_to_nanos(rdtsc() - tsc_entry) / 1000;
+    log::debug!(
+        "PVH entry: {} MiB of memory ({} KiB of heap), TSC at {} kHz from {source}; boot: {ring0_micros} us \
+         in ring 0, {ring3_micros} us in ring 3 before main",
+        mem_size >> 20,
+        (heap_end - heap_start) >> 10,
+        tsc_hz / 1000
+    );
 
     let executor = Executor::new();
     let env = Env::new(args, executor.spawner());
