@@ -213,3 +213,22 @@ fn an_image_with_a_nic_fails_clearly_instead_of_hanging() {
     let run = qemu(echo, "");
     expect(&run, 104, &["declares the net device \"service\"", "virtio-net is not yet supported"]);
 }
+
+#[test]
+fn an_idle_guest_sleeps_in_the_supervisor_instead_of_spinning() {
+    let hello = common::guest("examples/hello");
+    require_kvm();
+    let idle = common::run_measured(&mut qemu_command(hello, "--sleep-ms 1000"));
+    assert_eq!(idle.status, 1, "{}", idle.output);
+    assert!(idle.output.contains("asked for 1000 ms"), "{}", idle.output);
+    let busy = common::run_measured(&mut qemu_command(hello, "--sleep-ms 0"));
+    assert_eq!(busy.status, 1, "{}", busy.output);
+    // What the second of sleep cost the host, beyond QEMU's own start.
+    let sleeping = idle.cpu.saturating_sub(busy.cpu);
+    println!(
+        "a guest sleeping 1 s under QEMU: {:.1} ms of host CPU ({:.1}% of a core) beyond a guest that does not sleep",
+        sleeping.as_secs_f64() * 1e3,
+        sleeping.as_secs_f64() * 100.0
+    );
+    assert!(sleeping < Duration::from_millis(50), "sleeping 1 s cost {sleeping:?} of host CPU");
+}

@@ -22,7 +22,10 @@
 //!   `isa-debug-exit` and the PIT's channel 0 to ring 3, and no hypercall
 //!   port) and IDT, marks the platform for the trap stubs, and `iretq`s to
 //!   `skiff_rt_pvh_main` in ring 3 with the start info's address, the
-//!   memory size and the TSC at the first instruction (for the boot time).
+//!   memory size, the TSC at the first instruction (for the boot time) and
+//!   whether the idle call can sleep: with x2APIC and the TSC-deadline
+//!   timer (CPUID), the APIC is switched to x2APIC mode with its timer on
+//!   the supervisor's timer vector and the legacy PICs are masked.
 //!
 //! Ring 0 is emulated one instruction at a time on PVM (a few microseconds
 //! each on the development machines), so the loops are short: five
@@ -324,6 +327,32 @@ skiff_pvh_long:
     ltr ax
     lidt [rip + skiff_pvh_idt_ptr]
     mov byte ptr [rip + skiff_sup_platform], 1
+    /* With x2APIC and the TSC-deadline timer, the idle call can sleep:
+       the APIC goes to x2APIC mode with the timer on its vector, the
+       legacy PICs are masked, and ring 3 learns it in rcx. */
+    xor r12d, r12d
+    mov eax, 1
+    cpuid
+    and ecx, 0x1200000
+    cmp ecx, 0x1200000
+    jne 1f
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x80f
+    mov eax, 0x100 + {spurious_vector}
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x832
+    mov eax, 0x40000 + {timer_vector}
+    wrmsr
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    mov r12d, 1
+1:
+    mov ecx, r12d
     mov esi, dword ptr [rip + skiff_pvh_mem_end]
     mov rdx, qword ptr [rip + skiff_pvh_tsc]
     mov edi, ebp
@@ -381,6 +410,20 @@ skiff_pvh_fault_entry:
     mov rdi, rsp
     call skiff_rt_pvh_fault
     ud2
+
+    /* Supervisor calls (see skiff_trap_pvh): `hlt` at these two places. */
+    .globl skiff_pvh_idle
+skiff_pvh_idle:                  /* edi: deadline's low half, esi: high */
+    mov eax, edi
+    mov edx, esi
+skiff_pvh_idle_hlt:
+    hlt
+    ret
+    .globl skiff_pvh_halt
+skiff_pvh_halt:
+skiff_pvh_halt_hlt:
+    hlt
+    ud2
 "#,
     magic = const START_INFO_MAGIC,
     mem_max = const MEM_MAX,
@@ -398,4 +441,6 @@ skiff_pvh_fault_entry:
     pvh_tss_sel = const PVH_TSS_SEL,
     user_ds = const USER_DS,
     user_cs = const USER_CS,
+    timer_vector = const super::supervisor::TIMER_VECTOR,
+    spurious_vector = const super::supervisor::SPURIOUS_VECTOR,
 );

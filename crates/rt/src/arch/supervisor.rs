@@ -84,15 +84,17 @@ const PVH_IOPB_SIZE: u64 = 0x400 / 8 + 1;
 const PVH_TSS_LIMIT: u64 = TSS_BASE_SIZE + PVH_IOPB_SIZE - 1;
 const PVH_TSS_DESC: (u64, u64) = tss_descriptor(PVH_TSS_ADDR, PVH_TSS_LIMIT);
 const _: () = {
+    assert!(TIMER_VECTOR == 32 && SPURIOUS_VECTOR == 33);
     // The ports the PVH bitmap opens are sorted, one byte each.
     assert!(PVH_IOPB[0].0 < PVH_IOPB[1].0 && PVH_IOPB[1].0 < PVH_IOPB[2].0);
     assert!(PVH_IOPB[2].0 + 1 == PVH_IOPB_SIZE - 1);
 };
 
-/// The vector of the supervisor's "halt for good" gate, which ring 3 may
-/// call (`int`) under the PVH entry only: the tender's IDT limit ends
-/// below it.
-pub const HALT_VECTOR: u8 = 32;
+/// The local APIC timer's vector (PVH entry only: the tender's IDT limit
+/// ends below it).
+pub const TIMER_VECTOR: u8 = 32;
+/// The local APIC's spurious-interrupt vector (PVH entry only).
+pub const SPURIOUS_VECTOR: u8 = 33;
 
 core::arch::global_asm!(
     r#"
@@ -153,10 +155,10 @@ skiff_trap_stubs:
        ss. Add cr2 and hand the frame's address to the tender, which reports
        the exception and ends the guest: this never returns. */
 skiff_trap_common:
-    mov rax, cr2
-    push rax
     cmp byte ptr [rip + skiff_sup_platform], 0
     jne skiff_trap_pvh
+    mov rax, cr2
+    push rax
     mov eax, esp
     mov dx, {fault_port}
     out dx, eax
@@ -171,6 +173,21 @@ skiff_trap_common:
        isa-debug-exit. A second exception (the report itself failed) ends
        the VM at once with the exception status. */
 skiff_trap_pvh:
+    /* Two supervisor calls: a `hlt` in ring 3 raises #GP, and at one of
+       two fixed instructions it means "sleep until the TSC deadline in
+       edx:eax" (skiff_pvh_idle_hlt) or "halt for good"
+       (skiff_pvh_halt_hlt). Anywhere else it is an exception. */
+    cmp qword ptr [rsp], 13
+    jne 5f
+    test byte ptr [rsp + 24], 3
+    jz 5f
+    cmp qword ptr [rsp + 16], offset skiff_pvh_idle_hlt
+    je skiff_sup_idle
+    cmp qword ptr [rsp + 16], offset skiff_pvh_halt_hlt
+    je skiff_sup_halt
+5:
+    mov rax, cr2
+    push rax
     cmp byte ptr [rip + skiff_sup_faulted], 0
     jne 3f
     mov byte ptr [rip + skiff_sup_faulted], 1
@@ -198,6 +215,38 @@ skiff_sup_halt:
 4:
     hlt
     jmp 4b
+
+    /* The idle call: arm the TSC-deadline timer with edx:eax (ring 3's),
+       halt until an interrupt, disarm, and return past ring 3's `hlt`.
+       Interrupts are enabled only here: ring 3 runs with IF clear. */
+skiff_sup_idle:
+    mov ecx, 0x6e0
+    wrmsr
+    sti
+    hlt
+    cli
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    add qword ptr [rsp + 16], 1
+    add rsp, 16
+    iretq
+
+    /* The timer's interrupt: acknowledge it (x2APIC EOI) and go back to
+       the idle gate. */
+skiff_sup_timer:
+    push rax
+    push rcx
+    push rdx
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+skiff_sup_spurious:
+    iretq
 
     /* hvt entry: 64-bit, ring 0, paging on, rdi = boot info. */
     .globl _start
@@ -318,15 +367,19 @@ skiff_idt:
     skiff_gate 30
     skiff_gate 31
 skiff_idt_end:
-    /* Vector 32, the halt gate: callable from ring 3, inside the PVH
-       entry's IDT limit only. */
-    .short skiff_sup_halt - 0x100000
-    .short {kernel_cs}
-    .byte 0
-    .byte 0xee
-    .short 0x10
-    .long 0
-    .long 0
+    /* Vectors 32 and 33, inside the PVH entry's IDT limit only: the APIC
+       timer and the APIC's spurious vector. */
+    .macro skiff_sup_gate handler, type
+        .short \handler - 0x100000
+        .short {kernel_cs}
+        .byte 0
+        .byte \type
+        .short 0x10
+        .long 0
+        .long 0
+    .endm
+    skiff_sup_gate skiff_sup_timer, 0x8e
+    skiff_sup_gate skiff_sup_spurious, 0x8e
 skiff_pvh_idt_end:
 
     .balign 8

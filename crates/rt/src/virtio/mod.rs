@@ -88,11 +88,19 @@ fn serial_send(bytes: &[u8]) {
     }
 }
 
-/// Halts the vCPU for good (the supervisor's halt gate).
+unsafe extern "C" {
+    /// The supervisor's idle call (`arch::pvh`): sleeps until the TSC
+    /// reaches `high:low` or an interrupt comes.
+    fn skiff_pvh_idle(low: u32, high: u32);
+    /// The supervisor's halt call: stops the vCPU for good.
+    fn skiff_pvh_halt() -> !;
+}
+
+/// Halts the vCPU for good.
 fn halt() -> ! {
-    // SAFETY: vector 32 is the supervisor's halt gate, open to ring 3 in
-    // the PVH entry's IDT; it never returns.
-    unsafe { core::arch::asm!("int 32", options(noreturn, nomem, nostack)) }
+    // SAFETY: the supervisor's halt call takes no argument and never
+    // returns.
+    unsafe { skiff_pvh_halt() }
 }
 
 /// Ends the guest with `code` through `isa-debug-exit`, after the console.
@@ -357,7 +365,7 @@ fn fail(message: &str) -> ! {
 
 /// The first Rust code under the PVH entry, in ring 3.
 #[unsafe(no_mangle)]
-extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64) -> ! {
+extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, can_sleep: u64) -> ! {
     let tsc_entry = rdtsc();
     crate::platform::enter_virtio();
     MEM_SIZE.store(mem_size, core::sync::atomic::Ordering::Relaxed);
@@ -439,30 +447,58 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64) 
 
     let executor = Executor::new();
     let env = Env::new(args, executor.spawner());
-    match crate::start::run_main(executor, env, &mut Virtio) {
+    let mut platform = Virtio { tsc_hz, can_sleep: can_sleep != 0 };
+    match crate::start::run_main(executor, env, &mut platform) {
         Ok(status) => exit(status.code()),
         Err(e) => abort(AbortReason::Deadlock, &format!("{e}")),
     }
 }
 
 /// The executor's view of this platform.
-struct Virtio;
+struct Virtio {
+    tsc_hz: u64,
+    /// The supervisor's idle call can sleep on the APIC's TSC-deadline
+    /// timer; otherwise the guest waits on the TSC in ring 3.
+    can_sleep: bool,
+}
+
+/// Waits shorter than this spin on the TSC: the idle call costs a few
+/// dozen emulated ring-0 instructions.
+const SPIN_BELOW: Duration = Duration::from_micros(200);
+
+/// Sleeps in the supervisor's idle call until the TSC reaches `deadline`
+/// or an interrupt comes.
+fn idle_until(deadline: u64) {
+    // SAFETY: the supervisor's idle call touches no ring-3 memory and
+    // returns like a C function.
+    unsafe { skiff_pvh_idle(deadline as u32, (deadline >> 32) as u32) }
+}
 
 impl crate::executor::Platform for Virtio {
     /// Idles until `timeout` passes: the console goes out first, then the
-    /// guest waits on the TSC. There are no devices yet, so nothing else
-    /// can end the wait.
+    /// guest sleeps in the supervisor's idle call until the deadline (or
+    /// waits on the TSC where that cannot sleep, and for short waits).
+    /// There are no devices yet, so nothing else ends the wait.
     fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
-        let now = crate::time::Instant::now();
+        let start = rdtsc();
         LOGGER.flush_console();
         let Some(timeout) = timeout else {
             return 0;
         };
-        let deadline = now + timeout;
-        while crate::time::Instant::now() < deadline {
-            core::hint::spin_loop();
+        let ticks = u64::try_from(timeout.as_nanos() * u128::from(self.tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
+        let deadline = start.saturating_add(ticks);
+        let sleep = self.can_sleep && timeout >= SPIN_BELOW;
+        loop {
+            let now = rdtsc();
+            if now >= deadline {
+                return 0;
+            }
+            if sleep {
+                idle_until(deadline);
+            } else {
+                core::hint::spin_loop();
+            }
         }
-        0
     }
 
     fn has_devices(&self) -> bool {
