@@ -95,6 +95,7 @@ impl core::fmt::Write for &ConsoleRing {
 }
 
 /// Where log lines go.
+#[allow(clippy::large_enum_variant, reason = "one value, held in the logger's static and never moved")]
 pub enum Console {
     /// The tender's shared-memory ring.
     Ring(ConsoleRing),

@@ -16,16 +16,29 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The QEMU binary: `SKIFF_QEMU`, or `qemu-system-x86_64` on the `PATH`.
+/// A missing QEMU fails the test that needs it, with what to do.
 fn qemu_binary() -> String {
     let qemu = std::env::var("SKIFF_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    match Command::new(&qemu).arg("--version").stdin(Stdio::null()).output() {
-        Ok(out) if out.status.success() => qemu,
-        Ok(out) => panic!("{qemu} --version failed ({}); the QEMU tests need a working QEMU", out.status),
-        Err(e) => panic!(
+    find_qemu(&qemu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_qemu(qemu: &str) -> Result<String, String> {
+    match Command::new(qemu).arg("--version").stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => Ok(qemu.into()),
+        Ok(out) => Err(format!("{qemu} --version failed ({}); the QEMU tests need a working QEMU", out.status)),
+        Err(e) => Err(format!(
             "the QEMU tests need {qemu} ({e}); install it with scripts/setup (Debian package \
              qemu-system-x86) or point SKIFF_QEMU at one"
-        ),
+        )),
     }
+}
+
+#[test]
+fn a_missing_qemu_is_a_clear_failure_not_a_skip() {
+    let e = find_qemu("/nonexistent/qemu-system-x86_64").unwrap_err();
+    assert!(e.contains("the QEMU tests need /nonexistent/qemu-system-x86_64"), "{e}");
+    assert!(e.contains("scripts/setup"), "{e}");
+    assert_eq!(find_qemu(&qemu_binary()), Ok(qemu_binary()));
 }
 
 fn require_kvm() {

@@ -162,10 +162,10 @@ impl Write for LineBuf {
 /// The memory map the trampoline built, from the linker's symbols.
 fn regions() -> [Region; 7] {
     let page_up = |a: u64| a.next_multiple_of(4096);
-    // SAFETY (for the `&` of each extern static): these are linker symbols
-    // whose addresses are used, never their contents.
     let r =
         |start: u64, end: u64, write, exec, user, what| Region { start, end: page_up(end), write, exec, user, what };
+    // SAFETY: these are linker symbols whose addresses are used, never
+    // their contents.
     unsafe {
         [
             r(0x10_0000, addr(&skiff_sup_text_end), false, true, false, "code of the supervisor"),
@@ -300,7 +300,7 @@ fn pit_calibrate() -> Option<u64> {
     let start = rdtsc();
     loop {
         let elapsed = first.wrapping_sub(count());
-        if elapsed >= TICKS && elapsed < 0x8000 {
+        if (TICKS..0x8000).contains(&elapsed) {
             return Some((rdtsc() - start) * PIT_HZ / u64::from(elapsed));
         }
         // About 10 s even at 100 GHz: the counter does not run (no PIT).
@@ -332,7 +332,7 @@ const LOW_END: u64 = 0x10_0000;
 /// trampoline: three pages from its first), up to its NUL.
 fn command_line(info: &StartInfo) -> &'static [u8] {
     let at = info.cmdline_paddr;
-    if at == 0 || at >= LOW_END || at < 4096 {
+    if !(4096..LOW_END).contains(&at) {
         return &[];
     }
     let mapped_end = (at & !0xfff) + 3 * 4096;
@@ -375,7 +375,7 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
 
-    if start_info < 4096 || start_info >= LOW_END {
+    if !(4096..LOW_END).contains(&start_info) {
         fail("the PVH start info is not in low memory, where this runtime reads it");
     }
     // SAFETY: the trampoline checked the magic and mapped the start info's
