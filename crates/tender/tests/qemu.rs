@@ -49,6 +49,11 @@ fn require_kvm() {
 
 /// The microvm command line for `image` with `args` on its command line.
 fn qemu_command(image: &Path, args: &str) -> Command {
+    qemu_command_with_memory(image, args, "64M")
+}
+
+/// The same with `memory` (QEMU's `-m`).
+fn qemu_command_with_memory(image: &Path, args: &str, memory: &str) -> Command {
     let mut cmd = Command::new(qemu_binary());
     cmd.args([
         "-M",
@@ -59,7 +64,7 @@ fn qemu_command(image: &Path, args: &str) -> Command {
         "-cpu",
         "max,-arch-capabilities",
         "-m",
-        "64M",
+        memory,
         "-nodefaults",
         "-no-user-config",
         "-nographic",
@@ -244,4 +249,18 @@ fn an_idle_guest_sleeps_in_the_supervisor_instead_of_spinning() {
         sleeping.as_secs_f64() * 100.0
     );
     assert!(sleeping < Duration::from_millis(50), "sleeping 1 s cost {sleeping:?} of host CPU");
+}
+
+#[test]
+fn memory_sizes_give_the_heap_in_large_or_small_pages() {
+    let hello = common::guest("examples/hello");
+    require_kvm();
+    // 64 MiB: 2 MiB pages from the first 2 MiB boundary past the image;
+    // 5 MiB: memory ends before a whole 2 MiB page, so 4 KiB pages.
+    for (memory, needle) in [("64M", "64 MiB of memory (6"), ("5M", "5 MiB of memory (2")] {
+        let run = common::run_measured(&mut qemu_command_with_memory(hello, "skiff.log=debug --sleep-ms 0", memory));
+        assert_eq!(run.status, 1, "{memory}: {}", run.output);
+        assert!(run.output.contains(needle), "{memory}: {}", run.output);
+        assert!(run.output.contains("TSC at") && run.output.contains("us in ring 0"), "{}", run.output);
+    }
 }

@@ -14,7 +14,8 @@
 //!   pages from a table of the image's segments (supervisor segments
 //!   without the user bit, page 0 and the stack's guard page unmapped), the
 //!   heap in 2 MiB pages from the first 2 MiB boundary past the image (the
-//!   memory between is left out, unless memory ends there), and the pages
+//!   memory between, under 2 MiB, is left out unless memory ends there),
+//!   and the pages
 //!   of the start info, command line and memory map read-only for ring 3;
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
@@ -180,10 +181,15 @@ skiff_pvh_start:
     jb 7b
 
     /* The heap: 2 MiB pages from the first 2 MiB boundary past the page
-       tables to the end of memory; only when memory ends before that, 4 KiB
-       pages from the tables up to its end (mapping the rest of the last
-       2 MiB in small pages would cost ring 0 a few milliseconds). */
-    mov eax, offset skiff_pvh_small_pages_end
+       tables to the end of memory, and page directory 0 links only the
+       page tables below that boundary. Only when memory ends before it:
+       4 KiB pages from the tables up to its end, all page tables linked.
+       (Mapping the rest of the last 2 MiB in small pages would cost ring 0
+       a few milliseconds.) */
+    mov eax, offset skiff_pvh_large_start
+    mov ecx, eax
+    shr ecx, 21
+    mov dword ptr [skiff_pvh_links], ecx
     mov ecx, dword ptr [skiff_pvh_mem_end]
     and ecx, 0xffe00000
     sub ecx, eax
@@ -201,8 +207,15 @@ skiff_pvh_start:
     loop 9b
     jmp 10f
 14:
+    mov eax, offset skiff_pvh_small_pages_end
+    shr eax, 21
+    mov dword ptr [skiff_pvh_links], eax
     mov eax, offset skiff_pvh_tables_end
     mov ecx, dword ptr [skiff_pvh_mem_end]
+    cmp ecx, offset skiff_pvh_small_pages_end
+    jbe 15f
+    mov ecx, offset skiff_pvh_small_pages_end
+15:
     mov esi, {user_rw}
     mov edx, {nx_high}
     call skiff_pvh_map
@@ -224,8 +237,7 @@ skiff_pvh_start:
 
     /* Page directory 0 points at the page tables, the PDPT at the four
        page directories, the PML4 at the PDPT. */
-    mov ecx, offset skiff_pvh_small_pages_end
-    shr ecx, 21
+    mov ecx, dword ptr [skiff_pvh_links]
     mov eax, offset skiff_pvh_tables + 0x6000 + {table_link}
     mov ebx, offset skiff_pvh_tables + 0x2000
 12:
@@ -377,6 +389,8 @@ skiff_pvh_regions:
     .long skiff_stack_bottom, skiff_stack_top, {user_rw}, {nx_high}
 skiff_pvh_regions_end:
 skiff_pvh_mem_end:
+    .long 0
+skiff_pvh_links:
     .long 0
     .balign 8
 skiff_pvh_tsc:

@@ -57,6 +57,7 @@ unsafe extern "C" {
     static skiff_pvh_tables: u8;
     static skiff_pvh_tables_end: u8;
     static skiff_pvh_small_pages_end: u8;
+    static skiff_pvh_large_start: u8;
     static skiff_manifest_note: u8;
     static skiff_manifest_note_end: u8;
 }
@@ -399,11 +400,14 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
 
     // The heap the trampoline mapped for ring 3: 2 MiB pages from the
     // first 2 MiB boundary past the image to the last whole one, or, when
-    // memory ends before that, 4 KiB pages from the image to its end.
+    // memory ends before that, 4 KiB pages from the image to its end (as
+    // far as the page tables reach).
     // SAFETY: linker symbols' addresses.
-    let (image_end, small_end) = unsafe { (addr(&skiff_pvh_tables_end), addr(&skiff_pvh_small_pages_end)) };
+    let (image_end, large_start, small_end) =
+        unsafe { (addr(&skiff_pvh_tables_end), addr(&skiff_pvh_large_start), addr(&skiff_pvh_small_pages_end)) };
     let large_end = mem_size & !0x1f_ffff;
-    let (heap_start, heap_end) = if large_end > small_end { (small_end, large_end) } else { (image_end, mem_size) };
+    let (heap_start, heap_end) =
+        if large_end > large_start { (large_start, large_end) } else { (image_end, mem_size.min(small_end)) };
     // SAFETY: [heap_start, heap_end) is mapped writable for ring 3 and
     // nothing else uses it.
     if !unsafe { crate::heap::init(heap_start as usize, heap_end as usize) } {
