@@ -263,6 +263,35 @@ pub struct FaultFrame {
     pub ss: u64,
 }
 
+/// Mnemonic and name of a CPU exception vector, for fault reports (the
+/// tender's, and the runtime's own under the PVH entry).
+pub const fn vector_name(vector: u64) -> (&'static str, &'static str) {
+    match vector {
+        0 => ("#DE", "divide error"),
+        1 => ("#DB", "debug exception"),
+        2 => ("NMI", "non-maskable interrupt"),
+        3 => ("#BP", "breakpoint"),
+        4 => ("#OF", "overflow"),
+        5 => ("#BR", "bound range exceeded"),
+        6 => ("#UD", "invalid opcode"),
+        7 => ("#NM", "device not available"),
+        8 => ("#DF", "double fault"),
+        9 => ("#CSO", "coprocessor segment overrun"),
+        10 => ("#TS", "invalid TSS"),
+        11 => ("#NP", "segment not present"),
+        12 => ("#SS", "stack-segment fault"),
+        13 => ("#GP", "general protection fault"),
+        14 => ("#PF", "page fault"),
+        16 => ("#MF", "x87 floating-point exception"),
+        17 => ("#AC", "alignment check"),
+        18 => ("#MC", "machine check"),
+        19 => ("#XM", "SIMD floating-point exception"),
+        20 => ("#VE", "virtualization exception"),
+        21 => ("#CP", "control protection exception"),
+        _ => ("#??", "reserved exception"),
+    }
+}
+
 /// Magic value of [`BootInfo::magic`]: "SKIFFBI1".
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"SKIFFBI1");
 

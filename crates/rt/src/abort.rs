@@ -7,7 +7,7 @@ use skiff_abi::AbortReason;
 /// drained by that same exit, so nothing logged before is lost.
 #[cfg(skiff_guest)]
 pub fn abort(reason: AbortReason, message: &str) -> ! {
-    crate::hvt::abort(reason, message)
+    crate::platform::abort(reason, message)
 }
 
 /// Host builds: aborting is a test failure.

@@ -1,4 +1,6 @@
-//! The guest side of the console: a byte ring in the shared area.
+//! The guest side of the console: under the tender a byte ring in the
+//! shared area ([`ConsoleRing`]); under the PVH entry a buffer in front of
+//! the 16550 serial port ([`SerialBuffer`]).
 //!
 //! Writing a line costs no exit: bytes go into the ring, and the tender
 //! drains it at the guest's next exit (a poll, an exit, a fault report).
@@ -92,6 +94,83 @@ impl core::fmt::Write for &ConsoleRing {
     }
 }
 
+/// Where log lines go.
+#[allow(clippy::large_enum_variant, reason = "one value, held in the logger's static and never moved")]
+pub enum Console {
+    /// The tender's shared-memory ring.
+    Ring(ConsoleRing),
+    /// A serial port, buffered.
+    Serial(SerialBuffer),
+}
+
+impl Console {
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Console::Ring(ring) => ring.write(bytes),
+            Console::Serial(serial) => serial.write(bytes),
+        }
+    }
+
+    /// Sends what is buffered: the tender drains its ring, the serial
+    /// buffer goes out on the port.
+    pub fn flush(&mut self) {
+        match self {
+            Console::Ring(ring) => ring.flush(),
+            Console::Serial(serial) => serial.flush(),
+        }
+    }
+}
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Bytes of the serial console's buffer.
+pub const SERIAL_BUFFER_SIZE: usize = 4096;
+
+/// A console on a serial port: bytes collect in a buffer that goes out
+/// (through `send`, which writes them to the port) when it is full, when
+/// the guest goes idle, exits, panics or faults. Under a hypervisor every
+/// port write is a VM exit, so a burst of lines costs the service nothing
+/// until it waits, as the tender's ring does.
+pub struct SerialBuffer {
+    bytes: [u8; SERIAL_BUFFER_SIZE],
+    len: usize,
+    send: fn(&[u8]),
+}
+
+impl SerialBuffer {
+    /// An empty buffer in front of `send`.
+    pub const fn new(send: fn(&[u8])) -> SerialBuffer {
+        SerialBuffer { bytes: [0; SERIAL_BUFFER_SIZE], len: 0, send }
+    }
+
+    /// Appends `bytes`, sending the buffer whenever it fills.
+    pub fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.len == SERIAL_BUFFER_SIZE {
+                self.flush();
+            }
+            let n = (SERIAL_BUFFER_SIZE - self.len).min(bytes.len());
+            self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Sends what is buffered.
+    pub fn flush(&mut self) {
+        if self.len > 0 {
+            (self.send)(&self.bytes[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -138,6 +217,33 @@ pub(crate) mod tests {
         DRAINED.with(|d| d.borrow_mut().clear());
         FLUSHES.with(|f| *f.borrow_mut() = 0);
         ptr
+    }
+
+    std::thread_local! {
+        static SENT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn record(bytes: &[u8]) {
+        SENT.with(|s| s.borrow_mut().push(bytes.to_vec()));
+    }
+
+    #[test]
+    fn the_serial_buffer_sends_when_full_or_flushed_and_loses_nothing() {
+        SENT.with(|s| s.borrow_mut().clear());
+        let mut serial = Console::Serial(SerialBuffer::new(record));
+        serial.write(b"line one\n");
+        assert!(SENT.with(|s| s.borrow().is_empty()), "a short line waits in the buffer");
+        let big: Vec<u8> = (0..SERIAL_BUFFER_SIZE * 2 + 5).map(|i| (i % 251) as u8).collect();
+        serial.write(&big);
+        assert_eq!(SENT.with(|s| s.borrow().len()), 2, "two full buffers went out");
+        serial.flush();
+        serial.flush();
+        let sent = SENT.with(|s| s.borrow().clone());
+        assert_eq!(sent.len(), 3, "an empty buffer sends nothing");
+        assert!(sent[..2].iter().all(|c| c.len() == SERIAL_BUFFER_SIZE));
+        let mut expected = b"line one\n".to_vec();
+        expected.extend_from_slice(&big);
+        assert_eq!(sent.concat(), expected);
     }
 
     #[test]

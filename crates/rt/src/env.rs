@@ -85,6 +85,10 @@ pub enum ArgsError {
         /// Index of the argument.
         index: u32,
     },
+    /// A hypervisor's command line (PVH) is not UTF-8.
+    LineNotUtf8,
+    /// A hypervisor's command line has a quote that is never closed.
+    UnclosedQuote,
 }
 
 impl core::fmt::Display for ArgsError {
@@ -94,11 +98,24 @@ impl core::fmt::Display for ArgsError {
                 write!(f, "command line holds {found} arguments, {expected} announced")
             }
             ArgsError::NotUtf8 { index } => write!(f, "argument {index} is not UTF-8"),
+            ArgsError::LineNotUtf8 => write!(f, "the command line is not UTF-8"),
+            ArgsError::UnclosedQuote => write!(f, "the command line has a quote that is never closed"),
         }
     }
 }
 
 /// Decodes `argc` NUL-terminated UTF-8 strings from `bytes`.
+/// Splits the command line a hypervisor passes through the PVH start info
+/// (QEMU's `-append`) into arguments, with a POSIX shell's quoting rules
+/// (`'a b'`, `"a b"`, `a\ b`). The `virtio_mmio.device=` entries QEMU adds
+/// for its devices are not the service's and are left out.
+pub fn split_command_line(line: &[u8]) -> Result<Vec<String>, ArgsError> {
+    let line = core::str::from_utf8(line).map_err(|_| ArgsError::LineNotUtf8)?;
+    let words = shlex::split(line).ok_or(ArgsError::UnclosedQuote)?;
+    Ok(words.into_iter().filter(|w| !w.starts_with("virtio_mmio.device=")).collect())
+}
+
+/// Decodes the tender's command line: `argc` NUL-terminated strings.
 pub fn parse_args(bytes: &[u8], argc: u32) -> Result<Vec<String>, ArgsError> {
     let mut args = Vec::with_capacity(argc as usize);
     let mut rest = bytes;
@@ -116,6 +133,15 @@ pub fn parse_args(bytes: &[u8], argc: u32) -> Result<Vec<String>, ArgsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_a_hypervisor_command_line_like_a_shell() {
+        let args = split_command_line(b" exit  7 'a b' \"c d\" e\\ f virtio_mmio.device=512@0xfeb00e00:12").unwrap();
+        assert_eq!(args, ["exit", "7", "a b", "c d", "e f"]);
+        assert_eq!(split_command_line(b"").unwrap(), Vec::<String>::new());
+        assert_eq!(split_command_line(b"a 'b"), Err(ArgsError::UnclosedQuote));
+        assert_eq!(split_command_line(b"a \xff"), Err(ArgsError::LineNotUtf8));
+    }
 
     #[test]
     fn parses_nul_separated_arguments() {

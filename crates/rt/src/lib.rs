@@ -10,8 +10,10 @@
 //!   ports, IDT, trap stubs that report CPU exceptions, the drop to ring 3.
 //! - everything else runs in ring 3: [`start`] (boot in ring 3), [`heap`],
 //!   [`time`] (TSC clock), [`console`] and [`logger`] (the `log` facade over
-//!   the shared console ring), the panic handler, the [`executor`] and the
-//!   [`hvt`] platform that makes hypercalls.
+//!   the shared console ring), the panic handler, the [`executor`], and
+//!   the platform the entry point chose: [`hvt`] (the tender's hypercalls)
+//!   or [`virtio`] (a standard hypervisor through the PVH entry: COM1,
+//!   `isa-debug-exit`, kvmclock, the APIC timer).
 //!
 //! The tender builds the page tables on the host before the first
 //! instruction, so the guest never walks page tables in ring 0.
@@ -30,8 +32,9 @@
 #![cfg_attr(skiff_guest, no_std)]
 // Unsafe code lives only in the modules that allow it below: CPU and
 // assembly (`arch`, `mem`), the heap, the boot path (`start`, `panic`),
-// the hypercalls and shared memory (`hvt`, `console`, `nic`), the waker
-// vtable (`executor`), and the statics of `logger` and `random`.
+// the hypercalls and shared memory (`hvt`, `console`, `nic`), the PVH
+// entry's platform (`virtio`: linker symbols, the start info, kvmclock),
+// the waker vtable (`executor`), and the statics of `logger` and `random`.
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -52,8 +55,15 @@ mod mem;
 #[allow(unsafe_code)]
 mod panic;
 #[cfg(skiff_guest)]
+mod platform;
+#[cfg(skiff_guest)]
 #[allow(unsafe_code)]
 pub mod start;
+#[cfg(skiff_guest)]
+#[allow(unsafe_code)]
+pub mod virtio;
+#[cfg(skiff_guest)]
+pub use platform::exit;
 
 pub mod abort;
 #[allow(unsafe_code)]
@@ -63,6 +73,7 @@ pub mod entropy;
 pub mod env;
 #[allow(unsafe_code)]
 pub mod executor;
+pub mod fault;
 #[allow(unsafe_code)]
 pub mod logger;
 pub mod main_result;

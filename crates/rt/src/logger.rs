@@ -9,14 +9,14 @@
 //! runtime's three statics. It holds the console ring once the boot path
 //! has [`Logger::install`]ed it; before that, lines are dropped.
 
-use crate::console::ConsoleRing;
+use crate::console::Console;
 use crate::time::Instant;
 use core::fmt::Write;
 use spinning_top::Spinlock;
 
-/// A logger writing to a [`ConsoleRing`].
+/// A logger writing to a [`Console`].
 pub struct Logger {
-    ring: Spinlock<Option<ConsoleRing>>,
+    ring: Spinlock<Option<Console>>,
 }
 
 /// The logger the guest installs with `log::set_logger`.
@@ -29,27 +29,27 @@ impl Logger {
     }
 
     /// Gives the logger its console.
-    pub fn install(&self, ring: ConsoleRing) {
-        *self.ring.lock() = Some(ring);
+    pub fn install(&self, console: Console) {
+        *self.ring.lock() = Some(console);
     }
 
     /// Writes raw bytes, ignoring levels (panic messages, fault notes).
     /// Re-entrant calls (a `Display` impl that logs while a line is being
     /// written) are dropped rather than deadlocking.
     pub fn write_raw(&self, bytes: &[u8]) {
-        if let Some(guard) = self.ring.try_lock()
-            && let Some(ring) = guard.as_ref()
+        if let Some(mut guard) = self.ring.try_lock()
+            && let Some(console) = guard.as_mut()
         {
-            ring.write(bytes);
+            console.write(bytes);
         }
     }
 
     /// Asks the console consumer to drain now.
     pub fn flush_console(&self) {
-        if let Some(guard) = self.ring.try_lock()
-            && let Some(ring) = guard.as_ref()
+        if let Some(mut guard) = self.ring.try_lock()
+            && let Some(console) = guard.as_mut()
         {
-            ring.flush();
+            console.flush();
         }
     }
 }
@@ -99,11 +99,10 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        if let Some(guard) = self.ring.try_lock()
-            && let Some(ring) = guard.as_ref()
+        if let Some(mut guard) = self.ring.try_lock()
+            && let Some(console) = guard.as_mut()
         {
-            let mut out = ring;
-            let _ = format_line(&mut out, Instant::now(), record.level(), record.target(), *record.args());
+            let _ = format_line(console, Instant::now(), record.level(), record.target(), *record.args());
         }
     }
 
@@ -150,7 +149,7 @@ mod tests {
         let area = new_area();
         let logger = Logger::new();
         // SAFETY: the area is leaked and used only by this thread.
-        logger.install(unsafe { ConsoleRing::new(area, drain) });
+        logger.install(Console::Ring(unsafe { crate::console::ConsoleRing::new(area, drain) }));
         log::set_max_level(log::LevelFilter::Info);
         logger.log(&log::Record::builder().level(log::Level::Warn).target("t").args(format_args!("careful")).build());
         logger.write_raw(b"raw\n");

@@ -38,7 +38,7 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     if PANICKING.swap(true, Ordering::Relaxed) {
-        crate::hvt::abort(AbortReason::Panic, "panicked while panicking");
+        crate::platform::abort(AbortReason::Panic, "panicked while panicking");
     }
     let mut buf = Buf { bytes: [0; 1024], len: 0 };
     let _ = write!(buf, "{}", info.message());
@@ -69,5 +69,5 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     LOGGER.write_raw(b"\n");
     LOGGER.write_raw(buf.as_str().as_bytes());
     LOGGER.write_raw(b"\n");
-    crate::hvt::abort(reason, buf.as_str())
+    crate::platform::abort(reason, buf.as_str())
 }

@@ -7,9 +7,9 @@
 //! executor. `main`'s result becomes the guest's exit status.
 
 use crate::arch::cpu::rdtsc;
-use crate::console::ConsoleRing;
+use crate::console::{Console, ConsoleRing};
 use crate::env::{Env, parse_args};
-use crate::executor::Executor;
+use crate::executor::{Executor, Platform};
 use crate::logger::{LOGGER, level_filter};
 use crate::main_result::MainFuture;
 use crate::time::{Calibration, TscScale};
@@ -77,7 +77,7 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
 
     // SAFETY: the shared area stays mapped for the guest's life; the tender
     // only writes `console_tail`; the logger is the only producer.
-    LOGGER.install(unsafe { ConsoleRing::new(shared, hvt::console_flush) });
+    LOGGER.install(Console::Ring(unsafe { ConsoleRing::new(shared, hvt::console_flush) }));
     // `set_logger` fails only if a logger is already set, which cannot
     // happen: this function runs once.
     let _ = log::set_logger(&LOGGER);
@@ -92,10 +92,24 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
     };
 
     let devices = Rc::new(hvt::Devices::from_boot(boot, boot.tsc_hz));
-    let mut executor = Executor::new();
+    let executor = Executor::new();
     let lender = devices.clone();
     let env = Env::new(args, executor.spawner()).with_net(Box::new(move |name| lender.take_net(name)));
     record_tsc(shared, SHARED_TSC_MAIN, rdtsc());
+    match run_main(executor, env, &mut hvt::Hvt::new(devices, shared)) {
+        Ok(status) => hvt::exit(status.code()),
+        Err(e) => hvt::abort(AbortReason::Deadlock, &format!("{e}")),
+    }
+}
+
+/// Runs the service's `main` with `env` on `executor`, idling on
+/// `platform`, and lets queued work settle after it returns. The same for
+/// every platform.
+pub(crate) fn run_main(
+    mut executor: Executor,
+    env: Env,
+    platform: &mut impl Platform,
+) -> Result<crate::ExitStatus, crate::executor::RunError> {
     // SAFETY: defined by `#[skiff::main]` with exactly this signature.
     let main = unsafe { __skiff_service_main(env) };
     // When main returns, let queued work finish (data and closes still in
@@ -109,8 +123,5 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
         spawner.settle(crate::executor::EXIT_SETTLE).await;
         status
     };
-    match executor.run(main, &mut hvt::Hvt::new(devices, shared)) {
-        Ok(status) => hvt::exit(status.code()),
-        Err(e) => hvt::abort(AbortReason::Deadlock, &format!("{e}")),
-    }
+    executor.run(main, platform)
 }

@@ -117,7 +117,7 @@ pub fn exit(status: u8) -> ! {
     let Some(status) = ExitStatus::new(status) else {
         panic!("exit status {status} is reserved; services use 0..=99");
     };
-    skiff_rt::hvt::exit(status.code())
+    skiff_rt::exit(status.code())
 }
 
 /// What most services want in scope.

@@ -5,33 +5,7 @@ use crate::elf::Image;
 use crate::paging::{self, Region};
 use skiff_abi::{FaultFrame, layout};
 
-/// Mnemonic and name of an exception vector.
-pub fn vector_name(vector: u64) -> (&'static str, &'static str) {
-    match vector {
-        0 => ("#DE", "divide error"),
-        1 => ("#DB", "debug exception"),
-        2 => ("NMI", "non-maskable interrupt"),
-        3 => ("#BP", "breakpoint"),
-        4 => ("#OF", "overflow"),
-        5 => ("#BR", "bound range exceeded"),
-        6 => ("#UD", "invalid opcode"),
-        7 => ("#NM", "device not available"),
-        8 => ("#DF", "double fault"),
-        9 => ("#CSO", "coprocessor segment overrun"),
-        10 => ("#TS", "invalid TSS"),
-        11 => ("#NP", "segment not present"),
-        12 => ("#SS", "stack-segment fault"),
-        13 => ("#GP", "general protection fault"),
-        14 => ("#PF", "page fault"),
-        16 => ("#MF", "x87 floating-point exception"),
-        17 => ("#AC", "alignment check"),
-        18 => ("#MC", "machine check"),
-        19 => ("#XM", "SIMD floating-point exception"),
-        20 => ("#VE", "virtualization exception"),
-        21 => ("#CP", "control protection exception"),
-        _ => ("#??", "reserved exception"),
-    }
-}
+pub use skiff_abi::vector_name;
 
 fn page_fault_access(error: u64) -> String {
     let what = if error & (1 << 4) != 0 {

@@ -69,6 +69,33 @@ const fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
 
 const TSS_DESC: (u64, u64) = tss_descriptor(TSS_ADDR, TSS_LIMIT);
 
+/// TSS selector of the PVH entry (standard hypervisors).
+pub const PVH_TSS_SEL: u16 = 0x38;
+/// Offset of the PVH entry's TSS from the tender's, in the same section.
+const PVH_TSS_OFFSET: u64 = (TSS_LIMIT + 1).next_multiple_of(16);
+/// Address of the PVH entry's TSS.
+pub const PVH_TSS_ADDR: u64 = TSS_ADDR + PVH_TSS_OFFSET;
+/// Under the PVH entry ring 3 drives the platform's ports itself: the
+/// bitmap opens the PIT's channel 0 and its command port (0x40, 0x43, for
+/// calibrating the TSC), `isa-debug-exit` (0xf4..0xf7) and COM1
+/// (0x3f8..0x3ff), and nothing else: no hypercall port.
+const PVH_IOPB: [(u64, u8); 3] = [(0x40 / 8, 0xf6), (0xf0 / 8, 0x0f), (0x3f8 / 8, 0x00)];
+const PVH_IOPB_SIZE: u64 = 0x400 / 8 + 1;
+const PVH_TSS_LIMIT: u64 = TSS_BASE_SIZE + PVH_IOPB_SIZE - 1;
+const PVH_TSS_DESC: (u64, u64) = tss_descriptor(PVH_TSS_ADDR, PVH_TSS_LIMIT);
+const _: () = {
+    assert!(TIMER_VECTOR == 32 && SPURIOUS_VECTOR == 33);
+    // The ports the PVH bitmap opens are sorted, one byte each.
+    assert!(PVH_IOPB[0].0 < PVH_IOPB[1].0 && PVH_IOPB[1].0 < PVH_IOPB[2].0);
+    assert!(PVH_IOPB[2].0 + 1 == PVH_IOPB_SIZE - 1);
+};
+
+/// The local APIC timer's vector (PVH entry only: the tender's IDT limit
+/// ends below it).
+pub const TIMER_VECTOR: u8 = 32;
+/// The local APIC's spurious-interrupt vector (PVH entry only).
+pub const SPURIOUS_VECTOR: u8 = 33;
+
 core::arch::global_asm!(
     r#"
 
@@ -128,6 +155,8 @@ skiff_trap_stubs:
        ss. Add cr2 and hand the frame's address to the tender, which reports
        the exception and ends the guest: this never returns. */
 skiff_trap_common:
+    cmp byte ptr [rip + skiff_sup_platform], 0
+    jne skiff_trap_pvh
     mov rax, cr2
     push rax
     mov eax, esp
@@ -136,6 +165,88 @@ skiff_trap_common:
 2:
     hlt
     jmp 2b
+
+    /* Under the PVH entry there is no tender to report to: the frame goes
+       to ring 3 in registers (rdi = cr2, rsi = vector, rdx = error code,
+       rcx = rip, r8 = cs, r9 = rflags, r10 = rsp, r11 = ss), on a stack of
+       its own, where the runtime prints the report and exits through
+       isa-debug-exit. A second exception (the report itself failed) ends
+       the VM at once with the exception status. */
+skiff_trap_pvh:
+    /* Two supervisor calls: a `hlt` in ring 3 raises #GP, and at one of
+       two fixed instructions it means "sleep until the TSC deadline in
+       edx:eax" (skiff_pvh_idle_hlt) or "halt for good"
+       (skiff_pvh_halt_hlt). Anywhere else it is an exception. */
+    cmp qword ptr [rsp], 13
+    jne 5f
+    test byte ptr [rsp + 24], 3
+    jz 5f
+    cmp qword ptr [rsp + 16], offset skiff_pvh_idle_hlt
+    je skiff_sup_idle
+    cmp qword ptr [rsp + 16], offset skiff_pvh_halt_hlt
+    je skiff_sup_halt
+5:
+    mov rax, cr2
+    push rax
+    cmp byte ptr [rip + skiff_sup_faulted], 0
+    jne 3f
+    mov byte ptr [rip + skiff_sup_faulted], 1
+    mov rdi, [rsp]
+    mov rsi, [rsp + 8]
+    mov rdx, [rsp + 16]
+    mov rcx, [rsp + 24]
+    mov r8, [rsp + 32]
+    mov r9, [rsp + 40]
+    mov r10, [rsp + 48]
+    mov r11, [rsp + 56]
+    push {user_ds}
+    lea rax, [rip + skiff_fault_stack_top]
+    push rax
+    push 2
+    push {user_cs}
+    lea rax, [rip + skiff_pvh_fault_entry]
+    push rax
+    iretq
+3:
+    mov al, {cpu_exception}
+    out {debug_exit_port}, al
+skiff_sup_halt:
+    cli
+4:
+    hlt
+    jmp 4b
+
+    /* The idle call: arm the TSC-deadline timer with edx:eax (ring 3's),
+       halt until an interrupt, disarm, and return past ring 3's `hlt`.
+       Interrupts are enabled only here: ring 3 runs with IF clear. */
+skiff_sup_idle:
+    mov ecx, 0x6e0
+    wrmsr
+    sti
+    hlt
+    cli
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    add qword ptr [rsp + 16], 1
+    add rsp, 16
+    iretq
+
+    /* The timer's interrupt: acknowledge it (x2APIC EOI) and go back to
+       the idle gate. */
+skiff_sup_timer:
+    push rax
+    push rcx
+    push rdx
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+skiff_sup_spurious:
+    iretq
 
     /* hvt entry: 64-bit, ring 0, paging on, rdi = boot info. */
     .globl _start
@@ -173,7 +284,32 @@ skiff_tss:
     .fill {iopb_open_bytes}, 1, 0x00
     .byte 0xff
 
+    /* The PVH entry's TSS: the same ring-0 stack, another I/O bitmap. */
+    .org skiff_tss + {pvh_tss_offset}
+    .globl skiff_pvh_tss
+skiff_pvh_tss:
+    .long 0
+    .quad skiff_sup_stack_top     /* rsp0 */
+    .quad 0, 0, 0
+    .quad 0, 0, 0, 0, 0, 0, 0
+    .quad 0
+    .short 0
+    .short {tss_base_size}
+    .fill {pvh_open0}, 1, 0xff
+    .byte {pvh_bits0}
+    .fill {pvh_open1} - {pvh_open0} - 1, 1, 0xff
+    .byte {pvh_bits1}
+    .fill {pvh_open2} - {pvh_open1} - 1, 1, 0xff
+    .byte {pvh_bits2}
+    .byte 0xff
+
     .section .skiff.sup.data, "aw"
+    /* 1 once the PVH entry ran: exceptions go to ring 3, not to a tender. */
+    .globl skiff_sup_platform
+skiff_sup_platform:
+    .byte 0
+skiff_sup_faulted:
+    .byte 0
     .balign 16
 skiff_gdt:
     .quad 0
@@ -183,6 +319,8 @@ skiff_gdt:
     .quad 0x00affa000000ffff      /* 0x20 user code, 64-bit, DPL 3 */
     .quad {tss_desc_low}          /* 0x28 TSS */
     .quad {tss_desc_high}
+    .quad {pvh_tss_desc_low}      /* 0x38 PVH TSS */
+    .quad {pvh_tss_desc_high}
 skiff_gdt_end:
 
     .balign 16
@@ -229,6 +367,20 @@ skiff_idt:
     skiff_gate 30
     skiff_gate 31
 skiff_idt_end:
+    /* Vectors 32 and 33, inside the PVH entry's IDT limit only: the APIC
+       timer and the APIC's spurious vector. */
+    .macro skiff_sup_gate handler, type
+        .short \handler - 0x100000
+        .short {kernel_cs}
+        .byte 0
+        .byte \type
+        .short 0x10
+        .long 0
+        .long 0
+    .endm
+    skiff_sup_gate skiff_sup_timer, 0x8e
+    skiff_sup_gate skiff_sup_spurious, 0x8e
+skiff_pvh_idt_end:
 
     .balign 8
     .short 0, 0, 0
@@ -240,6 +392,11 @@ skiff_gdt_ptr:
 skiff_idt_ptr:
     .short skiff_idt_end - skiff_idt - 1
     .quad skiff_idt
+    .short 0, 0, 0
+    .globl skiff_pvh_idt_ptr
+skiff_pvh_idt_ptr:
+    .short skiff_pvh_idt_end - skiff_idt - 1
+    .quad skiff_idt
 
     /* Ring-0 stack for exceptions taken in ring 3. */
     .section .skiff.sup.bss, "aw", @nobits
@@ -248,6 +405,13 @@ skiff_idt_ptr:
 skiff_sup_stack_bottom:
     .skip 4096
 skiff_sup_stack_top:
+
+    /* Ring-3 stack for the PVH fault report (the service's own stack may
+       be the reason for the fault). */
+    .section .bss.skiff_fault_stack, "aw", @nobits
+    .balign 16
+    .skip 16384
+skiff_fault_stack_top:
 
     /* ---- ring 3 ---- */
     .section .text.skiff_user_entry, "ax"
@@ -268,5 +432,16 @@ skiff_user_entry:
     iopb_open_bytes = const IOPB_OPEN_BYTES,
     tss_desc_low = const TSS_DESC.0,
     tss_desc_high = const TSS_DESC.1,
+    pvh_tss_offset = const PVH_TSS_OFFSET,
+    pvh_tss_desc_low = const PVH_TSS_DESC.0,
+    pvh_tss_desc_high = const PVH_TSS_DESC.1,
+    pvh_open0 = const PVH_IOPB[0].0,
+    pvh_bits0 = const PVH_IOPB[0].1,
+    pvh_open1 = const PVH_IOPB[1].0,
+    pvh_bits1 = const PVH_IOPB[1].1,
+    pvh_open2 = const PVH_IOPB[2].0,
+    pvh_bits2 = const PVH_IOPB[2].1,
+    cpu_exception = const skiff_abi::exit::CPU_EXCEPTION,
+    debug_exit_port = const super::pvh::DEBUG_EXIT_PORT,
     trap_stubs = const TRAP_STUBS,
 );

@@ -94,6 +94,8 @@ pub struct Measured {
     pub elapsed: std::time::Duration,
     /// Its peak resident memory, in bytes (from `wait4`'s resource usage).
     pub peak_rss: u64,
+    /// The CPU time it used, user and system.
+    pub cpu: std::time::Duration,
 }
 
 /// Runs `cmd` to its end and measures it.
@@ -122,5 +124,7 @@ pub fn run_measured(cmd: &mut std::process::Command) -> Measured {
     let elapsed = start.elapsed();
     let output = out.join().expect("stdout") + &err.join().expect("stderr");
     let status = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    Measured { status, output, elapsed, peak_rss: usage.ru_maxrss as u64 * 1024 }
+    let time = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let cpu = time(usage.ru_utime) + time(usage.ru_stime);
+    Measured { status, output, elapsed, peak_rss: usage.ru_maxrss as u64 * 1024, cpu }
 }

@@ -1,0 +1,266 @@
+//! The same images under QEMU's microvm machine, through their PVH entry
+//! (the virtio platform of skiff-rt): console on COM1, exit status through
+//! `isa-debug-exit`, faults and panics reported by the guest itself.
+//!
+//! QEMU exits with `(status << 1) | 1` for a status written to
+//! `isa-debug-exit`; [`Qemu::guest_status`] maps it back.
+//!
+//! These tests need `qemu-system-x86_64` (`scripts/setup` installs it) and
+//! `/dev/kvm`; without them they fail with a message that says so.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The QEMU binary: `SKIFF_QEMU`, or `qemu-system-x86_64` on the `PATH`.
+/// A missing QEMU fails the test that needs it, with what to do.
+fn qemu_binary() -> String {
+    let qemu = std::env::var("SKIFF_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    find_qemu(&qemu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_qemu(qemu: &str) -> Result<String, String> {
+    match Command::new(qemu).arg("--version").stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => Ok(qemu.into()),
+        Ok(out) => Err(format!("{qemu} --version failed ({}); the QEMU tests need a working QEMU", out.status)),
+        Err(e) => Err(format!(
+            "the QEMU tests need {qemu} ({e}); install it with scripts/setup (Debian package \
+             qemu-system-x86) or point SKIFF_QEMU at one"
+        )),
+    }
+}
+
+#[test]
+fn a_missing_qemu_is_a_clear_failure_not_a_skip() {
+    let e = find_qemu("/nonexistent/qemu-system-x86_64").unwrap_err();
+    assert!(e.contains("the QEMU tests need /nonexistent/qemu-system-x86_64"), "{e}");
+    assert!(e.contains("scripts/setup"), "{e}");
+    assert_eq!(find_qemu(&qemu_binary()), Ok(qemu_binary()));
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("the QEMU tests run guests under KVM and need read-write access to /dev/kvm ({e})");
+    }
+}
+
+/// The microvm command line for `image` with `args` on its command line.
+fn qemu_command(image: &Path, args: &str) -> Command {
+    qemu_command_with_memory(image, args, "64M")
+}
+
+/// The same with `memory` (QEMU's `-m`).
+fn qemu_command_with_memory(image: &Path, args: &str, memory: &str) -> Command {
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        // This machine's KVM refuses the ARCH_CAPABILITIES MSR that `max`
+        // would set.
+        "-cpu",
+        "max,-arch-capabilities",
+        "-m",
+        memory,
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-kernel",
+    ]);
+    cmd.arg(image).arg("-append").arg(args);
+    cmd
+}
+
+#[derive(Debug)]
+struct Qemu {
+    /// QEMU's exit status.
+    code: i32,
+    output: String,
+}
+
+impl Qemu {
+    /// The status the guest wrote to `isa-debug-exit`.
+    fn guest_status(&self) -> Option<i32> {
+        (self.code & 1 == 1).then_some(self.code >> 1)
+    }
+}
+
+/// Runs `image` under QEMU with `args`, for at most 30 s.
+fn qemu(image: &Path, args: &str) -> Qemu {
+    require_kvm();
+    let start = Instant::now();
+    let mut child = qemu_command(image, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn QEMU");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for QEMU") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let output = out.join().unwrap() + &err.join().unwrap();
+            panic!("QEMU did not end within 30 s; output so far:\n{output}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let output = out.join().expect("stdout") + &err.join().expect("stderr");
+    Qemu { code: status.code().unwrap_or(-1), output }
+}
+
+#[track_caller]
+fn expect(run: &Qemu, status: i32, needles: &[&str]) {
+    assert_eq!(run.guest_status(), Some(status), "QEMU exited {}; output:\n{}", run.code, run.output);
+    for n in needles {
+        assert!(run.output.contains(n), "output lacks {n:?}:\n{}", run.output);
+    }
+}
+
+fn probe() -> &'static Path {
+    common::guest("tests/guests/probe")
+}
+
+#[test]
+fn hello_boots_under_qemu_microvm_logs_and_exits_zero() {
+    let hello = common::guest("examples/hello");
+    let run = qemu(hello, "first 'second arg'");
+    expect(&run, 0, &["INFO  hello: Hello from Skiff!", "asked for 10 ms", r#"command line: ["first", "second arg"]"#]);
+    assert!(!run.output.contains("skiff-tender"), "{}", run.output);
+    // The sleep is timed by the TSC at the frequency the guest found.
+    let line = run.output.lines().find(|l| l.contains("slept")).expect("a sleep line");
+    let ms: f64 = line.split("slept ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!((10.0..60.0).contains(&ms), "slept {ms} ms for 10: {line}");
+}
+
+#[test]
+fn hello_whole_process_time_under_qemu_against_the_tender() {
+    let hello = common::guest("examples/hello");
+    require_kvm();
+    let runs = 5;
+    let mut tender_best = Duration::MAX;
+    let mut qemu_best = Duration::MAX;
+    for _ in 0..runs {
+        let t = common::run_measured(Command::new(env!("CARGO_BIN_EXE_skiff-tender")).arg(hello).args([
+            "--",
+            "--sleep-ms",
+            "0",
+        ]));
+        assert_eq!(t.status, 0, "{}", t.output);
+        tender_best = tender_best.min(t.elapsed);
+        let q = common::run_measured(&mut qemu_command(hello, "--sleep-ms 0"));
+        assert_eq!(q.status, 1, "QEMU should exit 1 for status 0: {}", q.output);
+        assert!(q.output.contains("Hello from Skiff!"), "{}", q.output);
+        qemu_best = qemu_best.min(q.elapsed);
+    }
+    println!(
+        "hello, boot to exit, whole process, best of {runs}: skiff-tender {:.1} ms, QEMU microvm {:.1} ms ({:.1}x)",
+        tender_best.as_secs_f64() * 1e3,
+        qemu_best.as_secs_f64() * 1e3,
+        qemu_best.as_secs_f64() / tender_best.as_secs_f64()
+    );
+}
+
+#[test]
+fn service_exit_statuses_pass_through_isa_debug_exit() {
+    for (args, status) in [("exit 7", 7), ("exit 0", 0), ("fail", 1)] {
+        let run = qemu(probe(), args);
+        expect(&run, status, &[]);
+        assert_eq!(run.code, (status << 1) | 1);
+    }
+}
+
+#[test]
+fn arguments_from_append_reach_the_service() {
+    let run = qemu(probe(), r#"hello "two words" it\'s"#);
+    expect(&run, 0, &[r#"probe says hello; args ["hello", "two words", "it's"]"#]);
+}
+
+#[test]
+fn a_panic_prints_message_and_location_and_exits_101() {
+    let run = qemu(probe(), "panic");
+    expect(&run, 101, &["panicked at src/main.rs:", "probe panic 42", "skiff: guest aborted (panic)"]);
+}
+
+#[test]
+fn cpu_exceptions_are_reported_by_the_guest_with_status_102() {
+    let cases: &[(&str, &[&str])] = &[
+        ("divzero", &["divide error (#DE, vector 0)", "integer division by zero"]),
+        ("read-null", &["page fault (#PF, vector 14)", "address 0x0: read of an unmapped page", "null pointer"]),
+        ("write-text", &["write to a page whose protection forbids it", "the code of the image, read-only (r-x user"]),
+        (
+            "jump-data",
+            &["instruction fetch from a page whose protection forbids it", "the data of the image (rw- user"],
+        ),
+        ("write-rodata", &["write to a page whose protection forbids it", "the read-only data of the image (r-- user"]),
+        ("stack-overflow", &["write to an unmapped page", "stack overflow"]),
+        ("privileged", &["general protection fault (#GP, vector 13)"]),
+        // The hypercall ports are closed under the PVH entry.
+        ("port", &["general protection fault (#GP, vector 13)"]),
+        ("ud2", &["invalid opcode (#UD, vector 6)"]),
+    ];
+    for (scenario, needles) in cases {
+        let run = qemu(probe(), scenario);
+        let mut all = vec!["skiff: guest CPU exception in ring 3 (the service)", "rip 0x"];
+        all.extend_from_slice(needles);
+        expect(&run, 102, &all);
+    }
+}
+
+#[test]
+fn an_image_with_a_nic_fails_clearly_instead_of_hanging() {
+    let echo = common::guest("examples/echo");
+    let run = qemu(echo, "");
+    expect(&run, 104, &["declares the net device \"service\"", "virtio-net is not yet supported"]);
+}
+
+#[test]
+fn an_idle_guest_sleeps_in_the_supervisor_instead_of_spinning() {
+    let hello = common::guest("examples/hello");
+    require_kvm();
+    let idle = common::run_measured(&mut qemu_command(hello, "--sleep-ms 1000"));
+    assert_eq!(idle.status, 1, "{}", idle.output);
+    assert!(idle.output.contains("asked for 1000 ms"), "{}", idle.output);
+    let busy = common::run_measured(&mut qemu_command(hello, "--sleep-ms 0"));
+    assert_eq!(busy.status, 1, "{}", busy.output);
+    // What the second of sleep cost the host, beyond QEMU's own start.
+    let sleeping = idle.cpu.saturating_sub(busy.cpu);
+    println!(
+        "a guest sleeping 1 s under QEMU: {:.1} ms of host CPU ({:.1}% of a core) beyond a guest that does not sleep",
+        sleeping.as_secs_f64() * 1e3,
+        sleeping.as_secs_f64() * 100.0
+    );
+    assert!(sleeping < Duration::from_millis(50), "sleeping 1 s cost {sleeping:?} of host CPU");
+}
+
+#[test]
+fn memory_sizes_give_the_heap_in_large_or_small_pages() {
+    let hello = common::guest("examples/hello");
+    require_kvm();
+    // 64 MiB: 2 MiB pages from the first 2 MiB boundary past the image;
+    // 5 MiB: memory ends before a whole 2 MiB page, so 4 KiB pages.
+    for (memory, needle) in [("64M", "64 MiB of memory (6"), ("5M", "5 MiB of memory (2")] {
+        let run = common::run_measured(&mut qemu_command_with_memory(hello, "skiff.log=debug --sleep-ms 0", memory));
+        assert_eq!(run.status, 1, "{memory}: {}", run.output);
+        assert!(run.output.contains(needle), "{memory}: {}", run.output);
+        assert!(run.output.contains("TSC at") && run.output.contains("us in ring 0"), "{}", run.output);
+    }
+}
