@@ -4,15 +4,18 @@
 //!   and runs as it is.
 //! - `skiff build [DIR]` compiles a service crate into a checked image.
 //! - `skiff run [DIR|IMAGE] [-- ARGS]` builds when needed and boots the
-//!   image with the tender (in this process), passing ARGS to the service.
+//!   image with the tender (in this process), passing ARGS to the service;
+//!   `--vmm qemu [--machine microvm|q35]` boots it under QEMU instead.
 //! - `skiff inspect IMAGE` shows an image's size, segments, entry points,
 //!   manifest and check results.
 
 #![forbid(unsafe_code)]
 
 mod new;
+mod qemu;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use skiff_build::{BuildOptions, Profile};
 use skiff_tender::options::RunOptions;
 use std::path::{Path, PathBuf};
@@ -31,7 +34,7 @@ enum Cmd {
     New(new::NewArgs),
     /// Build a service crate into an image.
     Build(BuildArgs),
-    /// Build (when needed) and boot a service under the tender.
+    /// Build (when needed) and boot a service under the tender (or QEMU).
     #[command(after_help = skiff_tender::options::after_help())]
     Run(Box<RunArgs>),
     /// Show what is inside an image.
@@ -77,6 +80,16 @@ struct RunArgs {
     /// Print only errors while building.
     #[arg(long, short)]
     quiet: bool,
+    /// The monitor: Skiff's own (`tender`, in this process) or QEMU
+    /// (`qemu-system-x86_64`, through the image's PVH entry; `SKIFF_QEMU`
+    /// names another binary). Under QEMU the tender's tuning options are
+    /// refused and a stop signal ends the guest at once.
+    #[arg(long, value_enum, default_value = "tender")]
+    vmm: qemu::Vmm,
+    /// QEMU's machine type (with --vmm qemu): microvm (virtio-mmio, no
+    /// firmware, fast) or q35 (virtio-pci, SeaBIOS, seconds to boot).
+    #[arg(long, value_enum)]
+    machine: Option<qemu::Machine>,
     #[command(flatten)]
     options: RunOptions,
     /// Arguments for the service.
@@ -99,6 +112,8 @@ enum CliError {
     Missing(PathBuf),
     #[error("cannot use standard output: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
 }
 
 fn build_options(
@@ -123,7 +138,47 @@ fn build(a: BuildArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn run(a: RunArgs) -> Result<u8, CliError> {
+/// The options of `skiff run` QEMU can carry out; any other given on the
+/// command line is the tender's alone.
+const QEMU_OPTIONS: &[&str] = &[
+    "path",
+    "debug",
+    "bin",
+    "target_dir",
+    "quiet",
+    "vmm",
+    "machine",
+    "mem",
+    "timeout",
+    "log",
+    "net",
+    "net_mac",
+    "publish",
+    "net_outbound",
+    "args",
+];
+
+/// The tender-only options given on `skiff run`'s command line `m`, by
+/// their long names.
+fn tender_only(m: &ArgMatches) -> Vec<String> {
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").expect("the run subcommand");
+    run.get_arguments()
+        .filter(|arg| !QEMU_OPTIONS.contains(&arg.get_id().as_str()))
+        .filter(|arg| m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|arg| arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}")))
+        .collect()
+}
+
+fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
+    if a.vmm == qemu::Vmm::Qemu {
+        let refused = tender_only(matches);
+        if !refused.is_empty() {
+            return Err(qemu::QemuError::TenderOnly(refused).into());
+        }
+    } else if a.machine.is_some() {
+        return Err(qemu::QemuError::MachineWithoutQemu.into());
+    }
     if !a.path.exists() {
         return Err(CliError::Missing(a.path));
     }
@@ -136,6 +191,9 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
     } else {
         a.path
     };
+    if a.vmm == qemu::Vmm::Qemu {
+        return run_qemu(image, a.machine.unwrap_or_default(), a.options, a.args);
+    }
     let mut options = a.options;
     // A service with NICs and no --net runs on the user network: reachable
     // through --publish, no TAP device or privileges needed.
@@ -156,6 +214,39 @@ fn run(a: RunArgs) -> Result<u8, CliError> {
         eprintln!("{}", report.stats.report());
     }
     Ok(report.outcome.status())
+}
+
+fn run_qemu(image: PathBuf, machine: qemu::Machine, o: RunOptions, args: Vec<String>) -> Result<u8, CliError> {
+    let declared = skiff_tender::load_image(&image, true)?.devices;
+    let publish = qemu::choose_ports(&o.publish)?;
+    let spec = qemu::Spec {
+        qemu: std::env::var("SKIFF_QEMU").unwrap_or_else(|_| qemu::QEMU.into()),
+        machine,
+        image,
+        mem: o.mem,
+        log: o.log,
+        args,
+        declared,
+        net: o.net,
+        macs: o.net_mac,
+        publish,
+        outbound: o.net_outbound.unwrap_or(skiff_tender::net::Outbound::AsDeclared),
+    };
+    let arguments = qemu::arguments(&spec)?;
+    for d in spec.declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net) {
+        match spec.net.iter().find(|s| s.name == d.name) {
+            Some(s) if !s.is_user() => eprintln!("skiff: NIC {:?} is on TAP device {}", d.name, s.tap),
+            _ => eprintln!("skiff: NIC {:?} is on QEMU's user network (guest 10.0.2.15 by DHCP)", d.name),
+        }
+    }
+    for p in &spec.publish {
+        eprintln!("skiff: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
+    }
+    let ending = qemu::run(&spec.qemu, &arguments, o.timeout)?;
+    if let Some(message) = ending.message() {
+        eprintln!("skiff: {message}");
+    }
+    Ok(ending.status())
 }
 
 fn inspect(path: &Path) -> Result<u8, CliError> {
@@ -211,14 +302,15 @@ fn main() -> ExitCode {
     // Before `skiff build` starts its first thread: the tender's seccomp
     // allow-list depends on it (see the function).
     skiff_tender::sys::use_one_malloc_arena();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => return skiff_tender::options::usage_error(&e),
     };
     let result = match cli.command {
         Cmd::New(a) => new::create(&a).map(|()| 0).map_err(CliError::from),
         Cmd::Build(a) => build(a),
-        Cmd::Run(a) => run(*a),
+        Cmd::Run(a) => run(*a, matches.subcommand_matches("run").expect("run's matches")),
         Cmd::Inspect { image } => inspect(&image),
     };
     match result {

@@ -142,6 +142,18 @@ impl StopSignal {
     }
 }
 
+/// Sends `signal` to the process `pid` (a child that `skiff run --vmm
+/// qemu` passes a stop request on to).
+pub fn send_stop(pid: u32, signal: StopSignal) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let number = match signal {
+        StopSignal::Term => libc::SIGTERM,
+        StopSignal::Int => libc::SIGINT,
+    };
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, number) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Blocks `SIGTERM` and `SIGINT` in the calling thread and in every thread
 /// it starts afterwards, so they stay pending until [`wait_for_stop`]
 /// takes them. They stay blocked after the guest ends: one that comes

@@ -1,0 +1,516 @@
+//! `skiff run --vmm qemu`: the same image under QEMU, through its PVH
+//! entry. This module writes QEMU's command line from the image's manifest
+//! and `skiff run`'s options, runs QEMU, enforces `--timeout`, passes stop
+//! signals on, and turns QEMU's exit status back into the guest's.
+//!
+//! QEMU exits with `(status << 1) | 1` for a status the guest writes to
+//! `isa-debug-exit`; any other ending is QEMU's own (an error at start,
+//! a signal, a reset) and gets its own message and status.
+
+use skiff_tender::elf::DeclaredDevice;
+use skiff_tender::net::{NicSpec, Outbound};
+use skiff_tender::options::LogLevel;
+use skiff_usernet::{Proto, Publish};
+use std::ffi::OsString;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The QEMU program used unless `SKIFF_QEMU` names another.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// The Debian package that has it.
+pub const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// Which monitor runs the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Vmm {
+    /// Skiff's own monitor, in this process (the default).
+    Tender,
+    /// QEMU (`qemu-system-x86_64`), through the image's PVH entry.
+    Qemu,
+}
+
+/// QEMU's machine type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// The minimal machine: no firmware, no PCI, virtio-mmio devices; boots
+    /// in tens of milliseconds.
+    #[default]
+    Microvm,
+    /// A PC with PCI (virtio-pci devices); boots through SeaBIOS, about 3 s
+    /// on this kind of KVM.
+    Q35,
+}
+
+/// What stops `skiff run --vmm qemu` before or instead of QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// QEMU is not installed (or not where `SKIFF_QEMU` says).
+    #[error("{qemu} not found: --vmm qemu needs QEMU (Debian package {QEMU_PACKAGE}: apt-get install {QEMU_PACKAGE}, or scripts/setup), or SKIFF_QEMU naming one")]
+    NotFound {
+        /// The program looked for.
+        qemu: String,
+    },
+    /// QEMU could not be started.
+    #[error("cannot start {qemu}: {source}")]
+    Spawn {
+        /// The program.
+        qemu: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Waiting for QEMU or watching for signals failed.
+    #[error("cannot watch QEMU: {0}")]
+    Watch(std::io::Error),
+    /// Options that only the tender has.
+    #[error("{} only with --vmm tender (QEMU has no such setting)", .0.join(", "))]
+    TenderOnly(Vec<String>),
+    /// `--machine` without `--vmm qemu`.
+    #[error("--machine only with --vmm qemu")]
+    MachineWithoutQemu,
+    /// A guest argument QEMU's command line cannot carry.
+    #[error("guest argument {0:?} cannot go on QEMU's command line (it has a NUL byte)")]
+    Argument(String),
+    /// `--net NAME=...` for a NIC the image does not declare.
+    #[error("--net {name}: the image declares no NIC {name:?} (it declares: {declared})")]
+    Undeclared {
+        /// The name given.
+        name: String,
+        /// The image's NICs.
+        declared: String,
+    },
+    /// `--net-mac NAME=...` without such a NIC.
+    #[error("--net-mac {0}: the image declares no NIC {0:?}")]
+    MacWithoutNic(String),
+    /// `--publish` with no NIC on QEMU's user network.
+    #[error("--publish needs a NIC on the user network (the image declares none, or each is on a TAP device)")]
+    PublishWithoutUser,
+    /// A free host port for `--publish` with port 0 could not be found.
+    #[error("--publish {addr}/{proto}: cannot find a free host port: {source}")]
+    FreePort {
+        /// The host address.
+        addr: SocketAddr,
+        /// TCP or UDP.
+        proto: Proto,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The options of `skiff run` that QEMU understands, and the image.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The QEMU program.
+    pub qemu: String,
+    /// The machine type.
+    pub machine: Machine,
+    /// The image file.
+    pub image: PathBuf,
+    /// Guest memory in bytes.
+    pub mem: u64,
+    /// The guest's log level.
+    pub log: LogLevel,
+    /// Arguments for the service.
+    pub args: Vec<String>,
+    /// The NICs the image declares.
+    pub declared: Vec<DeclaredDevice>,
+    /// `--net NAME=TAP|user`.
+    pub net: Vec<NicSpec>,
+    /// `--net-mac NAME=MAC`.
+    pub macs: Vec<(String, [u8; 6])>,
+    /// `--publish`, host ports already chosen.
+    pub publish: Vec<Publish>,
+    /// `--net-outbound`.
+    pub outbound: Outbound,
+}
+
+/// The PVH command line (`-append`): `skiff.log=LEVEL` unless the level is
+/// the default, then each argument quoted so that the guest's POSIX-shell
+/// split gives it back as it was.
+pub fn append(log: LogLevel, args: &[String]) -> Result<String, QemuError> {
+    let mut words = Vec::new();
+    if log != LogLevel::Info {
+        words.push(format!("skiff.log={}", log_name(log)));
+    }
+    for a in args {
+        let quoted = shlex::try_quote(a).map_err(|_| QemuError::Argument(a.clone()))?;
+        words.push(quoted.into_owned());
+    }
+    Ok(words.join(" "))
+}
+
+fn log_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Off => "off",
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    }
+}
+
+/// QEMU's `-m` value: MiB when whole, else KiB.
+fn memory(bytes: u64) -> String {
+    if bytes % (1 << 20) == 0 { format!("{}M", bytes >> 20) } else { format!("{}K", bytes.div_ceil(1 << 10)) }
+}
+
+/// One `hostfwd` of QEMU's user network.
+fn hostfwd(p: &Publish) -> String {
+    let host = match p.host {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    format!("hostfwd={}:{host}-:{}", p.proto, p.guest_port)
+}
+
+/// QEMU's arguments (without the program) for `spec`.
+pub fn arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
+    let nics: Vec<&DeclaredDevice> =
+        spec.declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net).collect();
+    let names = || nics.iter().map(|d| format!("{:?}", d.name)).collect::<Vec<_>>().join(", ");
+    for s in &spec.net {
+        if !nics.iter().any(|d| d.name == s.name) {
+            let declared = if nics.is_empty() { "none".into() } else { names() };
+            return Err(QemuError::Undeclared { name: s.name.clone(), declared });
+        }
+    }
+    for (name, _) in &spec.macs {
+        if !nics.iter().any(|d| &d.name == name) {
+            return Err(QemuError::MacWithoutNic(name.clone()));
+        }
+    }
+    // A NIC without --net goes on the user network, as under the tender.
+    let on_user = |d: &DeclaredDevice| spec.net.iter().find(|s| s.name == d.name).is_none_or(NicSpec::is_user);
+    if !spec.publish.is_empty() && !nics.iter().any(|d| on_user(d)) {
+        return Err(QemuError::PublishWithoutUser);
+    }
+
+    let (machine, nic_device) = match spec.machine {
+        Machine::Microvm => ("microvm,x-option-roms=off,rtc=off", "virtio-net-device"),
+        Machine::Q35 => ("q35", "virtio-net-pci"),
+    };
+    let mut a: Vec<String> = vec![
+        "-M".into(),
+        machine.into(),
+        "-enable-kvm".into(),
+        // This machine kind's KVM refuses the ARCH_CAPABILITIES MSR that
+        // `max` would set, and QEMU aborts.
+        "-cpu".into(),
+        "max,-arch-capabilities".into(),
+        "-m".into(),
+        memory(spec.mem),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        // A reset (triple fault) ends QEMU instead of booting again.
+        "-no-reboot".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=4".into(),
+    ];
+    let mut publish = spec.publish.clone();
+    for (i, d) in nics.iter().enumerate() {
+        let id = format!("nic{i}");
+        let netdev = match spec.net.iter().find(|s| s.name == d.name) {
+            Some(s) if !s.is_user() => format!("tap,id={id},ifname={},script=no,downscript=no", s.tap),
+            _ => {
+                let outbound = match spec.outbound {
+                    Outbound::AsDeclared => d.outbound,
+                    Outbound::All => true,
+                    Outbound::None => false,
+                };
+                // The first user-network NIC takes the published ports.
+                let mut netdev = format!("user,id={id},restrict={}", if outbound { "off" } else { "on" });
+                for p in std::mem::take(&mut publish) {
+                    netdev.push(',');
+                    netdev.push_str(&hostfwd(&p));
+                }
+                netdev
+            }
+        };
+        let mac = spec
+            .macs
+            .iter()
+            .find(|(n, _)| n == &d.name)
+            .map_or_else(|| skiff_tender::net::generated_mac(&d.name), |(_, m)| *m);
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        a.extend(["-netdev".into(), netdev, "-device".into(), format!("{nic_device},netdev={id},mac={mac}")]);
+    }
+    let mut out: Vec<OsString> = a.into_iter().map(OsString::from).collect();
+    out.push("-kernel".into());
+    out.push(spec.image.clone().into_os_string());
+    let append = append(spec.log, &spec.args)?;
+    if !append.is_empty() {
+        out.push("-append".into());
+        out.push(append.into());
+    }
+    Ok(out)
+}
+
+/// `--publish` entries with host port 0 get a free port now (QEMU would
+/// not say which it took); each forward is printed as the tender prints it.
+pub fn choose_ports(publish: &[Publish]) -> Result<Vec<Publish>, QemuError> {
+    let mut out = Vec::new();
+    for p in publish {
+        let mut p = p.clone();
+        if p.host.port() == 0 {
+            let err = |source| QemuError::FreePort { addr: p.host, proto: p.proto, source };
+            let port = match p.proto {
+                Proto::Tcp => std::net::TcpListener::bind(p.host).and_then(|l| l.local_addr()),
+                Proto::Udp => std::net::UdpSocket::bind(p.host).and_then(|s| s.local_addr()),
+            }
+            .map_err(err)?
+            .port();
+            p.host.set_port(port);
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// How a QEMU run ended, as `skiff` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest wrote its status to `isa-debug-exit`.
+    Guest(u8),
+    /// `--timeout` ran out and QEMU was killed.
+    Timeout(Duration),
+    /// A stop signal was passed on and QEMU ended the VM at once.
+    Stopped(&'static str),
+    /// QEMU failed before or while starting the guest (its message).
+    Failed(String),
+    /// QEMU ended without a guest status: its exit status, or the signal
+    /// that killed it.
+    Vanished(String),
+}
+
+impl Ending {
+    /// `skiff`'s exit status.
+    pub fn status(&self) -> u8 {
+        use skiff_abi::exit;
+        match self {
+            Ending::Guest(s) => *s,
+            Ending::Timeout(_) => exit::TIMEOUT,
+            Ending::Stopped(_) => exit::STOPPED,
+            Ending::Failed(_) => exit::TENDER_ERROR,
+            Ending::Vanished(_) => exit::VM_FAILURE,
+        }
+    }
+
+    /// The line `skiff` prints about it, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Ending::Guest(_) => None,
+            Ending::Timeout(t) => Some(format!("--timeout {t:?} expired: QEMU killed")),
+            Ending::Stopped(signal) => Some(format!(
+                "{signal} passed on to QEMU, which ended the guest at once (QEMU has no stop request for the guest)"
+            )),
+            Ending::Failed(why) => Some(format!("QEMU failed: {why}")),
+            Ending::Vanished(how) => Some(format!("QEMU ended without the guest's exit status ({how})")),
+        }
+    }
+}
+
+/// What QEMU's exit status says, given the error lines it printed.
+pub fn ending(status: std::process::ExitStatus, errors: &[String]) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        // 1 is also the status QEMU gives for its own errors.
+        Some(1) if !errors.is_empty() => Ending::Failed(errors.join("; ")),
+        Some(code) if code & 1 == 1 => Ending::Guest((code >> 1) as u8),
+        Some(code) if !errors.is_empty() => Ending::Failed(format!("{} (exit status {code})", errors.join("; "))),
+        Some(code) => Ending::Vanished(format!("exit status {code}")),
+        None => Ending::Vanished(format!("killed by signal {}", status.signal().unwrap_or(0))),
+    }
+}
+
+/// Runs QEMU with `args`: the guest's console on our standard output,
+/// QEMU's own messages on our standard error, `timeout` enforced and stop
+/// signals passed on.
+pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<Ending, QemuError> {
+    // Blocked here, taken by `wait_for_stop`; the child starts with an
+    // empty signal mask (the standard library resets it).
+    skiff_tender::sys::block_stop_signals().map_err(QemuError::Watch)?;
+    let mut child = Command::new(qemu)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => QemuError::NotFound { qemu: qemu.to_string() },
+            _ => QemuError::Spawn { qemu: qemu.to_string(), source },
+        })?;
+    let stderr = child.stderr.take().expect("piped");
+    // QEMU's messages go on to our standard error as they come; its error
+    // lines (not warnings, not the note about a signal) are kept.
+    let relay = std::thread::spawn(move || {
+        let mut errors = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if !line.contains("warning:") && !line.contains("terminating on signal") && errors.len() < 8 {
+                errors.push(line);
+            }
+        }
+        errors
+    });
+    let start = Instant::now();
+    let mut stopped = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(QemuError::Watch)? {
+            break status;
+        }
+        if let Some(t) = timeout
+            && start.elapsed() >= t
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = relay.join();
+            return Ok(Ending::Timeout(t));
+        }
+        let tick = timeout.map_or(Duration::from_millis(20), |t| t.saturating_sub(start.elapsed()));
+        if let Some(signal) = skiff_tender::sys::wait_for_stop(tick.min(Duration::from_millis(20))) {
+            // QEMU ends the VM on SIGTERM or SIGINT at once; a guest that
+            // has already written its status keeps it.
+            let _ = skiff_tender::sys::send_stop(child.id(), signal);
+            stopped.get_or_insert(signal.name());
+        }
+    };
+    let errors = relay.join().unwrap_or_default();
+    Ok(match (ending(status, &errors), stopped) {
+        (Ending::Guest(s), _) => Ending::Guest(s),
+        (_, Some(signal)) => Ending::Stopped(signal),
+        (other, None) => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_abi::DeviceKind;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn spec(machine: Machine) -> Spec {
+        Spec {
+            qemu: QEMU.into(),
+            machine,
+            image: "/images/echo".into(),
+            mem: 64 << 20,
+            log: LogLevel::Info,
+            args: Vec::new(),
+            declared: vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into(), outbound: false }],
+            net: Vec::new(),
+            macs: Vec::new(),
+            publish: Vec::new(),
+            outbound: Outbound::AsDeclared,
+        }
+    }
+
+    fn line(spec: &Spec) -> String {
+        arguments(spec).unwrap().iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn arguments_round_trip_through_the_guests_split() {
+        let args: Vec<String> =
+            ["plain", "two words", "it's", "", "a\"b", "$HOME", "back\\slash", "tab\there", "new\nline", "x,y"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let text = append(LogLevel::Info, &args).unwrap();
+        assert_eq!(shlex::split(&text).unwrap(), args, "{text}");
+        let text = append(LogLevel::Debug, &args[..1]).unwrap();
+        assert_eq!(text, "skiff.log=debug plain");
+        assert!(matches!(append(LogLevel::Info, &["a\0b".into()]), Err(QemuError::Argument(_))));
+    }
+
+    #[test]
+    fn microvm_nic_on_the_user_network_with_forwards() {
+        let mut s = spec(Machine::Microvm);
+        s.publish = vec!["8007:7".parse().unwrap(), "0.0.0.0:5353:53/udp".parse().unwrap()];
+        s.args = vec!["--port".into(), "7".into()];
+        s.mem = 32 << 20;
+        let l = line(&s);
+        assert!(l.starts_with("-M microvm,x-option-roms=off,rtc=off -enable-kvm -cpu max,-arch-capabilities -m 32M -nodefaults"), "{l}");
+        assert!(l.contains("-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4"), "{l}");
+        assert!(
+            l.contains(
+                "-netdev user,id=nic0,restrict=on,hostfwd=tcp:127.0.0.1:8007-:7,hostfwd=udp:0.0.0.0:5353-:53 \
+                 -device virtio-net-device,netdev=nic0,mac=02:5f:"
+            ),
+            "{l}"
+        );
+        assert!(l.ends_with("-kernel /images/echo -append --port 7"), "{l}");
+    }
+
+    #[test]
+    fn q35_nic_on_a_tap_device_with_its_mac() {
+        let mut s = spec(Machine::Q35);
+        s.net = vec![NicSpec { name: "service".into(), tap: "tap0".into() }];
+        s.macs = vec![("service".into(), [2, 0, 0, 0, 0, 9])];
+        let l = line(&s);
+        assert!(l.starts_with("-M q35 "), "{l}");
+        assert!(
+            l.contains(
+                "-netdev tap,id=nic0,ifname=tap0,script=no,downscript=no \
+                 -device virtio-net-pci,netdev=nic0,mac=02:00:00:00:00:09"
+            ),
+            "{l}"
+        );
+        assert!(!l.contains("-append"), "{l}");
+    }
+
+    #[test]
+    fn outbound_follows_the_manifest_unless_told() {
+        let mut s = spec(Machine::Microvm);
+        s.declared[0].outbound = true;
+        assert!(line(&s).contains("restrict=off"));
+        s.outbound = Outbound::None;
+        assert!(line(&s).contains("restrict=on"));
+    }
+
+    #[test]
+    fn nic_mistakes_are_refused() {
+        let mut s = spec(Machine::Microvm);
+        s.net = vec![NicSpec { name: "other".into(), tap: "user".into() }];
+        let e = arguments(&s).unwrap_err().to_string();
+        assert_eq!(e, r#"--net other: the image declares no NIC "other" (it declares: "service")"#);
+        let mut s = spec(Machine::Microvm);
+        s.net = vec![NicSpec { name: "service".into(), tap: "tap0".into() }];
+        s.publish = vec!["8007:7".parse().unwrap()];
+        assert!(matches!(arguments(&s), Err(QemuError::PublishWithoutUser)));
+        let mut s = spec(Machine::Microvm);
+        s.macs = vec![("nope".into(), [2, 0, 0, 0, 0, 1])];
+        assert!(matches!(arguments(&s), Err(QemuError::MacWithoutNic(_))));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(memory(64 << 20), "64M");
+        assert_eq!(memory((5 << 20) + 4096), "5124K");
+    }
+
+    #[test]
+    fn port_zero_gets_a_free_port() {
+        let chosen = choose_ports(&["0:7".parse().unwrap(), "0:7/udp".parse().unwrap()]).unwrap();
+        assert!(chosen.iter().all(|p| p.host.port() != 0), "{chosen:?}");
+    }
+
+    #[test]
+    fn qemu_exit_statuses_map_back() {
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(ending(exited(1), &[]), Ending::Guest(0));
+        assert_eq!(ending(exited(15), &[]), Ending::Guest(7));
+        assert_eq!(ending(exited(203), &[]), Ending::Guest(101));
+        let err = vec!["qemu-system-x86_64: -kernel x: could not load kernel".to_string()];
+        assert!(matches!(ending(exited(1), &err), Ending::Failed(_)));
+        assert_eq!(ending(exited(1), &err).status(), skiff_abi::exit::TENDER_ERROR);
+        assert_eq!(ending(exited(0), &[]).status(), skiff_abi::exit::VM_FAILURE);
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert_eq!(ending(killed, &[]), Ending::Vanished("killed by signal 9".into()));
+    }
+}
