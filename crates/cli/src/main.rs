@@ -116,6 +116,19 @@ enum CliError {
     Qemu(#[from] qemu::QemuError),
 }
 
+impl CliError {
+    /// The exit status: options that do not go together are a bad command
+    /// line, anything else means the guest could not be started.
+    fn status(&self) -> u8 {
+        match self {
+            CliError::Qemu(qemu::QemuError::TenderOnly(_) | qemu::QemuError::MachineWithoutQemu) => {
+                skiff_abi::exit::USAGE
+            }
+            _ => skiff_abi::exit::TENDER_ERROR,
+        }
+    }
+}
+
 fn build_options(
     dir: &Path,
     debug: bool,
@@ -317,7 +330,7 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("skiff: {e}");
-            ExitCode::from(skiff_abi::exit::TENDER_ERROR)
+            ExitCode::from(e.status())
         }
     }
 }

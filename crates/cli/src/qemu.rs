@@ -48,7 +48,9 @@ pub enum Machine {
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     /// QEMU is not installed (or not where `SKIFF_QEMU` says).
-    #[error("{qemu} not found: --vmm qemu needs QEMU (Debian package {QEMU_PACKAGE}: apt-get install {QEMU_PACKAGE}, or scripts/setup), or SKIFF_QEMU naming one")]
+    #[error(
+        "{qemu} not found: --vmm qemu needs QEMU (Debian package {QEMU_PACKAGE}: apt-get install {QEMU_PACKAGE}, or scripts/setup), or SKIFF_QEMU naming one"
+    )]
     NotFound {
         /// The program looked for.
         qemu: String,
@@ -168,8 +170,7 @@ fn hostfwd(p: &Publish) -> String {
 
 /// QEMU's arguments (without the program) for `spec`.
 pub fn arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
-    let nics: Vec<&DeclaredDevice> =
-        spec.declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net).collect();
+    let nics: Vec<&DeclaredDevice> = spec.declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net).collect();
     let names = || nics.iter().map(|d| format!("{:?}", d.name)).collect::<Vec<_>>().join(", ");
     for s in &spec.net {
         if !nics.iter().any(|d| d.name == s.name) {
@@ -332,18 +333,16 @@ pub fn ending(status: std::process::ExitStatus, errors: &[String]) -> Ending {
 /// QEMU's own messages on our standard error, `timeout` enforced and stop
 /// signals passed on.
 pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<Ending, QemuError> {
-    // Blocked here, taken by `wait_for_stop`; the child starts with an
-    // empty signal mask (the standard library resets it).
+    // Blocked here and taken by `wait_for_stop`; QEMU starts with them
+    // unblocked, in our process group (Ctrl-C in a terminal reaches both).
     skiff_tender::sys::block_stop_signals().map_err(QemuError::Watch)?;
-    let mut child = Command::new(qemu)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => QemuError::NotFound { qemu: qemu.to_string() },
-            _ => QemuError::Spawn { qemu: qemu.to_string(), source },
-        })?;
+    let mut cmd = Command::new(qemu);
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    skiff_tender::sys::unblock_stop_signals_on_exec(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => QemuError::NotFound { qemu: qemu.to_string() },
+        _ => QemuError::Spawn { qemu: qemu.to_string(), source },
+    })?;
     let stderr = child.stderr.take().expect("piped");
     // QEMU's messages go on to our standard error as they come; its error
     // lines (not warnings, not the note about a signal) are kept.
@@ -435,7 +434,12 @@ mod tests {
         s.args = vec!["--port".into(), "7".into()];
         s.mem = 32 << 20;
         let l = line(&s);
-        assert!(l.starts_with("-M microvm,x-option-roms=off,rtc=off -enable-kvm -cpu max,-arch-capabilities -m 32M -nodefaults"), "{l}");
+        assert!(
+            l.starts_with(
+                "-M microvm,x-option-roms=off,rtc=off -enable-kvm -cpu max,-arch-capabilities -m 32M -nodefaults"
+            ),
+            "{l}"
+        );
         assert!(l.contains("-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4"), "{l}");
         assert!(
             l.contains(

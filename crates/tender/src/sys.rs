@@ -154,6 +154,27 @@ pub fn send_stop(pid: u32, signal: StopSignal) -> io::Result<()> {
     if unsafe { libc::kill(pid, number) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Makes the process `cmd` starts begin with `SIGTERM` and `SIGINT`
+/// unblocked (a child inherits the mask that [`block_stop_signals`] set).
+pub fn unblock_stop_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec; it only
+    // fills a sigset on its stack and calls pthread_sigmask, all of them
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+            match libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        });
+    }
+}
+
 /// Blocks `SIGTERM` and `SIGINT` in the calling thread and in every thread
 /// it starts afterwards, so they stay pending until [`wait_for_stop`]
 /// takes them. They stay blocked after the guest ends: one that comes

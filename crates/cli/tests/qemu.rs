@@ -1,0 +1,148 @@
+//! `skiff run --vmm qemu`: the same images under QEMU through their PVH
+//! entry, started by the `skiff` command. Needs `/dev/kvm` and
+//! `qemu-system-x86_64` (`scripts/setup` installs it); without them these
+//! tests fail with a message that says so.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "../../tender/tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+fn require_kvm_and_qemu() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("these tests boot guests under QEMU/KVM and need read-write access to /dev/kvm ({e})");
+    }
+    if let Err(e) = Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status() {
+        panic!("these tests need qemu-system-x86_64 ({e}): scripts/setup installs it (Debian package qemu-system-x86)");
+    }
+}
+
+struct Out {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn skiff(args: &[&str]) -> Out {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).stdin(Stdio::null()).output().expect("run skiff");
+    Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+fn hello() -> &'static str {
+    path(common::guest("examples/hello"))
+}
+
+fn probe() -> &'static str {
+    path(common::guest("tests/guests/probe"))
+}
+
+#[track_caller]
+fn expect(out: &Out, status: i32, needles: &[&str]) {
+    assert_eq!(out.status, status, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    for n in needles {
+        assert!(out.stdout.contains(n) || out.stderr.contains(n), "no {n:?} in:\n{}\n{}", out.stdout, out.stderr);
+    }
+}
+
+#[test]
+fn hello_under_qemu_microvm_prints_its_lines_and_exits_zero() {
+    require_kvm_and_qemu();
+    let out = skiff(&["run", hello(), "--vmm", "qemu", "--", "first", "second arg"]);
+    expect(&out, 0, &["INFO  hello: Hello from Skiff!", "asked for 10 ms", r#"command line: ["first", "second arg"]"#]);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    // --log reaches the guest as skiff.log=LEVEL.
+    let quiet = skiff(&["run", hello(), "--vmm", "qemu", "--log", "warn", "--", "--sleep-ms", "0"]);
+    expect(&quiet, 0, &[]);
+    assert!(!quiet.stdout.contains("Hello from Skiff!"), "{}", quiet.stdout);
+}
+
+#[test]
+fn the_guests_status_is_skiffs_own() {
+    require_kvm_and_qemu();
+    expect(&skiff(&["run", probe(), "--vmm", "qemu", "--", "exit", "7"]), 7, &[]);
+    expect(
+        &skiff(&["run", probe(), "--vmm", "qemu", "--", "panic"]),
+        101,
+        &["probe panic 42", "skiff: guest aborted (panic)"],
+    );
+}
+
+#[test]
+fn arguments_with_spaces_and_quotes_arrive_intact() {
+    require_kvm_and_qemu();
+    let args = ["hello", "two words", "it's", "say \"hi\"", "a,b", "$HOME", "back\\slash"];
+    let mut cmd = vec!["run", probe(), "--vmm", "qemu", "--"];
+    cmd.extend(args);
+    let out = skiff(&cmd);
+    let expected = format!("probe says hello; args {:?}", &args[..]);
+    expect(&out, 0, &[&expected]);
+}
+
+#[test]
+fn the_timeout_kills_qemu_with_status_111() {
+    require_kvm_and_qemu();
+    let out = skiff(&["run", probe(), "--vmm", "qemu", "--timeout", "1s", "--", "sleep", "30000"]);
+    expect(&out, 111, &["skiff: --timeout 1s expired: QEMU killed"]);
+    assert!(out.elapsed < Duration::from_secs(5), "took {:?}", out.elapsed);
+}
+
+#[test]
+fn a_stop_signal_is_passed_on_and_ends_the_guest_with_114() {
+    require_kvm_and_qemu();
+    let probe = probe();
+    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", probe, "--vmm", "qemu", "--", "sleep", "30000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill takes plain integers; the child is ours and not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(114), "{stderr}");
+    assert!(stderr.contains("skiff: SIGTERM passed on to QEMU, which ended the guest at once"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn tender_only_options_and_a_missing_qemu_are_clear_errors() {
+    let out = skiff(&["run", "/nonexistent", "--vmm", "qemu", "--net-max-connections", "5", "--stats"]);
+    expect(&out, 124, &["skiff: --stats, --net-max-connections only with --vmm tender"]);
+    let out = skiff(&["run", "/nonexistent", "--machine", "q35"]);
+    expect(&out, 124, &["skiff: --machine only with --vmm qemu"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", hello(), "--vmm", "qemu"])
+        .env("SKIFF_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("/nonexistent/qemu-system-x86_64 not found"), "{stderr}");
+    assert!(stderr.contains("Debian package qemu-system-x86"), "{stderr}");
+}
+
+#[test]
+fn hello_boots_under_q35_through_pvh() {
+    require_kvm_and_qemu();
+    let out = skiff(&["run", hello(), "--vmm", "qemu", "--machine", "q35", "--timeout", "60s", "--", "on q35"]);
+    expect(&out, 0, &["INFO  hello: Hello from Skiff!", r#"command line: ["on q35"]"#]);
+}
