@@ -156,7 +156,7 @@ fn log_name(level: LogLevel) -> &'static str {
 
 /// QEMU's `-m` value: MiB when whole, else KiB.
 fn memory(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 { format!("{}M", bytes >> 20) } else { format!("{}K", bytes.div_ceil(1 << 10)) }
+    if bytes.is_multiple_of(1 << 20) { format!("{}M", bytes >> 20) } else { format!("{}K", bytes.div_ceil(1 << 10)) }
 }
 
 /// One `hostfwd` of QEMU's user network.
@@ -257,7 +257,7 @@ pub fn arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
 pub fn choose_ports(publish: &[Publish]) -> Result<Vec<Publish>, QemuError> {
     let mut out = Vec::new();
     for p in publish {
-        let mut p = p.clone();
+        let mut p = *p;
         if p.host.port() == 0 {
             let err = |source| QemuError::FreePort { addr: p.host, proto: p.proto, source };
             let port = match p.proto {
