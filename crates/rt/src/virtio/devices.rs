@@ -14,10 +14,11 @@ use crate::arch::pvh::{IOAPIC_PAGE, VIRTIO_MMIO_PAGE};
 use crate::arch::supervisor::TIMER_VECTOR;
 use crate::device::{DeviceError, NetDevice};
 use crate::executor::wake_on_device;
+use crate::random::{EntropyDevice, RandomError};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::task::{Context, Poll};
@@ -75,12 +76,15 @@ fn windows(cmdline: &str) -> Result<Vec<Window>, String> {
     }
     // With ACPI, microvm has 24 slots on the second I/O APIC; without it
     // 8 slots on GSI 5 to 12. A ninth slot that answers tells them apart.
-    let irq_base = if magic_at(SLOT_BASE + 8 * SLOT_SIZE) { 24 } else { 5 };
-    for i in 0..SLOTS {
+    // QEMU fills the slots from the top, so the look stops at the first
+    // empty one: each read is a VM exit (tens of microseconds).
+    let (slots, irq_base) = if magic_at(SLOT_BASE + 8 * SLOT_SIZE) { (SLOTS, 24) } else { (8, 5) };
+    for i in (0..slots).rev() {
         let base = SLOT_BASE + i * SLOT_SIZE;
-        if magic_at(base) && device_id_at(base) != 0 {
-            found.push(Window { base, size: SLOT_SIZE, irq: irq_base + i as u32 });
+        if !magic_at(base) || device_id_at(base) == 0 {
+            break;
         }
+        found.push(Window { base, size: SLOT_SIZE, irq: irq_base + i as u32 });
     }
     Ok(found)
 }
@@ -157,7 +161,7 @@ impl Devices {
     /// device if there is one. An error is a line for the boot failure.
     pub(super) fn probe(cmdline: &str, declared: &[String]) -> Result<Devices, String> {
         let mut windows = windows(cmdline)?;
-        windows.sort_by(|a, b| b.base.cmp(&a.base));
+        windows.sort_by_key(|w| core::cmp::Reverse(w.base));
         let mut nets = Vec::new();
         let mut rng = None;
         for w in windows {
@@ -207,9 +211,9 @@ impl Devices {
         !self.nets.is_empty()
     }
 
-    /// Takes the virtio-rng device, if there is one.
-    pub(super) fn take_rng(&mut self) -> Option<Rng> {
-        self.rng.take()
+    /// Takes the virtio-rng device, if there is one, as an entropy source.
+    pub(super) fn take_rng(&mut self) -> Option<Box<dyn EntropyDevice>> {
+        self.rng.take().map(|rng| Box::new(RngSource(rng)) as Box<dyn EntropyDevice>)
     }
 
     /// Lends the NIC called `name`.
@@ -267,6 +271,18 @@ impl Devices {
     }
 }
 
+/// virtio-rng as the entropy pool's device.
+struct RngSource(Rng);
+
+impl EntropyDevice for RngSource {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), RandomError> {
+        self.0.fill(out).map_err(|e| {
+            log::error!("virtio-rng failed: {e}");
+            RandomError::DeviceFailed
+        })
+    }
+}
+
 /// The `NetDevice` over a virtio-net device. A driver error (the device
 /// broke the virtqueue protocol) is logged once, loudly; the NIC then
 /// reports no frames and no room.
@@ -289,7 +305,7 @@ impl VirtioNic {
             Ok(v) => v,
             Err(e) => {
                 self.failed = true;
-                log::error!("NIC \"{}\" stops: its virtio-net device failed: {}", self.name, e.to_string());
+                log::error!("NIC \"{}\" stops: its virtio-net device failed: {}", self.name, e);
                 otherwise
             }
         }

@@ -438,36 +438,60 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
 
     let line = command_line(info);
     let declared = declared_nics().unwrap_or_else(|e| fail(&e));
-    // The `virtio_mmio.device=` entries are ASCII; a line that is not UTF-8
-    // fails below, with the arguments.
-    let devices = match devices::Devices::probe(core::str::from_utf8(line).unwrap_or(""), &declared) {
-        Ok(devices) => Rc::new(devices),
-        Err(e) => fail(&e),
-    };
     let mut args = match split_command_line(line) {
         Ok(args) => args,
         Err(e) => fail(&format!("bad command line from the hypervisor: {e}")),
     };
-    // `skiff.log=LEVEL` stands for the tender's `--log LEVEL`.
+    // `skiff.log=LEVEL` stands for the tender's `--log LEVEL`;
+    // `skiff.entropy=virtio-rng` seeds the entropy pool from virtio-rng
+    // even when the CPU has RDSEED or RDRAND.
     let mut bad_level = None;
-    args.retain(|a| match a.strip_prefix("skiff.log=") {
-        Some(level) => {
-            match level.parse::<log::LevelFilter>() {
-                Ok(filter) => log::set_max_level(filter),
-                Err(_) => bad_level = Some(String::from(level)),
-            }
-            false
+    let mut entropy = None;
+    args.retain(|a| {
+        if let Some(source) = a.strip_prefix("skiff.entropy=") {
+            entropy = Some(String::from(source));
+            return false;
         }
-        None => true,
+        match a.strip_prefix("skiff.log=") {
+            Some(level) => {
+                match level.parse::<log::LevelFilter>() {
+                    Ok(filter) => log::set_max_level(filter),
+                    Err(_) => bad_level = Some(String::from(level)),
+                }
+                false
+            }
+            None => true,
+        }
     });
     if let Some(level) = bad_level {
         fail(&format!("skiff.log={level}: not a log level (off, error, warn, info, debug, trace)"));
     }
+    let prefer_rng = match entropy.as_deref() {
+        None | Some("cpu") => false,
+        Some("virtio-rng") => true,
+        Some(other) => fail(&format!("skiff.entropy={other}: not an entropy source (cpu, virtio-rng)")),
+    };
+    let tsc_probe = rdtsc();
+    // The line is UTF-8: `split_command_line` checked it.
+    let mut devices = match devices::Devices::probe(core::str::from_utf8(line).unwrap_or(""), &declared) {
+        Ok(devices) => devices,
+        Err(e) => fail(&e),
+    };
+    match devices.take_rng() {
+        Some(rng) => crate::random::install_device(rng, prefer_rng),
+        None if prefer_rng => {
+            fail("skiff.entropy=virtio-rng, but the VM has no virtio-rng device (QEMU: -device virtio-rng-device)")
+        }
+        None => {}
+    }
+    let devices = Rc::new(devices);
+    let tsc_probed = rdtsc();
     let ring0_micros = scale.ticks_to_nanos(tsc_entry - tsc_ring0) / 1000;
     let ring3_micros = scale.ticks_to_nanos(rdtsc() - tsc_entry) / 1000;
+    let probe_micros = scale.ticks_to_nanos(tsc_probed - tsc_probe) / 1000;
     log::debug!(
         "PVH entry: {} MiB of memory ({} KiB of heap), TSC at {} kHz from {source}; boot: {ring0_micros} us \
-         in ring 0, {ring3_micros} us in ring 3 before main",
+         in ring 0, {ring3_micros} us in ring 3 before main ({probe_micros} us of it finding devices)",
         mem_size >> 20,
         (heap_end - heap_start) >> 10,
         tsc_hz / 1000
