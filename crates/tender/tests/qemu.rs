@@ -454,3 +454,70 @@ fn virtio_rng_seeds_the_entropy_pool_and_is_required_when_asked_for() {
     let run = qemu(probe(), "random skiff.entropy=dice");
     expect(&run, 104, &["skiff.entropy=dice: not an entropy source (cpu, virtio-rng)"]);
 }
+
+/// Every file of examples/static-website's site, as (URL path, bytes).
+fn site_files() -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+                out.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let site = common::workspace().join("examples/static-website/site");
+    let mut out = Vec::new();
+    walk(&site, &site, &mut out);
+    assert!(out.len() >= 10, "the site has {} files", out.len());
+    out
+}
+
+#[test]
+fn static_website_over_virtio_net_serves_every_file_over_tls13_and_tls12_with_entropy_from_virtio_rng() {
+    let website = common::guest("examples/static-website");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:443");
+    let extra = ["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0", "-device", "virtio-rng-device"];
+    let mut guest = Running::start(website, "--dhcp skiff.entropy=virtio-rng", &extra);
+    guest.wait_for("static-website: 16 files");
+
+    let files = site_files();
+    let dir = common::workspace().join(format!("target/qemu-tests/site-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    // The demo certificate is self-signed for localhost: -k.
+    for (force, wanted) in [(&["--tlsv1.3"][..], "TLSv1.3"), (&["--tlsv1.2", "--tls-max", "1.2"][..], "TLSv1.2")] {
+        let mut args: Vec<String> = ["-sS", "-v", "-k", "--max-time", "30", "--resolve", &resolve]
+            .iter()
+            .chain(force)
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-w".into(), "%{http_code} %{num_connects}\n".into()]);
+        for (i, (path, _)) in files.iter().enumerate() {
+            args.extend(["-o".into(), dir.join(i.to_string()).display().to_string()]);
+            args.push(format!("https://localhost:{port}{path}"));
+        }
+        let out = Command::new("curl").args(&args).output().expect("run curl (scripts/setup installs it)");
+        let report = String::from_utf8_lossy(&out.stdout);
+        let verbose = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {force:?} failed:\n{verbose}\nguest:\n{}", guest.seen);
+        assert!(verbose.contains(&format!("SSL connection using {wanted}")), "{verbose}");
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(lines.len(), files.len(), "{report}");
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            assert!(lines[i].starts_with("200 "), "{path}: {}", lines[i]);
+            let got = std::fs::read(dir.join(i.to_string())).unwrap();
+            assert!(got == *bytes, "{path}: {} bytes fetched, {} in the site", got.len(), bytes.len());
+        }
+        let connects: u32 = lines.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap()).sum();
+        assert_eq!(connects, 1, "one keep-alive connection carries every file: {report}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
