@@ -1,6 +1,8 @@
 //! The same images under QEMU's microvm machine, through their PVH entry
 //! (the virtio platform of skiff-rt): console on COM1, exit status through
-//! `isa-debug-exit`, faults and panics reported by the guest itself.
+//! `isa-debug-exit`, faults and panics reported by the guest itself,
+//! virtio-net on QEMU's user network (host forwards on loopback ports) and
+//! virtio-rng as the entropy source.
 //!
 //! QEMU exits with `(status << 1) | 1` for a status written to
 //! `isa-debug-exit`; [`Qemu::guest_status`] maps it back.

@@ -17,6 +17,9 @@
 //!   memory between, under 2 MiB, is left out unless memory ends there),
 //!   and the pages
 //!   of the start info, command line and memory map read-only for ring 3;
+//! - maps the 2 MiB pages of microvm's virtio-mmio slots and of the I/O
+//!   APICs for ring 3, uncached and NX (the drivers and the interrupt
+//!   routing run in ring 3);
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
 //! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens COM1,

@@ -17,8 +17,10 @@
 //!   comes from CPUID (the hypervisor leaf 0x40000010, else leaf 0x15) or
 //!   is measured against the PIT's channel 0, and the wall clock reads as
 //!   the UNIX epoch;
-//! - idle: waits for the next timer deadline on the TSC (see
-//!   [`Virtio::poll`]);
+//! - idle: waits for the next timer deadline on the TSC or a NIC's
+//!   interrupt (see [`Virtio::poll`]);
+//! - entropy: virtio-rng seeds the pool when the CPU has no RDSEED or
+//!   RDRAND (or always, with `skiff.entropy=virtio-rng`);
 //! - devices ([`devices`]): virtio-mmio windows from the command line
 //!   (`virtio_mmio.device=`) or microvm's fixed slots; a virtio-net device
 //!   for each NIC the manifest declares, lent through [`Env::take_net`],
