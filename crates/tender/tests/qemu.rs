@@ -523,3 +523,14 @@ fn static_website_over_virtio_net_serves_every_file_over_tls13_and_tls12_with_en
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bad_virtio_mmio_entries_on_the_command_line_end_the_boot_with_a_clear_line() {
+    let run = qemu(probe(), "exit 0 virtio_mmio.device=512@0x1000:5");
+    expect(&run, 104, &["the virtio-mmio device at 0x1000 (512 bytes) lies outside the page this runtime maps"]);
+    let run = qemu(probe(), "exit 0 virtio_mmio.device=512@nowhere");
+    expect(&run, 104, &["bad virtio-mmio device on the command line"]);
+    // An empty slot named on the command line is skipped, not an error.
+    let run = qemu(probe(), "exit 3 virtio_mmio.device=512@0xfeb00000:5");
+    expect(&run, 3, &[]);
+}
