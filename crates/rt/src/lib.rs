@@ -13,7 +13,7 @@
 //!   the shared console ring), the panic handler, the [`executor`], and
 //!   the platform the entry point chose: [`hvt`] (the tender's hypercalls)
 //!   or [`virtio`] (a standard hypervisor through the PVH entry: COM1,
-//!   `isa-debug-exit`, kvmclock, the APIC timer).
+//!   `isa-debug-exit`, kvmclock, the APIC timer, virtio-net and virtio-rng).
 //!
 //! The tender builds the page tables on the host before the first
 //! instruction, so the guest never walks page tables in ring 0.
@@ -33,7 +33,8 @@
 // Unsafe code lives only in the modules that allow it below: CPU and
 // assembly (`arch`, `mem`), the heap, the boot path (`start`, `panic`),
 // the hypercalls and shared memory (`hvt`, `console`, `nic`), the PVH
-// entry's platform (`virtio`: linker symbols, the start info, kvmclock),
+// entry's platform (`virtio`: linker symbols, the start info, kvmclock,
+// device registers),
 // the waker vtable (`executor`), and the statics of `logger` and `random`.
 #![deny(unsafe_code)]
 

@@ -2,8 +2,10 @@
 //!
 //! The CPU's entropy source seeds a ChaCha20 generator: `RDSEED` (raw
 //! conditioned entropy) when the CPU has it, `RDRAND` (the CPU's own
-//! hardware-reseeded generator) otherwise, both checked with CPUID. There is
-//! no fallback to anything weaker: on a CPU with neither, [`fill`] fails with
+//! hardware-reseeded generator) otherwise, both checked with CPUID; on a
+//! CPU with neither, an entropy device the platform installed
+//! ([`EntropyDevice`]: virtio-rng under a standard hypervisor). There is
+//! no fallback to anything weaker: without any, [`fill`] fails with
 //! [`RandomError::NoHardwareSource`], and what needs randomness (TLS)
 //! refuses to start.
 //!
@@ -33,15 +35,19 @@ pub enum RandomError {
     NoHardwareSource,
     /// The hardware source kept failing (or returned a stuck value).
     HardwareFailed,
+    /// The entropy device failed (it said why in the log).
+    DeviceFailed,
 }
 
 impl fmt::Display for RandomError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RandomError::NoHardwareSource => {
-                f.write_str("the CPU has no hardware random source (RDSEED or RDRAND); refusing to use a weaker one")
-            }
+            RandomError::NoHardwareSource => f.write_str(
+                "the CPU has no hardware random source (RDSEED or RDRAND) and there is no entropy device \
+                 (virtio-rng); refusing to use a weaker one",
+            ),
             RandomError::HardwareFailed => f.write_str("the CPU's hardware random source kept failing"),
+            RandomError::DeviceFailed => f.write_str("the entropy device (virtio-rng) failed"),
         }
     }
 }
@@ -55,6 +61,15 @@ pub enum HardwareSource {
     Rdseed,
     /// `RDRAND`: the CPU's hardware-reseeded generator.
     Rdrand,
+    /// The hypervisor's entropy device (virtio-rng).
+    VirtioRng,
+}
+
+/// An entropy device (virtio-rng) that seeds the pool when the CPU has no
+/// RDSEED or RDRAND, or when the platform prefers it.
+pub trait EntropyDevice: Send {
+    /// Fills `out` with entropy; on failure the device logs why.
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), RandomError>;
 }
 
 impl fmt::Display for HardwareSource {
@@ -62,6 +77,7 @@ impl fmt::Display for HardwareSource {
         f.write_str(match self {
             HardwareSource::Rdseed => "RDSEED",
             HardwareSource::Rdrand => "RDRAND",
+            HardwareSource::VirtioRng => "virtio-rng",
         })
     }
 }
@@ -172,15 +188,36 @@ pub(crate) fn hardware_words(out: &mut [u8; 32], mut next: impl FnMut() -> Optio
     Ok(())
 }
 
+/// Gives the pool an entropy device: used when the CPU has no RDSEED or
+/// RDRAND, or always when `preferred`. Installed once, at boot.
+#[cfg(skiff_guest)]
+pub(crate) fn install_device(device: alloc::boxed::Box<dyn EntropyDevice>, preferred: bool) {
+    *imp::DEVICE.lock() = Some(imp::Device { device, preferred });
+}
+
 #[cfg(skiff_guest)]
 mod imp {
-    use super::{HardwareSource, Pool, RandomError};
+    use super::{EntropyDevice, HardwareSource, Pool, RandomError};
+    use alloc::boxed::Box;
     use spinning_top::Spinlock;
 
     /// The pool; unkeyed until the first request.
     static POOL: Spinlock<Pool> = Spinlock::new(Pool::new());
 
+    /// The pool's entropy device, if the platform has one. Locked after
+    /// `POOL`, never before it.
+    pub(super) static DEVICE: Spinlock<Option<Device>> = Spinlock::new(None);
+
+    pub(super) struct Device {
+        pub(super) device: Box<dyn EntropyDevice>,
+        pub(super) preferred: bool,
+    }
+
     pub fn hardware_source() -> Result<HardwareSource, RandomError> {
+        let device = DEVICE.lock().as_ref().map(|d| d.preferred);
+        if device == Some(true) {
+            return Ok(HardwareSource::VirtioRng);
+        }
         // CPUID leaf 7 EBX bit 18: RDSEED; leaf 1 ECX bit 30: RDRAND.
         let leaf0 = core::arch::x86_64::__cpuid(0).eax;
         if leaf0 >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 18) != 0 {
@@ -189,15 +226,27 @@ mod imp {
         if core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0 {
             return Ok(HardwareSource::Rdrand);
         }
+        if device.is_some() {
+            return Ok(HardwareSource::VirtioRng);
+        }
         Err(RandomError::NoHardwareSource)
     }
 
     /// 32 bytes from the hardware. RDSEED may run dry under load: it is
-    /// retried, then RDRAND (hardware-reseeded) takes over.
+    /// retried, then RDRAND (hardware-reseeded) takes over. The device's
+    /// bytes are checked for a stuck value like the instructions' words.
     fn hardware(out: &mut [u8; 32], source: HardwareSource) -> Result<(), RandomError> {
+        if source == HardwareSource::VirtioRng {
+            let mut device = DEVICE.lock();
+            let device = device.as_mut().ok_or(RandomError::NoHardwareSource)?;
+            let mut raw = [0u8; 32];
+            device.device.fill(&mut raw)?;
+            let mut words = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+            return super::hardware_words(out, || words.next()).map_err(|_| RandomError::DeviceFailed);
+        }
         super::hardware_words(out, || match source {
             HardwareSource::Rdseed => crate::arch::cpu::rdseed().or_else(crate::arch::cpu::rdrand),
-            HardwareSource::Rdrand => crate::arch::cpu::rdrand(),
+            HardwareSource::Rdrand | HardwareSource::VirtioRng => crate::arch::cpu::rdrand(),
         })
     }
 
@@ -253,6 +302,7 @@ unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Res
     fill(buf).map_err(|e| match e {
         RandomError::NoHardwareSource => getrandom::Error::UNSUPPORTED,
         RandomError::HardwareFailed => getrandom::Error::new_custom(1),
+        RandomError::DeviceFailed => getrandom::Error::new_custom(2),
     })
 }
 

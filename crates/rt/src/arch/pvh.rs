@@ -17,6 +17,9 @@
 //!   memory between, under 2 MiB, is left out unless memory ends there),
 //!   and the pages
 //!   of the start info, command line and memory map read-only for ring 3;
+//! - maps the 2 MiB pages of microvm's virtio-mmio slots and of the I/O
+//!   APICs for ring 3, uncached and NX (the drivers and the interrupt
+//!   routing run in ring 3);
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
 //! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens COM1,
@@ -47,6 +50,21 @@ pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 /// Highest guest memory the PVH entry uses, as under the tender.
 const MEM_MAX: u64 = skiff_abi::layout::MEM_MAX;
 
+/// The 2 MiB page (mapped for ring 3, uncached) that holds QEMU microvm's
+/// virtio-mmio slots, `0xfeb00000 + 0x200 * i`.
+pub const VIRTIO_MMIO_PAGE: u64 = 0xfea0_0000;
+/// The 2 MiB page (mapped for ring 3, uncached) that holds the I/O APICs
+/// (`0xfec00000`, and microvm's second at `0xfec10000`).
+pub const IOAPIC_PAGE: u64 = 0xfec0_0000;
+
+const _: () = {
+    // Both lie in the fourth GiB, which the last page directory maps, and
+    // above any RAM the entry maps (below 3 GiB).
+    assert!(VIRTIO_MMIO_PAGE >> 30 == 3 && IOAPIC_PAGE >> 30 == 3);
+    assert!(VIRTIO_MMIO_PAGE.is_multiple_of(1 << 21) && IOAPIC_PAGE.is_multiple_of(1 << 21));
+    assert!(VIRTIO_MMIO_PAGE + (1 << 21) == IOAPIC_PAGE);
+};
+
 use super::supervisor::{KERNEL_DS, PVH_TSS_SEL, USER_CS, USER_DS};
 
 // Page-table entry bits.
@@ -55,6 +73,10 @@ const RW: u32 = 2;
 const US: u32 = 4;
 const PS: u32 = 0x80;
 const NX_HIGH: u32 = 0x8000_0000;
+/// Write-through and cache-disable: uncached.
+const PWT_PCD: u32 = 0x18;
+/// A device window's 2 MiB page: user, writable, uncached.
+const DEVICE_LARGE: u32 = P | RW | US | PS | PWT_PCD;
 
 core::arch::global_asm!(
     r#"
@@ -234,6 +256,15 @@ skiff_pvh_start:
     mov eax, [ebp + 40]
     mov ecx, 2
     call skiff_pvh_map_low
+
+    /* Device windows for ring 3, uncached and not executable: the 2 MiB
+       page holding microvm's virtio-mmio slots (0xfeb00000 + 0x200 * i)
+       and the one holding the I/O APICs (0xfec00000, 0xfec10000). Four
+       stores in the last page directory. */
+    mov dword ptr [skiff_pvh_tables + 0x5000 + {virtio_pde}], {virtio_page}
+    mov dword ptr [skiff_pvh_tables + 0x5000 + {virtio_pde} + 4], {nx_high}
+    mov dword ptr [skiff_pvh_tables + 0x5000 + {ioapic_pde}], {ioapic_page}
+    mov dword ptr [skiff_pvh_tables + 0x5000 + {ioapic_pde} + 4], {nx_high}
 
     /* Page directory 0 points at the page tables, the PDPT at the four
        page directories, the PML4 at the PDPT. */
@@ -456,5 +487,9 @@ skiff_pvh_halt_hlt:
     user_ds = const USER_DS,
     user_cs = const USER_CS,
     timer_vector = const super::supervisor::TIMER_VECTOR,
+    virtio_pde = const (VIRTIO_MMIO_PAGE >> 21 & 511) * 8,
+    virtio_page = const VIRTIO_MMIO_PAGE as u32 | DEVICE_LARGE,
+    ioapic_pde = const (IOAPIC_PAGE >> 21 & 511) * 8,
+    ioapic_page = const IOAPIC_PAGE as u32 | DEVICE_LARGE,
     spurious_vector = const super::supervisor::SPURIOUS_VECTOR,
 );

@@ -17,10 +17,15 @@
 //!   comes from CPUID (the hypervisor leaf 0x40000010, else leaf 0x15) or
 //!   is measured against the PIT's channel 0, and the wall clock reads as
 //!   the UNIX epoch;
-//! - idle: waits for the next timer deadline on the TSC (see
-//!   [`Virtio::poll`]);
-//! - devices: none yet. An image that declares one (a NIC) is refused at
-//!   boot with a message, status 104.
+//! - idle: waits for the next timer deadline on the TSC or a NIC's
+//!   interrupt (see [`Virtio::poll`]);
+//! - entropy: virtio-rng seeds the pool when the CPU has no RDSEED or
+//!   RDRAND (or always, with `skiff.entropy=virtio-rng`);
+//! - devices ([`devices`]): virtio-mmio windows from the command line
+//!   (`virtio_mmio.device=`) or microvm's fixed slots; a virtio-net device
+//!   for each NIC the manifest declares, lent through [`Env::take_net`],
+//!   its interrupt routed through the I/O APIC so a frame ends the idle.
+//!   A declared NIC without a device is refused at boot, status 104.
 
 use crate::arch::cpu::{inb, outb, rdtsc};
 use crate::arch::pvh::DEBUG_EXIT_PORT;
@@ -30,11 +35,16 @@ use crate::executor::Executor;
 use crate::fault::{MemoryMap, Region};
 use crate::logger::LOGGER;
 use crate::time::{Calibration, TscScale};
+use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 use skiff_abi::{ARGS_MAX, AbortReason, DeviceKind, FaultFrame, exit as status, manifest};
+
+mod devices;
 
 /// COM1's base port.
 const COM1: u16 = 0x3f8;
@@ -345,19 +355,33 @@ fn command_line(info: &StartInfo) -> &'static [u8] {
     &bytes[..end]
 }
 
-/// The NIC the image's manifest declares, if any.
-fn declared_device() -> Option<(&'static str, &'static str)> {
+/// The NICs the image's manifest declares, by name; a device of another
+/// kind is an error naming it.
+fn declared_nics() -> Result<Vec<String>, String> {
     // SAFETY: linker symbols around the manifest note.
     let (start, end) = unsafe { (addr(&skiff_manifest_note), addr(&skiff_manifest_note_end)) };
     if end - start < core::mem::size_of::<manifest::ManifestNote>() as u64 {
-        return None;
+        return Ok(Vec::new());
     }
     // SAFETY: the note section holds one ManifestNote (4-byte aligned, in
     // the read-only data), emitted by `#[skiff::main]`.
     let note = unsafe { &*(start as *const manifest::ManifestNote) };
-    let d = note.desc.devices.first().filter(|_| note.desc.device_count > 0)?;
-    let kind = DeviceKind::from_raw(d.kind).map_or("device", DeviceKind::name);
-    Some((kind, manifest::device_name(&d.name).unwrap_or("?")))
+    let count = (note.desc.device_count as usize).min(note.desc.devices.len());
+    let mut nics = Vec::new();
+    for d in &note.desc.devices[..count] {
+        let name = manifest::device_name(&d.name).unwrap_or("?");
+        match DeviceKind::from_raw(d.kind) {
+            Some(DeviceKind::Net) => nics.push(String::from(name)),
+            kind => {
+                let kind = kind.map_or("device", DeviceKind::name);
+                return Err(format!(
+                    "this image declares the {kind} device \"{name}\"; virtio-{kind} is not yet supported under a \
+                     standard hypervisor: run it under skiff-tender"
+                ));
+            }
+        }
+    }
+    Ok(nics)
 }
 
 fn fail(message: &str) -> ! {
@@ -414,44 +438,71 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
         abort(AbortReason::OutOfMemory, "the heap is too small to start; give the VM more memory (-m)");
     }
 
-    if let Some((kind, name)) = declared_device() {
-        fail(&format!(
-            "this image declares the {kind} device \"{name}\"; virtio-{kind} is not yet supported under a \
-             standard hypervisor: run it under skiff-tender"
-        ));
-    }
-    let mut args = match split_command_line(command_line(info)) {
+    let line = command_line(info);
+    let declared = declared_nics().unwrap_or_else(|e| fail(&e));
+    let mut args = match split_command_line(line) {
         Ok(args) => args,
         Err(e) => fail(&format!("bad command line from the hypervisor: {e}")),
     };
-    // `skiff.log=LEVEL` stands for the tender's `--log LEVEL`.
+    // `skiff.log=LEVEL` stands for the tender's `--log LEVEL`;
+    // `skiff.entropy=virtio-rng` seeds the entropy pool from virtio-rng
+    // even when the CPU has RDSEED or RDRAND.
     let mut bad_level = None;
-    args.retain(|a| match a.strip_prefix("skiff.log=") {
-        Some(level) => {
-            match level.parse::<log::LevelFilter>() {
-                Ok(filter) => log::set_max_level(filter),
-                Err(_) => bad_level = Some(String::from(level)),
-            }
-            false
+    let mut entropy = None;
+    args.retain(|a| {
+        if let Some(source) = a.strip_prefix("skiff.entropy=") {
+            entropy = Some(String::from(source));
+            return false;
         }
-        None => true,
+        match a.strip_prefix("skiff.log=") {
+            Some(level) => {
+                match level.parse::<log::LevelFilter>() {
+                    Ok(filter) => log::set_max_level(filter),
+                    Err(_) => bad_level = Some(String::from(level)),
+                }
+                false
+            }
+            None => true,
+        }
     });
     if let Some(level) = bad_level {
         fail(&format!("skiff.log={level}: not a log level (off, error, warn, info, debug, trace)"));
     }
+    let prefer_rng = match entropy.as_deref() {
+        None | Some("cpu") => false,
+        Some("virtio-rng") => true,
+        Some(other) => fail(&format!("skiff.entropy={other}: not an entropy source (cpu, virtio-rng)")),
+    };
+    let tsc_probe = rdtsc();
+    // The line is UTF-8: `split_command_line` checked it.
+    let mut devices = match devices::Devices::probe(core::str::from_utf8(line).unwrap_or(""), &declared) {
+        Ok(devices) => devices,
+        Err(e) => fail(&e),
+    };
+    match devices.take_rng() {
+        Some(rng) => crate::random::install_device(rng, prefer_rng),
+        None if prefer_rng => {
+            fail("skiff.entropy=virtio-rng, but the VM has no virtio-rng device (QEMU: -device virtio-rng-device)")
+        }
+        None => {}
+    }
+    let devices = Rc::new(devices);
+    let tsc_probed = rdtsc();
     let ring0_micros = scale.ticks_to_nanos(tsc_entry - tsc_ring0) / 1000;
     let ring3_micros = scale.ticks_to_nanos(rdtsc() - tsc_entry) / 1000;
+    let probe_micros = scale.ticks_to_nanos(tsc_probed - tsc_probe) / 1000;
     log::debug!(
         "PVH entry: {} MiB of memory ({} KiB of heap), TSC at {} kHz from {source}; boot: {ring0_micros} us \
-         in ring 0, {ring3_micros} us in ring 3 before main",
+         in ring 0, {ring3_micros} us in ring 3 before main ({probe_micros} us of it finding devices)",
         mem_size >> 20,
         (heap_end - heap_start) >> 10,
         tsc_hz / 1000
     );
 
     let executor = Executor::new();
-    let env = Env::new(args, executor.spawner());
-    let mut platform = Virtio { tsc_hz, can_sleep: can_sleep != 0 };
+    let lender = devices.clone();
+    let env = Env::new(args, executor.spawner()).with_net(Box::new(move |name| lender.take_net(name)));
+    let mut platform = Virtio { tsc_hz, can_sleep: can_sleep != 0, devices };
     match crate::start::run_main(executor, env, &mut platform) {
         Ok(status) => exit(status.code()),
         Err(e) => abort(AbortReason::Deadlock, &format!("{e}")),
@@ -464,7 +515,12 @@ struct Virtio {
     /// The supervisor's idle call can sleep on the APIC's TSC-deadline
     /// timer; otherwise the guest waits on the TSC in ring 3.
     can_sleep: bool,
+    devices: Rc<devices::Devices>,
 }
+
+/// How often an idle guest looks at a NIC whose interrupt could not be
+/// routed, while a task waits on it.
+const UNROUTED_WAKE: Duration = Duration::from_millis(1);
 
 /// Waits shorter than this spin on the TSC: the idle call costs a few
 /// dozen emulated ring-0 instructions.
@@ -479,26 +535,31 @@ fn idle_until(deadline: u64) {
 }
 
 impl crate::executor::Platform for Virtio {
-    /// Idles until `timeout` passes: the console goes out first, then the
-    /// guest sleeps in the supervisor's idle call until the deadline (or
+    /// Idles until a NIC in `interest` has a frame or `timeout` passes:
+    /// the console goes out first, then the guest sleeps in the
+    /// supervisor's idle call until the deadline or a device interrupt (or
     /// waits on the TSC where that cannot sleep, and for short waits).
-    /// There are no devices yet, so nothing else ends the wait.
-    fn poll(&mut self, timeout: Option<Duration>, _interest: u64) -> u64 {
+    /// Each wake acknowledges the NICs' interrupts and looks at their
+    /// receive queues.
+    fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64 {
         let start = rdtsc();
         LOGGER.flush_console();
-        let Some(timeout) = timeout else {
-            return 0;
-        };
-        let ticks = u64::try_from(timeout.as_nanos() * u128::from(self.tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
-        let deadline = start.saturating_add(ticks);
-        let sleep = self.can_sleep && timeout >= SPIN_BELOW;
+        let ticks =
+            |d: Duration| u64::try_from(d.as_nanos() * u128::from(self.tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
+        let deadline = timeout.map_or(u64::MAX, |t| start.saturating_add(ticks(t)));
+        let sleep = self.can_sleep && timeout.is_none_or(|t| t >= SPIN_BELOW);
+        let look_every = self.devices.needs_polling(interest).then(|| ticks(UNROUTED_WAKE));
         loop {
+            let ready = self.devices.ack_and_ready(interest);
+            if ready != 0 {
+                return ready;
+            }
             let now = rdtsc();
             if now >= deadline {
                 return 0;
             }
             if sleep {
-                idle_until(deadline);
+                idle_until(look_every.map_or(deadline, |t| deadline.min(now.saturating_add(t))));
             } else {
                 core::hint::spin_loop();
             }
@@ -506,6 +567,10 @@ impl crate::executor::Platform for Virtio {
     }
 
     fn has_devices(&self) -> bool {
-        false
+        self.devices.any()
+    }
+
+    fn ready_now(&mut self) -> u64 {
+        self.devices.ready_now()
     }
 }
