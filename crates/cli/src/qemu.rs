@@ -339,6 +339,7 @@ pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<E
     let mut cmd = Command::new(qemu);
     cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
     skiff_tender::sys::unblock_stop_signals_on_exec(&mut cmd);
+    skiff_tender::sys::end_with_parent_on_exec(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => QemuError::NotFound { qemu: qemu.to_string() },
         _ => QemuError::Spawn { qemu: qemu.to_string(), source },

@@ -146,3 +146,66 @@ fn hello_boots_under_q35_through_pvh() {
     let out = skiff(&["run", hello(), "--vmm", "qemu", "--machine", "q35", "--timeout", "60s", "--", "on q35"]);
     expect(&out, 0, &["INFO  hello: Hello from Skiff!", r#"command line: ["on q35"]"#]);
 }
+
+/// The network path end to end: `skiff run --vmm qemu --publish` puts echo's
+/// NIC on QEMU's user network with a host forward, the guest's virtio-net
+/// driver gets an address by DHCP, and 1 MiB comes back byte-identical.
+#[test]
+fn a_published_port_reaches_the_guest_over_virtio_net() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    require_kvm_and_qemu();
+    let echo = path(common::guest("examples/echo"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", echo, "--vmm", "qemu", "--timeout", "60s", "--publish", "0:7"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run skiff");
+    let stderr = child.stderr.take().expect("stderr");
+    // Killed when the test ends, passing or not; QEMU goes with it (it is
+    // started to die with its parent).
+    let _guard = skiff_testnet::Guard(child);
+    // "skiff: 127.0.0.1:PORT/tcp -> guest port 7" on stderr.
+    let mut stderr = BufReader::new(stderr);
+    let mut port = None;
+    let mut seen = String::new();
+    let mut line = String::new();
+    while port.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("127.0.0.1:"))
+            .and_then(|w| w.strip_suffix("/tcp"))
+            .and_then(|p| p.parse::<u16>().ok());
+        line.clear();
+    }
+    let port = port.unwrap_or_else(|| panic!("no published port announced:\n{seen}"));
+    // The guest takes a few milliseconds to lease its address; retry briefly.
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let echoed = loop {
+        let attempt = (|| -> std::io::Result<Vec<u8>> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut w = s.try_clone()?;
+            let sent = data.clone();
+            let writer = std::thread::spawn(move || {
+                let r = w.write_all(&sent);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                r
+            });
+            let mut back = Vec::new();
+            s.read_to_end(&mut back)?;
+            writer.join().expect("writer")?;
+            Ok(back)
+        })();
+        match attempt {
+            Ok(back) if back.len() == data.len() => break back,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(back) => panic!("echo returned {} of {} bytes", back.len(), data.len()),
+            Err(e) => panic!("echo through the published port failed: {e}"),
+        }
+    };
+    assert!(echoed == data, "the echoed bytes differ");
+}

@@ -175,6 +175,20 @@ pub fn unblock_stop_signals_on_exec(cmd: &mut std::process::Command) {
     }
 }
 
+/// Makes the process `cmd` starts end (`SIGKILL`) when the thread that
+/// started it dies, so a `skiff` killed outright leaves no QEMU behind.
+pub fn end_with_parent_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes the async-signal-safe prctl call.
+    unsafe {
+        cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        });
+    }
+}
+
 /// Blocks `SIGTERM` and `SIGINT` in the calling thread and in every thread
 /// it starts afterwards, so they stay pending until [`wait_for_stop`]
 /// takes them. They stay blocked after the guest ends: one that comes
