@@ -225,8 +225,31 @@ fn tcg(args: &[OsString]) -> Vec<OsString> {
         .collect()
 }
 
-/// Whether QEMU with `args` ends with the guest's status 0 within `limit`.
-fn comes_up(qemu: &Path, args: &[OsString], limit: Duration) -> Result<bool, BenchError> {
+/// How a trial boot ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Trial {
+    /// The guest wrote status 0.
+    Up,
+    /// QEMU ended with another status (a reset ends it with 0).
+    Status(Option<i32>),
+    /// Still running at the limit (killed).
+    TimedOut,
+}
+
+impl std::fmt::Display for Trial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trial::Up => write!(f, "ended with the guest's status 0"),
+            Trial::Status(Some(0)) => write!(f, "reset before its init ran (QEMU exit status 0)"),
+            Trial::Status(Some(c)) => write!(f, "QEMU exited with status {c}"),
+            Trial::Status(None) => write!(f, "QEMU was killed by a signal"),
+            Trial::TimedOut => write!(f, "had not ended"),
+        }
+    }
+}
+
+/// How QEMU with `args` ends within `limit`.
+fn comes_up(qemu: &Path, args: &[OsString], limit: Duration) -> Result<Trial, BenchError> {
     let mut child = Command::new(qemu)
         .args(args)
         .stdin(Stdio::null())
@@ -237,12 +260,12 @@ fn comes_up(qemu: &Path, args: &[OsString], limit: Duration) -> Result<bool, Ben
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().map_err(io("wait for QEMU"))? {
-            return Ok(status.code() == Some(GUEST_OK));
+            return Ok(if status.code() == Some(GUEST_OK) { Trial::Up } else { Trial::Status(status.code()) });
         }
         if start.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(false);
+            return Ok(Trial::TimedOut);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -267,15 +290,14 @@ fn run() -> Result<(), BenchError> {
         tools.kernel.display(),
         KVM_PROBE.as_secs()
     );
-    let kvm = comes_up(&tools.qemu, &linux_kvm, KVM_PROBE)?;
-    let (accel, skiff_args, linux_args) = if kvm {
-        ("KVM", skiff_kvm.clone(), linux_kvm)
-    } else {
-        ("TCG", tcg(&skiff_kvm), tcg(&linux_kvm))
-    };
+    let probe = comes_up(&tools.qemu, &linux_kvm, KVM_PROBE)?;
+    let kvm = probe == Trial::Up;
+    let (accel, skiff_args, linux_args) =
+        if kvm { ("KVM", skiff_kvm.clone(), linux_kvm) } else { ("TCG", tcg(&skiff_kvm), tcg(&linux_kvm)) };
     for (what, args) in [("hello", &skiff_args), ("Linux", &linux_args)] {
-        if !comes_up(&tools.qemu, args, Duration::from_secs(120))? {
-            return Err(BenchError::Failed(format!("{what} does not end with status 0 under QEMU ({accel})")));
+        let trial = comes_up(&tools.qemu, args, Duration::from_secs(120))?;
+        if trial != Trial::Up {
+            return Err(BenchError::Failed(format!("{what} under QEMU ({accel}) {trial} after 120 s at most")));
         }
     }
     eprintln!("qemu benchmark: {runs} runs of each under {accel}, interleaved");
@@ -292,7 +314,11 @@ fn run() -> Result<(), BenchError> {
         on_qemu.push(check("hello under QEMU", measure(Command::new(&tools.qemu).args(&skiff_args)), GUEST_OK)?);
         linux.push(check("Linux under QEMU", measure(Command::new(&tools.qemu).args(&linux_args)), GUEST_OK)?);
         if !kvm {
-            on_kvm.push(check("hello under QEMU (KVM)", measure(Command::new(&tools.qemu).args(&skiff_kvm)), GUEST_OK)?);
+            on_kvm.push(check(
+                "hello under QEMU (KVM)",
+                measure(Command::new(&tools.qemu).args(&skiff_kvm)),
+                GUEST_OK,
+            )?);
         }
         let t = measure(Command::new(&tender).arg(&hello).arg("--").args(guest_args));
         on_tender.push(check("hello under the tender", t, 0)?);
@@ -301,15 +327,23 @@ fn run() -> Result<(), BenchError> {
         }
     }
 
-    let display = |args: &[OsString]| args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    let display = |args: &[OsString]| {
+        args.iter()
+            .map(|a| {
+                let a = a.to_string_lossy();
+                if a.contains(' ') { format!("'{a}'") } else { a.into_owned() }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!("## Boot under QEMU: whole process, boot to exit, median of {runs} (p10..p90), ms");
     println!();
     if kvm {
         println!("Both under KVM.");
     } else {
         println!(
-            "Linux did not come up under this machine's KVM within {} s (its ring 0 is emulated here), so both \
-             guests run under TCG (`-accel tcg`) for the comparison.",
+            "Linux under this machine's KVM {probe} within {} s (KVM here emulates guest ring 0, where a bzImage \
+             starts), so both guests run under TCG (`-accel tcg`) for the comparison.",
             KVM_PROBE.as_secs()
         );
     }
@@ -336,9 +370,10 @@ fn run() -> Result<(), BenchError> {
         if ratio >= 20.0 { "met" } else { "NOT met" }
     );
     println!();
-    println!("QEMU: {}", tools.qemu.display());
-    println!("hello: {}", display(&skiff_args));
-    println!("Linux: {}", display(&linux_args));
+    println!("Commands (`{}`, guest memory {MEM} for both):", tools.qemu.display());
+    println!();
+    println!("    hello: qemu-system-x86_64 {}", display(&skiff_args));
+    println!("    Linux: qemu-system-x86_64 {}", display(&linux_args));
     Ok(())
 }
 
