@@ -386,3 +386,39 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn linux_gets_the_same_command_with_its_kernel_initrd_and_command_line() {
+        let skiff = os(&["-M", "microvm", "-enable-kvm", "-m", "128M", "-kernel", "/img", "-append", "--sleep-ms 0"]);
+        let linux = linux_arguments(&skiff, Path::new("/boot/vmlinuz"), Path::new("/tmp/i.cpio"));
+        let want = ["-M", "microvm", "-enable-kvm", "-m", "128M", "-kernel", "/boot/vmlinuz", "-initrd", "/tmp/i.cpio"];
+        let mut want = os(&want);
+        want.extend(os(&["-append", LINUX_APPEND]));
+        assert_eq!(linux, want);
+    }
+
+    #[test]
+    fn tcg_replaces_kvm_only() {
+        let args = os(&["-M", "microvm", "-enable-kvm", "-m", "128M"]);
+        assert_eq!(tcg(&args), os(&["-M", "microvm", "-accel", "tcg", "-m", "128M"]));
+    }
+
+    #[test]
+    fn a_dynamically_linked_program_is_told_apart() {
+        // The test binary itself links the C library dynamically.
+        let me = std::env::current_exe().unwrap();
+        assert!(dynamically_linked(&me).unwrap());
+        let not_elf = std::env::temp_dir().join(format!("skiff-bench-not-elf-{}", std::process::id()));
+        std::fs::write(&not_elf, b"#!/bin/sh\n").unwrap();
+        assert!(dynamically_linked(&not_elf).is_err());
+        std::fs::remove_file(&not_elf).unwrap();
+    }
+}
