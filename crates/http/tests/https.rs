@@ -70,14 +70,17 @@ fn https<T: 'static>(
 }
 
 /// Everything the server sends until it closes.
-async fn read_all(tls: &mut ClientTlsStream<End>) -> String {
+async fn read_all<R: Read>(stream: &mut R) -> String
+where
+    R::Error: std::fmt::Debug,
+{
     let mut all = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tls.read(&mut buf).await {
+        match stream.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => all.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("reading the answer failed: {e} (after {:?})", String::from_utf8_lossy(&all)),
+            Err(e) => panic!("reading the answer failed: {e:?} (after {:?})", String::from_utf8_lossy(&all)),
         }
     }
     String::from_utf8(all).unwrap()
@@ -147,17 +150,9 @@ fn hsts_goes_out_over_tls_only_and_only_when_configured() {
         let server = Rc::new(Server::new(hello, with_hsts));
         let task = spawner.spawn(async move { server.serve_connection(&mut server_end).await });
         client_end.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut all = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = client_end.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
+        let answer = read_all(&mut client_end).await;
         task.await;
-        String::from_utf8(all).unwrap()
+        answer
     });
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
     assert!(!answer.to_lowercase().contains("strict-transport-security"), "{answer:?}");
@@ -217,17 +212,9 @@ fn the_redirect_handler_answers_get_and_head_with_301_and_refuses_others() {
             let server = Rc::new(Server::new(r.clone(), config()));
             let task = spawner.spawn(async move { server.serve_connection(&mut server_end).await });
             client_end.write_all(request).await.unwrap();
-            let mut all = Vec::new();
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = client_end.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                all.extend_from_slice(&buf[..n]);
-            }
+            let answer = read_all(&mut client_end).await;
             task.await;
-            out.push(String::from_utf8(all).unwrap());
+            out.push(answer);
         }
         out
     });

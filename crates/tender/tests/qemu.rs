@@ -457,30 +457,6 @@ fn virtio_rng_seeds_the_entropy_pool_and_is_required_when_asked_for() {
     expect(&run, 104, &["skiff.entropy=dice: not an entropy source (cpu, virtio-rng)"]);
 }
 
-/// Every file of examples/static-website's site, as (URL path, bytes).
-fn site_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                walk(&p, base, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
-                out.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let site = common::workspace().join("examples/static-website/site");
-    let mut out = Vec::new();
-    walk(&site, &site, &mut out);
-    assert!(out.len() >= 10, "the site has {} files", out.len());
-    out
-}
-
 #[test]
 fn static_website_over_virtio_net_serves_every_file_over_tls13_and_tls12_with_entropy_from_virtio_rng() {
     let website = common::guest("examples/static-website");
@@ -490,7 +466,7 @@ fn static_website_over_virtio_net_serves_every_file_over_tls13_and_tls12_with_en
     let mut guest = Running::start(website, "--dhcp skiff.entropy=virtio-rng", &extra);
     guest.wait_for("static-website: 16 files");
 
-    let files = site_files();
+    let files = common::site_files();
     let dir = common::workspace().join(format!("target/qemu-tests/site-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let resolve = format!("localhost:{port}:127.0.0.1");

@@ -157,29 +157,6 @@ impl Website {
     }
 }
 
-/// Every file under the site directory, as (URL path, bytes).
-fn site_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                walk(&p, base, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
-                out.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&site(), &site(), &mut out);
-    assert!(out.len() >= 10, "the site has {} files", out.len());
-    out
-}
-
 fn cert_args() -> Vec<String> {
     vec!["--cert".into(), pki().chain(), "--key".into(), pki().key()]
 }
@@ -194,7 +171,7 @@ fn start_with_test_cert(extra: &[&str]) -> Website {
 /// Fetches every file in one curl run (one keep-alive connection) and
 /// compares the bytes.
 fn fetch_all(w: &Website, base: &str, extra: &[String]) {
-    let files = site_files();
+    let files = common::site_files();
     let dir = workspace().join(format!("target/website-tests/{}-{}", w.ns.name(), extra.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut args: Vec<String> = extra.to_vec();

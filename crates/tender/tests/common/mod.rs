@@ -128,3 +128,29 @@ pub fn run_measured(cmd: &mut std::process::Command) -> Measured {
     let cpu = time(usage.ru_utime) + time(usage.ru_stime);
     Measured { status, output, elapsed, peak_rss: usage.ru_maxrss as u64 * 1024, cpu }
 }
+
+/// Every file of examples/static-website's site, as (URL path, bytes), in
+/// path order (dot files left out).
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn site_files() -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+                out.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let site = workspace().join("examples/static-website/site");
+    let mut out = Vec::new();
+    walk(&site, &site, &mut out);
+    assert!(out.len() >= 10, "the site has {} files", out.len());
+    out
+}
