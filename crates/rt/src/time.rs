@@ -231,9 +231,116 @@ pub fn wall_clock_nanos() -> u64 {
     source::wall_nanos()
 }
 
+/// The registers of a CMOS real-time clock, as read: seconds, minutes,
+/// hours, day of the month, month, year (two digits), century (register
+/// 0x32, 0 when the clock has none) and status register B (bit 1: 24-hour
+/// mode; bit 2: binary instead of BCD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtcRegisters {
+    pub seconds: u8,
+    pub minutes: u8,
+    pub hours: u8,
+    pub day: u8,
+    pub month: u8,
+    pub year: u8,
+    pub century: u8,
+    pub status_b: u8,
+}
+
+impl RtcRegisters {
+    /// Seconds since the UNIX epoch, or `None` when a field is out of
+    /// range (an absent clock reads all ones).
+    pub fn unix_seconds(&self) -> Option<u64> {
+        let binary = self.status_b & 0x04 != 0;
+        let decode = |v: u8| -> Option<u8> {
+            if binary {
+                return Some(v);
+            }
+            let (hi, lo) = (v >> 4, v & 0x0f);
+            (hi < 10 && lo < 10).then_some(hi * 10 + lo)
+        };
+        let pm = self.hours & 0x80 != 0;
+        let mut hours = decode(self.hours & 0x7f)?;
+        if self.status_b & 0x02 == 0 {
+            // 12-hour mode: 12 AM is 0, 12 PM is 12.
+            if !(1..=12).contains(&hours) {
+                return None;
+            }
+            hours = hours % 12 + if pm { 12 } else { 0 };
+        }
+        let (seconds, minutes) = (decode(self.seconds)?, decode(self.minutes)?);
+        let (day, month, year) = (decode(self.day)?, decode(self.month)?, decode(self.year)?);
+        let century = match decode(self.century) {
+            Some(c @ 19..=99) => u32::from(c),
+            // No century register: this century.
+            _ => 20,
+        };
+        if seconds > 59 || minutes > 59 || hours > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) {
+            return None;
+        }
+        let year = century * 100 + u32::from(year);
+        if year < 1970 {
+            return None;
+        }
+        let days = days_from_civil(year, u32::from(month), u32::from(day));
+        Some(days * 86_400 + u64::from(hours) * 3600 + u64::from(minutes) * 60 + u64::from(seconds))
+    }
+}
+
+/// Days since 1970-01-01 of a date in the proleptic Gregorian calendar,
+/// for years from 1970.
+fn days_from_civil(year: u32, month: u32, day: u32) -> u64 {
+    let y = u64::from(if month <= 2 { year - 1 } else { year });
+    let (era, yoe) = (y / 400, y % 400);
+    let m = u64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + u64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rtc(bcd: [u8; 7], status_b: u8) -> RtcRegisters {
+        let [seconds, minutes, hours, day, month, year, century] = bcd;
+        RtcRegisters { seconds, minutes, hours, day, month, year, century, status_b }
+    }
+
+    #[test]
+    fn cmos_clock_in_bcd_and_binary_gives_unix_seconds() {
+        // 2026-11-30 08:36:48 UTC is 1_796_027_808.
+        let bcd = rtc([0x48, 0x36, 0x08, 0x30, 0x11, 0x26, 0x20], 0x02);
+        assert_eq!(bcd.unix_seconds(), Some(1_796_027_808));
+        let binary = rtc([48, 36, 8, 30, 11, 26, 20], 0x06);
+        assert_eq!(binary.unix_seconds(), Some(1_796_027_808));
+        // Without a century register the year is taken in this century.
+        assert_eq!(rtc([0x48, 0x36, 0x08, 0x30, 0x11, 0x26, 0x00], 0x02).unix_seconds(), Some(1_796_027_808));
+        // A leap day and the epoch itself.
+        assert_eq!(rtc([0, 0, 0, 0x29, 0x02, 0x24, 0x20], 0x02).unix_seconds(), Some(1_709_164_800));
+        assert_eq!(rtc([0, 0, 0, 0x01, 0x01, 0x70, 0x19], 0x02).unix_seconds(), Some(0));
+    }
+
+    #[test]
+    fn cmos_clock_in_twelve_hour_mode() {
+        // 12 AM is midnight, 12 PM noon, 8 PM is 20:00.
+        let midnight = rtc([0, 0, 0x12, 0x01, 0x01, 0x70, 0x19], 0).unix_seconds();
+        assert_eq!(midnight, Some(0));
+        assert_eq!(rtc([0, 0, 0x92, 0x01, 0x01, 0x70, 0x19], 0).unix_seconds(), Some(12 * 3600));
+        assert_eq!(rtc([0, 0, 0x88, 0x01, 0x01, 0x70, 0x19], 0).unix_seconds(), Some(20 * 3600));
+        assert_eq!(rtc([0, 0, 0x00, 0x01, 0x01, 0x70, 0x19], 0).unix_seconds(), None);
+    }
+
+    #[test]
+    fn an_absent_or_garbled_cmos_clock_is_refused() {
+        assert_eq!(rtc([0xff; 7], 0xff).unix_seconds(), None);
+        assert_eq!(rtc([0xff; 7], 0x02).unix_seconds(), None);
+        assert_eq!(rtc([0x60, 0, 0, 0x01, 0x01, 0x70, 0x19], 0x02).unix_seconds(), None);
+        assert_eq!(rtc([0, 0, 0, 0x01, 0x13, 0x70, 0x19], 0x02).unix_seconds(), None);
+        assert_eq!(rtc([0, 0, 0, 0x1a, 0x01, 0x70, 0x19], 0x02).unix_seconds(), None);
+        // Before the epoch.
+        assert_eq!(rtc([0, 0, 0, 0x01, 0x01, 0x69, 0x19], 0x02).unix_seconds(), None);
+    }
 
     #[test]
     fn tsc_scale_converts_exactly_for_round_frequencies() {

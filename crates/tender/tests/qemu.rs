@@ -101,15 +101,16 @@ fn qemu(image: &Path, args: &str) -> Qemu {
 
 /// The same with `extra` QEMU arguments.
 fn qemu_with(image: &Path, args: &str, extra: &[&str]) -> Qemu {
+    let mut cmd = qemu_command(image, args);
+    cmd.args(extra);
+    run_qemu(cmd)
+}
+
+/// Runs a QEMU command to its end, for at most 30 s.
+fn run_qemu(mut cmd: Command) -> Qemu {
     require_kvm();
     let start = Instant::now();
-    let mut child = qemu_command(image, args)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn QEMU");
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn QEMU");
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -509,4 +510,41 @@ fn bad_virtio_mmio_entries_on_the_command_line_end_the_boot_with_a_clear_line() 
     // An empty slot named on the command line is skipped, not an error.
     let run = qemu(probe(), "exit 3 virtio_mmio.device=512@0xfeb00000:5");
     expect(&run, 3, &[]);
+}
+
+/// QEMU arguments for `image` without the exit device: `machine` and
+/// `cpu` as given.
+fn qemu_without_exit_device(image: &Path, args: &str, machine: &str, cpu: &str) -> Command {
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args(["-M", machine, "-enable-kvm", "-cpu", cpu, "-m", "64M", "-nodefaults", "-no-user-config"]);
+    cmd.args(["-nographic", "-no-reboot", "-serial", "stdio", "-kernel"]).arg(image).arg("-append").arg(args);
+    cmd
+}
+
+#[test]
+fn without_isa_debug_exit_the_status_goes_to_the_console_and_acpi_powers_q35_off() {
+    let run = run_qemu(qemu_without_exit_device(probe(), "exit 3", "q35", "max,-arch-capabilities"));
+    // QEMU ends (0) on the ACPI power-off; the status is on the console.
+    assert_eq!(run.code, 0, "{}", run.output);
+    assert!(run.output.contains("skiff: exit status 3 (this VM has no isa-debug-exit device"), "{}", run.output);
+    assert!(!run.output.contains("did not power off"), "{}", run.output);
+}
+
+#[test]
+fn without_kvmclock_the_wall_clock_comes_from_the_cmos_clock() {
+    let machine = "microvm,x-option-roms=off,rtc=on";
+    let mut cmd = qemu_without_exit_device(probe(), "wallclock", machine, "max,-arch-capabilities,-kvmclock");
+    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    let run = run_qemu(cmd);
+    expect(&run, 0, &["wall clock: "]);
+    let secs: u64 = run
+        .output
+        .split("wall clock: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wall clock figure:\n{}", run.output));
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // The CMOS clock holds UTC to the second; allow for the boot itself.
+    assert!(host.abs_diff(secs) < 30, "guest {secs} s, host {host} s:\n{}", run.output);
 }

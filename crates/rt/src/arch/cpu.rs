@@ -85,13 +85,21 @@ fn rdseed_step() -> Option<u64> {
 }
 
 /// Writes `value` to I/O port `port`. Only the ports the PVH TSS opens
-/// (COM1, `isa-debug-exit`, the PIT's channel 0) are reachable from
-/// ring 3; any other raises #GP, reported as a CPU exception.
+/// (`supervisor::PVH_PORTS`) are reachable from ring 3; any other raises
+/// #GP, reported as a CPU exception.
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: an `out` to a legacy port touches no guest memory; the TSS
     // I/O bitmap decides whether ring 3 may use the port.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Writes the 16-bit `value` to I/O ports `port` and `port + 1` (see
+/// [`outb`] for which ports ring 3 may use).
+#[inline(always)]
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`: no guest memory is touched.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) }
 }
 
 /// Reads I/O port `port` (see [`outb`] for which ports ring 3 may use).

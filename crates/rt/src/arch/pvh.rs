@@ -22,9 +22,9 @@
 //!   routing run in ring 3);
 //! - turns on long mode, NX, write protection, SMEP and SMAP (when the CPU
 //!   has them) and SSE for ring 3;
-//! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens COM1,
-//!   `isa-debug-exit` and the PIT's channel 0 to ring 3, and no hypercall
-//!   port) and IDT, marks the platform for the trap stubs, and `iretq`s to
+//! - loads the supervisor's GDT, the PVH TSS (whose I/O bitmap opens the
+//!   platform ports the runtime drives to ring 3, `supervisor::PVH_PORTS`,
+//!   and no hypercall port) and IDT, marks the platform for the trap stubs, and `iretq`s to
 //!   `skiff_rt_pvh_main` in ring 3 with the start info's address, the
 //!   memory size, the TSC at the first instruction (for the boot time) and
 //!   whether the idle call can sleep: with x2APIC and the TSC-deadline

@@ -75,20 +75,52 @@ pub const PVH_TSS_SEL: u16 = 0x38;
 const PVH_TSS_OFFSET: u64 = (TSS_LIMIT + 1).next_multiple_of(16);
 /// Address of the PVH entry's TSS.
 pub const PVH_TSS_ADDR: u64 = TSS_ADDR + PVH_TSS_OFFSET;
-/// Under the PVH entry ring 3 drives the platform's ports itself: the
-/// bitmap opens the PIT's channel 0 and its command port (0x40, 0x43, for
-/// calibrating the TSC), `isa-debug-exit` (0xf4..0xf7) and COM1
-/// (0x3f8..0x3ff), and nothing else: no hypercall port.
-const PVH_IOPB: [(u64, u8); 3] = [(0x40 / 8, 0xf6), (0xf0 / 8, 0x0f), (0x3f8 / 8, 0x00)];
-const PVH_IOPB_SIZE: u64 = 0x400 / 8 + 1;
+/// Under the PVH entry ring 3 drives the platform's ports itself. The
+/// bitmap opens these (first port, count), and nothing else: no hypercall
+/// port.
+const PVH_PORTS: [(u16, u16); 9] = [
+    (0x40, 1),  // PIT channel 0, for calibrating the TSC
+    (0x43, 1),  // PIT command
+    (0x64, 1),  // i8042 command: a reset pulse ends a Firecracker VM
+    (0x70, 2),  // CMOS RTC index and data: the wall clock without kvmclock
+    (0xf4, 4),  // QEMU's isa-debug-exit
+    (0x3c0, 1), // Cloud Hypervisor's ACPI shutdown register
+    (0x3f8, 8), // COM1
+    (0x604, 2), // PM1a control of QEMU's pc and q35 ACPI (power-off)
+    (0xcf8, 8), // PCI configuration address and data
+];
+/// How many bytes of the bitmap open a port.
+const PVH_OPEN: usize = 8;
+/// The bitmap bytes that open ports, sorted: (byte index, bits; a clear
+/// bit opens its port).
+const PVH_IOPB: [(u64, u8); PVH_OPEN] = pvh_iopb();
+const fn pvh_iopb() -> [(u64, u8); PVH_OPEN] {
+    let mut out = [(0u64, 0xffu8); PVH_OPEN];
+    let mut n = 0;
+    let mut i = 0;
+    while i < PVH_PORTS.len() {
+        let (first, count) = PVH_PORTS[i];
+        let mut port = first;
+        while port < first + count {
+            let byte = (port / 8) as u64;
+            if n == 0 || out[n - 1].0 != byte {
+                assert!(n < PVH_OPEN, "PVH_OPEN is too small for PVH_PORTS");
+                assert!(n == 0 || out[n - 1].0 < byte, "PVH_PORTS must be sorted");
+                out[n] = (byte, 0xff);
+                n += 1;
+            }
+            out[n - 1].1 &= !(1u8 << (port % 8));
+            port += 1;
+        }
+        i += 1;
+    }
+    assert!(n == PVH_OPEN, "PVH_OPEN is too large for PVH_PORTS");
+    out
+}
+const PVH_IOPB_SIZE: u64 = PVH_IOPB[PVH_OPEN - 1].0 + 2;
 const PVH_TSS_LIMIT: u64 = TSS_BASE_SIZE + PVH_IOPB_SIZE - 1;
 const PVH_TSS_DESC: (u64, u64) = tss_descriptor(PVH_TSS_ADDR, PVH_TSS_LIMIT);
-const _: () = {
-    assert!(TIMER_VECTOR == 32 && SPURIOUS_VECTOR == 33);
-    // The ports the PVH bitmap opens are sorted, one byte each.
-    assert!(PVH_IOPB[0].0 < PVH_IOPB[1].0 && PVH_IOPB[1].0 < PVH_IOPB[2].0);
-    assert!(PVH_IOPB[2].0 + 1 == PVH_IOPB_SIZE - 1);
-};
+const _: () = assert!(TIMER_VECTOR == 32 && SPURIOUS_VECTOR == 33);
 
 /// The local APIC timer's vector (PVH entry only: the tender's IDT limit
 /// ends below it).
@@ -301,6 +333,16 @@ skiff_pvh_tss:
     .byte {pvh_bits1}
     .fill {pvh_open2} - {pvh_open1} - 1, 1, 0xff
     .byte {pvh_bits2}
+    .fill {pvh_open3} - {pvh_open2} - 1, 1, 0xff
+    .byte {pvh_bits3}
+    .fill {pvh_open4} - {pvh_open3} - 1, 1, 0xff
+    .byte {pvh_bits4}
+    .fill {pvh_open5} - {pvh_open4} - 1, 1, 0xff
+    .byte {pvh_bits5}
+    .fill {pvh_open6} - {pvh_open5} - 1, 1, 0xff
+    .byte {pvh_bits6}
+    .fill {pvh_open7} - {pvh_open6} - 1, 1, 0xff
+    .byte {pvh_bits7}
     .byte 0xff
 
     .section .skiff.sup.data, "aw"
@@ -441,6 +483,16 @@ skiff_user_entry:
     pvh_bits1 = const PVH_IOPB[1].1,
     pvh_open2 = const PVH_IOPB[2].0,
     pvh_bits2 = const PVH_IOPB[2].1,
+    pvh_open3 = const PVH_IOPB[3].0,
+    pvh_bits3 = const PVH_IOPB[3].1,
+    pvh_open4 = const PVH_IOPB[4].0,
+    pvh_bits4 = const PVH_IOPB[4].1,
+    pvh_open5 = const PVH_IOPB[5].0,
+    pvh_bits5 = const PVH_IOPB[5].1,
+    pvh_open6 = const PVH_IOPB[6].0,
+    pvh_bits6 = const PVH_IOPB[6].1,
+    pvh_open7 = const PVH_IOPB[7].0,
+    pvh_bits7 = const PVH_IOPB[7].1,
     cpu_exception = const skiff_abi::exit::CPU_EXCEPTION,
     debug_exit_port = const super::pvh::DEBUG_EXIT_PORT,
     trap_stubs = const TRAP_STUBS,

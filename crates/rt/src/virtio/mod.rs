@@ -11,12 +11,12 @@
 //!   out when full, when the guest idles, exits, panics or faults;
 //! - exit: the status written to QEMU's `isa-debug-exit` port (0xf4); QEMU
 //!   then exits with `(status << 1) | 1`. Without that device the guest
-//!   says so and halts;
+//!   prints the status and powers off (see [`end`]);
 //! - clock: the TSC, its frequency and the wall clock from kvmclock (the
 //!   trampoline registers its structures); without kvmclock the frequency
 //!   comes from CPUID (the hypervisor leaf 0x40000010, else leaf 0x15) or
-//!   is measured against the PIT's channel 0, and the wall clock reads as
-//!   the UNIX epoch;
+//!   is measured against the PIT's channel 0, and the wall clock comes
+//!   from the CMOS real-time clock (the UNIX epoch without one);
 //! - idle: waits for the next timer deadline on the TSC or a NIC's
 //!   interrupt (see [`Virtio::poll`]);
 //! - entropy: virtio-rng seeds the pool when the CPU has no RDSEED or
@@ -27,7 +27,7 @@
 //!   its interrupt routed through the I/O APIC so a frame ends the idle.
 //!   A declared NIC without a device is refused at boot, status 104.
 
-use crate::arch::cpu::{inb, outb, rdtsc};
+use crate::arch::cpu::{inb, outb, outw, rdtsc};
 use crate::arch::pvh::DEBUG_EXIT_PORT;
 use crate::console::{Console, SerialBuffer};
 use crate::env::{Env, split_command_line};
@@ -115,18 +115,36 @@ fn halt() -> ! {
 }
 
 /// Ends the guest with `code` through `isa-debug-exit`, after the console.
+/// Without that device the status goes to the console and the guest
+/// powers off the ways other VMMs offer, then halts.
 fn end(code: u8) -> ! {
     LOGGER.flush_console();
     outb(DEBUG_EXIT_PORT, code);
     let mut line = LineBuf::new();
     let _ = writeln!(
         line,
-        "skiff: exit status {code}, but this VM has no isa-debug-exit device at port {DEBUG_EXIT_PORT:#x} \
-         to report it (QEMU: -device isa-debug-exit,iobase=0xf4,iosize=4); halting"
+        "skiff: exit status {code} (this VM has no isa-debug-exit device at port {DEBUG_EXIT_PORT:#x} to pass it \
+         on: QEMU -device isa-debug-exit,iobase=0xf4,iosize=4); powering off"
     );
     serial_send(line.as_bytes());
+    // S5 through PM1a control on QEMU's pc and q35 (their `_S5` sleep type
+    // is 0; SLP_EN is bit 13).
+    outw(ACPI_PM1A_CONTROL, 1 << 13);
+    // Cloud Hypervisor's ACPI shutdown register: sleep type 5, SLP_EN.
+    outb(CH_SHUTDOWN_PORT, (5 << 2) | (1 << 5));
+    // An i8042 reset pulse, how Firecracker's guests end.
+    outb(I8042_COMMAND, 0xfe);
+    serial_send(b"skiff: the VM did not power off; halting\n");
     halt()
 }
+
+/// PM1a control block of QEMU's pc and q35 ACPI (as their firmware sets
+/// it up).
+const ACPI_PM1A_CONTROL: u16 = 0x604;
+/// Cloud Hypervisor's ACPI shutdown device.
+const CH_SHUTDOWN_PORT: u16 = 0x3c0;
+/// The i8042 keyboard controller's command port.
+const I8042_COMMAND: u16 = 0x64;
 
 /// Ends the guest with the service's `status` (`0..=99`).
 pub fn exit(status: u8) -> ! {
@@ -273,6 +291,42 @@ fn kvmclock() -> Option<(u64, u64, u64)> {
     Some((u64::try_from(hz).ok()?, wall, tsc_timestamp))
 }
 
+/// The wall clock from the CMOS real-time clock (whole seconds: two equal
+/// reads outside an update), or `None` without one.
+fn cmos_wall_nanos() -> Option<u64> {
+    const INDEX: u16 = 0x70;
+    const DATA: u16 = 0x71;
+    // Bit 7 of the index keeps NMIs masked, as firmware leaves it.
+    let read = |reg: u8| {
+        outb(INDEX, 0x80 | reg);
+        inb(DATA)
+    };
+    let updating = || read(0x0a) & 0x80 != 0;
+    let snapshot = || crate::time::RtcRegisters {
+        seconds: read(0x00),
+        minutes: read(0x02),
+        hours: read(0x04),
+        day: read(0x07),
+        month: read(0x08),
+        year: read(0x09),
+        century: read(0x32),
+        status_b: read(0x0b),
+    };
+    // An absent clock reads all ones and never stops "updating": bounded.
+    let mut last = None;
+    for _ in 0..1000 {
+        if updating() {
+            continue;
+        }
+        let now = snapshot();
+        if last == Some(now) {
+            return now.unix_seconds().map(|s| s * 1_000_000_000);
+        }
+        last = Some(now);
+    }
+    None
+}
+
 /// The TSC frequency and where it came from.
 fn tsc_hz() -> Option<(u64, &'static str)> {
     use core::arch::x86_64::__cpuid;
@@ -410,7 +464,10 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     let (tsc_hz, source, wall_nanos, tsc_at_wall) = match kvmclock() {
         Some((hz, wall, tsc)) => (hz, "kvmclock", wall, tsc),
         None => match tsc_hz() {
-            Some((hz, source)) => (hz, source, 0, tsc_entry),
+            Some((hz, source)) => {
+                let (wall, tsc) = cmos_wall_nanos().map_or((0, tsc_entry), |w| (w, rdtsc()));
+                (hz, source, wall, tsc)
+            }
             None => fail(
                 "the TSC frequency is unknown: no kvmclock, no CPUID leaf gives it, and there is no PIT to \
                  measure it against",
