@@ -230,7 +230,8 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
 }
 
 fn run_qemu(image: PathBuf, machine: qemu::Machine, o: RunOptions, args: Vec<String>) -> Result<u8, CliError> {
-    let declared = skiff_tender::load_image(&image, true)?.devices;
+    let elf = skiff_tender::load_image(&image, true)?;
+    let declared = elf.devices.clone();
     let publish = qemu::choose_ports(&o.publish)?;
     let spec = qemu::Spec {
         qemu: std::env::var("SKIFF_QEMU").unwrap_or_else(|_| qemu::QEMU.into()),
@@ -255,7 +256,7 @@ fn run_qemu(image: PathBuf, machine: qemu::Machine, o: RunOptions, args: Vec<Str
     for p in &spec.publish {
         eprintln!("skiff: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);
     }
-    let ending = qemu::run(&spec.qemu, &arguments, o.timeout)?;
+    let ending = qemu::run(&spec.qemu, &arguments, o.timeout, move |rip| elf.symbolize(rip))?;
     if let Some(message) = ending.message() {
         eprintln!("skiff: {message}");
     }

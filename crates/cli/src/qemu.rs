@@ -12,7 +12,7 @@ use skiff_tender::net::{NicSpec, Outbound};
 use skiff_tender::options::LogLevel;
 use skiff_usernet::{Proto, Publish};
 use std::ffi::OsString;
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -329,21 +329,99 @@ pub fn ending(status: std::process::ExitStatus, errors: &[String]) -> Ending {
     }
 }
 
-/// Runs QEMU with `args`: the guest's console on our standard output,
-/// QEMU's own messages on our standard error, `timeout` enforced and stop
-/// signals passed on.
-pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<Ending, QemuError> {
+/// Adds function names to the guest's CPU exception reports on their way
+/// to the terminal: the guest has no symbol table, `skiff` has the image.
+/// The line after `skiff: guest CPU exception ...`, `  rip 0x...`, gets
+/// ` in FUNCTION+OFFSET` as under the tender; all else passes unchanged and
+/// at once (only that one line is held until it ends).
+pub struct FaultNamer<F> {
+    name: F,
+    /// The start of the current line, for recognising the report's head.
+    line: Vec<u8>,
+    /// The previous line was a report's head: the next one is held.
+    armed: bool,
+    /// The held line.
+    held: Vec<u8>,
+}
+
+/// How much of a line is kept for matching, and how long a `rip` line is
+/// held at most.
+const NAMER_LINE_MAX: usize = 96;
+
+impl<F: Fn(u64) -> Option<String>> FaultNamer<F> {
+    pub fn new(name: F) -> FaultNamer<F> {
+        FaultNamer { name, line: Vec::new(), armed: false, held: Vec::new() }
+    }
+
+    /// Takes console bytes in and appends what should go out to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        for &b in bytes {
+            if self.armed {
+                self.held.push(b);
+                if b == b'\n' || self.held.len() >= NAMER_LINE_MAX {
+                    self.armed = false;
+                    self.release(out);
+                }
+                if b == b'\n' {
+                    self.line.clear();
+                }
+                continue;
+            }
+            out.push(b);
+            if b == b'\n' {
+                self.armed = self.line.starts_with(b"skiff: guest CPU exception");
+                self.line.clear();
+            } else if self.line.len() < NAMER_LINE_MAX {
+                self.line.push(b);
+            }
+        }
+    }
+
+    /// Whatever is still held, at the end of the output.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
+        self.armed = false;
+    }
+
+    fn release(&mut self, out: &mut Vec<u8>) {
+        let named = std::str::from_utf8(&self.held)
+            .ok()
+            .and_then(|l| l.strip_suffix('\n'))
+            .and_then(|l| l.strip_prefix("  rip 0x"))
+            .and_then(|hex| u64::from_str_radix(hex.trim_end_matches('\r'), 16).ok())
+            .and_then(|rip| (self.name)(rip).map(|f| (rip, f)));
+        match named {
+            Some((rip, function)) => {
+                out.extend_from_slice(format!("  rip {rip:#x} in {function}\n").as_bytes());
+                self.held.clear();
+            }
+            None => out.append(&mut self.held),
+        }
+    }
+}
+
+/// Runs QEMU with `args`: the guest's console on our standard output (CPU
+/// exception reports named with `name`), QEMU's own messages on our
+/// standard error, `timeout` enforced and stop signals passed on.
+pub fn run(
+    qemu: &str,
+    args: &[OsString],
+    timeout: Option<Duration>,
+    name: impl Fn(u64) -> Option<String> + Send + 'static,
+) -> Result<Ending, QemuError> {
     // Blocked here and taken by `wait_for_stop`; QEMU starts with them
     // unblocked, in our process group (Ctrl-C in a terminal reaches both).
     skiff_tender::sys::block_stop_signals().map_err(QemuError::Watch)?;
     let mut cmd = Command::new(qemu);
-    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     skiff_tender::sys::unblock_stop_signals_on_exec(&mut cmd);
     skiff_tender::sys::end_with_parent_on_exec(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => QemuError::NotFound { qemu: qemu.to_string() },
         _ => QemuError::Spawn { qemu: qemu.to_string(), source },
     })?;
+    let stdout = child.stdout.take().expect("piped");
+    let console = std::thread::spawn(move || relay_console(stdout, FaultNamer::new(name)));
     let stderr = child.stderr.take().expect("piped");
     // QEMU's messages go on to our standard error as they come; its error
     // lines (not warnings, not the note about a signal) are kept.
@@ -370,6 +448,7 @@ pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<E
             let _ = child.kill();
             let _ = child.wait();
             let _ = relay.join();
+            let _ = console.join();
             return Ok(Ending::Timeout(t));
         }
         let tick = timeout.map_or(Duration::from_millis(20), |t| t.saturating_sub(start.elapsed()));
@@ -381,11 +460,36 @@ pub fn run(qemu: &str, args: &[OsString], timeout: Option<Duration>) -> Result<E
         }
     };
     let errors = relay.join().unwrap_or_default();
+    let _ = console.join();
     Ok(match (ending(status, &errors), stopped) {
         (Ending::Guest(s), _) => Ending::Guest(s),
         (_, Some(signal)) => Ending::Stopped(signal),
         (other, None) => other,
     })
+}
+
+/// Copies the guest's console from QEMU to our standard output as it
+/// comes, through `namer`.
+fn relay_console<F: Fn(u64) -> Option<String>>(mut from: impl Read, mut namer: FaultNamer<F>) {
+    let mut stdout = std::io::stdout().lock();
+    let (mut buf, mut out) = (vec![0u8; 16 * 1024], Vec::new());
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        out.clear();
+        namer.feed(&buf[..n], &mut out);
+        if stdout.write_all(&out).and_then(|()| stdout.flush()).is_err() {
+            // Our reader is gone; keep draining so QEMU never blocks.
+            continue;
+        }
+    }
+    out.clear();
+    namer.finish(&mut out);
+    let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
 }
 
 #[cfg(test)]
@@ -517,5 +621,45 @@ mod tests {
         assert_eq!(ending(exited(0), &[]).status(), skiff_abi::exit::VM_FAILURE);
         let killed = std::process::ExitStatus::from_raw(9);
         assert_eq!(ending(killed, &[]), Ending::Vanished("killed by signal 9".into()));
+    }
+
+    fn namer_output(chunks: &[&[u8]]) -> String {
+        let mut namer = FaultNamer::new(|rip| (rip == 0x20_1234).then(|| "probe::crash+0x4".to_string()));
+        let mut out = Vec::new();
+        for c in chunks {
+            namer.feed(c, &mut out);
+        }
+        namer.finish(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn fault_reports_get_the_function_name_even_split_across_reads() {
+        let report = "log line\nskiff: guest CPU exception in ring 3 (the service): x (#UD, vector 6)\n  rip \
+                      0x201234\n  error code 0x0\n";
+        let want = "log line\nskiff: guest CPU exception in ring 3 (the service): x (#UD, vector 6)\n  rip 0x201234 \
+                    in probe::crash+0x4\n  error code 0x0\n";
+        assert_eq!(namer_output(&[report.as_bytes()]), want);
+        // Byte by byte, as a slow pipe may deliver it.
+        let bytes: Vec<&[u8]> = report.as_bytes().chunks(1).collect();
+        assert_eq!(namer_output(&bytes), want);
+    }
+
+    #[test]
+    fn other_output_passes_unchanged() {
+        for text in [
+            // A rip line the service printed itself, not after a report's head.
+            "  rip 0x201234\n",
+            // A rip the image has no name for.
+            "skiff: guest CPU exception: x\n  rip 0x999\n",
+            // Not a rip line after the head.
+            "skiff: guest CPU exception: x\n  something else\n",
+            // Output that ends in the middle of the held line.
+            "skiff: guest CPU exception: x\n  rip 0x2012",
+            // A long line after the head is released once the limit is hit.
+            &format!("skiff: guest CPU exception: x\n{}\n", "y".repeat(300)),
+        ] {
+            assert_eq!(namer_output(&[text.as_bytes()]), text);
+        }
     }
 }

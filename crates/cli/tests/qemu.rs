@@ -141,6 +141,22 @@ fn tender_only_options_and_a_missing_qemu_are_clear_errors() {
 }
 
 #[test]
+fn a_cpu_exception_is_reported_with_its_function_as_under_the_tender() {
+    require_kvm_and_qemu();
+    let rip_line = |out: &Out| {
+        let line = out.stdout.lines().chain(out.stderr.lines()).find(|l| l.starts_with("  rip 0x"));
+        line.unwrap_or_else(|| panic!("no rip line in:\n{}\n{}", out.stdout, out.stderr)).to_string()
+    };
+    let qemu = skiff(&["run", probe(), "--vmm", "qemu", "--", "divzero"]);
+    expect(&qemu, 102, &["guest CPU exception in ring 3 (the service): divide error (#DE, vector 0)"]);
+    let tender = skiff(&["run", probe(), "--", "divzero"]);
+    expect(&tender, 102, &["divide error (#DE, vector 0)"]);
+    // The same image at the same addresses: the same line, name included.
+    assert!(rip_line(&qemu).contains(" in ") && rip_line(&qemu).contains("+0x"), "{}", qemu.stdout);
+    assert_eq!(rip_line(&qemu), rip_line(&tender));
+}
+
+#[test]
 fn hello_boots_under_q35_through_pvh() {
     require_kvm_and_qemu();
     let out = skiff(&["run", hello(), "--vmm", "qemu", "--machine", "q35", "--timeout", "60s", "--", "on q35"]);
