@@ -7,9 +7,25 @@
 use crate::spec::{DeviceRule, Resources};
 use std::path::{Path, PathBuf};
 
-/// Devices the tender opens, allowed whatever the rules say: `/dev/kvm`
-/// (10:232) and `/dev/net/tun` (10:200).
-const TENDER_DEVICES: [&str; 2] = ["c 10:232 rwm", "c 10:200 rwm"];
+/// Devices allowed whatever the rules say: those runc always allows
+/// (`mknod` of any; null, zero, full, random, urandom, tty, console, the
+/// terminals), and those the tender opens: `/dev/kvm` (10:232) and
+/// `/dev/net/tun` (10:200).
+const TENDER_DEVICES: [&str; 13] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:232 rwm",
+    "c 10:200 rwm",
+];
 
 /// The cgroup could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +286,7 @@ mod tests {
         // Ordinary files keep only the last write of each.
         assert_eq!(std::fs::read_to_string(dir.join("devices.deny")).unwrap(), "a *:* rwm");
         assert_eq!(std::fs::read_to_string(dir.join("devices.allow")).unwrap(), "c 10:200 rwm");
+        assert!(TENDER_DEVICES.contains(&"c 10:232 rwm"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
