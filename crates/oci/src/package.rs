@@ -102,8 +102,8 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses a name as podman would: no domain means `localhost/`, no
-    /// tag means `:latest`.
+    /// Parses a name: no domain means `localhost/` (a local image, never
+    /// one of a public registry's), no tag means `:latest`.
     pub fn parse(name: &str) -> Result<Reference, PackageError> {
         let bad = || PackageError::BadName(name.to_string());
         let (repo, tag) = match name.rsplit_once(':') {
@@ -127,7 +127,12 @@ impl Reference {
         if !repo_ok || !tag_ok {
             return Err(bad());
         }
-        let repository = if repo.contains('/') { repo.to_string() } else { format!("localhost/{repo}") };
+        // As docker's references: a first component is a domain when it
+        // has a dot or a port or is localhost; without one, the image is
+        // local.
+        let first = repo.split('/').next().unwrap_or_default();
+        let has_domain = several && (first.contains(['.', ':']) || first == "localhost");
+        let repository = if has_domain { repo.to_string() } else { format!("localhost/{repo}") };
         Ok(Reference { repository, tag: tag.to_string() })
     }
 }
@@ -282,6 +287,8 @@ mod tests {
         assert_eq!(r("hello").unwrap(), "localhost/hello:latest");
         assert_eq!(r("hello:1.0").unwrap(), "localhost/hello:1.0");
         assert_eq!(r("registry.example:5000/team/web").unwrap(), "registry.example:5000/team/web:latest");
+        assert_eq!(r("team/web").unwrap(), "localhost/team/web:latest");
+        assert_eq!(r("localhost/web:1").unwrap(), "localhost/web:1");
         assert_eq!(r("registry.example:5000/team/web:v2").unwrap(), "registry.example:5000/team/web:v2");
         for bad in ["", "Hello", "a b", "x:", "/x", "x//y", "x:-1", "-x"] {
             assert!(Reference::parse(bad).is_err(), "{bad:?}");
