@@ -352,7 +352,8 @@ fn package(a: PackageArgs) -> Result<u8, CliError> {
     let tmp = output.with_extension("tar.part");
     let write_err = |source| CliError::Write { path: output.clone(), source };
     let file = std::fs::File::create(&tmp).map_err(write_err)?;
-    let written = skiff_oci::package::write(&image.data, &Facts::of(&image), &reference, std::io::BufWriter::new(file))?;
+    let written =
+        skiff_oci::package::write(&image.data, &Facts::of(&image), &reference, std::io::BufWriter::new(file))?;
     std::fs::rename(&tmp, &output).map_err(write_err)?;
     println!("{} -> {} ({reference})", path.display(), output.display());
     println!("manifest     {}", written.manifest_digest);

@@ -78,9 +78,7 @@ impl Hierarchies {
             }
             match *kind {
                 "cgroup2" if *dir == "/sys/fs/cgroup" => return Hierarchies::Unified(PathBuf::from(dir)),
-                "cgroup" | "cgroup2" => {
-                    v1.push((PathBuf::from(dir), options.split(',').map(str::to_string).collect()))
-                }
+                "cgroup" | "cgroup2" => v1.push((PathBuf::from(dir), options.split(',').map(str::to_string).collect())),
                 _ => {}
             }
         }

@@ -40,9 +40,11 @@ impl Log {
         let Some(path) = &self.file else { return };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let line = self.line(level, msg, now) + "\n";
-        let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
-            f.write_all(line.as_bytes())
-        });
+        let result = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = result {
             eprintln!("skiff-oci: cannot write the log {}: {e}", path.display());
         }
@@ -58,7 +60,10 @@ mod tests {
         let json = Log { file: None, format: Format::Json };
         let line = json.line("error", "no \"kvm\"", std::time::Duration::ZERO);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v, serde_json::json!({"level": "error", "msg": "no \"kvm\"", "time": "1970-01-01T00:00:00.000000000Z"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"level": "error", "msg": "no \"kvm\"", "time": "1970-01-01T00:00:00.000000000Z"})
+        );
         let text = Log { file: None, format: Format::Text };
         assert_eq!(
             text.line("error", "no \"kvm\"", std::time::Duration::ZERO),

@@ -208,8 +208,7 @@ struct CreateArgs {
 
 fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
     let container = Container::new(&cli.root, &a.id)?;
-    let bundle =
-        a.bundle.canonicalize().map_err(|source| RuntimeError::Bundle { path: a.bundle.clone(), source })?;
+    let bundle = a.bundle.canonicalize().map_err(|source| RuntimeError::Bundle { path: a.bundle.clone(), source })?;
     let spec = Spec::load(&bundle)?;
     let plan = Plan::new(&spec, &bundle)?;
     let arg = spec.process.as_ref().and_then(|p| p.args.first()).cloned().unwrap_or_default();
@@ -260,7 +259,7 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
             pid,
             start_time,
             bundle: bundle.clone(),
-            rootfs: bundle.join(&spec.root.as_ref().map(|r| r.path.clone()).unwrap_or_default()),
+            rootfs: bundle.join(spec.root.as_ref().map(|r| r.path.clone()).unwrap_or_default()),
             created: state::rfc3339(now),
             annotations: spec.annotations.clone(),
             cgroups,
@@ -287,7 +286,9 @@ fn start(cli: &Cli, id: &str) -> Result<(), RuntimeError> {
     let saved = container.load()?;
     match container.status(&saved) {
         Status::Created => {}
-        status => return Err(RuntimeError::WrongStatus { id: id.into(), status, what: "only a created container starts" }),
+        status => {
+            return Err(RuntimeError::WrongStatus { id: id.into(), status, what: "only a created container starts" });
+        }
     }
     // Non-blocking, so a process that has died cannot hold `start`: the
     // process opens its end when it sees ours, then writes one byte.
@@ -340,7 +341,9 @@ fn kill(cli: &Cli, id: &str, signal: &str) -> Result<(), RuntimeError> {
     let saved = container.load()?;
     let signal = parse_signal(signal)?;
     match container.status(&saved) {
-        Status::Stopped => Err(RuntimeError::WrongStatus { id: id.into(), status: Status::Stopped, what: "no process to signal" }),
+        Status::Stopped => {
+            Err(RuntimeError::WrongStatus { id: id.into(), status: Status::Stopped, what: "no process to signal" })
+        }
         _ => nix::sys::signal::kill(nix::unistd::Pid::from_raw(saved.pid), signal)
             .map_err(sys(format!("send {signal} to process {}", saved.pid))),
     }

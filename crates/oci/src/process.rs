@@ -135,7 +135,8 @@ fn intermediate(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Resul
     let mut joins = Vec::new();
     for (kind, path) in &plan.namespaces {
         if let Some(path) = path {
-            let f = std::fs::File::open(path).map_err(|e| format!("cannot open the namespace {}: {e}", path.display()))?;
+            let f =
+                std::fs::File::open(path).map_err(|e| format!("cannot open the namespace {}: {e}", path.display()))?;
             joins.push((*kind, path, f));
         }
     }
@@ -155,8 +156,14 @@ fn intermediate(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Resul
     }
     if new.contains(CloneFlags::CLONE_NEWNS) {
         // Nothing the container does to its mounts reaches the host.
-        nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(|e| format!("cannot make the mount namespace private: {e}"))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("cannot make the mount namespace private: {e}"))?;
     }
     if plan.namespaces.iter().any(|(k, _)| *k == NsKind::Pid) {
         // SAFETY: this process is single-threaded (a fork of one).
@@ -184,7 +191,8 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     for (kind, path) in &plan.namespaces {
         if *kind == NsKind::Cgroup && path.is_none() {
-            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("cannot make a cgroup namespace: {e}"))?;
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("cannot make a cgroup namespace: {e}"))?;
         }
     }
     if let Some(name) = &plan.hostname {

@@ -169,7 +169,10 @@ fn version_and_features_answer_as_runc_does() {
     assert_eq!(r.status, 0);
     assert!(r.stdout.starts_with("skiff-oci "), "{r:?}");
     assert!(r.stdout.contains("spec: 1.0.2"), "{r:?}");
-    let r = run(Command::new(runtime()).args(["--root", "/nonexistent", "--systemd-cgroup", "features"]), Duration::from_secs(10));
+    let r = run(
+        Command::new(runtime()).args(["--root", "/nonexistent", "--systemd-cgroup", "features"]),
+        Duration::from_secs(10),
+    );
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["linux"]["cgroup"]["v1"], true);
 }
