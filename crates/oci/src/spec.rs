@@ -59,6 +59,14 @@ pub enum SpecError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The entrypoint leads out of the root file system (a symbolic link).
+    #[error("{arg} leads out of the container's root file system (to {target}): refused")]
+    ImageOutside {
+        /// `process.args[0]`.
+        arg: String,
+        /// Where it leads.
+        target: PathBuf,
+    },
     /// A user namespace was asked for.
     #[error("user namespaces are not supported: run the container rootful (the tender needs /dev/kvm)")]
     UserNamespace,
@@ -307,6 +315,14 @@ impl Plan {
         if !image.is_file() {
             return Err(SpecError::ImageMissing { arg: first.clone(), path: image });
         }
+        // The tender reads the image as the runtime's user, on the host: a
+        // link in the image's file system must not lead it elsewhere.
+        let (real, real_root) = (image.canonicalize(), rootfs.canonicalize());
+        if let (Ok(real), Ok(real_root)) = (&real, &real_root)
+            && !real.starts_with(real_root)
+        {
+            return Err(SpecError::ImageOutside { arg: first.clone(), target: real.clone() });
+        }
         let mem = match spec.annotations.get(ANNOTATION_MEM) {
             Some(v) => Some(skiff_tender::options::parse_size(v).map_err(|source| SpecError::Annotation {
                 key: ANNOTATION_MEM,
@@ -457,6 +473,15 @@ mod tests {
                        "linux": {"namespaces": [{"type": "user"}]}}"#);
         assert!(matches!(e, SpecError::UserNamespace));
         assert!(matches!(err("{not json"), SpecError::Json { .. }));
+        // A link out of the root file system is refused; one inside is not.
+        let dir = bundle("link", r#"{"root": {"path": "rootfs"}, "process": {"args": ["/out", "x"]}}"#);
+        std::os::unix::fs::symlink("/bin/true", dir.join("rootfs/out")).unwrap();
+        let e = Plan::new(&Spec::load(&dir).unwrap(), &dir).unwrap_err();
+        assert!(e.to_string().starts_with("/out leads out of the container's root file system"), "{e}");
+        std::fs::remove_file(dir.join("rootfs/out")).unwrap();
+        std::os::unix::fs::symlink("skiff/image", dir.join("rootfs/out")).unwrap();
+        assert_eq!(Plan::new(&Spec::load(&dir).unwrap(), &dir).unwrap().args, ["x"]);
+        let _ = std::fs::remove_dir_all(dir);
         let missing = Spec::load(Path::new("/nonexistent-bundle")).unwrap_err().to_string();
         assert!(missing.starts_with("cannot read /nonexistent-bundle/config.json: "), "{missing}");
     }
