@@ -8,6 +8,8 @@
 //!   `--vmm qemu [--machine microvm|q35]` boots it under QEMU instead.
 //! - `skiff inspect IMAGE` shows an image's size, segments, entry points,
 //!   manifest and check results.
+//! - `skiff package IMAGE [--tag NAME] [--output FILE]` writes the image as
+//!   an OCI image archive for podman, skopeo and containerd.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,21 @@ enum Cmd {
         /// The image file.
         image: PathBuf,
     },
+    /// Write an image as an OCI image archive (podman load, skopeo copy, ctr image import).
+    Package(PackageArgs),
+}
+
+#[derive(Args, Debug)]
+struct PackageArgs {
+    /// The image file, or a service crate directory (built first).
+    image: PathBuf,
+    /// The image's name (default: the image file's name, as
+    /// localhost/NAME:latest).
+    #[arg(long)]
+    tag: Option<String>,
+    /// The archive to write (default: NAME-oci.tar in this directory).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +131,10 @@ enum CliError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    Package(#[from] skiff_oci::package::PackageError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl CliError {
@@ -312,6 +333,40 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
     Ok(0)
 }
 
+fn package(a: PackageArgs) -> Result<u8, CliError> {
+    use skiff_oci::package::{Facts, Reference};
+    if !a.image.exists() {
+        return Err(CliError::Missing(a.image));
+    }
+    let path = if a.image.is_dir() {
+        skiff_build::build(&build_options(&a.image, false, None, None, true))?.image
+    } else {
+        a.image
+    };
+    // The tender's own checks, the ABI version's included: an image the
+    // runtime would refuse is not packaged.
+    let image = skiff_tender::load_image(&path, true)?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let reference = Reference::parse(a.tag.as_deref().unwrap_or(&stem))?;
+    let name = reference.repository.rsplit('/').next().unwrap_or("image").to_string();
+    let output = a.output.unwrap_or_else(|| PathBuf::from(format!("{name}-oci.tar")));
+    let tmp = output.with_extension("tar.part");
+    let write_err = |source| CliError::Write { path: output.clone(), source };
+    let file = std::fs::File::create(&tmp).map_err(write_err)?;
+    let written =
+        skiff_oci::package::write(&image.data, &Facts::of(&image), &reference, std::io::BufWriter::new(file))?;
+    std::fs::rename(&tmp, &output).map_err(write_err)?;
+    println!("{} -> {} ({reference})", path.display(), output.display());
+    println!("manifest     {}", written.manifest_digest);
+    println!("image ID     {}", written.config_digest);
+    for (k, v) in Facts::of(&image).labels() {
+        println!("label        {k}={v}");
+    }
+    println!("load it      podman load -i {}   (or: ctr image import {})", output.display(), output.display());
+    println!("run it       podman run --rm --runtime skiff-oci {reference}");
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     // Before `skiff build` starts its first thread: the tender's seccomp
     // allow-list depends on it (see the function).
@@ -326,6 +381,7 @@ fn main() -> ExitCode {
         Cmd::Build(a) => build(a),
         Cmd::Run(a) => run(*a, matches.subcommand_matches("run").expect("run's matches")),
         Cmd::Inspect { image } => inspect(&image),
+        Cmd::Package(a) => package(a),
     };
     match result {
         Ok(status) => ExitCode::from(status),

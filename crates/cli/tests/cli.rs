@@ -324,3 +324,35 @@ fn inspect_lists_a_bounded_number_of_findings() {
     assert_eq!(more as usize, size / 2 - skiff_build::check::MAX_FINDINGS, "{}", out.output);
     assert!(out.elapsed < Duration::from_secs(5), "took {:?}", out.elapsed);
 }
+
+#[test]
+fn package_writes_the_same_archive_twice_and_refuses_an_image_of_another_abi() {
+    let dir = scratch("package");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hello = common::guest("examples/hello");
+    let (a, b) = (dir.join("a.tar"), dir.join("b.tar"));
+    let out = skiff(&["package", hello.to_str().unwrap(), "--tag", "demo/hello:1", "-o", a.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for needle in
+        ["(localhost/demo/hello:1)", "manifest     sha256:", "label        org.skiff.abi-version=", "podman run"]
+    {
+        assert!(out.stdout.contains(needle), "package's report lacks {needle:?}:\n{}", out.stdout);
+    }
+    let again = skiff(&["package", hello.to_str().unwrap(), "--tag", "demo/hello:1", "-o", b.to_str().unwrap()]);
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same image gave two archives");
+    // An image the tender would refuse is not packaged.
+    let mut data = std::fs::read(hello).unwrap();
+    let note = skiff_abi::manifest::NOTE_NAME;
+    let at = data.windows(note.len()).position(|w| w == note).expect("the manifest note") + note.len();
+    data[at..at + 4].copy_from_slice(&(skiff_abi::ABI_VERSION + 1).to_le_bytes());
+    let old = dir.join("old-abi");
+    std::fs::write(&old, data).unwrap();
+    let out = skiff(&["package", old.to_str().unwrap(), "-o", dir.join("c.tar").to_str().unwrap()]);
+    assert_eq!(out.status, 125, "{}", out.stderr);
+    assert!(out.stderr.contains("built for Skiff ABI version"), "{}", out.stderr);
+    assert!(!dir.join("c.tar").exists());
+    let out = skiff(&["package", hello.to_str().unwrap(), "--tag", "Not Valid"]);
+    assert!(out.stderr.contains("is not a valid image name"), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
