@@ -85,7 +85,7 @@ fn rdseed_step() -> Option<u64> {
 }
 
 /// Writes `value` to I/O port `port`. Only the ports the PVH TSS opens
-/// (COM1, `isa-debug-exit`, the PIT's channel 0) are reachable from
+/// (COM1, `isa-debug-exit`, the PIT's channel 0, PCI configuration) are reachable from
 /// ring 3; any other raises #GP, reported as a CPU exception.
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {
@@ -100,5 +100,23 @@ pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as for `outb`: no guest memory is touched.
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes the 32-bit `value` to I/O port `port` (see [`outb`]).
+#[inline(always)]
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`: no guest memory is touched.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads 32 bits from I/O port `port` (see [`outb`]).
+#[inline(always)]
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`: no guest memory is touched.
+    unsafe {
+        core::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    };
     value
 }

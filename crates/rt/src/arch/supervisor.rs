@@ -77,17 +77,20 @@ const PVH_TSS_OFFSET: u64 = (TSS_LIMIT + 1).next_multiple_of(16);
 pub const PVH_TSS_ADDR: u64 = TSS_ADDR + PVH_TSS_OFFSET;
 /// Under the PVH entry ring 3 drives the platform's ports itself: the
 /// bitmap opens the PIT's channel 0 and its command port (0x40, 0x43, for
-/// calibrating the TSC), `isa-debug-exit` (0xf4..0xf7) and COM1
-/// (0x3f8..0x3ff), and nothing else: no hypercall port.
-const PVH_IOPB: [(u64, u8); 3] = [(0x40 / 8, 0xf6), (0xf0 / 8, 0x0f), (0x3f8 / 8, 0x00)];
-const PVH_IOPB_SIZE: u64 = 0x400 / 8 + 1;
+/// calibrating the TSC), `isa-debug-exit` (0xf4..0xf7), COM1
+/// (0x3f8..0x3ff) and PCI configuration access (0xcf8..0xcff: address and
+/// data; a 32-bit access to 0xcf8 needs the bits of 0xcf8..0xcfb, so the
+/// chipset's reset register at 0xcf9 comes with it), and nothing else: no
+/// hypercall port.
+const PVH_IOPB: [(u64, u8); 4] = [(0x40 / 8, 0xf6), (0xf0 / 8, 0x0f), (0x3f8 / 8, 0x00), (0xcf8 / 8, 0x00)];
+const PVH_IOPB_SIZE: u64 = 0xd00 / 8 + 1;
 const PVH_TSS_LIMIT: u64 = TSS_BASE_SIZE + PVH_IOPB_SIZE - 1;
 const PVH_TSS_DESC: (u64, u64) = tss_descriptor(PVH_TSS_ADDR, PVH_TSS_LIMIT);
 const _: () = {
     assert!(TIMER_VECTOR == 32 && SPURIOUS_VECTOR == 33);
     // The ports the PVH bitmap opens are sorted, one byte each.
-    assert!(PVH_IOPB[0].0 < PVH_IOPB[1].0 && PVH_IOPB[1].0 < PVH_IOPB[2].0);
-    assert!(PVH_IOPB[2].0 + 1 == PVH_IOPB_SIZE - 1);
+    assert!(PVH_IOPB[0].0 < PVH_IOPB[1].0 && PVH_IOPB[1].0 < PVH_IOPB[2].0 && PVH_IOPB[2].0 < PVH_IOPB[3].0);
+    assert!(PVH_IOPB[3].0 + 1 == PVH_IOPB_SIZE - 1);
 };
 
 /// The local APIC timer's vector (PVH entry only: the tender's IDT limit
@@ -301,6 +304,8 @@ skiff_pvh_tss:
     .byte {pvh_bits1}
     .fill {pvh_open2} - {pvh_open1} - 1, 1, 0xff
     .byte {pvh_bits2}
+    .fill {pvh_open3} - {pvh_open2} - 1, 1, 0xff
+    .byte {pvh_bits3}
     .byte 0xff
 
     .section .skiff.sup.data, "aw"
@@ -441,6 +446,8 @@ skiff_user_entry:
     pvh_bits1 = const PVH_IOPB[1].1,
     pvh_open2 = const PVH_IOPB[2].0,
     pvh_bits2 = const PVH_IOPB[2].1,
+    pvh_open3 = const PVH_IOPB[3].0,
+    pvh_bits3 = const PVH_IOPB[3].1,
     cpu_exception = const skiff_abi::exit::CPU_EXCEPTION,
     debug_exit_port = const super::pvh::DEBUG_EXIT_PORT,
     trap_stubs = const TRAP_STUBS,

@@ -108,17 +108,23 @@ const MSIX_ENABLE: u32 = 1 << 31;
 const MSIX_FUNCTION_MASK: u32 = 1 << 30;
 const STATUS_CAP_LIST: u32 = 1 << 20;
 
+/// The kind of virtio device a function is, from its vendor and device
+/// ids (a transitional device, 0x1000..0x103f, names it in its subsystem
+/// id); an error for a function that is no virtio device.
+pub fn identify<C: PciConfig + ?Sized>(cfg: &mut C) -> Result<DeviceType, Error> {
+    let id = cfg.read32(0);
+    let (vendor, device_id) = (id as u16, (id >> 16) as u16);
+    match (vendor, device_id) {
+        (VIRTIO_VENDOR, 0x1040..=0x107f) => Ok(DeviceType::from_id(u32::from(device_id - 0x1040))),
+        (VIRTIO_VENDOR, 0x1000..=0x103f) => Ok(DeviceType::from_id(cfg.read32(0x2c) >> 16)),
+        _ => Err(Error::NotVirtioPci { vendor, device: device_id }),
+    }
+}
+
 /// Reads a virtio function's identity and capability list, and the BARs
 /// its windows lie in; also turns on memory decoding and bus mastering.
 pub fn probe<C: PciConfig + ?Sized>(cfg: &mut C) -> Result<PciLayout, Error> {
-    let id = cfg.read32(0);
-    let (vendor, device_id) = (id as u16, (id >> 16) as u16);
-    let device = match (vendor, device_id) {
-        (VIRTIO_VENDOR, 0x1040..=0x107f) => DeviceType::from_id(u32::from(device_id - 0x1040)),
-        // Transitional devices name their type in the subsystem id.
-        (VIRTIO_VENDOR, 0x1000..=0x103f) => DeviceType::from_id(cfg.read32(0x2c) >> 16),
-        _ => return Err(Error::NotVirtioPci { vendor, device: device_id }),
-    };
+    let device = identify(cfg)?;
     let command_status = cfg.read32(0x04);
     if command_status & STATUS_CAP_LIST == 0 {
         return Err(Error::MissingCapability("common configuration"));
