@@ -296,7 +296,7 @@ impl Devices {
                 log::debug!("virtio {kind} device at PCI {f} is left unused");
                 continue;
             }
-            let pci::Brought { mut transport, msix } = pci::bring_up(f, &all)?;
+            let pci::Brought { mut transport, msix } = pci::bring_up(f, kind, &all)?;
             let at = format!("PCI {f}");
             if kind == DeviceType::Entropy {
                 // Polled: its interrupt line stays off.

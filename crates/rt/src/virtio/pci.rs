@@ -119,13 +119,23 @@ pub(super) struct Brought {
 /// checks that every window lies in the device page, turns on memory
 /// decoding and bus mastering, and maps the windows. An error is the
 /// boot failure's line.
-pub(super) fn bring_up(f: Function, all: &[(Function, Option<DeviceType>)]) -> Result<Brought, String> {
+pub(super) fn bring_up(
+    f: Function,
+    kind: DeviceType,
+    all: &[(Function, Option<DeviceType>)],
+) -> Result<Brought, String> {
     let mut cfg = PortConfig(f);
     let layout = match pci::probe(&mut cfg) {
         Err(Error::BadBar(_)) if assign_unassigned(f, all)? => pci::probe(&mut cfg),
         other => other,
     }
-    .map_err(|e| format!("virtio-pci device at {f}: {e}"))?;
+    .map_err(|e| match e {
+        Error::MissingCapability(_) => format!(
+            "virtio {kind} device at PCI {f}: {e} (a legacy-only device? this runtime drives modern virtio-pci: \
+             QEMU's disable-modern=off)"
+        ),
+        e => format!("virtio {kind} device at PCI {f}: {e}"),
+    })?;
     let PciLayout { common, notify, isr, device_config, msix, .. } = layout;
     for (what, w) in [("common configuration", Some(common)), ("notification", Some(notify)), ("ISR status", Some(isr))]
         .into_iter()
@@ -160,7 +170,7 @@ fn check(f: Function, what: &str, w: &Window) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "virtio-pci device at {f}: its {what} window ({} bytes at {:#x}, BAR {}) lies outside the device page this \
+        "virtio-pci device at PCI {f}: its {what} window ({} bytes at {:#x}, BAR {}) lies outside the device page this \
          runtime maps ({:#x}..{:#x})",
         w.length, w.addr, w.bar, PAGE.start, PAGE.end
     ))
@@ -182,12 +192,12 @@ fn assign_unassigned(f: Function, all: &[(Function, Option<DeviceType>)]) -> Res
     for bar in memory_bars(&mut cfg).into_iter().filter(|b| b.base == 0) {
         let Some(at) = place_bar(PAGE, bar.size, &used) else {
             return Err(format!(
-                "virtio-pci device at {f}: BAR {} ({} bytes) is unassigned and there is no room for it in the \
+                "virtio-pci device at PCI {f}: BAR {} ({} bytes) is unassigned and there is no room for it in the \
                  device page this runtime maps ({:#x}..{:#x})",
                 bar.index, bar.size, PAGE.start, PAGE.end
             ));
         };
-        log::debug!("virtio-pci device at {f}: BAR {} ({} bytes) placed at {at:#x}", bar.index, bar.size);
+        log::debug!("virtio-pci device at PCI {f}: BAR {} ({} bytes) placed at {at:#x}", bar.index, bar.size);
         assign_bar(&mut cfg, &bar, at);
         used.push(at..at + bar.size);
         placed = true;
