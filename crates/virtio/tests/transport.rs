@@ -399,3 +399,18 @@ impl Mmio for MmioRegsArray {
         self.0[offset / 4] = value;
     }
 }
+
+#[test]
+fn pci_windows_outside_the_mapped_range_are_named() {
+    let mut c = virtio_net_config();
+    c.write32(0x20, 0xfeb0_000c);
+    c.write32(0x24, 0);
+    let layout = probe(&mut c).unwrap();
+    assert_eq!(layout.outside(0xfea0_0000..0xfec0_0000), None);
+    // The notification window (0x3000..0x4000 in BAR 4) ends past the range.
+    let (what, w) = layout.outside(0xfea0_0000..0xfeb0_3800).unwrap();
+    assert_eq!((what, w.addr, w.bar), ("notification", 0xfeb0_3000, 4));
+    // A BAR above 4 GiB: the first window is already outside.
+    let layout = probe(&mut virtio_net_config()).unwrap();
+    assert_eq!(layout.outside(0xfea0_0000..0xfec0_0000).map(|(what, _)| what), Some("common configuration"));
+}

@@ -8,7 +8,7 @@
 //! the top of the 32-bit PCI hole down from the I/O APIC (0xfec00000), so
 //! QEMU's virtio BARs land there. A BAR the firmware left unassigned is
 //! placed in that page, below the BARs already there; one assigned
-//! elsewhere is refused with a line saying so.
+//! elsewhere is refused with a line saying so (a boot failure).
 
 use crate::arch::cpu::{inl, outl};
 use crate::arch::pvh::VIRTIO_MMIO_PAGE;
@@ -136,17 +136,16 @@ pub(super) fn bring_up(
         ),
         e => format!("virtio {kind} device at PCI {f}: {e}"),
     })?;
-    let PciLayout { common, notify, isr, device_config, msix, .. } = layout;
-    for (what, w) in [("common configuration", Some(common)), ("notification", Some(notify)), ("ISR status", Some(isr))]
-        .into_iter()
-        .chain([("device configuration", device_config), ("MSI-X table", msix.map(|m| m.table))])
-    {
-        if let Some(w) = w {
-            check(f, what, &w)?;
-        }
+    if let Some((what, w)) = layout.outside(PAGE) {
+        return Err(format!(
+            "virtio {kind} device at PCI {f}: its {what} window ({} bytes at {:#x}, BAR {}) lies outside the \
+             device page this runtime maps ({:#x}..{:#x})",
+            w.length, w.addr, w.bar, PAGE.start, PAGE.end
+        ));
     }
+    let PciLayout { common, notify, isr, device_config, msix, .. } = layout;
     let window = |w: &Window| {
-        // SAFETY: `check` found the window inside the device page the
+        // SAFETY: `outside` found the window inside the device page the
         // trampoline mapped uncached for ring 3; each window of each
         // function gets one value.
         unsafe { VolatileMmio::new(w.addr as usize, w.length as usize) }
@@ -158,22 +157,6 @@ pub(super) fn bring_up(
         (m, window(&entry0))
     });
     Ok(Brought { transport, msix })
-}
-
-/// Whether window `w` of `f` lies in the device page; an error naming it
-/// if not.
-fn check(f: Function, what: &str, w: &Window) -> Result<(), String> {
-    let inside = w.length > 0
-        && w.addr >= PAGE.start
-        && w.addr.checked_add(u64::from(w.length)).is_some_and(|end| end <= PAGE.end);
-    if inside {
-        return Ok(());
-    }
-    Err(format!(
-        "virtio-pci device at PCI {f}: its {what} window ({} bytes at {:#x}, BAR {}) lies outside the device page this \
-         runtime maps ({:#x}..{:#x})",
-        w.length, w.addr, w.bar, PAGE.start, PAGE.end
-    ))
 }
 
 /// Places `f`'s unassigned memory BARs in the device page, below the BARs

@@ -69,6 +69,27 @@ pub struct PciLayout {
     pub msix: Option<Msix>,
 }
 
+impl PciLayout {
+    /// The first window the driver uses (common, notify, ISR, device
+    /// configuration, MSI-X table) that does not lie wholly inside
+    /// `mapped`, with its name: a device the platform cannot reach there.
+    pub fn outside(&self, mapped: core::ops::Range<u64>) -> Option<(&'static str, Window)> {
+        let windows = [
+            ("common configuration", Some(self.common)),
+            ("notification", Some(self.notify)),
+            ("ISR status", Some(self.isr)),
+            ("device configuration", self.device_config),
+            ("MSI-X table", self.msix.map(|m| m.table)),
+        ];
+        windows.into_iter().filter_map(|(what, w)| w.map(|w| (what, w))).find(|(_, w)| {
+            let inside = w.length > 0
+                && w.addr >= mapped.start
+                && w.addr.checked_add(u64::from(w.length)).is_some_and(|end| end <= mapped.end);
+            !inside
+        })
+    }
+}
+
 /// A function's MSI-X capability (PCI 3.0, 6.8.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Msix {
