@@ -306,6 +306,13 @@ fn pci_bars_are_sized_and_unassigned_ones_placed_in_the_window() {
     assert_eq!(c.read32(0x10), 0xc001, "the I/O BAR is untouched");
     assert_eq!(c.read32(0x20), 0xfe00_000c, "addresses are restored after sizing");
     assert_eq!(c.read32(0x04) & 0xffff, 0b111, "decoding is back on");
+    // A bridge (header type 1) has two BAR registers; 0x18 on are its bus
+    // numbers, never written.
+    let mut bridge = SizedConfig { bytes: Config([0; 256]), sizes: [0x1000, 0, 0x1000, 0, 0, 0] };
+    bridge.bytes.write32(0x0c, 1 << 16);
+    bridge.bytes.write32(0x18, 0x0002_0100);
+    assert_eq!(memory_bars(&mut bridge), vec![Bar { index: 0, base: 0, size: 0x1000, wide: false }]);
+    assert_eq!(bridge.read32(0x18), 0x0002_0100);
 
     // The window's top is taken by another function: the BAR goes below it.
     let window = 0xfea0_0000..0xfec0_0000;

@@ -241,20 +241,27 @@ fn bar_address<C: PciConfig + ?Sized>(cfg: &mut C, bar: u8) -> Result<u64, Error
 /// Every memory BAR of a function with its size, found by the usual
 /// sizing (all ones written, the read-back masked, the address restored),
 /// with memory decoding off meanwhile so the function answers at no
-/// half-written address. I/O BARs and unimplemented ones are left out.
+/// half-written address. I/O BARs and unimplemented ones are left out; a
+/// bridge has two BAR registers (the rest of its header is bus numbers
+/// and windows), other header types none this reads.
 pub fn memory_bars<C: PciConfig + ?Sized>(cfg: &mut C) -> Vec<Bar> {
+    let count = match (cfg.read32(0x0c) >> 16) & 0x7f {
+        0 => 6,
+        1 => 2,
+        _ => return Vec::new(),
+    };
     let command = cfg.read32(0x04) & 0xffff;
     cfg.write32(0x04, command & !COMMAND_MEMORY);
     let mut bars = Vec::new();
     let mut index = 0u8;
-    while index < 6 {
+    while index < count {
         let reg = 0x10 + 4 * index;
         let low = cfg.read32(reg);
         if low & 1 != 0 {
             index += 1;
             continue;
         }
-        let wide = (low >> 1) & 3 == 2 && index < 5;
+        let wide = (low >> 1) & 3 == 2 && index + 1 < count;
         cfg.write32(reg, u32::MAX);
         let mut mask = u64::from(cfg.read32(reg) & !0xf);
         cfg.write32(reg, low);
