@@ -191,7 +191,9 @@ pub fn arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
 
     let (machine, nic_device) = match spec.machine {
         Machine::Microvm => ("microvm,x-option-roms=off,rtc=off", "virtio-net-device"),
-        Machine::Q35 => ("q35", "virtio-net-pci"),
+        // No option ROM (iPXE): the PVH entry never uses it, and SeaBIOS
+        // spends about 0.4 s running it.
+        Machine::Q35 => ("q35", "virtio-net-pci,romfile="),
     };
     let mut a: Vec<String> = vec![
         "-M".into(),
@@ -566,7 +568,7 @@ mod tests {
         assert!(
             l.contains(
                 "-netdev tap,id=nic0,ifname=tap0,script=no,downscript=no \
-                 -device virtio-net-pci,netdev=nic0,mac=02:00:00:00:00:09"
+                 -device virtio-net-pci,romfile=,netdev=nic0,mac=02:00:00:00:00:09"
             ),
             "{l}"
         );

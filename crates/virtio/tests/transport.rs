@@ -8,7 +8,10 @@ use skiff_virtio::net::{F_MAC, VirtioNet};
 use skiff_virtio::regs::Mmio;
 use skiff_virtio::rng::VirtioRng;
 use skiff_virtio::transport::mmio::{CmdlineDevice, MmioTransport, cmdline_devices};
-use skiff_virtio::transport::pci::{PciConfig, PciTransport, Window, cf8_address, ecam_offset, probe};
+use skiff_virtio::transport::pci::{
+    Bar, NO_VECTOR, PciConfig, PciTransport, Window, assign_bar, cf8_address, ecam_offset, enable_msix, memory_bars,
+    place_bar, probe, write_msix_entry,
+};
 use skiff_virtio::transport::{Transport, negotiate};
 use skiff_virtio::{DeviceType, Error};
 
@@ -247,4 +250,174 @@ fn pci_notify_offset_outside_the_window_is_an_error() {
     // Queue 0 notifies at 0 (fits), queue 1 at 4 (outside 2 bytes).
     assert_eq!(VirtioNet::new(t).err(), Some(Error::NotifyOutOfRange { queue: 1, offset: 4 }));
     let _ = MmioRegs(sim);
+}
+
+/// A configuration space whose BARs decode only their size's bits, as
+/// hardware does, so sizing by writing all ones works.
+struct SizedConfig {
+    bytes: Config,
+    /// Size of each BAR register's BAR (0: unimplemented); a 64-bit BAR's
+    /// upper register holds 0 and takes the upper half of the mask.
+    sizes: [u64; 6],
+}
+
+impl PciConfig for SizedConfig {
+    fn read32(&mut self, offset: u8) -> u32 {
+        self.bytes.read32(offset)
+    }
+    fn write32(&mut self, offset: u8, value: u32) {
+        match offset {
+            0x10..=0x27 => {
+                let i = usize::from(offset - 0x10) / 4;
+                let flags = self.bytes.read32(offset) & 0xf;
+                let upper_half = i > 0 && self.sizes[i] == 0 && self.sizes[i - 1] != 0 && {
+                    let below = self.bytes.read32(offset - 4);
+                    below & 1 == 0 && (below >> 1) & 3 == 2
+                };
+                let value = if upper_half {
+                    (value as u64 & (!(self.sizes[i - 1] - 1) >> 32)) as u32
+                } else if self.sizes[i] == 0 {
+                    0
+                } else {
+                    (value & !(self.sizes[i] as u32).wrapping_sub(1) & !0xf) | flags
+                };
+                self.bytes.write32(offset, value);
+            }
+            _ => self.bytes.write32(offset, value),
+        }
+    }
+}
+
+#[test]
+fn pci_bars_are_sized_and_unassigned_ones_placed_in_the_window() {
+    let mut c = SizedConfig { bytes: virtio_net_config(), sizes: [0x20, 0x1000, 0, 0, 0x4000, 0] };
+    // BAR 0 I/O, BAR 1 32-bit memory unassigned, BAR 4/5 64-bit at BAR_BASE.
+    c.bytes.write32(0x10, 0xc001);
+    c.bytes.write32(0x14, 0);
+    c.bytes.write32(0x04, 0b111 | (1 << 20));
+    let bars = memory_bars(&mut c);
+    assert_eq!(
+        bars,
+        vec![
+            Bar { index: 1, base: 0, size: 0x1000, wide: false },
+            Bar { index: 4, base: BAR_BASE, size: 0x4000, wide: true },
+        ]
+    );
+    assert_eq!(c.read32(0x10), 0xc001, "the I/O BAR is untouched");
+    assert_eq!(c.read32(0x20), 0xfe00_000c, "addresses are restored after sizing");
+    assert_eq!(c.read32(0x04) & 0xffff, 0b111, "decoding is back on");
+    // A bridge (header type 1) has two BAR registers; 0x18 on are its bus
+    // numbers, never written.
+    let mut bridge = SizedConfig { bytes: Config([0; 256]), sizes: [0x1000, 0, 0x1000, 0, 0, 0] };
+    bridge.bytes.write32(0x0c, 1 << 16);
+    bridge.bytes.write32(0x18, 0x0002_0100);
+    assert_eq!(memory_bars(&mut bridge), vec![Bar { index: 0, base: 0, size: 0x1000, wide: false }]);
+    assert_eq!(bridge.read32(0x18), 0x0002_0100);
+
+    // The window's top is taken by another function: the BAR goes below it.
+    let window = 0xfea0_0000..0xfec0_0000;
+    let used = [0xfebf_8000..0xfec0_0000, 0xfebf_0000..0xfebf_4000];
+    let at = place_bar(window.clone(), 0x1000, &used).unwrap();
+    assert_eq!(at, 0xfebf_7000);
+    assign_bar(&mut c, &bars[0], at);
+    assert_eq!(c.read32(0x14), 0xfebf_7000);
+    assert_eq!(place_bar(window.clone(), 0x4000, &used), Some(0xfebf_4000));
+    assert_eq!(place_bar(window.clone(), 0x8000, &used), Some(0xfebe_8000));
+    assert_eq!(place_bar(0xfebf_8000..0xfec0_0000, 0x8000, &used), None, "no room");
+    assert_eq!(place_bar(window, 0x3000, &[]), None, "not a power of two");
+}
+
+#[test]
+fn pci_msix_is_found_enabled_and_queues_get_their_vector() {
+    let mut c = virtio_net_config();
+    // MSI-X with 3 entries, its table at offset 0x800 of BAR 1.
+    c.write32(0x14, 0xfebc_0000);
+    c.write32(0x7c, 0x11 | (0x90 << 8) | (2 << 16));
+    c.write32(0x80, 0x800 | 1);
+    let layout = probe(&mut c).unwrap();
+    let msix = layout.msix.expect("an MSI-X capability");
+    assert_eq!((msix.cap, msix.entries), (0x7c, 3));
+    assert_eq!(msix.table, Window { bar: 1, offset: 0x800, length: 48, addr: 0xfebc_0800 });
+    enable_msix(&mut c, &msix);
+    assert_eq!(c.read32(0x7c) >> 30, 0b10, "MSI-X on, function not masked");
+    assert_ne!(c.read32(0x04) & (1 << 10), 0, "INTx off");
+
+    let mut table = MmioRegsArray([0; 48]);
+    write_msix_entry(&mut table, 0, 0xfee0_0000, 32);
+    assert_eq!(&table.0[..4], &[0xfee0_0000, 0, 32, 0]);
+
+    // The device takes vector 0 for both queues.
+    let sim = Sim::new(2, 1, Kind::Net, V1 | F_MAC, &[256, 256]);
+    sim.borrow_mut().msix_vectors = 1;
+    let mut t = PciTransport::new(
+        &layout,
+        PciWindow::Common(sim.clone()),
+        PciWindow::Notify(sim.clone(), layout.notify_multiplier),
+        PciWindow::Isr(sim.clone()),
+        Some(PciWindow::Device(sim.clone())),
+    );
+    t.set_queue_vector(0);
+    let mut net = VirtioNet::new(t).unwrap();
+    assert_eq!(net.transport().vector_refused(), None);
+    assert!(sim.borrow().queues.iter().all(|q| q.msix_vector == 0));
+
+    // A device out of vectors reads back NO_VECTOR: reported, not fatal.
+    let sim = Sim::new(2, 1, Kind::Net, V1 | F_MAC, &[256, 256]);
+    let mut t = PciTransport::new(
+        &layout,
+        PciWindow::Common(sim.clone()),
+        PciWindow::Notify(sim.clone(), layout.notify_multiplier),
+        PciWindow::Isr(sim.clone()),
+        Some(PciWindow::Device(sim.clone())),
+    );
+    t.set_queue_vector(0);
+    let mut net = VirtioNet::new(t).unwrap();
+    assert_eq!(net.transport().vector_refused(), Some(0));
+    assert!(sim.borrow().queues.iter().all(|q| q.msix_vector == NO_VECTOR));
+
+    // A table in a BAR that is not memory leaves the device without MSI-X.
+    let mut c = virtio_net_config();
+    c.write32(0x7c, 0x11 | (0x90 << 8));
+    c.write32(0x80, 0);
+    c.write32(0x10, 0xc001);
+    assert_eq!(probe(&mut c).unwrap().msix, None);
+}
+
+/// A plain array of 32-bit registers.
+struct MmioRegsArray([u32; 48]);
+
+impl Mmio for MmioRegsArray {
+    fn read8(&mut self, _: usize) -> u8 {
+        unreachable!()
+    }
+    fn read16(&mut self, _: usize) -> u16 {
+        unreachable!()
+    }
+    fn read32(&mut self, offset: usize) -> u32 {
+        self.0[offset / 4]
+    }
+    fn write8(&mut self, _: usize, _: u8) {
+        unreachable!()
+    }
+    fn write16(&mut self, _: usize, _: u16) {
+        unreachable!()
+    }
+    fn write32(&mut self, offset: usize, value: u32) {
+        self.0[offset / 4] = value;
+    }
+}
+
+#[test]
+fn pci_windows_outside_the_mapped_range_are_named() {
+    let mut c = virtio_net_config();
+    c.write32(0x20, 0xfeb0_000c);
+    c.write32(0x24, 0);
+    let layout = probe(&mut c).unwrap();
+    assert_eq!(layout.outside(0xfea0_0000..0xfec0_0000), None);
+    // The notification window (0x3000..0x4000 in BAR 4) ends past the range.
+    let (what, w) = layout.outside(0xfea0_0000..0xfeb0_3800).unwrap();
+    assert_eq!((what, w.addr, w.bar), ("notification", 0xfeb0_3000, 4));
+    // A BAR above 4 GiB: the first window is already outside.
+    let layout = probe(&mut virtio_net_config()).unwrap();
+    assert_eq!(layout.outside(0xfea0_0000..0xfec0_0000).map(|(what, _)| what), Some("common configuration"));
 }

@@ -110,3 +110,21 @@ pub fn inb(port: u16) -> u8 {
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
     value
 }
+
+/// Writes the 32-bit `value` to I/O port `port` (see [`outb`]).
+#[inline(always)]
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`: no guest memory is touched.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads 32 bits from I/O port `port` (see [`outb`]).
+#[inline(always)]
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`: no guest memory is touched.
+    unsafe {
+        core::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}

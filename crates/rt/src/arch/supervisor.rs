@@ -87,7 +87,10 @@ const PVH_PORTS: [(u16, u16); 9] = [
     (0x3c0, 1), // Cloud Hypervisor's ACPI shutdown register
     (0x3f8, 8), // COM1
     (0x604, 2), // PM1a control of QEMU's pc and q35 ACPI (power-off)
-    (0xcf8, 8), // PCI configuration address and data
+    // PCI configuration address and data (a 32-bit access to 0xcf8 needs
+    // the bits of 0xcf8..0xcfb, so the chipset's reset register at 0xcf9
+    // comes with it; QEMU's -no-reboot makes a reset an exit)
+    (0xcf8, 8),
 ];
 /// How many bytes of the bitmap open a port.
 const PVH_OPEN: usize = 8;

@@ -1,14 +1,17 @@
 //! The virtio platform's devices: microvm's virtio-mmio windows, found on
 //! the command line or by probing the fixed slots, their interrupts routed
-//! through the I/O APIC, and the NICs lent to the service.
+//! through the I/O APIC; virtio-pci functions on a PC-like machine (q35),
+//! found in PCI configuration space ([`super::pci`]), their interrupts
+//! MSI-X messages; and the NICs lent to the service.
 //!
 //! Every window lies in the 2 MiB page the PVH trampoline maps for ring 3
 //! ([`VIRTIO_MMIO_PAGE`]), the I/O APICs in the next one ([`IOAPIC_PAGE`]).
-//! A device's interrupt line is routed, edge-triggered, to the supervisor's
-//! timer vector: its handler only acknowledges the local APIC, and any
-//! interrupt ends the idle call's `hlt`, so a frame wakes an idle guest at
-//! once. Ring 3 then reads and acknowledges the device's interrupt status
-//! and looks at its used rings.
+//! A virtio-mmio device's interrupt line is routed, edge-triggered, to the
+//! supervisor's timer vector, and a virtio-pci NIC's queues signal an
+//! MSI-X message with that vector: its handler only acknowledges the local
+//! APIC, and any interrupt ends the idle call's `hlt`, so a frame wakes an
+//! idle guest at once. Ring 3 then reads and acknowledges the device's
+//! interrupt status and looks at its used rings.
 
 use crate::arch::pvh::{IOAPIC_PAGE, VIRTIO_MMIO_PAGE};
 use crate::arch::supervisor::TIMER_VECTOR;
@@ -25,9 +28,12 @@ use core::task::{Context, Poll};
 use skiff_virtio::net::VirtioNet;
 use skiff_virtio::regs::VolatileMmio;
 use skiff_virtio::rng::VirtioRng;
-use skiff_virtio::transport::Transport;
 use skiff_virtio::transport::mmio::{MmioTransport, cmdline_devices};
+use skiff_virtio::transport::pci::{PciTransport, enable_msix, write_msix_entry};
+use skiff_virtio::transport::{QueueAddrs, Transport};
 use skiff_virtio::{DeviceType, Error};
+
+use super::pci::{self, PortConfig};
 
 /// microvm's first virtio-mmio slot.
 const SLOT_BASE: u64 = 0xfeb0_0000;
@@ -42,8 +48,78 @@ const IOAPIC0: u64 = IOAPIC_PAGE;
 const IOAPIC1: u64 = IOAPIC_PAGE + 0x1_0000;
 const IOAPIC_PINS: u32 = 24;
 
-type Net = VirtioNet<MmioTransport<VolatileMmio>>;
-type Rng = VirtioRng<MmioTransport<VolatileMmio>>;
+/// Where an x86 MSI goes: the local APIC's message address, destination
+/// APIC 0 (bits 19:12).
+const MSI_ADDRESS: u64 = 0xfee0_0000;
+
+type Net = VirtioNet<AnyTransport>;
+type Rng = VirtioRng<AnyTransport>;
+
+/// A virtio-mmio or a virtio-pci device.
+enum AnyTransport {
+    Mmio(MmioTransport<VolatileMmio>),
+    Pci(PciTransport<VolatileMmio>),
+}
+
+impl AnyTransport {
+    fn get(&mut self) -> &mut dyn Transport {
+        match self {
+            AnyTransport::Mmio(t) => t,
+            AnyTransport::Pci(t) => t,
+        }
+    }
+}
+
+impl Transport for AnyTransport {
+    fn device_type(&self) -> DeviceType {
+        match self {
+            AnyTransport::Mmio(t) => t.device_type(),
+            AnyTransport::Pci(t) => t.device_type(),
+        }
+    }
+    fn modern(&self) -> bool {
+        match self {
+            AnyTransport::Mmio(t) => t.modern(),
+            AnyTransport::Pci(t) => t.modern(),
+        }
+    }
+    fn device_features(&mut self) -> u64 {
+        self.get().device_features()
+    }
+    fn set_driver_features(&mut self, features: u64) {
+        self.get().set_driver_features(features)
+    }
+    fn status(&mut self) -> u8 {
+        self.get().status()
+    }
+    fn set_status(&mut self, status: u8) {
+        self.get().set_status(status)
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u16 {
+        self.get().max_queue_size(queue)
+    }
+    fn setup_queue(&mut self, queue: u16, size: u16, addrs: QueueAddrs) -> Result<(), Error> {
+        self.get().setup_queue(queue, size, addrs)
+    }
+    fn notify(&mut self, queue: u16) {
+        self.get().notify(queue)
+    }
+    fn ack_interrupt(&mut self) -> u8 {
+        self.get().ack_interrupt()
+    }
+    fn config_generation(&mut self) -> u32 {
+        self.get().config_generation()
+    }
+    fn read_config8(&mut self, offset: usize) -> u8 {
+        self.get().read_config8(offset)
+    }
+    fn read_config16(&mut self, offset: usize) -> u16 {
+        self.get().read_config16(offset)
+    }
+    fn read_config32(&mut self, offset: usize) -> u32 {
+        self.get().read_config32(offset)
+    }
+}
 
 /// A virtio-mmio window found at boot.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +130,9 @@ struct Window {
 }
 
 /// The windows QEMU named on the command line (`virtio_mmio.device=`,
-/// with `acpi=off`), else those found in microvm's fixed slots.
-fn windows(cmdline: &str) -> Result<Vec<Window>, String> {
+/// with `acpi=off`), else those found in microvm's fixed slots (unless
+/// `slots` is false: a PCI machine has none, and its BARs may lie there).
+fn windows(cmdline: &str, slots: bool) -> Result<Vec<Window>, String> {
     let mut found = Vec::new();
     for entry in cmdline_devices(cmdline) {
         let d = entry.map_err(|e| format!("bad virtio-mmio device on the command line: {e}"))?;
@@ -71,7 +148,7 @@ fn windows(cmdline: &str) -> Result<Vec<Window>, String> {
         }
         found.push(Window { base: d.base, size: d.size, irq: d.irq });
     }
-    if !found.is_empty() {
+    if !found.is_empty() || !slots {
         return Ok(found);
     }
     // With ACPI, microvm has 24 slots on the second I/O APIC; without it
@@ -156,25 +233,27 @@ pub(super) struct Devices {
 
 impl Devices {
     /// Finds the devices, brings up a virtio-net device for each NIC in
-    /// `declared` (in the order of the VM's devices: QEMU fills its slots
-    /// from the top, so the first `-device` comes first) and a virtio-rng
-    /// device if there is one. An error is a line for the boot failure.
+    /// `declared` (in the order of the VM's devices: QEMU fills microvm's
+    /// slots from the top and gives PCI slots in order, so the first
+    /// `-device` comes first) and a virtio-rng device if there is one. An
+    /// error is a line for the boot failure.
     pub(super) fn probe(cmdline: &str, declared: &[String]) -> Result<Devices, String> {
-        let mut windows = windows(cmdline)?;
+        let on_pci = pci::present();
+        let mut windows = windows(cmdline, !on_pci)?;
         windows.sort_by_key(|w| core::cmp::Reverse(w.base));
-        let mut nets = Vec::new();
-        let mut rng = None;
+        let mut devices = Devices { nets: Vec::new(), rng: None };
         for w in windows {
             let t = match transport(w) {
                 Ok(t) => t,
                 Err(Error::NoDevice) => continue,
                 Err(e) => return Err(format!("virtio-mmio device at {:#x}: {e}", w.base)),
             };
+            let at = format!("{:#x}", w.base);
             match t.device_type() {
-                DeviceType::Net if nets.len() < declared.len() => {
-                    let name = declared[nets.len()].clone();
-                    let net =
-                        VirtioNet::new(t).map_err(|e| format!("virtio-net at {:#x} for \"{name}\": {e}", w.base))?;
+                DeviceType::Net if devices.nets.len() < declared.len() => {
+                    let name = declared[devices.nets.len()].clone();
+                    let net = VirtioNet::new(AnyTransport::Mmio(t))
+                        .map_err(|e| format!("virtio-net at {at} for \"{name}\": {e}"))?;
                     let routed = match route_irq(w.irq) {
                         Ok(()) => true,
                         Err(e) => {
@@ -182,28 +261,93 @@ impl Devices {
                             false
                         }
                     };
-                    log::debug!(
-                        "virtio-net at {:#x} (interrupt {}) is NIC \"{name}\", MAC {:02x?}",
-                        w.base,
-                        w.irq,
-                        net.mac()
-                    );
-                    nets.push(NetSlot { name, net: Rc::new(RefCell::new(net)), routed, taken: Cell::new(false) });
+                    devices.add_net(name, net, routed, &format!("{at} (interrupt {})", w.irq));
                 }
-                DeviceType::Entropy if rng.is_none() => match VirtioRng::new(t) {
-                    Ok(r) => rng = Some(r),
-                    Err(e) => log::warn!("virtio-rng at {:#x} is left unused: {e}", w.base),
-                },
-                other => log::debug!("virtio {other} device at {:#x} is left unused", w.base),
+                DeviceType::Entropy if devices.rng.is_none() => devices.add_rng(AnyTransport::Mmio(t), &at),
+                other => log::debug!("virtio {other} device at {at} is left unused"),
             }
         }
-        if let Some(missing) = declared.get(nets.len()) {
+        if on_pci {
+            devices.probe_pci(declared)?;
+        }
+        if let Some(missing) = declared.get(devices.nets.len()) {
+            let device = if on_pci { "virtio-net-pci" } else { "virtio-net-device" };
             return Err(format!(
                 "this image declares the net device \"{missing}\", but the VM has no virtio-net device left for \
-                 it (QEMU: -netdev user,id=n0 -device virtio-net-device,netdev=n0)"
+                 it (QEMU: -netdev user,id=n0 -device {device},netdev=n0)"
             ));
         }
-        Ok(Devices { nets, rng })
+        Ok(devices)
+    }
+
+    /// The virtio-pci functions: a virtio-net device for each NIC still
+    /// to be found, its queues on an MSI-X vector that wakes the idle
+    /// guest, and a virtio-rng device if there is none yet.
+    fn probe_pci(&mut self, declared: &[String]) -> Result<(), String> {
+        let all = pci::functions();
+        for &(f, kind) in &all {
+            let Some(kind) = kind else { continue };
+            let wanted = match kind {
+                DeviceType::Net => self.nets.len() < declared.len(),
+                DeviceType::Entropy => self.rng.is_none(),
+                _ => false,
+            };
+            if !wanted {
+                log::debug!("virtio {kind} device at PCI {f} is left unused");
+                continue;
+            }
+            let pci::Brought { mut transport, msix } = pci::bring_up(f, kind, &all)?;
+            let at = format!("PCI {f}");
+            if kind == DeviceType::Entropy {
+                // Polled: its interrupt line stays off.
+                skiff_virtio::transport::pci::disable_intx(&mut PortConfig(f));
+                self.add_rng(AnyTransport::Pci(transport), &at);
+                continue;
+            }
+            let name = declared[self.nets.len()].clone();
+            let mut routed = match msix {
+                Some((m, mut table)) => {
+                    write_msix_entry(&mut table, 0, MSI_ADDRESS, u32::from(TIMER_VECTOR));
+                    enable_msix(&mut PortConfig(f), &m);
+                    transport.set_queue_vector(0);
+                    true
+                }
+                None => {
+                    skiff_virtio::transport::pci::disable_intx(&mut PortConfig(f));
+                    log::warn!(
+                        "virtio-net at {at} has no MSI-X capability: NIC \"{name}\" is polled every millisecond \
+                         while a task waits on it"
+                    );
+                    false
+                }
+            };
+            let mut net = VirtioNet::new(AnyTransport::Pci(transport))
+                .map_err(|e| format!("virtio-net at {at} for \"{name}\": {e}"))?;
+            if let AnyTransport::Pci(t) = net.transport()
+                && let Some(queue) = t.vector_refused()
+            {
+                log::warn!(
+                    "virtio-net at {at} refused an MSI-X vector for queue {queue}: NIC \"{name}\" is polled \
+                     every millisecond while a task waits on it"
+                );
+                routed = false;
+            }
+            let how = if routed { "MSI-X" } else { "polled" };
+            self.add_net(name, net, routed, &format!("{at} ({how})"));
+        }
+        Ok(())
+    }
+
+    fn add_net(&mut self, name: String, net: Net, routed: bool, at: &str) {
+        log::debug!("virtio-net at {at} is NIC \"{name}\", MAC {:02x?}", net.mac());
+        self.nets.push(NetSlot { name, net: Rc::new(RefCell::new(net)), routed, taken: Cell::new(false) });
+    }
+
+    fn add_rng(&mut self, t: AnyTransport, at: &str) {
+        match VirtioRng::new(t) {
+            Ok(r) => self.rng = Some(r),
+            Err(e) => log::warn!("virtio-rng at {at} is left unused: {e}"),
+        }
     }
 
     /// Whether there is any device that can wake a task.

@@ -45,6 +45,7 @@ use core::time::Duration;
 use skiff_abi::{ARGS_MAX, AbortReason, DeviceKind, FaultFrame, exit as status, manifest};
 
 mod devices;
+mod pci;
 
 /// COM1's base port.
 const COM1: u16 = 0x3f8;
@@ -538,9 +539,9 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     };
     match devices.take_rng() {
         Some(rng) => crate::random::install_device(rng, prefer_rng),
-        None if prefer_rng => {
-            fail("skiff.entropy=virtio-rng, but the VM has no virtio-rng device (QEMU: -device virtio-rng-device)")
-        }
+        None if prefer_rng => fail(
+            "skiff.entropy=virtio-rng, but the VM has no virtio-rng device (QEMU: -device virtio-rng-device, or virtio-rng-pci on q35)",
+        ),
         None => {}
     }
     let devices = Rc::new(devices);

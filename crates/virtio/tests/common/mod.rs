@@ -97,6 +97,8 @@ pub struct SimQueue {
     pub align: u32,
     pub last_avail: u16,
     pub used_idx: u16,
+    /// The MSI-X vector the driver gave the queue (virtio-pci).
+    pub msix_vector: u16,
 }
 
 pub struct Sim {
@@ -127,6 +129,9 @@ pub struct Sim {
     /// Report this used length for block requests instead.
     pub blk_claim_len: Option<u32>,
     pub isr: u32,
+    /// MSI-X vectors the device accepts for its queues (others read back
+    /// as NO_VECTOR).
+    pub msix_vectors: u16,
 }
 
 pub type Shared = Rc<RefCell<Sim>>;
@@ -159,6 +164,7 @@ impl Sim {
             blk_status: None,
             blk_claim_len: None,
             isr: 0,
+            msix_vectors: 0,
         }))
     }
 
@@ -488,6 +494,7 @@ impl Mmio for PciWindow {
                     0x12 => s.queues.len() as u16,
                     0x16 => s.queue_sel as u16,
                     0x18 => s.q().map_or(0, |q| if q.num != 0 { q.num } else { q.num_max }) as u16,
+                    0x1a => s.q().map_or(0xffff, |q| q.msix_vector),
                     0x1c => s.q().map_or(0, |q| u16::from(q.ready)),
                     // Queue i notifies at i * multiplier.
                     0x1e => s.queue_sel as u16,
@@ -530,6 +537,10 @@ impl Mmio for PciWindow {
                 match offset {
                     0x16 => s.queue_sel = u32::from(value),
                     0x18 => s.q().unwrap().num = u32::from(value),
+                    0x1a => {
+                        let accepted = if value < s.msix_vectors { value } else { 0xffff };
+                        s.q().unwrap().msix_vector = accepted;
+                    }
                     0x1c => s.q().unwrap().ready = value != 0,
                     _ => panic!("common write16 {offset:#x}"),
                 }
