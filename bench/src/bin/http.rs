@@ -18,7 +18,9 @@
 //!
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
 
-use skiff_bench::{Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk};
+use skiff_bench::{
+    Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk,
+};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -75,13 +75,17 @@ struct Running {
 /// shortened to relative ones.
 fn display(args: &[OsString]) -> String {
     let root = format!("{}/", workspace().display());
-    args.iter()
-        .map(|a| {
-            let a = a.to_string_lossy().replace(&root, "");
-            shlex::try_quote(&a).map(|q| q.into_owned()).unwrap_or(a)
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    args.iter().map(|a| quote(&a.to_string_lossy().replace(&root, ""))).collect::<Vec<_>>().join(" ")
+}
+
+/// `arg` quoted for a POSIX shell when it needs it.
+fn quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        shlex::try_quote(arg).map_or_else(|_| arg.to_string(), |q| q.into_owned())
+    }
 }
 
 /// A process's command line from `/proc/PID/cmdline`.
@@ -190,7 +194,7 @@ fn network(tools: &Tools, vmm: Vmm, image: &Path, plan: &Plan, f: &mut Figures) 
     f.tcp_out = bulk_out(&g.ns, &format!("{GUEST}:19"), plan.bulk_bytes);
     f.net_memory = g.resident();
     assert!(g.alive(), "netprobe under the {} ended during the load", vmm.name());
-    f.commands.extend(g.commands.drain(..));
+    f.commands.append(&mut g.commands);
     g.stop();
 }
 
@@ -207,7 +211,7 @@ fn https(tools: &Tools, vmm: Vmm, image: &Path, plan: &Plan, f: &mut Figures) {
     }
     f.https_memory = g.resident();
     assert!(g.alive(), "static-website under the {} ended during the load", vmm.name());
-    f.commands.extend(g.commands.drain(..));
+    f.commands.append(&mut g.commands);
     g.stop();
 }
 
@@ -247,18 +251,8 @@ fn print(plan: &Plan, t: &Figures, q: &Figures) {
         );
     }
     let mem = |what: &str, a: Resident, b: Resident| {
-        println!(
-            "| {what}, MiB peak (VmHWM) | {} | {} | {:.2} |",
-            mib(a.hwm),
-            mib(b.hwm),
-            b.hwm as f64 / a.hwm as f64
-        );
-        println!(
-            "| {what}, MiB now (VmRSS) | {} | {} | {:.2} |",
-            mib(a.rss),
-            mib(b.rss),
-            b.rss as f64 / a.rss as f64
-        );
+        println!("| {what}, MiB peak (VmHWM) | {} | {} | {:.2} |", mib(a.hwm), mib(b.hwm), b.hwm as f64 / a.hwm as f64);
+        println!("| {what}, MiB now (VmRSS) | {} | {} | {:.2} |", mib(a.rss), mib(b.rss), b.rss as f64 / a.rss as f64);
     };
     mem("monitor memory after ping and TCP (netprobe)", t.net_memory, q.net_memory);
     mem("monitor memory after HTTPS (static-website)", t.https_memory, q.https_memory);
@@ -292,7 +286,8 @@ fn main() {
     require_program("qemu-system-x86_64", "qemu-system-x86");
     let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
     let pings: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(if quick { 2000 } else { 20_000 });
-    let plan = Plan { pings, bulk_bytes: if quick { 32 << 20 } else { 256 << 20 }, wrk_secs: if quick { 2 } else { 5 } };
+    let plan =
+        Plan { pings, bulk_bytes: if quick { 32 << 20 } else { 256 << 20 }, wrk_secs: if quick { 2 } else { 5 } };
     let tools = Tools { tender: release_tender(Linking::Static), skiff: release_skiff() };
     let netprobe = guest("tests/guests/netprobe");
     let website = guest("examples/static-website");
@@ -303,4 +298,23 @@ fn main() {
     https(&tools, Vmm::Tender, &website, &plan, &mut t);
     https(&tools, Vmm::Qemu, &website, &plan, &mut q);
     print(&plan, &t, &q);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_shown_as_a_shell_takes_them() {
+        let args: Vec<OsString> = ["qemu", "-netdev", "tap,id=nic0,ifname=tap0", "-append", "--ipv4 10.0.0.2/24 it's"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let line = display(&args);
+        assert_eq!(line, r#"qemu -netdev tap,id=nic0,ifname=tap0 -append "--ipv4 10.0.0.2/24 it's""#);
+        assert_eq!(shlex::split(&line).unwrap(), args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>());
+        let inside = workspace().join("target/guest/netprobe");
+        assert_eq!(display(&[inside.into()]), "target/guest/netprobe");
+        assert_eq!(quote(""), "''");
+    }
 }
