@@ -7,6 +7,8 @@
 
 use skiff_tender::tap::{Tap, wait_readable};
 use skiff_testnet::{Guard, NetNs, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -213,6 +215,9 @@ pub fn start_linux() -> Linux {
 pub fn start_logged(mut tender: Command, tag: &str, ready: &str) -> (Guard, PathBuf, String) {
     let log = std::env::temp_dir().join(format!("skiff-bench-{tag}.log"));
     let file = std::fs::File::create(&log).expect("create the log file");
+    // The monitor takes the stop signals itself (they may be blocked here:
+    // `tear_down_on_signal`).
+    skiff_tender::sys::unblock_stop_signals_on_exec(&mut tender);
     let child = tender
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("share the log file"))
@@ -223,4 +228,338 @@ pub fn start_logged(mut tender: Command, tag: &str, ready: &str) -> (Guard, Path
     let text = wait_for(Duration::from_secs(30), || std::fs::read_to_string(&log).ok().filter(|t| t.contains(ready)))
         .unwrap_or_else(|| panic!("the guest did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
     (guard, log, text)
+}
+
+/// Builds the `skiff` command (release) and returns its path.
+pub fn release_skiff() -> PathBuf {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "-q", "-p", "skiff-cli", "--bin", "skiff"])
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the skiff command failed");
+    workspace().join("target/release/skiff")
+}
+
+/// Tears the benchmark's set-up down when it is stopped (`SIGINT` from
+/// Ctrl-C, `SIGTERM`), which would otherwise end it without running a
+/// destructor: kills every child process (guests' monitors, clients; a
+/// QEMU dies with its `skiff`), deletes the namespaces this process made,
+/// says so and exits with 128 + the signal. Call it first in `main`,
+/// before any thread starts: the signals are blocked in every thread and
+/// taken by one that waits for them.
+pub fn tear_down_on_signal() {
+    use skiff_tender::sys::{StopSignal, block_stop_signals, wait_for_stop};
+    block_stop_signals().expect("block SIGINT and SIGTERM");
+    std::thread::spawn(|| {
+        let signal = loop {
+            if let Some(signal) = wait_for_stop(Duration::from_secs(3600)) {
+                break signal;
+            }
+        };
+        eprintln!("{}: stopping the guests and deleting the benchmark's namespaces", signal.name());
+        for pid in children(std::process::id()) {
+            // SAFETY: kill takes plain integers; the pid is our child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        skiff_testnet::remove_own_namespaces();
+        std::process::exit(128 + if signal == StopSignal::Term { libc::SIGTERM } else { libc::SIGINT });
+    });
+}
+
+/// What `ping -q` says in its summary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PingSummary {
+    /// Echo requests sent.
+    pub transmitted: u32,
+    /// Replies received.
+    pub received: u32,
+    /// The run's time as ping reports it, milliseconds.
+    pub time_ms: f64,
+    /// Average round trip, microseconds.
+    pub avg_rtt_us: f64,
+}
+
+impl PingSummary {
+    /// Replies per second over the run.
+    pub fn rate(&self) -> f64 {
+        f64::from(self.received) / (self.time_ms / 1000.0)
+    }
+}
+
+/// Reads the summary lines of `ping -q` (iputils):
+/// `N packets transmitted, M received, ..., time Tms` and
+/// `rtt min/avg/max/mdev = a/b/c/d ms`.
+pub fn parse_ping(text: &str) -> Option<PingSummary> {
+    let counts = text.lines().find(|l| l.contains(" packets transmitted, "))?;
+    let mut transmitted = None;
+    let mut received = None;
+    let mut time_ms = None;
+    for part in counts.split(", ") {
+        let part = part.trim();
+        if let Some(n) = part.strip_suffix(" packets transmitted") {
+            transmitted = n.parse().ok();
+        } else if let Some(n) = part.strip_suffix(" received") {
+            received = n.parse().ok();
+        } else if let Some(t) = part.strip_prefix("time ") {
+            time_ms = t.strip_suffix("ms")?.parse().ok();
+        }
+    }
+    let rtt = text.lines().find(|l| l.starts_with("rtt ") || l.starts_with("round-trip "));
+    let avg_ms: f64 = rtt
+        .and_then(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Some(PingSummary { transmitted: transmitted?, received: received?, time_ms: time_ms?, avg_rtt_us: avg_ms * 1000.0 })
+}
+
+/// Ping flood (`ping -f -q -c COUNT`) from `ns` to `addr`: (pings per
+/// second, average RTT in microseconds). Panics, with ping's output, if
+/// more than 1% of the replies are missing.
+pub fn ping_flood(ns: &NetNs, addr: &str, count: u32) -> (f64, f64) {
+    let out =
+        ns.command("ping").args(["-f", "-q", "-c", &count.to_string(), "-W", "1", addr]).output().expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = parse_ping(&text).unwrap_or_else(|| {
+        panic!("ping printed no summary:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert!(f64::from(summary.received) >= f64::from(count) * 0.99, "ping flood lost replies:\n{text}");
+    (summary.rate(), summary.avg_rtt_us)
+}
+
+/// Sends `bytes` to the bulk sink at `addr` (netprobe's port 9 protocol:
+/// it counts what it reads and answers with the count); MiB/s.
+pub fn bulk_in(ns: &NetNs, addr: &str, bytes: u64) -> f64 {
+    let addr = addr.to_string();
+    ns.run(move || {
+        let mut s = TcpStream::connect(addr).expect("connect to the bulk sink");
+        let chunk = vec![0xa5u8; 256 * 1024];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = (chunk.len() as u64).min(left) as usize;
+            s.write_all(&chunk[..n]).expect("write to the bulk sink");
+            left -= n as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write).expect("shut down the writing side");
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count).expect("read the sink's count");
+        assert_eq!(u64::from_le_bytes(count), bytes, "the sink counted every byte");
+        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// Receives `bytes` from the bulk source at `addr` (netprobe's port 19
+/// protocol: it sends as many bytes as the 8-byte count asks); MiB/s.
+pub fn bulk_out(ns: &NetNs, addr: &str, bytes: u64) -> f64 {
+    let addr = addr.to_string();
+    ns.run(move || {
+        let mut s = TcpStream::connect(addr).expect("connect to the bulk source");
+        let start = Instant::now();
+        s.write_all(&bytes.to_le_bytes()).expect("ask the source");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).expect("read from the bulk source");
+            assert!(n > 0, "the source stopped after {got} bytes");
+            got += n as u64;
+        }
+        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(") ").next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A process's resident memory from `/proc/PID/status`, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// Peak resident set (`VmHWM`).
+    pub hwm: u64,
+    /// Resident set now (`VmRSS`).
+    pub rss: u64,
+}
+
+/// Reads `VmHWM` and `VmRSS` (in kB) from the text of `/proc/PID/status`.
+pub fn parse_status(text: &str) -> Option<Resident> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let value = line[name.len()..].trim().strip_suffix("kB")?.trim();
+        value.parse::<u64>().ok().map(|kb| kb * 1024)
+    };
+    Some(Resident { hwm: field("VmHWM:")?, rss: field("VmRSS:")? })
+}
+
+/// The resident memory of process `pid`, if it is alive.
+pub fn resident(pid: u32) -> Option<Resident> {
+    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The parent's pid from the text of `/proc/PID/stat` (the field after the
+/// state, which follows the command name in parentheses).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The pids of `parent`'s children, from `/proc`.
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| parse_ppid(&s)) == Some(parent)
+        })
+        .collect()
+}
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Wrk {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+    /// Socket errors and non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+/// A wrk latency (`512.00us`, `1.20ms`, `2.00s`) in microseconds.
+pub fn parse_latency(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+/// Reads wrk's report (run with `--latency`).
+pub fn parse_wrk(text: &str) -> Wrk {
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            w.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            w.p50_us = parse_latency(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            w.p99_us = parse_latency(v);
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // connect N, read N, write N, timeout N
+            w.errors += v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            w.errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    w
+}
+
+/// wrk's arguments for `url`: `connections` keep-alive connections (one
+/// thread up to 16, two above) for `secs` seconds, with latency
+/// percentiles; `close` sends `Connection: close` (a connection per
+/// request).
+pub fn wrk_args(url: &str, connections: u32, secs: u32, close: bool) -> Vec<String> {
+    let threads = if connections > 16 { 2 } else { 1 };
+    let mut args: Vec<String> = vec!["-t".into(), threads.to_string(), "-c".into(), connections.to_string()];
+    args.extend(["-d".into(), format!("{secs}s"), "--latency".into()]);
+    if close {
+        args.extend(["-H".into(), "Connection: close".into()]);
+    }
+    args.push(url.into());
+    args
+}
+
+/// Runs wrk from `ns` (see [`wrk_args`]) and reads its report; a run that
+/// measured nothing counts as an error and its output is printed.
+pub fn wrk(ns: &NetNs, url: &str, connections: u32, secs: u32, close: bool) -> Wrk {
+    let out = ns.command("wrk").args(wrk_args(url, connections, secs, close)).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = parse_wrk(&text);
+    if w.rps == 0.0 {
+        eprintln!("    wrk measured nothing for {url}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        w.errors += 1;
+    }
+    w
+}
+
+/// The run with the median request rate.
+pub fn median_wrk(mut v: Vec<Wrk>) -> Wrk {
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_flood_summary_is_read() {
+        let text = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n \n--- 10.0.0.2 ping statistics ---\n\
+                    20000 packets transmitted, 19990 received, 0.05% packet loss, time 480ms\n\
+                    rtt min/avg/max/mdev = 0.008/0.012/0.120/0.003 ms, ipg/ewma 0.024/0.011 ms\n";
+        let s = parse_ping(text).unwrap();
+        assert_eq!((s.transmitted, s.received), (20000, 19990));
+        assert_eq!(s.time_ms, 480.0);
+        assert!((s.avg_rtt_us - 12.0).abs() < 1e-9, "{}", s.avg_rtt_us);
+        assert!((s.rate() - 19990.0 / 0.48).abs() < 1e-6);
+        // Errors in the summary ("+5 errors") do not confuse it; no rtt
+        // line (nothing came back) leaves the RTT unknown.
+        let lost = "5 packets transmitted, 0 received, +5 errors, 100% packet loss, time 4004ms\n";
+        let s = parse_ping(lost).unwrap();
+        assert_eq!((s.transmitted, s.received, s.time_ms), (5, 0, 4004.0));
+        assert!(s.avg_rtt_us.is_nan());
+        assert_eq!(parse_ping("ping: connect: Network is unreachable\n"), None);
+    }
+
+    #[test]
+    fn proc_status_gives_peak_and_current_resident_memory() {
+        let text = "Name:\tqemu-system-x86\nVmPeak:\t 1000000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
+        assert_eq!(parse_status(text), Some(Resident { hwm: 50 << 20, rss: 40 << 20 }));
+        assert_eq!(parse_status("Name:\tkthreadd\n"), None);
+        let me = resident(std::process::id()).unwrap();
+        assert!(me.hwm >= me.rss && me.rss > 0, "{me:?}");
+    }
+
+    #[test]
+    fn the_parent_pid_is_read_past_a_command_name_with_spaces() {
+        assert_eq!(parse_ppid("4242 (qemu (x) 1) S 4200 4242 1 0"), Some(4200));
+        assert_eq!(parse_ppid("garbage"), None);
+        let me = std::process::id();
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(children(me).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_wrk_report_is_read() {
+        let text = "Running 5s test @ https://10.0.0.2/bench/1k.html\n  1 threads and 16 connections\n\
+                    \x20 Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+                    \x20   Latency   301.22us  101.00us   3.10ms   90.00%\n\
+                    \x20 Latency Distribution\n     50%  286.00us\n     75%  320.00us\n     90%  400.00us\n\
+                    \x20    99%    1.52ms\n  221235 requests in 5.00s, 260.00MB read\n\
+                    \x20 Socket errors: connect 0, read 2, write 0, timeout 3\n\
+                    \x20 Non-2xx or 3xx responses: 4\nRequests/sec:  44247.00\nTransfer/sec:     52.00MB\n";
+        let w = parse_wrk(text);
+        assert_eq!(w, Wrk { rps: 44247.0, p50_us: 286.0, p99_us: 1520.0, errors: 9 });
+        assert_eq!(parse_latency("2.00s"), 2_000_000.0);
+        assert!(parse_wrk("unable to connect to 10.0.0.2:443 Connection refused\n").rps == 0.0);
+        let runs = [3.0, 1.0, 2.0].map(|rps| Wrk { rps, ..Wrk::default() });
+        assert_eq!(median_wrk(runs.to_vec()).rps, 2.0);
+    }
 }

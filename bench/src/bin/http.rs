@@ -18,7 +18,9 @@
 //!
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, start_logged, workspace};
+use skiff_bench::{
+    Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk,
+};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -123,66 +125,6 @@ impl Drop for Nginx {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let _ = wait_for(Duration::from_secs(5), || self._child.0.try_wait().ok().flatten());
     }
-}
-
-/// What one wrk run measured.
-#[derive(Clone, Copy, Debug, Default)]
-struct Wrk {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: u64,
-}
-
-fn parse_latency(s: &str) -> f64 {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1_000_000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
-}
-
-fn wrk(ns: &NetNs, url: &str, connections: u32, secs: u32, close: bool) -> Wrk {
-    let threads = if connections > 16 { 2 } else { 1 };
-    let mut cmd = ns.command("wrk");
-    cmd.args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{secs}s"), "--latency"]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    let out = cmd.arg(url).output().expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut w = Wrk::default();
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            w.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("50%") {
-            w.p50_us = parse_latency(v);
-        } else if let Some(v) = t.strip_prefix("99%") {
-            w.p99_us = parse_latency(v);
-        } else if let Some(v) = t.strip_prefix("Socket errors:") {
-            // connect N, read N, write N, timeout N
-            w.errors += v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
-        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
-            w.errors += v.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    if w.rps == 0.0 {
-        eprintln!("    wrk measured nothing for {url}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-        w.errors += 1;
-    }
-    w
-}
-
-fn median(mut v: Vec<Wrk>) -> Wrk {
-    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    v[v.len() / 2]
 }
 
 /// The stripped image size, and the same without the baked site (the

@@ -18,12 +18,12 @@
 //!
 //! `cargo run --release -p skiff-bench --bin net` (root, KVM).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, start_logged};
+use skiff_bench::{Linking, client_ns, cpu_seconds, guest, release_tender, start_linux, start_logged};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GUEST: &str = "10.0.0.2";
 
@@ -87,62 +87,6 @@ fn linux_echo_server(ns: &NetNs) {
             });
         }
     });
-}
-
-/// Ping flood: (pings per second, average RTT in microseconds).
-fn ping_flood(ns: &NetNs, count: u32) -> (f64, f64) {
-    let out =
-        ns.command("ping").args(["-f", "-q", "-c", &count.to_string(), "-W", "1", GUEST]).output().expect("run ping");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let received: f64 = text
-        .split(" received")
-        .next()
-        .and_then(|s| s.rsplit(", ").next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0.0);
-    let time_ms: f64 =
-        text.split("time ").nth(1).and_then(|s| s.split("ms").next()).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    let avg_ms: f64 =
-        text.split(" = ").nth(1).and_then(|s| s.split('/').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    assert!(received >= f64::from(count) * 0.99, "ping flood lost replies:\n{text}");
-    (received / (time_ms / 1000.0), avg_ms * 1000.0)
-}
-
-/// Sends `bytes` to the sink; MiB/s.
-fn bulk_in(ns: &NetNs, bytes: u64) -> f64 {
-    ns.run(move || {
-        let mut s = TcpStream::connect(format!("{GUEST}:9")).unwrap();
-        let chunk = vec![0xa5u8; 256 * 1024];
-        let start = Instant::now();
-        let mut left = bytes;
-        while left > 0 {
-            let n = (chunk.len() as u64).min(left) as usize;
-            s.write_all(&chunk[..n]).unwrap();
-            left -= n as u64;
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut count = [0u8; 8];
-        s.read_exact(&mut count).unwrap();
-        assert_eq!(u64::from_le_bytes(count), bytes, "the sink counted every byte");
-        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
-    })
-}
-
-/// Receives `bytes` from the source; MiB/s.
-fn bulk_out(ns: &NetNs, bytes: u64) -> f64 {
-    ns.run(move || {
-        let mut s = TcpStream::connect(format!("{GUEST}:19")).unwrap();
-        let start = Instant::now();
-        s.write_all(&bytes.to_le_bytes()).unwrap();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0u64;
-        while got < bytes {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "the source stopped after {got} bytes");
-            got += n as u64;
-        }
-        bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
-    })
 }
 
 /// 200 connections open at once, each echoing 20 KB: whether all worked.
@@ -211,17 +155,6 @@ fn exits_and_frames(log: &str) -> (u64, u64) {
     (exits, rx + tx)
 }
 
-/// CPU seconds a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(") ").next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 =
-        f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// The tender's pid: the child is `ip netns exec`, which execs the tender.
 fn tender_pid(s: &Skiff) -> u32 {
     s.guest.0.id()
@@ -240,10 +173,10 @@ fn main() {
     // Ping flood.
     eprintln!("net benchmark: ping flood, {pings} pings each");
     let s = start_skiff(&tender, &echo, &["--timeout", "30s"], &[], "echo: serving");
-    let (sk_rate, sk_rtt) = ping_flood(&s.ns, pings);
+    let (sk_rate, sk_rtt) = skiff_bench::ping_flood(&s.ns, GUEST, pings);
     drop(s);
     let l = start_linux();
-    let (lx_rate, lx_rtt) = ping_flood(&l.client, pings);
+    let (lx_rate, lx_rtt) = skiff_bench::ping_flood(&l.client, GUEST, pings);
     drop(l);
     println!("## Ping flood (`ping -f -c {pings}` from the client namespace)");
     println!();
@@ -275,7 +208,7 @@ fn main() {
         );
         let pid = tender_pid(&s);
         let cpu0 = cpu_seconds(pid);
-        let (rate, _) = ping_flood(&s.ns, pings / 4);
+        let (rate, _) = skiff_bench::ping_flood(&s.ns, GUEST, pings / 4);
         let cpu = cpu_seconds(pid) - cpu0;
         let log = finish(s);
         let (exits, frames) = exits_and_frames(&log);
@@ -289,15 +222,15 @@ fn main() {
     // Bulk TCP.
     eprintln!("net benchmark: bulk TCP, {} MiB each way", bulk_bytes >> 20);
     let s = start_skiff(&tender, &netprobe, &["--timeout", "60s"], &["bulk"], "netprobe: bulk on ports");
-    let sk_in = bulk_in(&s.ns, bulk_bytes);
-    let sk_out = bulk_out(&s.ns, bulk_bytes);
+    let sk_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bulk_bytes);
+    let sk_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bulk_bytes);
     let _ = s.guest.0.id();
     let log = finish(s);
     let (exits, _) = exits_and_frames(&log);
     let l = start_linux();
     linux_bulk_server(&l.server);
-    let lx_in = bulk_in(&l.client, bulk_bytes);
-    let lx_out = bulk_out(&l.client, bulk_bytes);
+    let lx_in = skiff_bench::bulk_in(&l.client, &format!("{GUEST}:9"), bulk_bytes);
+    let lx_out = skiff_bench::bulk_out(&l.client, &format!("{GUEST}:19"), bulk_bytes);
     drop(l);
     println!();
     println!("## TCP bulk transfer ({} MiB each way, one connection)", bulk_bytes >> 20);

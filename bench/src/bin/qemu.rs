@@ -18,7 +18,7 @@
 //! (`linux-image-amd64`), a static /bin/busybox (`busybox-static`) and
 //! `cpio`.
 
-use skiff_bench::{Linking, Sample, guest, measure, ms, release_tender, summary, workspace};
+use skiff_bench::{Linking, Sample, guest, measure, ms, release_skiff, release_tender, summary};
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -157,17 +157,6 @@ fn initramfs(tools: &Tools, dir: &Path) -> Result<PathBuf, BenchError> {
         return Err(BenchError::Failed(format!("cpio failed ({status})")));
     }
     Ok(out)
-}
-
-/// Builds the `skiff` command (release) and returns its path.
-fn release_skiff() -> PathBuf {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "-q", "-p", "skiff-cli", "--bin", "skiff"])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the skiff command failed");
-    workspace().join("target/release/skiff")
 }
 
 /// QEMU's arguments as `skiff run IMAGE --vmm qemu --mem MEM -- ARGS`

@@ -72,6 +72,16 @@ fn remove_stale() {
     }
 }
 
+/// Deletes every namespace this process has made and not yet dropped: for
+/// a program ending on a signal, which runs no destructors.
+pub fn remove_own_namespaces() {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else { return };
+    let own = format!("{PREFIX}-{}-", std::process::id());
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&own)) {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+    }
+}
+
 /// A network namespace, deleted on drop.
 pub struct NetNs {
     name: String,

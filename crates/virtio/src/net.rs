@@ -89,6 +89,9 @@ impl<T: Transport> VirtioNet<T> {
         for i in 0..rx_count as u16 {
             net.post_rx(i)?;
         }
+        // Sent frames' buffers are taken back when the next frame is
+        // queued: an interrupt for each would only cost the device work.
+        net.tx.set_interrupts(false);
         finish_init(&mut net.transport);
         net.flush()?;
         Ok(net)

@@ -387,16 +387,18 @@ impl Devices {
         })
     }
 
-    /// Acknowledges the interrupts of the NICs in `interest`, then reports
-    /// those with a frame waiting. Acknowledging first means a frame that
-    /// lands after the look raises the line again and ends the next idle.
-    pub(super) fn ack_and_ready(&self, interest: u64) -> u64 {
+    /// Before a sleep: asks the NICs in `interest` for an interrupt at
+    /// their next frame, acknowledges their interrupts, then reports those
+    /// with a frame waiting. Acknowledging first means a frame that lands
+    /// after the look raises the line again and ends the next idle.
+    pub(super) fn arm_and_ready(&self, interest: u64) -> u64 {
         let mut ready = 0;
         for (i, s) in self.nets.iter().enumerate() {
             if interest & 1 << i == 0 {
                 continue;
             }
             if let Ok(mut net) = s.net.try_borrow_mut() {
+                net.set_rx_interrupts(true);
                 net.transport().ack_interrupt();
                 // A broken queue never wakes anything: its NIC has said
                 // why it stopped.
@@ -406,6 +408,17 @@ impl Devices {
             }
         }
         ready
+    }
+
+    /// After a sleep: the NICs raise no interrupts while the guest runs
+    /// (each would cost the hypervisor work, and the executor looks at the
+    /// receive queues between rounds of tasks anyway).
+    pub(super) fn disarm(&self) {
+        for s in &self.nets {
+            if let Ok(mut net) = s.net.try_borrow_mut() {
+                net.set_rx_interrupts(false);
+            }
+        }
     }
 
     /// Whether some NIC in `interest` has no routed interrupt, so the idle

@@ -119,6 +119,9 @@ pub struct Sim {
     pub config_generation: u32,
     /// Notifications per queue.
     pub notifies: Vec<u32>,
+    /// Interrupts per queue: used entries the driver asked to hear of
+    /// (`used_event` with `RING_EVENT_IDX`, else no `NO_INTERRUPT` flag).
+    pub interrupts: Vec<u32>,
     pub tx_frames: Vec<Vec<u8>>,
     pub disk: Vec<u8>,
     pub rng_next: u8,
@@ -157,6 +160,7 @@ impl Sim {
             config: vec![0; 64],
             config_generation: 0,
             notifies: vec![0; queues.len()],
+            interrupts: vec![0; queues.len()],
             tx_frames: Vec::new(),
             disk: Vec::new(),
             rng_next: 0,
@@ -223,6 +227,18 @@ impl Sim {
         self.queues[q].used_idx = idx.wrapping_add(1);
         write16(used + 2, idx.wrapping_add(1));
         self.isr |= 1;
+        // VIRTIO 1.2, 2.7.10: with the event index, interrupt when the new
+        // index passes `used_event` (vring_need_event); else unless the
+        // driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
+        let wanted = if self.driver_features & skiff_virtio::features::RING_EVENT_IDX != 0 {
+            let (event, new) = (self.used_event(q), idx.wrapping_add(1));
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(idx)
+        } else {
+            self.avail_flags(q) & 1 == 0
+        };
+        if wanted {
+            self.interrupts[q] += 1;
+        }
     }
 
     /// Writes a used entry at ring slot `slot` without publishing it.
