@@ -74,6 +74,18 @@ pub fn release_tender(linking: Linking) -> PathBuf {
     workspace().join(dir).join("release/skiff-tender")
 }
 
+/// Builds the KVM floor program (`bench/src/bin/kvm-floor.rs`) as the
+/// static tender is built: release, statically linked.
+pub fn kvm_floor() -> PathBuf {
+    let dir = "target/tender-static";
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["rustc", "--release", "-q", "-p", "skiff-bench", "--bin", "kvm-floor", "--target-dir", dir]);
+    cmd.args(["--", "-C", "target-feature=+crt-static"]);
+    let status = cmd.current_dir(workspace()).status().expect("run cargo");
+    assert!(status.success(), "building the KVM floor program failed");
+    workspace().join(dir).join("release/kvm-floor")
+}
+
 /// Builds a guest crate (release) into the shared guest target directory.
 pub fn guest(dir: &str) -> PathBuf {
     let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
