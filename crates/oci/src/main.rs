@@ -15,6 +15,8 @@
 
 #[allow(unsafe_code)]
 mod process;
+#[allow(unsafe_code)]
+mod tap;
 
 use clap::{Parser, Subcommand};
 use skiff_oci::cgroup::{self, CgroupError, Hierarchies};
@@ -190,6 +192,13 @@ fn check_image(plan: &Plan, arg: &str) -> Result<skiff_tender::elf::Image, Runti
     }
 }
 
+/// The DNS servers for the guest: those of the `resolv.conf` the engine
+/// mounts in the container, else the host's.
+fn dns_servers(plan: &Plan) -> Vec<std::net::IpAddr> {
+    let file = plan.resolv_conf.as_deref().unwrap_or(Path::new("/etc/resolv.conf"));
+    std::fs::read_to_string(file).map(|text| network::dns_servers(&text)).unwrap_or_default()
+}
+
 /// Writes `pid` to `path` through a temporary file beside it.
 fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuntimeError> {
     let err = |source| RuntimeError::PidFile { path: path.to_owned(), source };
@@ -213,7 +222,11 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
     let plan = Plan::new(&spec, &bundle)?;
     let arg = spec.process.as_ref().and_then(|p| p.args.first()).cloned().unwrap_or_default();
     let image = check_image(&plan, &arg)?;
-    let nics = network::nics(&image.devices)?;
+    let nic = network::declared_nic(&image.devices)?;
+    let dns = match &nic {
+        Some(_) => dns_servers(&plan),
+        None => Vec::new(),
+    };
     check_kvm()?;
     if plan.terminal && a.console_socket.is_none() {
         return Err(RuntimeError::NoConsoleSocket);
@@ -228,7 +241,8 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
         let setup = process::Setup {
             plan: &plan,
             spec: &spec,
-            nics,
+            nic,
+            dns,
             fifo: container.fifo(),
             console_socket: a.console_socket.clone(),
             preserve_fds: a.preserve_fds,
