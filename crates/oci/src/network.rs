@@ -24,9 +24,9 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressSco
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::tc::{
-    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption, TcActionOption,
-    TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType,
-    TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption, TcActionOption, TcActionType,
+    TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key,
+    TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use skiff_tender::elf::DeclaredDevice;
@@ -349,8 +349,7 @@ impl Rtnl {
                         _ => None,
                     })
                     .unwrap_or_default();
-                let link =
-                    Link { name, index: l.header.index, loopback: l.header.flags.contains(LinkFlags::Loopback) };
+                let link = Link { name, index: l.header.index, loopback: l.header.flags.contains(LinkFlags::Loopback) };
                 (link, l)
             })
             .collect())
@@ -439,7 +438,11 @@ impl Rtnl {
         qdisc.header.handle = TcHandle::from(0xffff_0000);
         qdisc.attributes.push(TcAttribute::Kind("ingress".to_string()));
         // Absent the first time (ENOENT or EINVAL, by kernel version).
-        let _ = self.request("remove an old ingress qdisc", RouteNetlinkMessage::DelQueueDiscipline(qdisc.clone()), NLM_F_ACK);
+        let _ = self.request(
+            "remove an old ingress qdisc",
+            RouteNetlinkMessage::DelQueueDiscipline(qdisc.clone()),
+            NLM_F_ACK,
+        );
         self.request(
             &format!("add an ingress qdisc to {from_name}"),
             RouteNetlinkMessage::NewQueueDiscipline(qdisc),
@@ -497,7 +500,8 @@ mod tests {
         let text = "# podman\nsearch dns.podman\nnameserver 10.88.0.1\nnameserver 127.0.0.53\n\
                     nameserver  fd00::1 \nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:1\n\
                     nameserver 10.88.0.1\nnameserver 192.0.2.2\nnameserver 192.0.2.3\n";
-        let want: Vec<IpAddr> = vec!["10.88.0.1".parse().unwrap(), "fd00::1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        let want: Vec<IpAddr> =
+            vec!["10.88.0.1".parse().unwrap(), "fd00::1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
         assert_eq!(dns_servers(text), want);
         assert!(dns_servers("").is_empty());
         assert!(dns_servers("nameserver ::1\nnameserver 0.0.0.0\n").is_empty());

@@ -204,9 +204,9 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
     // In the container's network namespace, with the runtime's privileges
     // still held.
     let connection = match &setup.nic {
-        Some(nic) => Some(
-            skiff_oci::network::connect(nic, &setup.dns, crate::tap::make_persistent).map_err(|e| e.to_string())?,
-        ),
+        Some(nic) => {
+            Some(skiff_oci::network::connect(nic, &setup.dns, crate::tap::make_persistent).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let process = setup.spec.process.clone().unwrap_or_default();

@@ -27,11 +27,7 @@ pub fn make_persistent(name: &str) -> std::io::Result<()> {
     if name.is_empty() || name.len() > 15 {
         return Err(std::io::ErrorKind::InvalidInput.into());
     }
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
+    let tun = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/net/tun")?;
     let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI, pad: [0; 22] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads (and may write back the name into) a `struct
