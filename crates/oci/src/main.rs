@@ -23,7 +23,7 @@ use skiff_oci::cgroup::{self, CgroupError, Hierarchies};
 use skiff_oci::log::{Format, Log};
 use skiff_oci::network::{self, NetworkError};
 use skiff_oci::sandbox;
-use skiff_oci::spec::{Plan, Spec, SpecError};
+use skiff_oci::spec::{NsKind, Plan, Spec, SpecError};
 use skiff_oci::state::{self, Container, Saved, StateError, Status};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -226,6 +226,10 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
     let arg = spec.process.as_ref().and_then(|p| p.args.first()).cloned().unwrap_or_default();
     let image = check_image(&plan, &arg)?;
     let nic = network::declared_nic(&image.devices)?;
+    if let Some(nic) = &nic {
+        let namespace = plan.namespaces.iter().find(|(k, _)| *k == NsKind::Network).map(|(_, p)| p.as_deref());
+        network::check_namespace(nic, namespace)?;
+    }
     let dns = match &nic {
         Some(_) => dns_servers(&plan),
         None => Vec::new(),

@@ -55,6 +55,13 @@ pub enum NetworkError {
          default bridge"
     )]
     NoInterface(String),
+    /// The container would share the runtime's (the host's) network
+    /// namespace, whose interfaces are not the container's to take.
+    #[error(
+        "this image declares the NIC {0:?}, but the container shares the host's network namespace (--network \
+         host?): skiff-oci joins a NIC only to a network namespace of the container's own"
+    )]
+    HostNamespace(String),
     /// The interface has no address the guest could take.
     #[error(
         "the container's interface {iface} has no IPv4 or global IPv6 address for the NIC {nic:?}: the engine's \
@@ -98,6 +105,26 @@ pub fn declared_nic(declared: &[DeclaredDevice]) -> Result<Option<String>, Netwo
         0 => Ok(None),
         1 => Ok(nics.into_iter().next()),
         _ => Err(NetworkError::TooMany(nics)),
+    }
+}
+
+/// Checks that the container's network namespace is its own: named in
+/// config.json (`namespace`: `None` for none named, `Some(None)` for a new
+/// one, `Some(Some(path))` for one to join) and not the one this process
+/// is in.
+pub fn check_namespace(nic: &str, namespace: Option<Option<&std::path::Path>>) -> Result<(), NetworkError> {
+    use std::os::unix::fs::MetadataExt;
+    let host = || NetworkError::HostNamespace(nic.to_string());
+    match namespace {
+        None => Err(host()),
+        Some(None) => Ok(()),
+        Some(Some(path)) => {
+            let (Ok(theirs), Ok(ours)) = (std::fs::metadata(path), std::fs::metadata("/proc/self/ns/net")) else {
+                // A namespace that cannot be looked at fails when joined.
+                return Ok(());
+            };
+            if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) { Err(host()) } else { Ok(()) }
+        }
     }
 }
 
@@ -493,6 +520,15 @@ mod tests {
         assert_eq!(declared_nic(&[nic("service")]).unwrap(), Some("service".into()));
         let err = declared_nic(&[nic("service"), nic("admin")]).unwrap_err().to_string();
         assert!(err.contains("declares 2 NICs (service, admin): a container connects one"), "{err}");
+    }
+
+    #[test]
+    fn the_hosts_network_namespace_is_refused() {
+        let msg = |r: Result<(), NetworkError>| r.unwrap_err().to_string();
+        assert!(msg(check_namespace("service", None)).contains("shares the host's network namespace"));
+        let own = std::path::Path::new("/proc/self/ns/net");
+        assert!(msg(check_namespace("service", Some(Some(own)))).contains("(--network host?)"));
+        assert!(check_namespace("service", Some(None)).is_ok());
     }
 
     #[test]

@@ -370,7 +370,7 @@ fn two_static_websites_serve_every_file_over_tls13_through_podmans_network_and_p
 }
 
 #[test]
-fn an_image_with_a_nic_and_no_network_is_refused_clearly() {
+fn an_image_with_a_nic_and_no_network_or_the_hosts_is_refused_clearly() {
     let p = Podman::new("podman-nonet");
     p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
     let r = p.run(&["run", "--rm", "--pull", "never", "--network", "none", "skiff-test/web"]);
@@ -379,4 +379,7 @@ fn an_image_with_a_nic_and_no_network_is_refused_clearly() {
         "this image declares the NIC \"service\", but the container's network namespace has no network interface \
          to connect it to (was it started with --network none?)",
     );
+    // The host's own interfaces are never taken.
+    let r = p.run(&["run", "--rm", "--pull", "never", "--network", "host", "skiff-test/web"]);
+    refused(&r, "but the container shares the host's network namespace (--network host?)");
 }
