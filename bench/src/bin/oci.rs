@@ -15,8 +15,11 @@
 //!    through `podman run -p` against the same image under the tender's
 //!    `--publish` (what `skiff run --publish` runs), alternating.
 //!
-//! `cargo run --release -p skiff-bench --bin oci` (root, KVM, podman,
-//! runc, conmon, gcc, nginx-light, wrk, openssl; `scripts/setup`).
+//! `cargo run --release -p skiff-bench --bin oci` (root, KVM; podman, runc,
+//! conmon, netavark and iptables from `scripts/setup`; gcc, nginx-light,
+//! wrk, openssl, curl). The release profile aborts on a panic: a failed
+//! run leaves its store under the temporary directory and netavark's
+//! chains for `podman rm` and iptables to remove by hand.
 
 use skiff_bench::{Linking, Sample, guest, measure, ms, release_tender, summary, workspace};
 use skiff_testnet::{Guard, require_kvm, require_program, require_root, wait_for};
