@@ -240,6 +240,8 @@ pub struct Connection {
     pub macs: Vec<(String, [u8; 6])>,
     /// Options to put before the guest's own arguments.
     pub guest_args: Vec<String>,
+    /// The DNS servers among them.
+    pub dns: Vec<IpAddr>,
     /// The interface it is joined to.
     pub interface: Interface,
 }
@@ -288,6 +290,7 @@ pub fn connect(
         nics: vec![NicSpec { name: nic.to_string(), tap: TAP_NAME.to_string() }],
         macs: vec![(nic.to_string(), iface.mac)],
         guest_args: iface.guest_args(dns),
+        dns: dns.to_vec(),
         interface: iface,
     })
 }

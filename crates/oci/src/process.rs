@@ -275,11 +275,16 @@ fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -
     config.args = plan.args.clone();
     if let Some(c) = connection {
         eprintln!(
-            "skiff-oci: NIC {:?} is joined to the container's {} through the TAP device {} (MAC {})",
+            "skiff-oci: NIC {:?} is joined to the container's {} through the TAP device {} (MAC {}, DNS {})",
             c.nics[0].name,
             c.interface.describe(),
             skiff_oci::network::TAP_NAME,
-            c.interface.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            c.interface.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            if c.dns.is_empty() {
+                "none".to_string()
+            } else {
+                c.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            }
         );
         // The network options first: the service's own arguments, after
         // them, can still override one.

@@ -351,7 +351,13 @@ fn two_static_websites_serve_every_file_over_tls13_through_podmans_network_and_p
         let mac = p.run(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", id]).stdout.trim().to_string();
         assert!(!ip.is_empty() && !mac.is_empty(), "{logs}");
         assert!(logs.contains(&format!("is joined to the container's eth0 {ip}/")), "{logs}");
-        assert!(logs.contains(&format!("(MAC {mac})")), "{logs}");
+        assert!(logs.contains(&format!("(MAC {mac}, DNS ")), "{logs}");
+        // podman's default network copies the host's name servers (less
+        // loopback ones) into the resolv.conf it mounts.
+        let host = skiff_oci::network::dns_servers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        if let Some(first) = host.first() {
+            assert!(logs.contains(&format!("DNS {first}")), "{logs}");
+        }
         assert!(logs.contains(&format!("on https://{ip}:443/")), "{logs}");
         fetch_all(port, &p.dir);
     }
