@@ -35,6 +35,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The TAP device made in the container's network namespace.
 pub const TAP_NAME: &str = "skiff0";
+/// The smallest MTU the guest takes (IPv6's minimum).
+pub const MIN_MTU: u32 = 1280;
 /// At most this many DNS servers are passed on (as a C resolver reads).
 pub const MAX_DNS: usize = 3;
 
@@ -72,6 +74,17 @@ pub enum NetworkError {
         nic: String,
         /// The interface.
         iface: String,
+    },
+    /// The interface's MTU is too small for the guest's IPv6 (1280).
+    #[error(
+        "the container's interface {iface} has an MTU of {mtu}: the guest needs at least {MIN_MTU} \
+         (IPv6's minimum); give the network a larger MTU"
+    )]
+    SmallMtu {
+        /// The interface.
+        iface: String,
+        /// Its MTU.
+        mtu: u32,
     },
     /// The interface has no Ethernet address.
     #[error("the container's interface {0} has no Ethernet address: only Ethernet interfaces can be connected")]
@@ -194,7 +207,7 @@ impl Interface {
         args
     }
 
-    /// One line for logs: `eth0 10.88.0.5/16 via 10.88.0.1`.
+    /// One line for logs: `eth0 10.88.0.5/16 via 10.88.0.1, MTU 1500`.
     pub fn describe(&self) -> String {
         let mut s = self.name.clone();
         if let Some((a, p)) = self.ipv4 {
@@ -206,7 +219,7 @@ impl Interface {
         if let Some((a, p)) = self.ipv6 {
             s += &format!(" {a}/{p}");
         }
-        s
+        s + &format!(", MTU {}", self.mtu)
     }
 }
 
@@ -242,6 +255,10 @@ pub struct Connection {
     pub guest_args: Vec<String>,
     /// The DNS servers among them.
     pub dns: Vec<IpAddr>,
+    /// The tender's NIC MTUs: the interface's, when below the guest's
+    /// usual 1500 (frames the guest sends leave through `eth0` as they
+    /// are, so a larger one would be dropped there).
+    pub mtus: Vec<(String, u16)>,
     /// The interface it is joined to.
     pub interface: Interface,
 }
@@ -271,6 +288,9 @@ pub fn connect(
     if iface.mac == [0; 6] {
         return Err(NetworkError::NotEthernet(iface.name));
     }
+    if iface.mtu < MIN_MTU {
+        return Err(NetworkError::SmallMtu { iface: iface.name, mtu: iface.mtu });
+    }
     rtnl.addresses(&mut iface)?;
     if iface.ipv4.is_none() && iface.ipv6.is_none() {
         return Err(NetworkError::NoAddress { nic: nic.to_string(), iface: iface.name });
@@ -291,6 +311,7 @@ pub fn connect(
         macs: vec![(nic.to_string(), iface.mac)],
         guest_args: iface.guest_args(dns),
         dns: dns.to_vec(),
+        mtus: vec![(nic.to_string(), u16::try_from(iface.mtu).unwrap_or(u16::MAX))],
         interface: iface,
     })
 }
@@ -550,13 +571,14 @@ mod tests {
     fn the_guest_gets_the_interfaces_addresses_as_its_options() {
         let mut i = Interface {
             name: "eth0".into(),
+            mtu: 1500,
             ipv4: Some(("10.88.0.5".parse().unwrap(), 16)),
             gateway4: Some("10.88.0.1".parse().unwrap()),
             ..Default::default()
         };
         let dns = ["10.88.0.1".parse().unwrap()];
         assert_eq!(i.guest_args(&dns), ["--ipv4", "10.88.0.5/16", "--gateway", "10.88.0.1", "--dns", "10.88.0.1"]);
-        assert_eq!(i.describe(), "eth0 10.88.0.5/16 via 10.88.0.1");
+        assert_eq!(i.describe(), "eth0 10.88.0.5/16 via 10.88.0.1, MTU 1500");
         i.ipv4 = None;
         i.ipv6 = Some(("fd00::5".parse().unwrap(), 64));
         i.gateway6 = Some("fd00::1".parse().unwrap());

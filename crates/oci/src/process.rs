@@ -291,6 +291,7 @@ fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -
         config.args = c.guest_args.into_iter().chain(config.args).collect();
         config.net.nics = c.nics;
         config.net.macs = c.macs;
+        config.net.mtus = c.mtus;
     }
     let mut stdout = match skiff_tender::console::Stdout::new() {
         Ok(out) => out,

@@ -238,11 +238,15 @@ fn bad_images_and_bundles_are_refused_with_a_clear_message() {
 /// What netavark adds to the host's firewall for podman's default network
 /// and leaves after its last container (its `NETAVARK*` chains and the
 /// rules jumping to them), removed again when the test ends unless it was
-/// there before, and `net.ipv4.ip_forward` as it was.
+/// there before, and `net.ipv4.ip_forward` as it was. The tests that use
+/// netavark hold it one at a time: the chains are shared.
 struct HostFirewall {
     before: Vec<(&'static str, Vec<String>)>,
     forward: String,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static NETAVARK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const FORWARD_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -255,7 +259,9 @@ impl HostFirewall {
 
     fn new() -> HostFirewall {
         require(&["iptables", "iptables-save"]);
+        let one_at_a_time = NETAVARK.lock().unwrap_or_else(|e| e.into_inner());
         HostFirewall {
+            _one_at_a_time: one_at_a_time,
             before: ["nat", "filter"].into_iter().map(|t| (t, Self::save(t))).collect(),
             forward: std::fs::read_to_string(FORWARD_SYSCTL).unwrap_or_default(),
         }
@@ -351,6 +357,7 @@ fn two_static_websites_serve_every_file_over_tls13_through_podmans_network_and_p
         let mac = p.run(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", id]).stdout.trim().to_string();
         assert!(!ip.is_empty() && !mac.is_empty(), "{logs}");
         assert!(logs.contains(&format!("is joined to the container's eth0 {ip}/")), "{logs}");
+        assert!(logs.contains(", MTU 1500 through the TAP device skiff0"), "{logs}");
         assert!(logs.contains(&format!("(MAC {mac}, DNS ")), "{logs}");
         // podman's default network copies the host's name servers (less
         // loopback ones) into the resolv.conf it mounts.
@@ -388,4 +395,52 @@ fn an_image_with_a_nic_and_no_network_or_the_hosts_is_refused_clearly() {
     // The host's own interfaces are never taken.
     let r = p.run(&["run", "--rm", "--pull", "never", "--network", "host", "skiff-test/web"]);
     refused(&r, "but the container shares the host's network namespace (--network host?)");
+}
+
+/// A podman network of the test's own (rootful podman keeps networks in
+/// /etc/containers/networks, outside the test's store): removed after.
+struct Network<'a> {
+    podman: &'a Podman,
+    name: String,
+}
+
+impl Drop for Network<'_> {
+    fn drop(&mut self) {
+        let _ = self.podman.run(&["network", "rm", "-f", &self.name]);
+    }
+}
+
+#[test]
+fn a_network_with_a_smaller_mtu_carries_whole_files_to_the_guest_and_back() {
+    let firewall = HostFirewall::new();
+    let p = Podman::new("podman-mtu");
+    require(&["curl"]);
+    p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
+    // As an overlay network (VXLAN) has it: frames of 1500 bytes would not
+    // pass the bridge's ports.
+    let network = Network { podman: &p, name: format!("skiff-test-mtu-{}", std::process::id()) };
+    let r = p.run(&["network", "create", "--opt", "mtu=1400", &network.name]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let port = free_port();
+    let r = p.run(&[
+        "run",
+        "-d",
+        "--pull",
+        "never",
+        "--network",
+        &network.name,
+        "-p",
+        &format!("{port}:443"),
+        "skiff-test/web",
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let logs = wait_for_log(&p, &id, "static-website: ");
+    assert!(logs.contains(", MTU 1400 through the TAP device skiff0"), "{logs}");
+    fetch_all(port, &p.dir);
+    let r = p.run(&["rm", "-f", "-t", "5", &id]);
+    assert_eq!(r.status, 0, "{r:?}");
+    drop(network);
+    drop(p);
+    drop(firewall);
 }
