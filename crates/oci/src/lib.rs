@@ -6,8 +6,9 @@
 //!   Kubernetes, on the modules here: [`spec`] reads the bundle's
 //!   `config.json` into a [`spec::Plan`], [`state`] keeps containers'
 //!   state as runc does, [`cgroup`] makes and joins the cgroup,
-//!   [`network`] connects the image's NICs, [`log`] writes the runtime's
-//!   log for the engines.
+//!   [`network`] connects the image's NIC, [`log`] writes the runtime's
+//!   log for the engines, [`sandbox`] hands a pod's sandbox container to
+//!   runc.
 //!
 //! docs/containers.md describes the whole.
 
@@ -17,5 +18,6 @@ pub mod cgroup;
 pub mod log;
 pub mod network;
 pub mod package;
+pub mod sandbox;
 pub mod spec;
 pub mod state;

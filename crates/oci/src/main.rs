@@ -15,12 +15,15 @@
 
 #[allow(unsafe_code)]
 mod process;
+#[allow(unsafe_code)]
+mod tap;
 
 use clap::{Parser, Subcommand};
 use skiff_oci::cgroup::{self, CgroupError, Hierarchies};
 use skiff_oci::log::{Format, Log};
 use skiff_oci::network::{self, NetworkError};
-use skiff_oci::spec::{Plan, Spec, SpecError};
+use skiff_oci::sandbox;
+use skiff_oci::spec::{NsKind, Plan, Spec, SpecError};
 use skiff_oci::state::{self, Container, Saved, StateError, Status};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -144,6 +147,8 @@ enum RuntimeError {
     BadSignal(String),
     #[error("container {id}: the process did not start: {reason}")]
     Start { id: String, reason: String },
+    #[error("cannot run {runc} for the pod's sandbox container: {source}", runc = sandbox::RUNC)]
+    Runc { source: std::io::Error },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
@@ -190,6 +195,13 @@ fn check_image(plan: &Plan, arg: &str) -> Result<skiff_tender::elf::Image, Runti
     }
 }
 
+/// The DNS servers for the guest: those of the `resolv.conf` the engine
+/// mounts in the container, else the host's.
+fn dns_servers(plan: &Plan) -> Vec<std::net::IpAddr> {
+    let file = plan.resolv_conf.as_deref().unwrap_or(Path::new("/etc/resolv.conf"));
+    std::fs::read_to_string(file).map(|text| network::dns_servers(&text)).unwrap_or_default()
+}
+
 /// Writes `pid` to `path` through a temporary file beside it.
 fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuntimeError> {
     let err = |source| RuntimeError::PidFile { path: path.to_owned(), source };
@@ -213,7 +225,15 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
     let plan = Plan::new(&spec, &bundle)?;
     let arg = spec.process.as_ref().and_then(|p| p.args.first()).cloned().unwrap_or_default();
     let image = check_image(&plan, &arg)?;
-    let nics = network::nics(&image.devices)?;
+    let nic = network::declared_nic(&image.devices)?;
+    if let Some(nic) = &nic {
+        let namespace = plan.namespaces.iter().find(|(k, _)| *k == NsKind::Network).map(|(_, p)| p.as_deref());
+        network::check_namespace(nic, namespace)?;
+    }
+    let dns = match &nic {
+        Some(_) => dns_servers(&plan),
+        None => Vec::new(),
+    };
     check_kvm()?;
     if plan.terminal && a.console_socket.is_none() {
         return Err(RuntimeError::NoConsoleSocket);
@@ -228,7 +248,8 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
         let setup = process::Setup {
             plan: &plan,
             spec: &spec,
-            nics,
+            nic,
+            dns,
             fifo: container.fifo(),
             console_socket: a.console_socket.clone(),
             preserve_fds: a.preserve_fds,
@@ -374,6 +395,61 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// runc's command line for `command` when runc is to run it: a pod's
+/// sandbox container (see [`sandbox`]), or one runc already holds.
+fn for_runc(cli: &Cli) -> Option<Vec<std::ffi::OsString>> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), sandbox::runc_root(&cli.root).into()];
+    if let Some(log) = &cli.log {
+        args.extend(["--log".into(), log.into()]);
+    }
+    args.extend(["--log-format".into(), if cli.log_format == Format::Json { "json" } else { "text" }.into()]);
+    if cli.systemd_cgroup {
+        args.push("--systemd-cgroup".into());
+    }
+    match &cli.command {
+        Cmd::Create { bundle, pid_file, console_socket, no_pivot, no_new_keyring, preserve_fds, id } => {
+            let spec = Spec::load(bundle).ok()?;
+            if !sandbox::is_sandbox(&spec.annotations) {
+                return None;
+            }
+            args.extend(["create".into(), "--bundle".into(), bundle.into()]);
+            if let Some(f) = pid_file {
+                args.extend(["--pid-file".into(), f.into()]);
+            }
+            if let Some(s) = console_socket {
+                args.extend(["--console-socket".into(), s.into()]);
+            }
+            if *no_pivot {
+                args.push("--no-pivot".into());
+            }
+            if *no_new_keyring {
+                args.push("--no-new-keyring".into());
+            }
+            args.extend(["--preserve-fds".into(), preserve_fds.to_string().into(), id.into()]);
+        }
+        Cmd::Start { id } | Cmd::State { id } if sandbox::is_runcs(&cli.root, id) => {
+            let name = if matches!(cli.command, Cmd::Start { .. }) { "start" } else { "state" };
+            args.extend([name.into(), id.into()]);
+        }
+        Cmd::Kill { all, id, signal } if sandbox::is_runcs(&cli.root, id) => {
+            args.push("kill".into());
+            if *all {
+                args.push("--all".into());
+            }
+            args.extend([id.into(), signal.into()]);
+        }
+        Cmd::Delete { force, id } if sandbox::is_runcs(&cli.root, id) => {
+            args.push("delete".into());
+            if *force {
+                args.push("--force".into());
+            }
+            args.push(id.into());
+        }
+        _ => return None,
+    }
+    Some(args)
+}
+
 fn features() -> String {
     let features = serde_json::json!({
         "ociVersionMin": "1.0.0",
@@ -408,25 +484,13 @@ fn main() -> ExitCode {
         }
     };
     let log = Log { file: cli.log.clone(), format: cli.log_format };
-    let result = match &cli.command {
-        Cmd::Create { bundle, pid_file, console_socket, no_pivot: _, no_new_keyring: _, preserve_fds, id } => create(
-            &cli,
-            CreateArgs {
-                bundle: bundle.clone(),
-                pid_file: pid_file.clone(),
-                console_socket: console_socket.clone(),
-                preserve_fds: *preserve_fds,
-                id: id.clone(),
-            },
-        ),
-        Cmd::Start { id } => start(&cli, id),
-        Cmd::State { id } => print_state(&cli, id),
-        Cmd::Kill { all: _, id, signal } => kill(&cli, id, signal),
-        Cmd::Delete { force, id } => delete(&cli, id, *force),
-        Cmd::Features => {
-            println!("{}", features());
-            Ok(())
+    let result = match for_runc(&cli) {
+        // Returns only if runc could not be started.
+        Some(args) => {
+            use std::os::unix::process::CommandExt;
+            Err(RuntimeError::Runc { source: std::process::Command::new(sandbox::RUNC).args(args).exec() })
         }
+        None => run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -435,6 +499,29 @@ fn main() -> ExitCode {
             eprintln!("skiff-oci: {msg}");
             log.write("error", &msg);
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), RuntimeError> {
+    match &cli.command {
+        Cmd::Create { bundle, pid_file, console_socket, no_pivot: _, no_new_keyring: _, preserve_fds, id } => create(
+            cli,
+            CreateArgs {
+                bundle: bundle.clone(),
+                pid_file: pid_file.clone(),
+                console_socket: console_socket.clone(),
+                preserve_fds: *preserve_fds,
+                id: id.clone(),
+            },
+        ),
+        Cmd::Start { id } => start(cli, id),
+        Cmd::State { id } => print_state(cli, id),
+        Cmd::Kill { all: _, id, signal } => kill(cli, id, signal),
+        Cmd::Delete { force, id } => delete(cli, id, *force),
+        Cmd::Features => {
+            println!("{}", features());
+            Ok(())
         }
     }
 }

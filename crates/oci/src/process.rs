@@ -23,8 +23,11 @@ pub struct Setup<'a> {
     pub plan: &'a Plan,
     /// `config.json` itself (user, limits).
     pub spec: &'a Spec,
-    /// The tender's NICs.
-    pub nics: Vec<skiff_tender::net::NicSpec>,
+    /// The NIC the image declares, connected in the container's network
+    /// namespace.
+    pub nic: Option<String>,
+    /// The DNS servers the guest gets.
+    pub dns: Vec<std::net::IpAddr>,
     /// The FIFO to wait on.
     pub fifo: PathBuf,
     /// Where to send the terminal's master side.
@@ -198,6 +201,14 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
     if let Some(name) = &plan.hostname {
         nix::unistd::sethostname(name).map_err(|e| format!("cannot set the host name {name:?}: {e}"))?;
     }
+    // In the container's network namespace, with the runtime's privileges
+    // still held.
+    let connection = match &setup.nic {
+        Some(nic) => {
+            Some(skiff_oci::network::connect(nic, &setup.dns, crate::tap::make_persistent).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let process = setup.spec.process.clone().unwrap_or_default();
     for r in &process.rlimits {
         let resource = rlimit(&r.kind).ok_or_else(|| format!("unknown rlimit {:?}", r.kind))?;
@@ -239,7 +250,7 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
         None,
     );
     close_descriptors(2 + setup.preserve_fds as i32);
-    Ok(i32::from(run_tender(plan, setup.nics.clone())))
+    Ok(i32::from(run_tender(plan, connection)))
 }
 
 /// Closes every descriptor above `last`.
@@ -253,7 +264,7 @@ fn close_descriptors(last: i32) {
 }
 
 /// Boots the guest; returns its status, as `skiff-tender` would exit.
-fn run_tender(plan: &Plan, nics: Vec<skiff_tender::net::NicSpec>) -> u8 {
+fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -> u8 {
     let mut config = skiff_tender::Config::new(plan.image.clone());
     if let Some(mem) = plan.mem {
         config.mem = mem;
@@ -262,7 +273,26 @@ fn run_tender(plan: &Plan, nics: Vec<skiff_tender::net::NicSpec>) -> u8 {
         config.stop_grace = grace;
     }
     config.args = plan.args.clone();
-    config.net.nics = nics;
+    if let Some(c) = connection {
+        eprintln!(
+            "skiff-oci: NIC {:?} is joined to the container's {} through the TAP device {} (MAC {}, DNS {})",
+            c.nics[0].name,
+            c.interface.describe(),
+            skiff_oci::network::TAP_NAME,
+            c.interface.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            if c.dns.is_empty() {
+                "none".to_string()
+            } else {
+                c.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            }
+        );
+        // The network options first: the service's own arguments, after
+        // them, can still override one.
+        config.args = c.guest_args.into_iter().chain(config.args).collect();
+        config.net.nics = c.nics;
+        config.net.macs = c.macs;
+        config.net.mtus = c.mtus;
+    }
     let mut stdout = match skiff_tender::console::Stdout::new() {
         Ok(out) => out,
         Err(e) => {

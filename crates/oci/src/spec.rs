@@ -109,8 +109,20 @@ pub struct Spec {
     pub hostname: Option<String>,
     /// Free-form annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Mounts (only the source of `/etc/resolv.conf` is used).
+    pub mounts: Vec<Mount>,
     /// Linux specifics.
     pub linux: Option<Linux>,
+}
+
+/// One of `mounts`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Mount {
+    /// Where it is mounted in the container.
+    pub destination: String,
+    /// What is mounted: for a bind mount, a path on the host.
+    pub source: Option<String>,
 }
 
 /// `process`.
@@ -299,6 +311,10 @@ pub struct Plan {
     pub hostname: Option<String>,
     /// Whether `-t` asked for a terminal.
     pub terminal: bool,
+    /// The host file the engine mounts at the container's
+    /// `/etc/resolv.conf` (podman's), where the guest's DNS servers come
+    /// from.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Plan {
@@ -352,6 +368,14 @@ impl Plan {
             namespaces,
             hostname: spec.hostname.clone().filter(|h| new_uts && !h.is_empty()),
             terminal: process.terminal,
+            resolv_conf: spec
+                .mounts
+                .iter()
+                .rev()
+                .find(|m| m.destination == "/etc/resolv.conf")
+                .and_then(|m| m.source.as_ref())
+                .filter(|s| s.starts_with('/'))
+                .map(PathBuf::from),
         })
     }
 }
@@ -396,7 +420,9 @@ mod tests {
         },
         "root": {"path": "rootfs"},
         "hostname": "abc123",
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/containers/abc123/resolv.conf",
+                    "options": ["bind", "rprivate"]}],
         "annotations": {"io.container.manager": "libpod"},
         "linux": {
             "resources": {
@@ -421,6 +447,7 @@ mod tests {
         assert_eq!(plan.args, ["a", "b c"]);
         assert_eq!(plan.mem, Some((128 << 20) - TENDER_RESERVE));
         assert_eq!(plan.hostname.as_deref(), Some("abc123"));
+        assert_eq!(plan.resolv_conf, Some(PathBuf::from("/run/containers/abc123/resolv.conf")));
         assert_eq!(
             plan.namespaces,
             [

@@ -2,7 +2,11 @@
 //! binary: the test starts a containerd of its own (its root, state and
 //! socket under /tmp/skiff-oci, no CRI), imports the images `skiff
 //! package` writes with `ctr image import`, runs them with `ctr run
-//! --runc-binary`, and stops containerd and removes everything after.
+//! --runc-binary`, and stops containerd and removes everything after. The
+//! runtime handler docs/containers.md gives for Kubernetes (the runc shim
+//! with `BinaryName`) is checked as containerd reads it (`containerd
+//! config dump`); running it needs the CRI and a kubelet, which are not
+//! here.
 //!
 //! Needs root, `/dev/kvm` and containerd with ctr (`scripts/setup`).
 
@@ -97,4 +101,34 @@ fn ctr_imports_and_runs_hello_and_returns_the_guests_status() {
     assert!(r.stderr.contains("/bin/sh is not in the container's root file system"), "{r:?}");
     let left = c.ctr(&["containers", "ls", "-q"]);
     assert_eq!(left.stdout.trim(), "", "containers left behind: {left:?}");
+}
+
+#[test]
+fn the_documented_runtime_handler_is_a_configuration_containerd_reads() {
+    require(&["containerd"]);
+    // The containerd configuration docs/containers.md gives for
+    // Kubernetes: the ```toml block naming the `skiff` runtime handler.
+    let docs = std::fs::read_to_string(common::workspace().join("docs/containers.md")).unwrap();
+    let block = docs
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("runtimes.skiff"))
+        .expect("docs/containers.md has the runtime handler's configuration");
+    let dir = scratch("containerd-handler");
+    std::fs::write(dir.join("config.toml"), block).unwrap();
+    let r = run(
+        Command::new("containerd").arg("--config").arg(dir.join("config.toml")).args(["config", "dump"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status, 0, "{r:?}");
+    // The handler uses the runc shim, whose options name skiff-oci.
+    let handler = r.stdout.split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.skiff]").nth(1);
+    let handler = handler.unwrap_or_else(|| panic!("no skiff runtime handler in containerd's view: {r:?}"));
+    let handler = handler.split("\n\n    [").next().unwrap();
+    assert!(handler.contains("runtime_type = \"io.containerd.runc.v2\""), "{handler}");
+    assert!(handler.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.skiff.options]"), "{handler}");
+    assert!(handler.contains("BinaryName = \"/usr/local/bin/skiff-oci\""), "{handler}");
+    assert!(handler.contains("pod_annotations = [\"org.skiff.*\"]"), "{handler}");
+    let _ = std::fs::remove_dir_all(dir);
 }

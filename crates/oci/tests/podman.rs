@@ -8,6 +8,9 @@
 //! Needs root, `/dev/kvm`, podman and conmon (`scripts/setup`).
 
 mod common;
+#[allow(dead_code, reason = "only the site's file list is used here")]
+#[path = "../../tender/tests/common/mod.rs"]
+mod site;
 
 use common::{Ran, package, package_bytes, require, run, runtime, scratch};
 use std::os::unix::fs::MetadataExt;
@@ -230,4 +233,214 @@ fn bad_images_and_bundles_are_refused_with_a_clear_message() {
     // The store still works: the refusals left nothing behind.
     let r = run("skiff-test/hello");
     assert_eq!(r.status, 0, "{r:?}");
+}
+
+/// What netavark adds to the host's firewall for podman's default network
+/// and leaves after its last container (its `NETAVARK*` chains and the
+/// rules jumping to them), removed again when the test ends unless it was
+/// there before, and `net.ipv4.ip_forward` as it was. The tests that use
+/// netavark hold it one at a time: the chains are shared.
+struct HostFirewall {
+    before: Vec<(&'static str, Vec<String>)>,
+    forward: String,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static NETAVARK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const FORWARD_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl HostFirewall {
+    fn save(table: &str) -> Vec<String> {
+        let r = run(Command::new("iptables-save").args(["-t", table]), Duration::from_secs(10));
+        assert_eq!(r.status, 0, "iptables-save: {r:?}");
+        r.stdout.lines().filter(|l| l.contains("NETAVARK")).map(str::to_string).collect()
+    }
+
+    fn new() -> HostFirewall {
+        require(&["iptables", "iptables-save"]);
+        let one_at_a_time = NETAVARK.lock().unwrap_or_else(|e| e.into_inner());
+        HostFirewall {
+            _one_at_a_time: one_at_a_time,
+            before: ["nat", "filter"].into_iter().map(|t| (t, Self::save(t))).collect(),
+            forward: std::fs::read_to_string(FORWARD_SYSCTL).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for HostFirewall {
+    fn drop(&mut self) {
+        for (table, before) in &self.before {
+            let new: Vec<String> = Self::save(table).into_iter().filter(|l| !before.contains(l)).collect();
+            // Rules first (iptables-save prints them in a form the shell
+            // reads back), then the chains they jumped to.
+            for rule in new.iter().rev().filter_map(|l| l.strip_prefix("-A ")) {
+                let _ = run(
+                    Command::new("sh").arg("-c").arg(format!("iptables -w -t {table} -D {rule}")),
+                    Duration::from_secs(10),
+                );
+            }
+            for chain in new.iter().filter_map(|l| l.strip_prefix(':')?.split(' ').next()) {
+                for op in ["-F", "-X"] {
+                    let _ = run(Command::new("iptables").args(["-w", "-t", table, op, chain]), Duration::from_secs(10));
+                }
+            }
+        }
+        if !self.forward.is_empty() {
+            let _ = std::fs::write(FORWARD_SYSCTL, &self.forward);
+        }
+    }
+}
+
+/// A free TCP port on the host's loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Fetches every file of the site from `https://localhost:PORT` (the
+/// host's 127.0.0.1, forwarded by podman to the container) over TLS 1.3
+/// in one curl run, and compares the bytes.
+fn fetch_all(port: u16, dir: &Path) {
+    let files = site::site_files();
+    let out = dir.join(format!("fetched-{port}"));
+    std::fs::create_dir_all(&out).unwrap();
+    // The demo certificate is self-signed for localhost: -k.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-k", "--tlsv1.3", "--max-time", "30", "--resolve", &format!("localhost:{port}:127.0.0.1")]);
+    cmd.args(["-w", "%{http_code} %{ssl_verify_result}\n"]);
+    for (i, (path, _)) in files.iter().enumerate() {
+        cmd.arg("-o").arg(out.join(i.to_string())).arg(format!("https://localhost:{port}{path}"));
+    }
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_eq!(r.status, 0, "curl: {r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), files.len(), "{r:?}");
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        assert!(lines[i].starts_with("200 "), "{path}: {}", lines[i]);
+        let got = std::fs::read(out.join(i.to_string())).unwrap();
+        assert!(got == *bytes, "{path}: {} bytes fetched, {} in the site", got.len(), bytes.len());
+    }
+}
+
+/// Waits until the container's log has `line`.
+fn wait_for_log(p: &Podman, id: &str, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = p.run(&["logs", id]);
+        let all = logs.stdout.clone() + &logs.stderr;
+        if all.contains(line) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in the logs of {id}: {logs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_static_websites_serve_every_file_over_tls13_through_podmans_network_and_published_ports() {
+    let firewall = HostFirewall::new();
+    let p = Podman::new("podman-web");
+    require(&["curl"]);
+    p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
+    let ports = [free_port(), free_port()];
+    let mut ids = Vec::new();
+    for port in ports {
+        // Nothing but -p: podman's default network, as a user runs it.
+        let r = p.run(&["run", "-d", "--pull", "never", "-p", &format!("{port}:443"), "skiff-test/web"]);
+        assert_eq!(r.status, 0, "{r:?}");
+        ids.push(r.stdout.trim().to_string());
+    }
+    for (id, port) in ids.iter().zip(ports) {
+        let logs = wait_for_log(&p, id, "static-website: ");
+        // The guest has the container's address and eth0's MAC.
+        let ip = p.run(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", id]).stdout.trim().to_string();
+        let mac = p.run(&["inspect", "-f", "{{.NetworkSettings.MacAddress}}", id]).stdout.trim().to_string();
+        assert!(!ip.is_empty() && !mac.is_empty(), "{logs}");
+        assert!(logs.contains(&format!("is joined to the container's eth0 {ip}/")), "{logs}");
+        assert!(logs.contains(", MTU 1500 through the TAP device skiff0"), "{logs}");
+        assert!(logs.contains(&format!("(MAC {mac}, DNS ")), "{logs}");
+        // podman's default network copies the host's name servers (less
+        // loopback ones) into the resolv.conf it mounts.
+        let host = skiff_oci::network::dns_servers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        if let Some(first) = host.first() {
+            assert!(logs.contains(&format!("DNS {first}")), "{logs}");
+        }
+        assert!(logs.contains(&format!("on https://{ip}:443/")), "{logs}");
+        fetch_all(port, &p.dir);
+    }
+    // The first still serves while the second runs.
+    fetch_all(ports[0], &p.dir);
+    for id in &ids {
+        let r = p.run(&["stop", "-t", "20", id]);
+        assert_eq!(r.status, 0, "{r:?}");
+        let code = p.run(&["inspect", "-f", "{{.State.ExitCode}}", id]);
+        assert_eq!(code.stdout.trim(), "0", "{code:?}");
+        let r = p.run(&["rm", id]);
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    drop(p);
+    drop(firewall);
+}
+
+#[test]
+fn an_image_with_a_nic_and_no_network_or_the_hosts_is_refused_clearly() {
+    let p = Podman::new("podman-nonet");
+    p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
+    let r = p.run(&["run", "--rm", "--pull", "never", "--network", "none", "skiff-test/web"]);
+    refused(
+        &r,
+        "this image declares the NIC \"service\", but the container's network namespace has no network interface \
+         to connect it to (was it started with --network none?)",
+    );
+    // The host's own interfaces are never taken.
+    let r = p.run(&["run", "--rm", "--pull", "never", "--network", "host", "skiff-test/web"]);
+    refused(&r, "but the container shares the host's network namespace (--network host?)");
+}
+
+/// A podman network of the test's own (rootful podman keeps networks in
+/// /etc/containers/networks, outside the test's store): removed after.
+struct Network<'a> {
+    podman: &'a Podman,
+    name: String,
+}
+
+impl Drop for Network<'_> {
+    fn drop(&mut self) {
+        let _ = self.podman.run(&["network", "rm", "-f", &self.name]);
+    }
+}
+
+#[test]
+fn a_network_with_a_smaller_mtu_carries_whole_files_to_the_guest_and_back() {
+    let firewall = HostFirewall::new();
+    let p = Podman::new("podman-mtu");
+    require(&["curl"]);
+    p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
+    // As an overlay network (VXLAN) has it: frames of 1500 bytes would not
+    // pass the bridge's ports.
+    let network = Network { podman: &p, name: format!("skiff-test-mtu-{}", std::process::id()) };
+    let r = p.run(&["network", "create", "--opt", "mtu=1400", &network.name]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let port = free_port();
+    let r = p.run(&[
+        "run",
+        "-d",
+        "--pull",
+        "never",
+        "--network",
+        &network.name,
+        "-p",
+        &format!("{port}:443"),
+        "skiff-test/web",
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let logs = wait_for_log(&p, &id, "static-website: ");
+    assert!(logs.contains(", MTU 1400 through the TAP device skiff0"), "{logs}");
+    fetch_all(port, &p.dir);
+    let r = p.run(&["rm", "-f", "-t", "5", &id]);
+    assert_eq!(r.status, 0, "{r:?}");
+    drop(network);
+    drop(p);
+    drop(firewall);
 }

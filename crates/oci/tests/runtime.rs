@@ -176,3 +176,74 @@ fn version_and_features_answer_as_runc_does() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["linux"]["cgroup"]["v1"], true);
 }
+
+#[test]
+fn a_pods_sandbox_container_is_run_by_runc_through_every_command() {
+    require(&["runc", "gcc"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let dir = scratch("runtime-sandbox");
+    let root = dir.join("state");
+    // A pause program, as Kubernetes' sandbox image holds: a static Linux
+    // executable that waits for a signal.
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::write(dir.join("pause.c"), "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n").unwrap();
+    let gcc = run(
+        Command::new("gcc").args(["-static", "-O2", "-o"]).arg(b.join("rootfs/pause")).arg(dir.join("pause.c")),
+        Duration::from_secs(60),
+    );
+    assert_eq!(gcc.status, 0, "gcc -static: {gcc:?}");
+    let spec = run(Command::new("runc").args(["spec", "--bundle", b.to_str().unwrap()]), Duration::from_secs(10));
+    assert_eq!(spec.status, 0, "runc spec: {spec:?}");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
+    config["process"]["args"] = serde_json::json!(["/pause"]);
+    config["process"]["terminal"] = false.into();
+    config["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"});
+    config["linux"]["cgroupsPath"] = format!("/skiff-oci-test/sandbox-{}", std::process::id()).into();
+    std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+
+    let id = "pod-sandbox";
+    let pid_file = dir.join("pid");
+    // runc's container process keeps create's standard streams: a file,
+    // as conmon's pipes (a pipe here would stay open).
+    let out = dir.join("out.log");
+    let file = std::fs::File::create(&out).unwrap();
+    let status = Command::new(runtime())
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success(), "create: {}", std::fs::read_to_string(&out).unwrap());
+    // runc holds it, under skiff-oci's root; skiff-oci has no state of it.
+    assert!(root.join(".runc").join(id).join("state.json").is_file());
+    assert!(!root.join(id).exists());
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert_eq!(status_of(&root, id)["status"], "created");
+    let r = oci(&root, &["start", id]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let state = status_of(&root, id);
+    assert_eq!(state["status"], "running");
+    assert_eq!(state["pid"], pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("pause"), "{exe:?}");
+    let r = oci(&root, &["kill", id, "KILL"]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let waited = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("reap the sandbox");
+    assert!(matches!(waited, nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGKILL, _)), "{waited:?}");
+    assert_eq!(status_of(&root, id)["status"], "stopped");
+    let r = oci(&root, &["delete", id]);
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(!root.join(".runc").join(id).exists());
+    // Back to skiff-oci's own answer for what neither holds.
+    let r = oci(&root, &["state", id]);
+    assert_eq!(r.stderr.trim(), format!("skiff-oci: container {id} does not exist"));
+    for parent in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(parent.path().join("skiff-oci-test"));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -64,6 +64,10 @@ pub struct NetOptions {
     pub guest_spin: Duration,
     /// Bounds of the user network.
     pub limits: skiff_usernet::Limits,
+    /// MTUs below [`NET_MTU`] for NICs whose host network carries less (a
+    /// container's network, e.g. an overlay's 1450); the guest is told
+    /// the NIC's MTU. Others, and larger values, get [`NET_MTU`].
+    pub mtus: Vec<(String, u16)>,
 }
 
 impl Default for NetOptions {
@@ -77,6 +81,7 @@ impl Default for NetOptions {
             io_spin: Duration::from_micros(50),
             guest_spin: Duration::from_micros(50),
             limits: skiff_usernet::Limits::default(),
+            mtus: Vec::new(),
         }
     }
 }
@@ -219,6 +224,8 @@ pub struct Nic {
     /// On the user network, whether it relays the guest's own connections
     /// out.
     pub outbound: bool,
+    /// Its MTU.
+    pub mtu: u16,
 }
 
 impl Nic {
@@ -227,7 +234,7 @@ impl Nic {
         let (rx, tx) = (self.rings.rx, self.rings.tx);
         NetInfo {
             mac: self.mac,
-            mtu: NET_MTU as u16,
+            mtu: self.mtu,
             ring: rx.base(),
             slots: ((tx.base() - rx.base() - ring::HEADER_SIZE) / ring::SLOT_SIZE) as u32,
             spin_micros: guest_spin.as_micros().min(u128::from(u32::MAX)) as u32,
@@ -302,7 +309,9 @@ pub fn attach(
             rx: Ring::new(rx, options.slots, Direction::Receive),
             tx: Ring::new(rx + ring_len, options.slots, Direction::Transmit),
         };
-        nics.push(Nic { rings, mac, host, outbound: outbound && spec.is_user() });
+        let mtu = options.mtus.iter().find(|(n, _)| n == &d.name).map_or(NET_MTU as u16, |(_, m)| *m);
+        let mtu = mtu.min(NET_MTU as u16);
+        nics.push(Nic { rings, mac, host, outbound: outbound && spec.is_user(), mtu });
     }
     Ok(nics)
 }
@@ -414,6 +423,19 @@ mod tests {
         assert_eq!(a, generated_mac("service"));
         assert_ne!(a, generated_mac("admin"));
         assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+    }
+
+    #[test]
+    fn a_nics_mtu_can_be_lowered_but_not_raised() {
+        let declared = vec![DeclaredDevice { kind: DeviceKind::Net, name: "service".into(), outbound: false }];
+        let mut opts =
+            NetOptions { nics: vec![NicSpec { name: "service".into(), tap: "user".into() }], ..NetOptions::default() };
+        let mtu = |opts: &NetOptions| attach(&declared, opts, 0x100_0000).unwrap()[0].info(Duration::ZERO).mtu;
+        assert_eq!(mtu(&opts), NET_MTU as u16);
+        opts.mtus = vec![("service".into(), 1400)];
+        assert_eq!(mtu(&opts), 1400);
+        opts.mtus = vec![("service".into(), 9000)];
+        assert_eq!(mtu(&opts), NET_MTU as u16);
     }
 
     #[test]
