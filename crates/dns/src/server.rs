@@ -41,11 +41,15 @@ pub struct Config {
     /// Response-rate limiting of UDP answers; `None` (the default) answers
     /// every query.
     pub rate_limit: Option<RateLimit>,
+    /// Leave out what a resolver does not need: the zone's NS RRset in
+    /// positive answers and additional address records other than glue.
+    /// Off by default, where answers carry what NSD's carry.
+    pub minimal_responses: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_udp_payload: 1232, rate_limit: None }
+        Config { max_udp_payload: 1232, rate_limit: None, minimal_responses: false }
     }
 }
 
@@ -85,12 +89,17 @@ struct Placed<'z> {
     /// Additional data that must fit, or the answer is truncated (glue of
     /// name servers inside the delegation, RFC 9471).
     required: bool,
+    /// Authority data that is left out (with all additional data) when it
+    /// does not fit: the zone's NS RRset in a positive answer.
+    optional: bool,
 }
 
 /// The sections of an answer before they are encoded.
 #[derive(Debug, Default)]
 struct Sections<'z> {
     rcode: Option<Rcode>,
+    /// The answer ends in data of the type asked for.
+    positive: bool,
     aa: bool,
     answer: Vec<Placed<'z>>,
     authority: Vec<Placed<'z>>,
@@ -194,30 +203,49 @@ impl<'a> Server<'a> {
         }
         let dnssec = req.edns.is_some_and(|e| e.dnssec_ok);
         let mut s = Sections { aa: true, ..Sections::default() };
-        Lookup { zone, dnssec, qtype: req.qtype }.run(qname, &mut s);
+        let mut lookup = Lookup { catalog: &self.catalog, zone, dnssec, qtype: req.qtype };
+        lookup.run(qname, &mut s);
+        if self.config.minimal_responses {
+            s.additional.retain(|p| p.required);
+        } else if s.positive && !matches!(req.qtype, Rtype::DS | Rtype::DNSKEY) {
+            lookup.apex_ns(&mut s);
+        }
         s
     }
 
     fn encode(&self, req: &Request<'_>, s: &Sections<'_>, limit: usize) -> Vec<u8> {
         let mut cut = s.additional.len();
+        let mut optional = true;
         loop {
-            match self.try_encode(req, s, limit, cut) {
+            match self.try_encode(req, s, limit, cut, optional) {
                 Ok(msg) => return msg,
                 Err(Overflow::Additional(k)) if k < cut => cut = k,
+                Err(Overflow::Optional) if optional => {
+                    optional = false;
+                    cut = 0;
+                }
                 Err(_) => return self.truncated(req, s, limit),
             }
         }
     }
 
     /// The answer with the first `cut` additional RRsets.
-    fn try_encode(&self, req: &Request<'_>, s: &Sections<'_>, limit: usize, cut: usize) -> Result<Vec<u8>, Overflow> {
+    /// Without `optional`, the optional authority RRsets are left out.
+    fn try_encode(
+        &self,
+        req: &Request<'_>,
+        s: &Sections<'_>,
+        limit: usize,
+        cut: usize,
+        optional: bool,
+    ) -> Result<Vec<u8>, Overflow> {
         let mut b = self.start(req, s, limit)?.answer();
         for p in &s.answer {
             push_set(p, |r| b.push(r)).map_err(|_| Overflow::Core)?;
         }
         let mut b = b.authority();
-        for p in &s.authority {
-            push_set(p, |r| b.push(r)).map_err(|_| Overflow::Core)?;
+        for p in s.authority.iter().filter(|p| optional || !p.optional) {
+            push_set(p, |r| b.push(r)).map_err(|_| if p.optional { Overflow::Optional } else { Overflow::Core })?;
         }
         let mut b = b.additional();
         for (i, p) in s.additional.iter().take(cut).enumerate() {
@@ -287,6 +315,8 @@ impl<'a> Server<'a> {
 enum Overflow {
     /// The answer or authority section (or required glue) does not fit.
     Core,
+    /// An optional authority RRset does not fit.
+    Optional,
     /// Additional RRset number `.0` does not fit.
     Additional(usize),
 }
@@ -408,17 +438,29 @@ fn slip(answer: &[u8]) -> Vec<u8> {
 
 /// One query's walk through a zone.
 struct Lookup<'z, 's> {
+    catalog: &'s Catalog<'z>,
     zone: &'s Zone<'z>,
     dnssec: bool,
     qtype: Rtype,
 }
 
 impl<'z: 's, 's> Lookup<'z, 's> {
-    fn run(&self, qname: Name<Vec<u8>>, s: &mut Sections<'s>) {
+    fn run(&mut self, qname: Name<Vec<u8>>, s: &mut Sections<'s>) {
+        let mut seen: Vec<Name<Vec<u8>>> = Vec::new();
         let mut name = qname;
         for hop in 0..MAX_CNAME_CHAIN {
             match self.step(name.for_slice(), hop == 0, s) {
-                Some(next) if next.ends_with(self.zone.apex) => name = next,
+                // A name already visited would repeat the chain.
+                Some(next) if next != name && !seen.contains(&next) => {
+                    // Chains go on into the other zones served.
+                    if !next.ends_with(self.zone.apex) {
+                        match self.catalog.find(next.for_slice()) {
+                            Some(zone) => self.zone = zone,
+                            None => return,
+                        }
+                    }
+                    seen.push(core::mem::replace(&mut name, next));
+                }
                 _ => return,
             }
         }
@@ -501,6 +543,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
             }
         }
         if let Some(set) = found {
+            s.positive = true;
             self.add(owner.clone(), set, Section::Answer, s);
             self.wildcard_proof(owner.name(), wild, s);
             self.additional_for(set, s);
@@ -532,6 +575,13 @@ impl<'z: 's, 's> Lookup<'z, 's> {
                     self.nsec3_match(w.wild, s);
                 }
                 None => {
+                    // The wildcard's own name: also the closest encloser's
+                    // NSEC3, as for a wildcard match (as NSD does).
+                    if name.first().is_wildcard()
+                        && let Some(parent) = name.parent()
+                    {
+                        self.nsec3_match(parent.for_slice(), s);
+                    }
                     if !self.nsec3_match(name, s) {
                         // An empty non-terminal under opt-out, or a name whose
                         // NSEC3 is missing: prove the closest encloser.
@@ -609,7 +659,10 @@ impl<'z: 's, 's> Lookup<'z, 's> {
             let required = cut.is_some_and(|c| owner.ends_with(c));
             for rtype in [Rtype::A, Rtype::AAAA] {
                 let Some(addr) = node.get(rtype).filter(|a| !a.rrs.is_empty()) else { continue };
-                if s.additional.iter().any(|p| p.rtype == rtype && p.owner.name() == *owner) {
+                let placed_already = |list: &[Placed<'_>]| {
+                    list.iter().any(|p| p.rtype == rtype && p.owner.name() == *owner)
+                };
+                if placed_already(&s.additional) || placed_already(&s.answer) {
                     continue;
                 }
                 let mut p = placed(Owner::Zone(owner), rtype, &addr.rrs);
@@ -620,6 +673,20 @@ impl<'z: 's, 's> Lookup<'z, 's> {
                 }
             }
         }
+    }
+
+    /// The zone's NS RRset in the authority section of a positive answer
+    /// (as NSD gives it), with its addresses.
+    fn apex_ns(&self, s: &mut Sections<'s>) {
+        let Some(ns) = self.zone.apex_node().get(Rtype::NS) else { return };
+        let is_apex_ns = |p: &Placed<'_>| p.rtype == Rtype::NS && p.owner.name() == self.zone.apex;
+        if ns.rrs.is_empty() || s.answer.iter().any(is_apex_ns) || s.authority.iter().any(is_apex_ns) {
+            return;
+        }
+        let before = s.authority.len();
+        self.add(Owner::Zone(self.zone.apex), ns, Section::Authority, s);
+        s.authority[before..].iter_mut().for_each(|p| p.optional = true);
+        self.glue(ns, None, s);
     }
 
     fn soa(&self, s: &mut Sections<'s>) {
@@ -718,7 +785,8 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         if s.authority.iter().any(|p| p.rtype == Rtype::NSEC3 && p.owner.name() == owner) {
             return;
         }
-        if let Some((o, node)) = self.zone.nodes.get_key_value(owner)
+        let Some(chain) = &self.zone.nsec3 else { return };
+        if let Some((o, node)) = chain.nodes.get_key_value(owner)
             && let Some(set) = node.get(Rtype::NSEC3)
         {
             self.add(Owner::Zone(o), set, Section::Authority, s);
@@ -741,7 +809,7 @@ enum Section {
 }
 
 fn placed<'z>(owner: Owner<'z>, rtype: Rtype, rrs: &'z [Rr<'z>]) -> Placed<'z> {
-    Placed { owner, rtype, rrs, ttl_cap: None, required: false }
+    Placed { owner, rtype, rrs, ttl_cap: None, required: false, optional: false }
 }
 
 /// `name` without its first `n` labels.

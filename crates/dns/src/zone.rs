@@ -130,6 +130,8 @@ pub struct Nsec3Chain<'a> {
     pub salt: &'a [u8],
     /// Owner names of NSEC3 records by their decoded hash, in hash order.
     pub by_hash: BTreeMap<Vec<u8>, &'a Name<[u8]>>,
+    /// The NSEC3 records (with their signatures) by owner name.
+    pub nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
 }
 
 /// One authoritative zone.
@@ -343,11 +345,28 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
             node.below_cut = cuts.iter().any(|c| name.ends_with(*c));
         }
     }
-    let nsec3 = nsec3_chain(apex, &nodes);
+    // NSEC3 owner names are not names of the zone (RFC 5155 section
+    // 7.2.8): they live apart, reached only through the hash chain.
+    let hashed: Vec<&'a Name<[u8]>> = nodes
+        .iter()
+        .filter(|(_, n)| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut nsec3_nodes = BTreeMap::new();
+    for name in hashed {
+        if let Some(node) = nodes.remove(name) {
+            nsec3_nodes.insert(name, node);
+        }
+    }
+    let nsec3 = nsec3_chain(apex, &nodes, nsec3_nodes);
     Ok(Zone { apex, nodes, nsec3 })
 }
 
-fn nsec3_chain<'a>(apex: &'a Name<[u8]>, nodes: &BTreeMap<&'a Name<[u8]>, Node<'a>>) -> Option<Nsec3Chain<'a>> {
+fn nsec3_chain<'a>(
+    apex: &'a Name<[u8]>,
+    nodes: &BTreeMap<&'a Name<[u8]>, Node<'a>>,
+    nsec3_nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+) -> Option<Nsec3Chain<'a>> {
     let param = nodes.get(apex)?.get(Rtype::NSEC3PARAM)?.rrs.first()?;
     // Algorithm (1), flags (1), iterations (2), salt length (1), salt.
     let d = param.rdata;
@@ -357,7 +376,7 @@ fn nsec3_chain<'a>(apex: &'a Name<[u8]>, nodes: &BTreeMap<&'a Name<[u8]>, Node<'
     let iterations = u16::from_be_bytes([d[2], d[3]]);
     let salt = &d[5..5 + usize::from(d[4])];
     let mut by_hash = BTreeMap::new();
-    for (name, node) in nodes {
+    for (name, node) in &nsec3_nodes {
         if node.get(Rtype::NSEC3).is_none() {
             continue;
         }
@@ -366,7 +385,7 @@ fn nsec3_chain<'a>(apex: &'a Name<[u8]>, nodes: &BTreeMap<&'a Name<[u8]>, Node<'
             by_hash.insert(hash, *name);
         }
     }
-    Some(Nsec3Chain { iterations, salt, by_hash })
+    Some(Nsec3Chain { iterations, salt, by_hash, nodes: nsec3_nodes })
 }
 
 /// The owner name `*.<name>`.

@@ -134,7 +134,8 @@ pub fn names(blob: &[u8]) -> BTreeMap<String, Vec<(String, Rtype)>> {
     let mut out = BTreeMap::new();
     for zone in catalog.zones() {
         let list: &mut Vec<_> = out.entry(zone.apex.to_string()).or_default();
-        for (name, node) in &zone.nodes {
+        let hashed = zone.nsec3.iter().flat_map(|c| c.nodes.iter());
+        for (name, node) in zone.nodes.iter().chain(hashed) {
             for set in &node.rrsets {
                 list.push((name.to_string(), set.rtype));
             }
