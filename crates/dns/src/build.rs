@@ -41,12 +41,14 @@ pub enum CompileError {
         origin: String,
     },
     /// The zone file does not parse.
-    #[error("{path}:{position}")]
+    #[error("{path}:{line}: {message}")]
     Syntax {
         /// The zone file.
         path: PathBuf,
-        /// `LINE:COLUMN: what is wrong`, from the scanner.
-        position: String,
+        /// The line where the entry that does not parse starts.
+        line: usize,
+        /// What is wrong, from the scanner.
+        message: String,
     },
     /// `$INCLUDE` is not supported.
     #[error("{path}:{line}: $INCLUDE is not supported: put the zone in one file")]
@@ -176,32 +178,50 @@ pub fn compile(zones: &[(&ZoneFile, &str)]) -> Result<Vec<u8>, CompileError> {
     Ok(out)
 }
 
-/// The line (1-based) of the first record or directive at or after byte
-/// `offset` of `text`: blank and comment-only lines are skipped.
-fn line_at(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    let mut line = 1 + text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count();
-    // The offset may sit at the end of the previous entry's line.
-    let rest = &text[offset..];
-    let mut lines = rest.split('\n');
-    if let Some(first) = lines.next() {
-        if !is_blank(first) {
-            return line;
-        }
-        line += 1;
-        for l in lines {
-            if !is_blank(l) {
-                return line;
-            }
+/// The starting line (1-based) of every record entry of a master file,
+/// in order, directives left out: the scanner hands out records without
+/// positions, so the k-th record it returns starts on the k-th line here.
+/// Entries span lines inside parentheses; quotes, escapes and comments are
+/// followed so that their parentheses and semicolons do not count.
+fn record_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut line, mut depth, mut quoted, mut escaped, mut comment) = (1, 0usize, false, false, false);
+    // Whether the current line has started an entry, and whether that entry
+    // is a directive.
+    let mut in_entry = false;
+    for c in text.chars() {
+        if c == '\n' {
             line += 1;
+            comment = false;
+            escaped = false;
+            if depth == 0 && !quoted {
+                in_entry = false;
+            }
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => comment = true,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if !in_entry && !comment && !c.is_whitespace() {
+            in_entry = true;
+            if c != '$' {
+                out.push(line);
+            }
         }
     }
-    line
-}
-
-fn is_blank(line: &str) -> bool {
-    let t = line.trim_start();
-    t.is_empty() || t.starts_with(';')
+    out
 }
 
 /// The line of the first `$INCLUDE` directive, if the text has one.
@@ -209,8 +229,11 @@ fn include_line(text: &str) -> Option<usize> {
     text.lines().position(|l| l.len() >= 8 && l[..8].eq_ignore_ascii_case("$include")).map(|i| i + 1)
 }
 
-/// One zone's origin and its records in wire format, SOA first.
-fn compile_zone(zone: &ZoneFile, text: &str) -> Result<(Name<Vec<u8>>, Vec<Vec<u8>>), CompileError> {
+/// A zone's origin and its records in wire format, SOA first.
+type Compiled = (Name<Vec<u8>>, Vec<Vec<u8>>);
+
+/// One zone, compiled.
+fn compile_zone(zone: &ZoneFile, text: &str) -> Result<Compiled, CompileError> {
     let path = || zone.path.clone();
     if let Some(line) = include_line(text) {
         return Err(CompileError::Include { path: path(), line });
@@ -219,9 +242,8 @@ fn compile_zone(zone: &ZoneFile, text: &str) -> Result<(Name<Vec<u8>>, Vec<Vec<u
     if !origin_text.ends_with('.') {
         origin_text.push('.');
     }
-    let origin: Name<Vec<u8>> = origin_text
-        .parse()
-        .map_err(|_| CompileError::BadOrigin { path: path(), origin: zone.origin.clone() })?;
+    let origin: Name<Vec<u8>> =
+        origin_text.parse().map_err(|_| CompileError::BadOrigin { path: path(), origin: zone.origin.clone() })?;
     let mut scanner = Zonefile::from(text);
     scanner.set_origin(origin.to_name::<bytes::Bytes>());
     scanner.set_default_class(Class::IN);
@@ -231,14 +253,23 @@ fn compile_zone(zone: &ZoneFile, text: &str) -> Result<(Name<Vec<u8>>, Vec<Vec<u
     // records already seen (duplicates are dropped).
     let mut owners: std::collections::BTreeMap<Name<Vec<u8>>, (bool, bool)> = Default::default();
     let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let lines = record_lines(text);
+    let line_of = |k: usize| lines.get(k).or(lines.last()).copied().unwrap_or(1);
+    let mut k = 0;
     loop {
-        let offset = scanner.current_offset();
         let entry = match scanner.next_entry() {
             Ok(Some(entry)) => entry,
             Ok(None) => break,
-            Err(e) => return Err(CompileError::Syntax { path: path(), position: e.to_string() }),
+            Err(e) => {
+                // The scanner's position is where it stopped, often past the
+                // line's end: name the line where the entry starts.
+                let message = e.to_string();
+                let message = message.splitn(3, ':').nth(2).map_or(message.as_str(), str::trim).to_string();
+                return Err(CompileError::Syntax { path: path(), line: line_of(k), message });
+            }
         };
-        let line = line_at(text, offset);
+        let line = line_of(k);
+        k += 1;
         let record = match entry {
             Entry::Record(r) => r,
             Entry::Include { .. } => return Err(CompileError::Include { path: path(), line }),

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn base32hex_rejects_bad_input() {
-        assert_eq!(base32hex_decode(b"00"), Some(vec![0]));
+        assert_eq!(base32hex_decode(b"00"), Some(alloc::vec![0]));
         assert!(base32hex_decode(b"0w").is_none());
         assert!(base32hex_decode(b"0").is_none());
     }

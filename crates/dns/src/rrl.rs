@@ -89,7 +89,7 @@ impl RateLimiter {
         b.over = b.over.wrapping_add(1);
         match self.config.slip {
             0 => Verdict::Drop,
-            n if b.over % n == 0 => Verdict::Slip,
+            n if b.over.is_multiple_of(n) => Verdict::Slip,
             _ => Verdict::Drop,
         }
     }

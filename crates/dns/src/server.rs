@@ -196,10 +196,11 @@ impl<'a> Server<'a> {
             return refused(Rcode::REFUSED);
         };
         // DS lives in the parent zone: answer it from there if we have it.
-        if req.qtype == Rtype::DS && zone.apex == qname.for_slice() {
-            if let Some(parent) = qname.parent().and_then(|p| self.catalog.find(p.for_slice())) {
-                zone = parent;
-            }
+        if req.qtype == Rtype::DS
+            && zone.apex == qname.for_slice()
+            && let Some(parent) = qname.parent().and_then(|p| self.catalog.find(p.for_slice()))
+        {
+            zone = parent;
         }
         let dnssec = req.edns.is_some_and(|e| e.dnssec_ok);
         let mut s = Sections { aa: true, ..Sections::default() };
@@ -265,8 +266,8 @@ impl<'a> Server<'a> {
         s: &Sections<'_>,
         limit: usize,
     ) -> Result<domain::base::message_builder::QuestionBuilder<StaticCompressor<Vec<u8>>>, Overflow> {
-        let mut b = MessageBuilder::from_target(StaticCompressor::new(Vec::with_capacity(512)))
-            .map_err(|_| Overflow::Core)?;
+        let mut b =
+            MessageBuilder::from_target(StaticCompressor::new(Vec::with_capacity(512))).map_err(|_| Overflow::Core)?;
         let opt = if req.edns.is_some() { OPT_LEN } else { 0 };
         // The builder refuses a push that reaches its limit.
         b.set_push_limit(limit - opt + 1);
@@ -283,7 +284,11 @@ impl<'a> Server<'a> {
         Ok(q)
     }
 
-    fn push_opt(&self, req: &Request<'_>, b: &mut domain::base::message_builder::AdditionalBuilder<StaticCompressor<Vec<u8>>>) {
+    fn push_opt(
+        &self,
+        req: &Request<'_>,
+        b: &mut domain::base::message_builder::AdditionalBuilder<StaticCompressor<Vec<u8>>>,
+    ) {
         if let Some(e) = req.edns {
             // The limit leaves room for it, so this cannot fail.
             let _ = b.opt(|opt| {
@@ -552,9 +557,10 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         if let Some(cname) = node.get(Rtype::CNAME).filter(|set| !set.rrs.is_empty()) {
             self.add(owner.clone(), cname, Section::Answer, s);
             self.wildcard_proof(owner.name(), wild, s);
-            let target = cname.rrs.first().and_then(|rr| {
-                ParsedName::parse(&mut Parser::from_ref(rr.rdata)).ok().map(|n| n.to_name::<Vec<u8>>())
-            });
+            let target = cname
+                .rrs
+                .first()
+                .and_then(|rr| ParsedName::parse(&mut Parser::from_ref(rr.rdata)).ok().map(|n| n.to_name::<Vec<u8>>()));
             return target;
         }
         self.nodata(owner.name(), wild, s);
@@ -659,9 +665,8 @@ impl<'z: 's, 's> Lookup<'z, 's> {
             let required = cut.is_some_and(|c| owner.ends_with(c));
             for rtype in [Rtype::A, Rtype::AAAA] {
                 let Some(addr) = node.get(rtype).filter(|a| !a.rrs.is_empty()) else { continue };
-                let placed_already = |list: &[Placed<'_>]| {
-                    list.iter().any(|p| p.rtype == rtype && p.owner.name() == *owner)
-                };
+                let placed_already =
+                    |list: &[Placed<'_>]| list.iter().any(|p| p.rtype == rtype && p.owner.name() == *owner);
                 if placed_already(&s.additional) || placed_already(&s.answer) {
                     continue;
                 }

@@ -5,13 +5,13 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use domain::base::ParsedName;
 use domain::base::iana::{Class, Rtype};
 use domain::base::name::Name;
-use domain::base::ParsedName;
 use domain::base::name::ToLabelIter;
 use domain::base::rdata::ParseRecordData;
-use domain::rdata::ZoneRecordData;
 use domain::dep::octseq::Parser;
+use domain::rdata::ZoneRecordData;
 
 use crate::blob;
 

@@ -52,10 +52,10 @@ impl Nsd {
         // Wait until it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(a) = nsd.ask(&query(1, "example.com.", Rtype::SOA, Opts::PLAIN)) {
-                if !a.answer.is_empty() {
-                    return nsd;
-                }
+            if let Some(a) = nsd.ask(&query(1, "example.com.", Rtype::SOA, Opts::PLAIN))
+                && !a.answer.is_empty()
+            {
+                return nsd;
             }
             assert!(Instant::now() < deadline, "nsd did not start: {}", nsd.log());
             std::thread::sleep(Duration::from_millis(50));
@@ -110,9 +110,33 @@ fn corpus(blob: &[u8]) -> Vec<(String, Rtype, Opts)> {
         Rtype::PTR,
     ];
     const EXTRA: &[&str] = &[
-        "nope", "a.b.nope", "x.wild", "a.b.wild", "sub.wild", "x.sub.wild", "a.ent", "ent", "c.a.ent", "q.ent2",
-        "y.ent2", "z.y.ent2", "foo.sub", "ns.sub", "deep.ns.sub", "x.cname", "a.b.cname", "WWW", "mixedcase",
-        "foo.secure", "secure", "ns.secure", "insecure", "x.insecure", "dangling", "loop1", "alias",
+        "nope",
+        "a.b.nope",
+        "x.wild",
+        "a.b.wild",
+        "sub.wild",
+        "x.sub.wild",
+        "a.ent",
+        "ent",
+        "c.a.ent",
+        "q.ent2",
+        "y.ent2",
+        "z.y.ent2",
+        "foo.sub",
+        "ns.sub",
+        "deep.ns.sub",
+        "x.cname",
+        "a.b.cname",
+        "WWW",
+        "mixedcase",
+        "foo.secure",
+        "secure",
+        "ns.secure",
+        "insecure",
+        "x.insecure",
+        "dangling",
+        "loop1",
+        "alias",
     ];
     let opts = [
         Opts::PLAIN,

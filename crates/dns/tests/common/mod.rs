@@ -13,6 +13,9 @@ use domain::base::{ParsedName, Record};
 use domain::rdata::AllRecordData;
 use skiff_dns::build::{ZoneFile, compile_files};
 
+/// Any record of a parsed message.
+pub type AnyRecord<'a> = Record<ParsedName<&'a [u8]>, AllRecordData<&'a [u8], ParsedName<&'a [u8]>>>;
+
 /// The zones every test serves: (origin, file under tests/zones).
 pub const ZONES: &[(&str, &str)] = &[
     ("example.com.", "example.com.zone"),
@@ -96,8 +99,7 @@ pub fn parse(bytes: &[u8]) -> Answer {
             if rec.rtype() == Rtype::OPT {
                 continue;
             }
-            let rec: Record<ParsedName<&[u8]>, AllRecordData<&[u8], ParsedName<&[u8]>>> =
-                rec.to_record().expect("rdata").expect("known");
+            let rec: AnyRecord<'_> = rec.to_record().expect("rdata").expect("known");
             out.push(format!(
                 "{} {} {} {}",
                 rec.owner().to_string().to_ascii_lowercase(),
