@@ -1,0 +1,397 @@
+//! Zones in memory: the records of a compiled blob, grouped by owner name
+//! (in canonical order, RFC 4034 section 6.1) and type, borrowed from the
+//! blob without copying any name or rdata.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use domain::base::ParsedName;
+use domain::base::iana::{Class, Rtype};
+use domain::base::name::Name;
+use domain::base::name::ToLabelIter;
+use domain::base::rdata::ParseRecordData;
+use domain::dep::octseq::Parser;
+use domain::rdata::ZoneRecordData;
+
+use crate::blob;
+
+/// A compiled zone blob that cannot be served, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The blob does not start with [`blob::MAGIC`].
+    #[error("not a compiled zone blob (bad magic)")]
+    BadMagic,
+    /// The blob was written by another version of the compiler.
+    #[error("compiled zone blob version {0}, this server reads version {v}", v = blob::VERSION)]
+    Version(u16),
+    /// The blob ends in the middle of something.
+    #[error("compiled zone blob truncated in zone {zone}")]
+    Truncated {
+        /// The index of the zone.
+        zone: usize,
+    },
+    /// A record of a zone does not parse.
+    #[error("zone {zone}, record {record}: malformed record")]
+    BadRecord {
+        /// The index of the zone.
+        zone: usize,
+        /// The index of the record in the zone.
+        record: usize,
+    },
+    /// A zone does not start with its SOA record.
+    #[error("zone {zone}: the first record is not an SOA")]
+    NoSoa {
+        /// The index of the zone.
+        zone: usize,
+    },
+    /// A record's owner is outside its zone.
+    #[error("zone {zone}, record {record}: owner outside the zone")]
+    OutOfZone {
+        /// The index of the zone.
+        zone: usize,
+        /// The index of the record in the zone.
+        record: usize,
+    },
+    /// A record is not of class IN.
+    #[error("zone {zone}, record {record}: class is not IN")]
+    Class {
+        /// The index of the zone.
+        zone: usize,
+        /// The index of the record in the zone.
+        record: usize,
+    },
+    /// Two zones have the same apex.
+    #[error("zone {zone}: a second zone with the same apex")]
+    DuplicateZone {
+        /// The index of the second zone.
+        zone: usize,
+    },
+    /// Bytes follow the last zone.
+    #[error("compiled zone blob has trailing bytes")]
+    TrailingBytes,
+}
+
+/// One resource record: its TTL and its rdata in wire format (names
+/// uncompressed).
+#[derive(Debug, Clone, Copy)]
+pub struct Rr<'a> {
+    /// The TTL in seconds.
+    pub ttl: u32,
+    /// The record data.
+    pub rdata: &'a [u8],
+}
+
+/// The records of one owner name and type, and the RRSIGs that cover them.
+#[derive(Debug, Clone)]
+pub struct Rrset<'a> {
+    /// The type.
+    pub rtype: Rtype,
+    /// The records.
+    pub rrs: Vec<Rr<'a>>,
+    /// The RRSIG records whose type covered is `rtype`.
+    pub sigs: Vec<Rr<'a>>,
+}
+
+/// Everything at one owner name.
+#[derive(Debug, Clone, Default)]
+pub struct Node<'a> {
+    /// The RRsets, in the order their types first appear in the zone file.
+    pub rrsets: Vec<Rrset<'a>>,
+    /// Whether the name is at or below a zone cut (delegation) other than
+    /// the apex: its address records are glue, not authoritative data.
+    pub below_cut: bool,
+}
+
+impl<'a> Node<'a> {
+    /// The RRset of type `rtype`, if the name has one.
+    pub fn get(&self, rtype: Rtype) -> Option<&Rrset<'a>> {
+        self.rrsets.iter().find(|s| s.rtype == rtype)
+    }
+
+    fn get_or_insert(&mut self, rtype: Rtype) -> &mut Rrset<'a> {
+        let i = match self.rrsets.iter().position(|s| s.rtype == rtype) {
+            Some(i) => i,
+            None => {
+                self.rrsets.push(Rrset { rtype, rrs: Vec::new(), sigs: Vec::new() });
+                self.rrsets.len() - 1
+            }
+        };
+        &mut self.rrsets[i]
+    }
+}
+
+/// The NSEC3 parameters of a zone and its NSEC3 records by hash.
+#[derive(Debug, Clone)]
+pub struct Nsec3Chain<'a> {
+    /// The hash iterations (NSEC3PARAM).
+    pub iterations: u16,
+    /// The salt (NSEC3PARAM).
+    pub salt: &'a [u8],
+    /// Owner names of NSEC3 records by their decoded hash, in hash order.
+    pub by_hash: BTreeMap<Vec<u8>, &'a Name<[u8]>>,
+    /// The NSEC3 records (with their signatures) by owner name.
+    pub nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+}
+
+/// One authoritative zone.
+#[derive(Debug, Clone)]
+pub struct Zone<'a> {
+    /// The apex (origin).
+    pub apex: &'a Name<[u8]>,
+    /// Every owner name with its data, in canonical order.
+    pub nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+    /// The NSEC3 chain, when the zone has an NSEC3PARAM at its apex.
+    pub nsec3: Option<Nsec3Chain<'a>>,
+}
+
+impl<'a> Zone<'a> {
+    /// The data at `name`, if the zone has any there.
+    pub fn node(&self, name: &Name<[u8]>) -> Option<&Node<'a>> {
+        self.nodes.get(name)
+    }
+
+    /// The apex's node (it always exists: it holds the SOA).
+    pub fn apex_node(&self) -> &Node<'a> {
+        self.nodes.get(self.apex).expect("a loaded zone has its SOA at the apex")
+    }
+
+    /// Whether `name` exists as an empty non-terminal: no data of its own,
+    /// but names below it.
+    pub fn is_empty_non_terminal(&self, name: &Name<[u8]>) -> bool {
+        use core::ops::Bound;
+        // In canonical order a name's descendants come right after it.
+        match self.nodes.range::<Name<[u8]>, _>((Bound::Excluded(name), Bound::Unbounded)).next() {
+            Some((next, _)) => next.ends_with(name),
+            None => false,
+        }
+    }
+
+    /// The greatest owner name at or before `name` in canonical order that
+    /// has an NSEC record: the NSEC that matches or covers `name`.
+    pub fn nsec_for(&self, name: &Name<[u8]>) -> Option<(&'a Name<[u8]>, &Rrset<'a>)> {
+        use core::ops::Bound;
+        let before = self.nodes.range::<Name<[u8]>, _>((Bound::Unbounded, Bound::Included(name)));
+        let found = before.rev().find_map(|(o, n)| n.get(Rtype::NSEC).map(|s| (*o, s)));
+        // Before the first NSEC owner the chain wraps around to the last.
+        found.or_else(|| self.nodes.iter().rev().find_map(|(o, n)| n.get(Rtype::NSEC).map(|s| (*o, s))))
+    }
+}
+
+/// The zones a server answers for.
+#[derive(Debug, Clone)]
+pub struct Catalog<'a> {
+    zones: BTreeMap<&'a Name<[u8]>, Zone<'a>>,
+}
+
+impl<'a> Catalog<'a> {
+    /// Loads a compiled zone blob (see [`blob`]), checking all of it.
+    pub fn new(blob: &'a [u8]) -> Result<Self, LoadError> {
+        if blob.len() < blob::HEADER_LEN || &blob[..8] != blob::MAGIC {
+            return Err(LoadError::BadMagic);
+        }
+        let version = u16::from_be_bytes([blob[8], blob[9]]);
+        if version != blob::VERSION {
+            return Err(LoadError::Version(version));
+        }
+        let count = usize::from(u16::from_be_bytes([blob[10], blob[11]]));
+        let mut rest = &blob[blob::HEADER_LEN..];
+        let mut zones = BTreeMap::new();
+        for z in 0..count {
+            if rest.len() < 8 {
+                return Err(LoadError::Truncated { zone: z });
+            }
+            let records = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            let body = rest.get(8..8usize.saturating_add(len)).ok_or(LoadError::Truncated { zone: z })?;
+            rest = &rest[8 + len..];
+            let zone = load_zone(z, records, body)?;
+            if zones.insert(zone.apex, zone).is_some() {
+                return Err(LoadError::DuplicateZone { zone: z });
+            }
+        }
+        if !rest.is_empty() {
+            return Err(LoadError::TrailingBytes);
+        }
+        Ok(Catalog { zones })
+    }
+
+    /// The zone that `name` is in: the one whose apex is the longest suffix
+    /// of `name`.
+    pub fn find(&self, name: &Name<[u8]>) -> Option<&Zone<'a>> {
+        if self.zones.is_empty() {
+            return None;
+        }
+        (0..name.label_count())
+            .filter_map(|k| crate::server::skip_labels(name, k))
+            .find_map(|suffix| self.zones.get(suffix.for_slice()))
+    }
+
+    /// The zones, by apex in canonical order.
+    pub fn zones(&self) -> impl Iterator<Item = &Zone<'a>> {
+        self.zones.values()
+    }
+}
+
+/// One record as it lies in the blob.
+struct RawRecord<'a> {
+    owner: &'a Name<[u8]>,
+    rtype: Rtype,
+    class: Class,
+    ttl: u32,
+    rdata: &'a [u8],
+}
+
+fn parse_record<'a>(body: &'a [u8], pos: &mut usize) -> Option<RawRecord<'a>> {
+    let start = *pos;
+    let mut at = start;
+    // An uncompressed name: labels up to the root label.
+    loop {
+        let len = usize::from(*body.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += len;
+    }
+    let owner = Name::from_slice(body.get(start..at)?).ok()?;
+    let fixed = body.get(at..at + 10)?;
+    let rtype = Rtype::from_int(u16::from_be_bytes([fixed[0], fixed[1]]));
+    let class = Class::from_int(u16::from_be_bytes([fixed[2], fixed[3]]));
+    let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+    let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    let rdata = body.get(at + 10..at + 10 + rdlen)?;
+    *pos = at + 10 + rdlen;
+    Some(RawRecord { owner, rtype, class, ttl, rdata })
+}
+
+/// Whether `rdata` parses as a record of `rtype` with uncompressed names
+/// and nothing left over.
+fn rdata_ok(rtype: Rtype, rdata: &[u8]) -> bool {
+    let mut p = Parser::from_ref(rdata);
+    match ZoneRecordData::parse_rdata(rtype, &mut p) {
+        Ok(Some(data)) => p.remaining() == 0 && !has_compressed_name(&data),
+        _ => false,
+    }
+}
+
+fn has_compressed_name(data: &ZoneRecordData<&[u8], ParsedName<&[u8]>>) -> bool {
+    use ZoneRecordData as Z;
+    let names: [Option<&ParsedName<&[u8]>>; 2] = match data {
+        Z::Ns(d) => [Some(d.nsdname()), None],
+        Z::Cname(d) => [Some(d.cname()), None],
+        Z::Ptr(d) => [Some(d.ptrdname()), None],
+        Z::Mx(d) => [Some(d.exchange()), None],
+        Z::Soa(d) => [Some(d.mname()), Some(d.rname())],
+        Z::Srv(d) => [Some(d.target()), None],
+        Z::Dname(d) => [Some(d.dname()), None],
+        _ => [None, None],
+    };
+    names.into_iter().flatten().any(|n| n.is_compressed())
+}
+
+fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, LoadError> {
+    let mut pos = 0;
+    let mut nodes: BTreeMap<&'a Name<[u8]>, Node<'a>> = BTreeMap::new();
+    let mut apex: Option<&'a Name<[u8]>> = None;
+    let mut sigs = Vec::new();
+    for r in 0..count {
+        let rec = parse_record(body, &mut pos).ok_or(LoadError::BadRecord { zone: z, record: r })?;
+        if rec.class != Class::IN {
+            return Err(LoadError::Class { zone: z, record: r });
+        }
+        if !rdata_ok(rec.rtype, rec.rdata) {
+            return Err(LoadError::BadRecord { zone: z, record: r });
+        }
+        let origin = match apex {
+            Some(a) => a,
+            None if rec.rtype == Rtype::SOA => {
+                apex = Some(rec.owner);
+                rec.owner
+            }
+            None => return Err(LoadError::NoSoa { zone: z }),
+        };
+        if !rec.owner.ends_with(origin) {
+            return Err(LoadError::OutOfZone { zone: z, record: r });
+        }
+        let rr = Rr { ttl: rec.ttl, rdata: rec.rdata };
+        if rec.rtype == Rtype::RRSIG {
+            if rec.rdata.len() < 2 {
+                return Err(LoadError::BadRecord { zone: z, record: r });
+            }
+            sigs.push((rec.owner, Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])), rr));
+            continue;
+        }
+        nodes.entry(rec.owner).or_default().get_or_insert(rec.rtype).rrs.push(rr);
+    }
+    if pos != body.len() {
+        return Err(LoadError::BadRecord { zone: z, record: count });
+    }
+    let apex = apex.ok_or(LoadError::NoSoa { zone: z })?;
+    // RRSIGs join the RRset they cover; one whose RRset is missing is kept
+    // under its own owner so that an explicit RRSIG query still finds it.
+    for (owner, covered, rr) in sigs {
+        nodes.entry(owner).or_default().get_or_insert(covered).sigs.push(rr);
+    }
+    nodes.values_mut().for_each(|n| n.rrsets.retain(|s| !s.rrs.is_empty() || !s.sigs.is_empty()));
+    // Mark the names at and below delegations.
+    let cuts: Vec<&'a Name<[u8]>> =
+        nodes.iter().filter(|(n, node)| **n != apex && node.get(Rtype::NS).is_some()).map(|(n, _)| *n).collect();
+    if !cuts.is_empty() {
+        for (name, node) in nodes.iter_mut() {
+            node.below_cut = cuts.iter().any(|c| name.ends_with(*c));
+        }
+    }
+    // NSEC3 owner names are not names of the zone (RFC 5155 section
+    // 7.2.8): they live apart, reached only through the hash chain.
+    let hashed: Vec<&'a Name<[u8]>> = nodes
+        .iter()
+        .filter(|(_, n)| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut nsec3_nodes = BTreeMap::new();
+    for name in hashed {
+        if let Some(node) = nodes.remove(name) {
+            nsec3_nodes.insert(name, node);
+        }
+    }
+    let nsec3 = nsec3_chain(apex, &nodes, nsec3_nodes);
+    Ok(Zone { apex, nodes, nsec3 })
+}
+
+fn nsec3_chain<'a>(
+    apex: &'a Name<[u8]>,
+    nodes: &BTreeMap<&'a Name<[u8]>, Node<'a>>,
+    nsec3_nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+) -> Option<Nsec3Chain<'a>> {
+    let param = nodes.get(apex)?.get(Rtype::NSEC3PARAM)?.rrs.first()?;
+    // Algorithm (1), flags (1), iterations (2), salt length (1), salt.
+    let d = param.rdata;
+    if d.len() < 5 || d.len() < 5 + usize::from(d[4]) {
+        return None;
+    }
+    let iterations = u16::from_be_bytes([d[2], d[3]]);
+    let salt = &d[5..5 + usize::from(d[4])];
+    let mut by_hash = BTreeMap::new();
+    for (name, node) in &nsec3_nodes {
+        if node.get(Rtype::NSEC3).is_none() {
+            continue;
+        }
+        let Some(label) = name.iter_labels().next() else { continue };
+        if let Some(hash) = crate::nsec3::base32hex_decode(label.as_slice()) {
+            by_hash.insert(hash, *name);
+        }
+    }
+    Some(Nsec3Chain { iterations, salt, by_hash, nodes: nsec3_nodes })
+}
+
+/// The owner name `*.<name>`.
+pub fn wildcard_of(name: &Name<[u8]>) -> Option<Name<Vec<u8>>> {
+    let mut v = Vec::with_capacity(name.len() + 2);
+    v.extend_from_slice(b"\x01*");
+    v.extend_from_slice(name.as_slice());
+    Name::from_octets(v).ok()
+}
