@@ -156,7 +156,13 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
         w.used += 1;
         true
     };
-    let damaged = |ptr: &Ptr, d: Damage| Problem { page: ptr.page, what: ProblemKind::Damaged(d), incomplete: ptr.generation == sb.generation };
+    // Only a one-flush commit can be torn by a crash.
+    let may_be_torn = sb.flags & format::SUPER_TWO_PHASE == 0;
+    let damaged = |ptr: &Ptr, d: Damage| Problem {
+        page: ptr.page,
+        what: ProblemKind::Damaged(d),
+        incomplete: may_be_torn && ptr.generation == sb.generation,
+    };
     while let Some(item) = stack.pop() {
         match item {
             Item::Node { ptr, depth, lo, hi } => {
@@ -250,7 +256,7 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
                             continue;
                         }
                         pages += 1;
-                        if full || d.generation == sb.generation {
+                        if full || (may_be_torn && d.generation == sb.generation) {
                             let bytes = read_page(dev, d.page).await?;
                             match verify(&bytes, d).and_then(|()| format::decode_data(&bytes).map_err(Damage::Format)) {
                                 Ok((_, chunk)) => found += chunk.len() as u64,

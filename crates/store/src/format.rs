@@ -356,10 +356,19 @@ pub struct Superblock {
     pub keys: u64,
     /// Pages the tree and its values use.
     pub used: u64,
+    /// [`SUPER_TWO_PHASE`] and future flags.
+    pub flags: u32,
 }
+
+/// Superblock flag: the commit's pages were flushed before the superblock
+/// was written, so its tree is whole whenever the superblock is, and a bad
+/// page below it is damage, never a crash.
+pub const SUPER_TWO_PHASE: u32 = 1;
 
 /// Bytes of a superblock before its checksum.
 const SUPER_LEN: usize = 8 + 4 * 4 + 8 * 2 + PTR + 8 * 2;
+/// Where the superblock's second copy starts in its page.
+pub const SUPER_COPY: usize = 512;
 
 /// Why the bytes at a superblock's place are not a superblock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -383,7 +392,7 @@ impl Superblock {
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
         out.extend_from_slice(&self.sector_size.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
         out.extend_from_slice(&self.pages.to_le_bytes());
         out.extend_from_slice(&self.generation.to_le_bytes());
         self.root.unwrap_or_default().put(&mut out);
@@ -392,12 +401,27 @@ impl Superblock {
         debug_assert_eq!(out.len(), SUPER_LEN);
         let sum = checksum(&out);
         out.extend_from_slice(&sum.to_le_bytes());
+        // A second copy one 512-byte sector on: a bit flipped in one copy
+        // does not take the commit away.
+        out.resize(SUPER_COPY, 0);
+        out.extend_from_slice(&out[..SUPER_LEN + 8].to_vec());
         out.resize(PAGE_SIZE, 0);
         out
     }
 
-    /// Reads a superblock page.
+    /// Reads a superblock page: the valid copy with the higher generation.
     pub fn decode(bytes: &[u8]) -> Result<Superblock, SuperError> {
+        let first = Superblock::decode_copy(bytes);
+        let second = Superblock::decode_copy(bytes.get(SUPER_COPY..).unwrap_or_default());
+        match (first, second) {
+            (Ok(a), Ok(b)) => Ok(if b.generation > a.generation { b } else { a }),
+            (Ok(a), Err(_)) => Ok(a),
+            (Err(_), Ok(b)) => Ok(b),
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    fn decode_copy(bytes: &[u8]) -> Result<Superblock, SuperError> {
         if bytes.len() < SUPER_LEN + 8 || bytes[..8] != MAGIC {
             return Err(SuperError::Magic);
         }
@@ -416,13 +440,22 @@ impl Superblock {
             return Err(SuperError::PageSize(page_size));
         }
         let sector_size = r.u32().map_err(err)?;
-        r.u32().map_err(err)?;
+        let flags = r.u32().map_err(err)?;
         let pages = r.u64().map_err(err)?;
         let generation = r.u64().map_err(err)?;
         let root = Ptr::get(&mut r).map_err(err)?;
         let keys = r.u64().map_err(err)?;
         let used = r.u64().map_err(err)?;
-        Ok(Superblock { version, sector_size, pages, generation, root: (root.page != 0).then_some(root), keys, used })
+        Ok(Superblock {
+            version,
+            sector_size,
+            pages,
+            generation,
+            root: (root.page != 0).then_some(root),
+            keys,
+            used,
+            flags,
+        })
     }
 }
 
@@ -477,10 +510,21 @@ mod tests {
 
     #[test]
     fn a_damaged_superblock_is_refused() {
-        let sb = Superblock { version: FORMAT_VERSION, sector_size: 512, pages: 64, generation: 7, root: None, keys: 0, used: 0 };
+        let sb = Superblock {
+            version: FORMAT_VERSION,
+            sector_size: 512,
+            pages: 64,
+            generation: 7,
+            root: None,
+            keys: 0,
+            used: 0,
+            flags: SUPER_TWO_PHASE,
+        };
         let mut bytes = sb.encode();
         assert_eq!(Superblock::decode(&bytes), Ok(sb));
         bytes[40] ^= 1;
+        assert_eq!(Superblock::decode(&bytes), Ok(sb), "the second copy stands in");
+        bytes[SUPER_COPY + 40] ^= 1;
         assert_eq!(Superblock::decode(&bytes), Err(SuperError::Checksum));
         assert_eq!(Superblock::decode(&zero_page()), Err(SuperError::Magic));
     }

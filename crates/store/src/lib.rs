@@ -41,7 +41,7 @@ pub use check::{CheckReport, Problem, ProblemKind, check};
 pub use device::{BlockDevice, BlockError, MemDevice};
 #[cfg(feature = "std")]
 pub use file::FileDevice;
-pub use store::{Damage, Info, Options, Scan, Snapshot, Store, StoreError, WriteTx};
+pub use store::{CommitMode, Damage, Info, Options, Scan, Snapshot, Store, StoreError, WriteTx};
 
 use core::future::Future;
 use core::pin::pin;

@@ -18,7 +18,7 @@ use crate::check::{self, Walk, read_page, verify};
 use crate::device::{BlockDevice, BlockError};
 use crate::format::{
     self, CAPACITY, DATA_PER_PAGE, FIRST_DATA_PAGE, FORMAT_VERSION, MAX_INLINE_VALUE, MAX_KEY, MAX_VALUE, MIN_PAGES,
-    Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, SuperError, Superblock, Value,
+    Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, SUPER_TWO_PHASE, SuperError, Superblock, Value,
 };
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
@@ -90,16 +90,34 @@ pub enum StoreError {
     TransactionFailed,
 }
 
+/// How a commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Write the pages, flush, write the superblock, flush. A superblock
+    /// that reads back whole names a whole tree, so damage found below it
+    /// is reported as damage and never undoes an acknowledged commit.
+    #[default]
+    TwoPhase,
+    /// Write the pages and the superblock, flush once. After a crash the
+    /// newest commit is used only if every page it wrote verifies, else the
+    /// one before it. Half the flushes, but a bit flipped at rest in a page
+    /// of the newest commit also sets that commit aside (reported as
+    /// `discarded`), like a crash during it would.
+    OneFlush,
+}
+
 /// Tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Decoded tree pages kept in memory (each about a page).
     pub cache_pages: usize,
+    /// How commits reach the disk.
+    pub commit: CommitMode,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { cache_pages: 1024 }
+        Options { cache_pages: 1024, commit: CommitMode::TwoPhase }
     }
 }
 
@@ -168,6 +186,7 @@ struct Inner {
     damage: usize,
     discarded: Option<u64>,
     flushes: u64,
+    commit: CommitMode,
 }
 
 impl Inner {
@@ -247,7 +266,8 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
         return Err(StoreError::Truncated { store: newest.pages, device: device_pages });
     }
     let walk = check::walk(dev, &newest, full).await?;
-    if !walk.problems.is_empty() && walk.problems.iter().all(|p| p.incomplete) {
+    let may_be_torn = newest.flags & SUPER_TWO_PHASE == 0;
+    if may_be_torn && !walk.problems.is_empty() && walk.problems.iter().all(|p| p.incomplete) {
         if let Some(&(older_slot, older)) = found.get(1) {
             if older.pages == newest.pages {
                 let older_walk = check::walk(dev, &older, full).await?;
@@ -305,6 +325,7 @@ impl<D: BlockDevice> Store<D> {
                 root: None,
                 keys: 0,
                 used: 0,
+                flags: SUPER_TWO_PHASE,
             };
             dev.write(slot * spp, &sb.encode()).await?;
         }
@@ -346,6 +367,7 @@ impl<D: BlockDevice> Store<D> {
             damage,
             discarded: chosen.discarded,
             flushes: 0,
+            commit: options.commit,
         };
         Ok(Store { dev, spp, inner: RefCell::new(inner) })
     }
@@ -378,7 +400,9 @@ impl<D: BlockDevice> Store<D> {
         }
     }
 
-    /// How many flushes commits have made (group commit shares them).
+    /// How many batches of commits have been made durable (group commit
+    /// puts many commits in one batch; a batch flushes once, or twice with
+    /// [`CommitMode::TwoPhase`]).
     pub fn flushes(&self) -> u64 {
         self.inner.borrow().flushes
     }
@@ -648,7 +672,7 @@ impl<D: BlockDevice> Store<D> {
     /// Writes the batch being flushed (or the one accumulating) and its
     /// superblock, then flushes the device once.
     async fn flush_batch(&self) -> Result<(), BlockError> {
-        let (generation, tree, pages, slot, total) = {
+        let (generation, tree, pages, slot, total, mode) = {
             let mut inner = self.inner.borrow_mut();
             if inner.flushing.is_none() {
                 if inner.head.generation <= inner.durable.generation {
@@ -662,7 +686,7 @@ impl<D: BlockDevice> Store<D> {
             }
             let batch = inner.flushing.as_ref().expect("a batch to flush");
             let pages: Vec<(u64, Rc<Vec<u8>>)> = batch.pages.iter().map(|(p, b)| (*p, b.clone())).collect();
-            (batch.generation, batch.tree.expect("a batch's tree"), pages, 1 - inner.slot, inner.pages)
+            (batch.generation, batch.tree.expect("a batch's tree"), pages, 1 - inner.slot, inner.pages, inner.commit)
         };
         // Runs of neighbouring pages go to the device in one write.
         let mut i = 0;
@@ -686,7 +710,11 @@ impl<D: BlockDevice> Store<D> {
             root: tree.root,
             keys: tree.keys,
             used: tree.used,
+            flags: if mode == CommitMode::TwoPhase { SUPER_TWO_PHASE } else { 0 },
         };
+        if mode == CommitMode::TwoPhase {
+            self.dev.flush().await?;
+        }
         self.dev.write(slot * self.spp, &sb.encode()).await?;
         self.dev.flush().await?;
         let mut inner = self.inner.borrow_mut();

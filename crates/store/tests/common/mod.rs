@@ -31,6 +31,7 @@ pub fn contents<D: BlockDevice>(store: &Store<D>) -> Result<Model, skiff_store::
 
 /// Polls every future in turn until all are done (a single-threaded
 /// executor in miniature, enough for devices that complete at once).
+#[allow(dead_code)] // Not every test file runs writers concurrently.
 pub fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
     let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     let mut cx = Context::from_waker(Waker::noop());
