@@ -231,3 +231,78 @@ fn flipped_bits(commit: CommitMode) {
         assert!(detected > 0, "no read ever reported a flipped bit");
     }
 }
+
+#[test]
+fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction() {
+    use common::join_all;
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
+    for seed in 0..100u64 {
+        let rng = RefCell::new(Rng::new(seed ^ 0xc0ffee));
+        let commit = if seed % 2 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
+        let dev = FaultDevice::new(512, fresh(512, 512));
+        let store = block_on(Store::open(&dev, Options { cache_pages: 32, commit })).unwrap();
+        // The models after each commit, in the order the commits were made.
+        let states = RefCell::new(vec![Model::new()]);
+        let acked = RefCell::new(0usize);
+        dev.cut_power_after(10 + rng.borrow_mut().below(80));
+        let writers: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = (0..8u64)
+            .map(|w| {
+                let (store, rng, states, acked) = (&store, &rng, &states, &acked);
+                Box::pin(async move {
+                    for version in 0..30u64 {
+                        let Ok(mut tx) = store.write().await else { return };
+                        let mut next = states.borrow().last().unwrap().clone();
+                        let ops = 1 + rng.borrow_mut().below(5);
+                        for _ in 0..ops {
+                            let (k, del, len) = {
+                                let mut r = rng.borrow_mut();
+                                (format!("k{:02}", r.below(40)).into_bytes(), r.below(4) == 0, r.below(700) as usize)
+                            };
+                            let done = if del {
+                                next.remove(&k);
+                                tx.delete(&k).await.map(|_| ())
+                            } else {
+                                let v = value(&k, w * 1000 + version, len);
+                                next.insert(k.clone(), v.clone());
+                                tx.put(&k, &v).await
+                            };
+                            if done.is_err() {
+                                return;
+                            }
+                        }
+                        // Sealed in this order: the lock is held until then.
+                        let index = {
+                            let mut s = states.borrow_mut();
+                            s.push(next);
+                            s.len() - 1
+                        };
+                        match tx.commit().await {
+                            Ok(_) => {
+                                let mut a = acked.borrow_mut();
+                                *a = (*a).max(index);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }) as Pin<Box<dyn Future<Output = ()>>>
+            })
+            .collect();
+        join_all(writers);
+        assert!(dev.is_off(), "seed {seed}: the power never went");
+        drop(store);
+        let after = MemDevice::from_bytes(512, dev.crash(CrashMode::Random(seed)));
+        let report = block_on(check(&after)).unwrap();
+        assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
+        let store = block_on(Store::open(after, Options::default())).unwrap();
+        let found = contents(&store).unwrap();
+        let states = states.into_inner();
+        let acked = acked.into_inner();
+        let k = states.iter().position(|s| *s == found);
+        assert!(
+            states[acked..].contains(&found),
+            "seed {seed}: the store holds state {k:?}, not a commit at or after the last acknowledged ({acked})"
+        );
+    }
+}
