@@ -116,7 +116,8 @@ fn create(path: &Path, size: u64, sector_size: u32, force: bool) -> Result<u8, D
 
 /// The newest valid superblock on `path`, if there is one.
 fn recorded(path: &Path) -> Result<Option<Superblock>, DiskError> {
-    let dev = FileDevice::open(path, 512, true).map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
+    let dev =
+        FileDevice::open(path, 512, true).map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
     let mut best: Option<Superblock> = None;
     for slot in 0..2u64 {
         let mut page = vec![0; PAGE_SIZE];
@@ -155,7 +156,10 @@ fn inspect(t: &Target) -> Result<u8, DiskError> {
     let two_phase = recorded(&t.file)?.is_some_and(|sb| sb.flags & SUPER_TWO_PHASE != 0);
     let mode = if two_phase { "two-phase" } else { "one flush" };
     println!("store        {}", t.file.display());
-    println!("format       version {}, {}-byte pages, {}-byte sectors", info.format_version, info.page_size, info.sector_size);
+    println!(
+        "format       version {}, {}-byte pages, {}-byte sectors",
+        info.format_version, info.page_size, info.sector_size
+    );
     println!("size         {} bytes ({} pages)", info.pages * u64::from(info.page_size), info.pages);
     println!("generation   {} (last commit {mode})", info.generation);
     println!("keys         {}", info.keys);

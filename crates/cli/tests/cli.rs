@@ -391,7 +391,11 @@ fn disk_create_inspect_check_and_dump_a_store() {
 
     let out = skiff(&["disk", "inspect", f]);
     assert_eq!(out.status, 0, "{}", out.stderr);
-    for line in ["format       version 1, 4096-byte pages, 4096-byte sectors", "keys         4", "size         1048576 bytes (256 pages)"] {
+    for line in [
+        "format       version 1, 4096-byte pages, 4096-byte sectors",
+        "keys         4",
+        "size         1048576 bytes (256 pages)",
+    ] {
         assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
     }
     assert!(out.stdout.contains("generation   3 (last commit two-phase)"), "{}", out.stdout);
@@ -416,7 +420,8 @@ fn disk_create_inspect_check_and_dump_a_store() {
 
 #[test]
 fn disk_check_prints_one_line_per_problem_and_fails() {
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..300u32).map(|i| (format!("key/{i:04}").into_bytes(), vec![b'v'; 200])).collect();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..300u32).map(|i| (format!("key/{i:04}").into_bytes(), vec![b'v'; 200])).collect();
     let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
     let image = disk_with("disk-damaged", "512", &refs);
     let f = image.to_str().unwrap();
@@ -459,8 +464,14 @@ fn disk_commands_give_clear_errors_for_files_that_are_not_stores() {
         (&["disk", "check", &path("garbage.img")], "garbage.img: not a Skiff store: no Skiff store magic"),
         (&["disk", "inspect", &path("tiny.img")], "tiny.img: the device has 4096 bytes, a store needs at least 262144"),
         (&["disk", "dump", &path("missing.img")], "cannot open"),
-        (&["disk", "create", &path("small.img"), "--size", "100K"], "small.img: the device has 102400 bytes, a store needs at least 262144"),
-        (&["disk", "create", &path("odd.img"), "--size", "1M", "--sector-size", "1024"], "sectors of 1024 bytes are not supported (512 or 4096)"),
+        (
+            &["disk", "create", &path("small.img"), "--size", "100K"],
+            "small.img: the device has 102400 bytes, a store needs at least 262144",
+        ),
+        (
+            &["disk", "create", &path("odd.img"), "--size", "1M", "--sector-size", "1024"],
+            "sectors of 1024 bytes are not supported (512 or 4096)",
+        ),
         (&["disk", "create", &path("tiny.img"), "--size", "1M"], "File exists (os error 17) (--force overwrites it)"),
         (&["disk", "create", &path("bad-size.img"), "--size", "lots"], "lots"),
     ];
@@ -477,5 +488,9 @@ fn disk_commands_give_clear_errors_for_files_that_are_not_stores() {
     let image = disk_with("disk-sector", "512", &[(b"k", b"v")]);
     let out = skiff(&["disk", "check", image.to_str().unwrap(), "--sector-size", "4096"]);
     assert_eq!(out.status, 2);
-    assert!(out.stderr.contains("the store was made with 512-byte sectors, the device has 4096-byte sectors"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the store was made with 512-byte sectors, the device has 4096-byte sectors"),
+        "{}",
+        out.stderr
+    );
 }

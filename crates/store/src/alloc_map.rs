@@ -21,7 +21,13 @@ pub(crate) struct Allocator {
 impl Allocator {
     /// Every page in `0..pages` in use.
     pub(crate) fn full(pages: u64) -> Allocator {
-        Allocator { bits: vec![u64::MAX; pages.div_ceil(64) as usize], pages, free: 0, hint: pages, pending: Vec::new() }
+        Allocator {
+            bits: vec![u64::MAX; pages.div_ceil(64) as usize],
+            pages,
+            free: 0,
+            hint: pages,
+            pending: Vec::new(),
+        }
     }
 
     /// All pages free but those `in_use` says.

@@ -5,7 +5,9 @@
 //! for `skiff disk check`.
 
 use crate::device::{BlockDevice, BlockError};
-use crate::format::{self, DATA_PER_PAGE, FIRST_DATA_PAGE, Kind, Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, Superblock, Value};
+use crate::format::{
+    self, DATA_PER_PAGE, FIRST_DATA_PAGE, Kind, Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, Superblock, Value,
+};
 use crate::{Damage, StoreError};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -130,13 +132,8 @@ enum Item {
 /// it only those the superblock's own commit wrote are read (enough to
 /// know the commit is whole), the others only counted.
 pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -> Result<Walk, StoreError> {
-    let mut w = Walk {
-        reachable: vec![0; sb.pages.div_ceil(64) as usize],
-        problems: Vec::new(),
-        keys: 0,
-        used: 0,
-        depth: 0,
-    };
+    let mut w =
+        Walk { reachable: vec![0; sb.pages.div_ceil(64) as usize], problems: Vec::new(), keys: 0, used: 0, depth: 0 };
     let mut leaf_depth = None;
     let mut stack: Vec<Item> = Vec::new();
     if let Some(root) = sb.root {
@@ -182,7 +179,8 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
                     }
                 };
                 let problem = |what| Problem { page: ptr.page, what, incomplete: false };
-                let in_range = |k: &[u8]| lo.as_deref().is_none_or(|lo| k >= lo) && hi.as_deref().is_none_or(|hi| k < hi);
+                let in_range =
+                    |k: &[u8]| lo.as_deref().is_none_or(|lo| k >= lo) && hi.as_deref().is_none_or(|hi| k < hi);
                 if node.count() == 0 && depth > 1 {
                     w.problems.push(problem(ProblemKind::Empty));
                 }
@@ -234,7 +232,8 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
                         break;
                     }
                     let bytes = read_page(dev, ptr.page).await?;
-                    let index = verify(&bytes, &ptr).and_then(|()| format::decode_index(&bytes).map_err(Damage::Format));
+                    let index =
+                        verify(&bytes, &ptr).and_then(|()| format::decode_index(&bytes).map_err(Damage::Format));
                     let (_, after, data) = match index {
                         Ok(i) => i,
                         Err(d) => {
@@ -286,7 +285,11 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
     if w.problems.is_empty() {
         for (what, superblock, found) in [("keys", sb.keys, w.keys), ("used pages", sb.used, w.used)] {
             if superblock != found {
-                w.problems.push(Problem { page: 0, what: ProblemKind::Count { what, superblock, found }, incomplete: false });
+                w.problems.push(Problem {
+                    page: 0,
+                    what: ProblemKind::Count { what, superblock, found },
+                    incomplete: false,
+                });
             }
         }
     }

@@ -504,7 +504,10 @@ mod tests {
         let (h, back) = Node::decode(&bytes).unwrap();
         assert_eq!((h.page, h.generation, h.kind), (5, 2, Kind::Leaf));
         assert_eq!(back, leaf);
-        let branch = Node::Branch { keys: vec![b"m".to_vec()], children: vec![Ptr::default(), Ptr { page: 3, generation: 1, sum: 2 }] };
+        let branch = Node::Branch {
+            keys: vec![b"m".to_vec()],
+            children: vec![Ptr::default(), Ptr { page: 3, generation: 1, sum: 2 }],
+        };
         assert_eq!(Node::decode(&branch.encode(6, 1)).unwrap().1, branch);
     }
 

@@ -591,7 +591,8 @@ impl<D: BlockDevice> Store<D> {
                     node = self.node(&child, view).await?;
                 }
                 Node::Leaf(entries) => {
-                    let i = entries.partition_point(|(k, _)| if after { k.as_slice() <= from } else { k.as_slice() < from });
+                    let i = entries
+                        .partition_point(|(k, _)| if after { k.as_slice() <= from } else { k.as_slice() < from });
                     if let Some((k, v)) = entries.get(i) {
                         return Ok(Some((k.clone(), self.value(v, view).await?)));
                     }
@@ -1188,7 +1189,9 @@ impl<'s, D: BlockDevice> WriteTx<'s, D> {
         }
         let generation = store.inner.borrow().next_gen;
         let mut sealed = Vec::new();
-        let root = self.root.map(|r| if self.dirty.nodes.contains_key(&r.page) { self.seal(r.page, generation, &mut sealed) } else { r });
+        let root = self.root.map(|r| {
+            if self.dirty.nodes.contains_key(&r.page) { self.seal(r.page, generation, &mut sealed) } else { r }
+        });
         debug_assert!(self.dirty.nodes.is_empty() && self.dirty.values.is_empty(), "unreachable pages in a commit");
         {
             let mut inner = store.inner.borrow_mut();

@@ -77,7 +77,8 @@ fn crash_at_a_random_instant_keeps_every_acknowledged_transaction_and_no_half_on
         let report = block_on(check(&after)).unwrap_or_else(|e| panic!("seed {seed}: check: {e}"));
         assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
         discarded += usize::from(report.discarded.is_some());
-        let store = block_on(Store::open(after, Options::default())).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
+        let store =
+            block_on(Store::open(after, Options::default())).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
         let found = contents(&store).unwrap_or_else(|e| panic!("seed {seed}: read: {e}"));
         if found != model {
             let Some(next) = &in_flight else {
@@ -131,7 +132,8 @@ fn torn_second_commit(commit: CommitMode) -> (Vec<u8>, u64) {
     let mut torn = dev.visible();
     // The root of the newest commit: the page whose bytes changed besides
     // the superblocks.
-    let changed: Vec<usize> = (2..128).filter(|p| good[p * 4096..(p + 1) * 4096] != torn[p * 4096..(p + 1) * 4096]).collect();
+    let changed: Vec<usize> =
+        (2..128).filter(|p| good[p * 4096..(p + 1) * 4096] != torn[p * 4096..(p + 1) * 4096]).collect();
     assert!(!changed.is_empty());
     let p = changed[0];
     torn[p * 4096..p * 4096 + 512].copy_from_slice(&good[p * 4096..p * 4096 + 512]);

@@ -52,7 +52,8 @@ pub fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> V
 /// A value of `len` bytes that says which key and version it belongs to.
 pub fn value(key: &[u8], version: u64, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
-    let mut x = version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.iter().fold(0u64, |a, b| a.wrapping_mul(31) + u64::from(*b));
+    let mut x =
+        version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.iter().fold(0u64, |a, b| a.wrapping_mul(31) + u64::from(*b));
     while v.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
