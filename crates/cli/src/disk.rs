@@ -121,12 +121,11 @@ fn recorded(path: &Path) -> Result<Option<Superblock>, DiskError> {
     let mut best: Option<Superblock> = None;
     for slot in 0..2u64 {
         let mut page = vec![0; PAGE_SIZE];
-        if block_on(skiff_store::BlockDevice::read(&dev, slot * 8, &mut page)).is_ok() {
-            if let Ok(sb) = Superblock::decode(&page) {
-                if best.is_none_or(|b| sb.generation > b.generation) {
-                    best = Some(sb);
-                }
-            }
+        if block_on(skiff_store::BlockDevice::read(&dev, slot * 8, &mut page)).is_ok()
+            && let Ok(sb) = Superblock::decode(&page)
+            && best.is_none_or(|b| sb.generation > b.generation)
+        {
+            best = Some(sb);
         }
     }
     Ok(best)

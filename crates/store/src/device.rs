@@ -65,7 +65,7 @@ pub trait BlockDevice {
 /// Checks that `len` bytes from `sector` on are whole sectors inside a
 /// device of `capacity` sectors.
 pub fn check_range(sector: u64, len: usize, sector_size: u32, capacity: u64) -> Result<(), BlockError> {
-    if len % sector_size as usize != 0 {
+    if !len.is_multiple_of(sector_size as usize) {
         return Err(BlockError::Misaligned { len, sector_size });
     }
     let count = (len / sector_size as usize) as u64;

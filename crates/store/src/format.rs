@@ -170,6 +170,11 @@ impl Value {
             Value::Pages { len, .. } => *len,
         }
     }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A tree node, decoded.
@@ -404,7 +409,7 @@ impl Superblock {
         // A second copy one 512-byte sector on: a bit flipped in one copy
         // does not take the commit away.
         out.resize(SUPER_COPY, 0);
-        out.extend_from_slice(&out[..SUPER_LEN + 8].to_vec());
+        out.extend_from_within(..SUPER_LEN + 8);
         out.resize(PAGE_SIZE, 0);
         out
     }

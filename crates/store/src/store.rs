@@ -267,19 +267,20 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
     }
     let walk = check::walk(dev, &newest, full).await?;
     let may_be_torn = newest.flags & SUPER_TWO_PHASE == 0;
-    if may_be_torn && !walk.problems.is_empty() && walk.problems.iter().all(|p| p.incomplete) {
-        if let Some(&(older_slot, older)) = found.get(1) {
-            if older.pages == newest.pages {
-                let older_walk = check::walk(dev, &older, full).await?;
-                if older_walk.problems.is_empty() {
-                    return Ok(Selected {
-                        superblock: older,
-                        slot: older_slot,
-                        walk: older_walk,
-                        discarded: Some(newest.generation),
-                    });
-                }
-            }
+    if may_be_torn
+        && !walk.problems.is_empty()
+        && walk.problems.iter().all(|p| p.incomplete)
+        && let Some(&(older_slot, older)) = found.get(1)
+        && older.pages == newest.pages
+    {
+        let older_walk = check::walk(dev, &older, full).await?;
+        if older_walk.problems.is_empty() {
+            return Ok(Selected {
+                superblock: older,
+                slot: older_slot,
+                walk: older_walk,
+                discarded: Some(newest.generation),
+            });
         }
     }
     Ok(Selected { superblock: newest, slot, walk, discarded: None })
@@ -490,10 +491,10 @@ impl<D: BlockDevice> Store<D> {
 
     /// The tree node `ptr` points to.
     async fn node(&self, ptr: &Ptr, view: View<'_>) -> Result<Rc<Node>, StoreError> {
-        if let View::Tx(dirty) = view {
-            if let Some(n) = dirty.nodes.get(&ptr.page) {
-                return Ok(Rc::new(n.clone()));
-            }
+        if let View::Tx(dirty) = view
+            && let Some(n) = dirty.nodes.get(&ptr.page)
+        {
+            return Ok(Rc::new(n.clone()));
         }
         if let Some(n) = self.inner.borrow_mut().cache.get(ptr.page, ptr.sum) {
             return Ok(n);
@@ -512,10 +513,10 @@ impl<D: BlockDevice> Store<D> {
             Value::Inline(v) => return Ok(v.clone()),
             Value::Pages { len, first } => (*len, *first),
         };
-        if let View::Tx(dirty) = view {
-            if let Some(p) = dirty.values.get(&first.page) {
-                return Ok(p.data.clone());
-            }
+        if let View::Tx(dirty) = view
+            && let Some(p) = dirty.values.get(&first.page)
+        {
+            return Ok(p.data.clone());
         }
         let mut out = Vec::with_capacity(len as usize);
         let mut next = Some(first);
@@ -1066,20 +1067,21 @@ impl<'s, D: BlockDevice> WriteTx<'s, D> {
             let Node::Branch { keys, children } = &mut parent else { unreachable!("branches above leaves") };
             let mut node = current.take().filter(|n| n.count() > 0);
             // A small node merges with a neighbour when both fit one page.
-            if let Some(n) = &node {
-                if n.encoded_len() < CAPACITY / 4 && children.len() > 1 {
-                    let sib_idx = if idx > 0 { idx - 1 } else { idx + 1 };
-                    let sib_ptr = children[sib_idx];
-                    let sibling = (*self.store.node(&sib_ptr, View::Tx(&self.dirty)).await?).clone();
-                    let (l, r) = if sib_idx < idx { (sibling, n.clone()) } else { (n.clone(), sibling) };
-                    let lo = idx.min(sib_idx);
-                    if let Some(merged) = merge(l, &keys[lo], r) {
-                        self.free(sib_ptr.page);
-                        keys.remove(lo);
-                        children.remove(lo + 1);
-                        idx = lo;
-                        node = Some(merged);
-                    }
+            if let Some(n) = &node
+                && n.encoded_len() < CAPACITY / 4
+                && children.len() > 1
+            {
+                let sib_idx = if idx > 0 { idx - 1 } else { idx + 1 };
+                let sib_ptr = children[sib_idx];
+                let sibling = (*self.store.node(&sib_ptr, View::Tx(&self.dirty)).await?).clone();
+                let (l, r) = if sib_idx < idx { (sibling, n.clone()) } else { (n.clone(), sibling) };
+                let lo = idx.min(sib_idx);
+                if let Some(merged) = merge(l, &keys[lo], r) {
+                    self.free(sib_ptr.page);
+                    keys.remove(lo);
+                    children.remove(lo + 1);
+                    idx = lo;
+                    node = Some(merged);
                 }
             }
             let pieces = match node {
@@ -1158,10 +1160,10 @@ impl<'s, D: BlockDevice> WriteTx<'s, D> {
             }
             Node::Leaf(entries) => {
                 for (_, v) in entries.iter_mut() {
-                    if let Value::Pages { first, .. } = v {
-                        if let Some(pending) = self.dirty.values.remove(&first.page) {
-                            *first = seal_value(pending, generation, out);
-                        }
+                    if let Value::Pages { first, .. } = v
+                        && let Some(pending) = self.dirty.values.remove(&first.page)
+                    {
+                        *first = seal_value(pending, generation, out);
                     }
                 }
             }

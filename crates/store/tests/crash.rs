@@ -236,10 +236,8 @@ fn flipped_bits(commit: CommitMode) {
 
 #[test]
 fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction() {
-    use common::join_all;
+    use common::{Task, join_all};
     use std::cell::RefCell;
-    use std::future::Future;
-    use std::pin::Pin;
     for seed in 0..100u64 {
         let rng = RefCell::new(Rng::new(seed ^ 0xc0ffee));
         let commit = if seed % 2 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
@@ -249,7 +247,7 @@ fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction
         let states = RefCell::new(vec![Model::new()]);
         let acked = RefCell::new(0usize);
         dev.cut_power_after(10 + rng.borrow_mut().below(80));
-        let writers: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = (0..8u64)
+        let writers: Vec<Task<'_, ()>> = (0..8u64)
             .map(|w| {
                 let (store, rng, states, acked) = (&store, &rng, &states, &acked);
                 Box::pin(async move {
@@ -288,7 +286,7 @@ fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction
                             Err(_) => return,
                         }
                     }
-                }) as Pin<Box<dyn Future<Output = ()>>>
+                }) as Task<'_, ()>
             })
             .collect();
         join_all(writers);

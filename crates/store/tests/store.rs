@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{contents, fresh, join_all, value};
+use common::{Task, contents, fresh, join_all, value};
 use skiff_store::fault::FaultDevice;
 use skiff_store::{BlockDevice, MemDevice, Options, Store, StoreError, block_on, check};
-use std::future::Future;
-use std::pin::Pin;
 
 fn open(bytes: Vec<u8>, sector: u32) -> Store<MemDevice> {
     block_on(Store::open(MemDevice::from_bytes(sector, bytes), Options::default())).expect("open")
@@ -180,14 +178,14 @@ fn a_full_device_is_a_clear_error_and_the_store_stays_readable_and_can_shrink() 
 fn sixty_four_concurrent_writers_share_a_few_flushes() {
     let dev = FaultDevice::new(512, fresh(512, 256));
     let store = block_on(Store::open(&dev, Options::default())).unwrap();
-    let writers: Vec<Pin<Box<dyn Future<Output = Result<u64, StoreError>> + '_>>> = (0..64u32)
+    let writers: Vec<Task<'_, Result<u64, StoreError>>> = (0..64u32)
         .map(|i| {
             let store = &store;
             Box::pin(async move {
                 let mut tx = store.write().await?;
                 tx.put(format!("writer/{i:02}").as_bytes(), &i.to_le_bytes()).await?;
                 tx.commit().await
-            }) as Pin<Box<dyn Future<Output = _>>>
+            }) as Task<'_, _>
         })
         .collect();
     let results = join_all(writers);

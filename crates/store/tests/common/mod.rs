@@ -29,20 +29,23 @@ pub fn contents<D: BlockDevice>(store: &Store<D>) -> Result<Model, skiff_store::
     })
 }
 
+/// A task for [`join_all`].
+pub type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// Polls every future in turn until all are done (a single-threaded
 /// executor in miniature, enough for devices that complete at once).
 #[allow(dead_code)] // Not every test file runs writers concurrently.
-pub fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+pub fn join_all<T>(mut futures: Vec<Task<'_, T>>) -> Vec<T> {
     let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     let mut cx = Context::from_waker(Waker::noop());
     let mut left = futures.len();
     while left > 0 {
         for (i, f) in futures.iter_mut().enumerate() {
-            if out[i].is_none() {
-                if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                    out[i] = Some(v);
-                    left -= 1;
-                }
+            if out[i].is_none()
+                && let Poll::Ready(v) = f.as_mut().poll(&mut cx)
+            {
+                out[i] = Some(v);
+                left -= 1;
             }
         }
     }
