@@ -185,7 +185,7 @@ struct Inner {
     read_only: bool,
     damage: usize,
     discarded: Option<u64>,
-    flushes: u64,
+    batches: u64,
     commit: CommitMode,
 }
 
@@ -367,7 +367,7 @@ impl<D: BlockDevice> Store<D> {
             read_only: dev.read_only(),
             damage,
             discarded: chosen.discarded,
-            flushes: 0,
+            batches: 0,
             commit: options.commit,
         };
         Ok(Store { dev, spp, inner: RefCell::new(inner) })
@@ -404,8 +404,8 @@ impl<D: BlockDevice> Store<D> {
     /// How many batches of commits have been made durable (group commit
     /// puts many commits in one batch; a batch flushes once, or twice with
     /// [`CommitMode::TwoPhase`]).
-    pub fn flushes(&self) -> u64 {
-        self.inner.borrow().flushes
+    pub fn batches(&self) -> u64 {
+        self.inner.borrow().batches
     }
 
     /// A consistent read-only view of the newest durable commit; commits
@@ -723,7 +723,7 @@ impl<D: BlockDevice> Store<D> {
         inner.durable = Tree { generation, ..tree };
         inner.slot = slot;
         inner.flushing = None;
-        inner.flushes += 1;
+        inner.batches += 1;
         inner.reclaim();
         Ok(())
     }

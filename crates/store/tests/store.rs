@@ -191,7 +191,7 @@ fn sixty_four_concurrent_writers_share_a_few_flushes() {
     let results = join_all(writers);
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     let (_, flushes) = dev.counts();
-    let batches = store.flushes();
+    let batches = store.batches();
     assert!(batches <= 3, "64 commits took {batches} batches");
     assert_eq!(flushes, 2 * batches, "two-phase commits flush twice per batch");
     drop(store);
