@@ -30,10 +30,20 @@ impl FileDevice {
         FileDevice::from_file(file, sector_size, read_only)
     }
 
-    /// Creates `path` (which must not exist) with `bytes` bytes, zeroed.
+    /// Creates `path` (which must not exist) with `bytes` bytes of zeroes,
+    /// written out rather than left as a hole: a host disk that is full
+    /// fails here, not in the middle of a commit later, and writes to the
+    /// image never need the file system to allocate blocks.
     pub fn create(path: &Path, sector_size: u32, bytes: u64) -> io::Result<FileDevice> {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-        file.set_len(bytes)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < bytes {
+            let n = (bytes - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()?;
         FileDevice::from_file(file, sector_size, false)
     }
 

@@ -518,6 +518,12 @@ impl<D: BlockDevice> Store<D> {
         {
             return Ok(p.data.clone());
         }
+        if len > MAX_VALUE as u64 {
+            return Err(StoreError::Corrupt {
+                page: first.page,
+                damage: Damage::Format(format::FormatError::DataLength(len as usize)),
+            });
+        }
         let mut out = Vec::with_capacity(len as usize);
         let mut next = Some(first);
         while let Some(ptr) = next {
