@@ -12,10 +12,13 @@
 //! - [`check()`]: walks every page and reports each problem.
 //!
 //! How it stays correct: a copy-on-write B+tree whose pointers carry the
-//! checksum of the page they point to, two superblocks written in turn,
-//! and one flush per commit (batched across writers); a commit is there
-//! after a crash exactly when its superblock and every page it wrote read
-//! back whole. `docs/storage.md` has the format and its invariants.
+//! checksum of the page they point to, and two superblocks written in turn.
+//! A commit flushes its pages before it writes its superblock and flushes
+//! again ([`CommitMode::TwoPhase`], the default), or writes both and flushes
+//! once ([`CommitMode::OneFlush`]: open then sets aside a newest commit
+//! whose pages do not all read back). Writers that commit while a flush
+//! runs share the next one. `docs/storage.md` has the format and its
+//! invariants.
 //!
 //! Everything is `async` over the device; with a device that completes at
 //! once (the host ones here), [`block_on`] runs a future to its end.
