@@ -109,6 +109,8 @@ pub enum FormatError {
     EmptyBranch,
     #[error("a data page claims {0} bytes")]
     DataLength(usize),
+    #[error("a value of {0} bytes (longest allowed: {MAX_VALUE})")]
+    ValueLength(u64),
 }
 
 /// The header every page starts with.

@@ -521,7 +521,7 @@ impl<D: BlockDevice> Store<D> {
         if len > MAX_VALUE as u64 {
             return Err(StoreError::Corrupt {
                 page: first.page,
-                damage: Damage::Format(format::FormatError::DataLength(len as usize)),
+                damage: Damage::Format(format::FormatError::ValueLength(len)),
             });
         }
         let mut out = Vec::with_capacity(len as usize);

@@ -268,3 +268,36 @@ fn a_small_cache_bounds_memory_and_still_reads_everything() {
     });
     assert!(store.info().cached_pages <= 8, "{} pages cached", store.info().cached_pages);
 }
+
+#[test]
+fn a_forged_page_with_a_huge_value_length_is_an_error_not_an_allocation() {
+    use skiff_store::format::{Node, Ptr, Superblock, Value, checksum};
+    let store = open(fresh(512, 64), 512);
+    block_on(store.put(b"big", &value(b"big", 0, 5000))).unwrap();
+    let mut bytes = store.into_device().into_bytes();
+    // The newest superblock and its root leaf, rewritten with a value that
+    // claims 4 GiB, every checksum made to match (as anyone who can write
+    // the disk can).
+    let (slot, mut sb) = (0..2)
+        .filter_map(|s| Superblock::decode(&bytes[s * 4096..(s + 1) * 4096]).ok().map(|sb| (s, sb)))
+        .max_by_key(|(_, sb)| sb.generation)
+        .unwrap();
+    let root = sb.root.unwrap();
+    let at = root.page as usize * 4096;
+    let (_, node) = Node::decode(&bytes[at..at + 4096]).unwrap();
+    let Node::Leaf(mut entries) = node else { panic!("one leaf") };
+    let Value::Pages { first, .. } = entries[0].1 else { panic!("a long value") };
+    entries[0].1 = Value::Pages { len: u64::from(u32::MAX), first };
+    let page = Node::Leaf(entries).encode(root.page, root.generation);
+    bytes[at..at + 4096].copy_from_slice(&page);
+    sb.root = Some(Ptr { sum: checksum(&page), ..root });
+    bytes[slot * 4096..(slot + 1) * 4096].copy_from_slice(&sb.encode());
+
+    let store = open(bytes, 512);
+    // Refused before reading (or allocating) anything.
+    let err = block_on(store.get(b"big")).unwrap_err();
+    assert!(err.to_string().contains("a value of 4294967295 bytes"), "{err}");
+    let report = block_on(check(store.device())).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].to_string().contains("value pages hold 5000 bytes, the entry says 4294967295"));
+}
