@@ -10,9 +10,12 @@
 //!   manifest and check results.
 //! - `skiff package IMAGE [--tag NAME] [--output FILE]` writes the image as
 //!   an OCI image archive for podman, skopeo and containerd.
+//! - `skiff disk create|inspect|check|dump FILE` makes a key-value store
+//!   on a disk image and looks into one (`disk.rs`).
 
 #![forbid(unsafe_code)]
 
+mod disk;
 mod new;
 mod qemu;
 
@@ -46,6 +49,8 @@ enum Cmd {
     },
     /// Write an image as an OCI image archive (podman load, skopeo copy, ctr image import).
     Package(PackageArgs),
+    /// Create, inspect, check or dump a key-value store on a disk image.
+    Disk(disk::DiskArgs),
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +140,8 @@ enum CliError {
     Package(#[from] skiff_oci::package::PackageError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
 }
 
 impl CliError {
@@ -145,6 +152,9 @@ impl CliError {
             CliError::Qemu(qemu::QemuError::TenderOnly(_) | qemu::QemuError::MachineWithoutQemu) => {
                 skiff_abi::exit::USAGE
             }
+            // A disk image that cannot be read as a store: like a problem
+            // `skiff disk check` finds, not a guest that failed to start.
+            CliError::Disk(_) => 2,
             _ => skiff_abi::exit::TENDER_ERROR,
         }
     }
@@ -382,6 +392,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(*a, matches.subcommand_matches("run").expect("run's matches")),
         Cmd::Inspect { image } => inspect(&image),
         Cmd::Package(a) => package(a),
+        Cmd::Disk(a) => disk::run(a).map_err(CliError::from),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -356,3 +356,141 @@ fn package_writes_the_same_archive_twice_and_refuses_an_image_of_another_abi() {
     assert!(out.stderr.contains("is not a valid image name"), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A store image made by `skiff disk create`, filled through the library
+/// (the guest's code) with `entries`.
+fn disk_with(name: &str, sector_size: &str, entries: &[(&[u8], &[u8])]) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("data.img");
+    let out = skiff(&["disk", "create", image.to_str().unwrap(), "--size", "1M", "--sector-size", sector_size]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("256 pages of 4096 bytes"), "{}", out.stdout);
+    let ss = sector_size.parse().unwrap();
+    let dev = skiff_store::FileDevice::open(&image, ss, false).unwrap();
+    let store = skiff_store::block_on(skiff_store::Store::open(dev, skiff_store::Options::default())).unwrap();
+    skiff_store::block_on(async {
+        let mut tx = store.write().await.unwrap();
+        for (k, v) in entries {
+            tx.put(k, v).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    image
+}
+
+#[test]
+fn disk_create_inspect_check_and_dump_a_store() {
+    let big = vec![b'x'; 10_000];
+    let image = disk_with(
+        "disk-roundtrip",
+        "4096",
+        &[(b"user/ada", b"{\"n\":1}"), (b"user/bob\t2", b"line\nbreak"), (b"blob", &big), (b"\x00bin", b"\xff")],
+    );
+    let f = image.to_str().unwrap();
+
+    let out = skiff(&["disk", "inspect", f]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for line in [
+        "format       version 1, 4096-byte pages, 4096-byte sectors",
+        "keys         4",
+        "size         1048576 bytes (256 pages)",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
+    }
+    assert!(out.stdout.contains("generation   3 (last commit two-phase)"), "{}", out.stdout);
+
+    let out = skiff(&["disk", "check", f]);
+    assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(": ok: generation 3, 4 keys, depth 1"), "{}", out.stdout);
+
+    let out = skiff(&["disk", "dump", f]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert_eq!(lines[0], "\\x00bin\t\\xff");
+    assert!(lines[1].starts_with("blob\txxxx") && lines[1].len() == 5 + 10_000);
+    assert_eq!(&lines[2..], ["user/ada\t{\\\"n\\\":1}", "user/bob\\t2\tline\\nbreak"]);
+
+    let out = skiff(&["disk", "dump", f, "--prefix", "user/"]);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    let out = skiff(&["disk", "dump", f, "--prefix", "\\x00"]);
+    assert_eq!(out.stdout, "\\x00bin\t\\xff\n");
+}
+
+#[test]
+fn disk_check_prints_one_line_per_problem_and_fails() {
+    let entries: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..300u32).map(|i| (format!("key/{i:04}").into_bytes(), vec![b'v'; 200])).collect();
+    let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let image = disk_with("disk-damaged", "512", &refs);
+    let f = image.to_str().unwrap();
+    assert_eq!(skiff(&["disk", "check", f]).status, 0);
+    // Flip a byte in two leaves (pages 2.. hold the tree; the last pages
+    // written are the branch and leaves).
+    let mut bytes = std::fs::read(&image).unwrap();
+    let used: Vec<usize> = (2..256).filter(|p| bytes[p * 4096..p * 4096 + 4096].iter().any(|b| *b != 0)).collect();
+    assert!(used.len() > 3, "{used:?}");
+    for p in [used[0], used[1]] {
+        bytes[p * 4096 + 100] ^= 0x20;
+    }
+    std::fs::write(&image, &bytes).unwrap();
+    let out = skiff(&["disk", "check", f]);
+    assert_eq!(out.status, 1, "{}{}", out.stdout, out.stderr);
+    let problems: Vec<&str> = out.stdout.lines().filter(|l| l.contains("damaged: checksum mismatch")).collect();
+    assert_eq!(problems.len(), 2, "{}", out.stdout);
+    assert!(problems[0].starts_with(&format!("{f}: page ")), "{}", problems[0]);
+    assert!(out.stderr.contains("2 problems"), "{}", out.stderr);
+    // The rest still reads; the damaged part is an error, not data.
+    let out = skiff(&["disk", "dump", f]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("damaged"), "{}", out.stderr);
+    assert!(!out.stdout.contains("key/") || out.stdout.lines().all(|l| l.ends_with(&"v".repeat(200))));
+    let out = skiff(&["disk", "inspect", f]);
+    assert_eq!(out.status, 1);
+    assert!(out.stdout.contains("damage       2 problems"), "{}", out.stdout);
+}
+
+#[test]
+fn disk_commands_give_clear_errors_for_files_that_are_not_stores() {
+    let dir = scratch("disk-errors");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
+
+    let garbage: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(path("garbage.img"), garbage).unwrap();
+    std::fs::write(path("tiny.img"), vec![0u8; 4096]).unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["disk", "check", &path("garbage.img")], "garbage.img: not a Skiff store: no Skiff store magic"),
+        (&["disk", "inspect", &path("tiny.img")], "tiny.img: the device has 4096 bytes, a store needs at least 262144"),
+        (&["disk", "dump", &path("missing.img")], "cannot open"),
+        (
+            &["disk", "create", &path("small.img"), "--size", "100K"],
+            "small.img: the device has 102400 bytes, a store needs at least 262144",
+        ),
+        (
+            &["disk", "create", &path("odd.img"), "--size", "1M", "--sector-size", "1024"],
+            "sectors of 1024 bytes are not supported (512 or 4096)",
+        ),
+        (&["disk", "create", &path("tiny.img"), "--size", "1M"], "File exists (os error 17) (--force overwrites it)"),
+        (&["disk", "create", &path("bad-size.img"), "--size", "lots"], "lots"),
+    ];
+    for (args, message) in cases {
+        let out = skiff(args);
+        assert_ne!(out.status, 0, "{args:?}");
+        assert!(out.stderr.contains(message), "{args:?}: no {message:?} in {:?}", out.stderr);
+        if !args.contains(&"lots") {
+            assert_eq!(out.stderr.lines().count(), 1, "one clear line: {}", out.stderr);
+        }
+    }
+    assert!(!dir.join("small.img").exists(), "a failed create leaves no file behind");
+
+    let image = disk_with("disk-sector", "512", &[(b"k", b"v")]);
+    let out = skiff(&["disk", "check", image.to_str().unwrap(), "--sector-size", "4096"]);
+    assert_eq!(out.status, 2);
+    assert!(
+        out.stderr.contains("the store was made with 512-byte sectors, the device has 4096-byte sectors"),
+        "{}",
+        out.stderr
+    );
+}

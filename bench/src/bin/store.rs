@@ -1,0 +1,218 @@
+//! Store benchmark (host side): durable single-key commits per second and
+//! random reads per second of `skiff-store` on a file, against SQLite (WAL,
+//! `synchronous=FULL`) on the same file system in the same run, and against
+//! the file system's raw `fdatasync` rate (the limit for one commit at a
+//! time). Also commits per second with 64 concurrent writers (group
+//! commit). The in-guest figure comes with the tender's block device.
+//!
+//! `cargo run --release -p skiff-bench --bin store [-- COMMITS [DIR]]`
+//! (default 1000 commits, in `target/bench-store`).
+
+use rusqlite::{Connection, params};
+use skiff_store::{CommitMode, FileDevice, Options, Store, block_on};
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+const KEYS: u64 = 10_000;
+const READS: u64 = 200_000;
+const STORE_SIZE: u64 = 256 << 20;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key/{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
+}
+
+fn value(i: u64) -> Vec<u8> {
+    let mut v = format!("value {i} ").into_bytes();
+    v.resize(100, b'.');
+    v
+}
+
+/// A cheap deterministic sequence of key numbers.
+struct Seq(u64);
+impl Seq {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn fresh(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+fn rate(n: u64, start: Instant) -> f64 {
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fdatasync_rate(dir: &Path, n: u64) -> f64 {
+    let path = dir.join("fdatasync.bin");
+    fresh(&path);
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    // Written out, as `skiff disk create` writes a store's image.
+    let zeros = vec![0u8; 1 << 20];
+    for at in (0..STORE_SIZE).step_by(zeros.len()) {
+        f.write_all_at(&zeros, at).unwrap();
+    }
+    f.sync_all().unwrap();
+    let page = vec![7u8; 4096];
+    let mut seq = Seq(88172645463325252);
+    let start = Instant::now();
+    for _ in 0..n {
+        f.write_all_at(&page, seq.next(STORE_SIZE / 4096) * 4096).unwrap();
+        f.sync_data().unwrap();
+    }
+    rate(n, start)
+}
+
+fn open_store(path: &Path, commit: CommitMode) -> Store<FileDevice> {
+    fresh(path);
+    let dev = FileDevice::create(path, 4096, STORE_SIZE).unwrap();
+    block_on(Store::create(dev, Options { commit, ..Options::default() })).unwrap()
+}
+
+fn store_commits(path: &Path, commit: CommitMode, n: u64) -> f64 {
+    let store = open_store(path, commit);
+    let start = Instant::now();
+    for i in 0..n {
+        block_on(store.put(&key(i), &value(i))).unwrap();
+    }
+    rate(n, start)
+}
+
+/// Commits per second with `writers` tasks committing at once.
+fn store_group_commits(path: &Path, writers: u64, each: u64) -> (f64, u64) {
+    let store = open_store(path, CommitMode::TwoPhase);
+    let start = Instant::now();
+    let mut tasks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = (0..writers)
+        .map(|w| {
+            let store = &store;
+            Box::pin(async move {
+                for i in 0..each {
+                    let k = w * each + i;
+                    let mut tx = store.write().await.unwrap();
+                    tx.put(&key(k), &value(k)).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }) as Pin<Box<dyn Future<Output = ()>>>
+        })
+        .collect();
+    let mut done = vec![false; tasks.len()];
+    let mut cx = Context::from_waker(Waker::noop());
+    while done.iter().any(|d| !d) {
+        for (t, d) in tasks.iter_mut().zip(done.iter_mut()) {
+            if !*d && t.as_mut().poll(&mut cx) == Poll::Ready(()) {
+                *d = true;
+            }
+        }
+    }
+    (rate(writers * each, start), store.batches())
+}
+
+fn store_reads(path: &Path) -> f64 {
+    let store = open_store(path, CommitMode::TwoPhase);
+    block_on(async {
+        let mut tx = store.write().await.unwrap();
+        for i in 0..KEYS {
+            tx.put(&key(i), &value(i)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    let mut seq = Seq(2463534242);
+    let start = Instant::now();
+    for _ in 0..READS {
+        let i = seq.next(KEYS);
+        assert_eq!(block_on(store.get(&key(i))).unwrap().map(|v| v.len()), Some(100));
+    }
+    rate(READS, start)
+}
+
+fn sqlite(path: &Path) -> Connection {
+    fresh(path);
+    let db = Connection::open(path).unwrap();
+    db.pragma_update(None, "journal_mode", "WAL").unwrap();
+    db.pragma_update(None, "synchronous", "FULL").unwrap();
+    db.execute("CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID", []).unwrap();
+    db
+}
+
+fn sqlite_commits(path: &Path, n: u64) -> f64 {
+    let db = sqlite(path);
+    let mut put = db.prepare("INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)").unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        put.execute(params![key(i), value(i)]).unwrap();
+    }
+    rate(n, start)
+}
+
+fn sqlite_reads(path: &Path) -> f64 {
+    let mut db = sqlite(path);
+    let tx = db.transaction().unwrap();
+    {
+        let mut put = tx.prepare("INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)").unwrap();
+        for i in 0..KEYS {
+            put.execute(params![key(i), value(i)]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    let mut get = db.prepare("SELECT v FROM kv WHERE k = ?1").unwrap();
+    let mut seq = Seq(2463534242);
+    let start = Instant::now();
+    for _ in 0..READS {
+        let i = seq.next(KEYS);
+        let v: Vec<u8> = get.query_row(params![key(i)], |r| r.get(0)).unwrap();
+        assert_eq!(v.len(), 100);
+    }
+    rate(READS, start)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let commits: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let dir = args.next().map(PathBuf::from).unwrap_or_else(|| skiff_bench::workspace().join("target/bench-store"));
+    std::fs::create_dir_all(&dir).unwrap();
+    eprintln!("store benchmark in {}: {commits} commits each, {READS} random reads of {KEYS} keys", dir.display());
+
+    let sync = fdatasync_rate(&dir, commits);
+    let sqlite_c = sqlite_commits(&dir.join("sqlite.db"), commits);
+    let two_phase = store_commits(&dir.join("store.img"), CommitMode::TwoPhase, commits);
+    let one_flush = store_commits(&dir.join("store.img"), CommitMode::OneFlush, commits);
+    let (group, batches) = store_group_commits(&dir.join("store.img"), 64, commits.div_ceil(64).max(4));
+    let sqlite_r = sqlite_reads(&dir.join("sqlite.db"));
+    let store_r = store_reads(&dir.join("store.img"));
+    fresh(&dir.join("sqlite.db"));
+    fresh(&dir.join("store.img"));
+    fresh(&dir.join("fdatasync.bin"));
+
+    println!("## Store on the host: durable commits and random reads (issue 13)");
+    println!();
+    println!("| what | per second | vs. SQLite | vs. fdatasync |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| `fdatasync` of one 4 KiB write (the limit) | {sync:.0} | {:.2} | 1.00 |", sync / sqlite_c);
+    println!("| SQLite WAL, `synchronous=FULL`: one-key commits | {sqlite_c:.0} | 1.00 | {:.2} |", sqlite_c / sync);
+    for (what, r) in [
+        ("skiff-store two-phase (default): one-key commits", two_phase),
+        ("skiff-store one flush: one-key commits", one_flush),
+    ] {
+        println!("| {what} | {r:.0} | {:.2} | {:.2} |", r / sqlite_c, r / sync);
+    }
+    println!(
+        "| skiff-store, 64 concurrent writers ({batches} batches): commits | {group:.0} | {:.2} | {:.2} |",
+        group / sqlite_c,
+        group / sync
+    );
+    println!("| SQLite: random reads | {sqlite_r:.0} | 1.00 | |");
+    println!("| skiff-store: random reads | {store_r:.0} | {:.2} | |", store_r / sqlite_r);
+}

@@ -1,0 +1,308 @@
+//! The crash model and damage: a fault-injecting device cuts the power at a
+//! random instant and keeps a random subset of the unflushed sector writes
+//! (so writes are lost and torn), or flips bits at rest. After each, the
+//! store opens, `check` is clean, every acknowledged transaction is there
+//! and no unacknowledged one is half there; damage is reported as an
+//! error, never returned as data.
+
+mod common;
+
+use common::{Model, contents, fresh, value};
+use skiff_store::fault::{CrashMode, FaultDevice, Rng};
+use skiff_store::{CommitMode, MemDevice, Options, Store, StoreError, block_on, check};
+
+const ITERATIONS: u64 = 240;
+
+/// One random transaction: puts and deletes over a small key space, now
+/// and then a long value.
+async fn random_tx(
+    store: &Store<&FaultDevice>,
+    rng: &mut Rng,
+    model: &Model,
+    version: u64,
+) -> Result<(Model, Result<u64, StoreError>), StoreError> {
+    let mut next = model.clone();
+    let mut tx = store.write().await?;
+    for _ in 0..1 + rng.below(8) {
+        let key = format!("k{:02}", rng.below(48)).into_bytes();
+        if rng.below(4) == 0 {
+            tx.delete(&key).await?;
+            next.remove(&key);
+        } else {
+            let len = match rng.below(10) {
+                0 => 600 + rng.below(12_000) as usize,
+                _ => rng.below(200) as usize,
+            };
+            let v = value(&key, version, len);
+            tx.put(&key, &v).await?;
+            next.insert(key, v);
+        }
+    }
+    Ok((next, tx.commit().await))
+}
+
+#[test]
+fn crash_at_a_random_instant_keeps_every_acknowledged_transaction_and_no_half_one() {
+    let mut discarded = 0;
+    let mut in_flight_present = 0;
+    for seed in 0..ITERATIONS {
+        let mut rng = Rng::new(seed);
+        let sector = if rng.below(2) == 0 { 512 } else { 4096 };
+        let dev = FaultDevice::new(sector, fresh(sector, 512));
+        let commit = if seed % 2 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
+        let options = Options { cache_pages: 16 + rng.below(64) as usize, commit };
+        let store = block_on(Store::open(&dev, options)).unwrap();
+        let mut model = Model::new();
+        let mut in_flight: Option<Model> = None;
+        let warm_up = rng.below(12);
+        for version in 0..200 {
+            if version == warm_up {
+                dev.cut_power_after(rng.below(60));
+            }
+            match block_on(random_tx(&store, &mut rng, &model, version)) {
+                Ok((next, Ok(_))) => model = next,
+                Ok((next, Err(_))) => {
+                    // Commit was called and failed: it may or may not be there.
+                    in_flight = Some(next);
+                    break;
+                }
+                Err(StoreError::Full { .. }) => continue,
+                Err(_) => break,
+            }
+        }
+        assert!(dev.is_off(), "seed {seed}: the power never went");
+        drop(store);
+        let image = dev.crash(CrashMode::Random(seed ^ 0x5eed));
+        let after = MemDevice::from_bytes(sector, image);
+        let report = block_on(check(&after)).unwrap_or_else(|e| panic!("seed {seed}: check: {e}"));
+        assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
+        discarded += usize::from(report.discarded.is_some());
+        let store =
+            block_on(Store::open(after, Options::default())).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
+        let found = contents(&store).unwrap_or_else(|e| panic!("seed {seed}: read: {e}"));
+        if found != model {
+            let Some(next) = &in_flight else {
+                panic!("seed {seed}: an acknowledged transaction is missing or an unacknowledged one is there");
+            };
+            assert!(&found == next, "seed {seed}: the unacknowledged transaction is half there");
+            in_flight_present += 1;
+        }
+        // The recovered store takes writes, and stays sound.
+        block_on(store.put(b"after", b"crash")).unwrap();
+        let report = block_on(check(store.device())).unwrap();
+        assert!(report.problems.is_empty(), "seed {seed}, after a write: {:?}", report.problems);
+    }
+    // The model was exercised both ways.
+    assert!(discarded > 0, "no crash ever left an incomplete one-flush commit");
+    assert!(in_flight_present > 0, "no in-flight commit ever survived");
+}
+
+#[test]
+fn writes_lost_before_a_flush_are_recovered_to_the_last_commit() {
+    for mode in [CrashMode::DropAll, CrashMode::KeepAll] {
+        let dev = FaultDevice::new(512, fresh(512, 128));
+        let store = block_on(Store::open(&dev, Options::default())).unwrap();
+        block_on(store.put(b"a", b"1")).unwrap();
+        // The power goes before the second commit's flush: its writes are
+        // made, never flushed.
+        let (writes, flushes) = dev.counts();
+        dev.cut_power_after(1);
+        let err = block_on(store.put(b"b", &value(b"b", 0, 9000))).unwrap_err();
+        assert!(matches!(err, StoreError::Failed(_) | StoreError::Device(_)), "{err}");
+        assert!(dev.counts().0 > writes && dev.counts().1 == flushes);
+        drop(store);
+        let after = MemDevice::from_bytes(512, dev.crash(mode));
+        let store = block_on(Store::open(after, Options::default())).unwrap();
+        let found = contents(&store).unwrap();
+        assert_eq!(found.get(&b"a"[..]), Some(&b"1".to_vec()), "{mode:?}");
+        assert!(found.len() == 1, "{mode:?}: only the first commit is there (the second made no write)");
+    }
+}
+
+/// Two commits of `a`, then the newest commit's root page with its first
+/// sector as it was before: a torn write.
+fn torn_second_commit(commit: CommitMode) -> (Vec<u8>, u64) {
+    let dev = FaultDevice::new(512, fresh(512, 128));
+    let store = block_on(Store::open(&dev, Options { commit, ..Options::default() })).unwrap();
+    block_on(store.put(b"a", b"1")).unwrap();
+    let good = dev.visible();
+    block_on(store.put(b"a", b"2")).unwrap();
+    let generation = store.info().generation;
+    drop(store);
+    let mut torn = dev.visible();
+    // The root of the newest commit: the page whose bytes changed besides
+    // the superblocks.
+    let changed: Vec<usize> =
+        (2..128).filter(|p| good[p * 4096..(p + 1) * 4096] != torn[p * 4096..(p + 1) * 4096]).collect();
+    assert!(!changed.is_empty());
+    let p = changed[0];
+    torn[p * 4096..p * 4096 + 512].copy_from_slice(&good[p * 4096..p * 4096 + 512]);
+    (torn, generation)
+}
+
+#[test]
+fn a_torn_one_flush_commit_is_set_aside_and_the_one_before_it_is_used() {
+    let (torn, generation) = torn_second_commit(CommitMode::OneFlush);
+    let after = MemDevice::from_bytes(512, torn);
+    let report = block_on(check(&after)).unwrap();
+    assert_eq!(report.discarded, Some(generation));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let store = block_on(Store::open(after, Options::default())).unwrap();
+    assert_eq!(block_on(store.get(b"a")).unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.info().discarded, Some(generation));
+}
+
+#[test]
+fn under_a_two_phase_superblock_a_bad_page_is_damage_and_never_undoes_the_commit() {
+    let (torn, _) = torn_second_commit(CommitMode::TwoPhase);
+    let after = MemDevice::from_bytes(512, torn);
+    let report = block_on(check(&after)).unwrap();
+    assert_eq!(report.discarded, None);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].to_string().contains("checksum mismatch"), "{}", report.problems[0]);
+    let store = block_on(Store::open(after, Options::default())).unwrap();
+    assert!(matches!(block_on(store.get(b"a")), Err(StoreError::Corrupt { .. })));
+    assert_eq!(block_on(store.put(b"a", b"3")), Err(StoreError::Damaged(1)));
+}
+
+#[test]
+fn flipped_bits_are_detected_never_returned_as_data() {
+    flipped_bits(CommitMode::TwoPhase);
+}
+
+#[test]
+fn flipped_bits_under_one_flush_commits_are_detected_or_set_the_newest_commit_aside() {
+    flipped_bits(CommitMode::OneFlush);
+}
+
+fn flipped_bits(commit: CommitMode) {
+    // A store with small and long values over several commits.
+    let dev = FaultDevice::new(4096, fresh(4096, 256));
+    let options = Options { commit, ..Options::default() };
+    let (last, previous, last_gen) = {
+        let store = block_on(Store::open(&dev, options)).unwrap();
+        let mut previous = Model::new();
+        let mut model = Model::new();
+        for round in 0..6u64 {
+            previous = model.clone();
+            block_on(async {
+                let mut tx = store.write().await.unwrap();
+                for i in 0..40u64 {
+                    let k = format!("key{i:02}").into_bytes();
+                    let v = value(&k, round, if i % 9 == 0 { 9000 } else { 50 + i as usize });
+                    tx.put(&k, &v).await.unwrap();
+                    model.insert(k, v);
+                }
+                tx.commit().await.unwrap();
+            });
+        }
+        (model, previous, store.info().generation)
+    };
+    let image = dev.visible();
+    let used_end = (0..256).rev().find(|p| image[p * 4096..(p + 1) * 4096].iter().any(|b| *b != 0)).unwrap() + 1;
+    let mut rng = Rng::new(7);
+    let (mut detected, mut by_check) = (0, 0);
+    for _ in 0..150 {
+        let byte = rng.below((used_end * 4096) as u64) as usize;
+        let dev = FaultDevice::new(4096, image.clone());
+        dev.flip_bit(byte, rng.below(8) as u8);
+        let report = block_on(check(&dev)).unwrap();
+        // Found as damage, or (one flush) as a newest commit set aside.
+        by_check += usize::from(!report.problems.is_empty() || report.discarded.is_some());
+        let store = match block_on(Store::open(&dev, Options::default())) {
+            Ok(s) => s,
+            Err(e) => panic!("one flipped bit made the store unopenable: {e}"),
+        };
+        let expected = if store.info().generation == last_gen { &last } else { &previous };
+        if commit == CommitMode::TwoPhase {
+            assert_eq!(store.info().generation, last_gen, "a flipped bit undid an acknowledged commit");
+        }
+        for (k, _) in last.iter() {
+            match block_on(store.get(k)) {
+                Ok(v) => assert_eq!(v.as_ref(), expected.get(k), "wrong data served after a bit flip at {byte}"),
+                Err(StoreError::Corrupt { .. }) => detected += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        if store.info().damage > 0 {
+            assert!(matches!(block_on(store.put(b"x", b"y")), Err(StoreError::Damaged(_))));
+        }
+    }
+    assert!(by_check > 0, "check never saw a flipped bit");
+    if commit == CommitMode::TwoPhase {
+        assert!(detected > 0, "no read ever reported a flipped bit");
+    }
+}
+
+#[test]
+fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction() {
+    use common::{Task, join_all};
+    use std::cell::RefCell;
+    for seed in 0..100u64 {
+        let rng = RefCell::new(Rng::new(seed ^ 0xc0ffee));
+        let commit = if seed % 2 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
+        let dev = FaultDevice::new(512, fresh(512, 512));
+        let store = block_on(Store::open(&dev, Options { cache_pages: 32, commit })).unwrap();
+        // The models after each commit, in the order the commits were made.
+        let states = RefCell::new(vec![Model::new()]);
+        let acked = RefCell::new(0usize);
+        dev.cut_power_after(10 + rng.borrow_mut().below(80));
+        let writers: Vec<Task<'_, ()>> = (0..8u64)
+            .map(|w| {
+                let (store, rng, states, acked) = (&store, &rng, &states, &acked);
+                Box::pin(async move {
+                    for version in 0..30u64 {
+                        let Ok(mut tx) = store.write().await else { return };
+                        let mut next = states.borrow().last().unwrap().clone();
+                        let ops = 1 + rng.borrow_mut().below(5);
+                        for _ in 0..ops {
+                            let (k, del, len) = {
+                                let mut r = rng.borrow_mut();
+                                (format!("k{:02}", r.below(40)).into_bytes(), r.below(4) == 0, r.below(700) as usize)
+                            };
+                            let done = if del {
+                                next.remove(&k);
+                                tx.delete(&k).await.map(|_| ())
+                            } else {
+                                let v = value(&k, w * 1000 + version, len);
+                                next.insert(k.clone(), v.clone());
+                                tx.put(&k, &v).await
+                            };
+                            if done.is_err() {
+                                return;
+                            }
+                        }
+                        // Sealed in this order: the lock is held until then.
+                        let index = {
+                            let mut s = states.borrow_mut();
+                            s.push(next);
+                            s.len() - 1
+                        };
+                        match tx.commit().await {
+                            Ok(_) => {
+                                let mut a = acked.borrow_mut();
+                                *a = (*a).max(index);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }) as Task<'_, ()>
+            })
+            .collect();
+        join_all(writers);
+        assert!(dev.is_off(), "seed {seed}: the power never went");
+        drop(store);
+        let after = MemDevice::from_bytes(512, dev.crash(CrashMode::Random(seed)));
+        let report = block_on(check(&after)).unwrap();
+        assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
+        let store = block_on(Store::open(after, Options::default())).unwrap();
+        let found = contents(&store).unwrap();
+        let states = states.into_inner();
+        let acked = acked.into_inner();
+        let k = states.iter().position(|s| *s == found);
+        assert!(
+            states[acked..].contains(&found),
+            "seed {seed}: the store holds state {k:?}, not a commit at or after the last acknowledged ({acked})"
+        );
+    }
+}
