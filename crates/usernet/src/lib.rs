@@ -813,6 +813,11 @@ impl UserNet {
         }
     }
 
+    /// The published TCP ports: host address and guest port.
+    pub fn published_tcp(&self) -> Vec<(SocketAddr, u16)> {
+        self.tcp_listeners.iter().filter_map(|(l, port)| Some((l.local_addr().ok()?, *port))).collect()
+    }
+
     /// Published connections waiting for the guest to accept them.
     pub fn held(&self) -> usize {
         self.relays.iter().filter(|r| r.hold.is_some()).count()
