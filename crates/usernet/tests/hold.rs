@@ -203,3 +203,42 @@ fn held_connections_stay_within_the_connection_limit() {
     assert_eq!(peak_held, 4, "held connections are relays: {stats:?}");
     assert!(stats.peak_connections <= 4, "{stats:?}");
 }
+
+/// Three times more early connections than relays, to a guest that never
+/// listens: the relays hold four, the listen backlog the rest, and every
+/// one is reset after its hold, none held for ever. (Beyond the backlog
+/// the host kernel would leave clients to its own retransmission timers,
+/// as with any server whose accept queue is full.)
+#[test]
+fn early_connections_beyond_the_limits_to_a_guest_that_never_listens_all_end() {
+    let hold = Duration::from_millis(300);
+    let limits = Limits { tcp_connections: 4, backlog: 8, hold, ..Limits::default() };
+    let (mut w, bound) = World::with_limits(vec!["0:7".parse().unwrap()], false, limits);
+    w.static_address();
+    let addr = bound[0].host;
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut b = [0u8; 1];
+                    c.read(&mut b)
+                });
+                (r.map_err(|e| e.kind()), t.elapsed())
+            })
+        })
+        .collect();
+    let done = w.run_until(Duration::from_secs(15), |_| clients.iter().all(|c| c.is_finished()));
+    let stats = w.net.stats();
+    assert!(done, "{stats:?}");
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for (r, t) in &results {
+        assert_eq!(*r, Err(ErrorKind::ConnectionReset), "after {t:?}: {results:?} {stats:?}");
+        assert!(*t >= hold, "{t:?}");
+    }
+    let last = results.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(last < Duration::from_secs(3), "three rounds of holds took {last:?}");
+    assert!(stats.peak_connections <= 4, "{stats:?}");
+    assert_eq!(stats.hold_timeouts, 12, "{stats:?}");
+}
