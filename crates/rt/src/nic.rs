@@ -325,7 +325,9 @@ mod tests {
         assert_eq!(other.word(0, ring::LISTENING).load(Ordering::Acquire), 0, "the receive ring's header is untouched");
         let port = |i: u64| {
             // SAFETY: inside the test's buffer, aligned.
-            unsafe { ((base + ring::ring_bytes(slots) as usize + (ring::LISTEN_PORTS + 2 * i) as usize) as *const u16).read() }
+            unsafe {
+                ((base + ring::ring_bytes(slots) as usize + (ring::LISTEN_PORTS + 2 * i) as usize) as *const u16).read()
+            }
         };
         let ports: Vec<u16> = (0..u64::from(ring::LISTEN_PORTS_MAX)).map(port).collect();
         assert_eq!(ports, [443, 8001, 8002, 8003, 8004, 8005, 8006, 8007]);

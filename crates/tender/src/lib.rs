@@ -36,8 +36,8 @@ pub mod net;
 pub mod netio;
 pub mod options;
 pub mod paging;
-pub mod rings;
 pub mod ready;
+pub mod rings;
 pub mod seccomp;
 pub mod serve;
 pub mod stats;
@@ -264,7 +264,13 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
     let readiness = ready::Readiness {
-        file: config.net.ready_file.as_deref().map(ready::ReadyFile::prepare).transpose().map_err(net::NetError::from)?,
+        file: config
+            .net
+            .ready_file
+            .as_deref()
+            .map(ready::ReadyFile::prepare)
+            .transpose()
+            .map_err(net::NetError::from)?,
         announce: config.log_level >= options::LogLevel::Info as u32,
     };
     let user_net = seccomp::UserNetCalls {

@@ -48,9 +48,9 @@ impl ReadyFile {
             let p = p.to_path_buf();
             move |source| ReadyFileError { path: p, source }
         };
-        let name = path.file_name().ok_or_else(|| {
-            err(path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "names no file"))
-        })?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| err(path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "names no file")))?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".{}.tmp", std::process::id()));
@@ -167,7 +167,10 @@ mod tests {
 
     #[test]
     fn the_file_and_the_line_name_the_ports() {
-        assert_eq!(file_text(&listening()), "listening service 443\nlistening service 80\npublished 127.0.0.1:8443 443\n");
+        assert_eq!(
+            file_text(&listening()),
+            "listening service 443\nlistening service 80\npublished 127.0.0.1:8443 443\n"
+        );
         assert_eq!(
             message(&listening()),
             "skiff: ready (listening on guest port 443 of NIC \"service\", published at 127.0.0.1:8443; \
