@@ -414,6 +414,21 @@ pub mod ring {
     /// clears it and rings (`NetNotify`). So a guest that stops reading
     /// costs the host nothing, and one that resumes is served at once.
     pub const PRODUCER_WAITING: u64 = 192;
+    /// Offset, in the *transmit* ring's header, of the guest's count of
+    /// TCP listeners started (`u32`, only ever incremented). The runtime
+    /// writes the listener's port at [`LISTEN_PORTS`] (the first
+    /// [`LISTEN_PORTS_MAX`] only), then increments the count with release
+    /// ordering, then rings the doorbell if the consumer sleeps, as after
+    /// sending frames. The tender reads it from its I/O thread to know the
+    /// service is ready (`--ready-file`) and to hand held connections over
+    /// at once; it never trusts it for anything else. Older runtimes leave
+    /// it zero; older tenders ignore it.
+    pub const LISTENING: u64 = 256;
+    /// Offset, in the transmit ring's header, of the ports (`u16` each) of
+    /// the first [`LISTEN_PORTS_MAX`] listeners, in the order they started.
+    pub const LISTEN_PORTS: u64 = 320;
+    /// Listener ports the header records.
+    pub const LISTEN_PORTS_MAX: u32 = 8;
     /// Bytes per slot.
     pub const SLOT_SIZE: u64 = 2048;
     /// Offset of a slot's length field.

@@ -243,6 +243,12 @@ impl Inner {
     }
 }
 
+/// Puts listening sockets in place for every listener (a new one at once).
+pub(crate) fn refill(inner: &mut Inner) {
+    let Inner { listeners, sockets, stats, .. } = inner;
+    refill_listeners(listeners, sockets, stats);
+}
+
 fn refill_listeners(listeners: &mut [Option<ListenerState>], sockets: &mut SocketSet<'static>, stats: &mut StackStats) {
     for l in listeners.iter_mut().flatten() {
         let mut changed = false;

@@ -112,6 +112,10 @@ impl TcpListener {
                 inner.listeners.len() - 1
             }
         };
+        // Listen at once, and say so (the tender learns the service is
+        // ready and hands over connections it held).
+        crate::stack::refill(&mut inner);
+        inner.device.listening(port);
         inner.kick();
         drop(inner);
         Ok(TcpListener { stack: stack.clone(), id, port })

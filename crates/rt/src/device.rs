@@ -39,6 +39,13 @@ pub trait NetDevice {
     /// `Ready` if a frame is waiting; otherwise arranges for the task to be
     /// woken when one arrives.
     fn poll_rx(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// A TCP listener on `port` now listens on this NIC. The tender's
+    /// rings carry it to the host (the service is ready); other devices
+    /// ignore it.
+    fn listening(&mut self, port: u16) {
+        let _ = port;
+    }
 }
 
 /// A device could not be lent.

@@ -162,6 +162,24 @@ impl<C: NicCalls> NetDevice for Nic<C> {
         }
     }
 
+    fn listening(&mut self, port: u16) {
+        let count = self.tx.word(ring::LISTENING);
+        let n = count.load(Ordering::Relaxed);
+        if n < ring::LISTEN_PORTS_MAX {
+            let at = self.tx.base + (ring::LISTEN_PORTS + 2 * u64::from(n)) as usize;
+            // SAFETY: the port slots lie in the transmit ring's header page
+            // (see `RingView::new`), 2-byte aligned, written only by us; the
+            // tender reads them after the count's release store below.
+            unsafe { (at as *mut u16).write_volatile(port) };
+        }
+        count.store(n.wrapping_add(1), Ordering::Release);
+        // As after sending frames: wake the I/O thread if it sleeps.
+        fence(Ordering::SeqCst);
+        if self.tx.sleeping().load(Ordering::SeqCst) != 0 {
+            self.calls.net_notify(self.index);
+        }
+    }
+
     fn poll_rx(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.rx_pending() {
             return Poll::Ready(());
@@ -282,6 +300,37 @@ mod tests {
         nic.flush();
         nic.flush();
         assert_eq!(tender.notifies.get(), 1, "one doorbell for the queued frames, none for an empty flush");
+        drop(memory);
+    }
+
+    #[test]
+    fn listeners_are_counted_in_the_transmit_header_with_their_ports() {
+        let slots = 8;
+        let bytes = 2 * ring::ring_bytes(slots) as usize;
+        let mut memory = std::vec![0u64; bytes / 8];
+        let base = memory.as_mut_ptr() as usize;
+        let other = Other { base, slots };
+        let tender = FakeTender::default();
+        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
+        // SAFETY: `memory` holds both rings and outlives `nic`.
+        let mut nic = unsafe { Nic::new(0, info, &tender) };
+        nic.listening(443);
+        assert_eq!(tender.notifies.get(), 0, "the I/O thread is awake: no doorbell");
+        other.word(1, ring::CONSUMER_SLEEPING).store(1, Ordering::SeqCst);
+        for port in 1..=10 {
+            nic.listening(8000 + port);
+        }
+        assert_eq!(tender.notifies.get(), 10, "a sleeping I/O thread is woken for each");
+        assert_eq!(other.word(1, ring::LISTENING).load(Ordering::Acquire), 11);
+        assert_eq!(other.word(0, ring::LISTENING).load(Ordering::Acquire), 0, "the receive ring's header is untouched");
+        let port = |i: u64| {
+            // SAFETY: inside the test's buffer, aligned.
+            unsafe {
+                ((base + ring::ring_bytes(slots) as usize + (ring::LISTEN_PORTS + 2 * i) as usize) as *const u16).read()
+            }
+        };
+        let ports: Vec<u16> = (0..u64::from(ring::LISTEN_PORTS_MAX)).map(port).collect();
+        assert_eq!(ports, [443, 8001, 8002, 8003, 8004, 8005, 8006, 8007]);
         drop(memory);
     }
 }

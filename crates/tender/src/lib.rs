@@ -36,6 +36,7 @@ pub mod net;
 pub mod netio;
 pub mod options;
 pub mod paging;
+pub mod ready;
 pub mod rings;
 pub mod seccomp;
 pub mod serve;
@@ -262,8 +263,21 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
-    let user_net =
-        seccomp::UserNetCalls { relays: nics.iter().any(net::Nic::is_user), outbound: nics.iter().any(|n| n.outbound) };
+    let readiness = ready::Readiness {
+        file: config
+            .net
+            .ready_file
+            .as_deref()
+            .map(ready::ReadyFile::prepare)
+            .transpose()
+            .map_err(net::NetError::from)?,
+        announce: config.log_level >= options::LogLevel::Info as u32,
+    };
+    let user_net = seccomp::UserNetCalls {
+        relays: nics.iter().any(net::Nic::is_user),
+        outbound: nics.iter().any(|n| n.outbound),
+        ready_file: readiness.file.is_some(),
+    };
     let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
     let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
     let tables = PageTables::build(&regions)?;
@@ -328,7 +342,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         None
     } else {
         let kicker = ThreadKicker::current();
-        let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker);
+        let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker, readiness);
         Some(io.map_err(TenderError::Watchdog)?)
     };
     let proc_status = stats::ProcStatus::open();

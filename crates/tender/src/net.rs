@@ -68,6 +68,8 @@ pub struct NetOptions {
     /// container's network, e.g. an overlay's 1450); the guest is told
     /// the NIC's MTU. Others, and larger values, get [`NET_MTU`].
     pub mtus: Vec<(String, u16)>,
+    /// `--ready-file`: written when the guest first listens.
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NetOptions {
@@ -82,6 +84,7 @@ impl Default for NetOptions {
             guest_spin: Duration::from_micros(50),
             limits: skiff_usernet::Limits::default(),
             mtus: Vec::new(),
+            ready_file: None,
         }
     }
 }
@@ -137,6 +140,9 @@ pub enum NetError {
         /// The NICs the image declares.
         Vec<String>,
     ),
+    /// The `--ready-file` could not be prepared.
+    #[error(transparent)]
+    ReadyFile(#[from] crate::ready::ReadyFileError),
     /// The user network could not be set up.
     #[error("NIC {nic:?}: {source}")]
     User {

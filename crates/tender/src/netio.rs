@@ -17,6 +17,7 @@
 
 use crate::guest_memory::GuestMemory;
 use crate::net::{FrameError, Host, Nic, NicError};
+use crate::ready::{Listening, Readiness};
 use crate::stats::NetStats;
 use crate::sys::ThreadKicker;
 use crate::tap::Tap;
@@ -70,13 +71,15 @@ pub struct IoThread {
 
 impl IoThread {
     /// Starts serving `nics`, whose host ends the thread takes over. `vcpu`
-    /// is kicked when the guest must be ended.
+    /// is kicked when the guest must be ended; `readiness` says what to do
+    /// when the guest first listens.
     pub fn start(
         mut nics: Vec<Nic>,
         mem: Arc<GuestMemory>,
         shared: Arc<IoShared>,
         spin: Duration,
         vcpu: ThreadKicker,
+        mut readiness: Readiness,
     ) -> std::io::Result<IoThread> {
         let s = shared.clone();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -85,7 +88,7 @@ impl IoThread {
             // not have; the lockdown waits for this.
             let _ = started_tx.send(());
             let mut stats = NetStats::default();
-            if let Err(e) = serve(&mut nics, &mem, &s, spin, &mut stats) {
+            if let Err(e) = serve(&mut nics, &mem, &s, spin, &mut stats, &mut readiness) {
                 *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 let _ = s.rx_notify.write(1);
                 vcpu.kick();
@@ -125,11 +128,14 @@ fn serve(
     shared: &IoShared,
     spin: Duration,
     stats: &mut NetStats,
+    readiness: &mut Readiness,
 ) -> Result<(), NicError> {
     let mut buf = Box::new([0u8; 65536]);
     let mut last_work = Instant::now();
+    // Each NIC's count of guest listeners, as last seen.
+    let mut listeners = vec![0u32; nics.len()];
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut moved = false;
+        let mut moved = check_listeners(nics, mem, &mut listeners, readiness)?;
         // NICs whose receive ring got frames, and whose ring is full while
         // their host end holds more (one bit each).
         let mut produced = 0u64;
@@ -204,6 +210,7 @@ fn serve(
             let rings = &nic.rings;
             queued |= rings.tx.pending(mem).map_err(|e| rings.error(e))? > 0;
             queued |= full & (1 << index) != 0 && rings.rx.has_room(mem).map_err(|e| rings.error(e))?;
+            queued |= rings.tx.listening(mem).map_err(|e| rings.error(e))?.0 != listeners[index];
         }
         if !queued {
             // A TAP device whose receive ring is full stays readable: leave
@@ -229,6 +236,49 @@ fn serve(
         last_work = Instant::now();
     }
     Ok(())
+}
+
+/// Looks at each NIC's count of guest listeners: a change hands the
+/// connections the user network holds to the guest at once, and the first
+/// listener makes the service ready. Returns whether anything changed.
+fn check_listeners(
+    nics: &mut [Nic],
+    mem: &GuestMemory,
+    seen: &mut [u32],
+    readiness: &mut Readiness,
+) -> Result<bool, NicError> {
+    let mut changed = false;
+    let mut first = false;
+    for (index, nic) in nics.iter_mut().enumerate() {
+        let rings = &nic.rings;
+        let (count, _) = rings.tx.listening(mem).map_err(|e| rings.error(e))?;
+        if count == seen[index] {
+            continue;
+        }
+        first |= seen.iter().all(|&n| n == 0);
+        seen[index] = count;
+        changed = true;
+        if let Host::User(u) = &mut nic.host {
+            u.guest_listens();
+        }
+    }
+    if first {
+        let mut listening = Vec::new();
+        for nic in nics.iter() {
+            let rings = &nic.rings;
+            let (count, ports) = rings.tx.listening(mem).map_err(|e| rings.error(e))?;
+            if count == 0 {
+                continue;
+            }
+            let published = match &nic.host {
+                Host::User(u) => u.published_tcp().into_iter().filter(|(_, p)| ports.contains(p)).collect(),
+                Host::Tap(_) => Vec::new(),
+            };
+            listening.push(Listening { nic: rings.nic.clone(), ports, published });
+        }
+        readiness.ready(&listening);
+    }
+    Ok(changed)
 }
 
 /// Sets each transmit ring's "consumer asleep" flag, and the "waiting for

@@ -247,6 +247,17 @@ pub struct RunOptions {
     /// connection, e.g. 16K or 1M (a plain number means KiB).
     #[arg(long, value_parser = parse_tcp_buffer, default_value = "64K", value_name = "SIZE")]
     pub net_tcp_buffer: usize,
+    /// On the user network, how long a connection that reaches a published
+    /// port before the guest listens is held (its SYN resent to the guest
+    /// every few milliseconds) before it is reset; 0 resets it at once.
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    pub net_hold: std::time::Duration,
+    /// Write PATH (atomically, by a rename) once the service listens: one
+    /// line `listening NIC PORT` per port, and `published HOSTADDR PORT`
+    /// per published address relayed to it. An old PATH is removed at
+    /// start.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 impl RunOptions {
@@ -271,8 +282,10 @@ impl RunOptions {
                     backlog: self.net_backlog,
                     udp_flows: self.net_max_udp_flows,
                     tcp_buffer: self.net_tcp_buffer,
+                    hold: self.net_hold,
                     ..Default::default()
                 },
+                ready_file: self.ready_file.clone(),
                 ..Default::default()
             },
         }

@@ -157,6 +157,17 @@ impl Ring {
     pub fn sleeping<'m>(&self, mem: &'m GuestMemory) -> Result<&'m AtomicU32, MemoryError> {
         self.index(mem, ring::CONSUMER_SLEEPING)
     }
+
+    /// The guest's listeners (transmit rings): how many it started, and
+    /// the ports of the first [`ring::LISTEN_PORTS_MAX`]. Guest-written and
+    /// only reported, never trusted.
+    pub fn listening(&self, mem: &GuestMemory) -> Result<(u32, Vec<u16>), MemoryError> {
+        let count = self.index(mem, ring::LISTENING)?.load(Ordering::Acquire);
+        let mut raw = [0u8; 2 * ring::LISTEN_PORTS_MAX as usize];
+        mem.read(GuestAddr(self.base + ring::LISTEN_PORTS), &mut raw)?;
+        let n = count.min(ring::LISTEN_PORTS_MAX) as usize;
+        Ok((count, raw.chunks_exact(2).take(n).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()))
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,9 @@ pub struct UserNetCalls {
     pub relays: bool,
     /// It relays the guest's own traffic out: create and connect sockets.
     pub outbound: bool,
+    /// `--ready-file`: the I/O thread renames the file into place when the
+    /// guest listens (or removes its temporary file if it never does).
+    pub ready_file: bool,
 }
 
 /// The descriptors `ioctl` may be used on.
@@ -150,6 +153,15 @@ pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompErro
         );
         allow(libc::SYS_connect, vec![]);
         allow(libc::SYS_bind, vec![]);
+    }
+    if user.ready_file {
+        // The ready file: its temporary file, created before lockdown, is
+        // renamed into place, or removed if the guest never listens.
+        allow(libc::SYS_rename, vec![]);
+        allow(libc::SYS_renameat, vec![]);
+        allow(libc::SYS_renameat2, vec![]);
+        allow(libc::SYS_unlink, vec![]);
+        allow(libc::SYS_unlinkat, vec![]);
     }
     allow(libc::SYS_sigaltstack, vec![]);
     allow(libc::SYS_rseq, vec![]);

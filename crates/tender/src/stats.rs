@@ -167,12 +167,15 @@ impl Stats {
             let _ = write!(
                 s,
                 "\n  user  NIC {nic:?}: {} published and {} outbound connections, {} refused, at most {} at once, \
-                 limit reached {} times, {} slow closes, {} datagrams, {} DNS queries, {} frames dropped",
+                 limit reached {} times, {} held until the guest listened ({} past the hold), {} slow closes, \
+                 {} datagrams, {} DNS queries, {} frames dropped",
                 u.published_connections,
                 u.outbound_connections,
                 u.refused_connections,
                 u.peak_connections,
                 u.limit_reached,
+                u.held_connections,
+                u.hold_timeouts,
                 u.slow_closes,
                 u.datagrams,
                 u.dns_queries,

@@ -106,6 +106,10 @@ pub struct Limits {
     pub queued_frames: usize,
     /// DNS queries in flight.
     pub dns_queries: usize,
+    /// How long a published connection that reaches the guest before it
+    /// listens is held (its SYN resent in milliseconds) before the host
+    /// side is reset. Zero resets it as soon as the guest refuses.
+    pub hold: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -118,6 +122,7 @@ impl Default for Limits {
             udp_flows: 256,
             queued_frames: 512,
             dns_queries: 256,
+            hold: std::time::Duration::from_secs(2),
         }
     }
 }

@@ -35,15 +35,17 @@ pub mod config;
 mod device;
 mod dhcp;
 mod dns;
+pub mod hold;
 
 pub use config::{Config, Limits, Proto, Publish, PublishError};
 use config::{DNS, GATEWAY, GATEWAY_MAC, GUEST, NETWORK, PREFIX, UDP_BUFFER};
 use device::FrameQueues;
+use hold::{Hold, HoldAction};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol,
-    Ipv4Packet, TcpPacket, UdpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress,
+    IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
 use socket2::{Domain, SockRef, Socket, Type};
 use std::collections::BTreeMap;
@@ -106,6 +108,12 @@ pub struct Stats {
     pub dns_queries: u64,
     /// Frames dropped because a queue was full.
     pub dropped_frames: u64,
+    /// Published connections that reached the guest before it listened
+    /// and were held (a fresh SYN sent at least once).
+    pub held_connections: u64,
+    /// Held connections the guest never accepted within `Limits::hold`
+    /// (their host side was reset).
+    pub hold_timeouts: u64,
 }
 
 enum HostConn {
@@ -133,6 +141,11 @@ struct Relay {
     guest_fin: bool,
     /// What is left to do.
     end: End,
+    /// For a published connection the guest has not accepted yet: when to
+    /// send it a fresh SYN, and when to give up.
+    hold: Option<Hold>,
+    /// For published connections: the guest's port.
+    guest_port: u16,
 }
 
 /// How far a relay is.
@@ -242,6 +255,27 @@ fn would_block(e: &io::Error) -> bool {
 /// client would read a clean end of stream before the reset).
 fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// An ARP reply from the guest's MAC for its address, to the gateway.
+fn guest_arp_reply(guest_mac: [u8; 6]) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(guest_mac),
+        source_protocol_addr: GUEST,
+        target_hardware_addr: EthernetAddress(GATEWAY_MAC),
+        target_protocol_addr: GATEWAY,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(guest_mac),
+        dst_addr: EthernetAddress(GATEWAY_MAC),
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut frame = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+    let mut e = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.emit(&mut e);
+    arp.emit(&mut ArpPacket::new_unchecked(e.payload_mut()));
+    frame
 }
 
 /// Moves what can move for one relay and says how far it is.
@@ -372,6 +406,11 @@ impl UserNet {
             _ => None,
         };
         let mut frames = FrameQueues::new(config.limits.queued_frames);
+        // The gateway knows the one guest's MAC: it leases it the address.
+        // Told so at once, it sends its first SYN to a guest without an
+        // answer to ARP yet (it has not leased its address) instead of
+        // waiting a second to ask again.
+        frames.from_guest.push_back(guest_arp_reply(config.guest_mac));
         let mut iface_config = smoltcp::iface::Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
         // The seed picks TCP initial sequence numbers and ports on the guest's
         // link; only the guest sees them, so the clock is enough.
@@ -536,6 +575,8 @@ impl UserNet {
             host_shut: false,
             guest_fin: false,
             end: End::Open,
+            hold: None,
+            guest_port: 0,
         });
         self.note_peak();
     }
@@ -647,6 +688,8 @@ impl UserNet {
                     host_shut: false,
                     guest_fin: false,
                     end: End::Open,
+                    hold: Some(Hold::new(Instant::now())),
+                    guest_port,
                 });
                 self.note_peak();
             }
@@ -697,10 +740,87 @@ impl UserNet {
     }
 
     fn serve_relays(&mut self) {
-        for r in &mut self.relays {
+        let now = Instant::now();
+        let timeout = self.config.limits.hold;
+        let mut retry = Vec::new();
+        for (i, r) in self.relays.iter_mut().enumerate() {
             let s = self.sockets.get_mut::<tcp::Socket>(r.sock);
+            if let Some(hold) = &mut r.hold {
+                // Not accepted yet: the SYN is unanswered or was refused.
+                if matches!(s.state(), tcp::State::SynSent | tcp::State::Closed) {
+                    match hold.poll(now, timeout) {
+                        HoldAction::Wait => continue,
+                        HoldAction::Retry => {
+                            if hold.retries() == 1 {
+                                self.stats.held_connections += 1;
+                            }
+                            retry.push(i);
+                            continue;
+                        }
+                        HoldAction::GiveUp if !timeout.is_zero() => {
+                            // Held as long as allowed: the host side is
+                            // reset, as a refused connection is.
+                            self.stats.hold_timeouts += u64::from(hold.retries() > 0);
+                            log::debug!(
+                                "user network: guest port {} accepted no connection within {:?}",
+                                r.guest_port,
+                                hold.held(now)
+                            );
+                            s.abort();
+                            if let HostConn::Connected(host) = &r.host {
+                                reset(host);
+                            }
+                            r.hold = None;
+                            r.end = End::Done;
+                            continue;
+                        }
+                        // No hold (a zero timeout): TCP's own timers.
+                        HoldAction::GiveUp => {}
+                    }
+                }
+                r.hold = None;
+            }
             r.end = serve_relay(r, s);
         }
+        for i in retry {
+            self.resend_syn(i);
+        }
+    }
+
+    /// Replaces a held relay's gateway socket with a fresh one, whose SYN
+    /// goes to the guest at the next poll. The old socket goes silently:
+    /// the guest either never saw its SYN or refused it.
+    fn resend_syn(&mut self, i: usize) {
+        let (old, guest_port) = (self.relays[i].sock, self.relays[i].guest_port);
+        let local_port = self.port();
+        let mut s = tcp_socket(self.config.limits.tcp_buffer);
+        let guest = (IpAddress::Ipv4(GUEST), guest_port);
+        if s.connect(self.iface.context(), guest, (IpAddress::Ipv4(GATEWAY), local_port)).is_err() {
+            return;
+        }
+        self.sockets.remove(old);
+        let r = &mut self.relays[i];
+        r.sock = self.sockets.add(s);
+        r.local_port = Some(local_port);
+    }
+
+    /// The guest started listening (the tender saw its runtime say so):
+    /// held connections try again at once rather than at their next step.
+    pub fn guest_listens(&mut self) {
+        let now = Instant::now();
+        for hold in self.relays.iter_mut().filter_map(|r| r.hold.as_mut()) {
+            hold.hurry(now);
+        }
+    }
+
+    /// The published TCP ports: host address and guest port.
+    pub fn published_tcp(&self) -> Vec<(SocketAddr, u16)> {
+        self.tcp_listeners.iter().filter_map(|(l, port)| Some((l.local_addr().ok()?, *port))).collect()
+    }
+
+    /// Published connections waiting for the guest to accept them.
+    pub fn held(&self) -> usize {
+        self.relays.iter().filter(|r| r.hold.is_some()).count()
     }
 
     fn serve_udp(&mut self) {
@@ -880,7 +1000,14 @@ impl UserNet {
     /// arrives (retransmissions, timers).
     pub fn poll_delay(&mut self) -> Option<Duration> {
         let now = self.now();
-        self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
+        let stack = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
+        let timeout = self.config.limits.hold;
+        let held = self.relays.iter().filter_map(|r| r.hold.as_ref()).map(|h| h.deadline(timeout)).min();
+        let held = held.map(|at| at.saturating_duration_since(Instant::now()));
+        match (stack, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether frames wait for the guest.

@@ -27,6 +27,7 @@ fn filling_every_limit_stays_within_the_memory_bound() {
         udp_flows: 8,
         queued_frames: 64,
         dns_queries: 16,
+        hold: std::time::Duration::from_secs(2),
     };
     let publish = vec!["0:7".parse().unwrap(), "0:9/udp".parse().unwrap()];
     let (mut w, bound) = World::with_limits(publish, false, limits);
