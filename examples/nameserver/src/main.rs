@@ -14,7 +14,7 @@
 use core::time::Duration;
 use skiff::dns::serve::{NameServer, ServeConfig};
 use skiff::dns::{Catalog, Config, RateLimit, Server};
-use skiff::net::{NetConfig, Stack, TcpListener, UdpSocket};
+use skiff::net::{NetConfig, Stack, TcpListener, UdpOptions, UdpSocket};
 use skiff::prelude::*;
 
 /// The zones, compiled by build.rs.
@@ -30,7 +30,10 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     }
     let server = Server::new(catalog, options.dns.clone());
     let stack = Stack::new(env.take_net("service")?, net, &env.spawner());
-    let udp = UdpSocket::bind(&stack, options.port)?;
+    // Room for a burst of queries (dnsperf keeps hundreds in flight)
+    // while the stack takes frames in before the socket's task runs.
+    let buffers = UdpOptions { datagrams: 1024, payload: 256 * 1024 };
+    let udp = UdpSocket::bind_with(&stack, options.port, buffers)?;
     let listener = TcpListener::bind(&stack, options.port)?;
     let ns = NameServer::new(server, options.serve);
     let addr = stack.wait_ipv4().await;
