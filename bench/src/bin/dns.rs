@@ -16,9 +16,15 @@
 //! it. Three rounds, Skiff and NSD alternating; the ratio is taken within
 //! each round.
 //!
+//! Then the image size, and the smallest `--mem` that serves a zone of
+//! 100,000 records: the example built (`skiff build`, its own target
+//! directory `target/guest-dns-bench`) with `NAMESERVER_ZONES` naming a
+//! generated zone, booted with growing `--mem` until it starts and answers
+//! 1,000 queries for random names of the zone.
+//!
 //! `cargo run --release -p skiff-bench --bin dns` (root, KVM, dnsperf, nsd).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_linux, start_logged, workspace};
+use skiff_bench::{Linking, client_ns, guest, release_skiff, release_tender, start_linux, start_logged, workspace};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -42,6 +48,9 @@ const QUERIES: &[&str] = &[
     "signed.example A",
     "missing.signed.example A",
 ];
+
+/// One round: Skiff's dnsperf run and latency (p50, p99), then NSD's.
+type Round = (Perf, (f64, f64), Perf, (f64, f64));
 
 /// One dnsperf run.
 #[derive(Clone, Copy, Debug)]
@@ -200,6 +209,78 @@ fn start_skiff(tender: &Path, image: &Path) -> (NetNs, Guard, PathBuf) {
     (ns, guest, log)
 }
 
+/// Records in the large zone.
+const LARGE: usize = 100_000;
+
+/// Builds the example with a zone of [`LARGE`] records (`large.example`:
+/// SOA, NS and `hN A` records) and returns the image.
+fn large_zone_image(dir: &Path) -> PathBuf {
+    let zones = dir.join("large-zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let mut text =
+        String::from("$ORIGIN large.example.\n$TTL 3600\n@ SOA ns1 hostmaster 1 7200 3600 1209600 300\n@ NS ns1\n");
+    for i in 0..LARGE - 2 {
+        text += &format!("h{i} A 10.{}.{}.{}\n", i >> 16 & 255, i >> 8 & 255, i & 255);
+    }
+    std::fs::write(zones.join("large.example.zone"), text).unwrap();
+    let out = Command::new(release_skiff())
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(workspace().join("target/guest-dns-bench"))
+        .arg(workspace().join("examples/nameserver"))
+        .env("NAMESERVER_ZONES", &zones)
+        .output()
+        .expect("run skiff build");
+    assert!(out.status.success(), "building the large zone failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    workspace().join("target/guest-dns-bench/x86_64-unknown-linux-gnu/release/nameserver")
+}
+
+/// Whether the image starts with `mem` and answers 1,000 queries for
+/// random names of the large zone.
+fn serves_large_zone(tender: &Path, image: &Path, mem: u32, dir: &Path) -> bool {
+    let ns = client_ns();
+    let log = dir.join(format!("large-{mem}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = ns.command(tender);
+    cmd.args(["--net", "service=tap0", "--mem", &format!("{mem}M"), "--timeout", "120s"])
+        .arg(image)
+        .args(["--", "--ipv4", "10.0.0.2/24"])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    skiff_tender::sys::unblock_stop_signals_on_exec(&mut cmd);
+    let mut guest = Guard(cmd.spawn().expect("start the tender"));
+    let up = wait_for(Duration::from_secs(60), || {
+        if std::fs::read_to_string(&log).unwrap_or_default().contains("serving UDP and TCP on") {
+            return Some(true);
+        }
+        guest.0.try_wait().ok().flatten().map(|_| false)
+    });
+    if up != Some(true) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("    --mem {mem}M: does not start: {}", text.lines().last().unwrap_or(""));
+        return false;
+    }
+    let answered = ns.run(|| {
+        let sock = UdpSocket::bind("10.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut buf = [0u8; 1024];
+        (0..1000u16)
+            .filter(|id| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let q = query(*id, &format!("h{}.large.example A", x as usize % (LARGE - 2)));
+                sock.send_to(&q, (GUEST, 53)).unwrap();
+                matches!(sock.recv_from(&mut buf), Ok((n, _)) if n > 12 && buf[..2] == q[..2] && buf[7] == 1)
+            })
+            .count()
+    });
+    let alive = guest.0.try_wait().ok().flatten().is_none();
+    eprintln!("    --mem {mem}M: {answered} of 1000 answered, {}", if alive { "running" } else { "stopped" });
+    answered == 1000 && alive
+}
+
 fn stripped_size(image: &Path) -> u64 {
     let stripped = std::env::temp_dir().join("skiff-bench-nameserver-stripped");
     let status = Command::new("objcopy").arg("--strip-all").arg(image).arg(&stripped).status().expect("objcopy");
@@ -232,7 +313,7 @@ fn main() {
     let probes = if quick { 1000 } else { 5000 };
     eprintln!("dns benchmark: {rounds} rounds of {secs} s, Skiff and NSD alternating");
 
-    let mut runs: Vec<(Perf, (f64, f64), Perf, (f64, f64))> = Vec::new();
+    let mut runs: Vec<Round> = Vec::new();
     for round in 0..rounds {
         eprintln!("  round {}", round + 1);
         let (skiff, skiff_lat) = {
@@ -256,9 +337,13 @@ fn main() {
         runs.push((skiff, skiff_lat, nsd, nsd_lat));
     }
     let size = stripped_size(&image);
+    eprintln!("  a zone of {LARGE} records");
+    let large = large_zone_image(&dir);
+    let large_size = stripped_size(&large);
+    let smallest =
+        [8, 12, 16, 24, 32, 48, 64, 96, 128].into_iter().find(|&m| serves_large_zone(&tender, &large, m, &dir));
 
-    let col =
-        |f: &dyn Fn(&(Perf, (f64, f64), Perf, (f64, f64))) -> f64| spread(&runs.iter().map(f).collect::<Vec<_>>());
+    let col = |f: &dyn Fn(&Round) -> f64| spread(&runs.iter().map(f).collect::<Vec<_>>());
     let show = |(m, lo, hi): (f64, f64, f64), d: usize| format!("{m:.d$} ({lo:.d$}-{hi:.d$})");
     println!("## Name server: examples/nameserver against NSD (median of {rounds} runs of {secs} s, min-max)");
     println!();
@@ -297,5 +382,10 @@ fn main() {
     println!("| measure | value | target |");
     println!("| --- | ---: | ---: |");
     println!("| nameserver image, stripped | {:.0} KiB | at most 1024 KiB |", size as f64 / 1024.0);
+    println!("| the same with a zone of {LARGE} records | {:.0} KiB | |", large_size as f64 / 1024.0);
+    match smallest {
+        Some(m) => println!("| smallest --mem serving {LARGE} records | {m} MiB | |"),
+        None => println!("| smallest --mem serving {LARGE} records | over 128 MiB | |"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
