@@ -313,8 +313,10 @@ fn main() {
     let probes = if quick { 1000 } else { 5000 };
     eprintln!("dns benchmark: {rounds} rounds of {secs} s, Skiff and NSD alternating");
 
+    // SKIFF_BENCH_ONLY=memory: only the image sizes and the large zone.
+    let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
     let mut runs: Vec<Round> = Vec::new();
-    for round in 0..rounds {
+    for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
         let (skiff, skiff_lat) = {
             let (ns, mut guest, log) = start_skiff(&tender, &image);
@@ -343,6 +345,10 @@ fn main() {
     let smallest =
         [8, 12, 16, 24, 32, 48, 64, 96, 128].into_iter().find(|&m| serves_large_zone(&tender, &large, m, &dir));
 
+    if only_memory {
+        println!("image {size} bytes stripped, {large_size} with {LARGE} records; smallest --mem {smallest:?} MiB");
+        return;
+    }
     let col = |f: &dyn Fn(&Round) -> f64| spread(&runs.iter().map(f).collect::<Vec<_>>());
     let show = |(m, lo, hi): (f64, f64, f64), d: usize| format!("{m:.d$} ({lo:.d$}-{hi:.d$})");
     println!("## Name server: examples/nameserver against NSD (median of {rounds} runs of {secs} s, min-max)");
