@@ -73,6 +73,16 @@ impl NameServer {
         line.split_whitespace().nth(1).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok()).expect("address")
     }
 
+    /// Sends SIGTERM; the exit status and the output.
+    fn stop(&mut self) -> (i32, String) {
+        let pid = self._child.0.id();
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+        assert!(sent.success());
+        let status = wait_for(Duration::from_secs(10), || self._child.0.try_wait().ok().flatten())
+            .unwrap_or_else(|| panic!("the name server did not stop:\n{}", self.output()));
+        (status.code().unwrap_or(-1), self.output())
+    }
+
     /// kdig's output for `args` (over UDP unless they say `+tcp`): stdout
     /// and stderr together.
     fn kdig(&self, args: &[&str]) -> String {
@@ -226,6 +236,18 @@ fn kdig_gets_answers_nxdomain_wildcards_referrals_and_dnssec() {
     assert!(authority.iter().any(|l| l.contains(" IN RRSIG NSEC ")), "{denial}");
     let keys = ns.kdig(&["+dnssec", "signed.example", "DNSKEY"]);
     assert_eq!(section(&keys, "ANSWER").iter().filter(|l| l.contains(" IN DNSKEY ")).count(), 2, "{keys}");
+
+    // SIGTERM: it says what it served and ends cleanly.
+    let mut ns = ns;
+    let (status, out) = ns.stop();
+    assert_eq!(status, 0, "{out}");
+    let line = out.lines().find(|l| l.contains("stopping: answered")).unwrap_or_else(|| panic!("{out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "answered").unwrap();
+    let (answered, asked): (u32, u32) = (words[at + 1].parse().unwrap(), words[at + 3].parse().unwrap());
+    // Ten kdig queries (kdig retries a lost one).
+    assert!(answered == asked && asked >= 10, "{line}");
+    assert!(line.contains("and 0 TCP queries on 0 connections"), "{line}");
 }
 
 #[test]

@@ -50,7 +50,21 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
             skiff::exit(1);
         }
     });
-    ns.serve_tcp(env.spawner(), listener).await?;
+    let tcp_side = ns.clone();
+    let spawner = env.spawner();
+    env.spawn(async move {
+        if let Err(e) = tcp_side.serve_tcp(spawner, listener).await {
+            error!("{e}");
+            skiff::exit(1);
+        }
+    });
+    env.stopping().await;
+    let s = ns.stats();
+    info!(
+        "stopping: answered {} of {} UDP queries and {} TCP queries on {} connections ({} turned away, {} closed \
+         for idleness or bad framing)",
+        s.udp_answers, s.udp_queries, s.tcp_queries, s.tcp_connections, s.tcp_turned_away, s.tcp_dropped
+    );
     Ok(())
 }
 
