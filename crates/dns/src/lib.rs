@@ -1,7 +1,8 @@
 //! An authoritative DNS server core: zones compiled at build time, and a
 //! sans-IO server that turns one query message into one answer message
-//! (or, where the RFCs say so, into nothing). The UDP and TCP front ends
-//! that carry the bytes live with the service; this crate does no I/O.
+//! (or, where the RFCs say so, into nothing). The core does no I/O; the
+//! UDP and TCP front ends on Skiff's network stack are in [`serve`]
+//! (cargo feature `net`).
 //!
 //! - [`build`] (cargo feature `build`, std, host only): compiles RFC 1035
 //!   master files into a blob, with errors that name the file and line.
@@ -9,6 +10,8 @@
 //! - [`Server`]: [`Server::respond`] answers a query for UDP or TCP;
 //!   [`Server::handle`] adds response-rate limiting ([`RateLimit`]).
 //! - [`tcp`]: the two-byte length framing of DNS over TCP.
+//! - `serve` (feature `net`): [`NameServer`](serve::NameServer) answers on
+//!   a UDP socket and a TCP listener of `skiff-net`.
 //!
 //! Messages are parsed and built with NLnet Labs' `domain` crate. See
 //! `docs/dns.md` for what is served and what is not.
@@ -41,6 +44,8 @@ pub mod blob;
 pub mod build;
 mod nsec3;
 mod rrl;
+#[cfg(feature = "net")]
+pub mod serve;
 mod server;
 pub mod tcp;
 mod zone;

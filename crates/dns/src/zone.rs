@@ -113,6 +113,11 @@ impl<'a> Node<'a> {
         let i = match self.rrsets.iter().position(|s| s.rtype == rtype) {
             Some(i) => i,
             None => {
+                // Most names have one RRset: no room for four (a zone of
+                // 100,000 names would pay megabytes for it).
+                if self.rrsets.capacity() == 0 {
+                    self.rrsets.reserve_exact(1);
+                }
                 self.rrsets.push(Rrset { rtype, rrs: Vec::new(), sigs: Vec::new() });
                 self.rrsets.len() - 1
             }
@@ -325,7 +330,12 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
             sigs.push((rec.owner, Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])), rr));
             continue;
         }
-        nodes.entry(rec.owner).or_default().get_or_insert(rec.rtype).rrs.push(rr);
+        let rrs = &mut nodes.entry(rec.owner).or_default().get_or_insert(rec.rtype).rrs;
+        // Most RRsets hold one record: grow from one, not four.
+        if rrs.capacity() == 0 {
+            rrs.reserve_exact(1);
+        }
+        rrs.push(rr);
     }
     if pos != body.len() {
         return Err(LoadError::BadRecord { zone: z, record: count });

@@ -52,4 +52,4 @@ pub use config::{ConfigError, Ipv4Config, Ipv6Config, NetConfig};
 pub use dns::DnsError;
 pub use stack::{Stack, StackStats, TcpOptions};
 pub use tcp::{ListenOptions, OwnedReadHalf, OwnedWriteHalf, ReadHalf, TcpError, TcpListener, TcpStream, WriteHalf};
-pub use udp::{UdpError, UdpSocket};
+pub use udp::{UdpError, UdpOptions, UdpSocket};

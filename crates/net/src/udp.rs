@@ -32,25 +32,51 @@ impl core::fmt::Display for UdpError {
 
 impl core::error::Error for UdpError {}
 
-/// Datagrams buffered per direction.
+/// Datagrams buffered per direction by default.
 const DATAGRAMS: usize = 64;
-/// Payload bytes buffered per direction.
+/// Payload bytes buffered per direction by default.
 const PAYLOAD: usize = 64 * 1024;
+
+/// A UDP socket's buffers. A burst of datagrams larger than the receive
+/// buffer, arriving before the socket's task runs, loses the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// Datagrams buffered per direction (64 by default).
+    pub datagrams: usize,
+    /// Payload bytes buffered per direction (64 KiB by default; at least
+    /// 64 KiB, the largest datagram).
+    pub payload: usize,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        UdpOptions { datagrams: DATAGRAMS, payload: PAYLOAD }
+    }
+}
 
 /// A bound UDP socket.
 pub struct UdpSocket {
     stack: Stack,
     handle: SocketHandle,
     port: u16,
+    /// The send buffer's size: no datagram can be larger.
+    max_payload: usize,
 }
 
 impl UdpSocket {
     /// Binds to `port` on every address.
     pub fn bind(stack: &Stack, port: u16) -> Result<UdpSocket, UdpError> {
+        UdpSocket::bind_with(stack, port, UdpOptions::default())
+    }
+
+    /// Binds to `port` on every address with `options`' buffers.
+    pub fn bind_with(stack: &Stack, port: u16, options: UdpOptions) -> Result<UdpSocket, UdpError> {
+        let datagrams = options.datagrams.max(1);
+        let payload = options.payload.max(PAYLOAD);
         let mut inner = stack.inner.borrow_mut();
         let mut s = udp::Socket::new(
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; DATAGRAMS], vec![0u8; PAYLOAD]),
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; DATAGRAMS], vec![0u8; PAYLOAD]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0u8; payload]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0u8; payload]),
         );
         let taken = inner.sockets.iter().any(|(_, sock)| match sock {
             smoltcp::socket::Socket::Udp(u) => u.endpoint().port == port,
@@ -60,7 +86,7 @@ impl UdpSocket {
             return Err(UdpError::AddressInUse(port));
         }
         let handle = inner.sockets.add(s);
-        Ok(UdpSocket { stack: stack.clone(), handle, port })
+        Ok(UdpSocket { stack: stack.clone(), handle, port, max_payload: payload })
     }
 
     /// The bound port.
@@ -70,7 +96,7 @@ impl UdpSocket {
 
     /// Sends `buf` to `to`, waiting for buffer room.
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> Result<(), UdpError> {
-        if buf.len() > PAYLOAD {
+        if buf.len() > self.max_payload {
             return Err(UdpError::TooLarge(buf.len()));
         }
         poll_fn(|cx| {

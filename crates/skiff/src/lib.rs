@@ -66,6 +66,12 @@ pub use skiff_http as http;
 #[cfg(feature = "kv")]
 pub use skiff_kv as kv;
 
+/// An authoritative DNS server (feature `dns`): zones compiled at build
+/// time, the sans-IO server and its UDP and TCP front ends
+/// (`skiff::dns::serve`).
+#[cfg(feature = "dns")]
+pub use skiff_dns as dns;
+
 /// Time: the monotonic clock, the wall clock, sleeping and timeouts.
 pub mod time {
     pub use core::time::Duration;

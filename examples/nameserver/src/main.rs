@@ -1,0 +1,159 @@
+//! An authoritative name server: the zones under `zones/` (compiled into
+//! the image by build.rs) answered on UDP and TCP port 53.
+//!
+//! ```text
+//! skiff run examples/nameserver --net service=user --publish 5353:53/udp --publish 5353:53/tcp -- \
+//!     [--port 53] [--rate-limit N [--slip N] [--ipv4-prefix N] [--ipv6-prefix N]]
+//!     [--max-udp-payload N] [--minimal-responses]
+//!     [--tcp-idle-timeout SECS] [--tcp-max-connections N]
+//!     [--ipv4 ADDR/PREFIX --gateway ADDR | --dhcp]
+//! ```
+#![no_std]
+#![no_main]
+
+use core::time::Duration;
+use skiff::dns::serve::{NameServer, ServeConfig};
+use skiff::dns::{Catalog, Config, RateLimit, Server};
+use skiff::net::{NetConfig, Stack, TcpListener, UdpOptions, UdpSocket};
+use skiff::prelude::*;
+
+/// The zones, compiled by build.rs.
+static ZONES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zones.dns"));
+
+#[skiff::main(net = "service")]
+async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
+    let (net, rest) = NetConfig::from_args(env.args())?;
+    let options = Options::parse(&rest)?;
+    let catalog = Catalog::new(ZONES)?;
+    for zone in catalog.zones() {
+        info!("zone {} ({} names)", zone.apex, zone.nodes.len());
+    }
+    let server = Server::new(catalog, options.dns.clone());
+    let stack = Stack::new(env.take_net("service")?, net, &env.spawner());
+    // Room for a burst of queries (dnsperf keeps hundreds in flight)
+    // while the stack takes frames in before the socket's task runs.
+    let buffers = UdpOptions { datagrams: 1024, payload: 256 * 1024 };
+    let udp = UdpSocket::bind_with(&stack, options.port, buffers)?;
+    let listener = TcpListener::bind(&stack, options.port)?;
+    let ns = NameServer::new(server, options.serve);
+    let addr = stack.wait_ipv4().await;
+    let limit = match &options.dns.rate_limit {
+        Some(r) => format!("rate limit {}/s per client prefix, slip {}", r.responses_per_second, r.slip),
+        None => "no rate limit".into(),
+    };
+    info!("serving UDP and TCP on {addr}:{} ({limit})", options.port);
+    let udp_side = ns.clone();
+    env.spawn(async move {
+        // Only a failing socket ends it: the service ends with it, loudly.
+        if let Err(e) = udp_side.serve_udp(udp).await {
+            error!("{e}");
+            skiff::exit(1);
+        }
+    });
+    let tcp_side = ns.clone();
+    let spawner = env.spawner();
+    env.spawn(async move {
+        if let Err(e) = tcp_side.serve_tcp(spawner, listener).await {
+            error!("{e}");
+            skiff::exit(1);
+        }
+    });
+    env.stopping().await;
+    let s = ns.stats();
+    info!(
+        "stopping: answered {} of {} UDP queries and {} TCP queries on {} connections ({} turned away, {} closed \
+         for idleness or bad framing)",
+        s.udp_answers, s.udp_queries, s.tcp_queries, s.tcp_connections, s.tcp_turned_away, s.tcp_dropped
+    );
+    Ok(())
+}
+
+/// The command line beyond the network's.
+struct Options {
+    port: u16,
+    dns: Config,
+    serve: ServeConfig,
+}
+
+/// A bad command line.
+#[derive(Debug)]
+enum ArgError {
+    Missing(&'static str),
+    Bad { flag: &'static str, value: String, want: &'static str },
+    Unknown(String),
+}
+
+impl core::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ArgError::Missing(flag) => write!(f, "{flag} needs a value"),
+            ArgError::Bad { flag, value, want } => write!(f, "{flag} {value:?}: not {want}"),
+            ArgError::Unknown(a) => write!(
+                f,
+                "unknown argument {a:?} (nameserver takes --port, --rate-limit, --slip, --ipv4-prefix, \
+                 --ipv6-prefix, --max-udp-payload, --minimal-responses, --tcp-idle-timeout, --tcp-max-connections)"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ArgError {}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, ArgError> {
+        let mut o = Options { port: 53, dns: Config::default(), serve: ServeConfig::default() };
+        let mut rate = RateLimit::default();
+        let mut limited = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |flag: &'static str| it.next().ok_or(ArgError::Missing(flag));
+            match a.as_str() {
+                "--port" => o.port = number(value("--port")?, "--port", 1, 65_535, "a port")?,
+                "--rate-limit" => {
+                    let v = value("--rate-limit")?;
+                    rate.responses_per_second = number(v, "--rate-limit", 0, 1_000_000, "answers per second")?;
+                    limited = rate.responses_per_second > 0;
+                }
+                "--slip" => rate.slip = number(value("--slip")?, "--slip", 0, 100, "a count from 0 to 100")?,
+                "--ipv4-prefix" => {
+                    rate.ipv4_prefix = number(value("--ipv4-prefix")?, "--ipv4-prefix", 0, 32, "a prefix length")?
+                }
+                "--ipv6-prefix" => {
+                    rate.ipv6_prefix = number(value("--ipv6-prefix")?, "--ipv6-prefix", 0, 128, "a prefix length")?
+                }
+                "--max-udp-payload" => {
+                    let v = value("--max-udp-payload")?;
+                    o.dns.max_udp_payload = number(v, "--max-udp-payload", 512, 65_535, "a size from 512")?;
+                }
+                "--minimal-responses" => o.dns.minimal_responses = true,
+                "--tcp-idle-timeout" => {
+                    let v = value("--tcp-idle-timeout")?;
+                    let secs: u64 = number(v, "--tcp-idle-timeout", 1, 3600, "seconds from 1 to 3600")?;
+                    o.serve.tcp_idle_timeout = Duration::from_secs(secs);
+                }
+                "--tcp-max-connections" => {
+                    let v = value("--tcp-max-connections")?;
+                    o.serve.tcp_max_connections = number(v, "--tcp-max-connections", 1, 10_000, "a count")?;
+                }
+                other => return Err(ArgError::Unknown(other.into())),
+            }
+        }
+        if limited {
+            o.dns.rate_limit = Some(rate);
+        }
+        Ok(o)
+    }
+}
+
+/// `value` as a number in `min..=max`.
+fn number<T>(value: &str, flag: &'static str, min: u64, max: u64, want: &'static str) -> Result<T, ArgError>
+where
+    T: TryFrom<u64>,
+{
+    let bad = || ArgError::Bad { flag, value: value.into(), want };
+    let n: u64 = value.parse().map_err(|_| bad())?;
+    if !(min..=max).contains(&n) {
+        return Err(bad());
+    }
+    T::try_from(n).map_err(|_| bad())
+}
