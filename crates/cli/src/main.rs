@@ -217,8 +217,9 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
             options.net.push(skiff_tender::net::NicSpec { name: d.name.clone(), tap: "user".into() });
         }
     }
-    let config = options.config(image, a.args);
+    let mut config = options.config(image, a.args);
     let mut stdout = skiff_tender::console::Stdout::new().map_err(CliError::Stdout)?;
+    config.console_fd = Some(stdout.fd());
     let report = skiff_tender::run(&config, &mut stdout)?;
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");

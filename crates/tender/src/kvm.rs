@@ -58,6 +58,19 @@ pub enum Exit {
     Failed(crate::serve::VmFailure),
     /// A signal interrupted the run.
     Interrupted,
+    /// Process mode: the guest called the tender's hypercall entry with
+    /// these registers (`edi`, `esi` for a well-behaved guest; all 64 bits
+    /// are checked).
+    Call {
+        /// The call number.
+        nr: u64,
+        /// The argument's address.
+        arg: u64,
+    },
+    /// Process mode: a CPU exception in the guest's code, as the kernel
+    /// reported it (under KVM exceptions come as an `out` to the fault
+    /// port).
+    Fault(skiff_abi::FaultFrame),
 }
 
 /// Features of the virtual CPU that the tender turned on.

@@ -56,6 +56,12 @@ impl MonitorState {
         }
     }
 
+    /// The flag behind [`MonitorState::ending`] (non-zero: the guest must
+    /// end), for process mode's kick handler.
+    pub fn ending_flag(&self) -> &AtomicU8 {
+        &self.ending
+    }
+
     /// The stop signal that came, if any.
     pub fn stop_signal(&self) -> Option<StopSignal> {
         self.stop.lock().unwrap_or_else(|e| e.into_inner()).map(|(s, _)| s)
