@@ -16,7 +16,8 @@ pub enum KvmError {
     /// No `/dev/kvm`.
     #[error(
         "/dev/kvm does not exist: this machine offers no KVM. Run Skiff on a Linux host with \
-         hardware virtualisation (or nested KVM) enabled and the kvm module loaded"
+         hardware virtualisation (or nested KVM) enabled and the kvm module loaded, or run the image \
+         as a sandboxed process without a VM: --sandbox process"
     )]
     NoDevice,
     /// `/dev/kvm` exists but may not be opened.
