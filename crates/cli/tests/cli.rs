@@ -100,6 +100,16 @@ fn run_boots_hello_and_passes_arguments() {
 }
 
 #[test]
+fn run_in_process_mode_boots_hello_without_a_vm() {
+    let hello = workspace().join("examples/hello");
+    let args = ["run", hello.to_str().unwrap(), "--sandbox", "process", "--target-dir", &guest_target_dir(), "-q"];
+    let out = skiff(&[&args[..], &["--", "a", "b"]].concat());
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Hello from Skiff!"));
+    assert!(out.stdout.contains(r#"command line: ["a", "b"]"#));
+}
+
+#[test]
 fn build_reports_the_image_and_inspect_describes_it() {
     let hello = workspace().join("examples/hello");
     let out = skiff(&["build", hello.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);

@@ -3,6 +3,9 @@
 //! console pipe nobody reads cannot hold off `--timeout`; `SIGTERM` and
 //! `SIGINT` stop the guest cleanly; exit statuses and command-line errors
 //! never collide with the service's own statuses.
+//!
+//! Run twice, like the boot tests: here under KVM, in `hostile_process.rs`
+//! in process mode (`common::sandbox()`).
 
 mod common;
 
@@ -13,15 +16,29 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn probe() -> &'static Path {
-    skiff_testnet::require_kvm();
+    if common::sandbox() == common::Sandbox::Kvm {
+        skiff_testnet::require_kvm();
+    }
     common::guest("tests/guests/probe")
+}
+
+/// The tender, with this binary's sandbox selected.
+fn tender_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-tender"));
+    cmd.args(common::sandbox_args());
+    cmd
 }
 
 /// The test binary itself, running only `test` with `mode` in the
 /// environment: for code that must run in a process of its own.
 fn this_binary(test: &str, mode: &str) -> std::process::Output {
+    // The test's full name: inside `hostile_process.rs` it is in a module.
+    let test = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    };
     Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .args(["--exact", &test, "--nocapture", "--test-threads", "1"])
         .env("SKIFF_HOSTILE_CHILD", mode)
         .stdin(Stdio::null())
         .output()
@@ -95,7 +112,7 @@ fn kvm_ioctls_are_allowed_on_the_vcpu_descriptor_only() {
 }
 
 fn spawn_tender(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    tender_cmd()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -139,6 +156,22 @@ fn the_timeout_fires_while_the_console_pipe_is_full() {
     assert_eq!(status, i32::from(exit::TIMEOUT), "{stderr}");
     assert!(stderr.contains("--timeout of 1.000 s expired"), "{stderr}");
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+}
+
+/// A guest busy in its own code, never calling the tender, is still
+/// ended at `--timeout`: under KVM the kick ends `KVM_RUN`; in process mode
+/// its handler takes the thread back from the guest's code.
+#[test]
+fn the_timeout_ends_a_guest_that_never_calls_the_tender() {
+    let image = probe().to_str().unwrap();
+    let mut child = spawn_tender(&["--timeout", "500ms", image, "--", "spin"]);
+    let (status, elapsed) = wait_bounded(&mut child, Duration::from_secs(20));
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    assert_eq!(status, i32::from(exit::TIMEOUT), "{stdout}{stderr}");
+    assert!(stdout.contains("spinning"), "{stdout}");
+    assert!(stderr.contains("--timeout of 0.500 s expired"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -223,7 +256,7 @@ fn command_line_errors_have_their_own_status_and_help_lists_every_status() {
 #[test]
 fn a_service_status_of_2_is_not_a_command_line_error() {
     let image = probe().to_str().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender")).args([image, "--", "exit", "2"]).output().unwrap();
+    let out = tender_cmd().args([image, "--", "exit", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_ne!(exit::USAGE, 2);
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));

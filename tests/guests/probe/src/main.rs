@@ -154,6 +154,15 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             // SAFETY: the tender checks the range and ends the guest.
             unsafe { skiff::__private::raw_hypercall(CALL_ABORT, args.as_ptr() as u32) };
         }
+        "spin" => {
+            // Busy forever, never yielding or calling the tender: only an
+            // interruption from outside ends it.
+            info!("spinning");
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
         "ud2" => {
             // SAFETY: deliberately raises #UD.
             unsafe { asm!("ud2") };
