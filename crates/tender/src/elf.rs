@@ -393,9 +393,14 @@ impl Image {
                 }
             }
         }
-        let user_code = |e: &u64| segments.iter().any(|s| s.executable() && !s.supervisor() && (s.vaddr..s.vaddr + s.memsz).contains(e));
+        let user_code = |e: &u64| {
+            segments.iter().any(|s| s.executable() && !s.supervisor() && (s.vaddr..s.vaddr + s.memsz).contains(e))
+        };
         if let Some(e) = process_entry.filter(|e| !user_code(e)) {
-            return Err(ElfError::BadNote { offset: 0, problem: format!("the process entry {e:#x} is not in the image's ring-3 code") });
+            return Err(ElfError::BadNote {
+                offset: 0,
+                problem: format!("the process entry {e:#x} is not in the image's ring-3 code"),
+            });
         }
         let (abi_version, devices) = manifest.ok_or(ElfError::NoManifest)?;
         if abi_check && abi_version != ABI_VERSION {

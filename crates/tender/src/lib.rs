@@ -385,13 +385,15 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         None => {
             let entry = image.process_entry.ok_or(process::ProcessError::NoEntry)?;
             let stack_top = image.stack().vaddr + image.stack().memsz;
-            let cpu =
-                process::ProcessCpu::new(&mem, entry, stack_top, area.boot_info, monitor.state().ending_flag())?;
+            let cpu = process::ProcessCpu::new(&mem, entry, stack_top, area.boot_info, monitor.state().ending_flag())?;
             let fds = if has_nics {
                 seccomp::ProcessFds::default()
             } else {
-                let both =
-                    vec![monitor.state().wake.as_raw_fd(), io_shared.rx_notify.as_raw_fd(), io_shared.doorbell.as_raw_fd()];
+                let both = vec![
+                    monitor.state().wake.as_raw_fd(),
+                    io_shared.rx_notify.as_raw_fd(),
+                    io_shared.doorbell.as_raw_fd(),
+                ];
                 let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
                 write.extend(config.console_fd);
                 write.extend(&both);

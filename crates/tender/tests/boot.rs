@@ -57,11 +57,7 @@ fn tender_cmd() -> Command {
 
 fn tender(args: &[&str]) -> Run {
     let start = Instant::now();
-    let out = tender_cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skiff-tender");
+    let out = tender_cmd().args(args).stdin(Stdio::null()).output().expect("run skiff-tender");
     Run {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -143,7 +139,10 @@ fn cpu_exceptions_are_reported_with_vector_address_and_status() {
         (
             "jump-shared",
             low(
-                &["address 0x4000: instruction fetch from a page whose protection forbids it", "the shared area (rw- user"],
+                &[
+                    "address 0x4000: instruction fetch from a page whose protection forbids it",
+                    "the shared area (rw- user",
+                ],
                 &["address 0x4000: instruction fetch from an unmapped page"],
             ),
         ),
@@ -178,7 +177,9 @@ fn bad_hypercall_arguments_end_the_guest_not_the_tender() {
             match sandbox() {
                 Sandbox::Kvm => "poll: argument at 0x10000: 16 bytes at 0x10000 are not writable memory of the service",
                 // Below the process boot area there is no guest memory.
-                Sandbox::Process => "poll: argument at 0x10000: 16 bytes at guest address 0x10000 are outside guest memory",
+                Sandbox::Process => {
+                    "poll: argument at 0x10000: 16 bytes at guest address 0x10000 are outside guest memory"
+                }
             },
         ),
     ];
@@ -241,11 +242,8 @@ fn a_sleeping_guest_burns_no_host_cpu() {
     let start = Instant::now();
     // Reaped by wait4 below, which also returns the child's CPU usage.
     #[allow(clippy::zombie_processes)]
-    let mut child = tender_cmd()
-        .args([image, "--", "sleep", "1000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tender");
+    let mut child =
+        tender_cmd().args([image, "--", "sleep", "1000"]).stdout(Stdio::piped()).spawn().expect("spawn tender");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid out-parameter.
