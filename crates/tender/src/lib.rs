@@ -314,7 +314,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     mem.write(GuestAddr(area.args), &args)?;
     stats.timeline.loaded = Some(Instant::now());
 
-    let (tsc_hz, tsc_now) = match (&mut vm, &tables) {
+    let kvm_clock = match (&mut vm, &tables) {
         (Some(vm), Some(tables)) => {
             let gdt: Vec<u8> = paging::BOOT_GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
             mem.write(GuestAddr(paging::BOOT_GDT), &gdt)?;
@@ -325,12 +325,11 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
                 tables.root(),
                 (paging::BOOT_GDT, gdt_limit),
             )?);
-            (vm.tsc_hz()?, vm.guest_tsc())
+            Some((vm.tsc_hz()?, vm.guest_tsc()))
         }
-        _ => (tsc_clock.as_ref().map_or(0, process::TscClock::hz), Some(process::rdtsc())),
+        _ => None,
     };
     stats.guest_mem = mem_size;
-    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut boot = BootInfo {
         magic: BOOT_INFO_MAGIC,
         abi_version: ABI_VERSION,
@@ -338,9 +337,9 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         mem_size,
         heap_start,
         heap_end,
-        tsc_hz,
-        wall_nanos: wall.as_nanos() as u64,
-        tsc_at_wall: tsc_now.unwrap_or(0),
+        tsc_hz: 0,
+        wall_nanos: 0,
+        tsc_at_wall: 0,
         shared: area.shared,
         args: area.args,
         argc: config.args.len() as u32,
@@ -356,13 +355,6 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         slot.name[..nic.rings.nic.len()].copy_from_slice(nic.rings.nic.as_bytes());
         slot.data = nic.info(config.net.guest_spin).encode();
     }
-    mem.write_obj(GuestAddr(area.boot_info), &boot)?;
-    if process {
-        protect(&mem, &regions)?;
-    }
-    stats.guest.hz = tsc_hz;
-    stats.guest.at_first_run = tsc_now;
-    stats.timeline.vcpu_ready = Some(Instant::now());
 
     let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
     let monitor = monitor::Monitor::start(limits, mem.clone(), area.shared).map_err(TenderError::Watchdog)?;
@@ -376,6 +368,24 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker);
         Some(io.map_err(TenderError::Watchdog)?)
     };
+
+    // The clock last: in process mode the TSC is measured over everything
+    // above (`process::TscClock`).
+    let (tsc_hz, tsc_now) = match kvm_clock {
+        Some(clock) => clock,
+        None => (tsc_clock.as_ref().map_or(0, process::TscClock::hz), Some(process::rdtsc())),
+    };
+    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    boot.tsc_hz = tsc_hz;
+    boot.wall_nanos = wall.as_nanos() as u64;
+    boot.tsc_at_wall = tsc_now.unwrap_or(0);
+    mem.write_obj(GuestAddr(area.boot_info), &boot)?;
+    if process {
+        protect(&mem, &regions)?;
+    }
+    stats.guest.hz = tsc_hz;
+    stats.guest.at_first_run = tsc_now;
+    stats.timeline.vcpu_ready = Some(Instant::now());
     let proc_status = stats::ProcStatus::open();
     let mut cpu: Box<dyn serve::RunGuest> = match vm {
         Some(vm) => {
@@ -417,10 +427,10 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         monitor: monitor.state(),
     };
     let outcome = guest.serve(cpu.as_mut());
+    stats.guest.at_end = cpu.guest_tsc();
     drop(monitor);
     stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
-    stats.guest.at_end = cpu.guest_tsc();
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
     stats.guest.main = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_MAIN as u64)).unwrap_or(0);
     stats.guest_resident = mem.resident_bytes();

@@ -173,10 +173,10 @@ impl Drop for Monitor {
         if let Some((thread, kicker)) = self.thread.take() {
             kicker.kick();
             // The kick can land before the thread waits; keep kicking until
-            // it has gone.
+            // it has gone (in short steps: the tender's exit waits for it).
             while !thread.is_finished() {
                 kicker.kick();
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_micros(20));
             }
             let _ = thread.join();
         }
