@@ -33,6 +33,15 @@ pub fn sandbox_args() -> &'static [&'static str] {
     }
 }
 
+/// Fails unless this binary's sandbox can run here: under KVM, read-write
+/// access to /dev/kvm; process mode needs nothing.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn require_sandbox() {
+    if sandbox() == Sandbox::Kvm {
+        skiff_testnet::require_kvm();
+    }
+}
+
 /// The repository root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
