@@ -30,6 +30,11 @@ core::arch::global_asm!(
     .globl skiff_hypercall_entry
 skiff_hypercall_entry:
     .quad skiff_hypercall_out
+    /* The boot info's address, as both entries received it (for tests
+       that look at the boot info themselves). */
+    .globl skiff_boot_info
+skiff_boot_info:
+    .quad 0
     .popsection
 
     .pushsection .text.skiff_hypercall_out, "ax"
@@ -46,6 +51,7 @@ skiff_hypercall_out:
     .pushsection .text.skiff_process_entry, "ax"
     .globl skiff_process_entry
 skiff_process_entry:
+    mov [rip + skiff_boot_info], rdi
     mov rax, [rdi + {hypercall_offset}]
     mov [rip + skiff_hypercall_entry], rax
     xor ebp, ebp
