@@ -20,8 +20,10 @@
 //! ring 3; the ports are opened in the TSS I/O permission bitmap):
 //! `dx` = [`HYPERCALL_PORT_BASE`] + the call number ([`Hypercall`]), `eax` =
 //! the 32-bit guest-physical address of the call's argument structure
-//! (calls without arguments ignore `eax`). The tender validates every
-//! address and length against guest memory before touching it; a call with
+//! (calls without arguments ignore `eax`). In process mode ([`process`])
+//! the same call is a plain call into the tender instead. The tender
+//! validates every address and length against guest memory before touching
+//! it; a call with
 //! a bad argument ends the guest with [`exit::BAD_HYPERCALL`]. Results are
 //! written back into the argument structure before the `out` instruction
 //! completes.

@@ -280,6 +280,10 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
         Some(e) => println!("PVH entry    {e:#x} (32-bit, for QEMU/Firecracker)"),
         None => println!("PVH entry    none"),
     }
+    match image.process_entry {
+        Some(e) => println!("process entry {e:#x} (--sandbox process)"),
+        None => println!("process entry none (built before process mode)"),
+    }
     if image.devices.is_empty() {
         println!("devices      none");
     }

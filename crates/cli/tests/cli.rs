@@ -123,6 +123,7 @@ fn build_reports_the_image_and_inspect_describes_it() {
         abi.as_str(),
         "entry        0x",
         "PVH entry    0x",
+        "process entry 0x",
         "devices      none",
         "r-x supervisor",
         "rw- user stack",
