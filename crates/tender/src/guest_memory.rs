@@ -56,7 +56,17 @@ pub enum MemoryError {
         low: u64,
         /// One past the last.
         size: u64,
-        /// `errno` of the failed `mmap` or `mprotect`.
+        /// `errno` of the failed `mmap`.
+        errno: i32,
+    },
+    /// Process mode: a protection could not be set.
+    #[error("cannot set the protection of guest addresses {start:#x}..{end:#x} (errno {errno})")]
+    Protect {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+        /// `errno` of the failed `mprotect`.
         errno: i32,
     },
     /// The host could not reserve the memory.
@@ -200,7 +210,7 @@ impl GuestMemory {
         let rc = unsafe { libc::mprotect(self.base.as_ptr().add(offset).cast(), (end - start) as usize, prot) };
         if rc != 0 {
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            return Err(MemoryError::MapAt { low: start, size: end, errno });
+            return Err(MemoryError::Protect { start, end, errno });
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! KVM: the virtual machine, its one vCPU, and the register state that
 //! enters the guest directly in 64-bit long mode.
 //!
-//! One of the four modules of the tender with `unsafe` code (with
+//! One of the modules of the tender with `unsafe` code (with `process`,
 //! `guest_memory`, `sys` and `tap`).
 
 use crate::guest_memory::GuestMemory;

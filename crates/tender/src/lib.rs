@@ -1,4 +1,5 @@
-//! `skiff-tender`: the KVM monitor that runs Skiff images.
+//! `skiff-tender`: the KVM monitor that runs Skiff images (or, with
+//! `--sandbox process`, runs them as a sandboxed process: [`process`]).
 //!
 //! The tender creates a VM with one vCPU, loads the image's segments,
 //! builds the guest's page tables and boot info on the host, enters the
@@ -15,9 +16,10 @@
 //! exits cleanly.
 //!
 //! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
-//! memory and builds page tables, [`kvm`], [`guest_memory`], [`sys`]
-//! (signals, malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold
-//! all the unsafe code (the compiler enforces it: `deny(unsafe_code)`
+//! memory and builds page tables, [`kvm`], [`process`] (process mode: the
+//! guest on the tender's own thread), [`guest_memory`], [`sys`] (signals,
+//! malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold all the
+//! unsafe code (the compiler enforces it: `deny(unsafe_code)`
 //! everywhere else), [`console`] drains the guest's console ring,
 //! [`fault`] explains CPU exceptions, [`stats`] counts exits and times the
 //! boot.

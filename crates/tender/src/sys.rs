@@ -2,8 +2,8 @@
 //! the signal that interrupts a running vCPU, the report of a blocked
 //! system call, and the stop signals (`SIGTERM`, `SIGINT`).
 //!
-//! One of the four modules of the tender with `unsafe` code (with `kvm`,
-//! `guest_memory` and `tap`).
+//! One of the modules of the tender with `unsafe` code (with `kvm`,
+//! `process`, `guest_memory` and `tap`).
 
 use skiff_abi::exit;
 use std::io;
@@ -176,6 +176,18 @@ pub(crate) fn set_handler(signal: libc::c_int, handler: Handler) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Writes `message` to stderr and ends the whole process with `status`
+/// at once, from any thread, without running destructors (another thread
+/// may be anywhere).
+pub fn end_process_now(message: &str, status: u8) -> ! {
+    // SAFETY: write(2) of a valid buffer and _exit(2), both allowed by the
+    // seccomp filter.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+        libc::_exit(i32::from(status))
+    }
 }
 
 /// A signal asking the tender to stop the guest.

@@ -174,6 +174,26 @@ fn the_timeout_ends_a_guest_that_never_calls_the_tender() {
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
 }
 
+/// A guest that keeps the tender's kick away from its thread (in process
+/// mode it can block the signal with a system call the filter allows) is
+/// still ended at `--timeout`: the monitor ends the process after a
+/// second of kicking. Under KVM the hidden `syscall` faults first.
+#[test]
+fn a_guest_that_blocks_the_kick_is_still_ended() {
+    let image = probe().to_str().unwrap();
+    let mut child = spawn_tender(&["--timeout", "500ms", image, "--", "block-kick-and-spin"]);
+    let (status, elapsed) = wait_bounded(&mut child, Duration::from_secs(20));
+    let stderr = read_all(child.stderr.take());
+    match common::sandbox() {
+        common::Sandbox::Kvm => assert_eq!(status, i32::from(exit::CPU_EXCEPTION), "{stderr}"),
+        common::Sandbox::Process => {
+            assert_eq!(status, i32::from(exit::TIMEOUT), "{stderr}");
+            assert!(stderr.contains("did not give its thread back"), "{stderr}");
+            assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+        }
+    }
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);

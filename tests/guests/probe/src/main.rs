@@ -154,6 +154,35 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             // SAFETY: the tender checks the range and ends the guest.
             unsafe { skiff::__private::raw_hypercall(CALL_ABORT, args.as_ptr() as u32) };
         }
+        "block-kick-and-spin" => {
+            // A hostile guest's trick in process mode: block SIGUSR2 (the
+            // tender's kick) with a hidden `syscall` to rt_sigprocmask (14),
+            // then spin. Under a VM the `syscall` faults.
+            let set: u64 = 1 << (12 - 1);
+            info!("blocking the kick signal and spinning");
+            // SAFETY: deliberately executes a hidden system call instruction.
+            unsafe {
+                asm!(
+                    "mov eax, 14",
+                    "lea {t}, [rip + 2f + 1]",
+                    "jmp {t}",
+                    "2:",
+                    "mov ecx, 0x9090050f",
+                    t = out(reg) _,
+                    in("rdi") 0u64,
+                    in("rsi") &raw const set,
+                    in("rdx") 0u64,
+                    in("r10") 8u64,
+                    out("eax") _,
+                    out("ecx") _,
+                    out("r11") _,
+                )
+            };
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
         "spin" => {
             // Busy forever, never yielding or calling the tender: only an
             // interruption from outside ends it.
