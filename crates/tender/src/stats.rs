@@ -142,7 +142,10 @@ impl Stats {
                 span(Some(t.start), t.vm_created),
             ),
             (if self.process { "load image" } else { "load image, page tables" }, span(t.vm_created, t.loaded)),
-            (if self.process { "boot info, protections" } else { "set up vCPU" }, span(t.loaded, t.vcpu_ready)),
+            (
+                if self.process { "threads, TSC, protections" } else { "set up vCPU, start threads" },
+                span(t.loaded, t.vcpu_ready),
+            ),
             ("first instruction -> ring 3", self.guest_span(g.at_first_run, nz(g.ring3_entry))),
             ("ring 3 -> main", self.guest_span(nz(g.ring3_entry), nz(g.main))),
             ("main -> guest end", self.guest_span(nz(g.main), g.at_end)),
