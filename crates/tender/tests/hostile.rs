@@ -91,6 +91,38 @@ fn seccomp_child() {
     eprintln!("the process should have ended");
 }
 
+/// In a child process (see `this_binary`): sets up process mode's signal
+/// handlers as the tender does, then faults in the tender's own code (this
+/// test's), not the guest's.
+#[test]
+fn tender_fault_child() {
+    if std::env::var("SKIFF_HOSTILE_CHILD").as_deref() != Ok("tender-fault") {
+        return;
+    }
+    let low = skiff_tender::paging::PROCESS_LOW;
+    let mem = skiff_tender::guest_memory::GuestMemory::new_at(low, 4 << 20).expect("guest memory");
+    let ending = std::sync::atomic::AtomicU8::new(0);
+    let _cpu = skiff_tender::process::ProcessCpu::new(&mem, 0x10_0000, 0x20_0000, low, &ending).expect("handlers");
+    eprintln!("handlers installed; faulting in tender code");
+    // SAFETY: deliberately reads an unmapped address, to fault.
+    let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
+    eprintln!("the read returned {v}");
+}
+
+/// A fault in the tender's own code is never reported as the guest's CPU
+/// exception (status 102): process mode's handler says whose it is and the
+/// process dies of the signal, as without a handler.
+#[test]
+fn a_fault_in_the_tenders_own_code_is_not_reported_as_the_guests() {
+    use std::os::unix::process::ExitStatusExt;
+    let out = this_binary("tender_fault_child", "tender-fault");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("handlers installed"), "{stderr}");
+    assert!(stderr.contains("signal 11 in the tender's own code at 0x"), "{stderr}");
+    assert!(!stderr.contains("guest CPU exception") && !stderr.contains("the read returned"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{stderr}");
+}
+
 fn check_blocked(mode: &str, name: &str, nr: u32) {
     let out = this_binary("seccomp_child", mode);
     let stderr = String::from_utf8_lossy(&out.stderr);
