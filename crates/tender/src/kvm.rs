@@ -23,7 +23,8 @@ pub enum KvmError {
     /// `/dev/kvm` exists but may not be opened.
     #[error(
         "permission denied opening /dev/kvm: add your user to the group owning it \
-         (usually `sudo usermod -aG kvm $USER`, then log in again) or run as root"
+         (usually `sudo usermod -aG kvm $USER`, then log in again) or run as root; or run the image \
+         as a sandboxed process without a VM: --sandbox process"
     )]
     Permission,
     /// Another error opening `/dev/kvm`.

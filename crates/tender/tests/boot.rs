@@ -592,6 +592,7 @@ fn no_permission_on_dev_kvm_is_reported_with_what_to_do() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
     assert!(err.contains("usermod -aG kvm"), "{err}");
+    assert!(err.contains("--sandbox process"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
