@@ -187,6 +187,10 @@ fn bad_hypercall_arguments_end_the_guest_not_the_tender() {
         let run = run_probe(&[scenario]);
         expect(&run, 110, &["guest ended for a bad hypercall", needle]);
     }
+    // A result the tender would write into read-only memory (in process
+    // mode its own write would fault there): refused the same way in both.
+    let run = run_probe(&["rodata-hypercall"]);
+    expect(&run, 110, &["walltime: argument at 0x", "8 bytes at 0x", "are not writable memory of the service"]);
 }
 
 #[test]

@@ -219,6 +219,14 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             // SAFETY: the tender refuses: the guest may not write there.
             unsafe { skiff::__private::raw_hypercall(CALL_POLL, PAGE_TABLES as u32) };
         }
+        "rodata-hypercall" => {
+            // Asks the tender to write the wall clock into the image's
+            // read-only data: in process mode the tender's own write would
+            // fault there, so it must refuse first.
+            let target = &raw const RODATA as u32;
+            // SAFETY: the tender refuses: the guest may not write there.
+            unsafe { skiff::__private::raw_hypercall(CALL_WALLTIME, target) };
+        }
         "sse" => sse(),
         "oom" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
