@@ -395,9 +395,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
             Box::new(vm)
         }
         None => {
-            let entry = image.process_entry.ok_or(process::ProcessError::NoEntry)?;
-            let stack_top = image.stack().vaddr + image.stack().memsz;
-            let cpu = process::ProcessCpu::new(&mem, entry, stack_top, area.boot_info, monitor.state().ending_flag())?;
+            let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
             let fds = if has_nics {
                 seccomp::ProcessFds::default()
             } else {

@@ -31,6 +31,7 @@
 //! entry and the signal handlers are entered from code that passes the
 //! tender nothing, so they find it by address. One guest per process.
 
+use crate::elf::Image;
 use crate::guest_memory::GuestMemory;
 use crate::kvm::{Exit, KvmError};
 use crate::serve::{RunGuest, VmFailure};
@@ -254,18 +255,25 @@ pub struct ProcessCpu {
 }
 
 impl ProcessCpu {
-    /// A guest whose memory is `mem`, entered at `entry` with `rsp` =
-    /// `stack_top` and `rdi` = `boot_info`. `ending` is the monitor's
+    /// The guest `image`, loaded into `mem`: entered at its process entry
+    /// (checked by [`Image::parse`] to be in its ring-3 code) on top of its
+    /// stack segment, with `rdi` = `boot_info`. `ending` is the monitor's
     /// flag, which lets its kick stop the guest's code. Installs the signal
     /// handlers; call it on the thread that will run the guest, after the
     /// monitor has started (its kick handler is replaced).
+    ///
+    /// What the guest's code does once [`ProcessCpu::run`] enters it is
+    /// outside Rust's guarantees, as any foreign code is: it runs in this
+    /// process, held by the protections of `mem` and the seccomp filter the
+    /// caller installs (docs/threat-model.md).
     pub fn new(
+        image: &Image,
         mem: &GuestMemory,
-        entry: u64,
-        stack_top: u64,
         boot_info: u64,
         ending: &AtomicU8,
     ) -> Result<ProcessCpu, ProcessError> {
+        let entry = image.process_entry.ok_or(ProcessError::NoEntry)?;
+        let stack_top = image.stack().vaddr + image.stack().memsz;
         let ctx = context();
         // SAFETY: only this thread touches the context, and no guest runs
         // yet; plain stores into the static.

@@ -100,9 +100,10 @@ fn tender_fault_child() {
         return;
     }
     let low = skiff_tender::paging::PROCESS_LOW;
-    let mem = skiff_tender::guest_memory::GuestMemory::new_at(low, 4 << 20).expect("guest memory");
+    let image = skiff_tender::load_image(probe(), true).expect("the probe image");
+    let mem = skiff_tender::guest_memory::GuestMemory::new_at(low, 16 << 20).expect("guest memory");
     let ending = std::sync::atomic::AtomicU8::new(0);
-    let _cpu = skiff_tender::process::ProcessCpu::new(&mem, 0x10_0000, 0x20_0000, low, &ending).expect("handlers");
+    let _cpu = skiff_tender::process::ProcessCpu::new(&image, &mem, low, &ending).expect("handlers");
     eprintln!("handlers installed; faulting in tender code");
     // SAFETY: deliberately reads an unmapped address, to fault.
     let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
