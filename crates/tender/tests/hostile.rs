@@ -53,6 +53,12 @@ fn seccomp_child() {
     let Ok(mode) = std::env::var("SKIFF_HOSTILE_CHILD") else { return };
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    // A descriptor open before the lockdown, which process mode's filter
+    // does not list.
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe(2) fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let process = mode.starts_with("process-");
     let thread = std::thread::Builder::new()
         .name("forbidden".into())
         .spawn(move || {
@@ -71,17 +77,27 @@ fn seccomp_child() {
                     // SAFETY: an ioctl on fd 0 touches no memory of ours.
                     unsafe { libc::ioctl(0, 0xae80) };
                 }
+                "process-write" => {
+                    // SAFETY: writes one byte from a live buffer.
+                    unsafe { libc::write(pipe[1], b"x".as_ptr().cast(), 1) };
+                }
                 other => panic!("unknown mode {other}"),
             }
             eprintln!("the forbidden call returned");
         })
         .expect("spawn");
     ready_rx.recv().expect("thread started");
-    skiff_tender::seccomp::lock_down(
-        skiff_tender::seccomp::UserNetCalls::default(),
-        skiff_tender::seccomp::KvmFds { vcpu: 1000 },
-    )
-    .expect("lock down");
+    let how = if process {
+        skiff_tender::seccomp::Sandboxed::Process(skiff_tender::seccomp::ProcessFds {
+            write: vec![1, 2],
+            read: vec![pipe[0]],
+            status: None,
+            pid: std::process::id() as i32,
+        })
+    } else {
+        skiff_tender::seccomp::Sandboxed::Kvm(skiff_tender::seccomp::KvmFds { vcpu: 1000 })
+    };
+    skiff_tender::seccomp::lock_down_as(skiff_tender::seccomp::UserNetCalls::default(), &how).expect("lock down");
     // Allowed after lock-down: clocks, writes, sleeping.
     let t = Instant::now();
     std::thread::sleep(Duration::from_millis(1));
@@ -122,6 +138,13 @@ fn a_fault_in_the_tenders_own_code_is_not_reported_as_the_guests() {
     assert!(stderr.contains("signal 11 in the tender's own code at 0x"), "{stderr}");
     assert!(!stderr.contains("guest CPU exception") && !stderr.contains("the read returned"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{stderr}");
+}
+
+/// Process mode's filter pins `write` to the descriptors the tender uses:
+/// one opened before the lockdown but not listed is refused.
+#[test]
+fn process_mode_pins_writes_to_its_descriptors() {
+    check_blocked("process-write", "write", 1);
 }
 
 fn check_blocked(mode: &str, name: &str, nr: u32) {
