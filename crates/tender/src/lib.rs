@@ -362,7 +362,15 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let monitor = monitor::Monitor::start(limits, mem.clone(), area.shared).map_err(TenderError::Watchdog)?;
     let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
-    let has_nics = !nics.is_empty();
+    // Process mode pins reads and writes to known descriptors: TAP devices
+    // are known now; a user network accepts sockets after lockdown.
+    let tap_fds: Option<Vec<i32>> = nics
+        .iter()
+        .map(|n| match &n.host {
+            net::Host::Tap(tap) => Some(tap.fd()),
+            net::Host::User(_) => None,
+        })
+        .collect();
     let io_thread = if nics.is_empty() {
         None
     } else {
@@ -396,18 +404,20 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         }
         None => {
             let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
-            let fds = if has_nics {
-                seccomp::ProcessFds::default()
-            } else {
-                let both = vec![
-                    monitor.state().wake.as_raw_fd(),
-                    io_shared.rx_notify.as_raw_fd(),
-                    io_shared.doorbell.as_raw_fd(),
-                ];
-                let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
-                write.extend(config.console_fd);
-                write.extend(&both);
-                seccomp::ProcessFds { write, read: both, ..Default::default() }
+            let fds = match tap_fds {
+                None => seccomp::ProcessFds::default(),
+                Some(taps) => {
+                    let mut both = vec![
+                        monitor.state().wake.as_raw_fd(),
+                        io_shared.rx_notify.as_raw_fd(),
+                        io_shared.doorbell.as_raw_fd(),
+                    ];
+                    both.extend(taps);
+                    let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
+                    write.extend(config.console_fd);
+                    write.extend(&both);
+                    seccomp::ProcessFds { write, read: both, ..Default::default() }
+                }
             };
             let fds = seccomp::ProcessFds { status: proc_status.fd(), pid: std::process::id() as i32, ..fds };
             seccomp::lock_down_as(user_net, &seccomp::Sandboxed::Process(fds))?;

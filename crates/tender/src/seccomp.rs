@@ -67,11 +67,12 @@ pub struct KvmFds {
 /// the filter is the guest's barrier too, and pinned to exact arguments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessFds {
-    /// `write`/`writev`: standard output and error, the eventfds. Empty:
-    /// any descriptor (NICs and user networks have descriptors of their
-    /// own, some opened after lockdown).
+    /// `write`/`writev`: standard output and error, the console's
+    /// descriptor, the eventfds, the TAP devices. Empty: any descriptor (a
+    /// user network accepts sockets after lockdown).
     pub write: Vec<i32>,
-    /// `read`: the eventfds. Empty: any descriptor, as for `write`.
+    /// `read`: the eventfds and the TAP devices. Empty: any descriptor, as
+    /// for `write`.
     pub read: Vec<i32>,
     /// `pread64`: the `/proc/self/status` descriptor, if open.
     pub status: Option<i32>,
