@@ -1,9 +1,11 @@
 //! Boot benchmark: whole-process time of `skiff-tender` booting `hello` to
-//! its exit, against a trivial process spawn and against the KVM floor (a
-//! program that only creates a VM with the same memory and one vCPU, runs
-//! one exiting instruction and ends) in the same run; plus the
+//! its exit, under KVM and in process mode (`--sandbox process`), against
+//! a trivial process spawn, a static C hello (`gcc -static`) and the KVM
+//! floor (a program that only creates a VM with the same memory and one
+//! vCPU, runs one exiting instruction and ends) in the same run; plus the
 //! image size, the tender's peak RSS beyond the guest memory it touches,
-//! the cost of one hypercall, and the CPU a sleeping guest burns.
+//! the cost of one hypercall in each mode, and the CPU a sleeping guest
+//! burns.
 //!
 //! `cargo run --release -p skiff-bench --bin boot [-- RUNS]` (default 100).
 
@@ -26,8 +28,11 @@ fn main() {
     let mut quiet = Vec::new();
     let mut quiet_dynamic = Vec::new();
     let mut full = Vec::new();
-    let run = |t: &std::path::Path, args: &[&str]| -> Sample {
-        let s = measure(Command::new(t).arg(&hello).arg("--").args(args));
+    let mut process = Vec::new();
+    let mut c_hello = Vec::new();
+    let c = c_hello_binary();
+    let run = |t: &std::path::Path, options: &[&str], args: &[&str]| -> Sample {
+        let s = measure(Command::new(t).args(options).arg(&hello).arg("--").args(args));
         assert_eq!(s.status, 0, "hello failed");
         s
     };
@@ -36,9 +41,11 @@ fn main() {
         let f = measure(&mut Command::new(&floor));
         assert_eq!(f.status, 0, "the KVM floor program failed (run it by hand to see why)");
         floors.push(f);
-        quiet.push(run(&tender, &["--sleep-ms", "0"]));
-        quiet_dynamic.push(run(&dynamic, &["--sleep-ms", "0"]));
-        full.push(run(&tender, &[]));
+        c_hello.push(measure(&mut Command::new(&c)));
+        quiet.push(run(&tender, &[], &["--sleep-ms", "0"]));
+        process.push(run(&tender, &["--sandbox", "process"], &["--sleep-ms", "0"]));
+        quiet_dynamic.push(run(&dynamic, &[], &["--sleep-ms", "0"]));
+        full.push(run(&tender, &[], &[]));
         if (i + 1) % 25 == 0 {
             eprintln!("  {} / {runs}", i + 1);
         }
@@ -56,10 +63,23 @@ fn main() {
     };
     row("`/bin/true` (process spawn)", &spawn);
     let fl = row("KVM floor (`kvm-floor`: VM, 64 MiB, one vCPU, one `out`), static", &floors);
+    let ch = row("static C hello (`gcc -static`, prints one line)", &c_hello);
     let q = row("hello, no sleep (`-- --sleep-ms 0`), static tender", &quiet);
+    let p = row("hello, no sleep, process mode (`--sandbox process`), static tender", &process);
     let qd = row("hello, no sleep, dynamically linked tender", &quiet_dynamic);
     row("hello as it is (sleeps 10 ms), static tender", &full);
     let _ = (sp10, sp90);
+    println!();
+    println!(
+        "Process mode (issue 11): hello in {} ms; {:.2}x the KVM mode's {} ms, {:.2}x a static C hello's {} ms, \
+         {:.2}x a process spawn (target: at most 1.5 ms and 1.5x a spawn).",
+        ms(p),
+        p.as_secs_f64() / q.as_secs_f64(),
+        ms(q),
+        p.as_secs_f64() / ch.as_secs_f64(),
+        ms(ch),
+        ratio(p)
+    );
     println!();
     println!(
         "hello (no sleep) against the KVM floor: {:.2} (static tender; target at most 1.3), {:.2} (dynamic); \
@@ -119,13 +139,20 @@ fn main() {
     }
 
     // Hypercall cost.
-    let out = Command::new(&tender).arg(&probe).args(["--", "hypercalls", "20000"]).output().expect("run probe");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let cost = text.split("hypercall cost: ").nth(1).and_then(|s| s.split(" ns").next()).unwrap_or("?");
     println!();
     println!("## Hypercalls");
     println!();
-    println!("one hypercall (`out` from ring 3, walltime), mean over a 20000-call loop: {cost} ns per call");
+    for (what, options) in [("`out` from ring 3", &[][..]), ("process mode: a call", &["--sandbox", "process"][..])] {
+        let out = Command::new(&tender)
+            .args(options)
+            .arg(&probe)
+            .args(["--", "hypercalls", "20000"])
+            .output()
+            .expect("run probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let cost = text.split("hypercall cost: ").nth(1).and_then(|s| s.split(" ns").next()).unwrap_or("?");
+        println!("one hypercall ({what}, walltime), mean over a 20000-call loop: {cost} ns per call");
+    }
 
     // CPU while sleeping.
     let s = measure(Command::new(&tender).arg(&probe).args(["--", "sleep", "1000"]));
@@ -135,4 +162,23 @@ fn main() {
         ms(s.cpu),
         s.cpu.as_secs_f64() / s.wall.as_secs_f64() * 100.0
     );
+}
+
+/// A static C program that prints one line, built once with `gcc -static`
+/// into the guest target directory.
+fn c_hello_binary() -> std::path::PathBuf {
+    let dir = workspace().join("target/guest");
+    std::fs::create_dir_all(&dir).expect("target/guest");
+    let source = dir.join("c-hello.c");
+    let binary = dir.join("c-hello");
+    std::fs::write(&source, "#include <stdio.h>\nint main(void) { puts(\"Hello from C!\"); return 0; }\n")
+        .expect("write c-hello.c");
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("run gcc (scripts/setup installs it)");
+    assert!(status.success(), "gcc -static failed");
+    binary
 }

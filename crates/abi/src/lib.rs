@@ -20,8 +20,10 @@
 //! ring 3; the ports are opened in the TSS I/O permission bitmap):
 //! `dx` = [`HYPERCALL_PORT_BASE`] + the call number ([`Hypercall`]), `eax` =
 //! the 32-bit guest-physical address of the call's argument structure
-//! (calls without arguments ignore `eax`). The tender validates every
-//! address and length against guest memory before touching it; a call with
+//! (calls without arguments ignore `eax`). In process mode ([`process`])
+//! the same call is a plain call into the tender instead. The tender
+//! validates every address and length against guest memory before touching
+//! it; a call with
 //! a bad argument ends the guest with [`exit::BAD_HYPERCALL`]. Results are
 //! written back into the argument structure before the `out` instruction
 //! completes.
@@ -505,6 +507,13 @@ pub struct BootInfo {
     pub reserved: u32,
     /// The attached devices, in manifest order.
     pub devices: [DeviceInfo; MAX_DEVICES],
+    /// Process mode only ([`process`]): the address of the tender's
+    /// hypercall entry, an `extern "C" fn(nr: u64, arg: u64)` the runtime
+    /// calls instead of executing `out` (`nr` a [`Hypercall`] number, `arg`
+    /// the argument's address as for `out`). Zero under a VM. Older
+    /// tenders leave it zero (the page is zeroed), so the field needs no new
+    /// ABI version.
+    pub hypercall: u64,
 }
 
 /// Size of the console ring's data area, a power of two.
@@ -775,6 +784,25 @@ pub mod manifest {
     }
 }
 
+/// Process mode: the same image run by `skiff-tender --sandbox process`
+/// as a sandboxed Linux process, without a VM.
+///
+/// The tender maps the image's user segments at their link addresses in its
+/// own address space (the supervisor's segments are not mapped), puts the
+/// boot info, command line and shared area at addresses of its choosing
+/// (the boot info says where), and jumps to the *process entry* on the
+/// ring-3 stack with `rdi` holding the boot info's address. That entry,
+/// which the image names in a note ([`process::NOTE_TYPE_ENTRY`], name
+/// `Skiff`, an 8-byte address), stores [`BootInfo::hypercall`] where the
+/// runtime's hypercalls look for their target and continues as the ring-3
+/// entry does under a VM. A hypercall is then a plain call into the tender
+/// (same numbers, same argument structures, same checks); everything else
+/// (the shared area, the rings, the exit statuses) is unchanged.
+pub mod process {
+    /// Note type of the process entry note (name `Skiff`).
+    pub const NOTE_TYPE_ENTRY: u32 = 0x534b_0002;
+}
+
 /// Xen's PVH entry note, which QEMU, Firecracker and Cloud Hypervisor read
 /// to find the 32-bit entry point.
 pub mod pvh {
@@ -843,7 +871,7 @@ mod tests {
         let fields = 8 + 4 + 4 + 8 * 8 + 4 + 4 + 8 + 4 + 4;
         assert_eq!(offset_of!(BootInfo, devices), fields);
         assert_eq!(size_of::<DeviceInfo>(), 4 + 4 + DEVICE_NAME_MAX + 32);
-        assert_eq!(size_of::<BootInfo>(), fields + MAX_DEVICES * size_of::<DeviceInfo>());
+        assert_eq!(size_of::<BootInfo>(), fields + MAX_DEVICES * size_of::<DeviceInfo>() + 8);
     }
 
     #[test]
@@ -856,7 +884,8 @@ mod tests {
         assert_eq!(offset_of!(BootInfo, page_table_root), 88);
         assert_eq!(offset_of!(BootInfo, devices), 104);
         assert_eq!(size_of::<DeviceInfo>(), 72);
-        assert_eq!(size_of::<BootInfo>(), 104 + 72 * MAX_DEVICES);
+        assert_eq!(offset_of!(BootInfo, hypercall), 104 + 72 * MAX_DEVICES);
+        assert_eq!(size_of::<BootInfo>(), 112 + 72 * MAX_DEVICES);
         assert!(size_of::<BootInfo>() as u64 <= layout::PAGE_SIZE);
         assert_eq!(align_of::<BootInfo>(), 8);
     }

@@ -248,8 +248,9 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
             options.net.push(skiff_tender::net::NicSpec { name: d.name.clone(), tap: "user".into() });
         }
     }
-    let config = options.config(image, a.args);
+    let mut config = options.config(image, a.args);
     let mut stdout = skiff_tender::console::Stdout::new().map_err(CliError::Stdout)?;
+    config.console_fd = Some(stdout.fd());
     let report = skiff_tender::run(&config, &mut stdout)?;
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");
@@ -309,6 +310,10 @@ fn inspect(path: &Path) -> Result<u8, CliError> {
     match image.pvh_entry {
         Some(e) => println!("PVH entry    {e:#x} (32-bit, for QEMU/Firecracker)"),
         None => println!("PVH entry    none"),
+    }
+    match image.process_entry {
+        Some(e) => println!("process entry {e:#x} (--sandbox process)"),
+        None => println!("process entry none (built before process mode)"),
     }
     if image.devices.is_empty() {
         println!("devices      none");

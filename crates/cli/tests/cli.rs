@@ -100,6 +100,40 @@ fn run_boots_hello_and_passes_arguments() {
 }
 
 #[test]
+fn run_in_process_mode_boots_hello_without_a_vm() {
+    let hello = workspace().join("examples/hello");
+    let args = ["run", hello.to_str().unwrap(), "--sandbox", "process", "--target-dir", &guest_target_dir(), "-q"];
+    let out = skiff(&[&args[..], &["--", "a", "b"]].concat());
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Hello from Skiff!"));
+    assert!(out.stdout.contains(r#"command line: ["a", "b"]"#));
+}
+
+/// What process mode is for: the demo website served on a host without
+/// /dev/kvm (here /dev/null is bind-mounted over it in a private mount
+/// namespace, so nothing could use KVM).
+#[test]
+fn the_website_serves_in_process_mode_without_dev_kvm() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a mount namespace; run the suite as root");
+    let site = workspace().join("examples/static-website");
+    let target_dir = guest_target_dir();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind /dev/null /dev/kvm && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", site.to_str().unwrap(), "--sandbox", "process", "-q", "--target-dir", &target_dir])
+        .args(["--publish", "0:443", "--timeout", "120s"]);
+    let log = workspace().join("target/cli-tests/website-process.out");
+    let (running, addr) = command_until_published(cmd, &log, "static-website:", 443);
+    let page = curl(&[&format!("https://{addr}/")]);
+    drop(running);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(page.contains("<!DOCTYPE html>"), "{page}\n{text}");
+    assert!(!text.contains("/dev/kvm"), "{text}");
+}
+
+#[test]
 fn build_reports_the_image_and_inspect_describes_it() {
     let hello = workspace().join("examples/hello");
     let out = skiff(&["build", hello.to_str().unwrap(), "--target-dir", &guest_target_dir(), "-q"]);
@@ -113,6 +147,7 @@ fn build_reports_the_image_and_inspect_describes_it() {
         abi.as_str(),
         "entry        0x",
         "PVH entry    0x",
+        "process entry 0x",
         "devices      none",
         "r-x supervisor",
         "rw- user stack",
@@ -186,16 +221,16 @@ impl Drop for Running {
 /// line of it contains `ready` (the guest is serving) and the tender has
 /// printed the host address published for `guest_port`.
 fn run_until_published(args: &[&str], out: &Path, ready: &str, guest_port: u16) -> (Running, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(args);
+    command_until_published(cmd, out, ready, guest_port)
+}
+
+/// [`run_until_published`] for any command that ends in `skiff run`.
+fn command_until_published(mut cmd: Command, out: &Path, ready: &str, guest_port: u16) -> (Running, String) {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let file = std::fs::File::create(out).unwrap();
-    let running = Running(
-        Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(args)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-    );
+    let running = Running(cmd.stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap());
     let published = format!("/tcp -> guest port {guest_port}");
     let start = std::time::Instant::now();
     loop {

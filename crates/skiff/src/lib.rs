@@ -143,5 +143,10 @@ pub mod prelude {
 pub mod __private {
     pub use skiff_abi::DeviceKind;
     pub use skiff_abi::manifest::{FLAG_OUTBOUND, ManifestNote};
+    /// A hypercall with any number and argument, made the way the runtime
+    /// makes its own (an `out` under a VM, a call in process mode): for the
+    /// tests of the tender's checks.
+    #[cfg(skiff_guest)]
+    pub use skiff_rt::arch::cpu::raw_hypercall;
     pub use skiff_rt::{MainFuture, boxed_main};
 }

@@ -33,6 +33,14 @@ impl Stdout {
     }
 }
 
+impl Stdout {
+    /// Its descriptor.
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.write(buf)

@@ -266,6 +266,9 @@ pub struct Image {
     pub devices: Vec<DeclaredDevice>,
     /// The PVH entry, if the image has the note.
     pub pvh_entry: Option<u64>,
+    /// The process-mode entry ([`skiff_abi::process`]), if the image has
+    /// the note; checked to lie in the image's ring-3 code.
+    pub process_entry: Option<u64>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -315,7 +318,7 @@ impl Image {
             .map_err(|_| truncated("program header table", header.e_phoff(LE), u64::from(phnum) * 56))?;
 
         let mut segments = Vec::new();
-        let (mut manifest, mut pvh_entry) = (None, None);
+        let (mut manifest, mut pvh_entry, mut process_entry) = (None, None, None);
         for (index, p) in phdrs.iter().enumerate() {
             let (offset, filesz, vaddr, memsz) = (p.p_offset(LE), p.p_filesz(LE), p.p_vaddr(LE), p.p_memsz(LE));
             let flags = p.p_flags(LE).0;
@@ -352,7 +355,7 @@ impl Image {
                     let bad = |e: object::Error| ElfError::BadNote { offset, problem: e.to_string() };
                     let Some(mut notes) = p.notes(LE, &*data).map_err(bad)? else { continue };
                     while let Some(note) = notes.next().map_err(bad)? {
-                        read_note(&note, offset, &mut manifest, &mut pvh_entry)?;
+                        read_note(&note, offset, &mut manifest, &mut pvh_entry, &mut process_entry)?;
                     }
                     continue;
                 }
@@ -390,11 +393,20 @@ impl Image {
                 }
             }
         }
+        let user_code = |e: &u64| {
+            segments.iter().any(|s| s.executable() && !s.supervisor() && (s.vaddr..s.vaddr + s.memsz).contains(e))
+        };
+        if let Some(e) = process_entry.filter(|e| !user_code(e)) {
+            return Err(ElfError::BadNote {
+                offset: 0,
+                problem: format!("the process entry {e:#x} is not in the image's ring-3 code"),
+            });
+        }
         let (abi_version, devices) = manifest.ok_or(ElfError::NoManifest)?;
         if abi_check && abi_version != ABI_VERSION {
             return Err(ElfError::AbiMismatch { image: abi_version, tender: ABI_VERSION });
         }
-        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry })
+        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry, process_entry })
     }
 
     /// One past the last byte of the highest segment, page aligned.
@@ -456,13 +468,14 @@ impl Image {
 
 type Manifest = (u32, Vec<DeclaredDevice>);
 
-/// Takes in one note of the note segment at `offset`: the manifest or the
-/// PVH entry; other notes are ignored.
+/// Takes in one note of the note segment at `offset`: the manifest, the
+/// PVH entry or the process entry; other notes are ignored.
 fn read_note(
     note: &Note<'_, FileHeader64<LE>>,
     offset: u64,
     manifest: &mut Option<Manifest>,
     pvh_entry: &mut Option<u64>,
+    process_entry: &mut Option<u64>,
 ) -> Result<(), ElfError> {
     let (name, note_type, desc) = (note.name_bytes(), note.n_type(LE).0, note.desc());
     if name == b"Skiff\0" && note_type == NOTE_TYPE {
@@ -470,6 +483,11 @@ fn read_note(
             return Err(ElfError::BadManifest("the image has two manifests".into()));
         }
         *manifest = Some(parse_manifest(desc)?);
+    } else if name == b"Skiff\0" && note_type == skiff_abi::process::NOTE_TYPE_ENTRY {
+        let Ok(bytes) = <[u8; 8]>::try_from(desc) else {
+            return Err(ElfError::BadNote { offset, problem: "the process entry note is not 8 bytes".into() });
+        };
+        *process_entry = Some(u64::from_le_bytes(bytes));
     } else if name == pvh::NOTE_NAME && note_type == pvh::NOTE_TYPE_PHYS32_ENTRY {
         *pvh_entry = Some(match *desc {
             [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),

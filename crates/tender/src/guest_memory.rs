@@ -45,6 +45,30 @@ pub enum MemoryError {
         /// Size of guest memory.
         size: u64,
     },
+    /// Process mode: guest addresses could not be mapped at their own
+    /// addresses in the tender.
+    #[error(
+        "cannot map guest addresses {low:#x}..{size:#x} at the same addresses in the tender (errno {errno}): \
+         something else is mapped there, or vm.mmap_min_addr is above {low:#x}"
+    )]
+    MapAt {
+        /// First address.
+        low: u64,
+        /// One past the last.
+        size: u64,
+        /// `errno` of the failed `mmap`.
+        errno: i32,
+    },
+    /// Process mode: a protection could not be set.
+    #[error("cannot set the protection of guest addresses {start:#x}..{end:#x} (errno {errno})")]
+    Protect {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+        /// `errno` of the failed `mprotect`.
+        errno: i32,
+    },
     /// The host could not reserve the memory.
     #[error("cannot reserve {size} bytes of guest memory: {errno}")]
     Map {
@@ -86,8 +110,16 @@ unsafe impl Pod for u32 {}
 unsafe impl Pod for u64 {}
 
 /// The guest's RAM, mapped into the tender at one address.
+///
+/// Under KVM it is all of `[0, size)` at an address of the kernel's
+/// choosing. In process mode it is `[low, size)` mapped at the same
+/// addresses in the tender ([`GuestMemory::new_at`]): the guest runs in the
+/// tender's address space, so a guest address is the host address, and
+/// nothing below `low` exists.
 pub struct GuestMemory {
+    /// The host address of guest address `low`.
     base: NonNull<u8>,
+    low: u64,
     size: u64,
 }
 
@@ -123,7 +155,69 @@ impl GuestMemory {
             return Err(MemoryError::Map { size, errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) });
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::Map { size, errno: libc::EINVAL })?;
-        Ok(GuestMemory { base, size })
+        Ok(GuestMemory { base, low: 0, size })
+    }
+
+    /// Process mode: maps guest addresses `[low, size)` at the same host
+    /// addresses, zeroed, private and readable and writable (the caller
+    /// sets the final protections with [`GuestMemory::protect`]). Fails if
+    /// anything of the tender's is mapped there already.
+    pub fn new_at(low: u64, size: u64) -> Result<GuestMemory, MemoryError> {
+        let err = |errno| MemoryError::MapAt { low, size, errno };
+        if low == 0 || !low.is_multiple_of(4096) || low >= size {
+            return Err(err(libc::EINVAL));
+        }
+        let len = usize::try_from(size - low).map_err(|_| err(libc::EOVERFLOW))?;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (it
+        // fails with EEXIST instead), so this aliases nothing of ours; the
+        // result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                low as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+        }
+        if ptr as u64 != low {
+            // A kernel older than 4.17 takes the flag as a hint.
+            // SAFETY: the mapping just made, which nothing else refers to.
+            unsafe { libc::munmap(ptr, len) };
+            return Err(err(libc::EEXIST));
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(err(libc::EINVAL))?;
+        Ok(GuestMemory { base, low, size })
+    }
+
+    /// Process mode: gives the pages of `[start, end)` the protection
+    /// `prot` (`PROT_*` bits) for the guest, which runs in this address
+    /// space. The tender itself then writes only where the guest may (the
+    /// hypercall checks) and reads only readable pages.
+    pub fn protect(&self, start: u64, end: u64, prot: i32) -> Result<(), MemoryError> {
+        let offset = self.check(GuestAddr(start), end.saturating_sub(start))?;
+        if !start.is_multiple_of(4096) || !end.is_multiple_of(4096) {
+            return Err(MemoryError::OutOfRange { addr: GuestAddr(start), len: end - start, size: self.size });
+        }
+        // SAFETY: a page-aligned range inside our own mapping (checked); a
+        // protection change moves no memory, and no reference into the
+        // mapping leaves this module except the ring atomics, which only
+        // live in pages that stay writable.
+        let rc = unsafe { libc::mprotect(self.base.as_ptr().add(offset).cast(), (end - start) as usize, prot) };
+        if rc != 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return Err(MemoryError::Protect { start, end, errno });
+        }
+        Ok(())
+    }
+
+    /// The lowest guest address with memory behind it (0 under KVM).
+    pub fn low(&self) -> u64 {
+        self.low
     }
 
     /// Bytes of guest memory.
@@ -140,19 +234,20 @@ impl GuestMemory {
     /// the tender touched), or `None` if the kernel will not say.
     pub fn resident_bytes(&self) -> Option<u64> {
         let page = 4096u64;
-        let pages = self.size.div_ceil(page) as usize;
+        let len = self.size - self.low;
+        let pages = len.div_ceil(page) as usize;
         let mut vec = vec![0u8; pages];
-        // SAFETY: `base`/`size` describe our own live mapping, page aligned
+        // SAFETY: `base`/`len` describe our own live mapping, page aligned
         // (mmap returns page-aligned addresses); `vec` has one byte per page
         // as mincore requires.
-        let rc = unsafe { libc::mincore(self.base.as_ptr().cast(), self.size as usize, vec.as_mut_ptr()) };
+        let rc = unsafe { libc::mincore(self.base.as_ptr().cast(), len as usize, vec.as_mut_ptr()) };
         (rc == 0).then(|| vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page)
     }
 
     /// Checks `[addr, addr + len)` and returns its offset.
     pub fn check(&self, addr: GuestAddr, len: u64) -> Result<usize, MemoryError> {
         match addr.0.checked_add(len) {
-            Some(end) if end <= self.size => Ok(addr.0 as usize),
+            Some(end) if end <= self.size && addr.0 >= self.low => Ok((addr.0 - self.low) as usize),
             _ => Err(MemoryError::OutOfRange { addr, len, size: self.size }),
         }
     }
@@ -266,9 +361,10 @@ unsafe fn copy_in(data: &[u8], dst: *mut u8) {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        // SAFETY: `base`/`size` describe the mapping made in `new`, which
-        // no reference outlives (none ever leaves this module).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.size as usize) };
+        // SAFETY: `base`, `low` and `size` describe the mapping made in
+        // `new` or `new_at`, which no reference outlives (none ever leaves
+        // this module).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), (self.size - self.low) as usize) };
     }
 }
 

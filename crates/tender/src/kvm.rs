@@ -1,7 +1,7 @@
 //! KVM: the virtual machine, its one vCPU, and the register state that
 //! enters the guest directly in 64-bit long mode.
 //!
-//! One of the four modules of the tender with `unsafe` code (with
+//! One of the modules of the tender with `unsafe` code (with `process`,
 //! `guest_memory`, `sys` and `tap`).
 
 use crate::guest_memory::GuestMemory;
@@ -16,13 +16,15 @@ pub enum KvmError {
     /// No `/dev/kvm`.
     #[error(
         "/dev/kvm does not exist: this machine offers no KVM. Run Skiff on a Linux host with \
-         hardware virtualisation (or nested KVM) enabled and the kvm module loaded"
+         hardware virtualisation (or nested KVM) enabled and the kvm module loaded, or run the image \
+         as a sandboxed process without a VM: --sandbox process"
     )]
     NoDevice,
     /// `/dev/kvm` exists but may not be opened.
     #[error(
         "permission denied opening /dev/kvm: add your user to the group owning it \
-         (usually `sudo usermod -aG kvm $USER`, then log in again) or run as root"
+         (usually `sudo usermod -aG kvm $USER`, then log in again) or run as root; or run the image \
+         as a sandboxed process without a VM: --sandbox process"
     )]
     Permission,
     /// Another error opening `/dev/kvm`.
@@ -58,6 +60,19 @@ pub enum Exit {
     Failed(crate::serve::VmFailure),
     /// A signal interrupted the run.
     Interrupted,
+    /// Process mode: the guest called the tender's hypercall entry with
+    /// these registers (`edi`, `esi` for a well-behaved guest; all 64 bits
+    /// are checked).
+    Call {
+        /// The call number.
+        nr: u64,
+        /// The argument's address.
+        arg: u64,
+    },
+    /// Process mode: a CPU exception in the guest's code, as the kernel
+    /// reported it (under KVM exceptions come as an `out` to the fault
+    /// port).
+    Fault(skiff_abi::FaultFrame),
 }
 
 /// Features of the virtual CPU that the tender turned on.

@@ -1,4 +1,5 @@
-//! `skiff-tender`: the KVM monitor that runs Skiff images.
+//! `skiff-tender`: the KVM monitor that runs Skiff images (or, with
+//! `--sandbox process`, runs them as a sandboxed process: [`process`]).
 //!
 //! The tender creates a VM with one vCPU, loads the image's segments,
 //! builds the guest's page tables and boot info on the host, enters the
@@ -15,9 +16,10 @@
 //! exits cleanly.
 //!
 //! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
-//! memory and builds page tables, [`kvm`], [`guest_memory`], [`sys`]
-//! (signals, malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold
-//! all the unsafe code (the compiler enforces it: `deny(unsafe_code)`
+//! memory and builds page tables, [`kvm`], [`process`] (process mode: the
+//! guest on the tender's own thread), [`guest_memory`], [`sys`] (signals,
+//! malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold all the
+//! unsafe code (the compiler enforces it: `deny(unsafe_code)`
 //! everywhere else), [`console`] drains the guest's console ring,
 //! [`fault`] explains CPU exceptions, [`stats`] counts exits and times the
 //! boot.
@@ -36,6 +38,8 @@ pub mod net;
 pub mod netio;
 pub mod options;
 pub mod paging;
+#[allow(unsafe_code)]
+pub mod process;
 pub mod ready;
 pub mod rings;
 pub mod seccomp;
@@ -57,6 +61,7 @@ use skiff_abi::{
 };
 use stats::Stats;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -70,6 +75,11 @@ pub const DEFAULT_MEM: u64 = 64 << 20;
 pub struct Config {
     /// The image file.
     pub image: PathBuf,
+    /// A virtual machine or a process.
+    pub sandbox: options::Sandbox,
+    /// The descriptor the console writer writes to, if it is one (process
+    /// mode pins `write` to it, standard output and error).
+    pub console_fd: Option<i32>,
     /// Guest memory in bytes.
     pub mem: u64,
     /// End the guest after this long (counted from the start of [`run`]).
@@ -89,6 +99,8 @@ impl Config {
     pub fn new(image: impl Into<PathBuf>) -> Config {
         Config {
             image: image.into(),
+            sandbox: options::Sandbox::Kvm,
+            console_fd: None,
             mem: DEFAULT_MEM,
             timeout: None,
             stop_grace: monitor::DEFAULT_STOP_GRACE,
@@ -145,6 +157,9 @@ pub enum TenderError {
     /// The system-call allow-list could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// Process mode could not be set up.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
 }
 
 /// How the guest ended.
@@ -244,6 +259,7 @@ fn encode_args(args: &[String]) -> Result<Vec<u8>, TenderError> {
 pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, TenderError> {
     // `--timeout` counts from here: loading the image is part of the budget.
     let deadline = config.timeout.map(|t| (Instant::now() + t, t));
+    let tsc_clock = (config.sandbox == options::Sandbox::Process).then(process::TscClock::start);
     let mut stats = Stats::default();
     sys::use_one_malloc_arena();
     // Before any thread starts, so that every thread blocks them and the
@@ -279,32 +295,57 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         ready_file: readiness.file.is_some(),
     };
     let rings = (ring_bytes > 0).then_some((ring_base, mem_size));
-    let (regions, (heap_start, heap_end)) = paging::regions(&image, mem_size, rings)?;
-    let tables = PageTables::build(&regions)?;
+    let process = config.sandbox == options::Sandbox::Process;
+    let (area, (regions, (heap_start, heap_end))) = if process {
+        (paging::BootArea::PROCESS, paging::process_regions(&image, mem_size, rings)?)
+    } else {
+        (paging::BootArea::KVM, paging::regions(&image, mem_size, rings)?)
+    };
+    stats.process = process;
 
-    let mem = Arc::new(GuestMemory::new(mem_size)?);
-    let mut vm = Vm::new(&mem)?;
+    // KVM: a VM, its page tables and boot GDT. Process mode: the guest's
+    // addresses at their own addresses in this process.
+    let (mem, mut vm, tables) = if process {
+        if image.process_entry.is_none() {
+            return Err(process::ProcessError::NoEntry.into());
+        }
+        (Arc::new(GuestMemory::new_at(paging::PROCESS_LOW, mem_size)?), None, None)
+    } else {
+        let tables = PageTables::build(&regions)?;
+        let mem = Arc::new(GuestMemory::new(mem_size)?);
+        let vm = Vm::new(&mem)?;
+        (mem, Some(vm), Some(tables))
+    };
     stats.timeline.vm_created = Some(Instant::now());
 
-    for s in &image.segments {
+    for s in image.segments.iter().filter(|s| !(process && s.supervisor())) {
         mem.write(GuestAddr(s.vaddr), image.segment_bytes(s))?;
     }
-    for (i, table) in tables.tables().iter().enumerate() {
-        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-        mem.write(GuestAddr(paging::TABLES + i as u64 * paging::PAGE), &bytes)?;
+    if let Some(tables) = &tables {
+        for (i, table) in tables.tables().iter().enumerate() {
+            let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+            mem.write(GuestAddr(paging::TABLES + i as u64 * paging::PAGE), &bytes)?;
+        }
     }
-    mem.write(GuestAddr(paging::ARGS), &args)?;
-    let gdt: Vec<u8> = paging::BOOT_GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
-    mem.write(GuestAddr(paging::BOOT_GDT), &gdt)?;
+    mem.write(GuestAddr(area.args), &args)?;
     stats.timeline.loaded = Some(Instant::now());
 
-    let gdt_limit = (gdt.len() - 1) as u16;
-    stats.cpu =
-        Some(vm.setup_long_mode(image.entry, paging::BOOT_INFO, tables.root(), (paging::BOOT_GDT, gdt_limit))?);
+    let kvm_clock = match (&mut vm, &tables) {
+        (Some(vm), Some(tables)) => {
+            let gdt: Vec<u8> = paging::BOOT_GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
+            mem.write(GuestAddr(paging::BOOT_GDT), &gdt)?;
+            let gdt_limit = (gdt.len() - 1) as u16;
+            stats.cpu = Some(vm.setup_long_mode(
+                image.entry,
+                paging::BOOT_INFO,
+                tables.root(),
+                (paging::BOOT_GDT, gdt_limit),
+            )?);
+            Some((vm.tsc_hz()?, vm.guest_tsc()))
+        }
+        _ => None,
+    };
     stats.guest_mem = mem_size;
-    let tsc_hz = vm.tsc_hz()?;
-    let tsc_now = vm.guest_tsc();
-    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut boot = BootInfo {
         magic: BOOT_INFO_MAGIC,
         abi_version: ABI_VERSION,
@@ -312,32 +353,38 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         mem_size,
         heap_start,
         heap_end,
-        tsc_hz,
-        wall_nanos: wall.as_nanos() as u64,
-        tsc_at_wall: tsc_now.unwrap_or(0),
-        shared: paging::SHARED,
-        args: paging::ARGS,
+        tsc_hz: 0,
+        wall_nanos: 0,
+        tsc_at_wall: 0,
+        shared: area.shared,
+        args: area.args,
         argc: config.args.len() as u32,
         args_len: args.len() as u32,
-        page_table_root: tables.root(),
+        page_table_root: tables.as_ref().map_or(0, PageTables::root),
         device_count: nics.len() as u32,
         reserved: 0,
         devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
+        hypercall: if process { process::hypercall_entry() } else { 0 },
     };
     for (slot, nic) in boot.devices.iter_mut().zip(nics.iter()) {
         slot.kind = DeviceKind::Net as u32;
         slot.name[..nic.rings.nic.len()].copy_from_slice(nic.rings.nic.as_bytes());
         slot.data = nic.info(config.net.guest_spin).encode();
     }
-    mem.write_obj(GuestAddr(paging::BOOT_INFO), &boot)?;
-    stats.guest.hz = tsc_hz;
-    stats.guest.at_first_run = tsc_now;
-    stats.timeline.vcpu_ready = Some(Instant::now());
 
     let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
-    let monitor = monitor::Monitor::start(limits, mem.clone(), paging::SHARED).map_err(TenderError::Watchdog)?;
+    let monitor = monitor::Monitor::start(limits, mem.clone(), area.shared).map_err(TenderError::Watchdog)?;
     let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
+    // Process mode pins reads and writes to known descriptors: TAP devices
+    // are known now; a user network accepts sockets after lockdown.
+    let tap_fds: Option<Vec<i32>> = nics
+        .iter()
+        .map(|n| match &n.host {
+            net::Host::Tap(tap) => Some(tap.fd()),
+            net::Host::User(_) => None,
+        })
+        .collect();
     let io_thread = if nics.is_empty() {
         None
     } else {
@@ -345,10 +392,55 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         let io = netio::IoThread::start(nics, mem.clone(), io_shared.clone(), config.net.io_spin, kicker, readiness);
         Some(io.map_err(TenderError::Watchdog)?)
     };
+
+    // The clock last: in process mode the TSC is measured over everything
+    // above (`process::TscClock`).
+    let (tsc_hz, tsc_now) = match kvm_clock {
+        Some(clock) => clock,
+        None => (tsc_clock.as_ref().map_or(0, process::TscClock::hz), Some(process::rdtsc())),
+    };
+    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    boot.tsc_hz = tsc_hz;
+    boot.wall_nanos = wall.as_nanos() as u64;
+    boot.tsc_at_wall = tsc_now.unwrap_or(0);
+    mem.write_obj(GuestAddr(area.boot_info), &boot)?;
+    if process {
+        protect(&mem, &regions)?;
+    }
+    stats.guest.hz = tsc_hz;
+    stats.guest.at_first_run = tsc_now;
+    stats.timeline.vcpu_ready = Some(Instant::now());
     let proc_status = stats::ProcStatus::open();
-    seccomp::lock_down(user_net, seccomp::KvmFds { vcpu: vm.vcpu_fd() })?;
+    let mut cpu: Box<dyn serve::RunGuest> = match vm {
+        Some(vm) => {
+            seccomp::lock_down(user_net, seccomp::KvmFds { vcpu: vm.vcpu_fd() })?;
+            Box::new(vm)
+        }
+        None => {
+            let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
+            let fds = match tap_fds {
+                None => seccomp::ProcessFds::default(),
+                Some(taps) => {
+                    let mut both = vec![
+                        monitor.state().wake.as_raw_fd(),
+                        io_shared.rx_notify.as_raw_fd(),
+                        io_shared.doorbell.as_raw_fd(),
+                    ];
+                    both.extend(taps);
+                    let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
+                    write.extend(config.console_fd);
+                    write.extend(&both);
+                    seccomp::ProcessFds { write, read: both, ..Default::default() }
+                }
+            };
+            let fds = seccomp::ProcessFds { status: proc_status.fd(), pid: std::process::id() as i32, ..fds };
+            seccomp::lock_down_as(user_net, &seccomp::Sandboxed::Process(fds))?;
+            Box::new(cpu)
+        }
+    };
     let mut guest = serve::Guest {
         mem: &mem,
+        shared: area.shared,
         image: &image,
         regions: &regions,
         console,
@@ -358,16 +450,44 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         io: &io_shared,
         monitor: monitor.state(),
     };
-    let outcome = guest.serve(&mut vm);
+    let outcome = guest.serve(cpu.as_mut());
+    stats.guest.at_end = cpu.guest_tsc();
     drop(monitor);
     stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
-    stats.guest.at_end = vm.guest_tsc();
-    stats.guest.ring3_entry = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
-    stats.guest.main = mem.read_obj(GuestAddr(paging::SHARED + SHARED_TSC_MAIN as u64)).unwrap_or(0);
+    stats.guest.ring3_entry = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
+    stats.guest.main = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_MAIN as u64)).unwrap_or(0);
     stats.guest_resident = mem.resident_bytes();
     stats.tender_peak_rss = proc_status.peak_rss();
     Ok(RunReport { outcome, stats })
+}
+
+/// Process mode: gives every page of guest memory the protection its
+/// region has (W^X as in the page tables; read-only pages read-only), and
+/// every page outside the regions none (page 0's neighbours, the
+/// supervisor's segments, the stack's guard page, the gaps).
+fn protect(mem: &GuestMemory, regions: &[paging::Region]) -> Result<(), TenderError> {
+    let mut sorted: Vec<&paging::Region> = regions.iter().collect();
+    sorted.sort_by_key(|r| r.start);
+    let mut at = mem.low();
+    for r in sorted {
+        if r.start > at {
+            mem.protect(at, r.start, libc::PROT_NONE)?;
+        }
+        let prot = libc::PROT_READ
+            | if r.perm.write { libc::PROT_WRITE } else { 0 }
+            | if r.perm.exec { libc::PROT_EXEC } else { 0 };
+        // The mapping starts readable and writable: those regions (the
+        // heap, most of it) need no call.
+        if prot != libc::PROT_READ | libc::PROT_WRITE {
+            mem.protect(r.start, r.end, prot)?;
+        }
+        at = r.end;
+    }
+    if at < mem.size() {
+        mem.protect(at, mem.size(), libc::PROT_NONE)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return skiff_tender::options::usage_error(&e),
     };
-    let config = cli.options.config(cli.image, cli.args);
+    let mut config = cli.options.config(cli.image, cli.args);
     let mut stdout = match skiff_tender::console::Stdout::new() {
         Ok(out) => out,
         Err(e) => {
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(skiff_abi::exit::TENDER_ERROR);
         }
     };
+    config.console_fd = Some(stdout.fd());
     match skiff_tender::run(&config, &mut stdout) {
         Ok(report) => {
             if let Some(message) = report.outcome.message() {

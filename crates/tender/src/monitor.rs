@@ -26,6 +26,13 @@ use vmm_sys_util::eventfd::EventFd;
 /// The grace period when `--stop-grace` is not given.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the monitor keeps kicking a vCPU thread that does not come
+/// back before it ends the process itself. Under KVM the thread always
+/// comes back (`KVM_RUN` returns on a signal); in process mode a guest
+/// running arbitrary code can block the kick signal (`rt_sigprocmask` is
+/// allowed), and `--timeout` must still hold.
+pub const GIVE_BACK_LIMIT: Duration = Duration::from_secs(1);
+
 /// Why the monitor ends the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -54,6 +61,12 @@ impl MonitorState {
             2 => Some(Ending::Stopped),
             _ => None,
         }
+    }
+
+    /// The flag behind [`MonitorState::ending`] (non-zero: the guest must
+    /// end), for process mode's kick handler.
+    pub fn ending_flag(&self) -> &AtomicU8 {
+        &self.ending
     }
 
     /// The stop signal that came, if any.
@@ -118,9 +131,29 @@ impl Monitor {
 
 fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu: ThreadKicker) {
     let mut grace_end: Option<Instant> = None;
+    let mut ending_since: Option<Instant> = None;
     while !s.finished.load(Ordering::SeqCst) {
         let now = Instant::now();
-        if s.ending().is_some() {
+        if let Some(why) = s.ending() {
+            let since = *ending_since.get_or_insert(now);
+            if now.duration_since(since) > GIVE_BACK_LIMIT {
+                let status = match why {
+                    Ending::Timeout => skiff_abi::exit::TIMEOUT,
+                    Ending::Stopped => skiff_abi::exit::STOPPED,
+                };
+                sys::end_process_now(
+                    &format!(
+                        "skiff-tender: the guest did not give its thread back within {:.1} s of being ended ({}); \
+                     ending the process (status {status})\n",
+                        GIVE_BACK_LIMIT.as_secs_f64(),
+                        match why {
+                            Ending::Timeout => "--timeout",
+                            Ending::Stopped => "stop signal",
+                        }
+                    ),
+                    status,
+                );
+            }
             // Keep interrupting until the vCPU thread notices: a kick that
             // lands between two system calls is lost.
             vcpu.kick();

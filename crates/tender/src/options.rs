@@ -182,9 +182,25 @@ mod tests {
     }
 }
 
+/// How the guest is isolated from the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sandbox {
+    /// A KVM virtual machine (needs /dev/kvm).
+    #[default]
+    Kvm,
+    /// A process of the tender's, locked down by seccomp: no /dev/kvm
+    /// needed, weaker isolation (see docs/threat-model.md).
+    Process,
+}
+
 /// The tender's run-time options, shared by `skiff-tender` and `skiff run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
+    /// How to isolate the guest: `kvm`, a virtual machine, or `process`, a
+    /// seccomp-sandboxed process of the tender's (no /dev/kvm needed; the
+    /// same image file).
+    #[arg(long, value_enum, default_value = "kvm")]
+    pub sandbox: Sandbox,
     /// Guest memory, e.g. 64M or 1G (a plain number means MiB).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub mem: u64,
@@ -265,6 +281,8 @@ impl RunOptions {
     pub fn config(&self, image: std::path::PathBuf, args: Vec<String>) -> crate::Config {
         crate::Config {
             image,
+            sandbox: self.sandbox,
+            console_fd: None,
             mem: self.mem,
             timeout: self.timeout,
             stop_grace: self.stop_grace,

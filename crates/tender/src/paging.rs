@@ -45,6 +45,38 @@ pub const TABLES: u64 = 0x1_0000;
 pub const TABLES_END: u64 = layout::IMAGE_MIN;
 
 const _: () = assert!(SHARED + SHARED_LEN <= BOOT_GDT && BOOT_GDT + PAGE <= TABLES);
+
+/// Where the boot info, the command line and the shared area go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootArea {
+    /// The boot info.
+    pub boot_info: u64,
+    /// The command line.
+    pub args: u64,
+    /// The shared area.
+    pub shared: u64,
+}
+
+impl BootArea {
+    /// Under KVM: the low pages ([`BOOT_INFO`], [`ARGS`], [`SHARED`]).
+    pub const KVM: BootArea = BootArea { boot_info: BOOT_INFO, args: ARGS, shared: SHARED };
+    /// In process mode: just below the image, where KVM's page tables go.
+    /// Guest addresses are the tender's own there, and Linux refuses to
+    /// map below `vm.mmap_min_addr` (65536 on most distributions), so the
+    /// low pages cannot be used; the runtime learns every address from the
+    /// boot info (its own from `rdi`).
+    pub const PROCESS: BootArea =
+        BootArea { boot_info: PROCESS_LOW, args: PROCESS_LOW + PAGE, shared: PROCESS_LOW + PAGE + ARGS_MAX as u64 };
+
+    /// One past the shared area.
+    pub const fn end(&self) -> u64 {
+        self.shared + SHARED_LEN
+    }
+}
+
+/// The lowest guest address in process mode, the process boot area's start.
+pub const PROCESS_LOW: u64 = 0xf_0000;
+const _: () = assert!(BootArea::PROCESS.end() <= layout::IMAGE_MIN);
 const _: () = assert!(std::mem::size_of::<skiff_abi::BootInfo>() as u64 <= ARGS - BOOT_INFO);
 
 const P: u64 = 1;
@@ -129,17 +161,43 @@ pub fn regions(
     mem_size: u64,
     rings: Option<(u64, u64)>,
 ) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
+    regions_in(image, mem_size, rings, false)
+}
+
+/// The regions of a guest run in process mode: [`BootArea::PROCESS`], and
+/// no boot GDT, page tables or supervisor segments (nothing runs in ring
+/// 0); otherwise as [`regions`].
+pub fn process_regions(
+    image: &Image,
+    mem_size: u64,
+    rings: Option<(u64, u64)>,
+) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
+    regions_in(image, mem_size, rings, true)
+}
+
+fn regions_in(
+    image: &Image,
+    mem_size: u64,
+    rings: Option<(u64, u64)>,
+    process: bool,
+) -> Result<(Vec<Region>, (u64, u64)), PagingError> {
     let ro = Perm { write: false, exec: false, user: true };
     let rw = Perm { write: true, exec: false, user: true };
     let region = |start, end, perm, what| Region { start, end, perm, what, device: false };
+    let area = if process { BootArea::PROCESS } else { BootArea::KVM };
     let mut out = vec![
-        region(BOOT_INFO, ARGS, ro, "boot info"),
-        region(ARGS, SHARED, ro, "command line"),
-        region(SHARED, SHARED + SHARED_LEN, rw, "shared area"),
-        region(BOOT_GDT, BOOT_GDT + PAGE, Perm { write: false, exec: false, user: false }, "boot GDT"),
-        region(TABLES, TABLES_END, Perm { write: true, exec: false, user: false }, "page tables"),
+        region(area.boot_info, area.args, ro, "boot info"),
+        region(area.args, area.shared, ro, "command line"),
+        region(area.shared, area.end(), rw, "shared area"),
     ];
+    if !process {
+        out.push(region(BOOT_GDT, BOOT_GDT + PAGE, Perm { write: false, exec: false, user: false }, "boot GDT"));
+        out.push(region(TABLES, TABLES_END, Perm { write: true, exec: false, user: false }, "page tables"));
+    }
     for s in &image.segments {
+        if process && s.supervisor() {
+            continue;
+        }
         let what = match (s.supervisor(), s.executable(), s.writable()) {
             _ if s.stack() => "ring-3 stack",
             (true, true, _) => "code of the supervisor",

@@ -65,33 +65,82 @@ pub struct KvmFds {
     pub vcpu: i32,
 }
 
+/// Process mode: the descriptors the tender (and so a guest that subverts
+/// it) may still use. The guest's code runs in the tender's process, so
+/// the filter is the guest's barrier too, and pinned to exact arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFds {
+    /// `write`/`writev`: standard output and error, the console's
+    /// descriptor, the eventfds, the TAP devices. Empty: any descriptor (a
+    /// user network accepts sockets after lockdown).
+    pub write: Vec<i32>,
+    /// `read`: the eventfds and the TAP devices. Empty: any descriptor, as
+    /// for `write`.
+    pub read: Vec<i32>,
+    /// `pread64`: the `/proc/self/status` descriptor, if open.
+    pub status: Option<i32>,
+    /// This process's id: signals only go to its own threads.
+    pub pid: i32,
+}
+
+/// What the tender runs the guest with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sandboxed {
+    /// A KVM vCPU.
+    Kvm(KvmFds),
+    /// The tender's own process.
+    Process(ProcessFds),
+}
+
+fn one_of(index: u8, fds: &[i32]) -> Result<Vec<SeccompRule>, SeccompError> {
+    fds.iter().map(|&fd| rule(vec![arg_eq(index, fd as u64)?])).collect()
+}
+
 /// Builds the allow-list. One line per system call, saying why.
 pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompError> {
+    filter_for(user, &Sandboxed::Kvm(kvm))
+}
+
+/// Builds the allow-list for a guest run as `how`.
+pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
         rules.insert(nr, with);
     };
     // Run the vCPU; read the guest TSC for --stats at the end; (user
     // network) make accepted sockets non-blocking.
-    let vcpu = kvm.vcpu as u64;
-    let mut ioctls = vec![
-        rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_RUN)?])?,
-        rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_MSRS)?])?,
-    ];
+    let mut ioctls = match how {
+        Sandboxed::Kvm(kvm) => {
+            let vcpu = kvm.vcpu as u64;
+            vec![
+                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_RUN)?])?,
+                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_MSRS)?])?,
+            ]
+        }
+        Sandboxed::Process(_) => vec![],
+    };
     if user.relays {
         ioctls.push(rule(vec![arg_eq(1, libc::FIONBIO)?])?);
     }
-    allow(libc::SYS_ioctl, ioctls);
+    if !ioctls.is_empty() {
+        allow(libc::SYS_ioctl, ioctls);
+    }
+    let (writes, reads, status) = match how {
+        Sandboxed::Kvm(_) => (vec![], vec![], vec![]),
+        Sandboxed::Process(p) => (one_of(0, &p.write)?, one_of(0, &p.read)?, one_of(0, &Vec::from_iter(p.status))?),
+    };
     // Console output, the tender's own messages, frames to TAP devices,
     // eventfd notifications.
-    allow(libc::SYS_write, vec![]);
-    allow(libc::SYS_writev, vec![]);
+    allow(libc::SYS_write, writes.clone());
+    allow(libc::SYS_writev, writes);
     // Frames from TAP devices; eventfd notifications.
-    allow(libc::SYS_read, vec![]);
+    allow(libc::SYS_read, reads);
     // Waiting for frames, notifications or the guest's deadline.
     allow(libc::SYS_ppoll, vec![]);
     // Peak RSS from the /proc/self/status descriptor opened before lockdown.
-    allow(libc::SYS_pread64, vec![]);
+    if !matches!(how, Sandboxed::Process(p) if p.status.is_none()) {
+        allow(libc::SYS_pread64, status);
+    }
     // `poll` with no device ready: sleep until the guest's deadline.
     allow(libc::SYS_nanosleep, vec![]);
     allow(libc::SYS_clock_nanosleep, vec![]);
@@ -105,8 +154,13 @@ pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompErro
     // The report of a blocked call names its thread.
     allow(libc::SYS_prctl, vec![rule(vec![arg_eq(0, libc::PR_GET_NAME as u64)?])?]);
     allow(libc::SYS_sched_yield, vec![]);
-    // The watchdog interrupts KVM_RUN with a signal, which then returns.
-    allow(libc::SYS_tgkill, vec![]);
+    // The watchdog interrupts KVM_RUN with a signal, which then returns
+    // (in process mode: only this process's threads).
+    let tgkill = match how {
+        Sandboxed::Kvm(_) => vec![],
+        Sandboxed::Process(p) => vec![rule(vec![arg_eq(0, p.pid as u64)?])?],
+    };
+    allow(libc::SYS_tgkill, tgkill);
     allow(libc::SYS_getpid, vec![]);
     allow(libc::SYS_gettid, vec![]);
     allow(libc::SYS_rt_sigreturn, vec![]);
@@ -168,14 +222,44 @@ pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompErro
     allow(libc::SYS_exit, vec![]);
     allow(libc::SYS_exit_group, vec![]);
     let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, seccompiler::TargetArch::x86_64)?;
-    Ok(filter.try_into()?)
+    let mut program: BpfProgram = filter.try_into()?;
+    trap_other_architectures(&mut program);
+    Ok(program)
+}
+
+/// seccompiler kills the process outright for a call of another
+/// architecture (a 32-bit `int 0x80` on x86_64); trap it instead, so it
+/// is reported like every other blocked call.
+fn trap_other_architectures(program: &mut BpfProgram) {
+    const BPF_RET_K: u16 = 0x06;
+    if let Some(ins) = program.iter_mut().take(3).find(|i| i.code == BPF_RET_K && i.k == libc::SECCOMP_RET_KILL_PROCESS)
+    {
+        ins.k = libc::SECCOMP_RET_TRAP;
+    }
 }
 
 /// Installs the allow-list on every thread of the process, with the
 /// handler that reports a blocked call.
 pub fn lock_down(user: UserNetCalls, kvm: KvmFds) -> Result<(), SeccompError> {
-    let program = filter(user, kvm)?;
+    lock_down_as(user, &Sandboxed::Kvm(kvm))
+}
+
+/// [`lock_down`] for a guest run as `how`.
+pub fn lock_down_as(user: UserNetCalls, how: &Sandboxed) -> Result<(), SeccompError> {
+    let program = filter_for(user, how)?;
     crate::sys::install_blocked_call_reporter().map_err(SeccompError::Reporter)?;
     seccompiler::apply_filter_all_threads(&program)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_of_another_architecture_are_trapped_not_killed() {
+        let program = filter(UserNetCalls::default(), KvmFds { vcpu: 3 }).unwrap();
+        assert!(program.iter().take(3).any(|i| i.k == libc::SECCOMP_RET_TRAP));
+        assert!(!program.iter().any(|i| i.k == libc::SECCOMP_RET_KILL_PROCESS));
+    }
 }

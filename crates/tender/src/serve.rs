@@ -13,7 +13,7 @@ use crate::net::{self, NicError, NicRings};
 use crate::netio::IoShared;
 use crate::paging::Region;
 use crate::stats::Stats;
-use crate::{Outcome, console, fault, paging};
+use crate::{Outcome, console, fault};
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
     NetNotifyArgs, PollArgs, WalltimeArgs, exit,
@@ -62,6 +62,18 @@ pub enum GuestError {
     /// An `out` to a port that is no hypercall.
     #[error("the guest wrote to I/O port {0:#x}, which is no hypercall")]
     UnknownPort(u16),
+    /// Process mode: a call number that names no hypercall.
+    #[error("the guest called hypercall number {0}, which does not exist")]
+    UnknownCall(u64),
+    /// Process mode: an argument address wider than the 32 bits of the
+    /// VM's `out` (no guest memory is there).
+    #[error("{call}: argument address {arg:#x} is not a 32-bit guest address")]
+    WideArgument {
+        /// The call.
+        call: &'static str,
+        /// The address given.
+        arg: u64,
+    },
     /// An `in` from any port.
     #[error("the guest read from I/O port {0:#x}")]
     PortRead(u16),
@@ -152,9 +164,31 @@ impl From<GuestError> for Flow {
     }
 }
 
+/// A guest's CPU: a KVM vCPU, or in process mode the tender's own thread
+/// running the guest's code ([`crate::process`]). Either stops at the
+/// guest's next hypercall, exception or interruption.
+pub trait RunGuest {
+    /// Runs the guest until it stops.
+    fn run(&mut self) -> Result<Exit, KvmError>;
+    /// The guest's TSC now, for `--stats`.
+    fn guest_tsc(&self) -> Option<u64>;
+}
+
+impl RunGuest for Vm {
+    fn run(&mut self) -> Result<Exit, KvmError> {
+        Vm::run(self)
+    }
+
+    fn guest_tsc(&self) -> Option<u64> {
+        Vm::guest_tsc(self)
+    }
+}
+
 /// The guest while it runs: what the hypercall handlers need.
 pub(crate) struct Guest<'a> {
     pub mem: &'a GuestMemory,
+    /// The shared area's guest address.
+    pub shared: u64,
     pub image: &'a Image,
     pub regions: &'a [Region],
     pub console: &'a mut dyn Write,
@@ -171,7 +205,7 @@ pub(crate) struct Guest<'a> {
 
 impl Guest<'_> {
     /// Runs the vCPU until the guest ends.
-    pub fn serve(&mut self, vm: &mut Vm) -> Outcome {
+    pub fn serve(&mut self, vm: &mut dyn RunGuest) -> Outcome {
         loop {
             if let Some(ending) = self.monitor.ending() {
                 let _ = self.drain_console();
@@ -192,6 +226,11 @@ impl Guest<'_> {
             }
             let flow = match exit {
                 Exit::IoOut { port, value } => self.io_out(port, value),
+                Exit::Call { nr, arg } => self.call(nr, arg),
+                Exit::Fault(frame) => {
+                    self.stats.exit("fault");
+                    self.fault(frame)
+                }
                 Exit::Interrupted => {
                     self.stats.exit("interrupted");
                     Flow::Continue
@@ -213,7 +252,7 @@ impl Guest<'_> {
 
     fn drain_console(&mut self) -> Result<(), GuestError> {
         let monitor = self.monitor;
-        let n = console::drain(self.mem, paging::SHARED, self.console, &|| monitor.ending().is_some())?;
+        let n = console::drain(self.mem, self.shared, self.console, &|| monitor.ending().is_some())?;
         self.stats.console_bytes += n as u64;
         Ok(())
     }
@@ -265,10 +304,7 @@ impl Guest<'_> {
                 return GuestError::WrongWidth("fault report").into();
             };
             return match self.mem.read_obj::<FaultFrame>(GuestAddr(u64::from(addr))) {
-                Ok(frame) => {
-                    let report = fault::describe(&frame, self.image, self.regions, self.mem.size());
-                    Flow::End(Outcome::Fault { frame, report })
-                }
+                Ok(frame) => self.fault(frame),
                 Err(e) => GuestError::FaultReport(e).into(),
             };
         }
@@ -281,8 +317,33 @@ impl Guest<'_> {
         let Some(arg) = value else {
             return GuestError::WrongWidth(call.name()).into();
         };
+        self.checked_hypercall(call, arg)
+    }
+
+    /// Process mode: a call into the tender's hypercall entry. The same
+    /// calls and checks as an `out`, after the number and the address are
+    /// narrowed to what an `out` can carry.
+    fn call(&mut self, nr: u64, arg: u64) -> Flow {
+        let Some(call) = u16::try_from(nr).ok().and_then(Hypercall::from_number) else {
+            self.stats.exit("bad-call");
+            return GuestError::UnknownCall(nr).into();
+        };
+        self.stats.exit(call.name());
+        let Ok(arg) = u32::try_from(arg) else {
+            return GuestError::WideArgument { call: call.name(), arg }.into();
+        };
+        self.checked_hypercall(call, arg)
+    }
+
+    fn checked_hypercall(&mut self, call: Hypercall, arg: u32) -> Flow {
         self.hypercall(call, arg)
             .unwrap_or_else(|source| GuestError::BadArgument { call: call.name(), addr: arg, source }.into())
+    }
+
+    /// A CPU exception: the report, and the end.
+    fn fault(&self, frame: FaultFrame) -> Flow {
+        let report = fault::describe(&frame, self.image, self.regions, self.mem.size());
+        Flow::End(Outcome::Fault { frame, report })
     }
 
     /// `Poll`: sleep until a NIC has frames or the timeout passes.

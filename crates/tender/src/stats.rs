@@ -62,6 +62,9 @@ pub struct Stats {
     pub tender_peak_rss: Option<u64>,
     /// What the network I/O thread moved.
     pub net: NetStats,
+    /// Process mode: the guest ran as this process (an "exit" is then a
+    /// call into the tender).
+    pub process: bool,
 }
 
 /// What the network I/O thread moved.
@@ -85,6 +88,12 @@ impl ProcStatus {
     /// Opens it; a missing `/proc` only means no peak-RSS figure.
     pub fn open() -> ProcStatus {
         ProcStatus(std::fs::File::open("/proc/self/status").ok())
+    }
+
+    /// The descriptor, for the seccomp filter.
+    pub fn fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.0.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// This process's peak resident set in bytes (`VmHWM`).
@@ -128,9 +137,15 @@ impl Stats {
         let g = &self.guest;
         let nz = |v: u64| (v != 0).then_some(v);
         let boot = [
-            ("open KVM, create VM and vCPU", span(Some(t.start), t.vm_created)),
-            ("load image, page tables", span(t.vm_created, t.loaded)),
-            ("set up vCPU", span(t.loaded, t.vcpu_ready)),
+            (
+                if self.process { "read image, map guest memory" } else { "open KVM, create VM and vCPU" },
+                span(Some(t.start), t.vm_created),
+            ),
+            (if self.process { "load image" } else { "load image, page tables" }, span(t.vm_created, t.loaded)),
+            (
+                if self.process { "threads, TSC, protections" } else { "set up vCPU, start threads" },
+                span(t.loaded, t.vcpu_ready),
+            ),
             ("first instruction -> ring 3", self.guest_span(g.at_first_run, nz(g.ring3_entry))),
             ("ring 3 -> main", self.guest_span(nz(g.ring3_entry), nz(g.main))),
             ("main -> guest end", self.guest_span(nz(g.main), g.at_end)),

@@ -2,8 +2,8 @@
 //! the signal that interrupts a running vCPU, the report of a blocked
 //! system call, and the stop signals (`SIGTERM`, `SIGINT`).
 //!
-//! One of the four modules of the tender with `unsafe` code (with `kvm`,
-//! `guest_memory` and `tap`).
+//! One of the modules of the tender with `unsafe` code (with `kvm`,
+//! `process`, `guest_memory` and `tap`).
 
 use skiff_abi::exit;
 use std::io;
@@ -23,7 +23,7 @@ pub fn use_one_malloc_arena() {
 }
 
 /// The signal that interrupts a running vCPU (or a blocked console write).
-const KICK_SIGNAL: i32 = libc::SIGUSR2;
+pub(crate) const KICK_SIGNAL: i32 = libc::SIGUSR2;
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
@@ -58,10 +58,15 @@ impl ThreadKicker {
     }
 }
 
-/// Where `si_syscall` sits in a `siginfo_t` for `SIGSYS` on x86_64:
-/// after `si_signo`, `si_errno`, `si_code` (padded to 16 bytes) and
-/// `si_call_addr` (8 bytes). The libc crate has no accessor for it.
+/// Where `si_call_addr`, `si_syscall` and `si_arch` sit in a `siginfo_t`
+/// for `SIGSYS` on x86_64: after `si_signo`, `si_errno`, `si_code`
+/// (padded to 16 bytes). The libc crate has no accessor for them.
+const SI_CALL_ADDR_OFFSET: usize = 16;
 const SI_SYSCALL_OFFSET: usize = 24;
+const SI_ARCH_OFFSET: usize = 28;
+/// `AUDIT_ARCH_X86_64`: a 64-bit `syscall`; anything else (`int 0x80`:
+/// `AUDIT_ARCH_I386`) is a 32-bit call.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
 /// A message built in a fixed buffer, so the `SIGSYS` handler needs no
 /// allocation and no lock.
@@ -85,16 +90,22 @@ pub fn syscall_name(nr: i64) -> &'static str {
 }
 
 /// Writes the report of a blocked call to stderr and ends the process.
-fn report_blocked_call(nr: i64, thread: &[u8]) -> ! {
+/// `wide` is false for a 32-bit call (`int 0x80`); `guest_at` is where the
+/// guest's code made it, in process mode.
+fn report_blocked_call(nr: i64, wide: bool, thread: &[u8], guest_at: Option<u64>) -> ! {
     use core::fmt::Write as _;
     let mut text = StackText { buf: [0; 256], len: 0 };
     let thread = core::str::from_utf8(thread).unwrap_or("?");
-    let _ = writeln!(
-        text,
-        "skiff-tender: blocked system call {} ({nr}) in thread {thread}; the tender ends (status {})",
-        syscall_name(nr),
-        exit::BLOCKED_SYSCALL
-    );
+    let _ = if wide {
+        write!(text, "skiff-tender: blocked system call {} ({nr})", syscall_name(nr))
+    } else {
+        write!(text, "skiff-tender: blocked 32-bit system call {nr} (int 0x80)")
+    };
+    let _ = match guest_at {
+        Some(at) => write!(text, ", made by the guest's code at {at:#x},"),
+        None => Ok(()),
+    };
+    let _ = writeln!(text, " in thread {thread}; the tender ends (status {})", exit::BLOCKED_SYSCALL);
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by
     // the filter; the buffer is valid for `len` bytes.
     unsafe {
@@ -103,24 +114,80 @@ fn report_blocked_call(nr: i64, thread: &[u8]) -> ! {
     }
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+pub(crate) extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler;
-    // for a seccomp trap its `_sigsys` member holds the call number at
-    // SI_SYSCALL_OFFSET, an aligned i32 inside the structure.
-    let nr = unsafe { info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>().read() };
+    // for a seccomp trap its `_sigsys` member holds the call's address, its
+    // number and its architecture at these offsets, aligned inside the
+    // structure.
+    let (addr, nr, arch) = unsafe {
+        let base = info.cast::<u8>();
+        (
+            base.add(SI_CALL_ADDR_OFFSET).cast::<u64>().read(),
+            base.add(SI_SYSCALL_OFFSET).cast::<i32>().read(),
+            base.add(SI_ARCH_OFFSET).cast::<u32>().read(),
+        )
+    };
     let mut name = [0u8; 16];
     // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the
     // buffer, which has 16; prctl(PR_GET_NAME) is allowed by the filter.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    report_blocked_call(i64::from(nr), &name[..len]);
+    let guest_at = crate::process::is_guest_address(addr).then_some(addr);
+    report_blocked_call(i64::from(nr), arch == AUDIT_ARCH_X86_64, &name[..len], guest_at);
+}
+
+/// Process mode: writes that a signal hit the tender's own code (not the
+/// guest's) to stderr. The caller then lets the signal kill the process.
+pub(crate) fn report_tender_fault(signal: libc::c_int, uc: *mut libc::c_void) {
+    use core::fmt::Write as _;
+    // SAFETY: the kernel passes its ucontext to an SA_SIGINFO handler.
+    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] };
+    let mut text = StackText { buf: [0; 256], len: 0 };
+    let _ = writeln!(text, "skiff-tender: signal {signal} in the tender's own code at {rip:#x}: a tender bug");
+    // SAFETY: write(2) is async-signal-safe and allowed by the filter; the
+    // buffer is valid for `len` bytes.
+    unsafe { libc::write(libc::STDERR_FILENO, text.buf.as_ptr().cast(), text.len) };
 }
 
 /// Makes a call the seccomp filter traps (`SIGSYS`) end the process with
 /// one line naming the call and the thread, and status
 /// [`exit::BLOCKED_SYSCALL`].
 pub fn install_blocked_call_reporter() -> io::Result<()> {
-    register_signal_handler(libc::SIGSYS, on_sigsys).map_err(io::Error::from)
+    set_handler(libc::SIGSYS, on_sigsys)
+}
+
+/// A handler with the `SA_SIGINFO` signature.
+pub(crate) type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for `signal`, run on the thread's alternate signal
+/// stack when it has one (in process mode the guest's stack is the
+/// guest's memory and must never hold a signal frame), without
+/// `SA_RESTART`.
+pub(crate) fn set_handler(signal: libc::c_int, handler: Handler) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler is an extern "C"
+    // function with the SA_SIGINFO signature; the mask is emptied.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(signal, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `message` to stderr and ends the whole process with `status`
+/// at once, from any thread, without running destructors (another thread
+/// may be anywhere).
+pub fn end_process_now(message: &str, status: u8) -> ! {
+    // SAFETY: write(2) of a valid buffer and _exit(2), both allowed by the
+    // seccomp filter.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+        libc::_exit(i32::from(status))
+    }
 }
 
 /// A signal asking the tender to stop the guest.

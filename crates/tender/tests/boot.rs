@@ -2,8 +2,12 @@
 //! binary. The probe guest (tests/guests/probe) does one thing per
 //! scenario, most of them misbehaving on purpose.
 //!
-//! These tests need `/dev/kvm`; without it they fail with a message that
-//! says so.
+//! Every test runs twice: here under KVM, and in `boot_process.rs` (which
+//! includes this file) in process mode; `common::sandbox()` tells which,
+//! and the few expectations that differ say why.
+//!
+//! Under KVM these tests need `/dev/kvm`; without it they fail with a
+//! message that says so.
 
 mod common;
 
@@ -12,9 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::workspace;
+use common::{Sandbox, sandbox, workspace};
 
 fn require_kvm() {
+    if sandbox() == Sandbox::Process {
+        return;
+    }
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         panic!(
             "the boot tests run real guests and need read-write access to /dev/kvm ({e}); \
@@ -41,13 +48,16 @@ struct Run {
     elapsed: Duration,
 }
 
+/// The tender, with this binary's sandbox selected.
+fn tender_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-tender"));
+    cmd.args(common::sandbox_args());
+    cmd
+}
+
 fn tender(args: &[&str]) -> Run {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skiff-tender");
+    let out = tender_cmd().args(args).stdin(Stdio::null()).output().expect("run skiff-tender");
     Run {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -96,6 +106,11 @@ fn a_panic_prints_message_and_location_and_exits_101() {
 
 #[test]
 fn cpu_exceptions_are_reported_with_vector_address_and_status() {
+    // In process mode nothing is mapped below the boot area (0xf0000): the
+    // page tables, boot GDT and low boot pages do not exist there.
+    let below = "an unmapped page of the boot area below the image";
+    let process = sandbox() == Sandbox::Process;
+    let low = |kvm: &'static [&'static str], proc: &'static [&'static str]| if process { proc } else { kvm };
     let cases: &[(&str, &[&str])] = &[
         ("divzero", &["divide error (#DE, vector 0)", "in ring 3"]),
         ("read-null", &["page fault (#PF, vector 14)", "address 0x0: read of an unmapped page", "null pointer"]),
@@ -104,20 +119,32 @@ fn cpu_exceptions_are_reported_with_vector_address_and_status() {
             "jump-data",
             &["instruction fetch from a page whose protection forbids it", "the data of the image (rw- user"],
         ),
-        ("write-pagetable", &["address 0x10000: write", "page tables, reachable only from ring 0"]),
-        ("write-bootinfo", &["address 0x1000: write", "boot info, read-only"]),
+        (
+            "write-pagetable",
+            low(&["address 0x10000: write", "page tables, reachable only from ring 0"], &["address 0x10000: write"]),
+        ),
+        ("write-bootinfo", low(&["address 0x1000: write", "boot info, read-only"], &["address 0x1000: write"])),
         // Mapped but protected pages are named for what they are.
         (
             "write-gdt",
-            &[
-                "address 0xf000: write to a page whose protection forbids it",
-                "the boot GDT, read-only and reachable only from ring 0",
-            ],
+            low(
+                &[
+                    "address 0xf000: write to a page whose protection forbids it",
+                    "the boot GDT, read-only and reachable only from ring 0",
+                ],
+                &["address 0xf000: write to an unmapped page"],
+            ),
         ),
         ("write-rodata", &["write to a page whose protection forbids it", "the read-only data of the image (r-- user"]),
         (
             "jump-shared",
-            &["address 0x4000: instruction fetch from a page whose protection forbids it", "the shared area (rw- user"],
+            low(
+                &[
+                    "address 0x4000: instruction fetch from a page whose protection forbids it",
+                    "the shared area (rw- user",
+                ],
+                &["address 0x4000: instruction fetch from an unmapped page"],
+            ),
         ),
         ("stack-overflow", &["write to an unmapped page", "stack overflow", "probe::recurse"]),
         ("privileged", &["general protection fault (#GP, vector 13)"]),
@@ -128,6 +155,9 @@ fn cpu_exceptions_are_reported_with_vector_address_and_status() {
         let run = run_probe(&[scenario]);
         let mut all = vec!["guest CPU exception in ring 3", "rip 0x"];
         all.extend_from_slice(needles);
+        if process && ["write-pagetable", "write-bootinfo", "write-gdt", "jump-shared"].contains(scenario) {
+            all.push(below);
+        }
         expect(&run, 102, &all);
         assert!(!run.stderr.contains("hole"), "{scenario}: {}", run.stderr);
     }
@@ -144,13 +174,23 @@ fn bad_hypercall_arguments_end_the_guest_not_the_tender() {
         ("bad-range", "bytes at guest address 0x3fffff8 are outside guest memory"),
         (
             "pagetable-hypercall",
-            "poll: argument at 0x10000: 16 bytes at 0x10000 are not writable memory of the service",
+            match sandbox() {
+                Sandbox::Kvm => "poll: argument at 0x10000: 16 bytes at 0x10000 are not writable memory of the service",
+                // Below the process boot area there is no guest memory.
+                Sandbox::Process => {
+                    "poll: argument at 0x10000: 16 bytes at guest address 0x10000 are outside guest memory"
+                }
+            },
         ),
     ];
     for (scenario, needle) in cases {
         let run = run_probe(&[scenario]);
         expect(&run, 110, &["guest ended for a bad hypercall", needle]);
     }
+    // A result the tender would write into read-only memory (in process
+    // mode its own write would fault there): refused the same way in both.
+    let run = run_probe(&["rodata-hypercall"]);
+    expect(&run, 110, &["walltime: argument at 0x", "8 bytes at 0x", "are not writable memory of the service"]);
 }
 
 #[test]
@@ -206,11 +246,8 @@ fn a_sleeping_guest_burns_no_host_cpu() {
     let start = Instant::now();
     // Reaped by wait4 below, which also returns the child's CPU usage.
     #[allow(clippy::zombie_processes)]
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
-        .args([image, "--", "sleep", "1000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tender");
+    let mut child =
+        tender_cmd().args([image, "--", "sleep", "1000"]).stdout(Stdio::piped()).spawn().expect("spawn tender");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid out-parameter.
@@ -294,11 +331,11 @@ fn the_heap_serves_many_allocations() {
 fn stats_break_down_the_boot() {
     let image = hello().to_str().unwrap();
     let run = tender(&["--stats", image]);
-    expect(
-        &run,
-        0,
-        &["skiff-tender stats", "open KVM, create VM and vCPU", "ring 3 -> main", "exits 2", "exit 1", "poll 1"],
-    );
+    let first = match sandbox() {
+        Sandbox::Kvm => "open KVM, create VM and vCPU",
+        Sandbox::Process => "read image, map guest memory",
+    };
+    expect(&run, 0, &["skiff-tender stats", first, "ring 3 -> main", "exits 2", "exit 1", "poll 1"]);
 }
 
 fn temp_file(name: &str, data: &[u8]) -> PathBuf {
@@ -349,7 +386,7 @@ fn images_full_of_hostile_symbol_names_boot_and_fault_within_budget() {
     let long = vec![b'x'; 1 << 20];
     for (tag, count, name) in [("name-bombs", 4000, NAME_BOMB), ("long-names", 100_000, &long[..])] {
         let path = temp_file(tag, &common::with_symbols(&probe_bytes, count, name));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-tender"));
+        let mut cmd = tender_cmd();
         let run = common::run_measured(cmd.args(["--timeout", "10s", path.to_str().unwrap(), "--", "ud2"]));
         assert_eq!(run.status, 102, "{tag}: {}", run.output);
         let rip = run.output.lines().find(|l| l.contains("rip 0x")).expect("a fault report");
@@ -431,21 +468,57 @@ fn every_image_passes_the_checks_and_a_planted_syscall_fails_them() {
 }
 
 /// The build's no-syscall check is a lint: a `syscall` hidden in another
-/// instruction's immediate passes it. What stops it is the virtual CPU: a
-/// guest `syscall` never reaches the host. The tender leaves EFER.SCE off
-/// and LSTAR zero, so it ends the guest with a CPU exception: #UD where the
-/// CPU honours SCE, and under PVM (which sends it to LSTAR) a fetch from
-/// the never-mapped page 0.
+/// instruction's immediate passes it. Under KVM what stops it is the
+/// virtual CPU: a guest `syscall` never reaches the host. The tender leaves
+/// EFER.SCE off and LSTAR zero, so it ends the guest with a CPU exception:
+/// #UD where the CPU honours SCE, and under PVM (which sends it to LSTAR) a
+/// fetch from the never-mapped page 0. In process mode the call reaches
+/// the host kernel, whose seccomp filter traps it: the tender names the
+/// call and says the guest's code made it (status 120).
 #[test]
-fn a_syscall_hidden_in_an_immediate_passes_the_check_and_faults_in_ring_3() {
+fn a_syscall_hidden_in_an_immediate_passes_the_check_and_is_stopped() {
     let report = skiff_build::check_image(probe()).expect("the probe, hidden syscall and all, passes the check");
     assert!(report.instructions > 1000);
     let run = run_probe(&["hidden-syscall"]);
+    if sandbox() == Sandbox::Process {
+        expect(&run, 120, &["blocked system call openat (257), made by the guest's code at 0x"]);
+        return;
+    }
     expect(&run, 102, &["guest CPU exception in ring 3"]);
     let ud = run.stderr.contains("invalid opcode (#UD, vector 6)");
     let page_zero = run.stderr.contains("address 0x0: instruction fetch from an unmapped page");
     assert!(ud || page_zero, "{}", run.stderr);
     assert!(!run.stderr.contains("blocked system call"), "{}", run.stderr);
+}
+
+/// The rest of a hostile guest's repertoire: `int 0x80` built at run time,
+/// a wild write at the code its hypercalls jump to (in process mode the
+/// tender's own code, whose address it knows), and a hypercall whose
+/// argument points there. Each ends with its report and status; the
+/// tender never crashes.
+#[test]
+fn hostile_guests_get_their_report_and_status() {
+    let int80 = run_probe(&["hidden-int80"]);
+    let write = run_probe(&["write-hypercall-target"]);
+    let arg = run_probe(&["hypercall-arg-at-target"]);
+    match sandbox() {
+        Sandbox::Kvm => {
+            // Ring 3 cannot use the gate (#GP; #UD under PVM).
+            expect(&int80, 102, &["guest CPU exception in ring 3"]);
+            expect(&write, 102, &["write to a page whose protection forbids it", "the code of the image"]);
+            // The runtime's own code is the service's to read.
+            expect(&arg, 104, &["guest aborted (abort)"]);
+        }
+        Sandbox::Process => {
+            expect(&int80, 120, &["blocked 32-bit system call 20 (int 0x80), made by the guest's code at 0x"]);
+            // The tender's code is read-only and outside guest memory.
+            expect(&write, 102, &["write to a page whose protection forbids it", "beyond guest memory (64 MiB)"]);
+            expect(&arg, 110, &["abort: argument at 0x", "are outside guest memory"]);
+        }
+    }
+    for run in [&int80, &write, &arg] {
+        assert!(!run.stderr.contains("tender's own code"), "{}", run.stderr);
+    }
 }
 
 /// Copies the tender binary where an unprivileged user can run it.
@@ -470,6 +543,9 @@ fn require_root() {
     }
 }
 
+/// Without /dev/kvm a VM cannot start and the tender says what to do;
+/// process mode, which exists for such hosts, runs as if nothing were
+/// missing (it never opens /dev/kvm).
 #[test]
 fn a_missing_dev_kvm_is_reported_with_what_to_do() {
     require_root();
@@ -477,15 +553,25 @@ fn a_missing_dev_kvm_is_reported_with_what_to_do() {
     // A private mount namespace whose /dev is an empty tmpfs.
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /dev && exec \"$0\" \"$1\"")
+        .arg("mount -t tmpfs none /dev && exec \"$0\" \"$@\"")
         .arg(dir.join("skiff-tender"))
+        .args(common::sandbox_args())
         .arg(dir.join("hello"))
         .output()
         .expect("run unshare");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("/dev/kvm does not exist"), "{err}");
-    assert!(err.contains("kvm module"), "{err}");
+    match sandbox() {
+        Sandbox::Kvm => {
+            assert_eq!(out.status.code(), Some(125), "{err}");
+            assert!(err.contains("/dev/kvm does not exist"), "{err}");
+            assert!(err.contains("kvm module"), "{err}");
+            assert!(err.contains("--sandbox process"), "{err}");
+        }
+        Sandbox::Process => {
+            assert_eq!(out.status.code(), Some(0), "{err}");
+            assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from Skiff!"), "{err}");
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -496,20 +582,28 @@ fn no_permission_on_dev_kvm_is_reported_with_what_to_do() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(dir.join("skiff-tender"))
+        .args(common::sandbox_args())
         .arg(dir.join("hello"))
         .output()
         .expect("run setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
+    if sandbox() == Sandbox::Process {
+        // An unprivileged user needs nothing more for process mode.
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
     assert!(err.contains("usermod -aG kvm"), "{err}");
+    assert!(err.contains("--sandbox process"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn the_tender_runs_the_guest_under_a_seccomp_allow_list() {
     let image = probe().to_str().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let child = tender_cmd()
         .args(["--timeout", "30s", image, "--", "sleep", "1500"])
         .stdout(Stdio::piped())
         .spawn()

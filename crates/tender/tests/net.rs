@@ -7,7 +7,7 @@
 
 mod common;
 
-use skiff_testnet::{Dnsmasq, Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use skiff_testnet::{Dnsmasq, Guard, NetNs, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ const GUEST4: &str = "10.0.0.2";
 /// A namespace with a TAP device addressed 10.0.0.1/24 and fd00::1/64.
 fn namespace() -> NetNs {
     require_root();
-    require_kvm();
+    common::require_sandbox();
     let ns = NetNs::new().expect("create a network namespace");
     ns.add_tap(TAP, &["10.0.0.1/24", "fd00::1/64"]).expect("create the TAP device");
     ns
@@ -53,6 +53,7 @@ impl Guest {
         let errors = dir.join(format!("{}.err", ns.name()));
         let child = ns
             .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
             .args(["--net", &format!("service={TAP}")])
             .args(if tender_args.contains(&"--timeout") { &[][..] } else { &["--timeout", "120s"][..] })
             .args(tender_args)
@@ -500,10 +501,16 @@ fn the_rings_need_few_exits_under_load() {
 #[test]
 fn nics_must_match_the_manifest_and_exist() {
     require_root();
-    require_kvm();
+    common::require_sandbox();
     let ns = NetNs::new().unwrap();
     let run = |args: &[&str]| {
-        let out = ns.command(env!("CARGO_BIN_EXE_skiff-tender")).args(args).arg(echo_image()).output().unwrap();
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
+            .args(args)
+            .arg(echo_image())
+            .output()
+            .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (status, err) = run(&[]);
@@ -531,6 +538,7 @@ fn nics_must_match_the_manifest_and_exist() {
     // An image without NICs says how a service declares one.
     let hello = common::guest("examples/hello");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
         .args(["--net", "service=user"])
         .arg(hello)
         .output()
@@ -539,6 +547,7 @@ fn nics_must_match_the_manifest_and_exist() {
     assert_eq!(out.status.code(), Some(125));
     assert!(err.contains(r#"it has no NICs: a service declares one with #[skiff::main(net = "service")]"#), "{err}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
         .args(["--publish", "8080:80"])
         .arg(hello)
         .output()

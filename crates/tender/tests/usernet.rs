@@ -4,7 +4,7 @@
 
 mod common;
 
-use skiff_testnet::{Guard, require_kvm, wait_for};
+use skiff_testnet::{Guard, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -35,13 +35,14 @@ static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 impl Guest {
     fn start(image: &Path, tender_args: &[&str], guest_args: &[&str]) -> Guest {
-        require_kvm();
+        common::require_sandbox();
         let dir = workspace().join("target/usernet-tests");
         std::fs::create_dir_all(&dir).unwrap();
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = dir.join(format!("{}-{n}.out", std::process::id()));
         let file = std::fs::File::create(&out).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
             .args(["--net", "service=user"])
             .args(if tender_args.contains(&"--timeout") { &[][..] } else { &["--timeout", "120s"][..] })
             .args(tender_args)
@@ -267,10 +268,11 @@ fn a_flood_of_garbage_frames_neither_grows_the_tender_nor_stops_the_relays() {
 
 #[test]
 fn a_taken_host_port_is_a_clear_error() {
-    require_kvm();
+    common::require_sandbox();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
         .args(["--net", "service=user", "--publish", &format!("{port}:7")])
         .arg(echo_image())
         .output()
@@ -280,6 +282,7 @@ fn a_taken_host_port_is_a_clear_error() {
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}/tcp for --publish")), "{err}");
     assert!(err.contains("another program uses that port"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
         .args(["--net", "service=user", "--publish", "8007"])
         .arg(echo_image())
         .output()
@@ -295,6 +298,7 @@ fn a_taken_host_port_is_a_clear_error() {
         ("--net-tcp-buffer", "1K", "is not a buffer size from 4K to 16M"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
             .args(["--net", "service=user", option, value])
             .arg(echo_image())
             .output()

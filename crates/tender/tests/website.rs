@@ -10,7 +10,7 @@
 
 mod common;
 
-use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use skiff_testnet::{Guard, NetNs, require_program, require_root, wait_for};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ struct Website {
 impl Website {
     fn start(guest_args: &[&str]) -> Website {
         require_root();
-        require_kvm();
+        common::require_sandbox();
         require_program("curl", "curl");
         let image = image();
         let ns = NetNs::new().expect("create a network namespace");
@@ -95,6 +95,7 @@ impl Website {
         let file = std::fs::File::create(&console).unwrap();
         let child = ns
             .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
             .args(["--net", "service=tap0", "--timeout", "300s", "--mem", "64M"])
             .arg(image)
             .arg("--")
@@ -621,6 +622,7 @@ fn client_image() -> &'static Path {
 fn run_client(ns: &NetNs, args: &[&str]) -> (i32, String) {
     let out = ns
         .command(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
         .args(["--net", "service=tap0", "--timeout", "60s"])
         .arg(client_image())
         .arg("--")
@@ -643,7 +645,7 @@ fn fnv(bytes: &[u8]) -> String {
 #[test]
 fn the_guest_http_client_fetches_over_http_and_https() {
     require_root();
-    require_kvm();
+    common::require_sandbox();
     require_program("openssl", "openssl");
     let ns = NetNs::new().expect("create a network namespace");
     ns.add_tap("tap0", &["10.0.0.1/24"]).expect("create the TAP device");

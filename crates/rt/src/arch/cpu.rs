@@ -2,8 +2,10 @@
 
 use skiff_abi::Hypercall;
 
-/// Makes a hypercall: `out` to the call's port with the 32-bit address of
-/// its argument structure (zero for calls without one).
+/// Makes a hypercall: one call through `skiff_hypercall_entry` (see
+/// [`super::process`]), which under a VM executes `out` to the call's port
+/// with the 32-bit address of its argument structure (zero for calls
+/// without one), and in process mode is the tender's entry.
 ///
 /// # Safety
 /// `arg` must be zero or the address of a live argument structure of the
@@ -11,15 +13,29 @@ use skiff_abi::Hypercall;
 /// call.
 #[inline(always)]
 pub unsafe fn hypercall(call: Hypercall, arg: u32) {
-    // SAFETY: the port is one of the hypercall ports the supervisor opened
-    // in the TSS I/O bitmap; the tender reads and writes only the argument
-    // structure the caller vouches for. No stack use; flags are untouched.
+    // SAFETY: the caller's promise, for a known call.
+    unsafe { raw_hypercall(call as u16, arg) }
+}
+
+/// [`hypercall`] with any call number, for tests of the tender's checks.
+///
+/// # Safety
+/// As for [`hypercall`]; the tender ends the guest for a bad number or
+/// argument, so this returns only for a good call.
+#[inline(always)]
+pub unsafe fn raw_hypercall(nr: u16, arg: u32) {
+    // SAFETY: the word holds the `out` stub or, in process mode, the
+    // tender's entry (written once at the process entry, before any Rust
+    // code); both follow the C calling convention, which `clobber_abi`
+    // declares, and the stack is aligned for a call (no `nostack`). The
+    // tender reads and writes only the argument structure the caller
+    // vouches for.
     unsafe {
         core::arch::asm!(
-            "out dx, eax",
-            in("dx") call.port(),
-            in("eax") arg,
-            options(nostack, preserves_flags),
+            "call qword ptr [rip + skiff_hypercall_entry]",
+            in("edi") u32::from(nr),
+            in("esi") arg,
+            clobber_abi("C"),
         );
     }
 }

@@ -462,6 +462,7 @@ skiff_fault_stack_top:
     .section .text.skiff_user_entry, "ax"
     .globl skiff_user_entry
 skiff_user_entry:
+    mov [rip + skiff_boot_info], rdi
     xor ebp, ebp
     call skiff_rt_user_main
     ud2

@@ -5,6 +5,43 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// How a boot test binary runs its guests. One parameter of the harness:
+/// a test file compiled as a binary whose name ends in `_process` (see
+/// `boot_process.rs`, which includes `boot.rs`) runs every guest with
+/// `--sandbox process`, the others under KVM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub enum Sandbox {
+    /// A KVM virtual machine.
+    Kvm,
+    /// A seccomp-sandboxed process, no /dev/kvm.
+    Process,
+}
+
+/// This test binary's sandbox.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn sandbox() -> Sandbox {
+    if env!("CARGO_CRATE_NAME").ends_with("_process") { Sandbox::Process } else { Sandbox::Kvm }
+}
+
+/// The tender options that select this binary's sandbox.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn sandbox_args() -> &'static [&'static str] {
+    match sandbox() {
+        Sandbox::Kvm => &[],
+        Sandbox::Process => &["--sandbox", "process"],
+    }
+}
+
+/// Fails unless this binary's sandbox can run here: under KVM, read-write
+/// access to /dev/kvm; process mode needs nothing.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn require_sandbox() {
+    if sandbox() == Sandbox::Kvm {
+        skiff_testnet::require_kvm();
+    }
+}
+
 /// The repository root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")

@@ -140,19 +140,28 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     Ok(())
 }
 
+unsafe extern "C" {
+    /// The boot info's address, as the runtime's entry received it (it
+    /// moves in process mode).
+    static skiff_boot_info: u64;
+}
+
 /// Queues a frame of 2000 bytes (over the MTU) on NIC 0's transmit ring
 /// and rings the doorbell (`NetNotify`). The layouts are skiff-abi's: the
-/// boot info at 0x1000 holds the NIC's ring base and slot count (device 0's
-/// data at offset 144: ring at +8, slots at +16); the transmit ring follows
+/// boot info (its address from the runtime's entry) holds the NIC's ring
+/// base and slot count (device 0's data at offset 144: ring at +8, slots
+/// at +16); the transmit ring follows
 /// the receive ring; a ring is a 4 KiB header (producer index at 0) and
 /// 2 KiB slots (length at 0).
 fn queue_oversized_frame() {
     use core::sync::atomic::{AtomicU32, Ordering};
-    const DEVICE0_DATA: usize = 0x1000 + 144;
+    // SAFETY: a plain read of the runtime's word, written once at entry.
+    let boot_info = unsafe { core::ptr::read_volatile(&raw const skiff_boot_info) } as usize;
+    let device0_data = boot_info + 144;
     // SAFETY: the boot info is mapped readable for ring 3 for the guest's
     // life; these are two aligned words of device 0's data.
     let (rx, slots) = unsafe {
-        (((DEVICE0_DATA + 8) as *const u64).read_volatile(), ((DEVICE0_DATA + 16) as *const u32).read_volatile())
+        (((device0_data + 8) as *const u64).read_volatile(), ((device0_data + 16) as *const u32).read_volatile())
     };
     let tx = (rx + 4096 + u64::from(slots) * 2048) as usize;
     // SAFETY: the transmit ring is mapped writable for ring 3; the producer
@@ -165,8 +174,8 @@ fn queue_oversized_frame() {
     unsafe { (slot as *mut u32).write_volatile(2000) };
     producer.store(p.wrapping_add(1), Ordering::Release);
     let args: [u32; 2] = [0, 0]; // NetNotifyArgs: device 0, reserved.
-    // SAFETY: NetNotify (port 0x505) reads its argument and returns.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") 0x505u16, in("eax") args.as_ptr() as u32) };
+    // SAFETY: NetNotify (call 5) reads its argument and returns.
+    unsafe { skiff::__private::raw_hypercall(5, args.as_ptr() as u32) };
 }
 
 async fn serve_sink(mut s: TcpStream) -> Result<(), skiff::net::TcpError> {

@@ -18,10 +18,22 @@ const BOOT_INFO: u64 = 0x1000;
 const SHARED: u64 = 0x4000;
 /// Where the tender puts the GDT the vCPU starts with.
 const BOOT_GDT: u64 = 0xf000;
-/// The hypercall ports (see skiff-abi).
-const PORT_WALLTIME: u16 = 0x500;
-const PORT_POLL: u16 = 0x502;
-const PORT_ABORT: u16 = 0x504;
+/// Hypercall numbers (see skiff-abi).
+const CALL_WALLTIME: u16 = 0;
+const CALL_POLL: u16 = 2;
+const CALL_ABORT: u16 = 4;
+
+unsafe extern "C" {
+    /// Where the runtime's hypercalls go: its own `out` stub under a VM,
+    /// the tender's entry (tender code) in process mode.
+    static skiff_hypercall_entry: u64;
+}
+
+/// The address hypercalls jump to.
+fn hypercall_target() -> u64 {
+    // SAFETY: a plain read of the runtime's word, written once at entry.
+    unsafe { core::ptr::read_volatile(&raw const skiff_hypercall_entry) }
+}
 
 static mut DATA: [u8; 64] = [0xc3; 64]; // `ret` bytes, in a no-execute page
 static RODATA: [u8; 64] = [0x5a; 64]; // in the image's read-only data
@@ -89,21 +101,96 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             unsafe { asm!("out dx, al", in("dx") 0x80u16, in("al") 0u8) };
         }
         "hidden-syscall" => {
-            // `mov eax, 0x9090050f` (b8 0f 05 90 90) carries `syscall`
+            // `mov ecx, 0x9090050f` (b9 0f 05 90 90) carries `syscall`
             // (0f 05) in its immediate: the build's check decodes a `mov`
             // and passes the image. Jumping one byte into it executes the
-            // `syscall`, which ring 3 cannot use (EFER.SCE is off: #UD).
+            // `syscall` (openat, 257, in eax): under a VM ring 3 cannot use
+            // it (EFER.SCE is off: #UD); in process mode the tender's
+            // seccomp filter stops it.
             // SAFETY: deliberately executes a hidden system call instruction.
             unsafe {
                 asm!(
+                    "mov eax, 257",
                     "lea {t}, [rip + 2f + 1]",
                     "jmp {t}",
                     "2:",
-                    "mov eax, 0x9090050f",
+                    "mov ecx, 0x9090050f",
                     t = out(reg) _,
                     out("eax") _,
+                    out("ecx") _,
+                    out("r11") _,
                 )
             };
+        }
+        "hidden-int80" => {
+            // The same with `int 0x80` (cd 80), the 32-bit system call
+            // gate, asking for i386 call 20 (getpid).
+            // SAFETY: deliberately executes a hidden system call instruction.
+            unsafe {
+                asm!(
+                    "mov eax, 20",
+                    "lea {t}, [rip + 2f + 1]",
+                    "jmp {t}",
+                    "2:",
+                    "mov ecx, 0x909080cd",
+                    t = out(reg) _,
+                    out("eax") _,
+                    out("ecx") _,
+                )
+            };
+        }
+        "write-hypercall-target" => {
+            // A wild write at the code hypercalls jump to: the runtime's
+            // stub under a VM, the tender's own code in process mode.
+            let target = hypercall_target();
+            info!("writing to {target:#x}");
+            // SAFETY: deliberately writes to code.
+            unsafe { asm!("mov byte ptr [{0}], 0", in(reg) black_box(target)) };
+        }
+        "hypercall-arg-at-target" => {
+            // An abort whose message is the code hypercalls jump to: the
+            // tender reads it only if the service itself may.
+            let args: [u64; 2] = [4 | (64u64 << 32), hypercall_target()];
+            // SAFETY: the tender checks the range and ends the guest.
+            unsafe { skiff::__private::raw_hypercall(CALL_ABORT, args.as_ptr() as u32) };
+        }
+        "block-kick-and-spin" => {
+            // A hostile guest's trick in process mode: block SIGUSR2 (the
+            // tender's kick) with a hidden `syscall` to rt_sigprocmask (14),
+            // then spin. Under a VM the `syscall` faults.
+            let set: u64 = 1 << (12 - 1);
+            info!("blocking the kick signal and spinning");
+            // SAFETY: deliberately executes a hidden system call instruction.
+            unsafe {
+                asm!(
+                    "mov eax, 14",
+                    "lea {t}, [rip + 2f + 1]",
+                    "jmp {t}",
+                    "2:",
+                    "mov ecx, 0x9090050f",
+                    t = out(reg) _,
+                    in("rdi") 0u64,
+                    in("rsi") &raw const set,
+                    in("rdx") 0u64,
+                    in("r10") 8u64,
+                    out("eax") _,
+                    out("ecx") _,
+                    out("r11") _,
+                )
+            };
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        "spin" => {
+            // Busy forever, never yielding or calling the tender: only an
+            // interruption from outside ends it.
+            info!("spinning");
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
         }
         "ud2" => {
             // SAFETY: deliberately raises #UD.
@@ -112,25 +199,33 @@ async fn main(env: skiff::Env) -> Result<(), String> {
         "bad-pointer" => {
             // A hypercall whose argument lies beyond guest memory.
             // SAFETY: the tender checks the address and ends the guest.
-            unsafe { asm!("out dx, eax", in("dx") PORT_WALLTIME, in("eax") 0xffff_f000u32) };
+            unsafe { skiff::__private::raw_hypercall(CALL_WALLTIME, 0xffff_f000u32) };
         }
         "bad-length" => {
             // An abort whose message length is far over the limit.
             let msg = b"x";
             let args: [u64; 2] = [2 | ((1u64 << 20) << 32), msg.as_ptr() as u64];
             // SAFETY: the tender checks the length and ends the guest.
-            unsafe { asm!("out dx, eax", in("dx") PORT_ABORT, in("eax") args.as_ptr() as u32) };
+            unsafe { skiff::__private::raw_hypercall(CALL_ABORT, args.as_ptr() as u32) };
         }
         "bad-range" => {
             // An abort whose message runs past the end of guest memory.
             let args: [u64; 2] = [1 | (64u64 << 32), (64 << 20) - 8];
             // SAFETY: the tender checks the range and ends the guest.
-            unsafe { asm!("out dx, eax", in("dx") PORT_ABORT, in("eax") args.as_ptr() as u32) };
+            unsafe { skiff::__private::raw_hypercall(CALL_ABORT, args.as_ptr() as u32) };
         }
         "pagetable-hypercall" => {
             // Asks the tender to write poll results over the page tables.
             // SAFETY: the tender refuses: the guest may not write there.
-            unsafe { asm!("out dx, eax", in("dx") PORT_POLL, in("eax") PAGE_TABLES as u32) };
+            unsafe { skiff::__private::raw_hypercall(CALL_POLL, PAGE_TABLES as u32) };
+        }
+        "rodata-hypercall" => {
+            // Asks the tender to write the wall clock into the image's
+            // read-only data: in process mode the tender's own write would
+            // fault there, so it must refuse first.
+            let target = &raw const RODATA as u32;
+            // SAFETY: the tender refuses: the guest may not write there.
+            unsafe { skiff::__private::raw_hypercall(CALL_WALLTIME, target) };
         }
         "sse" => sse(),
         "oom" => {
@@ -221,7 +316,7 @@ async fn main(env: skiff::Env) -> Result<(), String> {
 fn walltime_hypercall() -> u64 {
     let mut nanos = 0u64;
     // SAFETY: `nanos` is a live WalltimeArgs (one u64) the tender fills in.
-    unsafe { asm!("out dx, eax", in("dx") PORT_WALLTIME, in("eax") &raw mut nanos as u32) };
+    unsafe { skiff::__private::raw_hypercall(CALL_WALLTIME, &raw mut nanos as u32) };
     nanos
 }
 
