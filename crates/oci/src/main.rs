@@ -23,7 +23,7 @@ use skiff_oci::cgroup::{self, CgroupError, Hierarchies};
 use skiff_oci::log::{Format, Log};
 use skiff_oci::network::{self, NetworkError};
 use skiff_oci::sandbox;
-use skiff_oci::spec::{NsKind, Plan, Spec, SpecError};
+use skiff_oci::spec::{ANNOTATION_SANDBOX, NsKind, Plan, SandboxChoice, Spec, SpecError};
 use skiff_oci::state::{self, Container, Saved, StateError, Status};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -222,7 +222,7 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
     let container = Container::new(&cli.root, &a.id)?;
     let bundle = a.bundle.canonicalize().map_err(|source| RuntimeError::Bundle { path: a.bundle.clone(), source })?;
     let spec = Spec::load(&bundle)?;
-    let plan = Plan::new(&spec, &bundle)?;
+    let mut plan = Plan::new(&spec, &bundle)?;
     let arg = spec.process.as_ref().and_then(|p| p.args.first()).cloned().unwrap_or_default();
     let image = check_image(&plan, &arg)?;
     let nic = network::declared_nic(&image.devices)?;
@@ -234,7 +234,20 @@ fn create(cli: &Cli, a: CreateArgs) -> Result<(), RuntimeError> {
         Some(_) => dns_servers(&plan),
         None => Vec::new(),
     };
-    check_kvm()?;
+    plan.sandbox = match (plan.sandbox, check_kvm()) {
+        (SandboxChoice::Process, _) => SandboxChoice::Process,
+        (SandboxChoice::Kvm, kvm) => kvm.map(|()| SandboxChoice::Kvm)?,
+        (SandboxChoice::Auto, Ok(())) => SandboxChoice::Kvm,
+        (SandboxChoice::Auto, Err(why)) => {
+            // Said on the engine's output at create; the guest's own
+            // output follows on start.
+            eprintln!(
+                "skiff-oci: {why}; running the guest in process mode (a seccomp-sandboxed process, no VM: see \
+                 docs/threat-model.md; the annotation {ANNOTATION_SANDBOX}=kvm makes this an error)"
+            );
+            SandboxChoice::Process
+        }
+    };
     if plan.terminal && a.console_socket.is_none() {
         return Err(RuntimeError::NoConsoleSocket);
     }

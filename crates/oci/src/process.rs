@@ -12,7 +12,7 @@
 
 use crate::RuntimeError;
 use nix::sched::CloneFlags;
-use skiff_oci::spec::{NsKind, Plan, Spec};
+use skiff_oci::spec::{NsKind, Plan, SandboxChoice, Spec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -266,6 +266,9 @@ fn close_descriptors(last: i32) {
 /// Boots the guest; returns its status, as `skiff-tender` would exit.
 fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -> u8 {
     let mut config = skiff_tender::Config::new(plan.image.clone());
+    if plan.sandbox == SandboxChoice::Process {
+        config.sandbox = skiff_tender::options::Sandbox::Process;
+    }
     if let Some(mem) = plan.mem {
         config.mem = mem;
     }
@@ -300,6 +303,8 @@ fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -
             return skiff_abi::exit::TENDER_ERROR;
         }
     };
+    // Process mode pins the guest's console writes to this descriptor.
+    config.console_fd = Some(stdout.fd());
     match skiff_tender::run(&config, &mut stdout) {
         Ok(report) => {
             if let Some(message) = report.outcome.message() {

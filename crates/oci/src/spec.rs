@@ -15,6 +15,34 @@ use std::path::{Path, PathBuf};
 pub const ANNOTATION_MEM: &str = "org.skiff.mem";
 /// The annotation that sets the tender's `--stop-grace` (`5s`, `500ms`).
 pub const ANNOTATION_STOP_GRACE: &str = "org.skiff.stop-grace";
+/// The annotation that chooses how the guest is isolated: `kvm`, `process`
+/// or `auto` (the default: KVM when /dev/kvm can be used, else process
+/// mode).
+pub const ANNOTATION_SANDBOX: &str = "org.skiff.sandbox";
+
+/// How the guest is isolated, as the annotation asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SandboxChoice {
+    /// KVM when /dev/kvm can be used, else process mode.
+    #[default]
+    Auto,
+    /// A KVM virtual machine; no /dev/kvm is an error.
+    Kvm,
+    /// The tender's seccomp-sandboxed process mode.
+    Process,
+}
+
+impl SandboxChoice {
+    fn parse(value: &str) -> Option<SandboxChoice> {
+        match value {
+            "auto" => Some(SandboxChoice::Auto),
+            "kvm" => Some(SandboxChoice::Kvm),
+            "process" => Some(SandboxChoice::Process),
+            _ => None,
+        }
+    }
+}
+
 /// What a memory limit leaves for the tender itself (its code, threads
 /// and buffers) when it sets the guest memory.
 pub const TENDER_RESERVE: u64 = 16 << 20;
@@ -73,6 +101,9 @@ pub enum SpecError {
     /// An unknown namespace type.
     #[error("unknown namespace type {0:?} in config.json")]
     UnknownNamespace(String),
+    /// An `org.skiff.sandbox` annotation that names no sandbox.
+    #[error("annotation {ANNOTATION_SANDBOX}={0:?}: expected kvm, process or auto")]
+    Sandbox(String),
     /// A bad `org.skiff.*` annotation.
     #[error("annotation {key}={value:?}: {source}")]
     Annotation {
@@ -311,6 +342,9 @@ pub struct Plan {
     pub hostname: Option<String>,
     /// Whether `-t` asked for a terminal.
     pub terminal: bool,
+    /// How the guest is isolated (`auto` until `create` has looked at
+    /// /dev/kvm).
+    pub sandbox: SandboxChoice,
     /// The host file the engine mounts at the container's
     /// `/etc/resolv.conf` (podman's), where the guest's DNS servers come
     /// from.
@@ -355,6 +389,10 @@ impl Plan {
             })?),
             None => None,
         };
+        let sandbox = match spec.annotations.get(ANNOTATION_SANDBOX) {
+            Some(v) => SandboxChoice::parse(v).ok_or_else(|| SpecError::Sandbox(v.clone()))?,
+            None => SandboxChoice::Auto,
+        };
         let mut namespaces = Vec::new();
         for ns in spec.linux.iter().flat_map(|l| &l.namespaces) {
             namespaces.push((NsKind::parse(&ns.kind)?, ns.path.as_ref().filter(|p| !p.is_empty()).map(PathBuf::from)));
@@ -368,6 +406,7 @@ impl Plan {
             namespaces,
             hostname: spec.hostname.clone().filter(|h| new_uts && !h.is_empty()),
             terminal: process.terminal,
+            sandbox,
             resolv_conf: spec
                 .mounts
                 .iter()
@@ -463,6 +502,22 @@ mod tests {
         let rules: Vec<_> = linux.resources.unwrap().devices.iter().map(DeviceRule::line).collect();
         assert_eq!(rules, ["a *:* rwm", "c 1:3 rwm"]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_sandbox_annotation_is_auto_by_default_and_checked() {
+        let with = |ann: &str| PODMAN.replace(r#""io.container.manager": "libpod""#, ann);
+        let plan = |name: &str, ann: &str| {
+            let dir = bundle(name, &with(ann));
+            let plan = Plan::new(&Spec::load(&dir).unwrap(), &dir);
+            let _ = std::fs::remove_dir_all(dir);
+            plan
+        };
+        assert_eq!(plan("sb-none", r#""io.container.manager": "libpod""#).unwrap().sandbox, SandboxChoice::Auto);
+        assert_eq!(plan("sb-kvm", r#""org.skiff.sandbox": "kvm""#).unwrap().sandbox, SandboxChoice::Kvm);
+        assert_eq!(plan("sb-proc", r#""org.skiff.sandbox": "process""#).unwrap().sandbox, SandboxChoice::Process);
+        let err = plan("sb-bad", r#""org.skiff.sandbox": "vm""#).unwrap_err().to_string();
+        assert_eq!(err, r#"annotation org.skiff.sandbox="vm": expected kvm, process or auto"#);
     }
 
     #[test]

@@ -214,7 +214,8 @@ fn bad_images_and_bundles_are_refused_with_a_clear_message() {
     let r = p.run(&["run", "--rm", "--network", "none", "--rootfs", empty.to_str().unwrap(), "/skiff/image"]);
     refused(&r, "/skiff/image is not in the container's root file system");
     // No /dev/kvm: podman in a mount namespace whose /dev is a tmpfs with
-    // the host's other devices bound in.
+    // the host's other devices bound in. By default the guest then runs in
+    // process mode; with org.skiff.sandbox=kvm that is a clear error.
     let host_dev = p.dir.join("host-dev");
     std::fs::create_dir_all(&host_dev).unwrap();
     let script = format!(
@@ -224,12 +225,19 @@ fn bad_images_and_bundles_are_refused_with_a_clear_message() {
          exec \"$@\"",
         hd = host_dev.display()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]);
-    let podman = p.cmd();
-    cmd.arg(podman.get_program()).args(podman.get_args());
-    cmd.args(["run", "--rm", "--pull", "never", "--network", "none", "skiff-test/hello"]);
-    refused(&common::run(&mut cmd, Duration::from_secs(60)), "no KVM: /dev/kvm does not exist");
+    let without_kvm = |extra: &[&str]| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]);
+        let podman = p.cmd();
+        cmd.arg(podman.get_program()).args(podman.get_args());
+        cmd.args(["run", "--rm", "--pull", "never", "--network", "none"]).args(extra);
+        cmd.args(["skiff-test/hello", "--sleep-ms", "0", "in process mode"]);
+        common::run(&mut cmd, Duration::from_secs(60))
+    };
+    let r = without_kvm(&[]);
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(r.stdout.contains(r#"command line: ["--sleep-ms", "0", "in process mode"]"#), "{r:?}");
+    refused(&without_kvm(&["--annotation", "org.skiff.sandbox=kvm"]), "no KVM: /dev/kvm does not exist");
     // The store still works: the refusals left nothing behind.
     let r = run("skiff-test/hello");
     assert_eq!(r.status, 0, "{r:?}");
