@@ -245,8 +245,7 @@ fn main() {
     if args.peek().map(String::as_str) == Some("open") {
         args.next();
         let mib: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
-        let dir =
-            args.next().map(PathBuf::from).unwrap_or_else(|| skiff_bench::workspace().join("target/bench-store"));
+        let dir = args.next().map(PathBuf::from).unwrap_or_else(|| skiff_bench::workspace().join("target/bench-store"));
         std::fs::create_dir_all(&dir).unwrap();
         open_time(&dir, mib);
         return;

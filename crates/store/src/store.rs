@@ -403,8 +403,11 @@ impl<D: BlockDevice> Store<D> {
             commit: options.commit,
         };
         let store = Store { dev, spp, inner: RefCell::new(inner) };
-        if store.inner.borrow().writable().is_ok() {
-            store.confirm().await?;
+        if store.inner.borrow().writable().is_ok()
+            && let Err(e) = store.confirm().await
+        {
+            // Reads still work; writes say why they cannot.
+            store.inner.borrow_mut().failed = Some(e);
         }
         Ok(store)
     }
