@@ -7,6 +7,11 @@
 //!
 //! `cargo run --release -p skiff-bench --bin store [-- COMMITS [DIR]]`
 //! (default 1000 commits, in `target/bench-store`).
+//!
+//! `cargo run --release -p skiff-bench --bin store -- open MIB [DIR]`
+//! instead fills a store with MIB MiB of keys and values and times
+//! `Store::open` (which walks the tree to rebuild free space), with the
+//! file in the page cache and after dropping it from the cache.
 
 use rusqlite::{Connection, params};
 use skiff_store::{CommitMode, FileDevice, Options, Store, block_on};
@@ -82,18 +87,21 @@ fn open_store(path: &Path, commit: CommitMode) -> Store<FileDevice> {
     block_on(Store::create(dev, Options { commit, ..Options::default() })).unwrap()
 }
 
+/// One-key commits, one at a time; the last one confirmed by `sync`
+/// (each one-flush commit confirms the one before it).
 fn store_commits(path: &Path, commit: CommitMode, n: u64) -> f64 {
     let store = open_store(path, commit);
     let start = Instant::now();
     for i in 0..n {
         block_on(store.put(&key(i), &value(i))).unwrap();
     }
+    block_on(store.sync()).unwrap();
     rate(n, start)
 }
 
 /// Commits per second with `writers` tasks committing at once.
 fn store_group_commits(path: &Path, writers: u64, each: u64) -> (f64, u64) {
-    let store = open_store(path, CommitMode::TwoPhase);
+    let store = open_store(path, CommitMode::OneFlush);
     let start = Instant::now();
     let mut tasks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = (0..writers)
         .map(|w| {
@@ -121,7 +129,7 @@ fn store_group_commits(path: &Path, writers: u64, each: u64) -> (f64, u64) {
 }
 
 fn store_reads(path: &Path) -> f64 {
-    let store = open_store(path, CommitMode::TwoPhase);
+    let store = open_store(path, CommitMode::OneFlush);
     block_on(async {
         let mut tx = store.write().await.unwrap();
         for i in 0..KEYS {
@@ -178,8 +186,79 @@ fn sqlite_reads(path: &Path) -> f64 {
     rate(READS, start)
 }
 
+/// Fills a store with `mib` MiB of 480-byte values (in the leaves) and
+/// times opening it.
+fn open_time(dir: &Path, mib: u64) {
+    let path = dir.join("open.img");
+    fresh(&path);
+    let n = (mib << 20) / 480;
+    // Appended keys leave leaves about half full.
+    let size = (mib << 20) * 3 + (64 << 20);
+    let dev = FileDevice::create(&path, 4096, size).unwrap();
+    let store = block_on(Store::create(dev, Options::default())).unwrap();
+    let start = Instant::now();
+    let per_tx = 20_000;
+    for first in (0..n).step_by(per_tx) {
+        block_on(async {
+            let mut tx = store.write().await.unwrap();
+            for i in first..(first + per_tx as u64).min(n) {
+                let mut v = format!("value {i} ").into_bytes();
+                v.resize(480, b'.');
+                tx.put(format!("key/{i:012}").as_bytes(), &v).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+    }
+    let info = store.info();
+    eprintln!("filled {n} keys in {:.1} s", start.elapsed().as_secs_f64());
+    drop(store);
+    let dev = || FileDevice::open(&path, 4096, false).unwrap();
+    let start = Instant::now();
+    let store = block_on(Store::open(dev(), Options::default())).unwrap();
+    let warm = start.elapsed();
+    assert_eq!(store.info().keys, n);
+    drop(store);
+    // Cold: the image's pages dropped from the page cache (written out
+    // first, so the kernel can drop them).
+    let cold = {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: a plain system call on a descriptor this function owns.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        (rc == 0).then(|| {
+            let start = Instant::now();
+            block_on(Store::open(dev(), Options::default())).unwrap();
+            start.elapsed()
+        })
+    };
+    println!("## Store on the host: open time of a large store (issue 13)");
+    println!();
+    println!(
+        "{n} keys, {} MiB of values, {} pages used ({} MiB) of {} MiB",
+        (n * 480) >> 20,
+        info.used_pages,
+        (info.used_pages * 4096) >> 20,
+        size >> 20
+    );
+    println!("- open, file in the page cache: {:.0} ms", warm.as_secs_f64() * 1e3);
+    match cold {
+        Some(c) => println!("- open, page cache dropped: {:.0} ms", c.as_secs_f64() * 1e3),
+        None => println!("- open, page cache dropped: not measured (posix_fadvise failed)"),
+    }
+    fresh(&path);
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("open") {
+        args.next();
+        let mib: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
+        let dir = args.next().map(PathBuf::from).unwrap_or_else(|| skiff_bench::workspace().join("target/bench-store"));
+        std::fs::create_dir_all(&dir).unwrap();
+        open_time(&dir, mib);
+        return;
+    }
     let commits: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let dir = args.next().map(PathBuf::from).unwrap_or_else(|| skiff_bench::workspace().join("target/bench-store"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -187,8 +266,8 @@ fn main() {
 
     let sync = fdatasync_rate(&dir, commits);
     let sqlite_c = sqlite_commits(&dir.join("sqlite.db"), commits);
-    let two_phase = store_commits(&dir.join("store.img"), CommitMode::TwoPhase, commits);
     let one_flush = store_commits(&dir.join("store.img"), CommitMode::OneFlush, commits);
+    let two_phase = store_commits(&dir.join("store.img"), CommitMode::TwoPhase, commits);
     let (group, batches) = store_group_commits(&dir.join("store.img"), 64, commits.div_ceil(64).max(4));
     let sqlite_r = sqlite_reads(&dir.join("sqlite.db"));
     let store_r = store_reads(&dir.join("store.img"));
@@ -203,8 +282,8 @@ fn main() {
     println!("| `fdatasync` of one 4 KiB write (the limit) | {sync:.0} | {:.2} | 1.00 |", sync / sqlite_c);
     println!("| SQLite WAL, `synchronous=FULL`: one-key commits | {sqlite_c:.0} | 1.00 | {:.2} |", sqlite_c / sync);
     for (what, r) in [
-        ("skiff-store two-phase (default): one-key commits", two_phase),
-        ("skiff-store one flush: one-key commits", one_flush),
+        ("skiff-store one flush, confirmed (default): one-key commits", one_flush),
+        ("skiff-store two-phase: one-key commits", two_phase),
     ] {
         println!("| {what} | {r:.0} | {:.2} | {:.2} |", r / sqlite_c, r / sync);
     }

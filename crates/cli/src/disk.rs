@@ -3,7 +3,7 @@
 //! runs (`skiff-store`).
 
 use clap::{Args, Subcommand};
-use skiff_store::format::{PAGE_SIZE, SUPER_TWO_PHASE, Superblock};
+use skiff_store::format::{PAGE_SIZE, Superblock};
 use skiff_store::{FileDevice, Options, Store, StoreError, block_on};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ fn recorded(path: &Path) -> Result<Option<Superblock>, DiskError> {
         let mut page = vec![0; PAGE_SIZE];
         if block_on(skiff_store::BlockDevice::read(&dev, slot * 8, &mut page)).is_ok()
             && let Ok(sb) = Superblock::decode(&page)
-            && best.is_none_or(|b| sb.generation > b.generation)
+            && best.is_none_or(|b| sb.rank() > b.rank())
         {
             best = Some(sb);
         }
@@ -152,8 +152,8 @@ fn inspect(t: &Target) -> Result<u8, DiskError> {
     let store = open(t)?;
     let info = store.info();
     let kib = |pages: u64| pages * u64::from(info.page_size) / 1024;
-    let two_phase = recorded(&t.file)?.is_some_and(|sb| sb.flags & SUPER_TWO_PHASE != 0);
-    let mode = if two_phase { "two-phase" } else { "one flush" };
+    let confirmed = recorded(&t.file)?.is_some_and(|sb| sb.confirmed());
+    let mode = if confirmed { "confirmed" } else { "not yet confirmed" };
     println!("store        {}", t.file.display());
     println!(
         "format       version {}, {}-byte pages, {}-byte sectors",

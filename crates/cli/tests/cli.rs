@@ -410,6 +410,8 @@ fn disk_with(name: &str, sector_size: &str, entries: &[(&[u8], &[u8])]) -> PathB
             tx.put(k, v).await.unwrap();
         }
         tx.commit().await.unwrap();
+        // Confirmed, as a service leaves its store when it stops.
+        store.close().await.unwrap();
     });
     image
 }
@@ -433,7 +435,7 @@ fn disk_create_inspect_check_and_dump_a_store() {
     ] {
         assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
     }
-    assert!(out.stdout.contains("generation   3 (last commit two-phase)"), "{}", out.stdout);
+    assert!(out.stdout.contains("generation   3 (last commit confirmed)"), "{}", out.stdout);
 
     let out = skiff(&["disk", "check", f]);
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);

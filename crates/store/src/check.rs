@@ -153,8 +153,8 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
         w.used += 1;
         true
     };
-    // Only a one-flush commit can be torn by a crash.
-    let may_be_torn = sb.flags & format::SUPER_TWO_PHASE == 0;
+    // Only an unconfirmed one-flush commit can be torn by a crash.
+    let may_be_torn = !sb.confirmed();
     let damaged = |ptr: &Ptr, d: Damage| Problem {
         page: ptr.page,
         what: ProblemKind::Damaged(d),

@@ -363,14 +363,17 @@ pub struct Superblock {
     pub keys: u64,
     /// Pages the tree and its values use.
     pub used: u64,
-    /// [`SUPER_TWO_PHASE`] and future flags.
+    /// [`SUPER_CONFIRMED`] and future flags.
     pub flags: u32,
 }
 
-/// Superblock flag: the commit's pages were flushed before the superblock
-/// was written, so its tree is whole whenever the superblock is, and a bad
-/// page below it is damage, never a crash.
-pub const SUPER_TWO_PHASE: u32 = 1;
+/// Superblock flag: the commit's pages were durable (a flush had returned
+/// after they were written) before this superblock was written, so its
+/// tree is whole whenever the superblock is, and a bad page below it is
+/// damage, never a crash. Set by a two-phase commit, by the confirmation
+/// of a one-flush commit (the same superblock written again, into the
+/// other slot, once the commit is durable) and by `create`.
+pub const SUPER_CONFIRMED: u32 = 1;
 
 /// Bytes of a superblock before its checksum.
 const SUPER_LEN: usize = 8 + 4 * 4 + 8 * 2 + PTR + 8 * 2;
@@ -416,12 +419,24 @@ impl Superblock {
         out
     }
 
-    /// Reads a superblock page: the valid copy with the higher generation.
+    /// Whether the superblock is [`SUPER_CONFIRMED`].
+    pub fn confirmed(&self) -> bool {
+        self.flags & SUPER_CONFIRMED != 0
+    }
+
+    /// Which of two valid superblocks wins: the higher generation, then a
+    /// confirmed one.
+    pub fn rank(&self) -> (u64, bool) {
+        (self.generation, self.confirmed())
+    }
+
+    /// Reads a superblock page: the valid copy that ranks higher
+    /// ([`rank`](Self::rank)).
     pub fn decode(bytes: &[u8]) -> Result<Superblock, SuperError> {
         let first = Superblock::decode_copy(bytes);
         let second = Superblock::decode_copy(bytes.get(SUPER_COPY..).unwrap_or_default());
         match (first, second) {
-            (Ok(a), Ok(b)) => Ok(if b.generation > a.generation { b } else { a }),
+            (Ok(a), Ok(b)) => Ok(if b.rank() > a.rank() { b } else { a }),
             (Ok(a), Err(_)) => Ok(a),
             (Err(_), Ok(b)) => Ok(b),
             (Err(e), Err(_)) => Err(e),
@@ -528,7 +543,7 @@ mod tests {
             root: None,
             keys: 0,
             used: 0,
-            flags: SUPER_TWO_PHASE,
+            flags: SUPER_CONFIRMED,
         };
         let mut bytes = sb.encode();
         assert_eq!(Superblock::decode(&bytes), Ok(sb));

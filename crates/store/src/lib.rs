@@ -13,12 +13,16 @@
 //!
 //! How it stays correct: a copy-on-write B+tree whose pointers carry the
 //! checksum of the page they point to, and two superblocks written in turn.
-//! A commit flushes its pages before it writes its superblock and flushes
-//! again ([`CommitMode::TwoPhase`], the default), or writes both and flushes
-//! once ([`CommitMode::OneFlush`]: open then sets aside a newest commit
-//! whose pages do not all read back). Writers that commit while a flush
-//! runs share the next one. `docs/storage.md` has the format and its
-//! invariants.
+//! A commit writes its pages and its superblock and flushes once
+//! ([`CommitMode::OneFlush`], the default); it stays *unconfirmed* until
+//! the next commit's superblock or a confirmation ([`Store::sync`]) shows
+//! its pages durable, and only an unconfirmed newest commit whose pages do
+//! not all read back is set aside at open (a crash during its flush: never
+//! acknowledged). Damage under a confirmed commit is damage.
+//! [`CommitMode::TwoPhase`] flushes the pages before a confirmed
+//! superblock, at two flushes a commit. Writers that commit while a flush
+//! runs share the next one. `docs/storage.md` has the format, its
+//! invariants and the argument.
 //!
 //! Everything is `async` over the device; with a device that completes at
 //! once (the host ones here), [`block_on`] runs a future to its end.

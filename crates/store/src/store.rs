@@ -18,7 +18,7 @@ use crate::check::{self, Walk, read_page, verify};
 use crate::device::{BlockDevice, BlockError};
 use crate::format::{
     self, CAPACITY, DATA_PER_PAGE, FIRST_DATA_PAGE, FORMAT_VERSION, MAX_INLINE_VALUE, MAX_KEY, MAX_VALUE, MIN_PAGES,
-    Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, SUPER_TWO_PHASE, SuperError, Superblock, Value,
+    Node, PAGE_SIZE, PTRS_PER_INDEX, Ptr, SUPER_CONFIRMED, SuperError, Superblock, Value,
 };
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
@@ -93,17 +93,19 @@ pub enum StoreError {
 /// How a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CommitMode {
-    /// Write the pages, flush, write the superblock, flush. A superblock
-    /// that reads back whole names a whole tree, so damage found below it
-    /// is reported as damage and never undoes an acknowledged commit.
+    /// Write the pages and the superblock, flush once (the default). The
+    /// commit is *unconfirmed* until something shows its pages were
+    /// durable: the next commit's superblock (written only after this
+    /// commit's flush returned), or a confirmation ([`Store::sync`],
+    /// [`Store::close`], or open). At open only an unconfirmed newest
+    /// commit whose every bad page is one it wrote is set aside as torn
+    /// (a crash during its flush: it was never acknowledged); damage under
+    /// a confirmed commit is reported as damage. See `docs/storage.md`.
     #[default]
-    TwoPhase,
-    /// Write the pages and the superblock, flush once. After a crash the
-    /// newest commit is used only if every page it wrote verifies, else the
-    /// one before it. Half the flushes, but a bit flipped at rest in a page
-    /// of the newest commit also sets that commit aside (reported as
-    /// `discarded`), like a crash during it would.
     OneFlush,
+    /// Write the pages, flush, write a confirmed superblock, flush: every
+    /// commit is confirmed when it is acknowledged, at twice the flushes.
+    TwoPhase,
 }
 
 /// Tuning.
@@ -117,7 +119,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { cache_pages: 1024, commit: CommitMode::TwoPhase }
+        Options { cache_pages: 1024, commit: CommitMode::OneFlush }
     }
 }
 
@@ -138,6 +140,10 @@ pub struct Info {
     pub free_pages: u64,
     /// An incomplete commit that open set aside (its generation).
     pub discarded: Option<u64>,
+    /// Whether the newest durable commit is confirmed: a later flush has
+    /// shown its pages durable, so damage under it can never be taken for
+    /// a torn commit.
+    pub confirmed: bool,
     /// Problems open found (writes are refused when there are any).
     pub damage: usize,
     /// Decoded pages in the cache.
@@ -165,9 +171,12 @@ struct Batch {
 struct Inner {
     sector_size: u32,
     pages: u64,
-    /// The newest durable commit and its superblock slot.
+    /// The newest durable commit and the slot of a durable superblock
+    /// naming it (the next commit writes the other slot).
     durable: Tree,
     slot: u64,
+    /// Whether the superblock in `slot` is confirmed.
+    confirmed: bool,
     /// The newest commit, durable or not.
     head: Tree,
     /// The generation commits join now.
@@ -197,6 +206,20 @@ impl Inner {
     fn reclaim(&mut self) {
         let oldest = self.oldest_snapshot();
         self.alloc.reclaim(self.durable.generation, oldest);
+    }
+
+    /// The superblock of `tree`.
+    fn superblock(&self, tree: Tree, flags: u32) -> Superblock {
+        Superblock {
+            version: FORMAT_VERSION,
+            sector_size: self.sector_size,
+            pages: self.pages,
+            generation: tree.generation,
+            root: tree.root,
+            keys: tree.keys,
+            used: tree.used,
+            flags,
+        }
     }
 
     fn writable(&self) -> Result<(), StoreError> {
@@ -255,7 +278,7 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
             }
         }
     }
-    found.sort_by_key(|(_, sb)| core::cmp::Reverse(sb.generation));
+    found.sort_by_key(|(_, sb)| core::cmp::Reverse(sb.rank()));
     let Some(&(slot, newest)) = found.first() else {
         return Err(StoreError::NotAStore(first_error.unwrap_or(SuperError::Magic)));
     };
@@ -266,11 +289,15 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
         return Err(StoreError::Truncated { store: newest.pages, device: device_pages });
     }
     let walk = check::walk(dev, &newest, full).await?;
-    let may_be_torn = newest.flags & SUPER_TWO_PHASE == 0;
-    if may_be_torn
+    // Only an unconfirmed commit can be torn: a confirmed superblock was
+    // written after a flush covered its tree. The older slot's commit is
+    // confirmed by the newer superblock's very existence: a superblock is
+    // written only once the commit before it is durable.
+    if !newest.confirmed()
         && !walk.problems.is_empty()
         && walk.problems.iter().all(|p| p.incomplete)
         && let Some(&(older_slot, older)) = found.get(1)
+        && older.generation < newest.generation
         && older.pages == newest.pages
     {
         let older_walk = check::walk(dev, &older, full).await?;
@@ -326,7 +353,7 @@ impl<D: BlockDevice> Store<D> {
                 root: None,
                 keys: 0,
                 used: 0,
-                flags: SUPER_TWO_PHASE,
+                flags: SUPER_CONFIRMED,
             };
             dev.write(slot * spp, &sb.encode()).await?;
         }
@@ -335,7 +362,10 @@ impl<D: BlockDevice> Store<D> {
     }
 
     /// Opens the store on `dev`: picks the newest whole commit, walks its
-    /// tree (verifying every tree page) and rebuilds free space.
+    /// tree (verifying every tree page) and rebuilds free space. When the
+    /// device is writable and the commit sound, an unconfirmed newest
+    /// commit (or one chosen over a torn newer one) is confirmed at once:
+    /// one superblock write and a flush.
     pub async fn open(dev: D, options: Options) -> Result<Store<D>, StoreError> {
         let chosen = select(&dev, false).await?;
         let sb = chosen.superblock;
@@ -352,6 +382,8 @@ impl<D: BlockDevice> Store<D> {
             pages: sb.pages,
             durable: tree,
             slot: chosen.slot,
+            // A torn newer superblock is still on disk: confirm over it.
+            confirmed: sb.confirmed() && chosen.discarded.is_none(),
             head: tree,
             next_gen: sb.generation + 1,
             accumulating: Batch::default(),
@@ -370,7 +402,86 @@ impl<D: BlockDevice> Store<D> {
             batches: 0,
             commit: options.commit,
         };
-        Ok(Store { dev, spp, inner: RefCell::new(inner) })
+        let store = Store { dev, spp, inner: RefCell::new(inner) };
+        if store.inner.borrow().writable().is_ok()
+            && let Err(e) = store.confirm().await
+        {
+            // Reads still work; writes say why they cannot.
+            store.inner.borrow_mut().failed = Some(e);
+        }
+        Ok(store)
+    }
+
+    /// Makes every commit made before the call durable and confirmed, so
+    /// that no later damage can be taken for a torn commit. A service calls
+    /// it when it goes idle; commits that follow one another confirm each
+    /// other without it. One superblock write and one flush when the
+    /// newest commit is unconfirmed, nothing otherwise.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let target = self.inner.borrow().head.generation;
+        self.wait_durable(target).await?;
+        loop {
+            let lead = poll_fn(|cx| {
+                let mut inner = self.inner.borrow_mut();
+                // A later durable commit's superblock confirms this one.
+                if inner.confirmed || inner.durable.generation > target || inner.writable().is_err() {
+                    return Poll::Ready(Ok(false));
+                }
+                if let Some(e) = &inner.failed {
+                    return Poll::Ready(Err(StoreError::Failed(e.clone())));
+                }
+                if !inner.leader {
+                    inner.leader = true;
+                    return Poll::Ready(Ok(true));
+                }
+                inner.flush_waiters.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await?;
+            if !lead {
+                return match self.inner.borrow().failed.clone() {
+                    Some(e) => Err(StoreError::Failed(e)),
+                    None => Ok(()),
+                };
+            }
+            let _leader = Leader(self);
+            if let Err(e) = self.confirm().await {
+                let mut inner = self.inner.borrow_mut();
+                inner.failed = Some(e.clone());
+                return Err(StoreError::Failed(e));
+            }
+        }
+    }
+
+    /// Confirms the store ([`sync`](Self::sync)) and gives the device back.
+    pub async fn close(self) -> Result<D, StoreError> {
+        self.sync().await?;
+        Ok(self.dev)
+    }
+
+    /// Writes the newest durable commit's superblock again, confirmed, into
+    /// the other slot, and flushes. The caller leads (or is alone at
+    /// open), and the commit is durable: the slot it overwrites holds the
+    /// commit before it (no longer needed), a torn one, or the superblock
+    /// of a batch whose leader was dropped before its flush returned (never
+    /// acknowledged; the next leader writes it again, into the slot this
+    /// one leaves).
+    async fn confirm(&self) -> Result<(), BlockError> {
+        let (sb, slot) = {
+            let inner = self.inner.borrow();
+            if inner.confirmed {
+                return Ok(());
+            }
+            (inner.superblock(inner.durable, SUPER_CONFIRMED), 1 - inner.slot)
+        };
+        self.dev.write(slot * self.spp, &sb.encode()).await?;
+        self.dev.flush().await?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.durable.generation == sb.generation {
+            inner.slot = slot;
+            inner.confirmed = true;
+        }
+        Ok(())
     }
 
     /// The device.
@@ -396,6 +507,7 @@ impl<D: BlockDevice> Store<D> {
             used_pages: inner.durable.used,
             free_pages: inner.alloc.free_pages(),
             discarded: inner.discarded,
+            confirmed: inner.confirmed,
             damage: inner.damage,
             cached_pages: inner.cache.len(),
         }
@@ -718,7 +830,7 @@ impl<D: BlockDevice> Store<D> {
             root: tree.root,
             keys: tree.keys,
             used: tree.used,
-            flags: if mode == CommitMode::TwoPhase { SUPER_TWO_PHASE } else { 0 },
+            flags: if mode == CommitMode::TwoPhase { SUPER_CONFIRMED } else { 0 },
         };
         if mode == CommitMode::TwoPhase {
             self.dev.flush().await?;
@@ -728,6 +840,7 @@ impl<D: BlockDevice> Store<D> {
         let mut inner = self.inner.borrow_mut();
         inner.durable = Tree { generation, ..tree };
         inner.slot = slot;
+        inner.confirmed = mode == CommitMode::TwoPhase;
         inner.flushing = None;
         inner.batches += 1;
         inner.reclaim();

@@ -2,8 +2,9 @@
 //! random instant and keeps a random subset of the unflushed sector writes
 //! (so writes are lost and torn), or flips bits at rest. After each, the
 //! store opens, `check` is clean, every acknowledged transaction is there
-//! and no unacknowledged one is half there; damage is reported as an
-//! error, never returned as data.
+//! and no unacknowledged one is half there; a commit set aside as torn is
+//! never one that was acknowledged; damage is reported as an error, never
+//! returned as data, and under a confirmed commit never undoes it.
 
 mod common;
 
@@ -49,18 +50,27 @@ fn crash_at_a_random_instant_keeps_every_acknowledged_transaction_and_no_half_on
         let mut rng = Rng::new(seed);
         let sector = if rng.below(2) == 0 { 512 } else { 4096 };
         let dev = FaultDevice::new(sector, fresh(sector, 512));
-        let commit = if seed % 2 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
+        // One seed in four two-phase, the others the default one flush.
+        let commit = if seed % 4 == 0 { CommitMode::TwoPhase } else { CommitMode::OneFlush };
         let options = Options { cache_pages: 16 + rng.below(64) as usize, commit };
         let store = block_on(Store::open(&dev, options)).unwrap();
         let mut model = Model::new();
         let mut in_flight: Option<Model> = None;
+        let mut acked_generation = 0;
         let warm_up = rng.below(12);
         for version in 0..200 {
             if version == warm_up {
                 dev.cut_power_after(rng.below(60));
             }
+            // Now and then the service goes idle and confirms.
+            if rng.below(4) == 0 && block_on(store.sync()).is_err() {
+                break;
+            }
             match block_on(random_tx(&store, &mut rng, &model, version)) {
-                Ok((next, Ok(_))) => model = next,
+                Ok((next, Ok(generation))) => {
+                    model = next;
+                    acked_generation = generation;
+                }
                 Ok((next, Err(_))) => {
                     // Commit was called and failed: it may or may not be there.
                     in_flight = Some(next);
@@ -76,7 +86,10 @@ fn crash_at_a_random_instant_keeps_every_acknowledged_transaction_and_no_half_on
         let after = MemDevice::from_bytes(sector, image);
         let report = block_on(check(&after)).unwrap_or_else(|e| panic!("seed {seed}: check: {e}"));
         assert!(report.problems.is_empty(), "seed {seed}: {:?}", report.problems);
-        discarded += usize::from(report.discarded.is_some());
+        if let Some(g) = report.discarded {
+            assert!(g > acked_generation, "seed {seed}: generation {g} was acknowledged and set aside");
+            discarded += 1;
+        }
         let store =
             block_on(Store::open(after, Options::default())).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
         let found = contents(&store).unwrap_or_else(|e| panic!("seed {seed}: read: {e}"));
@@ -87,10 +100,14 @@ fn crash_at_a_random_instant_keeps_every_acknowledged_transaction_and_no_half_on
             assert!(&found == next, "seed {seed}: the unacknowledged transaction is half there");
             in_flight_present += 1;
         }
+        // Open confirmed what it chose: damage to it can no longer pass
+        // for a torn commit.
+        assert!(store.info().confirmed, "seed {seed}: open left the commit unconfirmed");
         // The recovered store takes writes, and stays sound.
         block_on(store.put(b"after", b"crash")).unwrap();
         let report = block_on(check(store.device())).unwrap();
         assert!(report.problems.is_empty(), "seed {seed}, after a write: {:?}", report.problems);
+        assert_eq!(report.discarded, None, "seed {seed}: the torn superblock outlived a commit");
     }
     // The model was exercised both ways.
     assert!(discarded > 0, "no crash ever left an incomplete one-flush commit");
@@ -167,15 +184,22 @@ fn under_a_two_phase_superblock_a_bad_page_is_damage_and_never_undoes_the_commit
 
 #[test]
 fn flipped_bits_are_detected_never_returned_as_data() {
-    flipped_bits(CommitMode::TwoPhase);
+    flipped_bits(CommitMode::TwoPhase, false);
 }
 
 #[test]
-fn flipped_bits_under_one_flush_commits_are_detected_or_set_the_newest_commit_aside() {
-    flipped_bits(CommitMode::OneFlush);
+fn flipped_bits_under_confirmed_one_flush_commits_are_damage_and_never_undo_a_commit() {
+    flipped_bits(CommitMode::OneFlush, true);
 }
 
-fn flipped_bits(commit: CommitMode) {
+#[test]
+fn flipped_bits_under_an_unconfirmed_commit_are_detected_or_set_it_aside() {
+    flipped_bits(CommitMode::OneFlush, false);
+}
+
+/// Six commits (`close`d when `confirm`), then one bit flipped at a time
+/// anywhere in the used pages.
+fn flipped_bits(commit: CommitMode, confirm: bool) {
     // A store with small and long values over several commits.
     let dev = FaultDevice::new(4096, fresh(4096, 256));
     let options = Options { commit, ..Options::default() };
@@ -196,8 +220,14 @@ fn flipped_bits(commit: CommitMode) {
                 tx.commit().await.unwrap();
             });
         }
-        (model, previous, store.info().generation)
+        let generation = store.info().generation;
+        if confirm {
+            block_on(store.close()).unwrap();
+        }
+        (model, previous, generation)
     };
+    // Unless closed, the newest commit is not confirmed: nothing after it
+    // shows its pages durable.
     let image = dev.visible();
     let used_end = (0..256).rev().find(|p| image[p * 4096..(p + 1) * 4096].iter().any(|b| *b != 0)).unwrap() + 1;
     let mut rng = Rng::new(7);
@@ -214,8 +244,10 @@ fn flipped_bits(commit: CommitMode) {
             Err(e) => panic!("one flipped bit made the store unopenable: {e}"),
         };
         let expected = if store.info().generation == last_gen { &last } else { &previous };
-        if commit == CommitMode::TwoPhase {
-            assert_eq!(store.info().generation, last_gen, "a flipped bit undid an acknowledged commit");
+        let confirmed = commit == CommitMode::TwoPhase || confirm;
+        if confirmed {
+            assert_eq!(store.info().generation, last_gen, "a flipped bit undid a confirmed commit");
+            assert_eq!(report.discarded, None, "a flipped bit passed for a torn commit");
         }
         for (k, _) in last.iter() {
             match block_on(store.get(k)) {
@@ -229,7 +261,7 @@ fn flipped_bits(commit: CommitMode) {
         }
     }
     assert!(by_check > 0, "check never saw a flipped bit");
-    if commit == CommitMode::TwoPhase {
+    if commit == CommitMode::TwoPhase || confirm {
         assert!(detected > 0, "no read ever reported a flipped bit");
     }
 }
@@ -304,5 +336,115 @@ fn crash_during_group_commits_keeps_a_prefix_with_every_acknowledged_transaction
             states[acked..].contains(&found),
             "seed {seed}: the store holds state {k:?}, not a commit at or after the last acknowledged ({acked})"
         );
+    }
+}
+
+/// Two commits of `a` (one flush each), the second left unconfirmed or
+/// confirmed by `confirm`; then a bit flipped in the root page the second
+/// one wrote.
+fn flipped_in_newest(confirm: impl FnOnce(&Store<&FaultDevice>)) -> (FaultDevice, u64) {
+    let dev = FaultDevice::new(512, fresh(512, 128));
+    let store = block_on(Store::open(&dev, Options::default())).unwrap();
+    block_on(store.put(b"a", b"1")).unwrap();
+    let good = dev.visible();
+    block_on(store.put(b"a", b"2")).unwrap();
+    let generation = store.info().generation;
+    let written = dev.visible();
+    confirm(&store);
+    drop(store);
+    let p = (2..128).find(|p| good[p * 4096..(p + 1) * 4096] != written[p * 4096..(p + 1) * 4096]).unwrap();
+    dev.flip_bit(p * 4096 + 100, 3);
+    (dev.into_read_only(), generation)
+}
+
+fn assert_damage_not_rollback(dev: &FaultDevice, generation: u64) {
+    let report = block_on(check(dev)).unwrap();
+    assert_eq!(report.discarded, None, "a flipped bit in a confirmed commit passed for a torn commit");
+    assert_eq!(report.superblock.generation, generation);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].to_string().contains("checksum mismatch"), "{}", report.problems[0]);
+    let store = block_on(Store::open(dev, Options::default())).unwrap();
+    assert_eq!(store.info().generation, generation, "the acknowledged commit was rolled back");
+    assert!(matches!(block_on(store.get(b"a")), Err(StoreError::Corrupt { .. })));
+    assert_eq!(block_on(store.put(b"a", b"3")), Err(StoreError::ReadOnly));
+}
+
+#[test]
+fn a_flipped_bit_in_a_synced_one_flush_commit_is_damage_not_a_torn_commit() {
+    let (dev, generation) = flipped_in_newest(|store| {
+        assert!(!store.info().confirmed);
+        let flushes = store.device().counts().1;
+        block_on(store.sync()).unwrap();
+        assert!(store.info().confirmed);
+        assert_eq!(store.device().counts().1, flushes + 1, "a confirmation is one flush");
+        block_on(store.sync()).unwrap();
+        assert_eq!(store.device().counts().1, flushes + 1, "a confirmed store has nothing to sync");
+    });
+    assert_damage_not_rollback(&dev, generation);
+}
+
+#[test]
+fn open_confirms_the_newest_commit_so_a_later_flipped_bit_is_damage() {
+    let (dev, generation) = flipped_in_newest(|store| {
+        // A crash now: the commit is durable, never confirmed. Opening it
+        // again (writable) confirms it.
+        let dev = FaultDevice::new(512, store.device().visible());
+        let reopened = block_on(Store::open(&dev, Options::default())).unwrap();
+        assert!(reopened.info().confirmed);
+        let confirmed = dev.visible();
+        // The test's device takes the confirmed superblocks.
+        for slot in 0..2 {
+            let at = slot * 4096;
+            let (d, c) = (&store.device().visible()[at..at + 4096], &confirmed[at..at + 4096]);
+            for (i, (a, b)) in d.iter().zip(c).enumerate() {
+                for bit in 0..8 {
+                    if (a ^ b) & (1 << bit) != 0 {
+                        store.device().flip_bit(at + i, bit);
+                    }
+                }
+            }
+        }
+    });
+    assert_damage_not_rollback(&dev, generation);
+}
+
+#[test]
+fn the_next_commit_confirms_the_one_before_so_a_torn_commit_never_takes_two_with_it() {
+    // Commits 1 and 2 of `a`; commit 3 torn by a crash before its flush
+    // (its superblock reached the disk, its pages did not); a bit flipped
+    // at rest in commit 2's root. Commit 3's superblock shows commit 2 was
+    // durable, so commit 2's bad page is damage: reported, never served,
+    // and nothing older is brought back.
+    let dev = FaultDevice::new(512, fresh(512, 128));
+    let store = block_on(Store::open(&dev, Options::default())).unwrap();
+    block_on(store.put(b"a", b"1")).unwrap();
+    let one = dev.visible();
+    block_on(store.put(b"a", b"2")).unwrap();
+    let two = dev.visible();
+    let root2 = (2..128).find(|p| one[p * 4096..(p + 1) * 4096] != two[p * 4096..(p + 1) * 4096]).unwrap();
+    let (writes, _) = dev.counts();
+    // The power goes before the flush of commit 3.
+    dev.cut_power_after(2);
+    assert!(block_on(store.put(b"b", b"3")).is_err());
+    assert_eq!(dev.counts().0, writes + 2, "commit 3 wrote its page and its superblock");
+    drop(store);
+    let mut image = dev.crash(CrashMode::DropAll);
+    // Keep commit 3's superblock, not its page.
+    let torn = dev.visible();
+    let slot3 = (0..2).find(|s| image[s * 4096..(s + 1) * 4096] != torn[s * 4096..(s + 1) * 4096]).unwrap();
+    image[slot3 * 4096..(slot3 + 1) * 4096].copy_from_slice(&torn[slot3 * 4096..(slot3 + 1) * 4096]);
+    // Without the flip, commit 3 is set aside and commit 2 used.
+    let report = block_on(check(&MemDevice::from_bytes(512, image.clone()))).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.discarded, Some(report.superblock.generation + 1));
+    image[root2 * 4096 + 200] ^= 4;
+    let after = MemDevice::from_bytes(512, image);
+    let report = block_on(check(&after)).unwrap();
+    assert!(!report.problems.is_empty(), "the flipped bit in commit 2 went unreported");
+    let store = block_on(Store::open(after, Options::default())).unwrap();
+    assert!(store.info().damage > 0);
+    match block_on(store.get(b"a")) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("commit 2's damaged page gave {other:?}"),
     }
 }
