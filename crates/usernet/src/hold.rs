@@ -6,11 +6,14 @@
 //! address yet) or answers it with a reset (no listener yet). Left to TCP,
 //! the gateway would resend the SYN after its retransmission timeout, a
 //! second, or give up on the reset. Instead the relay keeps the host
-//! connection and sends a fresh SYN on the internal link in millisecond
-//! steps ([`Hold::FIRST_STEP`], doubling up to [`Hold::MAX_STEP`]), at once
-//! when the tender says the guest now listens ([`Hold::hurry`]), until the
-//! guest accepts or `Limits::hold` has passed; then the host side is reset
-//! as before. The relay keeps its slot meanwhile, so the connection limits
+//! connection and sends a fresh SYN on the internal link: after a reset in
+//! millisecond steps ([`Hold::FIRST_STEP`], doubling up to
+//! [`Hold::MAX_STEP`]); while a SYN is merely unanswered, no sooner than
+//! [`Hold::UNANSWERED_STEP`] after it (a busy guest that answers late
+//! would otherwise get a new connection attempt every few milliseconds);
+//! and at once when the tender says the guest now listens
+//! ([`Hold::hurry`]); until the guest accepts or `Limits::hold` has
+//! passed; then the host side is reset as before. The relay keeps its slot meanwhile, so the connection limits
 //! and the listen backlog bound what waits.
 //!
 //! This is the state machine alone: the caller says what time it is and
@@ -36,6 +39,10 @@ pub struct Hold {
     next: Instant,
     step: Duration,
     retries: u32,
+    /// When the last SYN went out.
+    last: Instant,
+    /// The guest has said it listens since the last SYN.
+    hurried: bool,
 }
 
 impl Hold {
@@ -43,21 +50,29 @@ impl Hold {
     pub const FIRST_STEP: Duration = Duration::from_millis(2);
     /// Retries come at least this often.
     pub const MAX_STEP: Duration = Duration::from_millis(32);
+    /// A SYN the guest has neither answered nor refused gets this long
+    /// before a fresh one replaces it (unless the guest says it listens).
+    pub const UNANSWERED_STEP: Duration = Duration::from_millis(10);
 
     /// A connection whose first SYN went to the guest at `now`.
     pub fn new(now: Instant) -> Hold {
-        Hold { since: now, next: now + Hold::FIRST_STEP, step: Hold::FIRST_STEP, retries: 0 }
+        Hold { since: now, next: now + Hold::FIRST_STEP, step: Hold::FIRST_STEP, retries: 0, last: now, hurried: false }
     }
 
-    /// What to do at `now`, for a connection held at most `timeout`.
-    pub fn poll(&mut self, now: Instant, timeout: Duration) -> HoldAction {
+    /// What to do at `now`, for a connection held at most `timeout`;
+    /// `refused` if the guest answered the last SYN with a reset (else it
+    /// is unanswered).
+    pub fn poll(&mut self, now: Instant, timeout: Duration, refused: bool) -> HoldAction {
         if now.duration_since(self.since) >= timeout {
             return HoldAction::GiveUp;
         }
-        if now < self.next {
+        let due = if refused || self.hurried { self.next } else { self.next.max(self.last + Hold::UNANSWERED_STEP) };
+        if now < due {
             return HoldAction::Wait;
         }
         self.retries += 1;
+        self.last = now;
+        self.hurried = false;
         self.next = now + self.step;
         self.step = (self.step * 2).min(Hold::MAX_STEP);
         HoldAction::Retry
@@ -68,6 +83,7 @@ impl Hold {
     pub fn hurry(&mut self, now: Instant) {
         self.next = now;
         self.step = Hold::FIRST_STEP;
+        self.hurried = true;
     }
 
     /// When [`Hold::poll`] has something to do next.
@@ -93,16 +109,38 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
+    fn an_unanswered_syn_is_replaced_only_after_its_own_step_or_when_the_guest_listens() {
+        let t0 = Instant::now();
+        let timeout = 2000 * MS;
+        let mut h = Hold::new(t0);
+        // Unanswered: nothing before 10 ms, though the refusal steps would
+        // have retried at 2 ms.
+        for ms in 1..10 {
+            assert_eq!(h.poll(t0 + ms * MS, timeout, false), HoldAction::Wait, "at {ms} ms");
+        }
+        assert_eq!(h.poll(t0 + 10 * MS, timeout, false), HoldAction::Retry);
+        assert_eq!(h.poll(t0 + 15 * MS, timeout, false), HoldAction::Wait);
+        // A refusal of that SYN goes back to the short steps.
+        let mut h2 = h;
+        assert_eq!(h2.poll(t0 + 11 * MS, timeout, true), HoldAction::Wait);
+        assert_eq!(h2.poll(t0 + 12 * MS, timeout, true), HoldAction::Retry);
+        // The guest listens: the unanswered SYN is replaced at once.
+        h.hurry(t0 + 16 * MS);
+        assert_eq!(h.poll(t0 + 16 * MS, timeout, false), HoldAction::Retry);
+        assert_eq!(h.poll(t0 + 20 * MS, timeout, false), HoldAction::Wait);
+    }
+
+    #[test]
     fn retries_start_within_milliseconds_and_double_up_to_the_cap() {
         let t0 = Instant::now();
         let mut h = Hold::new(t0);
         let timeout = 2000 * MS;
-        assert_eq!(h.poll(t0, timeout), HoldAction::Wait);
-        assert_eq!(h.poll(t0 + MS, timeout), HoldAction::Wait);
+        assert_eq!(h.poll(t0, timeout, true), HoldAction::Wait);
+        assert_eq!(h.poll(t0 + MS, timeout, true), HoldAction::Wait);
         // Step through time a millisecond at a time and note each retry.
         let mut at = Vec::new();
         for ms in 0..300u32 {
-            if h.poll(t0 + ms * MS, timeout) == HoldAction::Retry {
+            if h.poll(t0 + ms * MS, timeout, true) == HoldAction::Retry {
                 at.push(ms);
             }
         }
@@ -118,19 +156,19 @@ mod tests {
         let timeout = 100 * MS;
         let mut last = HoldAction::Wait;
         for ms in 0..100u32 {
-            last = h.poll(t0 + ms * MS, timeout);
+            last = h.poll(t0 + ms * MS, timeout, true);
             assert_ne!(last, HoldAction::GiveUp, "gave up at {ms} ms");
         }
         assert_ne!(last, HoldAction::GiveUp);
-        assert_eq!(h.poll(t0 + timeout, timeout), HoldAction::GiveUp);
-        assert_eq!(h.poll(t0 + 10 * timeout, timeout), HoldAction::GiveUp, "and stays given up");
+        assert_eq!(h.poll(t0 + timeout, timeout, true), HoldAction::GiveUp);
+        assert_eq!(h.poll(t0 + 10 * timeout, timeout, true), HoldAction::GiveUp, "and stays given up");
         assert!(h.deadline(timeout) <= t0 + timeout);
     }
 
     #[test]
     fn a_zero_timeout_never_holds() {
         let t0 = Instant::now();
-        assert_eq!(Hold::new(t0).poll(t0, Duration::ZERO), HoldAction::GiveUp);
+        assert_eq!(Hold::new(t0).poll(t0, Duration::ZERO, true), HoldAction::GiveUp);
     }
 
     #[test]
@@ -140,15 +178,15 @@ mod tests {
         let timeout = 2000 * MS;
         // Let the steps grow to the cap.
         for ms in 0..500u32 {
-            h.poll(t0 + ms * MS, timeout);
+            h.poll(t0 + ms * MS, timeout, true);
         }
         let now = t0 + 500 * MS;
-        assert_eq!(h.poll(now, timeout), HoldAction::Wait);
+        assert_eq!(h.poll(now, timeout, true), HoldAction::Wait);
         h.hurry(now);
         assert_eq!(h.deadline(timeout), now);
-        assert_eq!(h.poll(now, timeout), HoldAction::Retry);
-        assert_eq!(h.poll(now + MS, timeout), HoldAction::Wait);
-        assert_eq!(h.poll(now + 2 * MS, timeout), HoldAction::Retry, "back to the first step");
+        assert_eq!(h.poll(now, timeout, true), HoldAction::Retry);
+        assert_eq!(h.poll(now + MS, timeout, true), HoldAction::Wait);
+        assert_eq!(h.poll(now + 2 * MS, timeout, true), HoldAction::Retry, "back to the first step");
         assert_eq!(h.held(now), 500 * MS);
     }
 

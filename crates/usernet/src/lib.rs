@@ -748,7 +748,7 @@ impl UserNet {
             if let Some(hold) = &mut r.hold {
                 // Not accepted yet: the SYN is unanswered or was refused.
                 if matches!(s.state(), tcp::State::SynSent | tcp::State::Closed) {
-                    match hold.poll(now, timeout) {
+                    match hold.poll(now, timeout, s.state() == tcp::State::Closed) {
                         HoldAction::Wait => continue,
                         HoldAction::Retry => {
                             if hold.retries() == 1 {
@@ -787,21 +787,23 @@ impl UserNet {
         }
     }
 
-    /// Replaces a held relay's gateway socket with a fresh one, whose SYN
-    /// goes to the guest at the next poll. The old socket goes silently:
-    /// the guest either never saw its SYN or refused it.
+    /// Starts a held relay's gateway socket again from a new local port,
+    /// so a fresh SYN goes to the guest at the next poll. The socket (and
+    /// its buffers: no second pair is allocated, so the memory bound
+    /// holds) is reused; its old attempt goes silently: the guest either
+    /// never saw that SYN or refused it.
     fn resend_syn(&mut self, i: usize) {
-        let (old, guest_port) = (self.relays[i].sock, self.relays[i].guest_port);
+        let (handle, guest_port) = (self.relays[i].sock, self.relays[i].guest_port);
         let local_port = self.port();
-        let mut s = tcp_socket(self.config.limits.tcp_buffer);
         let guest = (IpAddress::Ipv4(GUEST), guest_port);
+        let s = self.sockets.get_mut::<tcp::Socket>(handle);
+        s.abort();
         if s.connect(self.iface.context(), guest, (IpAddress::Ipv4(GATEWAY), local_port)).is_err() {
+            // Closed now: the relay ends at its next turn as a refused
+            // connection does.
             return;
         }
-        self.sockets.remove(old);
-        let r = &mut self.relays[i];
-        r.sock = self.sockets.add(s);
-        r.local_port = Some(local_port);
+        self.relays[i].local_port = Some(local_port);
     }
 
     /// The guest started listening (the tender saw its runtime say so):
