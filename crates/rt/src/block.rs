@@ -81,6 +81,14 @@ pub trait BlockDevice {
     /// `count` sectors from `sector` on are unused; they read as anything
     /// afterwards (zeros on the tender's disks).
     fn discard(&self, sector: u64, count: u64) -> Result<(), BlockError>;
+    /// Sends a raw request ([`blk::Request`] fields) without the driver's
+    /// checks: for tests of the host's checks, which must see requests the
+    /// driver refuses. Drivers without a request ring answer `Gone`.
+    #[doc(hidden)]
+    fn submit_unchecked(&self, op: u32, sector: u64, count: u32, buf: u64) -> Result<(), BlockError> {
+        let _ = (op, sector, count, buf);
+        Err(BlockError::Gone)
+    }
 }
 
 /// The disk hypercall the driver makes.
@@ -205,13 +213,8 @@ impl<C: BlockCalls> BlockDevice for Disk<C> {
         }
         self.submit(blk::op::DISCARD, sector, count, 0)
     }
-}
 
-/// Sends requests to the tender unchecked: for the tests of the tender's
-/// checks, which must see requests the driver would refuse.
-impl<C: BlockCalls> Disk<C> {
-    /// Queues a raw request and rings; returns its status word.
-    pub fn submit_raw(&self, op: u32, sector: u64, count: u32, buf: u64) -> Result<(), BlockError> {
+    fn submit_unchecked(&self, op: u32, sector: u64, count: u32, buf: u64) -> Result<(), BlockError> {
         self.submit(op, sector, count, buf)
     }
 }
@@ -289,6 +292,6 @@ mod tests {
         let info = BlockInfo { ring: ro.ring as u64, ..info };
         // SAFETY: as above.
         let disk = unsafe { Disk::new(1, info, &ro) };
-        assert_eq!(disk.submit_raw(blk::op::WRITE, 0, 1, [0u8; 512].as_ptr() as u64), Err(BlockError::ReadOnly));
+        assert_eq!(disk.submit_unchecked(blk::op::WRITE, 0, 1, [0u8; 512].as_ptr() as u64), Err(BlockError::ReadOnly));
     }
 }
