@@ -294,9 +294,16 @@ impl BlockInfo {
 
     /// Decodes from a [`DeviceInfo::data`] array.
     pub fn decode(d: &[u8; 32]) -> BlockInfo {
-        let u64_at = |i: usize| u64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
+        let u64_at =
+            |i: usize| u64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
         let u32_at = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-        BlockInfo { capacity: u64_at(0), sector_size: u32_at(8), flags: u32_at(12), ring: u64_at(16), slots: u32_at(24) }
+        BlockInfo {
+            capacity: u64_at(0),
+            sector_size: u32_at(8),
+            flags: u32_at(12),
+            ring: u64_at(16),
+            slots: u32_at(24),
+        }
     }
 
     /// Whether the disk refuses writes and discards.

@@ -239,7 +239,8 @@ mod tests {
             // SAFETY: the test's ring, live and aligned for the test.
             let word = |o: u64| unsafe { AtomicU32::from_ptr((self.ring + o as usize) as *mut u32) };
             loop {
-                let (p, c) = (word(ring::PRODUCER).load(Ordering::Acquire), word(ring::CONSUMER).load(Ordering::Relaxed));
+                let (p, c) =
+                    (word(ring::PRODUCER).load(Ordering::Acquire), word(ring::CONSUMER).load(Ordering::Relaxed));
                 if p == c {
                     return;
                 }

@@ -215,7 +215,9 @@ pub fn attach(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The ring's indices are inconsistent.
-    #[error("disk {disk:?}: request ring indices are inconsistent (producer {producer}, consumer {consumer}, {slots} slots)")]
+    #[error(
+        "disk {disk:?}: request ring indices are inconsistent (producer {producer}, consumer {consumer}, {slots} slots)"
+    )]
     Corrupt {
         /// The disk.
         disk: String,

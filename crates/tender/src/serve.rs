@@ -15,8 +15,8 @@ use crate::paging::Region;
 use crate::stats::Stats;
 use crate::{Outcome, console, fault};
 use skiff_abi::{
-    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockNotifyArgs, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
-    NetNotifyArgs, PollArgs, WalltimeArgs, exit,
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockNotifyArgs, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE,
+    Hypercall, NetNotifyArgs, PollArgs, WalltimeArgs, exit,
 };
 use std::io::Write;
 use std::marker::PhantomData;

@@ -4,8 +4,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
 use skiff_store::block_on;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 struct Run {
@@ -125,7 +125,8 @@ fn a_disk_the_image_does_not_declare_is_refused_at_start() {
     let r = run(&format!("other={},size=1M", file.display()), "rw");
     expect(&r, 125, &["--disk other=...: the image declares no disk of that name (it has: disk)"]);
     let image = common::guest("tests/guests/disk");
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender")).args(common::sandbox_args()).arg(image).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_skiff-tender")).args(common::sandbox_args()).arg(image).output().unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the image needs a disk named \"disk\""));
 }
@@ -134,7 +135,11 @@ fn a_disk_the_image_does_not_declare_is_refused_at_start() {
 fn a_host_io_error_is_an_error_in_the_guest_not_a_tender_crash() {
     let dir = Scratch::new("trunc");
     let file = dir.file("d.img");
-    let mut child = tender_cmd(&spec(&file, ",size=1M"), "truncated").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = tender_cmd(&spec(&file, ",size=1M"), "truncated")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for the guest to have read the last sector once, then cut the
     // file short under it.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());

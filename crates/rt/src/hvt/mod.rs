@@ -16,8 +16,8 @@ use core::cell::Cell;
 use core::ptr::NonNull;
 use core::time::Duration;
 use skiff_abi::{
-    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockInfo, BlockNotifyArgs, BootInfo, DeviceKind, ExitArgs, Hypercall, NetInfo, NetNotifyArgs,
-    PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockInfo, BlockNotifyArgs, BootInfo, DeviceKind, ExitArgs, Hypercall,
+    NetInfo, NetNotifyArgs, PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
