@@ -81,7 +81,7 @@ pub use skiff_dns as dns;
 /// feature it is a [`skiff_store::BlockDevice`], so a service opens a
 /// crash-safe [`store::Store`] on it:
 ///
-/// ```ignore
+/// ```text
 /// let disk = skiff::block::Disk::take(&env, "disk")?;
 /// let store = skiff::store::Store::open(disk, Default::default()).await?;
 /// ```
