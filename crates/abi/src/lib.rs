@@ -82,17 +82,26 @@ pub enum Hypercall {
     /// NIC's transmit ring while the tender's I/O thread was asleep.
     /// Argument: [`NetNotifyArgs`]. Never fails for a valid device.
     NetNotify = 5,
+    /// Doorbell for a disk's request ring ([`blk`]): the tender serves
+    /// every request queued on it (reads, writes, flushes, discards) and
+    /// completes them before the call returns, so a batch of requests
+    /// costs one exit. Argument: [`BlockNotifyArgs`]. A device index that
+    /// is no disk, or a request outside the disk or guest memory, is a bad
+    /// argument; a host I/O error or a write to a read-only disk is a
+    /// request's status ([`blk::status`]), not the end of the guest.
+    BlockNotify = 6,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 6] = [
+    pub const ALL: [Hypercall; 7] = [
         Hypercall::Walltime,
         Hypercall::ConsoleFlush,
         Hypercall::Poll,
         Hypercall::Exit,
         Hypercall::Abort,
         Hypercall::NetNotify,
+        Hypercall::BlockNotify,
     ];
 
     /// The call whose number is `nr`, if there is one.
@@ -104,6 +113,7 @@ impl Hypercall {
             3 => Some(Hypercall::Exit),
             4 => Some(Hypercall::Abort),
             5 => Some(Hypercall::NetNotify),
+            6 => Some(Hypercall::BlockNotify),
             _ => None,
         }
     }
@@ -122,6 +132,7 @@ impl Hypercall {
             Hypercall::Exit => "exit",
             Hypercall::Abort => "abort",
             Hypercall::NetNotify => "net-notify",
+            Hypercall::BlockNotify => "block-notify",
         }
     }
 }
@@ -240,6 +251,150 @@ pub struct NetNotifyArgs {
     pub device: u32,
     /// Reserved, zero.
     pub reserved: u32,
+}
+
+/// Argument of [`Hypercall::BlockNotify`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockNotifyArgs {
+    /// In: index of the device (in [`BootInfo::devices`]); must be a disk.
+    pub device: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// What [`DeviceInfo::data`] holds for a disk. Encoded little-endian:
+/// bytes 0..8 capacity in sectors, 8..12 sector size, 12..16 flags
+/// ([`blk::FLAG_READ_ONLY`]), 16..24 request ring base, 24..28 slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// Size of the disk in sectors.
+    pub capacity: u64,
+    /// Bytes per sector: 512 or 4096.
+    pub sector_size: u32,
+    /// [`blk::FLAG_READ_ONLY`].
+    pub flags: u32,
+    /// Guest-physical address of the request ring ([`blk`]).
+    pub ring: u64,
+    /// Slots of the ring (a power of two).
+    pub slots: u32,
+}
+
+impl BlockInfo {
+    /// Encodes into a [`DeviceInfo::data`] array.
+    pub fn encode(&self) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[0..8].copy_from_slice(&self.capacity.to_le_bytes());
+        d[8..12].copy_from_slice(&self.sector_size.to_le_bytes());
+        d[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        d[16..24].copy_from_slice(&self.ring.to_le_bytes());
+        d[24..28].copy_from_slice(&self.slots.to_le_bytes());
+        d
+    }
+
+    /// Decodes from a [`DeviceInfo::data`] array.
+    pub fn decode(d: &[u8; 32]) -> BlockInfo {
+        let u64_at =
+            |i: usize| u64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
+        let u32_at = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        BlockInfo {
+            capacity: u64_at(0),
+            sector_size: u32_at(8),
+            flags: u32_at(12),
+            ring: u64_at(16),
+            slots: u32_at(24),
+        }
+    }
+
+    /// Whether the disk refuses writes and discards.
+    pub fn read_only(&self) -> bool {
+        self.flags & blk::FLAG_READ_ONLY != 0
+    }
+}
+
+/// A disk's request ring, shared by the guest (producer of requests) and
+/// the tender (which completes them).
+///
+/// The ring has a header page (the producer index at [`ring::PRODUCER`],
+/// the consumer index at [`ring::CONSUMER`], as in the frame rings) and
+/// `slots` slots of [`blk::SLOT_SIZE`] bytes, each a [`blk::Request`]. The
+/// guest fills slot `producer % slots`, stores `producer + 1` (release)
+/// and rings [`Hypercall::BlockNotify`]. The tender serves the requests in
+/// order, writes each one's `status` and stores `consumer + 1` (release)
+/// after each; all are complete when the call returns. Requests move data
+/// straight between the disk file and the guest buffers they name.
+///
+/// The tender checks every request: a known operation, a buffer of
+/// `count * sector_size` bytes inside the service's own memory (writable
+/// for reads), and `sector + count` inside the disk without wrapping.
+/// A request that fails these ends the guest with [`exit::BAD_HYPERCALL`].
+pub mod blk {
+    /// Bytes per slot.
+    pub const SLOT_SIZE: u64 = 32;
+    /// Slots per ring the tender sets up.
+    pub const DEFAULT_SLOTS: u32 = 128;
+    /// [`super::BlockInfo::flags`]: the disk is read-only.
+    pub const FLAG_READ_ONLY: u32 = 1;
+    /// The sector sizes a disk can have.
+    pub const SECTOR_SIZES: [u32; 2] = [512, 4096];
+
+    /// Bytes of a ring with `slots` slots.
+    pub const fn ring_bytes(slots: u32) -> u64 {
+        super::ring::HEADER_SIZE + (slots as u64 * SLOT_SIZE).next_multiple_of(4096)
+    }
+
+    /// Request operations.
+    pub mod op {
+        /// Read `count` sectors from `sector` into the buffer.
+        pub const READ: u32 = 1;
+        /// Write `count` sectors from the buffer at `sector`.
+        pub const WRITE: u32 = 2;
+        /// Make every write completed before it durable (`fdatasync`).
+        /// `sector`, `count` and `buf` are zero.
+        pub const FLUSH: u32 = 3;
+        /// `count` sectors from `sector` on are unused (the tender punches
+        /// a hole); their contents are undefined afterwards. `buf` is zero.
+        pub const DISCARD: u32 = 4;
+    }
+
+    /// A request's outcome, in [`Request::status`].
+    pub mod status {
+        /// Not served yet (the guest writes this when it queues).
+        pub const PENDING: u32 = 0;
+        /// Done.
+        pub const OK: u32 = 1;
+        /// A write or discard on a read-only disk.
+        pub const READ_ONLY: u32 = 2;
+        /// The host's I/O failed; [`super::Request::errno`] says how.
+        pub const IO_ERROR: u32 = 3;
+        /// Discard is not supported by the host file system.
+        pub const UNSUPPORTED: u32 = 4;
+    }
+
+    /// One request, as it sits in a slot.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Request {
+        /// In: an [`op`] value.
+        pub op: u32,
+        /// Out: a [`status`] value.
+        pub status: u32,
+        /// In: the first sector.
+        pub sector: u64,
+        /// In: sectors to move (at most `u32::MAX`).
+        pub count: u32,
+        /// Out: the host's `errno` for [`status::IO_ERROR`].
+        pub errno: u32,
+        /// In: guest address of the buffer (`count * sector_size` bytes).
+        pub buf: u64,
+    }
+
+    /// Offset of [`Request::status`] in a slot.
+    pub const STATUS_OFFSET: u64 = 4;
+    /// Offset of [`Request::errno`] in a slot.
+    pub const ERRNO_OFFSET: u64 = 20;
+
+    const _: () = assert!(core::mem::size_of::<Request>() as u64 == SLOT_SIZE);
 }
 
 /// What the supervisor pushes for a CPU exception and passes (by address)
@@ -505,7 +660,8 @@ pub struct BootInfo {
     pub device_count: u32,
     /// Reserved, zero.
     pub reserved: u32,
-    /// The attached devices, in manifest order.
+    /// The attached devices: the NICs in manifest order, then the disks
+    /// in manifest order.
     pub devices: [DeviceInfo; MAX_DEVICES],
     /// Process mode only ([`process`]): the address of the tender's
     /// hypercall entry, an `extern "C" fn(nr: u64, arg: u64)` the runtime

@@ -77,7 +77,7 @@ impl core::fmt::Display for DeviceError {
                 write!(f, "no device named {name:?} (the guest has: {})", available.join(", "))
             }
             DeviceError::AlreadyTaken(name) => write!(f, "device {name:?} is already in use"),
-            DeviceError::WrongKind(name) => write!(f, "device {name:?} is not a network interface"),
+            DeviceError::WrongKind(name) => write!(f, "device {name:?} is of another kind"),
         }
     }
 }

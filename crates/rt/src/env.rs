@@ -1,6 +1,7 @@
 //! What the runtime lends the service: its command line, a spawner, and
 //! its devices.
 
+use crate::block::BlockDevice;
 use crate::device::{DeviceError, NetDevice};
 use crate::executor::{JoinHandle, Spawner};
 use alloc::boxed::Box;
@@ -11,17 +12,21 @@ use core::future::Future;
 /// Lends a NIC by name (the platform's device table behind it).
 pub type NetOpener = Box<dyn Fn(&str) -> Result<Box<dyn NetDevice>, DeviceError>>;
 
+/// Lends a disk by name (the platform's device table behind it).
+pub type BlockOpener = Box<dyn Fn(&str) -> Result<Box<dyn BlockDevice>, DeviceError>>;
+
 /// The service's environment, passed to its `main`.
 pub struct Env {
     args: Vec<String>,
     spawner: Spawner,
     net: Option<NetOpener>,
+    block: Option<BlockOpener>,
 }
 
 impl Env {
     /// Builds an environment without devices (the boot path adds them).
     pub fn new(args: Vec<String>, spawner: Spawner) -> Env {
-        Env { args, spawner, net: None }
+        Env { args, spawner, net: None, block: None }
     }
 
     /// Adds the platform's NICs.
@@ -34,6 +39,21 @@ impl Env {
     /// "name")]`). Each NIC can be taken once.
     pub fn take_net(&self, name: &str) -> Result<Box<dyn NetDevice>, DeviceError> {
         match &self.net {
+            Some(open) => open(name),
+            None => Err(DeviceError::NoSuchDevice { name: String::from(name), available: Vec::new() }),
+        }
+    }
+
+    /// Adds the platform's disks.
+    pub fn with_block(mut self, opener: BlockOpener) -> Env {
+        self.block = Some(opener);
+        self
+    }
+
+    /// Takes the disk the image declared as `name` (`#[skiff::main(block =
+    /// "name")]`). Each disk can be taken once.
+    pub fn take_block(&self, name: &str) -> Result<Box<dyn BlockDevice>, DeviceError> {
+        match &self.block {
             Some(open) => open(name),
             None => Err(DeviceError::NoSuchDevice { name: String::from(name), available: Vec::new() }),
         }

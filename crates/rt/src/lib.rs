@@ -68,6 +68,8 @@ pub use platform::exit;
 
 pub mod abort;
 #[allow(unsafe_code)]
+pub mod block;
+#[allow(unsafe_code)]
 pub mod console;
 pub mod device;
 pub mod entropy;
@@ -84,6 +86,7 @@ pub mod nic;
 pub mod random;
 pub mod time;
 
+pub use block::{BlockDevice, BlockError};
 pub use device::{DeviceError, NetDevice};
 
 /// Heap figures (zero in host builds, which use the system allocator).

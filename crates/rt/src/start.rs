@@ -94,7 +94,10 @@ extern "C" fn skiff_rt_user_main(boot: *const BootInfo) -> ! {
     let devices = Rc::new(hvt::Devices::from_boot(boot, boot.tsc_hz));
     let executor = Executor::new();
     let lender = devices.clone();
-    let env = Env::new(args, executor.spawner()).with_net(Box::new(move |name| lender.take_net(name)));
+    let disks = devices.clone();
+    let env = Env::new(args, executor.spawner())
+        .with_net(Box::new(move |name| lender.take_net(name)))
+        .with_block(Box::new(move |name| disks.take_block(name)));
     record_tsc(shared, SHARED_TSC_MAIN, rdtsc());
     match run_main(executor, env, &mut hvt::Hvt::new(devices, shared)) {
         Ok(status) => hvt::exit(status.code()),

@@ -72,6 +72,131 @@ pub use skiff_kv as kv;
 #[cfg(feature = "dns")]
 pub use skiff_dns as dns;
 
+/// Disks: the block devices the image declares (`#[skiff::main(block =
+/// "disk")]`), attached by the tender (`--disk disk=FILE`).
+///
+/// [`block::Disk::take`] lends a disk as an async block device: read and
+/// write many sectors, flush (durable when it returns), discard, its
+/// capacity, sector size and whether it is read-only. With the `store`
+/// feature it is a [`skiff_store::BlockDevice`], so a service opens a
+/// crash-safe [`store::Store`] on it:
+///
+/// ```text
+/// let disk = skiff::block::Disk::take(&env, "disk")?;
+/// let store = skiff::store::Store::open(disk, Default::default()).await?;
+/// ```
+pub mod block {
+    use alloc::boxed::Box;
+    pub use skiff_rt::block::{BlockDevice, BlockError};
+
+    /// A disk lent to the service.
+    pub struct Disk {
+        dev: Box<dyn BlockDevice>,
+    }
+
+    impl Disk {
+        /// Takes the disk the image declared as `name`.
+        pub fn take(env: &crate::Env, name: &str) -> Result<Disk, crate::DeviceError> {
+            env.take_block(name).map(|dev| Disk { dev })
+        }
+
+        /// Bytes per sector: 512 or 4096.
+        pub fn sector_size(&self) -> u32 {
+            self.dev.sector_size()
+        }
+
+        /// Size in sectors.
+        pub fn capacity(&self) -> u64 {
+            self.dev.capacity()
+        }
+
+        /// Whether writes and discards are refused.
+        pub fn read_only(&self) -> bool {
+            self.dev.read_only()
+        }
+
+        /// Reads `buf.len() / sector_size` sectors from `sector` on.
+        pub async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            self.dev.read(sector, buf)
+        }
+
+        /// Writes `buf.len() / sector_size` sectors from `sector` on;
+        /// durable once a later [`flush`](Self::flush) returns.
+        pub async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError> {
+            self.dev.write(sector, buf)
+        }
+
+        /// Makes every earlier write durable (the tender's `fdatasync`).
+        pub async fn flush(&self) -> Result<(), BlockError> {
+            self.dev.flush()
+        }
+
+        /// Tells the disk that `count` sectors from `sector` on are unused.
+        pub async fn discard(&self, sector: u64, count: u64) -> Result<(), BlockError> {
+            self.dev.discard(sector, count)
+        }
+
+        /// The driver underneath.
+        pub fn device(&self) -> &dyn BlockDevice {
+            &*self.dev
+        }
+    }
+
+    #[cfg(feature = "store")]
+    fn store_error(e: BlockError) -> skiff_store::BlockError {
+        match e {
+            BlockError::OutOfRange { start, end, capacity } => {
+                skiff_store::BlockError::OutOfRange { start, end, capacity }
+            }
+            BlockError::Misaligned { len, sector_size } => skiff_store::BlockError::Misaligned { len, sector_size },
+            BlockError::ReadOnly => skiff_store::BlockError::ReadOnly,
+            BlockError::Io { errno } => skiff_store::BlockError::Io { errno },
+            BlockError::Unsupported | BlockError::Gone => skiff_store::BlockError::Gone,
+        }
+    }
+
+    #[cfg(feature = "store")]
+    impl skiff_store::BlockDevice for Disk {
+        fn sector_size(&self) -> u32 {
+            self.dev.sector_size()
+        }
+
+        fn capacity(&self) -> u64 {
+            self.dev.capacity()
+        }
+
+        fn read_only(&self) -> bool {
+            self.dev.read_only()
+        }
+
+        async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), skiff_store::BlockError> {
+            self.dev.read(sector, buf).map_err(store_error)
+        }
+
+        async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), skiff_store::BlockError> {
+            self.dev.write(sector, buf).map_err(store_error)
+        }
+
+        async fn flush(&self) -> Result<(), skiff_store::BlockError> {
+            self.dev.flush().map_err(store_error)
+        }
+
+        async fn discard(&self, sector: u64, count: u64) -> Result<(), skiff_store::BlockError> {
+            // A host that cannot punch holes loses nothing by keeping the
+            // sectors: discard is advice.
+            match self.dev.discard(sector, count) {
+                Err(BlockError::Unsupported) => Ok(()),
+                r => r.map_err(store_error),
+            }
+        }
+    }
+}
+
+/// The crash-safe transactional key-value store (feature `store`), over a
+/// [`block::Disk`].
+#[cfg(feature = "store")]
+pub use skiff_store as store;
+
 /// Time: the monotonic clock, the wall clock, sleeping and timeouts.
 pub mod time {
     pub use core::time::Duration;

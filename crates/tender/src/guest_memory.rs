@@ -100,6 +100,10 @@ unsafe impl Pod for skiff_abi::AbortArgs {}
 unsafe impl Pod for skiff_abi::FaultFrame {}
 // SAFETY: as above.
 unsafe impl Pod for skiff_abi::NetNotifyArgs {}
+// SAFETY: two u32s, no padding.
+unsafe impl Pod for skiff_abi::BlockNotifyArgs {}
+// SAFETY: repr(C) u32, u32, u64, u32, u32, u64: no padding; any bits valid.
+unsafe impl Pod for skiff_abi::blk::Request {}
 // SAFETY: #[repr(C)], every field an integer or an array of them (the
 // devices are DeviceInfo, u32s and byte arrays), laid out without padding:
 // skiff-abi's tests pin its size and offsets.

@@ -27,6 +27,8 @@
 #![deny(unsafe_code)]
 
 pub mod console;
+#[allow(unsafe_code)]
+pub mod disk;
 pub mod elf;
 pub mod fault;
 #[allow(unsafe_code)]
@@ -92,6 +94,8 @@ pub struct Config {
     pub args: Vec<String>,
     /// NICs and how frames move.
     pub net: net::NetOptions,
+    /// Files attached as the image's disks.
+    pub disks: Vec<disk::DiskSpec>,
 }
 
 impl Config {
@@ -107,6 +111,7 @@ impl Config {
             log_level: 3,
             args: Vec::new(),
             net: net::NetOptions::default(),
+            disks: Vec::new(),
         }
     }
 }
@@ -136,6 +141,9 @@ pub enum TenderError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// A disk could not be attached.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     /// The command line does not fit.
     #[error("the guest's command line is {0} bytes; the limit is {ARGS_MAX}")]
     ArgsTooLong(usize),
@@ -276,9 +284,15 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         return Err(TenderError::MemorySize(mem_size));
     }
     let args = encode_args(&config.args)?;
-    let ring_bytes = net::ring_bytes(image.devices.len(), &config.net);
+    // The rings at the top of memory: the NICs' frame rings, then the
+    // disks' request rings.
+    let disk_count = disk::declared(&image.devices).len();
+    let nic_count = image.devices.len() - disk_count;
+    let disk_ring_bytes = disk::ring_bytes(disk_count);
+    let ring_bytes = net::ring_bytes(nic_count, &config.net) + disk_ring_bytes;
     let ring_base = mem_size.saturating_sub(ring_bytes);
     let nics = net::attach(&image.devices, &config.net, ring_base)?;
+    let disks = disk::attach(&image.devices, &config.disks, mem_size.saturating_sub(disk_ring_bytes))?;
     let readiness = ready::Readiness {
         file: config
             .net
@@ -361,7 +375,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         argc: config.args.len() as u32,
         args_len: args.len() as u32,
         page_table_root: tables.as_ref().map_or(0, PageTables::root),
-        device_count: nics.len() as u32,
+        device_count: (nics.len() + disks.len()) as u32,
         reserved: 0,
         devices: [DeviceInfo { kind: 0, reserved: 0, name: [0; 32], data: [0; 32] }; MAX_DEVICES],
         hypercall: if process { process::hypercall_entry() } else { 0 },
@@ -371,6 +385,12 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         slot.name[..nic.rings.nic.len()].copy_from_slice(nic.rings.nic.as_bytes());
         slot.data = nic.info(config.net.guest_spin).encode();
     }
+    for (slot, d) in boot.devices[nics.len()..].iter_mut().zip(disks.iter()) {
+        slot.kind = DeviceKind::Block as u32;
+        slot.name[..d.name.len()].copy_from_slice(d.name.as_bytes());
+        slot.data = d.info.encode();
+    }
+    let disk_fds: Vec<i32> = disks.iter().map(disk::Disk::fd).collect();
 
     let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
     let monitor = monitor::Monitor::start(limits, mem.clone(), area.shared).map_err(TenderError::Watchdog)?;
@@ -413,7 +433,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let proc_status = stats::ProcStatus::open();
     let mut cpu: Box<dyn serve::RunGuest> = match vm {
         Some(vm) => {
-            seccomp::lock_down(user_net, seccomp::KvmFds { vcpu: vm.vcpu_fd() })?;
+            let how = seccomp::Sandboxed::Kvm(seccomp::KvmFds { vcpu: vm.vcpu_fd() });
+            seccomp::lock_down_with_disks(user_net, &how, &disk_fds)?;
             Box::new(vm)
         }
         None => {
@@ -434,7 +455,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
                 }
             };
             let fds = seccomp::ProcessFds { status: proc_status.fd(), pid: std::process::id() as i32, ..fds };
-            seccomp::lock_down_as(user_net, &seccomp::Sandboxed::Process(fds))?;
+            seccomp::lock_down_with_disks(user_net, &seccomp::Sandboxed::Process(fds), &disk_fds)?;
             Box::new(cpu)
         }
     };
@@ -447,6 +468,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         stats: &mut stats,
         deadline,
         nics: &nic_rings,
+        disks: &disks,
+        bounce: Vec::new(),
         io: &io_shared,
         monitor: monitor.state(),
     };

@@ -292,7 +292,7 @@ pub fn attach(
     let mut nics = Vec::new();
     let mut publish = options.publish.clone();
     let ring_len = ring::ring_bytes(options.slots);
-    for d in declared {
+    for d in declared.iter().filter(|d| d.kind != DeviceKind::Block) {
         if d.kind != DeviceKind::Net {
             return Err(NetError::Unsupported { kind: d.kind.name(), name: d.name.clone() });
         }

@@ -274,6 +274,11 @@ pub struct RunOptions {
     /// start.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Attach FILE as the image's disk NAME (repeatable): `ro` read-only,
+    /// `size=64M` creates a missing FILE of that size, `sector=4096` for
+    /// 4 KiB sectors (default 512); e.g. --disk data=state.img,size=64M.
+    #[arg(long = "disk", value_name = "NAME=FILE[,ro][,size=SIZE][,sector=512|4096]", value_parser = crate::disk::parse_disk)]
+    pub disk: Vec<crate::disk::DiskSpec>,
 }
 
 impl RunOptions {
@@ -306,6 +311,7 @@ impl RunOptions {
                 ready_file: self.ready_file.clone(),
                 ..Default::default()
             },
+            disks: self.disk.clone(),
         }
     }
 }

@@ -103,6 +103,13 @@ pub fn filter(user: UserNetCalls, kvm: KvmFds) -> Result<BpfProgram, SeccompErro
 
 /// Builds the allow-list for a guest run as `how`.
 pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, SeccompError> {
+    filter_with_disks(user, how, &[])
+}
+
+/// Builds the allow-list for a guest run as `how` with the disks whose
+/// descriptors are `disks`: `pread64`, `pwrite64`, `fdatasync` and
+/// `fallocate` on those descriptors only.
+pub fn filter_with_disks(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
         rules.insert(nr, with);
@@ -125,10 +132,14 @@ pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, Sec
     if !ioctls.is_empty() {
         allow(libc::SYS_ioctl, ioctls);
     }
-    let (writes, reads, status) = match how {
+    let (writes, reads, mut status) = match how {
         Sandboxed::Kvm(_) => (vec![], vec![], vec![]),
         Sandboxed::Process(p) => (one_of(0, &p.write)?, one_of(0, &p.read)?, one_of(0, &Vec::from_iter(p.status))?),
     };
+    // Process mode pins pread64 to the status descriptor: the disks join it.
+    if matches!(how, Sandboxed::Process(_)) {
+        status.extend(one_of(0, disks)?);
+    }
     // Console output, the tender's own messages, frames to TAP devices,
     // eventfd notifications.
     allow(libc::SYS_write, writes.clone());
@@ -138,8 +149,15 @@ pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, Sec
     // Waiting for frames, notifications or the guest's deadline.
     allow(libc::SYS_ppoll, vec![]);
     // Peak RSS from the /proc/self/status descriptor opened before lockdown.
-    if !matches!(how, Sandboxed::Process(p) if p.status.is_none()) {
+    if !matches!(how, Sandboxed::Process(p) if p.status.is_none() && disks.is_empty()) {
         allow(libc::SYS_pread64, status);
+    }
+    if !disks.is_empty() {
+        // Disks: write sectors, make them durable, punch holes (discard);
+        // on the disks' descriptors only.
+        allow(libc::SYS_pwrite64, one_of(0, disks)?);
+        allow(libc::SYS_fdatasync, one_of(0, disks)?);
+        allow(libc::SYS_fallocate, one_of(0, disks)?);
     }
     // `poll` with no device ready: sleep until the guest's deadline.
     allow(libc::SYS_nanosleep, vec![]);
@@ -246,7 +264,12 @@ pub fn lock_down(user: UserNetCalls, kvm: KvmFds) -> Result<(), SeccompError> {
 
 /// [`lock_down`] for a guest run as `how`.
 pub fn lock_down_as(user: UserNetCalls, how: &Sandboxed) -> Result<(), SeccompError> {
-    let program = filter_for(user, how)?;
+    lock_down_with_disks(user, how, &[])
+}
+
+/// [`lock_down_as`] with disks attached (see [`filter_with_disks`]).
+pub fn lock_down_with_disks(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<(), SeccompError> {
+    let program = filter_with_disks(user, how, disks)?;
     crate::sys::install_blocked_call_reporter().map_err(SeccompError::Reporter)?;
     seccompiler::apply_filter_all_threads(&program)?;
     Ok(())

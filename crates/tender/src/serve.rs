@@ -15,8 +15,8 @@ use crate::paging::Region;
 use crate::stats::Stats;
 use crate::{Outcome, console, fault};
 use skiff_abi::{
-    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE, Hypercall,
-    NetNotifyArgs, PollArgs, WalltimeArgs, exit,
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockNotifyArgs, ExitArgs, FAULT_PORT, FaultFrame, HYPERCALL_PORT_BASE,
+    Hypercall, NetNotifyArgs, PollArgs, WalltimeArgs, exit,
 };
 use std::io::Write;
 use std::marker::PhantomData;
@@ -103,6 +103,9 @@ pub enum GuestError {
     /// A NIC's ring is broken, or its host end failed.
     #[error(transparent)]
     Nic(#[from] NicError),
+    /// A disk request the guest may not make.
+    #[error(transparent)]
+    Disk(#[from] crate::disk::RequestError),
 }
 
 /// The virtual machine stopped working.
@@ -197,6 +200,10 @@ pub(crate) struct Guest<'a> {
     pub deadline: Option<(Instant, Duration)>,
     /// The rings of the attached NICs.
     pub nics: &'a [NicRings],
+    /// The attached disks (device indices `nics.len()..`).
+    pub disks: &'a [crate::disk::Disk],
+    /// The disks' bounce buffer.
+    pub bounce: Vec<u8>,
     /// State shared with the network I/O thread.
     pub io: &'a IoShared,
     /// The timeout and stop signals.
@@ -443,6 +450,24 @@ impl Guest<'_> {
                 }
                 let _ = self.io.doorbell.write(1);
                 Flow::Continue
+            }
+            Hypercall::BlockNotify => {
+                let a: BlockNotifyArgs = self.read_arg(arg)?;
+                let disk = (a.device as usize).checked_sub(self.nics.len()).and_then(|i| self.disks.get(i));
+                let Some(disk) = disk.filter(|_| a.reserved == 0) else {
+                    return Ok(GuestError::NoDevice { call: call.name(), device: a.device }.into());
+                };
+                let mut bounce = std::mem::take(&mut self.bounce);
+                let user = |addr: u64, len: u64, write: bool| self.check_user(addr, len, write).is_ok();
+                let served = crate::disk::serve(disk, self.mem, &user, &mut bounce);
+                self.bounce = bounce;
+                match served {
+                    Ok(n) => {
+                        self.stats.disk_requests += u64::from(n);
+                        Flow::Continue
+                    }
+                    Err(e) => GuestError::Disk(e).into(),
+                }
             }
             Hypercall::Abort => {
                 let a: AbortArgs = self.read_arg(arg)?;

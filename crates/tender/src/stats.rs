@@ -48,6 +48,8 @@ pub struct Stats {
     pub exits: BTreeMap<&'static str, u64>,
     /// Console bytes relayed.
     pub console_bytes: u64,
+    /// Disk requests served.
+    pub disk_requests: u64,
     /// Time points.
     pub timeline: Timeline,
     /// Guest clock readings.
@@ -166,6 +168,9 @@ impl Stats {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
+        if self.disk_requests > 0 {
+            let _ = write!(s, "\n  disk requests {}", self.disk_requests);
+        }
         let net = &self.net;
         let frames = net.rx + net.tx;
         if frames > 0 || net.dropped > 0 {

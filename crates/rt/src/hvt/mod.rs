@@ -5,6 +5,7 @@
 //! guest memory.
 
 use crate::arch::cpu::{hypercall, rdtsc};
+use crate::block::{BlockCalls, BlockDevice, Disk};
 use crate::device::{DeviceError, NetDevice};
 use crate::nic::{Nic, NicCalls, RingView};
 use alloc::boxed::Box;
@@ -15,8 +16,8 @@ use core::cell::Cell;
 use core::ptr::NonNull;
 use core::time::Duration;
 use skiff_abi::{
-    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BootInfo, DeviceKind, ExitArgs, Hypercall, NetInfo, NetNotifyArgs,
-    PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
+    ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockInfo, BlockNotifyArgs, BootInfo, DeviceKind, ExitArgs, Hypercall,
+    NetInfo, NetNotifyArgs, PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
@@ -98,11 +99,26 @@ impl NicCalls for HvtCalls {
     }
 }
 
+/// Has the tender serve a disk's request ring (`BlockNotify`).
+pub fn block_notify(device: u32) {
+    let mut args = BlockNotifyArgs { device, reserved: 0 };
+    // SAFETY: `args` is a live BlockNotifyArgs for the call.
+    unsafe { hypercall(Hypercall::BlockNotify, addr_of(&mut args)) };
+}
+
+impl BlockCalls for HvtCalls {
+    fn block_notify(&self, device: u32) {
+        block_notify(device)
+    }
+}
+
 /// A device the tender attached, as the boot info describes it.
 struct Slot {
     name: String,
     kind: u32,
     net: NetInfo,
+    /// The kind-specific data, as the boot info has it.
+    data: [u8; 32],
     taken: Cell<bool>,
     /// A NIC's receive ring, checked without an exit.
     rx: Option<RingView>,
@@ -135,6 +151,7 @@ impl Devices {
                     name: String::from(manifest::device_name(&d.name).unwrap_or("?")),
                     kind: d.kind,
                     net,
+                    data: d.data,
                     taken: Cell::new(false),
                     rx,
                 }
@@ -160,6 +177,26 @@ impl Devices {
         // SAFETY: the rings in `slot.net` are the ones the tender set up for
         // device `index`.
         Ok(Box::new(unsafe { Nic::new(index as u32, slot.net, HvtCalls) }))
+    }
+
+    /// Lends the disk called `name`.
+    pub fn take_block(&self, name: &str) -> Result<Box<dyn BlockDevice>, DeviceError> {
+        let Some((index, slot)) = self.slots.iter().enumerate().find(|(_, s)| s.name == name) else {
+            return Err(DeviceError::NoSuchDevice {
+                name: String::from(name),
+                available: self.slots.iter().map(|s| s.name.clone()).collect(),
+            });
+        };
+        if slot.kind != DeviceKind::Block as u32 {
+            return Err(DeviceError::WrongKind(String::from(name)));
+        }
+        if slot.taken.replace(true) {
+            return Err(DeviceError::AlreadyTaken(String::from(name)));
+        }
+        let info = BlockInfo::decode(&slot.data);
+        // SAFETY: the ring in `info` is the one the tender set up for
+        // device `index`.
+        Ok(Box::new(unsafe { Disk::new(index as u32, info, HvtCalls) }))
     }
 
     fn ready_now(&self) -> u64 {
@@ -205,7 +242,7 @@ impl crate::executor::Platform for Hvt {
     }
 
     fn has_devices(&self) -> bool {
-        self.devices.slots.iter().any(|s| s.taken.get())
+        self.devices.slots.iter().any(|s| s.taken.get() && s.rx.is_some())
     }
 
     fn ready_now(&mut self) -> u64 {
