@@ -31,6 +31,8 @@ pub mod fault;
 pub mod guest_memory;
 #[allow(unsafe_code)]
 pub mod kvm;
+#[allow(unsafe_code)]
+pub mod mapped;
 pub mod monitor;
 pub mod net;
 pub mod netio;
@@ -219,8 +221,17 @@ pub struct RunReport {
 pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
     use std::io::Read;
     let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
-    let mut data = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data)).map_err(read_err)?;
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    // A regular file is mapped (its pages shared by every tender running
+    // it); anything else is read.
+    let data = if meta.is_file() && meta.len() > 0 && meta.len() <= elf::MAX_FILE_SIZE {
+        elf::ImageBytes::Mapped(mapped::MappedFile::map(&file, meta.len() as usize).map_err(read_err)?)
+    } else {
+        let mut data = Vec::new();
+        file.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data).map_err(read_err)?;
+        elf::ImageBytes::Owned(data)
+    };
     Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
 }
 
