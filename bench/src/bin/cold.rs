@@ -89,17 +89,36 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
 
 /// One HTTPS GET of `/`; true when the answer starts `HTTP/1.1 200`.
 fn https_200(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
-    let Ok(mut sock) = TcpStream::connect(addr) else { return false };
+    https_get_timed(addr, config, Instant::now()).is_some()
+}
+
+/// When (after `start`) a successful GET had connected, finished its
+/// handshake, and read `HTTP/1.1 200`.
+#[derive(Clone, Copy, Debug)]
+struct Timed {
+    connected: Duration,
+    handshake: Duration,
+    answer: Duration,
+}
+
+/// One HTTPS GET of `/`, timed from `start`; `None` unless the answer
+/// starts `HTTP/1.1 200`.
+fn https_get_timed(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, start: Instant) -> Option<Timed> {
+    let mut sock = TcpStream::connect(addr).ok()?;
+    let connected = start.elapsed();
     let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = sock.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
-    let Ok(mut conn) = rustls::ClientConnection::new(config.clone(), name) else { return false };
-    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    if tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
+    let mut conn = rustls::ClientConnection::new(config.clone(), name).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).ok()?;
     }
+    let handshake = start.elapsed();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut head = [0u8; 12];
-    tls.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    tls.read_exact(&mut head).ok()?;
+    (&head == b"HTTP/1.1 200").then(|| Timed { connected, handshake, answer: start.elapsed() })
 }
 
 fn free_port() -> u16 {
@@ -189,7 +208,7 @@ fn stop(mut g: Guard) {
 
 /// One cold start: the client first, then the spawn; the time from the
 /// spawn to the first 200.
-fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: usize) -> Duration {
+fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: usize) -> Timed {
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
@@ -197,8 +216,8 @@ fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: 
     let client = std::thread::spawn(move || {
         let start = go_rx.recv().expect("the start");
         loop {
-            if https_200(addr, &config) {
-                return Some(start.elapsed());
+            if let Some(t) = https_get_timed(addr, &config, start) {
+                return Some(t);
             }
             if start.elapsed() > Duration::from_secs(10) {
                 return None;
@@ -222,34 +241,48 @@ fn cold(setup: &Setup, starts: usize) {
     cold_start(setup, Kind::Skiff, &config, 0);
     cold_start(setup, Kind::Nginx, &config, 0);
     let (mut skiff, mut nginx) = (Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..starts {
         skiff.push(cold_start(setup, Kind::Skiff, &config, i));
         nginx.push(cold_start(setup, Kind::Nginx, &config, i));
+        let (s, n) = (skiff[i], nginx[i]);
         eprintln!(
-            "  start {}: skiff {:.1} ms, nginx {:.1} ms",
+            "  start {}: skiff {:.1} ms (connected {:.1}, handshake done {:.1}), nginx {:.1} ms (connected {:.1}, \
+             handshake done {:.1})",
             i + 1,
-            skiff[i].as_secs_f64() * 1e3,
-            nginx[i].as_secs_f64() * 1e3
+            ms(s.answer),
+            ms(s.connected),
+            ms(s.handshake),
+            ms(n.answer),
+            ms(n.connected),
+            ms(n.handshake)
         );
     }
-    skiff.sort();
-    nginx.sort();
-    let f = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    let sorted = |v: &[Timed], f: fn(&Timed) -> Duration| {
+        let mut d: Vec<Duration> = v.iter().map(f).collect();
+        d.sort();
+        d
+    };
+    let f = |d: Duration| format!("{:.1}", ms(d));
     println!("## Cold start to the first HTTPS 200 ({starts} starts each, alternating)");
     println!();
-    println!("| server | median ms | p90 ms | min - max ms |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| server | first 200 median ms | p90 ms | min - max ms | connected (median) | handshake done (median) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for (name, v) in [("Skiff (static tender, user network)", &skiff), ("nginx (1 worker)", &nginx)] {
+        let a = sorted(v, |t| t.answer);
         println!(
-            "| {name} | {} | {} | {} - {} |",
-            f(percentile(v, 50)),
-            f(percentile(v, 90)),
-            f(v[0]),
-            f(v[v.len() - 1])
+            "| {name} | {} | {} | {} - {} | {} | {} |",
+            f(percentile(&a, 50)),
+            f(percentile(&a, 90)),
+            f(a[0]),
+            f(a[a.len() - 1]),
+            f(percentile(&sorted(v, |t| t.connected), 50)),
+            f(percentile(&sorted(v, |t| t.handshake), 50)),
         );
     }
-    let ratio = |p| percentile(&skiff, p).as_secs_f64() / percentile(&nginx, p).as_secs_f64();
-    println!("| Skiff / nginx | {:.2} | {:.2} | |", ratio(50), ratio(90));
+    let (s, n) = (sorted(&skiff, |t| t.answer), sorted(&nginx, |t| t.answer));
+    let ratio = |p| percentile(&s, p).as_secs_f64() / percentile(&n, p).as_secs_f64();
+    println!("| Skiff / nginx | {:.2} | {:.2} | | | |", ratio(50), ratio(90));
 }
 
 /// `MemAvailable` from `/proc/meminfo`, bytes.

@@ -226,7 +226,7 @@ pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
     // A regular file is mapped (its pages shared by every tender running
     // it); anything else is read.
     let data = if meta.is_file() && meta.len() > 0 && meta.len() <= elf::MAX_FILE_SIZE {
-        elf::ImageBytes::Mapped(mapped::MappedFile::map(&file, meta.len() as usize).map_err(read_err)?)
+        elf::ImageBytes::Mapped(mapped::MappedFile::map(file, meta.len() as usize).map_err(read_err)?)
     } else {
         let mut data = Vec::new();
         file.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data).map_err(read_err)?;
@@ -294,11 +294,26 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let tables = PageTables::build(&regions)?;
 
     let mem = Arc::new(GuestMemory::new(mem_size)?);
+    // Read-only segments of a mapped image: their whole pages are mapped
+    // from the file (private, copy on write), so every guest running the
+    // image shares them in the page cache and nothing is copied.
+    let mut copy_from = vec![0; image.segments.len()];
+    if let elf::ImageBytes::Mapped(file) = &image.data {
+        for (s, from) in image.segments.iter().zip(&mut copy_from) {
+            let pages = s.filesz & !(layout::PAGE_SIZE - 1);
+            let aligned = s.vaddr % layout::PAGE_SIZE == 0 && s.offset % layout::PAGE_SIZE == 0;
+            if !s.writable() && aligned && pages > 0 {
+                mem.map_file(GuestAddr(s.vaddr), pages, file.file(), s.offset)?;
+                *from = pages;
+            }
+        }
+    }
     let mut vm = Vm::new(&mem)?;
     stats.timeline.vm_created = Some(Instant::now());
 
-    for s in &image.segments {
-        mem.write(GuestAddr(s.vaddr), image.segment_bytes(s))?;
+    for (s, &from) in image.segments.iter().zip(&copy_from) {
+        let bytes = image.segment_bytes(s);
+        mem.write(GuestAddr(s.vaddr + from), &bytes[from as usize..])?;
     }
     for (i, table) in tables.tables().iter().enumerate() {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();

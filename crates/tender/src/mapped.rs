@@ -16,6 +16,7 @@ use std::ptr::NonNull;
 pub struct MappedFile {
     base: NonNull<u8>,
     len: usize,
+    file: File,
 }
 
 // SAFETY: the mapping is read-only and owned by this value alone; sharing
@@ -26,7 +27,7 @@ unsafe impl Sync for MappedFile {}
 
 impl MappedFile {
     /// Maps the first `len` bytes of `file` (`len` > 0, at most its size).
-    pub fn map(file: &File, len: usize) -> std::io::Result<MappedFile> {
+    pub fn map(file: File, len: usize) -> std::io::Result<MappedFile> {
         if len == 0 {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -38,7 +39,12 @@ impl MappedFile {
             return Err(std::io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        Ok(MappedFile { base, len })
+        Ok(MappedFile { base, len, file })
+    }
+
+    /// The mapped file, for mapping parts of it elsewhere (guest memory).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -69,10 +75,9 @@ mod tests {
     fn maps_a_file_and_refuses_an_empty_length() {
         let path = std::env::temp_dir().join(format!("skiff-mapped-{}", std::process::id()));
         std::fs::File::create(&path).unwrap().write_all(b"\x7fELF and more").unwrap();
-        let f = File::open(&path).unwrap();
-        let m = MappedFile::map(&f, 13).unwrap();
+        let m = MappedFile::map(File::open(&path).unwrap(), 13).unwrap();
         assert_eq!(&m[..], b"\x7fELF and more");
-        assert!(MappedFile::map(&f, 0).is_err());
+        assert!(MappedFile::map(File::open(&path).unwrap(), 0).is_err());
         drop(m);
         let _ = std::fs::remove_file(&path);
     }
