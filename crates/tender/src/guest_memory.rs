@@ -145,7 +145,7 @@ impl GuestMemory {
         use std::os::fd::AsRawFd;
         let at = self.check(addr, len)?;
         let page = 4096;
-        if !(addr.0 % page == 0 && offset % page == 0 && len % page == 0) {
+        if !(addr.0.is_multiple_of(page) && offset.is_multiple_of(page) && len.is_multiple_of(page)) {
             return Err(MemoryError::OutOfRange { addr, len, size: self.size });
         }
         let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::Map { size: len, errno: libc::EOVERFLOW })?;

@@ -301,7 +301,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     if let elf::ImageBytes::Mapped(file) = &image.data {
         for (s, from) in image.segments.iter().zip(&mut copy_from) {
             let pages = s.filesz & !(layout::PAGE_SIZE - 1);
-            let aligned = s.vaddr % layout::PAGE_SIZE == 0 && s.offset % layout::PAGE_SIZE == 0;
+            let aligned = s.vaddr.is_multiple_of(layout::PAGE_SIZE) && s.offset.is_multiple_of(layout::PAGE_SIZE);
             if !s.writable() && aligned && pages > 0 {
                 mem.map_file(GuestAddr(s.vaddr), pages, file.file(), s.offset)?;
                 *from = pages;
