@@ -308,6 +308,16 @@ fn rss_pss(pid: u32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// `n` distinct free ports below the kernel's ephemeral range (so no
+/// client connection's own port takes one before its server binds it):
+/// from 20000 up, each checked by binding it.
+fn density_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> =
+        (20000..32768).filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok()).take(n).collect();
+    assert_eq!(held.len(), n, "not enough free ports in 20000..32768");
+    held.iter().map(|l| l.local_addr().expect("a bound port").port()).collect()
+}
+
 /// What one density run measured.
 struct Density {
     all_answer: Duration,
@@ -322,7 +332,7 @@ struct Density {
 
 fn density(setup: &Setup, kind: Kind, n: usize) -> Density {
     let config = tls_config();
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports = density_ports(n);
     let mut cmds: Vec<Command> = ports
         .iter()
         .enumerate()

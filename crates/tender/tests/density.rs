@@ -80,9 +80,12 @@ const INSTANCES: usize = 50;
 fn fifty_websites_started_at_once_all_serve_share_the_image_and_stop_cleanly() {
     require_kvm();
     let image = common::workspace().join(common::guest("examples/static-website"));
-    // Distinct free ports: all bound at once, then released for the
-    // tenders to bind.
-    let listeners: Vec<TcpListener> = (0..INSTANCES).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    // Distinct free ports below the kernel's ephemeral range (no client's
+    // own port can take one before its tender binds it): all bound at
+    // once, then released for the tenders.
+    let listeners: Vec<TcpListener> =
+        (21000..32768).filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok()).take(INSTANCES).collect();
+    assert_eq!(listeners.len(), INSTANCES, "free ports");
     let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
     drop(listeners);
     let start = Instant::now();
