@@ -15,7 +15,8 @@
 //! exits cleanly.
 //!
 //! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
-//! memory and builds page tables, [`kvm`], [`guest_memory`], [`sys`]
+//! memory and builds page tables, [`kvm`], [`guest_memory`], [`mapped`]
+//! (the image file, mapped read-only), [`sys`]
 //! (signals, malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold
 //! all the unsafe code (the compiler enforces it: `deny(unsafe_code)`
 //! everywhere else), [`console`] drains the guest's console ring,
