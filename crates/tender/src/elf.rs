@@ -251,11 +251,49 @@ pub fn demangle(raw: &[u8]) -> String {
     out.0
 }
 
+/// An image file's bytes: mapped from the file, or read into memory.
+pub enum ImageBytes {
+    /// Read (a pipe, a device, a test's bytes).
+    Owned(Vec<u8>),
+    /// Mapped read-only from a regular file.
+    Mapped(crate::mapped::MappedFile),
+}
+
+impl std::ops::Deref for ImageBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ImageBytes::Owned(v) => v,
+            ImageBytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// A copy is read into memory.
+impl Clone for ImageBytes {
+    fn clone(&self) -> ImageBytes {
+        ImageBytes::Owned(self.to_vec())
+    }
+}
+
+impl std::fmt::Debug for ImageBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if matches!(self, ImageBytes::Mapped(_)) { "mapped" } else { "read" };
+        write!(f, "{} bytes, {how}", self.len())
+    }
+}
+
+impl From<Vec<u8>> for ImageBytes {
+    fn from(v: Vec<u8>) -> ImageBytes {
+        ImageBytes::Owned(v)
+    }
+}
+
 /// A validated image.
 #[derive(Clone, Debug)]
 pub struct Image {
     /// The file's bytes.
-    pub data: Vec<u8>,
+    pub data: ImageBytes,
     /// The 64-bit entry point (`e_entry`).
     pub entry: u64,
     /// Loadable segments, sorted by address, page-disjoint.
@@ -278,7 +316,8 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 impl Image {
     /// Parses and validates an image. `abi_check` false skips the ABI
     /// version comparison (for `skiff inspect`, which reports it instead).
-    pub fn parse(data: Vec<u8>, abi_check: bool) -> Result<Image, ElfError> {
+    pub fn parse(data: impl Into<ImageBytes>, abi_check: bool) -> Result<Image, ElfError> {
+        let data = data.into();
         let file_size = data.len() as u64;
         if file_size > MAX_FILE_SIZE {
             return Err(ElfError::TooLarge { size: file_size });

@@ -234,6 +234,42 @@ impl GuestMemory {
         self.base.as_ptr() as u64
     }
 
+    /// Maps `len` bytes of `file` from `offset` at guest address `addr`,
+    /// private and copy on write (the guest may write; the file never
+    /// changes), in place of the zeroed memory there: the pages come from
+    /// the page cache, shared by every mapping of the file. `addr`,
+    /// `offset` and `len` are page multiples.
+    pub fn map_file(&self, addr: GuestAddr, len: u64, file: &std::fs::File, offset: u64) -> Result<(), MemoryError> {
+        use std::os::fd::AsRawFd;
+        let at = self.check(addr, len)?;
+        let page = 4096;
+        if !(addr.0.is_multiple_of(page) && offset.is_multiple_of(page) && len.is_multiple_of(page)) {
+            return Err(MemoryError::OutOfRange { addr, len, size: self.size });
+        }
+        let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::Map { size: len, errno: libc::EOVERFLOW })?;
+        // SAFETY: `check` proved the range lies inside the mapping this
+        // value owns, and MAP_FIXED replaces exactly those pages with a
+        // private mapping of the same protection; no Rust reference into
+        // guest memory exists (accessors copy or use atomics).
+        let ptr = unsafe {
+            libc::mmap(
+                self.base.as_ptr().add(at).cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                size: len,
+                errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of guest memory the host has backed so far (pages the guest or
     /// the tender touched), or `None` if the kernel will not say.
     pub fn resident_bytes(&self) -> Option<u64> {

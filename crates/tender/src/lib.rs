@@ -17,9 +17,10 @@
 //!
 //! Modules: [`elf`] reads and validates images, [`paging`] lays out guest
 //! memory and builds page tables, [`kvm`], [`process`] (process mode: the
-//! guest on the tender's own thread), [`guest_memory`], [`sys`] (signals,
-//! malloc tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold all the
-//! unsafe code (the compiler enforces it: `deny(unsafe_code)`
+//! guest on the tender's own thread), [`guest_memory`], [`mapped`] (the
+//! image file, mapped read-only), [`disk`], [`sys`] (signals, malloc
+//! tuning) and [`tap`] (the TAP ioctls and `ppoll`) hold all the unsafe
+//! code (the compiler enforces it: `deny(unsafe_code)`
 //! everywhere else), [`console`] drains the guest's console ring,
 //! [`fault`] explains CPU exceptions, [`stats`] counts exits and times the
 //! boot.
@@ -35,6 +36,8 @@ pub mod fault;
 pub mod guest_memory;
 #[allow(unsafe_code)]
 pub mod kvm;
+#[allow(unsafe_code)]
+pub mod mapped;
 pub mod monitor;
 pub mod net;
 pub mod netio;
@@ -242,8 +245,17 @@ pub struct RunReport {
 pub fn load_image(path: &Path, abi_check: bool) -> Result<Image, TenderError> {
     use std::io::Read;
     let read_err = |source| TenderError::ReadImage { path: path.to_owned(), source };
-    let mut data = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data)).map_err(read_err)?;
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    // A regular file is mapped (its pages shared by every tender running
+    // it); anything else is read.
+    let data = if meta.is_file() && meta.len() > 0 && meta.len() <= elf::MAX_FILE_SIZE {
+        elf::ImageBytes::Mapped(mapped::MappedFile::map(file, meta.len() as usize).map_err(read_err)?)
+    } else {
+        let mut data = Vec::new();
+        file.take(elf::MAX_FILE_SIZE + 1).read_to_end(&mut data).map_err(read_err)?;
+        elf::ImageBytes::Owned(data)
+    };
     Image::parse(data, abi_check).map_err(|source| TenderError::Image { path: path.to_owned(), source })
 }
 
@@ -319,21 +331,41 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
 
     // KVM: a VM, its page tables and boot GDT. Process mode: the guest's
     // addresses at their own addresses in this process.
-    let (mem, mut vm, tables) = if process {
+    let mem = if process {
         if image.process_entry.is_none() {
             return Err(process::ProcessError::NoEntry.into());
         }
-        (Arc::new(GuestMemory::new_at(paging::PROCESS_LOW, mem_size)?), None, None)
+        Arc::new(GuestMemory::new_at(paging::PROCESS_LOW, mem_size)?)
+    } else {
+        Arc::new(GuestMemory::new(mem_size)?)
+    };
+    // Process mode leaves the supervisor out.
+    let loaded = |s: &elf::Segment| !(process && s.supervisor());
+    // Read-only segments of a mapped image: their whole pages are mapped
+    // from the file (private, copy on write), so every guest running the
+    // image shares them in the page cache and nothing is copied.
+    let mut copy_from = vec![0; image.segments.len()];
+    if let elf::ImageBytes::Mapped(file) = &image.data {
+        for (s, from) in image.segments.iter().zip(&mut copy_from) {
+            let pages = s.filesz & !(layout::PAGE_SIZE - 1);
+            let aligned = s.vaddr.is_multiple_of(layout::PAGE_SIZE) && s.offset.is_multiple_of(layout::PAGE_SIZE);
+            if loaded(s) && !s.writable() && aligned && pages > 0 {
+                mem.map_file(GuestAddr(s.vaddr), pages, file.file(), s.offset)?;
+                *from = pages;
+            }
+        }
+    }
+    let (mut vm, tables) = if process {
+        (None, None)
     } else {
         let tables = PageTables::build(&regions)?;
-        let mem = Arc::new(GuestMemory::new(mem_size)?);
-        let vm = Vm::new(&mem)?;
-        (mem, Some(vm), Some(tables))
+        (Some(Vm::new(&mem)?), Some(tables))
     };
     stats.timeline.vm_created = Some(Instant::now());
 
-    for s in image.segments.iter().filter(|s| !(process && s.supervisor())) {
-        mem.write(GuestAddr(s.vaddr), image.segment_bytes(s))?;
+    for (s, &from) in image.segments.iter().zip(&copy_from).filter(|(s, _)| loaded(s)) {
+        let bytes = image.segment_bytes(s);
+        mem.write(GuestAddr(s.vaddr + from), &bytes[from as usize..])?;
     }
     if let Some(tables) = &tables {
         for (i, table) in tables.tables().iter().enumerate() {
