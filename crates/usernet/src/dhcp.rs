@@ -8,6 +8,12 @@ use std::net::Ipv4Addr;
 /// Lease time handed out, in seconds.
 pub const LEASE_SECONDS: u32 = 24 * 3600;
 
+/// Whether `reply` (from [`answer`]) hands the guest its lease.
+pub fn is_ack(reply: &[u8]) -> bool {
+    let Ok(packet) = DhcpPacket::new_checked(reply) else { return false };
+    DhcpRepr::parse(&packet).is_ok_and(|r| r.message_type == DhcpMessageType::Ack)
+}
+
 /// The reply to a client message, encoded, or `None` to stay silent.
 pub fn answer(request: &[u8]) -> Option<Vec<u8>> {
     let packet = DhcpPacket::new_checked(request).ok()?;
@@ -107,6 +113,9 @@ mod tests {
         assert_eq!(parse(&ack).0, DhcpMessageType::Ack);
         let nak = answer(&client(DhcpMessageType::Request, Some(Ipv4Addr::new(10, 0, 2, 99)))).unwrap();
         assert_eq!(parse(&nak).0, DhcpMessageType::Nak);
+        // Only the acknowledgement hands the lease over.
+        assert!(is_ack(&ack));
+        assert!(!is_ack(&offer) && !is_ack(&nak) && !is_ack(&[0x42; 300]));
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub struct Hold {
     retries: u32,
     /// When the last SYN went out.
     last: Instant,
-    /// The guest has said it listens since the last SYN.
-    hurried: bool,
+    /// Until then an unanswered SYN is replaced in the short steps too:
+    /// the guest has just become able to answer (see [`Hold::hurry`]).
+    fast_until: Instant,
 }
 
 impl Hold {
@@ -53,10 +54,20 @@ impl Hold {
     /// A SYN the guest has neither answered nor refused gets this long
     /// before a fresh one replaces it (unless the guest says it listens).
     pub const UNANSWERED_STEP: Duration = Duration::from_millis(10);
+    /// How long after [`Hold::hurry`] unanswered SYNs are replaced in the
+    /// short steps.
+    pub const HURRY_WINDOW: Duration = Duration::from_millis(20);
 
     /// A connection whose first SYN went to the guest at `now`.
     pub fn new(now: Instant) -> Hold {
-        Hold { since: now, next: now + Hold::FIRST_STEP, step: Hold::FIRST_STEP, retries: 0, last: now, hurried: false }
+        Hold {
+            since: now,
+            next: now + Hold::FIRST_STEP,
+            step: Hold::FIRST_STEP,
+            retries: 0,
+            last: now,
+            fast_until: now,
+        }
     }
 
     /// What to do at `now`, for a connection held at most `timeout`;
@@ -66,24 +77,27 @@ impl Hold {
         if now.duration_since(self.since) >= timeout {
             return HoldAction::GiveUp;
         }
-        let due = if refused || self.hurried { self.next } else { self.next.max(self.last + Hold::UNANSWERED_STEP) };
+        let fast = refused || now < self.fast_until;
+        let due = if fast { self.next } else { self.next.max(self.last + Hold::UNANSWERED_STEP) };
         if now < due {
             return HoldAction::Wait;
         }
         self.retries += 1;
         self.last = now;
-        self.hurried = false;
         self.next = now + self.step;
         self.step = (self.step * 2).min(Hold::MAX_STEP);
         HoldAction::Retry
     }
 
-    /// The guest listens now: retry at the next poll, and in short steps
-    /// again after that.
+    /// The guest can answer now (it listens, or was just given its
+    /// address): retry at the next poll, and for [`Hold::HURRY_WINDOW`] in
+    /// the short steps even while SYNs go unanswered (the guest may apply
+    /// its address or open its listener a little after the event that
+    /// told the tender).
     pub fn hurry(&mut self, now: Instant) {
         self.next = now;
         self.step = Hold::FIRST_STEP;
-        self.hurried = true;
+        self.fast_until = now + Hold::HURRY_WINDOW;
     }
 
     /// When [`Hold::poll`] has something to do next.
@@ -124,10 +138,16 @@ mod tests {
         let mut h2 = h;
         assert_eq!(h2.poll(t0 + 11 * MS, timeout, true), HoldAction::Wait);
         assert_eq!(h2.poll(t0 + 12 * MS, timeout, true), HoldAction::Retry);
-        // The guest listens: the unanswered SYN is replaced at once.
+        // The guest listens: the unanswered SYN is replaced at once, then
+        // in the short steps for the hurry window.
         h.hurry(t0 + 16 * MS);
         assert_eq!(h.poll(t0 + 16 * MS, timeout, false), HoldAction::Retry);
-        assert_eq!(h.poll(t0 + 20 * MS, timeout, false), HoldAction::Wait);
+        assert_eq!(h.poll(t0 + 17 * MS, timeout, false), HoldAction::Wait);
+        assert_eq!(h.poll(t0 + 18 * MS, timeout, false), HoldAction::Retry);
+        // After the window, unanswered SYNs get their 10 ms again.
+        assert_eq!(h.poll(t0 + 40 * MS, timeout, false), HoldAction::Retry);
+        assert_eq!(h.poll(t0 + 45 * MS, timeout, false), HoldAction::Wait);
+        assert_eq!(h.poll(t0 + 50 * MS, timeout, false), HoldAction::Retry);
     }
 
     #[test]

@@ -809,6 +809,13 @@ impl UserNet {
     /// The guest started listening (the tender saw its runtime say so):
     /// held connections try again at once rather than at their next step.
     pub fn guest_listens(&mut self) {
+        self.hurry_held();
+    }
+
+    /// Held connections send their next SYN at once: the guest can now
+    /// answer (it listens, or it has just been given its address, so the
+    /// SYNs before went nowhere).
+    fn hurry_held(&mut self) {
         let now = Instant::now();
         for hold in self.relays.iter_mut().filter_map(|r| r.hold.as_mut()) {
             hold.hurry(now);
@@ -870,6 +877,7 @@ impl UserNet {
 
     fn serve_dhcp(&mut self) {
         let mut buf = [0u8; 1500];
+        let mut leased = false;
         let s = self.sockets.get_mut::<udp::Socket>(self.dhcp);
         while let Ok((n, _)) = s.recv_slice(&mut buf) {
             if let Some(reply) = dhcp::answer(&buf[..n]) {
@@ -878,8 +886,13 @@ impl UserNet {
                     local_address: Some(IpAddress::Ipv4(GATEWAY)),
                     meta: Default::default(),
                 };
-                let _ = s.send_slice(&reply, meta);
+                leased |= s.send_slice(&reply, meta).is_ok() && dhcp::is_ack(&reply);
             }
+        }
+        // The acknowledgement goes out before the SYNs (its socket comes
+        // first), so the guest has its address when they arrive.
+        if leased {
+            self.hurry_held();
         }
     }
 
