@@ -306,6 +306,7 @@ impl RunOptions {
                 ready_file: self.ready_file.clone(),
                 ..Default::default()
             },
+            stats: self.stats,
         }
     }
 }
