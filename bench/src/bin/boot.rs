@@ -21,7 +21,8 @@ fn main() {
     let floor = kvm_floor();
     let hello = guest("examples/hello");
     let probe = guest("tests/guests/probe");
-    eprintln!("boot benchmark: {runs} runs of each, interleaved");
+    let load_before = load_average();
+    eprintln!("boot benchmark: {runs} runs of each, interleaved; load average {load_before}");
 
     let mut spawn = Vec::new();
     let mut floors = Vec::new();
@@ -50,6 +51,7 @@ fn main() {
             eprintln!("  {} / {runs}", i + 1);
         }
     }
+    let load_after = load_average();
     let (sp, sp10, sp90) = summary(&spawn);
     println!("## Boot: whole process, median of {runs} (p10..p90), ms");
     println!();
@@ -80,6 +82,8 @@ fn main() {
         ms(ch),
         ratio(p)
     );
+    println!();
+    println!("Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.");
     println!();
     println!(
         "hello (no sleep) against the KVM floor: {:.2} (static tender; target at most 1.3), {:.2} (dynamic); \
@@ -162,6 +166,12 @@ fn main() {
         ms(s.cpu),
         s.cpu.as_secs_f64() / s.wall.as_secs_f64() * 100.0
     );
+}
+
+/// The first three fields of `/proc/loadavg`: the other work on the host.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// A static C program that prints one line, built once with `gcc -static`

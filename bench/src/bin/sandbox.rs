@@ -76,6 +76,25 @@ fn wrk(ns: &NetNs, url: &str, secs: u32) -> f64 {
     rps
 }
 
+/// The first three fields of `/proc/loadavg`: the other work on the host,
+/// which a ping flood (two spinning threads a side on a shared machine)
+/// feels most.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The rounds' figures, in order, and their spread (max / min).
+fn by_round(v: &[f64]) -> String {
+    let all: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+    let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    format!("{} (max/min {:.2})", all.join(", "), hi / lo.max(1.0))
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -106,7 +125,8 @@ fn main() {
     let secs = 5;
     let mut ping = [Vec::new(), Vec::new()];
     let mut https = [Vec::new(), Vec::new()];
-    eprintln!("sandbox benchmark: {rounds} rounds, KVM and process mode alternating");
+    let load_before = load_average();
+    eprintln!("sandbox benchmark: {rounds} rounds, KVM and process mode alternating; load average {load_before}");
     for round in 0..rounds {
         for (i, (name, mode)) in MODES.iter().enumerate() {
             let s = start(&tender, &echo, mode, &[], "echo: serving");
@@ -122,6 +142,8 @@ fn main() {
             );
         }
     }
+    let load_after = load_average();
+    let spread = [ping.clone(), https.clone()];
     let [pk, pp] = ping.map(median);
     let [hk, hp] = https.map(median);
     println!("## Process mode against KVM mode over TAP (median of {rounds} rounds)");
@@ -130,5 +152,10 @@ fn main() {
     println!("| --- | ---: | ---: | ---: |");
     println!("| ping flood (`ping -f -c {pings}`), pings/s | {pk:.0} | {pp:.0} | {:.2} |", pp / pk);
     println!("| HTTPS 1 KiB, keep-alive, 16 connections, req/s | {hk:.0} | {hp:.0} | {:.2} |", hp / hk);
+    println!();
+    for (what, [kvm, process]) in ["ping flood, pings/s", "HTTPS req/s"].iter().zip(spread) {
+        println!("- {what} by round: KVM {}; process {}", by_round(&kvm), by_round(&process));
+    }
+    println!("- load average (1, 5, 15 min) before: {load_before}; after: {load_after} (on {} CPUs)", cpus());
     let _ = std::fs::remove_dir_all(&dir);
 }

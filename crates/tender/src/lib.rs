@@ -99,6 +99,10 @@ pub struct Config {
     pub net: net::NetOptions,
     /// Files attached as the image's disks.
     pub disks: Vec<disk::DiskSpec>,
+    /// `--stats`: also measure the memory figures at the end (the guest
+    /// memory touched, the tender's peak RSS), which cost a few system
+    /// calls on the way out.
+    pub stats: bool,
 }
 
 impl Config {
@@ -115,6 +119,7 @@ impl Config {
             args: Vec::new(),
             net: net::NetOptions::default(),
             disks: Vec::new(),
+            stats: false,
         }
     }
 }
@@ -445,8 +450,33 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         Some(io.map_err(TenderError::Watchdog)?)
     };
 
-    // The clock last: in process mode the TSC is measured over everything
-    // above (`process::TscClock`).
+    let proc_status = if config.stats { stats::ProcStatus::open() } else { stats::ProcStatus::skipped() };
+    // Process mode: everything but the lockdown itself before the clock,
+    // so that the TSC is measured over as much of the set-up as possible
+    // (`process::TscClock`) and nothing waits for it.
+    let process_set_up = if process {
+        let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
+        let fds = match tap_fds {
+            None => seccomp::ProcessFds::default(),
+            Some(taps) => {
+                let mut both = vec![
+                    monitor.state().wake.as_raw_fd(),
+                    io_shared.rx_notify.as_raw_fd(),
+                    io_shared.doorbell.as_raw_fd(),
+                ];
+                both.extend(taps);
+                let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
+                write.extend(config.console_fd);
+                write.extend(&both);
+                seccomp::ProcessFds { write, read: both, ..Default::default() }
+            }
+        };
+        let fds = seccomp::ProcessFds { status: proc_status.fd(), pid: std::process::id() as i32, ..fds };
+        Some((cpu, seccomp::filter_with_disks(user_net, &seccomp::Sandboxed::Process(fds), &disk_fds)?))
+    } else {
+        None
+    };
+
     let (tsc_hz, tsc_now) = match kvm_clock {
         Some(clock) => clock,
         None => (tsc_clock.as_ref().map_or(0, process::TscClock::hz), Some(process::rdtsc())),
@@ -462,34 +492,17 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
-    let proc_status = stats::ProcStatus::open();
-    let mut cpu: Box<dyn serve::RunGuest> = match vm {
-        Some(vm) => {
+    let mut cpu: Box<dyn serve::RunGuest> = match (vm, process_set_up) {
+        (Some(vm), _) => {
             let how = seccomp::Sandboxed::Kvm(seccomp::KvmFds { vcpu: vm.vcpu_fd() });
             seccomp::lock_down_with_disks(user_net, &how, &disk_fds)?;
             Box::new(vm)
         }
-        None => {
-            let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
-            let fds = match tap_fds {
-                None => seccomp::ProcessFds::default(),
-                Some(taps) => {
-                    let mut both = vec![
-                        monitor.state().wake.as_raw_fd(),
-                        io_shared.rx_notify.as_raw_fd(),
-                        io_shared.doorbell.as_raw_fd(),
-                    ];
-                    both.extend(taps);
-                    let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
-                    write.extend(config.console_fd);
-                    write.extend(&both);
-                    seccomp::ProcessFds { write, read: both, ..Default::default() }
-                }
-            };
-            let fds = seccomp::ProcessFds { status: proc_status.fd(), pid: std::process::id() as i32, ..fds };
-            seccomp::lock_down_with_disks(user_net, &seccomp::Sandboxed::Process(fds), &disk_fds)?;
+        (None, Some((cpu, filter))) => {
+            seccomp::install(&filter)?;
             Box::new(cpu)
         }
+        (None, None) => unreachable!("process mode sets up its CPU"),
     };
     let mut guest = serve::Guest {
         mem: &mem,
@@ -512,8 +525,10 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.timeline.ended = Some(Instant::now());
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
     stats.guest.main = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_MAIN as u64)).unwrap_or(0);
-    stats.guest_resident = mem.resident_bytes();
-    stats.tender_peak_rss = proc_status.peak_rss();
+    if config.stats {
+        stats.guest_resident = mem.resident_bytes();
+        stats.tender_peak_rss = proc_status.peak_rss();
+    }
     Ok(RunReport { outcome, stats })
 }
 

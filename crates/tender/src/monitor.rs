@@ -19,7 +19,7 @@ use crate::guest_memory::{GuestAddr, GuestMemory};
 use crate::sys::{self, StopSignal, ThreadKicker};
 use skiff_abi::SHARED_STOP_REQUESTED;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -51,6 +51,10 @@ pub struct MonitorState {
     /// vCPU thread from a `Poll` wait without a race against the signal.
     pub wake: EventFd,
     finished: std::sync::atomic::AtomicBool,
+    /// Held while the monitor kicks the vCPU thread and while `finished` is
+    /// set: once the drop has set it, the vCPU thread (which may then end)
+    /// is never kicked again.
+    kicking: Mutex<()>,
 }
 
 impl MonitorState {
@@ -102,6 +106,13 @@ pub struct Limits {
 impl Monitor {
     /// Starts the monitor for a guest in `mem` whose shared area is at
     /// `shared`, run by the calling thread (which it interrupts).
+    ///
+    /// It does not wait for the thread to run: on a busy machine a new
+    /// thread can wait milliseconds for a CPU, and the guest need not wait
+    /// with it. The thread may so still be starting when the seccomp
+    /// lockdown comes (the allow-list has what thread start-up calls), and
+    /// a kick may come before it waits: it starts with the kick signal
+    /// blocked and takes it with the stop signals, so none is lost.
     pub fn start(limits: Limits, mem: Arc<GuestMemory>, shared: u64) -> std::io::Result<Monitor> {
         sys::install_kick_handler()?;
         let vcpu = ThreadKicker::current();
@@ -110,16 +121,20 @@ impl Monitor {
             stop: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             finished: std::sync::atomic::AtomicBool::new(false),
+            kicking: Mutex::new(()),
         });
         let s = state.clone();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("skiff-monitor".into()).spawn(move || {
-            // Thread start-up makes system calls the seccomp allow-list does
-            // not have; the lockdown waits for this.
-            let _ = started_tx.send(ThreadKicker::current());
-            watch(&s, limits, &mem, shared, vcpu);
-        })?;
-        let me = started_rx.recv().map_err(std::io::Error::other)?;
+        // The guest memory is only needed while the guest runs: a thread
+        // that has not ended yet when `run` returns keeps none of it.
+        let mem = Arc::downgrade(&mem);
+        let thread = {
+            // A new thread inherits the creating thread's signal mask.
+            let _blocked = sys::KickBlocked::new()?;
+            std::thread::Builder::new()
+                .name("skiff-monitor".into())
+                .spawn(move || watch(&s, limits, &mem, shared, vcpu))?
+        };
+        let me = ThreadKicker::of(&thread);
         Ok(Monitor { state, thread: Some((thread, me)) })
     }
 
@@ -129,7 +144,7 @@ impl Monitor {
     }
 }
 
-fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu: ThreadKicker) {
+fn watch(s: &MonitorState, limits: Limits, mem: &Weak<GuestMemory>, shared: u64, vcpu: ThreadKicker) {
     let mut grace_end: Option<Instant> = None;
     let mut ending_since: Option<Instant> = None;
     while !s.finished.load(Ordering::SeqCst) {
@@ -156,8 +171,8 @@ fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu:
             }
             // Keep interrupting until the vCPU thread notices: a kick that
             // lands between two system calls is lost.
-            vcpu.kick();
-            if let Some(sig) = sys::wait_for_stop(Duration::from_millis(5)) {
+            kick_unless_finished(s, vcpu);
+            if let Some(sig) = sys::wait_for_stop_or_kick(Duration::from_millis(5)) {
                 eprintln!("skiff-tender: {}: already ending the guest", sig.name());
             }
             continue;
@@ -174,7 +189,7 @@ fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu:
         let next = [limits.deadline, grace_end].into_iter().flatten().min();
         // Without a deadline, wait in long steps; the drop interrupts it.
         let wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
-        let Some(signal) = sys::wait_for_stop(wait) else { continue };
+        let Some(signal) = sys::wait_for_stop_or_kick(wait) else { continue };
         let now = Instant::now();
         if grace_end.is_some() {
             eprintln!("skiff-tender: {} again: ending the guest now", signal.name());
@@ -188,25 +203,37 @@ fn watch(s: &MonitorState, limits: Limits, mem: &GuestMemory, shared: u64, vcpu:
         );
         *s.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some((signal, now));
         grace_end = Some(now + limits.grace);
-        let _ = mem.write_obj(GuestAddr(shared + SHARED_STOP_REQUESTED as u64), &1u32);
+        if let Some(mem) = mem.upgrade() {
+            let _ = mem.write_obj(GuestAddr(shared + SHARED_STOP_REQUESTED as u64), &1u32);
+        }
         let _ = s.wake.write(1);
+        kick_unless_finished(s, vcpu);
+    }
+}
+
+/// Kicks the vCPU thread while the run lasts.
+fn kick_unless_finished(s: &MonitorState, vcpu: ThreadKicker) {
+    let _held = s.kicking.lock().unwrap_or_else(|e| e.into_inner());
+    if !s.finished.load(Ordering::SeqCst) {
         vcpu.kick();
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.state.finished.store(true, Ordering::SeqCst);
+        {
+            let _held = self.state.kicking.lock().unwrap_or_else(|e| e.into_inner());
+            self.state.finished.store(true, Ordering::SeqCst);
+        }
         if let Some((thread, kicker)) = self.thread.take() {
+            // One kick is enough (it waits in `sigtimedwait` with the kick
+            // signal blocked, so the kick stays pending until it looks),
+            // and the thread is not waited for: it sees `finished` and ends
+            // as soon as it runs, holding nothing the caller needs (the
+            // guest memory only weakly), and a busy machine may not run it
+            // for milliseconds. Dropping the handle detaches it.
             kicker.kick();
-            // The kick can land before the thread waits; keep kicking until
-            // it has gone. It is usually gone within microseconds: a short
-            // step keeps the guest's exit from waiting on a timer.
-            while !thread.is_finished() {
-                kicker.kick();
-                std::thread::sleep(Duration::from_micros(20));
-            }
-            let _ = thread.join();
+            drop(thread);
         }
     }
 }

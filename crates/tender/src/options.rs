@@ -312,6 +312,7 @@ impl RunOptions {
                 ..Default::default()
             },
             disks: self.disk.clone(),
+            stats: self.stats,
         }
     }
 }

@@ -40,7 +40,8 @@ pub struct ThreadKicker(libc::pthread_t);
 
 // SAFETY: a pthread_t is an identifier; `pthread_kill` may be called with
 // it from any thread while the target thread lives, which the owner of the
-// kicker guarantees (the watchdog is joined before the vCPU thread ends).
+// kicker guarantees (the monitor stops kicking the vCPU thread before
+// `run` returns, and is kicked itself only while its handle is held).
 unsafe impl Send for ThreadKicker {}
 
 impl ThreadKicker {
@@ -48,6 +49,13 @@ impl ThreadKicker {
     pub fn current() -> ThreadKicker {
         // SAFETY: pthread_self has no preconditions.
         ThreadKicker(unsafe { libc::pthread_self() })
+    }
+
+    /// A kicker for the thread `handle` runs (valid from the moment it is
+    /// created, whether or not it has started running).
+    pub fn of<T>(handle: &std::thread::JoinHandle<T>) -> ThreadKicker {
+        use std::os::unix::thread::JoinHandleExt;
+        ThreadKicker(handle.as_pthread_t())
     }
 
     /// Interrupts the thread (a no-op if it is not in a system call).
@@ -190,6 +198,32 @@ pub fn end_process_now(message: &str, status: u8) -> ! {
     }
 }
 
+/// Blocks the kick signal in the calling thread while it lives, so that a
+/// thread started meanwhile starts with it blocked; the old mask comes
+/// back on drop.
+pub(crate) struct KickBlocked(libc::sigset_t);
+
+impl KickBlocked {
+    pub(crate) fn new() -> io::Result<KickBlocked> {
+        let set = create_sigset(&[KICK_SIGNAL]).map_err(|e| io::Error::other(e.to_string()))?;
+        // SAFETY: a zeroed sigset_t is a valid (empty) set for the old mask.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid; pthread_sigmask only changes this
+        // thread's mask.
+        match unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) } {
+            0 => Ok(KickBlocked(old)),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+impl Drop for KickBlocked {
+    fn drop(&mut self) {
+        // SAFETY: the mask saved by `new`, a valid set.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// A signal asking the tender to stop the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopSignal {
@@ -271,6 +305,23 @@ pub fn block_stop_signals() -> io::Result<()> {
 /// [`block_stop_signals`]) and takes it.
 pub fn wait_for_stop(timeout: Duration) -> Option<StopSignal> {
     let set = create_sigset(&[libc::SIGTERM, libc::SIGINT]).ok()?;
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: the set and the timespec are valid; a null siginfo is allowed.
+    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    match signal {
+        libc::SIGTERM => Some(StopSignal::Term),
+        libc::SIGINT => Some(StopSignal::Int),
+        _ => None,
+    }
+}
+
+/// [`wait_for_stop`] for a thread that blocks the kick signal (the
+/// monitor): a kick, pending or new, also ends the wait (and gives `None`).
+pub(crate) fn wait_for_stop_or_kick(timeout: Duration) -> Option<StopSignal> {
+    let set = create_sigset(&[libc::SIGTERM, libc::SIGINT, KICK_SIGNAL]).ok()?;
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),

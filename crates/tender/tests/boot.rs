@@ -625,3 +625,27 @@ fn the_tender_runs_the_guest_under_a_seccomp_allow_list() {
     assert!(seccomp.contains("Seccomp:\t2"), "not in filter mode: {seccomp:?}");
     assert!(seccomp.contains("Seccomp_filters:\t1"), "{seccomp:?}");
 }
+
+#[test]
+fn the_guest_starts_without_waiting_for_the_monitor_thread() {
+    require_kvm();
+    // On one CPU a new thread waits for the tender's main thread to block
+    // or be preempted, so the monitor thread usually starts after the
+    // seccomp lockdown: its start-up must pass the filter, and kicks sent
+    // before it waits (at the guest's end) must not be lost.
+    let image = hello().to_str().unwrap();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let out = Command::new("taskset")
+            .args(["-c", "0", env!("CARGO_BIN_EXE_skiff-tender")])
+            .args(common::sandbox_args())
+            .args(["--timeout", "30s", image, "--", "--sleep-ms", "0"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run taskset (util-linux)");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{all}");
+        assert!(all.contains("Hello from Skiff!"), "{all}");
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    }
+}
