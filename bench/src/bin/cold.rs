@@ -118,6 +118,9 @@ struct Timed {
     connected: Duration,
     handshake: Duration,
     answer: Duration,
+    /// For a container, when `podman run -d` returned (the container
+    /// running).
+    podman_returned: Option<Duration>,
 }
 
 /// One HTTPS GET of `/`, timed from `start`; `None` unless the answer
@@ -137,7 +140,7 @@ fn https_get_timed(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, start: 
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut head = [0u8; 12];
     tls.read_exact(&mut head).ok()?;
-    (&head == b"HTTP/1.1 200").then(|| Timed { connected, handshake, answer: start.elapsed() })
+    (&head == b"HTTP/1.1 200").then(|| Timed { connected, handshake, answer: start.elapsed(), podman_returned: None })
 }
 
 fn free_port() -> u16 {
@@ -317,6 +320,7 @@ fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: 
     if kind.is_container() {
         // `podman run -d` ends once the container runs; its id is printed.
         let id = container_id(child);
+        let returned = start.elapsed();
         if id.is_err() {
             give_up.store(true, Ordering::Relaxed);
         }
@@ -325,7 +329,8 @@ fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: 
         let p = setup.podman.as_ref().expect("the podman store");
         let runtime = if kind == Kind::SkiffContainer { Runtime::SkiffOci } else { Runtime::Runc };
         p.ok(runtime, &["rm", "-f", "-t", "10", &id]);
-        took.unwrap_or_else(|| panic!("{} gave no 200 within 10 s of `podman run`", kind.name()))
+        let took = took.unwrap_or_else(|| panic!("{} gave no 200 within 10 s of `podman run`", kind.name()));
+        Timed { podman_returned: Some(returned), ..took }
     } else {
         let child = Guard(child);
         let took = client.join().expect("the client thread");
@@ -352,10 +357,11 @@ fn cold(setup: &Setup, starts: usize) {
             let t = cold_start(setup, kind, &config, i);
             times[k].push(t);
             line += &format!(
-                " {kind:?} {:.1} ms (connected {:.1}, handshake done {:.1});",
+                " {kind:?} {:.1} ms (connected {:.1}, handshake done {:.1}{});",
                 ms(t.answer),
                 ms(t.connected),
-                ms(t.handshake)
+                ms(t.handshake),
+                t.podman_returned.map(|r| format!(", podman run returned {:.1}", ms(r))).unwrap_or_default()
             );
         }
         eprintln!("{line}");
@@ -368,12 +374,20 @@ fn cold(setup: &Setup, starts: usize) {
     let f = |d: Duration| format!("{:.1}", ms(d));
     println!("## Cold start to the first HTTPS 200 ({starts} starts each, alternating)");
     println!();
-    println!("| server | first 200 median ms | p90 ms | min - max ms | connected (median) | handshake done (median) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| server | first 200 median ms | p90 ms | min - max ms | connected (median) | handshake done (median) | \
+         `podman run -d` returned (median) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (kind, v) in kinds.iter().zip(&times) {
         let a = sorted(v, |t| t.answer);
+        let returned = if kind.is_container() {
+            f(percentile(&sorted(v, |t| t.podman_returned.unwrap_or_default()), 50))
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {} | {} | {} - {} | {} | {} |",
+            "| {} | {} | {} | {} - {} | {} | {} | {returned} |",
             kind.name(),
             f(percentile(&a, 50)),
             f(percentile(&a, 90)),
@@ -391,7 +405,7 @@ fn cold(setup: &Setup, starts: usize) {
     ] {
         if let (Some(s), Some(n)) = (of(a), of(b)) {
             let ratio = |p| percentile(&s, p).as_secs_f64() / percentile(&n, p).as_secs_f64();
-            println!("| {name} | {:.2} | {:.2} | | | |", ratio(50), ratio(90));
+            println!("| {name} | {:.2} | {:.2} | | | | |", ratio(50), ratio(90));
         }
     }
 }
