@@ -1,5 +1,7 @@
 //! Shared helpers for Skiff's benchmarks: finding and building the
-//! binaries under test, timing whole processes, and summarising samples.
+//! binaries under test, timing whole processes, summarising samples, and
+//! a podman store of a benchmark's own with its container images (a
+//! packaged Skiff image, nginx from the host's nginx-light).
 //!
 //! Absolute times drift on shared machines, so every benchmark runs its
 //! baseline in the same invocation, interleaved with the subject, and
