@@ -1,5 +1,7 @@
 //! Shared helpers for Skiff's benchmarks: finding and building the
-//! binaries under test, timing whole processes, and summarising samples.
+//! binaries under test, timing whole processes, summarising samples, and
+//! a podman store of a benchmark's own with its container images (a
+//! packaged Skiff image, nginx from the host's nginx-light).
 //!
 //! Absolute times drift on shared machines, so every benchmark runs its
 //! baseline in the same invocation, interleaved with the subject, and
@@ -381,6 +383,211 @@ pub fn bulk_out(ns: &NetNs, addr: &str, bytes: u64) -> f64 {
     })
 }
 
+/// The OCI runtime a container runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// Debian's runc, podman's default.
+    Runc,
+    /// skiff-oci as built by [`release_runtime`].
+    SkiffOci,
+}
+
+/// Why podman benchmarks cannot run here, if they cannot: not root, or
+/// one of podman, runc and iptables-save missing.
+pub fn podman_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("rootful podman needs root".into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (program, package) in [("podman", "podman"), ("runc", "runc"), ("iptables-save", "iptables")] {
+        if !std::env::split_paths(&path).any(|d| d.join(program).is_file()) {
+            return Some(format!("`{program}` is missing (Debian package {package}; scripts/setup installs it)"));
+        }
+    }
+    None
+}
+
+/// A podman store of the benchmark's own under a directory it is given;
+/// dropping it removes its containers, its images, the store and
+/// netavark's firewall rules and chains that were not there before.
+pub struct Podman {
+    dir: PathBuf,
+    runtime: PathBuf,
+    firewall: Vec<(&'static str, Vec<String>)>,
+    /// `--ulimit`s for `podman run`: podman's defaults (nofile 1048576)
+    /// exceed what a host without `CAP_SYS_RESOURCE` lets runc set, so both
+    /// runtimes get the host's hard limit of open files and 4096 processes.
+    ulimits: Vec<String>,
+}
+
+fn netavark_rules(table: &str) -> Vec<String> {
+    let out = Command::new("iptables-save").args(["-t", table]).output().expect("run iptables-save");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("NETAVARK")).map(str::to_string).collect()
+}
+
+impl Podman {
+    /// A store in `dir/podman`; `runtime` is the skiff-oci binary.
+    pub fn new(dir: &Path, runtime: PathBuf) -> Podman {
+        let firewall = ["nat", "filter"].into_iter().map(|t| (t, netavark_rules(t))).collect();
+        let out = Command::new("sh").args(["-c", "ulimit -Hn"]).output().expect("run sh");
+        let nofile = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ulimits =
+            vec!["--ulimit".into(), format!("nofile={nofile}:{nofile}"), "--ulimit".into(), "nproc=4096:4096".into()];
+        Podman { dir: dir.join("podman"), runtime, firewall, ulimits }
+    }
+
+    /// `podman run` with the limits.
+    pub fn run(&self, runtime: Runtime) -> Command {
+        let mut c = self.cmd(runtime);
+        c.args(["run", "--pull", "never"]).args(&self.ulimits);
+        c
+    }
+
+    /// `podman` with the store's options and `--runtime`.
+    pub fn cmd(&self, runtime: Runtime) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root").arg(self.dir.join("root"));
+        c.arg("--runroot").arg(self.dir.join("runroot"));
+        c.arg("--tmpdir").arg(self.dir.join("tmp"));
+        c.args(["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime"]);
+        match runtime {
+            Runtime::SkiffOci => c.arg(&self.runtime),
+            Runtime::Runc => c.arg("runc"),
+        };
+        c
+    }
+
+    /// Runs podman with `args`; its standard output, trimmed. Panics with
+    /// podman's output when it fails.
+    pub fn ok(&self, runtime: Runtime, args: &[&str]) -> String {
+        let out = self.cmd(runtime).args(args).stdin(Stdio::null()).output().expect("run podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(Runtime::Runc).args(["rm", "-af", "-t", "0"]).output();
+        let _ = self.cmd(Runtime::Runc).args(["rmi", "-af"]).output();
+        for (table, before) in &self.firewall {
+            let new: Vec<String> = netavark_rules(table).into_iter().filter(|l| !before.contains(l)).collect();
+            for rule in new.iter().rev().filter_map(|l| l.strip_prefix("-A ")) {
+                let _ = Command::new("sh").arg("-c").arg(format!("iptables -w -t {table} -D {rule}")).output();
+            }
+            for chain in new.iter().filter_map(|l| l.strip_prefix(':')?.split(' ').next()) {
+                let _ = Command::new("iptables").args(["-w", "-t", table, "-F", chain]).output();
+                let _ = Command::new("iptables").args(["-w", "-t", table, "-X", chain]).output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Builds skiff-oci (release) and returns its path.
+pub fn release_runtime() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-q", "-p", "skiff-oci", "--bin", "skiff-oci"])
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building skiff-oci failed");
+    workspace().join("target/release/skiff-oci")
+}
+
+/// `skiff package` of `image` as `name` (an archive in `dir`), loaded into
+/// the store.
+pub fn load_skiff(p: &Podman, dir: &Path, image: &Path, name: &str) {
+    let elf = std::fs::read(image).expect("read the image");
+    let parsed = skiff_tender::elf::Image::parse(elf.clone(), false).expect("a Skiff image");
+    let archive = dir.join(format!("{}.tar", name.replace('/', "_")));
+    let file = std::fs::File::create(&archive).expect("create the archive");
+    let reference = skiff_oci::package::Reference::parse(name).expect("an image name");
+    skiff_oci::package::write(&elf, &skiff_oci::package::Facts::of(&parsed), &reference, file).expect("package");
+    p.ok(Runtime::Runc, &["load", "-q", "-i", archive.to_str().expect("a UTF-8 path")]);
+}
+
+/// A root file system directory packed with tar and `podman import`ed as
+/// `name` with the given command (JSON array text).
+pub fn import(p: &Podman, rootfs: &Path, name: &str, cmd: &str) {
+    let tar = rootfs.with_extension("tar");
+    let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("run tar");
+    assert!(status.success(), "tar {}", rootfs.display());
+    p.ok(
+        Runtime::Runc,
+        &["import", "-q", "--change", &format!("CMD {cmd}"), tar.to_str().expect("a UTF-8 path"), name],
+    );
+}
+
+/// The nginx configuration of [`make_nginx`]'s image: one worker, the site
+/// in `/site` on port 443 over TLS 1.2 and 1.3 with `/etc/nginx/cert.pem`.
+pub const NGINX_IMAGE_CONF: &str = "user root root;\nworker_processes 1;\npid /tmp/nginx.pid;\n\
+    error_log stderr warn;\nevents { worker_connections 1024; }\n\
+    http {\n  access_log off;\n  sendfile on;\n  tcp_nodelay on;\n  types { text/html html; }\n\
+    client_body_temp_path /tmp/body;\n  proxy_temp_path /tmp/proxy;\n  fastcgi_temp_path /tmp/fastcgi;\n  \
+    uwsgi_temp_path /tmp/uwsgi;\n  scgi_temp_path /tmp/scgi;\n\
+    server {\n    listen 443 ssl;\n    root /site;\n    ssl_certificate /etc/nginx/cert.pem;\n    \
+    ssl_certificate_key /etc/nginx/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;\n  }\n}\n";
+
+/// Imports the host's nginx (Debian nginx-light) with its libraries (from
+/// `ldd`), examples/static-website's site files, `cert` and
+/// [`NGINX_IMAGE_CONF`] as the image `localhost/nginx-light` (built in
+/// `dir/nginx`): what runc runs as the nginx container.
+pub fn make_nginx(p: &Podman, dir: &Path, cert: &Cert) {
+    let rootfs = dir.join("nginx");
+    let copy = |from: &Path| {
+        let to = rootfs.join(from.strip_prefix("/").expect("an absolute path"));
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("create a directory");
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    let nginx = Path::new("/usr/sbin/nginx");
+    copy(nginx);
+    let ldd = Command::new("ldd").arg(nginx).output().expect("run ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)` or the
+        // loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            let real = std::fs::canonicalize(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            copy(&real);
+            let link = rootfs.join(path.trim_start_matches('/'));
+            if !link.exists() {
+                std::fs::create_dir_all(link.parent().expect("a parent")).expect("create a directory");
+                std::os::unix::fs::symlink(&real, &link).expect("link a library");
+            }
+        }
+    }
+    for d in ["etc/nginx", "tmp", "var/log/nginx", "var/lib/nginx"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("create a directory");
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+        .expect("write /etc/passwd");
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("write /etc/group");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(workspace().join("examples/static-website/site"))
+        .arg(rootfs.join("site"))
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copying the site failed");
+    std::fs::copy(&cert.cert, rootfs.join("etc/nginx/cert.pem")).expect("copy the certificate");
+    std::fs::copy(&cert.key, rootfs.join("etc/nginx/key.pem")).expect("copy the key");
+    std::fs::write(rootfs.join("etc/nginx/nginx.conf"), NGINX_IMAGE_CONF).expect("write nginx.conf");
+    import(
+        p,
+        &rootfs,
+        "localhost/nginx-light",
+        "[\"/usr/sbin/nginx\", \"-c\", \"/etc/nginx/nginx.conf\", \"-g\", \"daemon off;\"]",
+    );
+}
+
 /// CPU seconds a process has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -556,6 +763,13 @@ mod tests {
         assert!(children(me).contains(&child.id()));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn the_nginx_image_serves_the_site_over_tls_on_443_with_one_worker() {
+        for line in ["worker_processes 1;", "listen 443 ssl;", "root /site;", "ssl_certificate /etc/nginx/cert.pem;"] {
+            assert!(NGINX_IMAGE_CONF.contains(line), "{line} missing from:\n{NGINX_IMAGE_CONF}");
+        }
     }
 
     #[test]

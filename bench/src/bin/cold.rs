@@ -1,7 +1,7 @@
 //! Cold start and density: examples/static-website under the static
 //! release tender on the user network against nginx (one worker) serving
 //! the same files with the same certificate, both started the same way, in
-//! the same run.
+//! the same run; and, for the cold start, both as containers under podman.
 //!
 //! ```text
 //! cold [STARTS]          cold start to the first HTTPS 200 (default 20 starts each)
@@ -16,6 +16,18 @@
 //! nginx as `nginx -g 'daemon off;'` with `worker_processes 1` listening on
 //! 127.0.0.1:P; the two alternate.
 //!
+//! Containers (when run as root with podman, runc and iptables; otherwise
+//! one line says why they are left out): the same client against
+//! `podman run -d -p 127.0.0.1:P:443` of the oci benchmark's nginx image
+//! (the host's nginx-light and its libraries, the same site, certificate
+//! and one worker, `podman import`ed) with runc, and of the website's
+//! `skiff package` image (`podman load`) with the built skiff-oci as
+//! `--runtime`, `org.skiff.mem=32M` and the same `--cert`/`--key` as the
+//! guest's arguments; the time from the spawn of `podman run` to the first
+//! 200. Each container is removed (`podman rm -f`) after its start, the
+//! benchmark's podman store (rootful, of its own, as the oci benchmark's)
+//! at the end. All four alternate.
+//!
 //! Density: N instances spawned at once (Skiff with `--mem 16M`, each with
 //! its own published port), the time until every one has answered an
 //! HTTPS request, the host memory they hold (sum of RSS and of PSS from
@@ -25,15 +37,22 @@
 //! `RLIMIT_NOFILE` soft limit to the hard limit first.
 //!
 //! `cargo run --release -p skiff-bench --bin cold [-- density 50 200 500]`
-//! (root for nginx's user, KVM, nginx-light, openssl).
+//! (root for nginx's user and podman, KVM, nginx-light, openssl; podman,
+//! runc, conmon, netavark and iptables from `scripts/setup` for the
+//! container rows).
 
-use skiff_bench::{Linking, cpu_seconds, guest, make_cert, percentile, release_tender, workspace};
+use skiff_bench::{
+    Linking, Podman, Runtime, cpu_seconds, guest, load_skiff, make_cert, make_nginx, percentile, podman_unavailable,
+    release_runtime, release_tender, workspace,
+};
 use skiff_testnet::{Guard, require_kvm, require_program, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::process::Child;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A TLS client that takes the benchmark's self-signed certificate.
@@ -99,6 +118,9 @@ struct Timed {
     connected: Duration,
     handshake: Duration,
     answer: Duration,
+    /// For a container, when `podman run -d` returned (the container
+    /// running).
+    podman_returned: Option<Duration>,
 }
 
 /// One HTTPS GET of `/`, timed from `start`; `None` unless the answer
@@ -118,19 +140,45 @@ fn https_get_timed(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, start: 
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut head = [0u8; 12];
     tls.read_exact(&mut head).ok()?;
-    (&head == b"HTTP/1.1 200").then(|| Timed { connected, handshake, answer: start.elapsed() })
+    (&head == b"HTTP/1.1 200").then(|| Timed { connected, handshake, answer: start.elapsed(), podman_returned: None })
 }
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-/// The two servers under test.
+/// The servers under test.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
+    /// The static tender on the user network.
     Skiff,
+    /// nginx with one worker.
     Nginx,
+    /// `podman run -d` of the nginx image with runc.
+    NginxContainer,
+    /// `podman run -d` of the website's image with skiff-oci.
+    SkiffContainer,
 }
+
+impl Kind {
+    fn is_container(self) -> bool {
+        matches!(self, Kind::NginxContainer | Kind::SkiffContainer)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Skiff => "Skiff (static tender, user network)",
+            Kind::Nginx => "nginx (1 worker)",
+            Kind::NginxContainer => "nginx container (`podman run -d -p`, runc)",
+            Kind::SkiffContainer => "Skiff container (`podman run -d -p`, skiff-oci)",
+        }
+    }
+}
+
+/// The website's image in the podman store.
+const SKIFF_IMAGE: &str = "localhost/static-website";
+/// The nginx image [`make_nginx`] imports.
+const NGINX_IMAGE: &str = "localhost/nginx-light";
 
 /// What both servers need.
 struct Setup {
@@ -140,6 +188,8 @@ struct Setup {
     key: String,
     cert_paths: skiff_bench::Cert,
     dir: PathBuf,
+    /// The benchmark's podman store with both images, when podman can run.
+    podman: Option<Podman>,
 }
 
 impl Setup {
@@ -163,6 +213,27 @@ impl Setup {
                 let conf = self.nginx_conf(port, n);
                 let mut c = Command::new("nginx");
                 c.arg("-c").arg(conf).args(["-g", "daemon off;"]);
+                c
+            }
+            Kind::NginxContainer | Kind::SkiffContainer => {
+                let p = self.podman.as_ref().expect("the podman store");
+                let publish = format!("127.0.0.1:{port}:443");
+                let mut c = if kind == Kind::NginxContainer {
+                    let mut c = p.run(Runtime::Runc);
+                    c.args(["-d", "-p", &publish, NGINX_IMAGE]);
+                    c
+                } else {
+                    let mut c = p.run(Runtime::SkiffOci);
+                    c.args(["-d", "-p", &publish, "--annotation"])
+                        .arg(format!("{}={mem}", skiff_oci::spec::ANNOTATION_MEM))
+                        .arg(SKIFF_IMAGE)
+                        .arg("--cert")
+                        .arg(&self.cert)
+                        .arg("--key")
+                        .arg(&self.key);
+                    c
+                };
+                skiff_tender::sys::unblock_stop_signals_on_exec(&mut c);
                 c
             }
         }
@@ -206,57 +277,94 @@ fn stop(mut g: Guard) {
     }
 }
 
+/// `podman run -d`'s outcome: the container's id, or why it failed.
+fn container_id(podman: Child) -> Result<String, String> {
+    let out = podman.wait_with_output().map_err(|e| format!("waiting for podman: {e}"))?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !id.is_empty() {
+        Ok(id)
+    } else {
+        Err(format!("podman run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// One cold start: the client first, then the spawn; the time from the
-/// spawn to the first 200.
+/// spawn to the first 200. A container is removed after its start.
 fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: usize) -> Timed {
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let give_up = Arc::new(AtomicBool::new(false));
     let config = config.clone();
-    let client = std::thread::spawn(move || {
-        let start = go_rx.recv().expect("the start");
-        loop {
-            if let Some(t) = https_get_timed(addr, &config, start) {
-                return Some(t);
+    let client = std::thread::spawn({
+        let give_up = give_up.clone();
+        move || {
+            let start = go_rx.recv().expect("the start");
+            loop {
+                if let Some(t) = https_get_timed(addr, &config, start) {
+                    return Some(t);
+                }
+                if start.elapsed() > Duration::from_secs(10) || give_up.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            if start.elapsed() > Duration::from_secs(10) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
         }
     });
     let mut cmd = setup.command(kind, port, "32M", n);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let output = if kind.is_container() { Stdio::piped } else { Stdio::null };
+    cmd.stdin(Stdio::null()).stdout(output()).stderr(output());
     let start = Instant::now();
-    let child = Guard(cmd.spawn().expect("spawn"));
+    let child = cmd.spawn().expect("spawn");
     go_tx.send(start).expect("the client");
-    let took = client.join().expect("the client thread");
-    stop(child);
-    took.unwrap_or_else(|| panic!("{kind:?} gave no 200 within 10 s of its start"))
+    if kind.is_container() {
+        // `podman run -d` ends once the container runs; its id is printed.
+        let id = container_id(child);
+        let returned = start.elapsed();
+        if id.is_err() {
+            give_up.store(true, Ordering::Relaxed);
+        }
+        let took = client.join().expect("the client thread");
+        let id = id.unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+        let p = setup.podman.as_ref().expect("the podman store");
+        let runtime = if kind == Kind::SkiffContainer { Runtime::SkiffOci } else { Runtime::Runc };
+        p.ok(runtime, &["rm", "-f", "-t", "10", &id]);
+        let took = took.unwrap_or_else(|| panic!("{} gave no 200 within 10 s of `podman run`", kind.name()));
+        Timed { podman_returned: Some(returned), ..took }
+    } else {
+        let child = Guard(child);
+        let took = client.join().expect("the client thread");
+        stop(child);
+        took.unwrap_or_else(|| panic!("{kind:?} gave no 200 within 10 s of its start"))
+    }
 }
 
 fn cold(setup: &Setup, starts: usize) {
     let config = tls_config();
+    let mut kinds = vec![Kind::Skiff, Kind::Nginx];
+    if setup.podman.is_some() {
+        kinds.extend([Kind::SkiffContainer, Kind::NginxContainer]);
+    }
     // One start of each first, to warm the page cache.
-    cold_start(setup, Kind::Skiff, &config, 0);
-    cold_start(setup, Kind::Nginx, &config, 0);
-    let (mut skiff, mut nginx) = (Vec::new(), Vec::new());
+    for &kind in &kinds {
+        cold_start(setup, kind, &config, 0);
+    }
+    let mut times: Vec<Vec<Timed>> = vec![Vec::new(); kinds.len()];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..starts {
-        skiff.push(cold_start(setup, Kind::Skiff, &config, i));
-        nginx.push(cold_start(setup, Kind::Nginx, &config, i));
-        let (s, n) = (skiff[i], nginx[i]);
-        eprintln!(
-            "  start {}: skiff {:.1} ms (connected {:.1}, handshake done {:.1}), nginx {:.1} ms (connected {:.1}, \
-             handshake done {:.1})",
-            i + 1,
-            ms(s.answer),
-            ms(s.connected),
-            ms(s.handshake),
-            ms(n.answer),
-            ms(n.connected),
-            ms(n.handshake)
-        );
+        let mut line = format!("  start {}:", i + 1);
+        for (k, &kind) in kinds.iter().enumerate() {
+            let t = cold_start(setup, kind, &config, i);
+            times[k].push(t);
+            line += &format!(
+                " {kind:?} {:.1} ms (connected {:.1}, handshake done {:.1}{});",
+                ms(t.answer),
+                ms(t.connected),
+                ms(t.handshake),
+                t.podman_returned.map(|r| format!(", podman run returned {:.1}", ms(r))).unwrap_or_default()
+            );
+        }
+        eprintln!("{line}");
     }
     let sorted = |v: &[Timed], f: fn(&Timed) -> Duration| {
         let mut d: Vec<Duration> = v.iter().map(f).collect();
@@ -266,12 +374,21 @@ fn cold(setup: &Setup, starts: usize) {
     let f = |d: Duration| format!("{:.1}", ms(d));
     println!("## Cold start to the first HTTPS 200 ({starts} starts each, alternating)");
     println!();
-    println!("| server | first 200 median ms | p90 ms | min - max ms | connected (median) | handshake done (median) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, v) in [("Skiff (static tender, user network)", &skiff), ("nginx (1 worker)", &nginx)] {
+    println!(
+        "| server | first 200 median ms | p90 ms | min - max ms | connected (median) | handshake done (median) | \
+         `podman run -d` returned (median) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (kind, v) in kinds.iter().zip(&times) {
         let a = sorted(v, |t| t.answer);
+        let returned = if kind.is_container() {
+            f(percentile(&sorted(v, |t| t.podman_returned.unwrap_or_default()), 50))
+        } else {
+            String::new()
+        };
         println!(
-            "| {name} | {} | {} | {} - {} | {} | {} |",
+            "| {} | {} | {} | {} - {} | {} | {} | {returned} |",
+            kind.name(),
             f(percentile(&a, 50)),
             f(percentile(&a, 90)),
             f(a[0]),
@@ -280,9 +397,17 @@ fn cold(setup: &Setup, starts: usize) {
             f(percentile(&sorted(v, |t| t.handshake), 50)),
         );
     }
-    let (s, n) = (sorted(&skiff, |t| t.answer), sorted(&nginx, |t| t.answer));
-    let ratio = |p| percentile(&s, p).as_secs_f64() / percentile(&n, p).as_secs_f64();
-    println!("| Skiff / nginx | {:.2} | {:.2} | | | |", ratio(50), ratio(90));
+    let of = |kind: Kind| kinds.iter().position(|&k| k == kind).map(|i| sorted(&times[i], |t| t.answer));
+    for (name, a, b) in [
+        ("Skiff / nginx", Kind::Skiff, Kind::Nginx),
+        ("Skiff container / nginx container", Kind::SkiffContainer, Kind::NginxContainer),
+        ("Skiff / nginx container", Kind::Skiff, Kind::NginxContainer),
+    ] {
+        if let (Some(s), Some(n)) = (of(a), of(b)) {
+            let ratio = |p| percentile(&s, p).as_secs_f64() / percentile(&n, p).as_secs_f64();
+            println!("| {name} | {:.2} | {:.2} | | | | |", ratio(50), ratio(90));
+        }
+    }
 }
 
 /// `MemAvailable` from `/proc/meminfo`, bytes.
@@ -484,6 +609,18 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("skiff-bench-cold-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     let cert_paths = make_cert(&dir, "127.0.0.1");
+    let density = args.first().map(String::as_str) == Some("density");
+    let podman = if density {
+        None
+    } else if let Some(why) = podman_unavailable() {
+        eprintln!("the container rows are left out: {why}");
+        None
+    } else {
+        let p = Podman::new(&dir, release_runtime());
+        load_skiff(&p, &dir, &image, SKIFF_IMAGE);
+        make_nginx(&p, &dir, &cert_paths);
+        Some(p)
+    };
     let setup = Setup {
         tender,
         image,
@@ -491,8 +628,9 @@ fn main() {
         key: std::fs::read_to_string(&cert_paths.key).expect("key"),
         cert_paths,
         dir: dir.clone(),
+        podman,
     };
-    if args.first().map(String::as_str) == Some("density") {
+    if density {
         let counts: Vec<usize> = if args.len() > 1 {
             args[1..].iter().map(|a| a.parse().expect("a count")).collect()
         } else {
@@ -505,6 +643,8 @@ fn main() {
         eprintln!("cold-start benchmark: {starts} starts of each, alternating");
         cold(&setup, starts);
     }
+    // The podman store first (its containers, images and firewall rules).
+    drop(setup);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -524,11 +664,24 @@ mod tests {
             key: String::new(),
             cert_paths: cert,
             dir: dir.clone(),
+            podman: None,
         };
         let text = std::fs::read_to_string(setup.nginx_conf(4443, 7)).unwrap();
         assert!(text.contains("listen 127.0.0.1:4443 ssl;"), "{text}");
         assert!(text.contains("worker_processes 1;"), "{text}");
         assert!(text.contains(&format!("{}", dir.join("nginx-7").display())));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_container_id_or_podmans_error_is_read() {
+        let spawn = |script: &str| {
+            Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        };
+        assert_eq!(container_id(spawn("echo 4f2a9c")), Ok("4f2a9c".to_string()));
+        let e = container_id(spawn("echo 'Error: no such image' >&2; exit 125")).unwrap_err();
+        assert!(e.contains("125") && e.contains("Error: no such image"), "{e}");
+        // A zero status that printed no id is a failure too.
+        assert!(container_id(spawn("true")).is_err());
     }
 }

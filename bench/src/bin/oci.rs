@@ -21,7 +21,10 @@
 //! run leaves its store under the temporary directory and netavark's
 //! chains for `podman rm` and iptables to remove by hand.
 
-use skiff_bench::{Linking, Sample, guest, measure, ms, release_tender, summary, workspace};
+use skiff_bench::{
+    Linking, Podman, Runtime, Sample, guest, import, load_skiff, make_cert, make_nginx, measure, ms, release_runtime,
+    release_tender, summary,
+};
 use skiff_testnet::{Guard, require_kvm, require_program, require_root, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -30,116 +33,6 @@ use std::time::Duration;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
-/// A podman store of the benchmark's own; removed with its containers,
-/// and with netavark's firewall chains when they were not there before.
-struct Podman {
-    dir: PathBuf,
-    runtime: PathBuf,
-    firewall: Vec<(&'static str, Vec<String>)>,
-    /// `--ulimit`s for `podman run`: podman's defaults (nofile 1048576)
-    /// exceed what a host without `CAP_SYS_RESOURCE` lets runc set, so both
-    /// runtimes get the host's hard limit of open files and 4096 processes.
-    ulimits: Vec<String>,
-}
-
-fn netavark_rules(table: &str) -> Vec<String> {
-    let out = Command::new("iptables-save").args(["-t", table]).output().expect("run iptables-save");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("NETAVARK")).map(str::to_string).collect()
-}
-
-impl Podman {
-    fn new(dir: &Path, runtime: PathBuf) -> Podman {
-        let firewall = ["nat", "filter"].into_iter().map(|t| (t, netavark_rules(t))).collect();
-        let out = Command::new("sh").args(["-c", "ulimit -Hn"]).output().expect("run sh");
-        let nofile = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let ulimits =
-            vec!["--ulimit".into(), format!("nofile={nofile}:{nofile}"), "--ulimit".into(), "nproc=4096:4096".into()];
-        Podman { dir: dir.join("podman"), runtime, firewall, ulimits }
-    }
-
-    /// `podman run` with the limits.
-    fn run(&self, runtime: &str) -> Command {
-        let mut c = self.cmd(runtime);
-        c.args(["run", "--pull", "never"]).args(&self.ulimits);
-        c
-    }
-
-    fn cmd(&self, runtime: &str) -> Command {
-        let mut c = Command::new("podman");
-        c.arg("--root").arg(self.dir.join("root"));
-        c.arg("--runroot").arg(self.dir.join("runroot"));
-        c.arg("--tmpdir").arg(self.dir.join("tmp"));
-        c.args(["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime"]);
-        if runtime == "skiff-oci" {
-            c.arg(&self.runtime);
-        } else {
-            c.arg(runtime);
-        }
-        c
-    }
-
-    fn ok(&self, runtime: &str, args: &[&str]) -> String {
-        let out = self.cmd(runtime).args(args).stdin(Stdio::null()).output().expect("run podman");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd("runc").args(["rm", "-af", "-t", "0"]).output();
-        let _ = self.cmd("runc").args(["rmi", "-af"]).output();
-        for (table, before) in &self.firewall {
-            let new: Vec<String> = netavark_rules(table).into_iter().filter(|l| !before.contains(l)).collect();
-            for rule in new.iter().rev().filter_map(|l| l.strip_prefix("-A ")) {
-                let _ = Command::new("sh").arg("-c").arg(format!("iptables -w -t {table} -D {rule}")).output();
-            }
-            for chain in new.iter().filter_map(|l| l.strip_prefix(':')?.split(' ').next()) {
-                let _ = Command::new("iptables").args(["-w", "-t", table, "-F", chain]).output();
-                let _ = Command::new("iptables").args(["-w", "-t", table, "-X", chain]).output();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Builds skiff-oci (release) and returns its path.
-fn release_runtime() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-q", "-p", "skiff-oci", "--bin", "skiff-oci"])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building skiff-oci failed");
-    workspace().join("target/release/skiff-oci")
-}
-
-/// `skiff package` of `image` as `name`, loaded into the store.
-fn load_skiff(p: &Podman, dir: &Path, image: &Path, name: &str) {
-    let elf = std::fs::read(image).expect("read the image");
-    let parsed = skiff_tender::elf::Image::parse(elf.clone(), false).expect("a Skiff image");
-    let archive = dir.join(format!("{}.tar", name.replace('/', "_")));
-    let file = std::fs::File::create(&archive).unwrap();
-    let reference = skiff_oci::package::Reference::parse(name).unwrap();
-    skiff_oci::package::write(&elf, &skiff_oci::package::Facts::of(&parsed), &reference, file).expect("package");
-    p.ok("runc", &["load", "-q", "-i", archive.to_str().unwrap()]);
-}
-
-/// A root file system directory packed with tar and `podman import`ed as
-/// `name` with the given command.
-fn import(p: &Podman, rootfs: &Path, name: &str, cmd: &str) {
-    let tar = rootfs.with_extension("tar");
-    let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap();
-    assert!(status.success(), "tar {}", rootfs.display());
-    p.ok("runc", &["import", "-q", "--change", &format!("CMD {cmd}"), tar.to_str().unwrap(), name]);
 }
 
 /// The static C hello: one file, `/hello`.
@@ -155,63 +48,6 @@ fn make_c_hello(p: &Podman, dir: &Path) {
     let status = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(rootfs.join("hello")).arg(&src).status();
     assert!(status.is_ok_and(|s| s.success()), "gcc -static failed (is glibc's static library, libc6-dev, there?)");
     import(p, &rootfs, "localhost/chello", "[\"/hello\"]");
-}
-
-/// The host's nginx with its libraries, the site and a configuration
-/// serving it on 443 with one worker, as an image.
-fn make_nginx(p: &Podman, dir: &Path) {
-    let rootfs = dir.join("nginx");
-    let copy = |from: &Path| {
-        let to = rootfs.join(from.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    };
-    let nginx = Path::new("/usr/sbin/nginx");
-    copy(nginx);
-    let ldd = Command::new("ldd").arg(nginx).output().expect("run ldd");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)` or the
-        // loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`.
-        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
-        if path.starts_with('/') {
-            copy(&std::fs::canonicalize(path).unwrap());
-            let link = rootfs.join(path.trim_start_matches('/'));
-            if !link.exists() {
-                std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-                std::os::unix::fs::symlink(std::fs::canonicalize(path).unwrap(), &link).unwrap();
-            }
-        }
-    }
-    for d in ["etc/nginx", "tmp", "var/log/nginx", "var/lib/nginx"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
-        .unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(workspace().join("examples/static-website/site"))
-        .arg(rootfs.join("site"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cert = skiff_bench::make_cert(dir, "127.0.0.1");
-    std::fs::copy(&cert.cert, rootfs.join("etc/nginx/cert.pem")).unwrap();
-    std::fs::copy(&cert.key, rootfs.join("etc/nginx/key.pem")).unwrap();
-    let conf = "user root root;\nworker_processes 1;\npid /tmp/nginx.pid;\nerror_log stderr warn;\n\
-                events { worker_connections 1024; }\n\
-                http {\n  access_log off;\n  sendfile on;\n  tcp_nodelay on;\n  types { text/html html; }\n\
-                client_body_temp_path /tmp/body;\n  proxy_temp_path /tmp/proxy;\n  fastcgi_temp_path /tmp/fastcgi;\n  \
-                uwsgi_temp_path /tmp/uwsgi;\n  scgi_temp_path /tmp/scgi;\n\
-                server {\n    listen 443 ssl;\n    root /site;\n    ssl_certificate /etc/nginx/cert.pem;\n    \
-                ssl_certificate_key /etc/nginx/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;\n  }\n}\n";
-    std::fs::write(rootfs.join("etc/nginx/nginx.conf"), conf).unwrap();
-    import(
-        p,
-        &rootfs,
-        "localhost/nginx-light",
-        "[\"/usr/sbin/nginx\", \"-c\", \"/etc/nginx/nginx.conf\", \"-g\", \"daemon off;\"]",
-    );
 }
 
 /// Waits until `https://127.0.0.1:PORT/bench/1k.html` answers.
@@ -286,7 +122,7 @@ fn memory_cgroup(pid: &str) -> PathBuf {
 /// The container's memory: its processes' resident sets summed, and its
 /// cgroup's usage.
 fn container_memory(p: &Podman, id: &str) -> (u64, u64) {
-    let pid = p.ok("runc", &["inspect", "-f", "{{.State.Pid}}", id]);
+    let pid = p.ok(Runtime::Runc, &["inspect", "-f", "{{.State.Pid}}", id]);
     let cg = memory_cgroup(&pid);
     let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
     let rss_sum: u64 = procs.lines().map(rss).sum();
@@ -301,7 +137,7 @@ fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / f64::from(1 << 20))
 }
 
-fn run_container(p: &Podman, runtime: &str, image: &str, port: u16) -> String {
+fn run_container(p: &Podman, runtime: Runtime, image: &str, port: u16) -> String {
     let out = p.run(runtime).args(["-d", "-p", &format!("127.0.0.1:{port}:443"), image]).output().expect("podman");
     assert!(out.status.success(), "podman run {image}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -333,7 +169,8 @@ fn main() {
     load_skiff(&p, &dir, &hello, "localhost/hello");
     load_skiff(&p, &dir, &website, "localhost/static-website");
     make_c_hello(&p, &dir);
-    make_nginx(&p, &dir);
+    let cert = make_cert(&dir, "127.0.0.1");
+    make_nginx(&p, &dir, &cert);
 
     // 1. Start to exit.
     let runs = if quick { 5 } else { 20 };
@@ -347,10 +184,10 @@ fn main() {
         let (mut skiff, mut runc) = (Vec::<Sample>::new(), Vec::<Sample>::new());
         for _ in 0..runs {
             for (runtime, image, out) in
-                [("skiff-oci", "localhost/hello", &mut skiff), ("runc", "localhost/chello", &mut runc)]
+                [(Runtime::SkiffOci, "localhost/hello", &mut skiff), (Runtime::Runc, "localhost/chello", &mut runc)]
             {
                 let s = measure(p.run(runtime).arg("--rm").args(net).arg(image));
-                assert_eq!(s.status, 0, "podman run --rm {image} with {runtime} failed");
+                assert_eq!(s.status, 0, "podman run --rm {image} with {runtime:?} failed");
                 out.push(s);
             }
         }
@@ -374,11 +211,11 @@ fn main() {
     let mut errors = 0;
     for round in 0..rounds {
         let port = free_port();
-        let id = run_container(&p, "skiff-oci", "localhost/static-website", port);
+        let id = run_container(&p, Runtime::SkiffOci, "localhost/static-website", port);
         wait_https(port);
         let (rps, e) = wrk(SocketAddr::from(([127, 0, 0, 1], port)), connections, secs);
         skiff_mem.push(container_memory(&p, &id));
-        p.ok("runc", &["rm", "-f", "-t", "5", &id]);
+        p.ok(Runtime::Runc, &["rm", "-f", "-t", "5", &id]);
         eprintln!("  round {}: static-website under podman -p: {rps:.0} req/s, {e} errors", round + 1);
         podman_rps.push(rps);
         errors += e;
@@ -403,11 +240,11 @@ fn main() {
         errors += e;
 
         let port = free_port();
-        let id = run_container(&p, "runc", "localhost/nginx-light", port);
+        let id = run_container(&p, Runtime::Runc, "localhost/nginx-light", port);
         wait_https(port);
         let (rps, e) = wrk(SocketAddr::from(([127, 0, 0, 1], port)), connections, secs);
         nginx_mem.push(container_memory(&p, &id));
-        p.ok("runc", &["rm", "-f", "-t", "5", &id]);
+        p.ok(Runtime::Runc, &["rm", "-f", "-t", "5", &id]);
         eprintln!("  round {}: nginx under podman -p (runc): {rps:.0} req/s, {e} errors", round + 1);
         nginx_rps.push(rps);
         errors += e;
