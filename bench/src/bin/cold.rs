@@ -55,57 +55,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A TLS client that takes the benchmark's self-signed certificate.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-    #[derive(Debug)]
-    struct Any(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Any(provider)))
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Every request is a full handshake, as a new client's would be.
-    c.resumption = rustls::client::Resumption::disabled();
-    Arc::new(c)
-}
-
 /// One HTTPS GET of `/`; true when the answer starts `HTTP/1.1 200`.
 fn https_200(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
     https_get_timed(addr, config, Instant::now()).is_some()
@@ -340,7 +289,7 @@ fn cold_start(setup: &Setup, kind: Kind, config: &Arc<rustls::ClientConfig>, n: 
 }
 
 fn cold(setup: &Setup, starts: usize) {
-    let config = tls_config();
+    let config = skiff_testnet::tls::any_certificate();
     let mut kinds = vec![Kind::Skiff, Kind::Nginx];
     if setup.podman.is_some() {
         kinds.extend([Kind::SkiffContainer, Kind::NginxContainer]);
@@ -456,7 +405,7 @@ struct Density {
 }
 
 fn density(setup: &Setup, kind: Kind, n: usize) -> Density {
-    let config = tls_config();
+    let config = skiff_testnet::tls::any_certificate();
     let ports = density_ports(n);
     let mut cmds: Vec<Command> = ports
         .iter()

@@ -29,55 +29,6 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(format!("{}-{name}", std::process::id()))
 }
 
-/// A TLS client config that takes the demo's self-signed certificate.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-    #[derive(Debug)]
-    struct Any(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Any(provider)))
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(c)
-}
-
 /// One HTTPS GET; the status line's first bytes.
 fn https_get(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Result<String, String> {
     let mut sock = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
@@ -106,7 +57,7 @@ struct FirstAnswer {
 fn race(port: u16, ready_file: &Path, command: &mut Command) -> (Guard, FirstAnswer) {
     require_kvm();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let config = tls_config();
+    let config = skiff_testnet::tls::any_certificate();
     let ready_file = ready_file.to_path_buf();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let client = std::thread::spawn(move || {
@@ -209,7 +160,7 @@ fn connections_the_guest_never_accepts_are_reset_after_the_hold_within_the_limit
             .unwrap(),
     );
     let mut child = child;
-    let config = tls_config();
+    let config = skiff_testnet::tls::any_certificate();
     // Wait until the website answers.
     let addr: SocketAddr = ([127, 0, 0, 1], https).into();
     wait_for(Duration::from_secs(20), || https_get(addr, &config).ok().filter(|h| h.contains("200")))

@@ -10,7 +10,10 @@
 //! are removed by the next one.
 //!
 //! All traffic stays inside the namespace: nothing here touches the host's
-//! own interfaces.
+//! own interfaces. [`tls::any_certificate`] is the HTTPS client
+//! configuration for the test servers' self-signed certificates.
+
+pub mod tls;
 
 use std::fs::File;
 use std::io;
