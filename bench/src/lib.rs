@@ -716,6 +716,12 @@ pub fn wrk(ns: &NetNs, url: &str, connections: u32, secs: u32, close: bool) -> W
     w
 }
 
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// The run with the median request rate.
 pub fn median_wrk(mut v: Vec<Wrk>) -> Wrk {
     v.sort_by(|a, b| a.rps.total_cmp(&b.rps));

@@ -22,8 +22,8 @@
 //! chains for `podman rm` and iptables to remove by hand.
 
 use skiff_bench::{
-    Linking, Podman, Runtime, Sample, guest, import, load_skiff, make_cert, make_nginx, measure, ms, release_runtime,
-    release_tender, summary,
+    Linking, Podman, Runtime, Sample, guest, import, load_skiff, make_cert, make_nginx, measure, median, ms,
+    release_runtime, release_tender, summary,
 };
 use skiff_testnet::{Guard, require_kvm, require_program, require_root, wait_for};
 use std::net::{SocketAddr, TcpListener};
@@ -63,33 +63,18 @@ fn wait_https(port: u16) {
     assert!(up.is_some(), "nothing served on port {port}");
 }
 
-/// Requests per second of one wrk run (keep-alive).
+/// Requests per second and errors of one wrk run (keep-alive) from the
+/// host.
 fn wrk(addr: SocketAddr, connections: u32, secs: u32) -> (f64, u64) {
-    let out = Command::new("wrk")
-        .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{secs}s")])
-        .arg(format!("https://{addr}/bench/1k.html"))
-        .output()
-        .expect("run wrk");
+    let url = format!("https://{addr}/bench/1k.html");
+    let out =
+        Command::new("wrk").args(skiff_bench::wrk_args(&url, connections, secs, false)).output().expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (mut rps, mut errors) = (0.0, 0);
-    for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            errors += v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            errors += v.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    if rps == 0.0 {
+    let w = skiff_bench::parse_wrk(&text);
+    if w.rps == 0.0 {
         eprintln!("    wrk measured nothing for {addr}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     }
-    (rps, errors)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (w.rps, w.errors)
 }
 
 /// A process's resident set (`VmRSS`), bytes.

@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release -p skiff-bench --bin sandbox` (root, KVM, ping, wrk).
 
-use skiff_bench::{Linking, client_ns, guest, release_tender, start_logged};
+use skiff_bench::{Linking, client_ns, guest, median, release_tender, start_logged};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root};
 use std::path::Path;
 
@@ -60,20 +60,12 @@ fn ping_flood(ns: &NetNs, count: u32) -> f64 {
 /// wrk against `url` with 16 keep-alive connections: requests per second
 /// (zero if any request failed).
 fn wrk(ns: &NetNs, url: &str, secs: u32) -> f64 {
-    let out =
-        ns.command("wrk").args(["-t", "1", "-c", "16", "-d", &format!("{secs}s"), url]).output().expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let failed = text.contains("Socket errors:") || text.contains("Non-2xx");
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    if failed || rps == 0.0 {
-        eprintln!("    wrk: failures against {url}:\n{text}");
+    let w = skiff_bench::wrk(ns, url, 16, secs, false);
+    if w.errors > 0 {
+        eprintln!("    wrk: {} failures against {url}", w.errors);
         return 0.0;
     }
-    rps
+    w.rps
 }
 
 /// The first three fields of `/proc/loadavg`: the other work on the host,
@@ -93,11 +85,6 @@ fn by_round(v: &[f64]) -> String {
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
