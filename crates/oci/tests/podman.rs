@@ -8,9 +8,6 @@
 //! Needs root, `/dev/kvm`, podman and conmon (`scripts/setup`).
 
 mod common;
-#[allow(dead_code, reason = "only the site's file list is used here")]
-#[path = "../../tender/tests/common/mod.rs"]
-mod site;
 
 use common::{Ran, package, package_bytes, require, run, runtime, scratch};
 use std::os::unix::fs::MetadataExt;
@@ -309,7 +306,7 @@ fn free_port() -> u16 {
 /// host's 127.0.0.1, forwarded by podman to the container) over TLS 1.3
 /// in one curl run, and compares the bytes.
 fn fetch_all(port: u16, dir: &Path) {
-    let files = site::site_files();
+    let files = common::tender::site_files();
     let out = dir.join(format!("fetched-{port}"));
     std::fs::create_dir_all(&out).unwrap();
     // The demo certificate is self-signed for localhost: -k.

@@ -4,16 +4,15 @@
 
 #![allow(dead_code, reason = "not every test binary uses everything")]
 
-use std::collections::BTreeMap;
+// The boot tests' helpers: one place builds guests and lists the site.
+#[path = "../../../tender/tests/common/mod.rs"]
+pub mod tender;
+#[allow(unused_imports, reason = "not every test binary uses both")]
+pub use tender::{guest, workspace};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// The repository root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
 
 /// The runtime under test.
 pub fn runtime() -> &'static str {
@@ -33,25 +32,6 @@ pub fn require(tools: &[&str]) {
             "{tool} is not installed: run scripts/setup (it installs podman, conmon, runc, skopeo and containerd)"
         );
     }
-}
-
-/// The image of the guest crate at `dir` (relative to the repository),
-/// built (release, checked) the first time it is asked for.
-pub fn guest(dir: &'static str) -> &'static Path {
-    static BUILT: Mutex<BTreeMap<&str, &'static Path>> = Mutex::new(BTreeMap::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(image) = built.get(dir) {
-        return image;
-    }
-    let mut opts = skiff_build::BuildOptions::new(workspace().join(dir));
-    opts.target_dir = Some(workspace().join("target/guest"));
-    opts.quiet = true;
-    let image = match skiff_build::build(&opts) {
-        Ok(b) => Box::leak(b.image.into_boxed_path()),
-        Err(e) => panic!("building {dir} failed: {e}"),
-    };
-    built.insert(dir, image);
-    image
 }
 
 /// A fresh scratch directory for one test: `/tmp/skiff-oci/NAME-PID`
