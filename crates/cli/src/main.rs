@@ -251,7 +251,8 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
     let mut config = options.config(image, a.args);
     let mut stdout = skiff_tender::console::Stdout::new().map_err(CliError::Stdout)?;
     config.console_fd = Some(stdout.fd());
-    let report = skiff_tender::run(&config, &mut stdout)?;
+    let mut report = skiff_tender::run(&config, &mut stdout)?;
+    report.leave_to_exit();
     if let Some(message) = report.outcome.message() {
         eprintln!("skiff: {message}");
     }

@@ -306,7 +306,8 @@ fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -
     // Process mode pins the guest's console writes to this descriptor.
     config.console_fd = Some(stdout.fd());
     match skiff_tender::run(&config, &mut stdout) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.leave_to_exit();
             if let Some(message) = report.outcome.message() {
                 eprintln!("skiff-tender: {message}");
             }

@@ -242,6 +242,39 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// Counters and timings.
     pub stats: Stats,
+    /// The guest's memory, CPU and monitor, torn down when the report is
+    /// dropped unless [`RunReport::leave_to_exit`] says otherwise.
+    remains: Option<Remains>,
+}
+
+impl RunReport {
+    /// For a process that exits right after the run: leaves the guest's
+    /// memory, its VM or sandbox and the monitor thread to the kernel,
+    /// which frees them all at once when the process ends, instead of
+    /// unmapping 64 MiB or more of address space (and, with KVM, tearing
+    /// down the VM) while another thread still runs, which costs TLB
+    /// shoot-downs on the way out. The monitor is told to stand down
+    /// first, so nothing acts on the guest any more.
+    pub fn leave_to_exit(&mut self) {
+        if let Some(remains) = self.remains.take() {
+            remains.monitor.stand_down();
+            std::mem::forget(remains);
+        }
+    }
+}
+
+/// What [`run`] keeps alive until the report goes.
+struct Remains {
+    monitor: monitor::Monitor,
+    _cpu: Box<dyn serve::RunGuest>,
+    _mem: Arc<GuestMemory>,
+    _image: Image,
+}
+
+impl std::fmt::Debug for Remains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remains")
+    }
 }
 
 /// Reads and validates an image file. At most [`elf::MAX_FILE_SIZE`]
@@ -294,7 +327,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     if let Some((at, t)) = deadline
         && Instant::now() >= at
     {
-        return Ok(RunReport { outcome: Outcome::Timeout(t), stats });
+        return Ok(RunReport { outcome: Outcome::Timeout(t), stats, remains: None });
     }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
@@ -430,7 +463,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let disk_fds: Vec<i32> = disks.iter().map(disk::Disk::fd).collect();
 
     let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
-    let monitor = monitor::Monitor::start(limits, mem.clone(), area.shared).map_err(TenderError::Watchdog)?;
+    let mut monitor = monitor::Monitor::new(limits, &mem, area.shared).map_err(TenderError::Watchdog)?;
     let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
     let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
     // Process mode pins reads and writes to known descriptors: TAP devices
@@ -492,6 +525,8 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
+    // Last before the lockdown: see `Monitor::new`.
+    monitor.spawn().map_err(TenderError::Watchdog)?;
     let mut cpu: Box<dyn serve::RunGuest> = match (vm, process_set_up) {
         (Some(vm), _) => {
             let how = seccomp::Sandboxed::Kvm(seccomp::KvmFds { vcpu: vm.vcpu_fd() });
@@ -520,7 +555,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     };
     let outcome = guest.serve(cpu.as_mut());
     stats.guest.at_end = cpu.guest_tsc();
-    drop(monitor);
+    monitor.stand_down();
     stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
@@ -529,7 +564,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         stats.guest_resident = mem.resident_bytes();
         stats.tender_peak_rss = proc_status.peak_rss();
     }
-    Ok(RunReport { outcome, stats })
+    Ok(RunReport { outcome, stats, remains: Some(Remains { monitor, _cpu: cpu, _mem: mem, _image: image }) })
 }
 
 /// Process mode: gives every page of guest memory the protection its

@@ -41,7 +41,8 @@ fn main() -> ExitCode {
     };
     config.console_fd = Some(stdout.fd());
     match skiff_tender::run(&config, &mut stdout) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.leave_to_exit();
             if let Some(message) = report.outcome.message() {
                 eprintln!("skiff-tender: {message}");
             }

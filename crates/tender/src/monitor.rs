@@ -91,8 +91,21 @@ impl MonitorState {
 /// The running monitor thread; dropping it stops the thread.
 pub struct Monitor {
     state: Arc<MonitorState>,
+    /// What the thread starts with, until [`Monitor::spawn`].
+    start: Option<Start>,
     thread: Option<(std::thread::JoinHandle<()>, ThreadKicker)>,
 }
+
+struct Start {
+    limits: Limits,
+    mem: Weak<GuestMemory>,
+    shared: u64,
+    vcpu: ThreadKicker,
+}
+
+/// The monitor thread's stack: it waits for signals and formats a message
+/// or two.
+const STACK: usize = 256 * 1024;
 
 /// When the guest must end and how long a stop may take.
 #[derive(Clone, Copy, Debug)]
@@ -104,18 +117,22 @@ pub struct Limits {
 }
 
 impl Monitor {
-    /// Starts the monitor for a guest in `mem` whose shared area is at
-    /// `shared`, run by the calling thread (which it interrupts).
-    ///
-    /// It does not wait for the thread to run: on a busy machine a new
-    /// thread can wait milliseconds for a CPU, and the guest need not wait
-    /// with it. The thread may so still be starting when the seccomp
-    /// lockdown comes (the allow-list has what thread start-up calls), and
-    /// a kick may come before it waits: it starts with the kick signal
-    /// blocked and takes it with the stop signals, so none is lost.
-    pub fn start(limits: Limits, mem: Arc<GuestMemory>, shared: u64) -> std::io::Result<Monitor> {
+    /// The guest has ended: from now on the monitor kicks no vCPU and
+    /// ends when it next wakes.
+    pub fn stand_down(&self) {
+        let _held = self.state.kicking.lock().unwrap_or_else(|e| e.into_inner());
+        self.state.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// The monitor for a guest in `mem` whose shared area is at `shared`,
+    /// run by the calling thread (which it interrupts). Its thread starts
+    /// with [`Monitor::spawn`]: as late as the set-up allows, because a
+    /// starting thread takes the allocator's lock (one arena,
+    /// [`sys::use_one_malloc_arena`]) and the calling thread would wait
+    /// for it, for the length of a cross-CPU wake-up, on every allocation
+    /// meanwhile.
+    pub fn new(limits: Limits, mem: &Arc<GuestMemory>, shared: u64) -> std::io::Result<Monitor> {
         sys::install_kick_handler()?;
-        let vcpu = ThreadKicker::current();
         let state = Arc::new(MonitorState {
             ending: AtomicU8::new(0),
             stop: Mutex::new(None),
@@ -123,19 +140,34 @@ impl Monitor {
             finished: std::sync::atomic::AtomicBool::new(false),
             kicking: Mutex::new(()),
         });
-        let s = state.clone();
         // The guest memory is only needed while the guest runs: a thread
         // that has not ended yet when `run` returns keeps none of it.
-        let mem = Arc::downgrade(&mem);
+        let start = Some(Start { limits, mem: Arc::downgrade(mem), shared, vcpu: ThreadKicker::current() });
+        Ok(Monitor { state, start, thread: None })
+    }
+
+    /// Starts the monitor's thread.
+    ///
+    /// It does not wait for the thread to run: on a busy machine a new
+    /// thread can wait milliseconds for a CPU, and the guest need not wait
+    /// with it. The thread may so still be starting when the seccomp
+    /// lockdown comes (the allow-list has what thread start-up calls), and
+    /// a kick may come before it waits: it starts with the kick signal
+    /// blocked and takes it with the stop signals, so none is lost.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        let Some(Start { limits, mem, shared, vcpu }) = self.start.take() else { return Ok(()) };
+        let s = self.state.clone();
         let thread = {
             // A new thread inherits the creating thread's signal mask.
             let _blocked = sys::KickBlocked::new()?;
             std::thread::Builder::new()
                 .name("skiff-monitor".into())
+                .stack_size(STACK)
                 .spawn(move || watch(&s, limits, &mem, shared, vcpu))?
         };
         let me = ThreadKicker::of(&thread);
-        Ok(Monitor { state, thread: Some((thread, me)) })
+        self.thread = Some((thread, me));
+        Ok(())
     }
 
     /// The state the vCPU thread checks.
@@ -221,10 +253,7 @@ fn kick_unless_finished(s: &MonitorState, vcpu: ThreadKicker) {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        {
-            let _held = self.state.kicking.lock().unwrap_or_else(|e| e.into_inner());
-            self.state.finished.store(true, Ordering::SeqCst);
-        }
+        self.stand_down();
         if let Some((thread, kicker)) = self.thread.take() {
             // One kick is enough (it waits in `sigtimedwait` with the kick
             // signal blocked, so the kick stays pending until it looks),

@@ -438,17 +438,23 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_
     }
 }
 
-/// How long the TSC is measured against the monotonic clock when CPUID
-/// does not give its frequency. Each end is the closest of three readings
-/// (within about 20 ns), so the frequency is good to about 3e-5 (measured
-/// here: at worst 2e-5 over 200 us, 1.2e-5 over 400 us; a guest's clock
-/// then drifts by a few seconds a day). Setting up the guest takes longer
-/// than this, so nothing waits for it.
+/// How long the TSC is measured against the monotonic clock when neither
+/// CPUID nor the kernel gives its frequency. Each end is the closest of
+/// three readings (within about 20 ns), so the frequency is good to about
+/// 3e-5 (measured here: at worst 2e-5 over 200 us, 1.2e-5 over 400 us; a
+/// guest's clock then drifts by a few seconds a day).
 pub const TSC_WINDOW: std::time::Duration = std::time::Duration::from_micros(250);
 
-/// Measures the TSC frequency without KVM: started when the tender starts,
+/// The shortest measurement a frequency the kernel states is checked
+/// against, and how far the two may differ: 40 ns of reading error over
+/// 50 us is 8e-4, under the 2e-3 allowed, while a CPU's current clock rate
+/// shown instead of its TSC rate is off by more than that.
+const CHECK_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
+const CHECK_TOLERANCE: f64 = 2e-3;
+
+/// Finds the TSC frequency without KVM: started when the tender starts,
 /// finished just before the guest's first instruction, so loading the
-/// image is most of the measuring window.
+/// image is the measuring window.
 pub struct TscClock {
     start: (u64, std::time::Instant),
 }
@@ -461,20 +467,73 @@ impl TscClock {
 
     /// The TSC frequency in Hz: from the hypervisor's CPUID leaf
     /// 0x40000010 (kHz) or leaf 0x15 (crystal clock and ratio) when they
-    /// say, else measured from the start, waiting for the rest of
-    /// [`TSC_WINDOW`] if need be.
+    /// say; else the kernel's calibration ([`kernel_tsc_khz`]) when the
+    /// TSC measured since [`TscClock::start`] agrees with it; else that
+    /// measurement, waiting for the rest of [`TSC_WINDOW`] if need be.
     pub fn hz(&self) -> u64 {
         if let Some(hz) = cpuid_tsc_hz() {
             return hz;
+        }
+        if let Some(khz) = kernel_tsc_khz() {
+            let hz = khz * 1000;
+            let elapsed = self.start.1.elapsed();
+            if elapsed < CHECK_WINDOW {
+                std::thread::sleep(CHECK_WINDOW - elapsed);
+            }
+            let measured = self.measured();
+            if (measured as f64 - hz as f64).abs() <= CHECK_TOLERANCE * hz as f64 {
+                return hz;
+            }
         }
         let left = TSC_WINDOW.saturating_sub(self.start.1.elapsed());
         if !left.is_zero() {
             std::thread::sleep(left);
         }
+        self.measured()
+    }
+
+    /// The TSC's rate since [`TscClock::start`].
+    fn measured(&self) -> u64 {
         let end = pair();
         let ns = end.1.duration_since(self.start.1).as_nanos().max(1);
         (u128::from(end.0.wrapping_sub(self.start.0)) * 1_000_000_000 / ns) as u64
     }
+}
+
+/// The kernel's own TSC calibration, to 1 kHz, where it shows it: on a CPU
+/// without APERF/MPERF (CPUID leaf 6, ECX bit 0; a VM's vCPUs lack them),
+/// `cpu MHz` in `/proc/cpuinfo` is the frequency the kernel calibrated at
+/// boot, the TSC's. With them it is a current clock rate, so `None`; also
+/// when `/proc` is not there. [`TscClock::hz`] still checks it against
+/// a measurement.
+fn kernel_tsc_khz() -> Option<u64> {
+    use std::io::Read;
+    let leaf0 = std::arch::x86_64::__cpuid(0).eax;
+    if leaf0 >= 6 && std::arch::x86_64::__cpuid(6).ecx & 1 != 0 {
+        return None;
+    }
+    // The first processor's block is enough; the kernel formats the file
+    // as it is read.
+    let mut head = [0u8; 2048];
+    let n = std::fs::File::open("/proc/cpuinfo").and_then(|mut f| f.read(&mut head)).ok()?;
+    cpu_mhz_khz(std::str::from_utf8(&head[..n]).ok()?)
+}
+
+/// `cpu MHz\t\t: 2596.142` in cpuinfo text, as kHz.
+fn cpu_mhz_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let value = line.split_once(':')?.1.trim();
+    let (mhz, frac) = value.split_once('.').unwrap_or((value, ""));
+    let mhz: u64 = mhz.parse().ok()?;
+    let mut khz = 0;
+    for (i, digit) in frac.bytes().chain(std::iter::repeat(b'0')).take(3).enumerate() {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        khz += u64::from(digit - b'0') * [100, 10, 1][i];
+    }
+    let khz = mhz.checked_mul(1000)?.checked_add(khz)?;
+    (100_000..100_000_000).contains(&khz).then_some(khz)
 }
 
 /// A TSC reading and the monotonic clock at the same moment: the clock
@@ -538,12 +597,33 @@ mod tests {
     }
 
     #[test]
+    fn cpuinfo_megahertz_reads_as_kilohertz() {
+        assert_eq!(cpu_mhz_khz("processor\t: 0\ncpu MHz\t\t: 2596.142\ncache size\t: 512 KB\n"), Some(2_596_142));
+        assert_eq!(cpu_mhz_khz("cpu MHz\t\t: 3000\n"), Some(3_000_000));
+        assert_eq!(cpu_mhz_khz("cpu MHz\t\t: 1800.5\n"), Some(1_800_500));
+        assert_eq!(cpu_mhz_khz("cpu MHz\t\t: 2x00.000\n"), None);
+        assert_eq!(cpu_mhz_khz("cpu MHz\t\t: 0.000\n"), None);
+        assert_eq!(cpu_mhz_khz("model name\t: something\n"), None);
+    }
+
+    #[test]
+    fn the_kernel_frequency_matches_a_measurement_where_it_is_shown() {
+        let clock = TscClock::start();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let measured = clock.measured() as f64;
+        if let Some(khz) = kernel_tsc_khz() {
+            let error = (khz as f64 * 1000.0 - measured).abs() / measured;
+            assert!(error < 1e-3, "cpuinfo says {khz} kHz, measured {measured} Hz over 20 ms");
+        }
+    }
+
+    #[test]
     fn the_measured_tsc_frequency_matches_a_longer_measurement() {
         let clock = TscClock::start();
         let hz = clock.hz();
         assert!((500_000_000..10_000_000_000).contains(&hz), "{hz}");
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let long = clock.hz();
+        let long = clock.measured();
         let error = (hz as f64 - long as f64).abs() / long as f64;
         assert!(error < 1e-4, "{hz} Hz over {TSC_WINDOW:?}, {long} Hz over 50 ms");
     }
