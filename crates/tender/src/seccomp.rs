@@ -10,9 +10,7 @@
 //! every thread (`TSYNC`), including the watchdog and the network I/O
 //! thread, which are started before it.
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-};
+use seccompiler::BpfProgram;
 use std::collections::BTreeMap;
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
@@ -23,9 +21,10 @@ const KVM_GET_MSRS: u64 = 0xc008_ae88;
 /// The filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    /// The rules are inconsistent (a bug).
-    #[error("cannot build the seccomp filter: {0}")]
-    Build(#[from] seccompiler::BackendError),
+    /// A jump in the program is longer than classic BPF can encode (a
+    /// list of descriptors far longer than any run uses).
+    #[error("cannot build the seccomp filter: a jump of {0} instructions is too long")]
+    TooLong(usize),
     /// The kernel refused the filter.
     #[error("cannot install the seccomp filter: {0}")]
     Install(#[from] seccompiler::Error),
@@ -34,16 +33,32 @@ pub enum SeccompError {
     Reporter(std::io::Error),
 }
 
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
-    Ok(SeccompRule::new(conditions)?)
+/// A test of one argument of a call. Only the low 32 bits are compared:
+/// every argument tested is one the kernel reads as a 32-bit `int` or
+/// `unsigned int` (descriptors, `ioctl` and `fcntl` commands, `prctl`
+/// options, process ids, address families, protection flags), so the
+/// high half cannot change what the call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cond {
+    /// Argument `arg` is `value`.
+    Eq { arg: u8, value: u32 },
+    /// Argument `arg` has none of the bits of `mask`.
+    Clear { arg: u8, mask: u32 },
 }
 
-fn arg_eq(index: u8, value: u64) -> Result<SeccompCondition, SeccompError> {
-    Ok(SeccompCondition::new(index, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value)?)
+/// The conditions that must all hold for a call to be allowed.
+type Rule = Vec<Cond>;
+
+fn rule(conditions: Vec<Cond>) -> Result<Rule, SeccompError> {
+    Ok(conditions)
 }
 
-fn no_exec(index: u8) -> Result<SeccompCondition, SeccompError> {
-    Ok(SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?)
+fn arg_eq(index: u8, value: u64) -> Result<Cond, SeccompError> {
+    Ok(Cond::Eq { arg: index, value: value as u32 })
+}
+
+fn no_exec(index: u8) -> Result<Cond, SeccompError> {
+    Ok(Cond::Clear { arg: index, mask: libc::PROT_EXEC as u32 })
 }
 
 /// What the user-mode network needs from the kernel, if it runs.
@@ -92,7 +107,7 @@ pub enum Sandboxed {
     Process(ProcessFds),
 }
 
-fn one_of(index: u8, fds: &[i32]) -> Result<Vec<SeccompRule>, SeccompError> {
+fn one_of(index: u8, fds: &[i32]) -> Result<Vec<Rule>, SeccompError> {
     fds.iter().map(|&fd| rule(vec![arg_eq(index, fd as u64)?])).collect()
 }
 
@@ -110,14 +125,17 @@ pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, Sec
 /// descriptors are `disks`: `pread64`, `pwrite64`, `fdatasync` and
 /// `fallocate` on those descriptors only.
 pub fn filter_with_disks(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<BpfProgram, SeccompError> {
-    Ok(index_system_calls(chain(user, how, disks)?))
+    compile(&allow_list(user, how, disks)?)
 }
 
-/// The allow-list as seccompiler builds it: one test after the other.
-fn chain(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut allow = |nr: libc::c_long, with: Vec<SeccompRule>| {
-        rules.insert(nr, with);
+/// The allow-list: for each allowed call number, the rules of which one
+/// must hold (none: always allowed).
+type AllowList = BTreeMap<u32, Vec<Rule>>;
+
+fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<AllowList, SeccompError> {
+    let mut rules = AllowList::new();
+    let mut allow = |nr: libc::c_long, with: Vec<Rule>| {
+        rules.insert(nr as u32, with);
     };
     // Run the vCPU; read the guest TSC for --stats at the end; (user
     // network) make accepted sockets non-blocking.
@@ -255,117 +273,191 @@ fn chain(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<BpfProgra
     allow(libc::SYS_rseq, vec![]);
     allow(libc::SYS_exit, vec![]);
     allow(libc::SYS_exit_group, vec![]);
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, seccompiler::TargetArch::x86_64)?;
-    let mut program: BpfProgram = filter.try_into()?;
-    trap_other_architectures(&mut program);
-    Ok(program)
+    Ok(rules)
 }
 
-/// BPF instruction classes and operations used below.
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_JMP_JEQ_K: u16 = 0x15;
-const BPF_JMP_JGE_K: u16 = 0x35;
-const BPF_LD_W_ABS: u16 = 0x20;
-
-fn jump(code: u16, k: u32, jt: u8, jf: u8) -> seccompiler::sock_filter {
-    seccompiler::sock_filter { code, jt, jf, k }
+/// Classic BPF as the kernel's seccomp takes it.
+mod bpf {
+    pub const LD_W_ABS: u16 = 0x20;
+    pub const JMP_JA: u16 = 0x05;
+    pub const JMP_JEQ_K: u16 = 0x15;
+    pub const JMP_JGE_K: u16 = 0x35;
+    pub const JMP_JSET_K: u16 = 0x45;
+    pub const RET_K: u16 = 0x06;
+    /// `seccomp_data`: the call number, the architecture, the arguments
+    /// (8 bytes each, low half first).
+    pub const NR: u32 = 0;
+    pub const ARCH: u32 = 4;
+    pub const fn arg_low(arg: u8) -> u32 {
+        16 + 8 * arg as u32
+    }
+    /// `AUDIT_ARCH_X86_64`.
+    pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 }
 
-/// Puts a binary search over the system-call numbers in front of
-/// seccompiler's program, which tests them one after the other.
+/// Where a jump goes: the next instruction or a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum To {
+    Next,
+    Label(usize),
+}
+
+/// An instruction before its jumps are resolved.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Load(u32),
+    Jump(u16, u32, To, To),
+    Always(usize),
+    Ret(u32),
+    Mark(usize),
+}
+
+/// How many call numbers one leaf of the search tests in a row.
+const LEAF: usize = 4;
+
+/// Compiles the allow-list into a classic BPF program.
 ///
-/// The kernel, when it installs a filter, runs it for every system-call
-/// number to find those it always allows (its action cache); through a
-/// chain of some 60 tests that is most of the time the installation takes
-/// (about 0.1 ms here, on the way to the guest's first instruction), and
-/// every call the cache cannot answer walks the chain too. The search
-/// jumps straight to the number's own block of the chain (which then tests
-/// it and its arguments as before) or, for a number the chain does not
-/// have, to the default action: the same answer for every call, in a
-/// dozen steps. A program whose layout is not the one expected (a
-/// different seccompiler) is returned unchanged.
-fn index_system_calls(program: BpfProgram) -> BpfProgram {
-    // seccompiler's layout: load the architecture, test it, its return,
-    // load the number; then one block per number: `jeq NR, 0, 1`,
-    // `ja <its rules>`, `ja <next block>` (through one more `ja` after
-    // each further rule), the rules; the default action last.
-    const HEAD: usize = 4;
-    let last = program.len().saturating_sub(1);
-    let layout_known =
-        program.len() > HEAD && program[3].code == BPF_LD_W_ABS && program[3].k == 0 && program[last].code == 0x06;
-    if !layout_known {
-        return program;
-    }
-    let mut blocks: Vec<(u32, usize)> = Vec::new();
-    let mut at = HEAD;
-    while at < last {
-        let block = program.get(at..at + 3);
-        let Some([test, to_rules, to_next]) = block else { return program };
-        let is_block = test.code == BPF_JMP_JEQ_K
-            && (test.jt, test.jf) == (0, 1)
-            && to_rules.code == BPF_JMP_JA
-            && to_next.code == BPF_JMP_JA;
-        if !is_block || blocks.last().is_some_and(|&(nr, _)| nr >= test.k) {
-            return program;
-        }
-        blocks.push((test.k, at));
-        // A number with several rules: the jump to the next block goes
-        // through a jump after each rule.
-        at = at + 3 + to_next.k as usize;
-        while let Some(hop) = program.get(at).filter(|i| i.code == BPF_JMP_JA) {
-            at += 1 + hop.k as usize;
-        }
-    }
-    if at != last || blocks.is_empty() {
-        return program;
-    }
-    let mut tree = Vec::new();
-    search(&blocks, last, &mut tree);
-    // A jump into the chain was written with the chain's own index as `k`
-    // and `jt` = 1 as its mark; the chain now starts after the search.
-    let size = tree.len();
-    for (i, ins) in tree.iter_mut().enumerate() {
-        if ins.code == BPF_JMP_JA && ins.jt == 1 {
-            ins.k = (ins.k as usize + size - (HEAD + i) - 1) as u32;
-            ins.jt = 0;
-        }
-    }
-    let mut out = Vec::with_capacity(program.len() + size);
-    out.extend_from_slice(&program[..HEAD]);
-    out.extend(tree);
-    out.extend_from_slice(&program[HEAD..]);
-    out
+/// seccompiler, which this tender used before, emits five or more
+/// instructions per rule and tests the call numbers one after the other:
+/// some 440 instructions for process mode's list once a search was put in
+/// front. The kernel checks, translates and compiles a filter when it is
+/// installed (and runs it for every call number to fill its cache), all in
+/// proportion to its length, on the way to the guest's first instruction:
+/// about 0.1 ms here. This program is about a third of that: a binary
+/// search over the call numbers down to leaves of a few equality tests, a
+/// call with argument rules followed by its tests right after its leaf,
+/// one shared load when every rule compares the same argument (a list of
+/// descriptors). A call on no list, or of another architecture (a 32-bit
+/// `int 0x80`), is trapped and reported, never killed.
+fn compile(list: &AllowList) -> Result<BpfProgram, SeccompError> {
+    let mut ops = Vec::new();
+    let mut labels = 0;
+    let mut label = || {
+        labels += 1;
+        labels - 1
+    };
+    let checked = label();
+    ops.push(Op::Load(bpf::ARCH));
+    ops.push(Op::Jump(bpf::JMP_JEQ_K, bpf::AUDIT_ARCH_X86_64, To::Label(checked), To::Next));
+    ops.push(Op::Ret(libc::SECCOMP_RET_TRAP));
+    ops.push(Op::Mark(checked));
+    ops.push(Op::Load(bpf::NR));
+    let calls: Vec<(&u32, &Vec<Rule>)> = list.iter().collect();
+    let leaves: Vec<&[(&u32, &Vec<Rule>)]> = calls.chunks(LEAF).collect();
+    search(&leaves, &mut ops, &mut label);
+    resolve(&ops)
 }
 
-/// Emits the search over `blocks` (number, chain index of its block), in
-/// ascending order; `default` is the chain index of the default action.
-fn search(blocks: &[(u32, usize)], default: usize, out: &mut Vec<seccompiler::sock_filter>) {
-    let into_chain = |index: usize| jump(BPF_JMP_JA, index as u32, 1, 0);
-    if let [(nr, block)] = blocks {
-        out.push(jump(BPF_JMP_JEQ_K, *nr, 0, 1));
-        out.push(into_chain(*block));
-        out.push(into_chain(default));
+/// The search over `leaves` (call numbers in ascending order): `jge` the
+/// first number of the upper half, else the lower half.
+fn search(leaves: &[&[(&u32, &Vec<Rule>)]], ops: &mut Vec<Op>, label: &mut impl FnMut() -> usize) {
+    if let [leaf] = leaves {
+        return emit_leaf(leaf, ops, label);
+    }
+    let (low, high) = leaves.split_at(leaves.len() / 2);
+    let upper = label();
+    let skip = label();
+    ops.push(Op::Jump(bpf::JMP_JGE_K, *high[0][0].0, To::Next, To::Label(skip)));
+    ops.push(Op::Always(upper));
+    ops.push(Op::Mark(skip));
+    search(low, ops, label);
+    ops.push(Op::Mark(upper));
+    search(high, ops, label);
+}
+
+/// A leaf: one `jeq` per number to its rules (or straight to the allowing
+/// return), the trap for any other number, then the rules.
+fn emit_leaf(leaf: &[(&u32, &Vec<Rule>)], ops: &mut Vec<Op>, label: &mut impl FnMut() -> usize) {
+    let allowed = label();
+    let blocks: Vec<Option<usize>> = leaf.iter().map(|(_, rules)| (!rules.is_empty()).then(&mut *label)).collect();
+    for ((nr, _), block) in leaf.iter().zip(&blocks) {
+        ops.push(Op::Jump(bpf::JMP_JEQ_K, **nr, To::Label(block.unwrap_or(allowed)), To::Next));
+    }
+    ops.push(Op::Ret(libc::SECCOMP_RET_TRAP));
+    ops.push(Op::Mark(allowed));
+    ops.push(Op::Ret(libc::SECCOMP_RET_ALLOW));
+    for ((_, rules), block) in leaf.iter().zip(&blocks) {
+        let Some(block) = block else { continue };
+        ops.push(Op::Mark(*block));
+        emit_rules(rules, ops, label);
+    }
+}
+
+/// Rules of which one must hold; the call is trapped if none does.
+fn emit_rules(rules: &[Rule], ops: &mut Vec<Op>, label: &mut impl FnMut() -> usize) {
+    // Every rule one equality on the same argument: load it once.
+    let shared = match rules.first().map(Vec::as_slice) {
+        Some([Cond::Eq { arg, .. }]) => Some(*arg),
+        _ => None,
+    };
+    let one_argument = rules.iter().all(|r| matches!(r.as_slice(), [Cond::Eq { arg, .. }] if Some(*arg) == shared));
+    if let (Some(arg), true) = (shared, one_argument) {
+        let allowed = label();
+        ops.push(Op::Load(bpf::arg_low(arg)));
+        for r in rules {
+            if let [Cond::Eq { value, .. }] = r.as_slice() {
+                ops.push(Op::Jump(bpf::JMP_JEQ_K, *value, To::Label(allowed), To::Next));
+            }
+        }
+        ops.push(Op::Ret(libc::SECCOMP_RET_TRAP));
+        ops.push(Op::Mark(allowed));
+        ops.push(Op::Ret(libc::SECCOMP_RET_ALLOW));
         return;
     }
-    let (low, high) = blocks.split_at(blocks.len() / 2);
-    // nr >= the first of the upper half: on to it; else the lower half.
-    out.push(jump(BPF_JMP_JGE_K, high[0].0, 0, 1));
-    let to_high = out.len();
-    out.push(jump(BPF_JMP_JA, 0, 0, 0));
-    search(low, default, out);
-    out[to_high].k = (out.len() - to_high - 1) as u32;
-    search(high, default, out);
+    for r in rules {
+        let next = label();
+        for cond in r {
+            match *cond {
+                Cond::Eq { arg, value } => {
+                    ops.push(Op::Load(bpf::arg_low(arg)));
+                    ops.push(Op::Jump(bpf::JMP_JEQ_K, value, To::Next, To::Label(next)));
+                }
+                Cond::Clear { arg, mask } => {
+                    ops.push(Op::Load(bpf::arg_low(arg)));
+                    ops.push(Op::Jump(bpf::JMP_JSET_K, mask, To::Label(next), To::Next));
+                }
+            }
+        }
+        ops.push(Op::Ret(libc::SECCOMP_RET_ALLOW));
+        ops.push(Op::Mark(next));
+    }
+    ops.push(Op::Ret(libc::SECCOMP_RET_TRAP));
 }
 
-/// seccompiler kills the process outright for a call of another
-/// architecture (a 32-bit `int 0x80` on x86_64); trap it instead, so it
-/// is reported like every other blocked call.
-fn trap_other_architectures(program: &mut BpfProgram) {
-    const BPF_RET_K: u16 = 0x06;
-    if let Some(ins) = program.iter_mut().take(3).find(|i| i.code == BPF_RET_K && i.k == libc::SECCOMP_RET_KILL_PROCESS)
-    {
-        ins.k = libc::SECCOMP_RET_TRAP;
+/// Turns labels into jump offsets.
+fn resolve(ops: &[Op]) -> Result<BpfProgram, SeccompError> {
+    let mut at = BTreeMap::new();
+    let mut index = 0;
+    for op in ops {
+        match op {
+            Op::Mark(l) => {
+                at.insert(*l, index);
+            }
+            _ => index += 1,
+        }
     }
+    let mut program = Vec::with_capacity(index);
+    for op in ops {
+        let here = program.len();
+        // Labels are only ever placed after their jumps.
+        let offset = |to: To| match to {
+            To::Next => 0,
+            To::Label(l) => at[&l] - here - 1,
+        };
+        let short = |to: To| {
+            let o = offset(to);
+            u8::try_from(o).map_err(|_| SeccompError::TooLong(o))
+        };
+        let ins = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+        program.push(match *op {
+            Op::Mark(_) => continue,
+            Op::Load(k) => ins(bpf::LD_W_ABS, 0, 0, k),
+            Op::Jump(code, k, jt, jf) => ins(code, short(jt)?, short(jf)?, k),
+            Op::Always(l) => ins(bpf::JMP_JA, 0, 0, offset(To::Label(l)) as u32),
+            Op::Ret(k) => ins(bpf::RET_K, 0, 0, k),
+        });
+    }
+    Ok(program)
 }
 
 /// Installs the allow-list on every thread of the process, with the
@@ -435,17 +527,51 @@ mod tests {
         d
     }
 
+    /// The same list as seccompiler builds it, one test after the other:
+    /// what the compiled program must agree with.
+    fn chain(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> BpfProgram {
+        use seccompiler::{
+            SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+        };
+        let condition = |c: &Cond| match *c {
+            Cond::Eq { arg, value } => {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value.into())
+            }
+            Cond::Clear { arg, mask } => {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(mask.into()), 0)
+            }
+        };
+        let rules = allow_list(user, how, disks)
+            .unwrap()
+            .iter()
+            .map(|(nr, rules)| {
+                let rules = rules.iter().map(|r| SeccompRule::new(r.iter().map(|c| condition(c).unwrap()).collect()));
+                (i64::from(*nr), rules.map(Result::unwrap).collect())
+            })
+            .collect();
+        let filter =
+            SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, seccompiler::TargetArch::x86_64);
+        let mut program: BpfProgram = filter.unwrap().try_into().unwrap();
+        // seccompiler kills a call of another architecture; trapped here.
+        for ins in program.iter_mut().take(3) {
+            if ins.code == bpf::RET_K && ins.k == libc::SECCOMP_RET_KILL_PROCESS {
+                ins.k = libc::SECCOMP_RET_TRAP;
+            }
+        }
+        program
+    }
+
     #[test]
-    fn the_indexed_filter_answers_every_call_as_the_chain_does_in_a_few_steps() {
+    fn the_compiled_filter_answers_every_call_as_seccompilers_chain_does_at_under_60_percent_of_its_length() {
         let process =
             Sandboxed::Process(ProcessFds { write: vec![1, 2, 5, 7], read: vec![5, 7], status: Some(9), pid: 1234 });
         let all = UserNetCalls { relays: true, outbound: true, ready_file: true };
         let hows = [
-            (UserNetCalls::default(), Sandboxed::Kvm(KvmFds { vcpu: 3 })),
-            (all, Sandboxed::Kvm(KvmFds { vcpu: 3 })),
-            (UserNetCalls::default(), Sandboxed::Process(ProcessFds::default())),
-            (UserNetCalls::default(), process.clone()),
-            (all, process),
+            (UserNetCalls::default(), Sandboxed::Kvm(KvmFds { vcpu: 3 }), vec![]),
+            (all, Sandboxed::Kvm(KvmFds { vcpu: 3 }), vec![11, 12]),
+            (UserNetCalls::default(), Sandboxed::Process(ProcessFds::default()), vec![]),
+            (UserNetCalls::default(), process.clone(), vec![11]),
+            (all, process, vec![]),
         ];
         let args = [
             [0; 6],
@@ -453,39 +579,40 @@ mod tests {
             [7, KVM_RUN, 0, 0, 0, 0],
             [3, KVM_RUN, 0, 0, 0, 0],
             [3, KVM_GET_MSRS, 0, 0, 0, 0],
+            [3, libc::FIONBIO, 0, 0, 0, 0],
             [9, 0, libc::PROT_READ as u64, 0, 0, 0],
+            [11, 0, 0, 0, 0, 0],
+            [12, 0, 0, 0, 0, 0],
             [0, 4096, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0],
             [libc::PR_SET_NAME as u64, 0, 0, 0, 0, 0],
             [libc::PR_SET_SECCOMP as u64, 0, 0, 0, 0, 0],
             [libc::AF_INET as u64, 0, 0, 0, 0, 0],
             [libc::AF_UNIX as u64, 0, 0, 0, 0, 0],
             [1234, 1, 0, 0, 0, 0],
+            [0, libc::F_SETFL as u64, 0, 0, 0, 0],
             [5 | 1 << 32, u64::MAX, 0, 0, 0, 0],
         ];
-        for (user, how) in &hows {
-            let chained = chain(*user, how, &[]).unwrap();
-            let indexed = filter_for(*user, how).unwrap();
-            assert!(indexed.len() > chained.len(), "the layout was not recognised");
+        for (user, how, disks) in &hows {
+            let chained = chain(*user, how, disks);
+            let compiled = filter_with_disks(*user, how, disks).unwrap();
+            assert!(compiled.len() * 10 < chained.len() * 6, "{} against {} ({how:?})", compiled.len(), chained.len());
             let mut worst = 0;
-            // A number on no list walks the whole chain.
-            let (_, unlisted) = run(&chained, &call(599, 0xc000_003e, [0; 6]));
-            assert!(unlisted > 60, "{unlisted}");
-            for arch in [0xc000_003e, 0x4000_0003] {
-                for nr in 0..600 {
+            let mut allowed = 0;
+            for arch in [bpf::AUDIT_ARCH_X86_64, 0x4000_0003] {
+                for nr in (0..600).chain([0x4000_0001, u32::MAX]) {
                     for a in &args {
                         let data = call(nr, arch, *a);
-                        let (want, chain_steps) = run(&chained, &data);
-                        let (got, steps) = run(&indexed, &data);
+                        let (want, _) = run(&chained, &data);
+                        let (got, steps) = run(&compiled, &data);
                         assert_eq!(got, want, "call {nr} arch {arch:#x} args {a:?} ({how:?})");
-                        if chain_steps == unlisted {
-                            worst = worst.max(steps);
-                        }
+                        worst = worst.max(steps);
+                        allowed += usize::from(got == libc::SECCOMP_RET_ALLOW);
                     }
                 }
             }
-            // A number not on the list: found missing in a dozen steps,
-            // not after every test of the chain.
-            assert!((1..=20).contains(&worst), "{worst} steps ({how:?})");
+            assert!(allowed > 0);
+            // Any call is answered in a few steps, not after every test.
+            assert!(worst <= 30, "{worst} steps ({how:?})");
         }
     }
 
