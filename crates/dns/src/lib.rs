@@ -48,8 +48,9 @@ mod rrl;
 pub mod serve;
 mod server;
 pub mod tcp;
+pub mod tsig;
 mod zone;
 
 pub use rrl::{RateLimit, RateLimiter, Verdict};
 pub use server::{Config, Server, Transport};
-pub use zone::{Catalog, LoadError, Node, Rr, Rrset, Zone};
+pub use zone::{Catalog, LoadError, Node, OwnedZone, Record, Rr, Rrset, Zone, soa_serial};

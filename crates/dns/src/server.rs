@@ -443,13 +443,13 @@ fn slip(answer: &[u8]) -> Vec<u8> {
 
 /// One query's walk through a zone.
 struct Lookup<'z, 's> {
-    catalog: &'s Catalog<'z>,
+    catalog: &'s Catalog<'s>,
     zone: &'s Zone<'z>,
     dnssec: bool,
     qtype: Rtype,
 }
 
-impl<'z: 's, 's> Lookup<'z, 's> {
+impl<'s> Lookup<'s, 's> {
     fn run(&mut self, qname: Name<Vec<u8>>, s: &mut Sections<'s>) {
         let mut seen: Vec<Name<Vec<u8>>> = Vec::new();
         let mut name = qname;
@@ -527,7 +527,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     fn answer_from(
         &self,
         owner: Owner<'s>,
-        node: &'s Node<'z>,
+        node: &'s Node<'s>,
         wild: Option<Wild<'s>>,
         s: &mut Sections<'s>,
     ) -> Option<Name<Vec<u8>>> {
@@ -610,7 +610,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     }
 
     /// The delegation that `name` is at or below, if any (the highest).
-    fn cut_above(&self, name: &Name<[u8]>) -> Option<(&'s Name<[u8]>, &'s Node<'z>)> {
+    fn cut_above(&self, name: &Name<[u8]>) -> Option<(&'s Name<[u8]>, &'s Node<'s>)> {
         let zone = self.zone;
         let extra = name.label_count() - zone.apex.label_count();
         if extra == 0 {
@@ -628,7 +628,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         None
     }
 
-    fn referral(&self, cut: &'s Name<[u8]>, node: &'s Node<'z>, s: &mut Sections<'s>) {
+    fn referral(&self, cut: &'s Name<[u8]>, node: &'s Node<'s>, s: &mut Sections<'s>) {
         let Some(ns) = node.get(Rtype::NS) else { return };
         s.authority.push(placed(Owner::Zone(cut), Rtype::NS, &ns.rrs));
         if self.dnssec {
@@ -652,13 +652,13 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     }
 
     /// Address records for the names in `set` (NS, MX, SRV targets).
-    fn additional_for(&self, set: &'s Rrset<'z>, s: &mut Sections<'s>) {
+    fn additional_for(&self, set: &'s Rrset<'s>, s: &mut Sections<'s>) {
         if matches!(set.rtype, Rtype::NS | Rtype::MX | Rtype::SRV) {
             self.glue(set, None, s);
         }
     }
 
-    fn glue(&self, set: &'s Rrset<'z>, cut: Option<&Name<[u8]>>, s: &mut Sections<'s>) {
+    fn glue(&self, set: &'s Rrset<'s>, cut: Option<&Name<[u8]>>, s: &mut Sections<'s>) {
         for rr in &set.rrs {
             let Some(target) = target_name(set.rtype, rr.rdata) else { continue };
             let Some((owner, node)) = self.zone.nodes.get_key_value(target.for_slice()) else { continue };
@@ -709,7 +709,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         }
     }
 
-    fn add(&self, owner: Owner<'s>, set: &'s Rrset<'z>, section: Section, s: &mut Sections<'s>) {
+    fn add(&self, owner: Owner<'s>, set: &'s Rrset<'s>, section: Section, s: &mut Sections<'s>) {
         let list = match section {
             Section::Answer => &mut s.answer,
             Section::Authority => &mut s.authority,
