@@ -49,8 +49,11 @@ pub mod serve;
 mod server;
 pub mod tcp;
 pub mod tsig;
+mod update;
+pub mod xfr;
 mod zone;
 
 pub use rrl::{RateLimit, RateLimiter, Verdict};
 pub use server::{Config, Server, Transport};
+pub use xfr::{AclRule, Event, Peer, Reply};
 pub use zone::{Catalog, LoadError, Node, OwnedZone, Record, Rr, Rrset, Zone, soa_serial};

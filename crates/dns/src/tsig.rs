@@ -223,7 +223,8 @@ impl<'k> Signer<'k> {
     /// Appends a signed TSIG record to `msg` (a whole response) with
     /// `error` (0, or BADTIME's code) at `now`.
     pub fn sign(&mut self, msg: &mut Vec<u8>, now: u64, error: u16) {
-        let other: Vec<u8> = if error == TsigError::BadTime.code() { now.to_be_bytes()[2..].to_vec() } else { Vec::new() };
+        let other: Vec<u8> =
+            if error == TsigError::BadTime.code() { now.to_be_bytes()[2..].to_vec() } else { Vec::new() };
         let mut mac = self.key.mac();
         mac.update(&(self.prior.len() as u16).to_be_bytes());
         mac.update(&self.prior);
