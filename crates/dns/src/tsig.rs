@@ -154,8 +154,11 @@ pub enum Checked {
 /// Checks the TSIG record of `msg` (a whole request) against `keys` at
 /// `now` (seconds since the epoch).
 pub fn check(msg: &[u8], keys: &[Key], now: u64) -> Checked {
-    let Some((start, found)) = find_tsig(msg) else { return Checked::Unsigned };
-    let Some(tsig) = found else { return Checked::Malformed };
+    let start = match find_tsig(msg) {
+        Tsig::None => return Checked::Unsigned,
+        Tsig::Misplaced => return Checked::Malformed,
+        Tsig::At(start) => start,
+    };
     let Some(raw) = parse_tsig(msg, start) else { return Checked::Malformed };
     let mut req = RequestTsig {
         key: None,
@@ -166,7 +169,6 @@ pub fn check(msg: &[u8], keys: &[Key], now: u64) -> Checked {
         original_id: raw.original_id,
         stripped_len: start,
     };
-    let _ = tsig;
     if !raw.algorithm.eq_ignore_ascii_case(HMAC_SHA256) {
         return Checked::Bad(req, TsigError::BadKey);
     }
@@ -246,8 +248,6 @@ impl<'k> Signer<'k> {
 /// Appends an unsigned TSIG record (no MAC) carrying `error`, for BADKEY
 /// and BADSIG answers.
 pub fn append_unsigned(msg: &mut Vec<u8>, request: &RequestTsig, error: TsigError) {
-    let id = u16::from_be_bytes([msg[0], msg[1]]);
-    let _ = id;
     append_tsig(msg, &request.key_name, request.time, &[], request.original_id, error.code(), &[]);
 }
 
@@ -296,11 +296,21 @@ struct RawTsig<'m> {
     other: &'m [u8],
 }
 
-/// Where the last record of `msg` starts, if the message has any
-/// additional record, and whether that record is a TSIG (Some) while no
-/// other is (None: a TSIG that is not last, or a message that does not
-/// walk).
-fn find_tsig(msg: &[u8]) -> Option<(usize, Option<()>)> {
+/// Where a message's TSIG record is.
+enum Tsig {
+    /// It has none (or does not walk: the query parser judges it).
+    None,
+    /// A TSIG record that is not the last one, or more than one.
+    Misplaced,
+    /// The last record, starting at this offset.
+    At(usize),
+}
+
+fn find_tsig(msg: &[u8]) -> Tsig {
+    walk_records(msg).unwrap_or(Tsig::None)
+}
+
+fn walk_records(msg: &[u8]) -> Option<Tsig> {
     if msg.len() < 12 {
         return None;
     }
@@ -325,21 +335,19 @@ fn find_tsig(msg: &[u8]) -> Option<(usize, Option<()>)> {
     let mut last = None;
     let mut tsig_seen = 0;
     for i in 0..an + ns + ar {
-        let Some((start, rtype)) = walk(&mut p) else {
-            return None;
-        };
+        let (start, rtype) = walk(&mut p)?;
         if rtype == Rtype::TSIG {
             tsig_seen += 1;
             if i != an + ns + ar - 1 || i < an + ns {
-                return Some((start, None));
+                return Some(Tsig::Misplaced);
             }
         }
         last = Some((start, rtype));
     }
-    match last {
-        Some((start, Rtype::TSIG)) if tsig_seen == 1 => Some((start, Some(()))),
-        _ => None,
-    }
+    Some(match last {
+        Some((start, Rtype::TSIG)) if tsig_seen == 1 => Tsig::At(start),
+        _ => Tsig::None,
+    })
 }
 
 fn parse_tsig(msg: &[u8], start: usize) -> Option<RawTsig<'_>> {

@@ -45,6 +45,12 @@ fn now() -> u64 {
 
 /// The test zones served on a fresh port with `config`.
 fn start(config: Config) -> Host {
+    start_skewed(config, 0)
+}
+
+/// As [`start`], with the server's clock `skew` seconds ahead.
+fn start_skewed(config: Config, skew: u64) -> Host {
+    let now = move || now() + skew;
     let blob: &'static [u8] = Box::leak(common::blob().into_boxed_slice());
     let server = Arc::new(Mutex::new(Server::new(Catalog::new(blob).unwrap(), config)));
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -279,4 +285,17 @@ fn ixfr_sends_the_changes_an_update_made() {
     assert_eq!(records.len(), 6, "an incremental transfer of one change:\n{ixfr}");
     assert!(records[2].contains("192.0.2.25") && records[4].contains("192.0.2.26"), "{ixfr}");
     assert!(!ixfr.contains("loop2"), "the whole zone was sent:\n{ixfr}");
+}
+
+#[test]
+fn a_request_signed_outside_the_fudge_gets_badtime() {
+    require("nsupdate");
+    // The server's clock is an hour ahead of the client's.
+    let host = start_skewed(config(), 3600);
+    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    let (ok, out) = host.nsupdate(Some(&key), "zone example.com.\nupdate add late.example.com. 300 A 192.0.2.9");
+    assert!(!ok, "an update signed an hour ago was applied:\n{out}");
+    let events = host.events();
+    assert!(events.iter().any(|e| e.contains("BADTIME")), "{events:#?}");
+    assert!(host.kdig(&["late.example.com.", "A"]).contains("NXDOMAIN"));
 }
