@@ -12,9 +12,9 @@
 #![no_std]
 #![no_main]
 
+use base64::Engine;
 use core::time::Duration;
 use skiff::dns::serve::{NameServer, ServeConfig};
-use base64::Engine;
 use skiff::dns::tsig::Key;
 use skiff::dns::{AclRule, Catalog, Config, RateLimit, Server};
 use skiff::net::{NetConfig, Stack, TcpListener, UdpOptions, UdpSocket};
@@ -54,7 +54,11 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         }
         rules.iter().map(rule_text).collect::<Vec<_>>().join(", ")
     };
-    info!("transfers allowed to {}; updates allowed to {}", rules(&options.dns.allow_transfer), rules(&options.dns.allow_update));
+    info!(
+        "transfers allowed to {}; updates allowed to {}",
+        rules(&options.dns.allow_transfer),
+        rules(&options.dns.allow_update)
+    );
     if !options.dns.allow_update.is_empty() {
         info!("updates are kept in memory: a restart serves the zones as built");
     }
@@ -155,7 +159,9 @@ impl Options {
                     o.serve.tcp_max_connections = number(v, "--tcp-max-connections", 1, 10_000, "a count")?;
                 }
                 "--tsig-key" => o.dns.keys.push(parse_key(value("--tsig-key")?)?),
-                "--allow-transfer" => o.dns.allow_transfer.push(parse_rule(value("--allow-transfer")?, "--allow-transfer")?),
+                "--allow-transfer" => {
+                    o.dns.allow_transfer.push(parse_rule(value("--allow-transfer")?, "--allow-transfer")?)
+                }
                 "--allow-update" => o.dns.allow_update.push(parse_rule(value("--allow-update")?, "--allow-update")?),
                 other => return Err(ArgError::Unknown(other.into())),
             }
@@ -204,7 +210,11 @@ fn parse_key(text: &str) -> Result<Key, ArgError> {
 }
 
 fn parse_rule(text: &str, flag: &'static str) -> Result<AclRule, ArgError> {
-    AclRule::parse(text).map_err(|_| ArgError::Bad { flag, value: text.into(), want: "any, ADDR[/PREFIX], key:NAME or ADDR[/PREFIX]+key:NAME" })
+    AclRule::parse(text).map_err(|_| ArgError::Bad {
+        flag,
+        value: text.into(),
+        want: "any, ADDR[/PREFIX], key:NAME or ADDR[/PREFIX]+key:NAME",
+    })
 }
 
 fn rule_text(rule: &AclRule) -> String {
