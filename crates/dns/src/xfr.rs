@@ -93,7 +93,7 @@ fn in_network(client: IpAddr, net: IpAddr, prefix: u8) -> bool {
         },
         _ => return false,
     };
-    let shift = bits - u32::from(prefix);
+    let shift = bits.saturating_sub(u32::from(prefix));
     shift >= bits || (a >> shift) == (b >> shift)
 }
 

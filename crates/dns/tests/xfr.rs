@@ -299,3 +299,89 @@ fn a_request_signed_outside_the_fudge_gets_badtime() {
     assert!(events.iter().any(|e| e.contains("BADTIME")), "{events:#?}");
     assert!(host.kdig(&["late.example.com.", "A"]).contains("NXDOMAIN"));
 }
+
+/// An UPDATE for example.com.: a prerequisite and an add and a delete,
+/// with a TSIG record of `upd-key` (its MAC made up) when `tsig`.
+fn update_seed(tsig: bool) -> Vec<u8> {
+    use domain::base::iana::{Class, Opcode, Rtype};
+    use domain::base::message_builder::MessageBuilder;
+    use domain::base::{Name, Ttl};
+    use domain::rdata::{A, Cname};
+    let zone: Name<Vec<u8>> = "example.com.".parse().unwrap();
+    let name: Name<Vec<u8>> = "x.example.com.".parse().unwrap();
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x4242);
+    b.header_mut().set_opcode(Opcode::UPDATE);
+    let mut q = b.question();
+    q.push((&zone, Rtype::SOA, Class::IN)).unwrap();
+    let mut a = q.answer();
+    a.push((
+        &name,
+        Class::NONE,
+        Ttl::from_secs(0),
+        domain::base::rdata::UnknownRecordData::from_octets(Rtype::ANY, Vec::new()).unwrap(),
+    ))
+    .unwrap();
+    let mut ns = a.authority();
+    ns.push((&name, Class::IN, Ttl::from_secs(300), A::from_octets(192, 0, 2, 1))).unwrap();
+    ns.push((&name, Class::IN, Ttl::from_secs(300), Cname::new(zone.clone()))).unwrap();
+    ns.push((
+        &zone,
+        Class::ANY,
+        Ttl::from_secs(0),
+        domain::base::rdata::UnknownRecordData::from_octets(Rtype::MX, Vec::new()).unwrap(),
+    ))
+    .unwrap();
+    let mut m = ns.finish();
+    if tsig {
+        m[10..12].copy_from_slice(&1u16.to_be_bytes());
+        m.extend_from_slice(b"\x07upd-key\x00\x00\xfa\x00\xff\x00\x00\x00\x00");
+        let mut rdata = b"\x0bhmac-sha256\x00".to_vec();
+        rdata.extend_from_slice(&now().to_be_bytes()[2..]);
+        rdata.extend_from_slice(&300u16.to_be_bytes());
+        rdata.extend_from_slice(&32u16.to_be_bytes());
+        rdata.extend_from_slice(&[7; 32]);
+        rdata.extend_from_slice(&[0x42, 0x42, 0, 0, 0, 0]);
+        m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        m.extend_from_slice(&rdata);
+    }
+    m
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 1500, ..Default::default() })]
+    /// Mutated updates, transfers and signed messages never panic the
+    /// server, and what it sends is a response with the message's ID.
+    #[test]
+    fn mutated_updates_and_signed_messages_never_panic(
+        tsig in proptest::prelude::any::<bool>(),
+        flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..6),
+        cut in 0usize..400,
+        tcp in proptest::prelude::any::<bool>(),
+    ) {
+        static SERVER: std::sync::OnceLock<Mutex<Server<'static>>> = std::sync::OnceLock::new();
+        let server = SERVER.get_or_init(|| {
+            let blob: &'static [u8] = Box::leak(common::blob().into_boxed_slice());
+            let mut cfg = config();
+            cfg.allow_update.push(AclRule::parse("any").unwrap());
+            cfg.allow_transfer.push(AclRule::parse("::/0").unwrap());
+            Mutex::new(Server::new(Catalog::new(blob).unwrap(), cfg))
+        });
+        let mut m = update_seed(tsig);
+        for (at, byte) in flips {
+            let len = m.len();
+            m[at % len] = byte;
+        }
+        if cut < m.len() && cut >= 12 {
+            m.truncate(cut);
+        }
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        let peer = Peer { transport, addr: "::1".parse().unwrap(), now_ms: 0, unix_time: now() };
+        let reply = server.lock().unwrap().serve(&m, &peer);
+        for a in &reply.messages {
+            proptest::prop_assert!(a.len() >= 12);
+            proptest::prop_assert_eq!(&a[..2], &m[..2]);
+            proptest::prop_assert!(a[2] & 0x80 != 0);
+        }
+    }
+}
