@@ -48,8 +48,12 @@ mod rrl;
 pub mod serve;
 mod server;
 pub mod tcp;
+pub mod tsig;
+mod update;
+pub mod xfr;
 mod zone;
 
 pub use rrl::{RateLimit, RateLimiter, Verdict};
 pub use server::{Config, Server, Transport};
-pub use zone::{Catalog, LoadError, Node, Rr, Rrset, Zone};
+pub use xfr::{AclRule, Event, Peer, Reply};
+pub use zone::{Catalog, LoadError, Node, OwnedZone, Record, Rr, Rrset, Zone, soa_serial};

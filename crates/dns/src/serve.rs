@@ -31,8 +31,11 @@ use skiff_rt::Spawner;
 use skiff_rt::executor::timeout;
 use skiff_rt::time::Instant;
 
+use core::net::IpAddr;
+
 use crate::server::{Server, Transport};
 use crate::tcp::{Deframer, frame};
+use crate::xfr::{Peer, Reply};
 
 /// How the front ends treat connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +166,8 @@ impl NameServer {
                 continue;
             }
             self.count(|s| s.udp_queries += 1);
-            let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let answer = self.server.borrow_mut().handle(&buf[..n], Transport::Udp, peer.ip(), now_ms);
-            let Some(answer) = answer else { continue };
+            let reply = self.serve_message(&buf[..n], Transport::Udp, peer.ip());
+            let Some(answer) = reply.messages.into_iter().next() else { continue };
             match socket.send_to(&answer, peer).await {
                 Ok(()) => self.count(|s| s.udp_answers += 1),
                 // One client's unreachable address stops nobody else.
@@ -191,7 +193,7 @@ impl NameServer {
             let ns = self.clone();
             spawner.spawn(async move {
                 let _slot = Slot(&ns);
-                let end = ns.serve_connection(&mut stream).await;
+                let end = ns.serve_connection(&mut stream, peer.ip()).await;
                 if let End::Dropped(why) = end {
                     ns.count(|s| s.tcp_dropped += 1);
                     log::debug!("dns: TCP connection from {peer} closed: {why}");
@@ -201,7 +203,22 @@ impl NameServer {
         }
     }
 
-    async fn serve_connection(&self, stream: &mut TcpStream) -> End {
+    /// Answers one message and logs what it did (one line per transfer or
+    /// update, refused or not).
+    fn serve_message(&self, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let unix_time = skiff_rt::time::wall_clock_nanos() / 1_000_000_000;
+        let peer = Peer { transport, addr: client, now_ms, unix_time };
+        let reply = self.server.borrow_mut().serve(message, &peer);
+        match &reply.event {
+            Some(e) if e.is_refusal() => log::warn!("dns: {e}"),
+            Some(e) => log::info!("dns: {e}"),
+            None => {}
+        }
+        reply
+    }
+
+    async fn serve_connection(&self, stream: &mut TcpStream, client: IpAddr) -> End {
         let mut deframer = Deframer::new();
         let mut buf = vec![0u8; 4096];
         // Idle means no whole query: a client trickling bytes is idle too.
@@ -216,13 +233,14 @@ impl NameServer {
                 };
                 self.count(|s| s.tcp_queries += 1);
                 deadline = Instant::now() + self.config.tcp_idle_timeout;
-                let answer = self.server.borrow().respond(message, Transport::Tcp);
-                let Some(answer) = answer else { continue };
-                let framed = frame(&answer);
-                match timeout(self.config.tcp_write_timeout, stream.write_all(&framed)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return End::Closed,
-                    Err(_) => return End::Dropped("the client does not read its answers"),
+                let reply = self.serve_message(message, Transport::Tcp, client);
+                for answer in reply.messages {
+                    let framed = frame(&answer);
+                    match timeout(self.config.tcp_write_timeout, stream.write_all(&framed)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::Closed,
+                        Err(_) => return End::Dropped("the client does not read its answers"),
+                    }
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());

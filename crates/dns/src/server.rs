@@ -45,26 +45,44 @@ pub struct Config {
     /// positive answers and additional address records other than glue.
     /// Off by default, where answers carry what NSD's carry.
     pub minimal_responses: bool,
+    /// TSIG keys (HMAC-SHA256) that requests may be signed with.
+    pub keys: Vec<crate::tsig::Key>,
+    /// Who may transfer zones (AXFR, IXFR); nobody when empty.
+    pub allow_transfer: Vec<crate::xfr::AclRule>,
+    /// Who may update zones (RFC 2136); nobody when empty.
+    pub allow_update: Vec<crate::xfr::AclRule>,
+    /// Changes kept per zone for IXFR.
+    pub history: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_udp_payload: 1232, rate_limit: None, minimal_responses: false }
+        Config {
+            max_udp_payload: 1232,
+            rate_limit: None,
+            minimal_responses: false,
+            keys: Vec::new(),
+            allow_transfer: Vec::new(),
+            allow_update: Vec::new(),
+            history: 32,
+        }
     }
 }
 
 /// A server for the zones of one [`Catalog`].
 #[derive(Debug)]
 pub struct Server<'a> {
-    catalog: Catalog<'a>,
-    config: Config,
+    pub(crate) catalog: Catalog<'a>,
+    pub(crate) config: Config,
     limiter: Option<RateLimiter>,
+    /// The changes of each zone, oldest first, for IXFR.
+    pub(crate) history: alloc::collections::BTreeMap<Name<Vec<u8>>, Vec<crate::xfr::Diff>>,
 }
 
 /// A name in an answer: one of the zone's, or one made for the answer
 /// (the query name for wildcard and chain answers).
 #[derive(Debug, Clone)]
-enum Owner<'z> {
+pub(crate) enum Owner<'z> {
     Zone(&'z Name<[u8]>),
     Made(Name<Vec<u8>>),
 }
@@ -80,7 +98,7 @@ impl Owner<'_> {
 
 /// One RRset (or its signatures) placed in a section.
 #[derive(Debug, Clone)]
-struct Placed<'z> {
+pub(crate) struct Placed<'z> {
     owner: Owner<'z>,
     rtype: Rtype,
     rrs: &'z [Rr<'z>],
@@ -116,25 +134,25 @@ struct Request<'q> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Edns {
+pub(crate) struct Edns {
     payload: u16,
     dnssec_ok: bool,
 }
 
 /// Why a query gets an error answer.
-struct Refusal {
-    rcode: OptRcode,
+pub(crate) struct Refusal {
+    pub(crate) rcode: OptRcode,
     /// Echo the question (it parsed).
-    question: bool,
+    pub(crate) question: bool,
     /// Answer with an OPT record (the query had a valid one).
-    edns: Option<Edns>,
+    pub(crate) edns: Option<Edns>,
 }
 
 impl<'a> Server<'a> {
     /// A server for `catalog`'s zones.
     pub fn new(catalog: Catalog<'a>, config: Config) -> Self {
         let limiter = config.rate_limit.clone().map(RateLimiter::new);
-        Server { catalog, config, limiter }
+        Server { catalog, config, limiter, history: Default::default() }
     }
 
     /// The zones served.
@@ -328,7 +346,7 @@ enum Overflow {
 
 type Rdata<'a> = ZoneRecordData<&'a [u8], ParsedName<&'a [u8]>>;
 
-fn push_set(
+pub(crate) fn push_set(
     p: &Placed<'_>,
     mut push: impl FnMut((&Name<[u8]>, Class, Ttl, Rdata<'_>)) -> Result<(), PushError>,
 ) -> Result<(), PushError> {
@@ -398,7 +416,7 @@ fn parse_request(msg: Message<&[u8]>) -> Result<Request<'_>, Refusal> {
 
 /// An error answer: header (and the question when it parsed, and OPT when
 /// the query had a valid one) with `refusal`'s rcode.
-fn error_answer(msg: Message<&[u8]>, refusal: &Refusal, max_udp_payload: u16) -> Vec<u8> {
+pub(crate) fn error_answer(msg: Message<&[u8]>, refusal: &Refusal, max_udp_payload: u16) -> Vec<u8> {
     let mut b = MessageBuilder::new_vec();
     let h = b.header_mut();
     let qh = msg.header();
@@ -443,13 +461,13 @@ fn slip(answer: &[u8]) -> Vec<u8> {
 
 /// One query's walk through a zone.
 struct Lookup<'z, 's> {
-    catalog: &'s Catalog<'z>,
+    catalog: &'s Catalog<'s>,
     zone: &'s Zone<'z>,
     dnssec: bool,
     qtype: Rtype,
 }
 
-impl<'z: 's, 's> Lookup<'z, 's> {
+impl<'s> Lookup<'s, 's> {
     fn run(&mut self, qname: Name<Vec<u8>>, s: &mut Sections<'s>) {
         let mut seen: Vec<Name<Vec<u8>>> = Vec::new();
         let mut name = qname;
@@ -527,7 +545,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     fn answer_from(
         &self,
         owner: Owner<'s>,
-        node: &'s Node<'z>,
+        node: &'s Node<'s>,
         wild: Option<Wild<'s>>,
         s: &mut Sections<'s>,
     ) -> Option<Name<Vec<u8>>> {
@@ -610,7 +628,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     }
 
     /// The delegation that `name` is at or below, if any (the highest).
-    fn cut_above(&self, name: &Name<[u8]>) -> Option<(&'s Name<[u8]>, &'s Node<'z>)> {
+    fn cut_above(&self, name: &Name<[u8]>) -> Option<(&'s Name<[u8]>, &'s Node<'s>)> {
         let zone = self.zone;
         let extra = name.label_count() - zone.apex.label_count();
         if extra == 0 {
@@ -628,7 +646,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         None
     }
 
-    fn referral(&self, cut: &'s Name<[u8]>, node: &'s Node<'z>, s: &mut Sections<'s>) {
+    fn referral(&self, cut: &'s Name<[u8]>, node: &'s Node<'s>, s: &mut Sections<'s>) {
         let Some(ns) = node.get(Rtype::NS) else { return };
         s.authority.push(placed(Owner::Zone(cut), Rtype::NS, &ns.rrs));
         if self.dnssec {
@@ -652,13 +670,13 @@ impl<'z: 's, 's> Lookup<'z, 's> {
     }
 
     /// Address records for the names in `set` (NS, MX, SRV targets).
-    fn additional_for(&self, set: &'s Rrset<'z>, s: &mut Sections<'s>) {
+    fn additional_for(&self, set: &'s Rrset<'s>, s: &mut Sections<'s>) {
         if matches!(set.rtype, Rtype::NS | Rtype::MX | Rtype::SRV) {
             self.glue(set, None, s);
         }
     }
 
-    fn glue(&self, set: &'s Rrset<'z>, cut: Option<&Name<[u8]>>, s: &mut Sections<'s>) {
+    fn glue(&self, set: &'s Rrset<'s>, cut: Option<&Name<[u8]>>, s: &mut Sections<'s>) {
         for rr in &set.rrs {
             let Some(target) = target_name(set.rtype, rr.rdata) else { continue };
             let Some((owner, node)) = self.zone.nodes.get_key_value(target.for_slice()) else { continue };
@@ -709,7 +727,7 @@ impl<'z: 's, 's> Lookup<'z, 's> {
         }
     }
 
-    fn add(&self, owner: Owner<'s>, set: &'s Rrset<'z>, section: Section, s: &mut Sections<'s>) {
+    fn add(&self, owner: Owner<'s>, set: &'s Rrset<'s>, section: Section, s: &mut Sections<'s>) {
         let list = match section {
             Section::Answer => &mut s.answer,
             Section::Authority => &mut s.authority,
@@ -813,7 +831,7 @@ enum Section {
     Authority,
 }
 
-fn placed<'z>(owner: Owner<'z>, rtype: Rtype, rrs: &'z [Rr<'z>]) -> Placed<'z> {
+pub(crate) fn placed<'z>(owner: Owner<'z>, rtype: Rtype, rrs: &'z [Rr<'z>]) -> Placed<'z> {
     Placed { owner, rtype, rrs, ttl_cap: None, required: false, optional: false }
 }
 

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use domain::base::ParsedName;
 use domain::base::iana::{Class, Rtype};
 use domain::base::name::Name;
-use domain::base::name::ToLabelIter;
+use domain::base::name::{ToLabelIter, ToName};
 use domain::base::rdata::ParseRecordData;
 use domain::dep::octseq::Parser;
 use domain::rdata::ZoneRecordData;
@@ -183,10 +183,55 @@ impl<'a> Zone<'a> {
     }
 }
 
-/// The zones a server answers for.
-#[derive(Debug, Clone)]
+/// The zones a server answers for: compiled ones, borrowed from their
+/// blob, and ones that own their records (changed by an update, or
+/// received by a zone transfer).
+#[derive(Debug, Default)]
 pub struct Catalog<'a> {
-    zones: BTreeMap<&'a Name<[u8]>, Zone<'a>>,
+    zones: BTreeMap<Name<Vec<u8>>, Slot<'a>>,
+}
+
+#[derive(Debug)]
+enum Slot<'a> {
+    Compiled(Zone<'a>),
+    Owned(OwnedZone),
+}
+
+impl Slot<'_> {
+    fn zone(&self) -> &Zone<'_> {
+        match self {
+            Slot::Compiled(z) => z,
+            Slot::Owned(o) => o.borrow_dependent(),
+        }
+    }
+}
+
+self_cell::self_cell!(
+    /// A zone that owns its records, in the blob's record format.
+    pub struct OwnedZone {
+        owner: Vec<u8>,
+        #[covariant]
+        dependent: Zone,
+    }
+    impl {Debug}
+);
+
+impl OwnedZone {
+    /// A zone of `records`; the first must be the SOA, whose owner is the
+    /// apex. Checked as a compiled zone is.
+    pub fn from_records(records: &[Record]) -> Result<OwnedZone, LoadError> {
+        let mut body = Vec::new();
+        for r in records {
+            r.encode(&mut body);
+        }
+        let count = records.len();
+        OwnedZone::try_new(body, |b| load_zone(0, count, b))
+    }
+
+    /// The zone.
+    pub fn zone(&self) -> &Zone<'_> {
+        self.borrow_dependent()
+    }
 }
 
 impl<'a> Catalog<'a> {
@@ -211,7 +256,7 @@ impl<'a> Catalog<'a> {
             let body = rest.get(8..8usize.saturating_add(len)).ok_or(LoadError::Truncated { zone: z })?;
             rest = &rest[8 + len..];
             let zone = load_zone(z, records, body)?;
-            if zones.insert(zone.apex, zone).is_some() {
+            if zones.insert(zone.apex.to_name::<Vec<u8>>(), Slot::Compiled(zone)).is_some() {
                 return Err(LoadError::DuplicateZone { zone: z });
             }
         }
@@ -223,18 +268,119 @@ impl<'a> Catalog<'a> {
 
     /// The zone that `name` is in: the one whose apex is the longest suffix
     /// of `name`.
-    pub fn find(&self, name: &Name<[u8]>) -> Option<&Zone<'a>> {
+    pub fn find(&self, name: &Name<[u8]>) -> Option<&Zone<'_>> {
         if self.zones.is_empty() {
             return None;
         }
         (0..name.label_count())
             .filter_map(|k| crate::server::skip_labels(name, k))
             .find_map(|suffix| self.zones.get(suffix.for_slice()))
+            .map(Slot::zone)
+    }
+
+    /// The zone whose apex is `apex`.
+    pub fn zone(&self, apex: &Name<[u8]>) -> Option<&Zone<'_>> {
+        self.zones.get(apex).map(Slot::zone)
     }
 
     /// The zones, by apex in canonical order.
-    pub fn zones(&self) -> impl Iterator<Item = &Zone<'a>> {
-        self.zones.values()
+    pub fn zones(&self) -> impl Iterator<Item = &Zone<'_>> {
+        self.zones.values().map(Slot::zone)
+    }
+
+    /// Puts `zone` in place of the zone with the same apex (or adds it).
+    pub fn replace(&mut self, zone: OwnedZone) {
+        let apex = zone.zone().apex.to_name::<Vec<u8>>();
+        self.zones.insert(apex, Slot::Owned(zone));
+    }
+}
+
+/// One record of a zone, owned: what updates change, transfers carry and
+/// the journal keeps. Class IN; names in `rdata` uncompressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The owner name.
+    pub owner: Name<Vec<u8>>,
+    /// The type.
+    pub rtype: Rtype,
+    /// The TTL in seconds.
+    pub ttl: u32,
+    /// The record data in wire format.
+    pub rdata: Vec<u8>,
+}
+
+impl Record {
+    /// Appends the record in the blob's format (DNS wire format, class IN).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.owner.as_slice());
+        out.extend_from_slice(&self.rtype.to_int().to_be_bytes());
+        out.extend_from_slice(&Class::IN.to_int().to_be_bytes());
+        out.extend_from_slice(&self.ttl.to_be_bytes());
+        out.extend_from_slice(&(self.rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.rdata);
+    }
+
+    /// Reads records written by [`Record::encode`] (a zone journal).
+    pub fn decode_all(mut bytes: &[u8]) -> Option<Vec<Record>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let mut pos = 0;
+            let raw = parse_record(bytes, &mut pos)?;
+            if raw.class != Class::IN {
+                return None;
+            }
+            out.push(Record {
+                owner: raw.owner.to_name::<Vec<u8>>(),
+                rtype: raw.rtype,
+                ttl: raw.ttl,
+                rdata: raw.rdata.to_vec(),
+            });
+            bytes = &bytes[pos..];
+        }
+        Some(out)
+    }
+}
+
+/// The serial of an SOA's rdata (the fifth field from the end).
+pub fn soa_serial(rdata: &[u8]) -> Option<u32> {
+    let at = rdata.len().checked_sub(20)?;
+    Some(u32::from_be_bytes(rdata[at..at + 4].try_into().ok()?))
+}
+
+impl Zone<'_> {
+    /// The SOA record's rdata.
+    pub fn soa(&self) -> &[u8] {
+        self.apex_node().get(Rtype::SOA).and_then(|s| s.rrs.first()).map_or(&[], |rr| rr.rdata)
+    }
+
+    /// The SOA serial.
+    pub fn serial(&self) -> u32 {
+        soa_serial(self.soa()).unwrap_or(0)
+    }
+
+    /// Every record of the zone, the SOA first (as a zone transfer sends
+    /// them), signatures and NSEC3 records included.
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        let own = |owner: &Name<[u8]>, rtype: Rtype, rr: &Rr<'_>| Record {
+            owner: owner.to_name::<Vec<u8>>(),
+            rtype,
+            ttl: rr.ttl,
+            rdata: rr.rdata.to_vec(),
+        };
+        if let Some(soa) = self.apex_node().get(Rtype::SOA) {
+            out.extend(soa.rrs.iter().map(|rr| own(self.apex, Rtype::SOA, rr)));
+        }
+        let nsec3 = self.nsec3.iter().flat_map(|c| c.nodes.iter());
+        for (owner, node) in self.nodes.iter().chain(nsec3) {
+            for set in &node.rrsets {
+                if !(set.rtype == Rtype::SOA && *owner == self.apex) {
+                    out.extend(set.rrs.iter().map(|rr| own(owner, set.rtype, rr)));
+                }
+                out.extend(set.sigs.iter().map(|rr| own(owner, Rtype::RRSIG, rr)));
+            }
+        }
+        out
     }
 }
 

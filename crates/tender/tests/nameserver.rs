@@ -409,3 +409,92 @@ fn rate_limiting_is_set_on_the_command_line() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("--rate-limit \"lots\": not answers per second"), "{text}");
 }
+
+/// nsupdate (bind9-dnsutils) against the name server, through its
+/// published port: its success and output.
+fn nsupdate(ns: &NameServer, key: Option<&str>, script: &str) -> (bool, String) {
+    require_program("nsupdate", "bind9-dnsutils");
+    let mut cmd = Command::new("nsupdate");
+    cmd.args(["-t", "5"]);
+    if let Some(k) = key {
+        cmd.args(["-y", k]);
+    }
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
+    let text = format!("server {} {}\n{script}\nsend\n", ns.udp.ip(), ns.udp.port());
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn nsupdate_with_a_tsig_key_changes_the_zone_and_kdig_transfers_it() {
+    const SECRET: &str = "c2tpZmYtdGVzdC1rZXktMzItYnl0ZXMtbG9uZy0hISE=";
+    let upd = format!("upd:hmac-sha256:{SECRET}");
+    let xfr = format!("xfr:hmac-sha256:{SECRET}");
+    let mut ns = NameServer::start(&[
+        "--tsig-key",
+        &upd,
+        "--tsig-key",
+        &xfr,
+        "--allow-update",
+        "key:upd",
+        "--allow-transfer",
+        "key:xfr",
+    ]);
+    let upd_key = format!("hmac-sha256:upd:{SECRET}");
+    let xfr_key = format!("hmac-sha256:xfr:{SECRET}");
+    let soa = |ns: &NameServer| section(&ns.kdig(&["example.com", "SOA"]), "ANSWER")[0].clone();
+    let before = soa(&ns);
+
+    let (ok, out) = nsupdate(&ns, Some(&upd_key), "zone example.com.\nupdate add dyn.example.com. 300 A 192.0.2.77");
+    assert!(ok, "the signed update failed:\n{out}\nserver:\n{}", ns.output());
+    let a = ns.kdig(&["dyn.example.com", "A"]);
+    assert_eq!(section(&a, "ANSWER"), ["dyn.example.com. 300 IN A 192.0.2.77"], "the change is answered: {a}");
+    assert_ne!(soa(&ns), before, "the serial is bumped");
+    let axfr = ns.kdig(&["+tcp", "-y", &xfr_key, "example.com", "AXFR"]);
+    assert!(axfr.contains("dyn.example.com.") && !axfr.contains("failed"), "the change is in the AXFR:\n{axfr}");
+    ns.wait_line("update of example.com from");
+    ns.wait_line("AXFR of example.com serial");
+
+    let (ok, out) = nsupdate(&ns, Some(&upd_key), "zone example.com.\nupdate delete dyn.example.com. A");
+    assert!(ok, "{out}");
+    assert_eq!(status(&ns.kdig(&["dyn.example.com", "A"])), "NXDOMAIN");
+
+    // A wrong secret and a missing key are refused, one line each.
+    let wrong = "hmac-sha256:upd:d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc9PT0=";
+    let (ok, out) = nsupdate(&ns, Some(wrong), "zone example.com.\nupdate add bad.example.com. 300 A 192.0.2.66");
+    assert!(!ok, "an update with the wrong key succeeded:\n{out}");
+    let (ok, out) = nsupdate(&ns, None, "zone example.com.\nupdate add bad.example.com. 300 A 192.0.2.66");
+    assert!(!ok && out.contains("REFUSED"), "an unsigned update was not refused:\n{out}");
+    assert_eq!(status(&ns.kdig(&["bad.example.com", "A"])), "NXDOMAIN");
+    // The update key may not transfer.
+    let refused = Command::new("kdig")
+        .arg(format!("@{}", ns.tcp.ip()))
+        .args(["-p", &ns.tcp.port().to_string(), "+timeout=3", "-y", &upd_key, "example.com", "AXFR"])
+        .output()
+        .expect("run kdig");
+    let refused = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(refused.contains("REFUSED") && !refused.contains("www.example.com."), "{refused}");
+
+    ns.wait_line("refused transfer of example.com to");
+    let (code, out) = ns.stop();
+    assert_eq!(code, 0, "{out}");
+    let refused_updates = out.lines().filter(|l| l.contains("refused update of example.com from")).count();
+    assert_eq!(refused_updates, 2, "one line per refused update:\n{out}");
+    assert!(out.contains("BADSIG"), "{out}");
+}
+
+#[test]
+fn a_bad_tsig_key_fails_the_start_with_one_line() {
+    require_kvm();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(["--net", "service=user", "--timeout", "30s"])
+        .arg(image())
+        .args(["--", "--tsig-key", "k:hmac-md5:AAAA", "--allow-update", "key:k"])
+        .output()
+        .expect("start the tender");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("only hmac-sha256 is supported"), "{text}");
+}

@@ -6,14 +6,17 @@
 //!     [--port 53] [--rate-limit N [--slip N] [--ipv4-prefix N] [--ipv6-prefix N]]
 //!     [--max-udp-payload N] [--minimal-responses]
 //!     [--tcp-idle-timeout SECS] [--tcp-max-connections N]
+//!     [--tsig-key NAME:hmac-sha256:BASE64]... [--allow-transfer RULE]... [--allow-update RULE]...
 //!     [--ipv4 ADDR/PREFIX --gateway ADDR | --dhcp]
 //! ```
 #![no_std]
 #![no_main]
 
+use base64::Engine;
 use core::time::Duration;
 use skiff::dns::serve::{NameServer, ServeConfig};
-use skiff::dns::{Catalog, Config, RateLimit, Server};
+use skiff::dns::tsig::Key;
+use skiff::dns::{AclRule, Catalog, Config, RateLimit, Server};
 use skiff::net::{NetConfig, Stack, TcpListener, UdpOptions, UdpSocket};
 use skiff::prelude::*;
 
@@ -42,6 +45,23 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
         None => "no rate limit".into(),
     };
     info!("serving UDP and TCP on {addr}:{} ({limit})", options.port);
+    for key in &options.dns.keys {
+        info!("TSIG key {} (hmac-sha256)", key.name());
+    }
+    let rules = |rules: &[AclRule]| -> String {
+        if rules.is_empty() {
+            return "nobody".into();
+        }
+        rules.iter().map(rule_text).collect::<Vec<_>>().join(", ")
+    };
+    info!(
+        "transfers allowed to {}; updates allowed to {}",
+        rules(&options.dns.allow_transfer),
+        rules(&options.dns.allow_update)
+    );
+    if !options.dns.allow_update.is_empty() {
+        info!("updates are kept in memory: a restart serves the zones as built");
+    }
     let udp_side = ns.clone();
     env.spawn(async move {
         // Only a failing socket ends it: the service ends with it, loudly.
@@ -81,6 +101,7 @@ enum ArgError {
     Missing(&'static str),
     Bad { flag: &'static str, value: String, want: &'static str },
     Unknown(String),
+    Key(String),
 }
 
 impl core::fmt::Display for ArgError {
@@ -91,8 +112,10 @@ impl core::fmt::Display for ArgError {
             ArgError::Unknown(a) => write!(
                 f,
                 "unknown argument {a:?} (nameserver takes --port, --rate-limit, --slip, --ipv4-prefix, \
-                 --ipv6-prefix, --max-udp-payload, --minimal-responses, --tcp-idle-timeout, --tcp-max-connections)"
+                 --ipv6-prefix, --max-udp-payload, --minimal-responses, --tcp-idle-timeout, --tcp-max-connections, \
+                 --tsig-key, --allow-transfer, --allow-update)"
             ),
+            ArgError::Key(why) => write!(f, "--tsig-key: {why}"),
         }
     }
 }
@@ -135,11 +158,24 @@ impl Options {
                     let v = value("--tcp-max-connections")?;
                     o.serve.tcp_max_connections = number(v, "--tcp-max-connections", 1, 10_000, "a count")?;
                 }
+                "--tsig-key" => o.dns.keys.push(parse_key(value("--tsig-key")?)?),
+                "--allow-transfer" => {
+                    o.dns.allow_transfer.push(parse_rule(value("--allow-transfer")?, "--allow-transfer")?)
+                }
+                "--allow-update" => o.dns.allow_update.push(parse_rule(value("--allow-update")?, "--allow-update")?),
                 other => return Err(ArgError::Unknown(other.into())),
             }
         }
         if limited {
             o.dns.rate_limit = Some(rate);
+        }
+        // A rule naming a key that was not given could never match.
+        for rule in o.dns.allow_transfer.iter().chain(&o.dns.allow_update) {
+            if let Some(k) = &rule.key
+                && !o.dns.keys.iter().any(|key| key.name() == k.for_slice())
+            {
+                return Err(ArgError::Key(format!("no key {k} for the access rule (give it with --tsig-key)")));
+            }
         }
         Ok(o)
     }
@@ -156,4 +192,38 @@ where
         return Err(bad());
     }
     T::try_from(n).map_err(|_| bad())
+}
+
+/// `NAME:hmac-sha256:BASE64`.
+fn parse_key(text: &str) -> Result<Key, ArgError> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(name), Some(algorithm), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ArgError::Key(format!("{text:?} is not NAME:hmac-sha256:BASE64")));
+    };
+    if !algorithm.eq_ignore_ascii_case("hmac-sha256") {
+        return Err(ArgError::Key(format!("algorithm {algorithm:?}: only hmac-sha256 is supported")));
+    }
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .map_err(|e| ArgError::Key(format!("secret of {name:?} is not base64: {e}")))?;
+    Key::new(name, secret).map_err(|e| ArgError::Key(e.to_string()))
+}
+
+fn parse_rule(text: &str, flag: &'static str) -> Result<AclRule, ArgError> {
+    AclRule::parse(text).map_err(|_| ArgError::Bad {
+        flag,
+        value: text.into(),
+        want: "any, ADDR[/PREFIX], key:NAME or ADDR[/PREFIX]+key:NAME",
+    })
+}
+
+fn rule_text(rule: &AclRule) -> String {
+    let mut parts = Vec::new();
+    if let Some((addr, prefix)) = rule.network {
+        parts.push(format!("{addr}/{prefix}"));
+    }
+    if let Some(k) = &rule.key {
+        parts.push(format!("key {k}"));
+    }
+    if parts.is_empty() { "anyone".into() } else { parts.join(" with ") }
 }
