@@ -33,7 +33,7 @@ use crate::guest_memory::{GuestAddr, GuestMemory};
 use crate::paging::Region;
 use crate::sys::ThreadKicker;
 use skiff_abi::Hypercall;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -243,11 +243,12 @@ pub enum Target {
     Process(ThreadKicker),
 }
 
-/// Samples gathered, by stack.
+/// Samples gathered, by stack. (Ordered maps: a `HashMap`'s random keys
+/// would ask the kernel for randomness, which the lockdown forbids.)
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     /// Guest stacks (innermost first) and their counts.
-    pub stacks: HashMap<Vec<u64>, u64>,
+    pub stacks: BTreeMap<Vec<u64>, u64>,
     /// Samples in the supervisor.
     pub supervisor: u64,
     /// Samples while the guest slept in `Poll`.
@@ -274,7 +275,7 @@ impl Profile {
     /// it.
     pub fn folded(&self, image: &Image) -> Vec<String> {
         let symbols = image.code_symbols();
-        let mut names: HashMap<u64, String> = HashMap::new();
+        let mut names: BTreeMap<u64, String> = BTreeMap::new();
         let mut name = |addr: u64| -> String {
             names
                 .entry(addr)
