@@ -504,6 +504,12 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
 
     let proc_status = if config.stats { stats::ProcStatus::open() } else { stats::ProcStatus::skipped() };
     let sampler = config.profile.as_ref().map(|_| Arc::new(profile::Sampler::new(&regions)));
+    if sampler.is_some() {
+        // The flame graph's renderer uses hash maps, whose keys this
+        // thread draws from the kernel the first time only: now, while
+        // `getrandom` is still allowed.
+        let _ = std::collections::hash_map::RandomState::new();
+    }
     // Process mode: everything but the lockdown itself before the clock,
     // so that the TSC is measured over as much of the set-up as possible
     // (`process::TscClock`) and nothing waits for it.
