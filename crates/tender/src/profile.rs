@@ -168,7 +168,7 @@ impl Sampler {
         let mut n = 1;
         let mut frame = rbp;
         while n < DEPTH {
-            if frame % 8 != 0 || !self.readable(frame, 16) {
+            if !frame.is_multiple_of(8) || !self.readable(frame, 16) {
                 break;
             }
             let (Ok(next), Ok(ret)) =
