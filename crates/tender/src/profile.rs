@@ -253,8 +253,10 @@ pub struct Profile {
     pub supervisor: u64,
     /// Samples while the guest slept in `Poll`.
     pub halted: u64,
-    /// Samples in the tender, by hypercall (or `exit` before one is known).
+    /// Samples in the tender, by hypercall.
     pub tender: BTreeMap<&'static str, u64>,
+    /// Samples in the tender between a VM exit and knowing its hypercall.
+    pub exits: u64,
     /// Samples dropped because the ring was full.
     pub lost: u64,
 }
@@ -266,6 +268,7 @@ impl Profile {
             + self.supervisor
             + self.halted
             + self.tender.values().sum::<u64>()
+            + self.exits
             + self.lost
     }
 
@@ -304,6 +307,7 @@ impl Profile {
         special("[supervisor]".into(), self.supervisor);
         special("[halted]".into(), self.halted);
         special("[lost]".into(), self.lost);
+        special("[tender] exit".into(), self.exits);
         for (call, &count) in &self.tender {
             special(format!("[tender] hypercall {call}"), count);
         }
@@ -422,7 +426,7 @@ fn sample(s: &Sampler, period: Duration, target: Target) -> Profile {
                 Target::Process(guest) => guest.signal(libc::SIGPROF),
             },
             PHASE_HALTED => profile.halted += 1,
-            PHASE_TENDER => *profile.tender.entry("exit").or_insert(0) += 1,
+            PHASE_TENDER => profile.exits += 1,
             PHASE_OFF => {}
             p => {
                 let name = p
