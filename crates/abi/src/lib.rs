@@ -701,8 +701,14 @@ pub struct SharedArea {
     pub stop_requested: u32,
     /// Reserved, zero.
     pub reserved0: u32,
+    /// Written by the guest, for `--stats`: spins on the receive rings
+    /// before a `Poll` that found a frame (no exit needed).
+    pub spin_found: u64,
+    /// Written by the guest: spins that ran out and made the `Poll` call.
+    /// Older images leave both zero (they were reserved).
+    pub spin_missed: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 2],
     /// The ring's bytes.
     pub console: [u8; CONSOLE_RING_SIZE],
 }
@@ -717,6 +723,10 @@ pub const SHARED_TSC_RING3_ENTRY: usize = 8;
 pub const SHARED_TSC_MAIN: usize = 16;
 /// Byte offset of [`SharedArea::stop_requested`].
 pub const SHARED_STOP_REQUESTED: usize = 24;
+/// Byte offset of [`SharedArea::spin_found`].
+pub const SHARED_SPIN_FOUND: usize = 32;
+/// Byte offset of [`SharedArea::spin_missed`].
+pub const SHARED_SPIN_MISSED: usize = 40;
 /// Byte offset of [`SharedArea::console`].
 pub const SHARED_CONSOLE_DATA: usize = 64;
 
@@ -1053,6 +1063,8 @@ mod tests {
         assert_eq!(offset_of!(SharedArea, tsc_ring3_entry), SHARED_TSC_RING3_ENTRY);
         assert_eq!(offset_of!(SharedArea, tsc_main), SHARED_TSC_MAIN);
         assert_eq!(offset_of!(SharedArea, stop_requested), SHARED_STOP_REQUESTED);
+        assert_eq!(offset_of!(SharedArea, spin_found), SHARED_SPIN_FOUND);
+        assert_eq!(offset_of!(SharedArea, spin_missed), SHARED_SPIN_MISSED);
         assert_eq!(offset_of!(SharedArea, console), SHARED_CONSOLE_DATA);
         assert!(CONSOLE_RING_SIZE.is_power_of_two());
     }

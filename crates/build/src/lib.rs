@@ -10,6 +10,7 @@
 //! - `--cfg getrandom_backend="custom"`: getrandom 0.3 takes its bytes from
 //!   `skiff_rt::random`, and `--config patch.crates-io.getrandom...` swaps
 //!   getrandom 0.2 for a crate that forwards to it ([`getrandom_patch`]);
+//! - `-C force-frame-pointers=yes`, for `skiff run --profile`;
 //! - `-C relocation-model=static`, and link arguments `-nostartfiles
 //!   -nostdlib -static -no-pie -T skiff.ld` (the linker script and empty C
 //!   library stand-ins come from `skiff-rt`'s build script);
@@ -40,6 +41,11 @@ pub fn guest_rustflags() -> Vec<String> {
         "getrandom_backend=\"custom\"".into(),
         "-C".into(),
         "relocation-model=static".into(),
+        // Frame pointers in every function, so `--profile` can walk the
+        // guest's call chain (see the README's "Profiling a service" for
+        // what they cost).
+        "-C".into(),
+        "force-frame-pointers=yes".into(),
     ];
     for link_arg in [
         "-nostartfiles",

@@ -259,6 +259,9 @@ fn run(a: RunArgs, matches: &ArgMatches) -> Result<u8, CliError> {
     if options.stats {
         eprintln!("{}", report.stats.report());
     }
+    if let Some(line) = skiff_tender::profile::summary(&report) {
+        eprintln!("skiff: {line}");
+    }
     Ok(report.outcome.status())
 }
 

@@ -209,7 +209,9 @@ pub(crate) mod tests {
             tsc_main: 0,
             stop_requested: 0,
             reserved0: 0,
-            reserved: [0; 4],
+            spin_found: 0,
+            spin_missed: 0,
+            reserved: [0; 2],
             console: [0; CONSOLE_RING_SIZE],
         });
         let ptr = NonNull::from(Box::leak(area));

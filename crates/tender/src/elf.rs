@@ -503,6 +503,29 @@ impl Image {
     pub fn symbolize(&self, addr: u64) -> Option<String> {
         self.function_at(addr).map(|s| format!("{}+{:#x}", s.name(), addr - s.addr))
     }
+
+    /// The named code symbols sorted by address, for naming many addresses
+    /// (a profile's) with one pass over the table. Names are demangled
+    /// only when asked for.
+    pub fn code_symbols(&self) -> CodeSymbols<'_> {
+        let mut table: Vec<Symbol<'_>> = self.symbols().filter(Symbol::names_code).collect();
+        // Stable: among symbols at one address the last in the table wins,
+        // as in `function_at`.
+        table.sort_by_key(|s| s.addr);
+        CodeSymbols(table)
+    }
+}
+
+/// An image's code symbols in address order ([`Image::code_symbols`]).
+pub struct CodeSymbols<'a>(Vec<Symbol<'a>>);
+
+impl<'a> CodeSymbols<'a> {
+    /// The same answer as [`Image::function_at`], by binary search.
+    pub fn function_at(&self, addr: u64) -> Option<&Symbol<'a>> {
+        let i = self.0.partition_point(|s| s.addr <= addr);
+        let best = self.0.get(i.checked_sub(1)?)?;
+        (best.size == 0 || addr - best.addr < best.size).then_some(best)
+    }
 }
 
 type Manifest = (u32, Vec<DeclaredDevice>);
@@ -888,6 +911,10 @@ pub(crate) mod tests {
         assert_eq!(img.symbolize(0x10_0150).as_deref(), Some("skiff_label+0x50"));
         // Local labels and data objects are not functions.
         assert_eq!(img.symbolize(0x10_0350).as_deref(), Some("skiff_label+0x250"));
+        let sorted = img.code_symbols();
+        for addr in [0x10_0000, 0x10_0008, 0x10_0010, 0x10_0150, 0x10_0350, 0, u64::MAX] {
+            assert_eq!(sorted.function_at(addr), img.function_at(addr).as_ref(), "{addr:#x}");
+        }
         let undefined: Vec<String> = img.symbols().filter(|s| s.undefined).map(|s| s.name()).collect();
         assert_eq!(undefined, ["needed_elsewhere"]);
         // A broken table means no names, never a refused image.

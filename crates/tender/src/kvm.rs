@@ -279,6 +279,12 @@ impl Vm {
         }
     }
 
+    /// The guest's instruction and frame pointers (`rip`, `rbp`), for a
+    /// profile's sample.
+    pub fn ip_and_frame(&self) -> Option<(u64, u64)> {
+        self.vcpu.get_regs().ok().map(|r| (r.rip, r.rbp))
+    }
+
     /// Runs the vCPU until it exits.
     pub fn run(&mut self) -> Result<Exit, KvmError> {
         let exit = match self.vcpu.run() {

@@ -45,6 +45,7 @@ pub mod options;
 pub mod paging;
 #[allow(unsafe_code)]
 pub mod process;
+pub mod profile;
 pub mod ready;
 pub mod rings;
 pub mod seccomp;
@@ -62,7 +63,7 @@ use paging::{PageTables, PagingError};
 pub use serve::{GuestError, VmFailure};
 use skiff_abi::{
     ABI_VERSION, ARGS_MAX, AbortReason, BOOT_INFO_MAGIC, BootInfo, DeviceInfo, DeviceKind, FaultFrame, MAX_DEVICES,
-    SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
+    SHARED_SPIN_FOUND, SHARED_SPIN_MISSED, SHARED_TSC_MAIN, SHARED_TSC_RING3_ENTRY, exit, layout,
 };
 use stats::Stats;
 use std::io::Write;
@@ -103,6 +104,8 @@ pub struct Config {
     /// memory touched, the tender's peak RSS), which cost a few system
     /// calls on the way out.
     pub stats: bool,
+    /// `--profile`: sample the guest and write the profile here.
+    pub profile: Option<profile::ProfileOptions>,
 }
 
 impl Config {
@@ -120,6 +123,7 @@ impl Config {
             net: net::NetOptions::default(),
             disks: Vec::new(),
             stats: false,
+            profile: None,
         }
     }
 }
@@ -176,6 +180,9 @@ pub enum TenderError {
     /// Process mode could not be set up.
     #[error(transparent)]
     Process(#[from] process::ProcessError),
+    /// The profile cannot be taken (its file, its thread).
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
 }
 
 /// How the guest ended.
@@ -242,6 +249,8 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// Counters and timings.
     pub stats: Stats,
+    /// `--profile`: the samples written, or why the file could not be.
+    pub profile: Option<Result<(u64, PathBuf), profile::ProfileError>>,
     /// The guest's memory, CPU and monitor, torn down when the report is
     /// dropped unless [`RunReport::leave_to_exit`] says otherwise.
     remains: Option<Remains>,
@@ -266,6 +275,7 @@ impl RunReport {
 /// What [`run`] keeps alive until the report goes.
 struct Remains {
     monitor: monitor::Monitor,
+    _sampler: Option<Arc<profile::Sampler>>,
     _cpu: Box<dyn serve::RunGuest>,
     _mem: Arc<GuestMemory>,
     _image: Image,
@@ -327,13 +337,22 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     if let Some((at, t)) = deadline
         && Instant::now() >= at
     {
-        return Ok(RunReport { outcome: Outcome::Timeout(t), stats, remains: None });
+        return Ok(RunReport { outcome: Outcome::Timeout(t), stats, profile: None, remains: None });
     }
     let mem_size = config.mem;
     if !(layout::MEM_MIN..=layout::MEM_MAX).contains(&mem_size) || !mem_size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(TenderError::MemorySize(mem_size));
     }
     let args = encode_args(&config.args)?;
+    // Created now, so a file that cannot be written is said before the
+    // guest runs (and the lockdown forbids opening files later).
+    let mut profile_file = match &config.profile {
+        Some(p) => Some(
+            std::fs::File::create(&p.path)
+                .map_err(|source| profile::ProfileError::Create { path: p.path.clone(), source })?,
+        ),
+        None => None,
+    };
     // The rings at the top of memory: the NICs' frame rings, then the
     // disks' request rings.
     let disk_count = disk::declared(&image.devices).len();
@@ -484,11 +503,21 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     };
 
     let proc_status = if config.stats { stats::ProcStatus::open() } else { stats::ProcStatus::skipped() };
+    let sampler = config.profile.as_ref().map(|_| Arc::new(profile::Sampler::new(&regions)));
+    if sampler.is_some() {
+        // The flame graph's renderer uses hash maps, whose keys this
+        // thread draws from the kernel the first time only: now, while
+        // `getrandom` is still allowed.
+        let _ = std::collections::hash_map::RandomState::new();
+    }
     // Process mode: everything but the lockdown itself before the clock,
     // so that the TSC is measured over as much of the set-up as possible
     // (`process::TscClock`) and nothing waits for it.
     let process_set_up = if process {
         let cpu = process::ProcessCpu::new(&image, &mem, area.boot_info, monitor.state().ending_flag())?;
+        if let Some(sampler) = &sampler {
+            process::attach_sampler(sampler, &mem)?;
+        }
         let fds = match tap_fds {
             None => seccomp::ProcessFds::default(),
             Some(taps) => {
@@ -500,6 +529,7 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
                 both.extend(taps);
                 let mut write = vec![libc::STDOUT_FILENO, libc::STDERR_FILENO];
                 write.extend(config.console_fd);
+                write.extend(profile_file.as_ref().map(AsRawFd::as_raw_fd));
                 write.extend(&both);
                 seccomp::ProcessFds { write, read: both, ..Default::default() }
             }
@@ -525,6 +555,14 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     stats.guest.hz = tsc_hz;
     stats.guest.at_first_run = tsc_now;
     stats.timeline.vcpu_ready = Some(Instant::now());
+    let profiler = match (&sampler, &config.profile) {
+        (Some(sampler), Some(p)) => {
+            let me = ThreadKicker::current();
+            let target = if process { profile::Target::Process(me) } else { profile::Target::Kvm(me) };
+            Some(profile::Profiler::start(sampler.clone(), p.hz, target)?)
+        }
+        _ => None,
+    };
     // Last before the lockdown: see `Monitor::new`.
     monitor.spawn().map_err(TenderError::Watchdog)?;
     let mut cpu: Box<dyn serve::RunGuest> = match (vm, process_set_up) {
@@ -552,19 +590,38 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
         bounce: Vec::new(),
         io: &io_shared,
         monitor: monitor.state(),
+        sampler: sampler.as_deref(),
     };
     let outcome = guest.serve(cpu.as_mut());
+    // Before anything else: the vCPU thread is interrupted no more.
+    let samples = profiler.map(profile::Profiler::finish);
     stats.guest.at_end = cpu.guest_tsc();
     monitor.stand_down();
     stats.net = io_thread.map(netio::IoThread::finish).unwrap_or_default();
     stats.timeline.ended = Some(Instant::now());
     stats.guest.ring3_entry = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_RING3_ENTRY as u64)).unwrap_or(0);
     stats.guest.main = mem.read_obj(GuestAddr(area.shared + SHARED_TSC_MAIN as u64)).unwrap_or(0);
+    let found: u64 = mem.read_obj(GuestAddr(area.shared + SHARED_SPIN_FOUND as u64)).unwrap_or(0);
+    let missed: u64 = mem.read_obj(GuestAddr(area.shared + SHARED_SPIN_MISSED as u64)).unwrap_or(0);
+    stats.guest_spins = (found != 0 || missed != 0).then_some((found, missed));
     if config.stats {
         stats.guest_resident = mem.resident_bytes();
         stats.tender_peak_rss = proc_status.peak_rss();
     }
-    Ok(RunReport { outcome, stats, remains: Some(Remains { monitor, _cpu: cpu, _mem: mem, _image: image }) })
+    let profile = match (samples, &mut profile_file, &config.profile) {
+        (Some(samples), Some(file), Some(p)) => {
+            let name = config.image.file_name().map_or_else(|| "guest".into(), |n| n.to_string_lossy());
+            let title = format!("{name}: {} samples at {} Hz", samples.samples(), p.hz);
+            Some(samples.write(&image, file, &p.path, p.svg(), &title).map(|()| (samples.samples(), p.path.clone())))
+        }
+        _ => None,
+    };
+    Ok(RunReport {
+        outcome,
+        stats,
+        profile,
+        remains: Some(Remains { monitor, _sampler: sampler, _cpu: cpu, _mem: mem, _image: image }),
+    })
 }
 
 /// Process mode: gives every page of guest memory the protection its

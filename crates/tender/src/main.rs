@@ -49,6 +49,9 @@ fn main() -> ExitCode {
             if cli.options.stats {
                 eprintln!("{}", report.stats.report());
             }
+            if let Some(line) = skiff_tender::profile::summary(&report) {
+                eprintln!("skiff-tender: {line}");
+            }
             ExitCode::from(report.outcome.status())
         }
         Err(e) => {

@@ -194,9 +194,11 @@ fn serve(
         }
         let now = Instant::now();
         if moved {
+            stats.busy_passes += 1;
             last_work = now;
             continue;
         }
+        stats.idle_passes += 1;
         if full == 0 && now.duration_since(last_work) < spin {
             std::hint::spin_loop();
             continue;
@@ -229,6 +231,7 @@ fn serve(
                     }
                 }
             }
+            stats.sleeps += 1;
             let _ = crate::tap::wait(&fds, timeout);
         }
         set_flags(nics, mem, full, 0)?;

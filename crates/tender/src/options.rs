@@ -216,6 +216,15 @@ pub struct RunOptions {
     /// stderr at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Sample the guest's call stacks while it runs and write them to FILE
+    /// at the end: folded stacks (`outer;inner count` lines, for
+    /// flamegraph tools), or a flame graph when FILE ends in `.svg`.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<std::path::PathBuf>,
+    /// Samples a second with --profile.
+    #[arg(long, value_name = "N", default_value_t = crate::profile::DEFAULT_HZ, requires = "profile",
+          value_parser = count::<u32>(1, crate::profile::MAX_HZ as u64))]
+    pub profile_hz: u32,
     /// The guest's console log level.
     #[arg(long, value_enum, ignore_case = true, default_value = "info")]
     pub log: LogLevel,
@@ -313,6 +322,7 @@ impl RunOptions {
             },
             disks: self.disk.clone(),
             stats: self.stats,
+            profile: self.profile.clone().map(|path| crate::profile::ProfileOptions { path, hz: self.profile_hz }),
         }
     }
 }

@@ -34,11 +34,13 @@
 use crate::elf::Image;
 use crate::guest_memory::GuestMemory;
 use crate::kvm::{Exit, KvmError};
+use crate::profile::Sampler;
 use crate::serve::{RunGuest, VmFailure};
 use crate::sys::set_handler;
 use skiff_abi::FaultFrame;
 use std::cell::UnsafeCell;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// What [`skiff_proc_resume`] returns: why the guest stopped.
@@ -82,6 +84,11 @@ struct Context {
     end: u64, // 240
     /// The monitor's "ending" flag (non-zero: the guest must end), or null.
     ending: *const AtomicU8, // 248
+    /// `--profile`: the sampler and the guest's memory its handler walks,
+    /// or null.
+    /// (Untyped: the assembly's view of the context is C's.)
+    sampler: *const (), // 256
+    mem: *const (), // 264
 }
 
 struct ContextCell(UnsafeCell<Context>);
@@ -104,6 +111,8 @@ static CONTEXT: ContextCell = ContextCell(UnsafeCell::new(Context {
     low: 0,
     end: 0,
     ending: std::ptr::null(),
+    sampler: std::ptr::null(),
+    mem: std::ptr::null(),
 }));
 
 fn context() -> *mut Context {
@@ -325,6 +334,39 @@ impl RunGuest for ProcessCpu {
 
     fn guest_tsc(&self) -> Option<u64> {
         Some(rdtsc())
+    }
+}
+
+/// `--profile`: makes `SIGPROF` on this thread (the guest's) take a
+/// sample of the guest's code it interrupts into `sampler`, walking
+/// `mem`. Both must outlive the guest's run: the caller keeps them until
+/// the process ends or the sampler has stopped ([`crate::profile`]).
+/// Call it on the guest's thread, after [`ProcessCpu::new`] (which sets
+/// up the alternate signal stack).
+pub fn attach_sampler(sampler: &Arc<Sampler>, mem: &Arc<GuestMemory>) -> Result<(), ProcessError> {
+    let ctx = context();
+    // SAFETY: only this thread touches the context, and no guest runs yet;
+    // plain stores of pointers whose targets the caller keeps alive.
+    unsafe {
+        (*ctx).sampler = Arc::as_ptr(sampler).cast();
+        (*ctx).mem = Arc::as_ptr(mem).cast();
+    }
+    set_handler(libc::SIGPROF, on_profile).map_err(ProcessError::Signals)
+}
+
+extern "C" fn on_profile(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let ctx = context();
+    // SAFETY: the kernel passes its ucontext to an SA_SIGINFO handler.
+    let Some(gregs) = (unsafe { guest_context(uc) }) else { return };
+    let (rip, rbp) = (gregs[libc::REG_RIP as usize] as u64, gregs[libc::REG_RBP as usize] as u64);
+    // SAFETY: the pointers are null or set by `attach_sampler`, whose
+    // caller keeps their targets alive while the guest can run (and the
+    // guest runs: `guest_context` saw `in_guest`).
+    let (sampler, mem) =
+        unsafe { ((*ctx).sampler.cast::<Sampler>().as_ref(), (*ctx).mem.cast::<GuestMemory>().as_ref()) };
+    if let (Some(sampler), Some(mem)) = (sampler, mem) {
+        // Checked reads and atomic stores only: no allocation, no lock.
+        sampler.record(mem, rip, rbp);
     }
 }
 
@@ -613,6 +655,7 @@ mod tests {
         assert_eq!(offset_of!(Context, arg), 152);
         assert_eq!(offset_of!(Context, fault), 160);
         assert_eq!(offset_of!(Context, in_guest), 224);
+        assert_eq!(offset_of!(Context, sampler), 256);
     }
 
     #[test]

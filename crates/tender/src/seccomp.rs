@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_MSRS`: `_IOWR(KVMIO, 0x88, struct kvm_msrs)`, 8-byte header.
 const KVM_GET_MSRS: u64 = 0xc008_ae88;
+/// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`, 144 bytes.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 
 /// The filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,7 @@ pub struct UserNetCalls {
 /// The descriptors `ioctl` may be used on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvmFds {
-    /// The vCPU: `KVM_RUN`, `KVM_GET_MSRS`.
+    /// The vCPU: `KVM_RUN`, `KVM_GET_MSRS`, `KVM_GET_REGS`.
     pub vcpu: i32,
 }
 
@@ -145,6 +147,8 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
             vec![
                 rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_RUN)?])?,
                 rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_MSRS)?])?,
+                // --profile: the registers of the interrupted guest.
+                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_REGS)?])?,
             ]
         }
         Sandboxed::Process(_) => vec![],

@@ -12,6 +12,7 @@ use crate::monitor::{Ending, MonitorState};
 use crate::net::{self, NicError, NicRings};
 use crate::netio::IoShared;
 use crate::paging::Region;
+use crate::profile::{self, Sampler};
 use crate::stats::Stats;
 use crate::{Outcome, console, fault};
 use skiff_abi::{
@@ -175,6 +176,11 @@ pub trait RunGuest {
     fn run(&mut self) -> Result<Exit, KvmError>;
     /// The guest's TSC now, for `--stats`.
     fn guest_tsc(&self) -> Option<u64>;
+    /// The stopped guest's `rip` and `rbp`, for a profile's sample (process
+    /// mode samples in its signal handler instead: `None`).
+    fn ip_and_frame(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl RunGuest for Vm {
@@ -184,6 +190,10 @@ impl RunGuest for Vm {
 
     fn guest_tsc(&self) -> Option<u64> {
         Vm::guest_tsc(self)
+    }
+
+    fn ip_and_frame(&self) -> Option<(u64, u64)> {
+        Vm::ip_and_frame(self)
     }
 }
 
@@ -208,6 +218,8 @@ pub(crate) struct Guest<'a> {
     pub io: &'a IoShared,
     /// The timeout and stop signals.
     pub monitor: &'a MonitorState,
+    /// `--profile`: told what the vCPU thread does, asks for samples.
+    pub sampler: Option<&'a Sampler>,
 }
 
 impl Guest<'_> {
@@ -221,7 +233,10 @@ impl Guest<'_> {
                     Ending::Stopped => Outcome::Stopped(self.monitor.stop_signal().map_or("a signal", |s| s.name())),
                 };
             }
-            let exit = match vm.run() {
+            self.phase(profile::PHASE_GUEST);
+            let exit = vm.run();
+            self.phase(profile::PHASE_TENDER);
+            let exit = match exit {
                 Ok(e) => e,
                 Err(e) => return Outcome::VmFailure(e.into()),
             };
@@ -239,7 +254,15 @@ impl Guest<'_> {
                     self.fault(frame)
                 }
                 Exit::Interrupted => {
-                    self.stats.exit("interrupted");
+                    match self.sampler.filter(|s| s.take_request()) {
+                        Some(sampler) => {
+                            self.stats.exit("profile");
+                            if let Some((rip, rbp)) = vm.ip_and_frame() {
+                                sampler.record(self.mem, rip, rbp);
+                            }
+                        }
+                        None => self.stats.exit("interrupted"),
+                    }
                     Flow::Continue
                 }
                 Exit::IoIn(port) => {
@@ -254,6 +277,13 @@ impl Guest<'_> {
             if let Flow::End(outcome) = flow {
                 return outcome;
             }
+        }
+    }
+
+    /// Tells the profiler, if any, what the vCPU thread does now.
+    fn phase(&self, phase: u32) {
+        if let Some(s) = self.sampler {
+            s.set_phase(phase);
         }
     }
 
@@ -321,6 +351,7 @@ impl Guest<'_> {
             return GuestError::UnknownPort(port).into();
         };
         self.stats.exit(call.name());
+        self.phase(profile::PHASE_HYPERCALL + call as u32);
         let Some(arg) = value else {
             return GuestError::WrongWidth(call.name()).into();
         };
@@ -336,6 +367,7 @@ impl Guest<'_> {
             return GuestError::UnknownCall(nr).into();
         };
         self.stats.exit(call.name());
+        self.phase(profile::PHASE_HYPERCALL + call as u32);
         let Ok(arg) = u32::try_from(arg) else {
             return GuestError::WideArgument { call: call.name(), arg }.into();
         };
@@ -409,7 +441,17 @@ impl Guest<'_> {
             // reading `guest_waiting`: one of the two sees the other.
             fence(Ordering::SeqCst);
             let ready = net::rx_ready(self.nics, self.mem)? & interest;
-            let woke = if ready == 0 { crate::tap::wait_readable(&fds, left).unwrap_or(0) } else { 0 };
+            let woke = if ready == 0 {
+                self.phase(profile::PHASE_HALTED);
+                let asleep = Instant::now();
+                let woke = crate::tap::wait_readable(&fds, left).unwrap_or(0);
+                self.stats.halted += asleep.elapsed();
+                self.stats.sleeps += 1;
+                self.phase(profile::PHASE_HYPERCALL + Hypercall::Poll as u32);
+                woke
+            } else {
+                0
+            };
             self.io.guest_waiting.store(0, Ordering::SeqCst);
             let _ = self.io.rx_notify.read();
             if let Some(e) = self.io.take_error() {

@@ -67,6 +67,13 @@ pub struct Stats {
     /// Process mode: the guest ran as this process (an "exit" is then a
     /// call into the tender).
     pub process: bool,
+    /// Time the vCPU thread spent asleep in `Poll` (the guest idle).
+    pub halted: Duration,
+    /// How often it went to sleep there.
+    pub sleeps: u64,
+    /// The guest's spins on its receive rings before a `Poll`: those that
+    /// found a frame, and those that ran out and made the call.
+    pub guest_spins: Option<(u64, u64)>,
 }
 
 /// What the network I/O thread moved.
@@ -80,6 +87,13 @@ pub struct NetStats {
     pub dropped: u64,
     /// Each user network's counters.
     pub user_nets: Vec<(String, skiff_usernet::Stats)>,
+    /// Passes of the I/O thread's loop that moved something.
+    pub busy_passes: u64,
+    /// Passes that found nothing to do (spinning before a sleep).
+    pub idle_passes: u64,
+    /// Times it slept (each ended by a wake-up: a frame, the guest's
+    /// doorbell, a socket, or a timer).
+    pub sleeps: u64,
 }
 
 /// `/proc/self/status`, opened before the seccomp lockdown (which forbids
@@ -172,6 +186,18 @@ impl Stats {
         if !kinds.is_empty() {
             let _ = write!(s, ": {}", kinds.join(", "));
         }
+        if run.as_secs_f64() > 0.0 {
+            let _ = write!(
+                s,
+                "\n  vcpu  asleep in poll {:.3} ms ({:.1}% of the run) over {} sleeps",
+                self.halted.as_secs_f64() * 1e3,
+                100.0 * self.halted.as_secs_f64() / run.as_secs_f64(),
+                self.sleeps
+            );
+        }
+        if let Some((found, missed)) = self.guest_spins {
+            let _ = write!(s, "\n  guest ring spins: {found} found a frame, {missed} ran out and polled");
+        }
         let _ = write!(s, "\n  console {} bytes", self.console_bytes);
         if self.disk_requests > 0 {
             let _ = write!(s, "\n  disk requests {}", self.disk_requests);
@@ -186,6 +212,11 @@ impl Stats {
                 net.tx,
                 net.dropped,
                 total as f64 / frames.max(1) as f64
+            );
+            let _ = write!(
+                s,
+                "\n  io    {} passes moved frames, {} found nothing; {} sleeps (wake-ups)",
+                net.busy_passes, net.idle_passes, net.sleeps
             );
         }
         for (nic, u) in &net.user_nets {
@@ -252,5 +283,15 @@ mod tests {
         assert!(r.contains("exit 1, poll 2"), "{r}");
         assert!(r.contains("ring 3 -> main                    0.001 ms"), "{r}");
         assert!(r.contains("main -> guest end                10.000 ms"), "{r}");
+        s.timeline.vcpu_ready = Some(s.timeline.start);
+        s.timeline.ended = Some(s.timeline.start + Duration::from_millis(100));
+        s.halted = Duration::from_millis(25);
+        s.sleeps = 7;
+        s.guest_spins = Some((5, 2));
+        s.net = NetStats { rx: 3, tx: 4, busy_passes: 9, idle_passes: 11, sleeps: 6, ..Default::default() };
+        let r = s.report();
+        assert!(r.contains("asleep in poll 25.000 ms (25.0% of the run) over 7 sleeps"), "{r}");
+        assert!(r.contains("guest ring spins: 5 found a frame, 2 ran out and polled"), "{r}");
+        assert!(r.contains("9 passes moved frames, 11 found nothing; 6 sleeps (wake-ups)"), "{r}");
     }
 }

@@ -64,6 +64,14 @@ impl ThreadKicker {
         // signal has a handler installed by `install_kick_handler`.
         unsafe { libc::pthread_kill(self.0, KICK_SIGNAL) };
     }
+
+    /// Sends the thread `signal`, whose handler the caller installed
+    /// (process mode's `SIGPROF` for the profiler).
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        // SAFETY: the target thread is alive (see the Send impl); the
+        // caller installed a handler for the signal.
+        unsafe { libc::pthread_kill(self.0, signal) };
+    }
 }
 
 /// Where `si_call_addr`, `si_syscall` and `si_arch` sit in a `siginfo_t`

@@ -17,7 +17,8 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockInfo, BlockNotifyArgs, BootInfo, DeviceKind, ExitArgs, Hypercall,
-    NetInfo, NetNotifyArgs, PollArgs, SHARED_STOP_REQUESTED, SharedArea, WalltimeArgs, manifest,
+    NetInfo, NetNotifyArgs, PollArgs, SHARED_SPIN_FOUND, SHARED_SPIN_MISSED, SHARED_STOP_REQUESTED, SharedArea,
+    WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
@@ -221,6 +222,20 @@ impl Hvt {
     }
 }
 
+impl Hvt {
+    /// Adds one to the shared area's counter at byte `offset` (for the
+    /// tender's `--stats`).
+    fn count(&self, offset: usize) {
+        // SAFETY: the shared area is mapped for the guest's life (see
+        // `new`); the counters are aligned u64s only the guest writes and
+        // the tender reads at the end, so plain volatile accesses do.
+        unsafe {
+            let counter = self.shared.as_ptr().cast::<u8>().add(offset).cast::<u64>();
+            counter.write_volatile(counter.read_volatile().wrapping_add(1));
+        }
+    }
+}
+
 impl crate::executor::Platform for Hvt {
     fn poll(&mut self, timeout: Option<Duration>, interest: u64) -> u64 {
         let ready = self.devices.ready_now() & interest;
@@ -233,10 +248,12 @@ impl crate::executor::Platform for Hvt {
             while rdtsc() < until {
                 let ready = self.devices.ready_now() & interest;
                 if ready != 0 {
+                    self.count(SHARED_SPIN_FOUND);
                     return ready;
                 }
                 core::hint::spin_loop();
             }
+            self.count(SHARED_SPIN_MISSED);
         }
         poll(timeout, interest)
     }

@@ -192,6 +192,17 @@ async fn main(env: skiff::Env) -> Result<(), String> {
                 x = black_box(x.wrapping_add(1));
             }
         }
+        "profile-spin" => {
+            // Busy in a known function under a known caller for ARG ms,
+            // then half as long asleep, for the profiler's tests.
+            let ms = arg(1)?;
+            info!("profile spin {}", profile_caller(ms));
+            sleep(Duration::from_millis(ms / 2)).await;
+        }
+        "profile-corrupt" => {
+            // Busy for ARG ms with the frame pointer pointing anywhere.
+            info!("profile corrupt {}", profile_corrupt(arg(1)?));
+        }
         "ud2" => {
             // SAFETY: deliberately raises #UD.
             unsafe { asm!("ud2") };
@@ -318,6 +329,58 @@ fn walltime_hypercall() -> u64 {
     // SAFETY: `nanos` is a live WalltimeArgs (one u64) the tender fills in.
     unsafe { skiff::__private::raw_hypercall(CALL_WALLTIME, &raw mut nanos as u32) };
     nanos
+}
+
+/// The caller the profiler's tests look for above `profile_hot_loop`.
+#[inline(never)]
+fn profile_caller(ms: u64) -> u64 {
+    black_box(profile_hot_loop(ms)).wrapping_add(1)
+}
+
+/// The function the profiler's tests expect most samples in.
+#[inline(never)]
+fn profile_hot_loop(ms: u64) -> u64 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        for _ in 0..1000 {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+/// Spins with `rbp` holding one bad frame pointer after another: odd, null,
+/// in the supervisor, beyond memory, non-canonical, and a two-frame cycle
+/// on the heap.
+#[inline(never)]
+fn profile_corrupt(ms: u64) -> u64 {
+    let cycle = Box::leak(Box::new([0u64; 4]));
+    let base = cycle.as_ptr() as u64;
+    *cycle = [base + 16, 0x1234_5678, base, 0x8765_4321];
+    let bad = [0x10_0001, 0, 0x10_2000, 0x7fff_ffff_fff0, 0xdead_beef_dead_bee0, base, PAGE_TABLES, 8];
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut rounds = 0u64;
+    while Instant::now() < end {
+        let frame = bad[rounds as usize % bad.len()];
+        // SAFETY: rbp is saved and restored around a loop that touches
+        // nothing else; the stack pointer is back where it was.
+        unsafe {
+            asm!(
+                "push rbp",
+                "mov rbp, {frame}",
+                "2:",
+                "pause",
+                "dec {n}",
+                "jnz 2b",
+                "pop rbp",
+                frame = in(reg) frame,
+                n = inout(reg) 20_000u64 => _,
+            );
+        }
+        rounds += 1;
+    }
+    rounds
 }
 
 #[inline(never)]
