@@ -307,6 +307,9 @@ pub struct Image {
     /// The process-mode entry ([`skiff_abi::process`]), if the image has
     /// the note; checked to lie in the image's ring-3 code.
     pub process_entry: Option<u64>,
+    /// The state a vCPU starts in ring 3 with ([`skiff_abi::ring3`]), if
+    /// the image has the note; checked against the image's segments.
+    pub ring3_entry: Option<skiff_abi::ring3::Entry>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -358,6 +361,7 @@ impl Image {
 
         let mut segments = Vec::new();
         let (mut manifest, mut pvh_entry, mut process_entry) = (None, None, None);
+        let mut ring3_entry = None;
         for (index, p) in phdrs.iter().enumerate() {
             let (offset, filesz, vaddr, memsz) = (p.p_offset(LE), p.p_filesz(LE), p.p_vaddr(LE), p.p_memsz(LE));
             let flags = p.p_flags(LE).0;
@@ -394,7 +398,9 @@ impl Image {
                     let bad = |e: object::Error| ElfError::BadNote { offset, problem: e.to_string() };
                     let Some(mut notes) = p.notes(LE, &*data).map_err(bad)? else { continue };
                     while let Some(note) = notes.next().map_err(bad)? {
-                        read_note(&note, offset, &mut manifest, &mut pvh_entry, &mut process_entry)?;
+                        let entries =
+                            Entries { pvh: &mut pvh_entry, process: &mut process_entry, ring3: &mut ring3_entry };
+                        read_note(&note, offset, &mut manifest, entries)?;
                     }
                     continue;
                 }
@@ -441,11 +447,17 @@ impl Image {
                 problem: format!("the process entry {e:#x} is not in the image's ring-3 code"),
             });
         }
+        if let Some(r) = &ring3_entry {
+            check_ring3_entry(r, &segments, user_code(&r.entry)).map_err(|problem| ElfError::BadNote {
+                offset: 0,
+                problem: format!("the ring-3 entry note: {problem}"),
+            })?;
+        }
         let (abi_version, devices) = manifest.ok_or(ElfError::NoManifest)?;
         if abi_check && abi_version != ABI_VERSION {
             return Err(ElfError::AbiMismatch { image: abi_version, tender: ABI_VERSION });
         }
-        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry, process_entry })
+        Ok(Image { data, entry, segments, abi_version, devices, pvh_entry, process_entry, ring3_entry })
     }
 
     /// One past the last byte of the highest segment, page aligned.
@@ -530,15 +542,59 @@ impl<'a> CodeSymbols<'a> {
 
 type Manifest = (u32, Vec<DeclaredDevice>);
 
+/// The entries notes may name.
+struct Entries<'a> {
+    pvh: &'a mut Option<u64>,
+    process: &'a mut Option<u64>,
+    ring3: &'a mut Option<skiff_abi::ring3::Entry>,
+}
+
+/// Checks the ring-3 start state against the segments: the entry in ring-3
+/// code (`in_user_code`), the stack top in the stack segment, the tables
+/// inside the supervisor's segments with sizes the CPU accepts, and
+/// selectors of the right privilege inside the GDT.
+fn check_ring3_entry(r: &skiff_abi::ring3::Entry, segments: &[Segment], in_user_code: bool) -> Result<(), String> {
+    if !in_user_code {
+        return Err(format!("the entry {:#x} is not in the image's ring-3 code", r.entry));
+    }
+    let stack = segments.iter().find(|s| s.stack()).ok_or("no stack segment")?;
+    let in_stack = stack.vaddr < r.stack_top && r.stack_top <= stack.vaddr + stack.memsz;
+    if !in_stack || !r.stack_top.is_multiple_of(16) {
+        return Err(format!("the stack top {:#x} is not a 16-byte boundary in the stack segment", r.stack_top));
+    }
+    let in_supervisor = |base: u64, limit: u64| {
+        limit <= 0xffff
+            && segments.iter().any(|s| s.supervisor() && s.vaddr <= base && base + limit < s.vaddr + s.memsz)
+    };
+    let tables = [("GDT", r.gdt_base, r.gdt_limit, 8), ("IDT", r.idt_base, r.idt_limit, 16)];
+    for (what, base, limit, entry) in tables {
+        if !in_supervisor(base, limit) || !(limit + 1).is_multiple_of(entry) {
+            return Err(format!("the {what} at {base:#x} (limit {limit:#x}) is not whole entries in the supervisor"));
+        }
+    }
+    if !in_supervisor(r.tss_base, r.tss_limit) || r.tss_limit < 103 {
+        return Err(format!("the TSS at {:#x} (limit {:#x}) is not in the supervisor", r.tss_base, r.tss_limit));
+    }
+    let in_gdt = |selector: u16, size: u64| u64::from(selector & !7) + size - 1 <= r.gdt_limit && selector & !7 != 0;
+    let (cs, ss, tss) = (r.user_cs(), r.user_ss(), r.tss());
+    if cs & 3 != 3 || ss & 3 != 3 || tss & 7 != 0 || !in_gdt(cs, 8) || !in_gdt(ss, 8) || !in_gdt(tss, 16) {
+        return Err(format!(
+            "selectors {cs:#x}, {ss:#x}, {tss:#x} are not ring 3's code and stack and a TSS in the GDT"
+        ));
+    }
+    Ok(())
+}
+
 /// Takes in one note of the note segment at `offset`: the manifest, the
-/// PVH entry or the process entry; other notes are ignored.
+/// PVH entry, the process entry or the ring-3 entry; other notes are
+/// ignored.
 fn read_note(
     note: &Note<'_, FileHeader64<LE>>,
     offset: u64,
     manifest: &mut Option<Manifest>,
-    pvh_entry: &mut Option<u64>,
-    process_entry: &mut Option<u64>,
+    entries: Entries<'_>,
 ) -> Result<(), ElfError> {
+    let Entries { pvh: pvh_entry, process: process_entry, ring3 } = entries;
     let (name, note_type, desc) = (note.name_bytes(), note.n_type(LE).0, note.desc());
     if name == b"Skiff\0" && note_type == NOTE_TYPE {
         if manifest.is_some() {
@@ -550,6 +606,11 @@ fn read_note(
             return Err(ElfError::BadNote { offset, problem: "the process entry note is not 8 bytes".into() });
         };
         *process_entry = Some(u64::from_le_bytes(bytes));
+    } else if name == b"Skiff\0" && note_type == skiff_abi::ring3::NOTE_TYPE_ENTRY {
+        let Some(entry) = skiff_abi::ring3::Entry::decode(desc) else {
+            return Err(ElfError::BadNote { offset, problem: "the ring-3 entry note has the wrong size".into() });
+        };
+        *ring3 = Some(entry);
     } else if name == pvh::NOTE_NAME && note_type == pvh::NOTE_TYPE_PHYS32_ENTRY {
         *pvh_entry = Some(match *desc {
             [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
@@ -848,19 +909,60 @@ pub(crate) mod tests {
         assert!(matches!(parse(&b).unwrap_err(), ElfError::BadStack(_)));
     }
 
+    /// One ELF note's bytes.
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        for v in [name.len() as u32, desc.len() as u32, kind] {
+            n.extend_from_slice(&v.to_le_bytes());
+        }
+        for part in [name, desc] {
+            n.extend_from_slice(part);
+            n.resize(n.len().next_multiple_of(4), 0);
+        }
+        n
+    }
+
+    #[test]
+    fn the_ring3_entry_note_is_checked_against_the_segments() {
+        use skiff_abi::ring3::{Entry, NOTE_TYPE_ENTRY};
+        let mut b = Builder::new();
+        b.segments.push((PT_LOAD, 0x10_9000, 0x1000, vec![0xc3; 4], PF_R | PF_X));
+        let good = Entry {
+            entry: 0x10_9000,
+            stack_top: 0x10_8000,
+            gdt_base: 0x10_0100,
+            gdt_limit: 0x47,
+            idt_base: 0x10_0200,
+            idt_limit: 0x1ff,
+            tss_base: 0x10_0800,
+            tss_limit: 0x10d,
+            selectors: 0x23 | 0x1b << 16 | 0x28 << 32,
+        };
+        b.extra_notes = note(b"Skiff\0", NOTE_TYPE_ENTRY, &good.encode());
+        assert_eq!(parse(&b).unwrap().ring3_entry, Some(good));
+        let bad = [
+            ("an entry in the supervisor", Entry { entry: 0x10_0000, ..good }),
+            ("a stack top outside the stack", Entry { stack_top: 0x10_9000, ..good }),
+            ("a stack top off 16 bytes", Entry { stack_top: 0x10_7ff8, ..good }),
+            ("a GDT in user data", Entry { gdt_base: 0x10_1000, ..good }),
+            ("a GDT of part entries", Entry { gdt_limit: 0x43, ..good }),
+            ("an IDT past the supervisor", Entry { idt_base: 0x10_0f00, ..good }),
+            ("a TSS too short", Entry { tss_limit: 50, ..good }),
+            ("a ring-0 code selector", Entry { selectors: 0x20 | 0x1b << 16 | 0x28 << 32, ..good }),
+            ("a TSS selector past the GDT", Entry { selectors: 0x23 | 0x1b << 16 | 0x40 << 32, ..good }),
+            ("a null stack selector", Entry { selectors: 0x23 | 0x3 << 16 | 0x28 << 32, ..good }),
+        ];
+        for (what, entry) in bad {
+            b.extra_notes = note(b"Skiff\0", NOTE_TYPE_ENTRY, &entry.encode());
+            let e = parse(&b).unwrap_err().to_string();
+            assert!(e.contains("the ring-3 entry note"), "{what}: {e}");
+        }
+        b.extra_notes = note(b"Skiff\0", NOTE_TYPE_ENTRY, &[0; 64]);
+        assert!(parse(&b).unwrap_err().to_string().contains("the ring-3 entry note has the wrong size"));
+    }
+
     #[test]
     fn notes_are_checked() {
-        let note = |name: &[u8], kind: u32, desc: &[u8]| {
-            let mut n = Vec::new();
-            for v in [name.len() as u32, desc.len() as u32, kind] {
-                n.extend_from_slice(&v.to_le_bytes());
-            }
-            for part in [name, desc] {
-                n.extend_from_slice(part);
-                n.resize(n.len().next_multiple_of(4), 0);
-            }
-            n
-        };
         let mut b = Builder::new();
         b.extra_notes = note(b"Xen\0", pvh::NOTE_TYPE_PHYS32_ENTRY, &0x10_0040u32.to_le_bytes());
         assert_eq!(parse(&b).unwrap().pvh_entry, Some(0x10_0040));

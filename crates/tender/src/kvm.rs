@@ -75,6 +75,18 @@ pub enum Exit {
     Fault(skiff_abi::FaultFrame),
 }
 
+/// Where a vCPU starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start {
+    /// At the supervisor's entry, in ring 0.
+    Ring0 {
+        /// The entry (the image's `e_entry`).
+        entry: u64,
+    },
+    /// In ring 3, as the supervisor's entry would leave it.
+    Ring3(skiff_abi::ring3::Entry),
+}
+
 /// Features of the virtual CPU that the tender turned on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuFeatures {
@@ -194,13 +206,14 @@ impl Vm {
         })
     }
 
-    /// Sets up the vCPU to start at `entry` in 64-bit ring 0 with paging on
-    /// (`cr3` = page-table root), the GDT at `gdt` (`gdt_limit`) loaded
-    /// with kernel code at 0x08 and data at 0x10, SSE enabled and `rdi` =
-    /// `boot_info`.
+    /// Sets up the vCPU in 64-bit mode with paging on (`cr3` = page-table
+    /// root), SSE enabled and `rdi` = `boot_info`, to start as `start`
+    /// says: at the supervisor's entry in ring 0 with the boot GDT at `gdt`
+    /// (kernel code at 0x08, data at 0x10), or straight in ring 3 with the
+    /// image's own tables ([`skiff_abi::ring3`]).
     pub fn setup_long_mode(
         &mut self,
-        entry: u64,
+        start: Start,
         boot_info: u64,
         cr3: u64,
         gdt: (u64, u16),
@@ -233,6 +246,34 @@ impl Vm {
         sregs.ss = data;
         sregs.gdt.base = gdt.0;
         sregs.gdt.limit = gdt.1;
+        let (rip, rsp) = match start {
+            Start::Ring0 { entry } => (entry, 0),
+            Start::Ring3(r) => {
+                // What the supervisor's `_start` leaves: its tables loaded,
+                // ring 3's code and stack segments, the data segments null
+                // (as `iretq` leaves them); interrupts off.
+                sregs.cs = kvm_segment { selector: r.user_cs(), dpl: 3, ..code };
+                sregs.ss = kvm_segment { selector: r.user_ss(), dpl: 3, ..data };
+                let null = kvm_segment { selector: 0, present: 0, unusable: 1, ..data };
+                (sregs.ds, sregs.es, sregs.fs, sregs.gs) = (null, null, null, null);
+                sregs.gdt.base = r.gdt_base;
+                sregs.gdt.limit = r.gdt_limit as u16;
+                sregs.idt.base = r.idt_base;
+                sregs.idt.limit = r.idt_limit as u16;
+                // A busy 64-bit TSS, as `ltr` leaves it.
+                sregs.tr = kvm_segment {
+                    base: r.tss_base,
+                    limit: r.tss_limit as u32,
+                    selector: r.tss(),
+                    type_: 0xb,
+                    s: 0,
+                    l: 0,
+                    g: 0,
+                    ..code
+                };
+                (r.entry, r.stack_top)
+            }
+        };
         sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
         sregs.cr3 = cr3;
         sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
@@ -259,7 +300,7 @@ impl Vm {
                 features.xcr0 = Some(xcr0);
             }
         }
-        let regs = kvm_bindings::kvm_regs { rip: entry, rdi: boot_info, rflags: 0x2, ..Default::default() };
+        let regs = kvm_bindings::kvm_regs { rip, rsp, rdi: boot_info, rflags: 0x2, ..Default::default() };
         self.vcpu.set_regs(&regs).map_err(ioctl("setting registers"))?;
         Ok(features)
     }

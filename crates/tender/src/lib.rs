@@ -438,12 +438,15 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
             let gdt: Vec<u8> = paging::BOOT_GDT_ENTRIES.iter().flat_map(|e| e.to_le_bytes()).collect();
             mem.write(GuestAddr(paging::BOOT_GDT), &gdt)?;
             let gdt_limit = (gdt.len() - 1) as u16;
-            stats.cpu = Some(vm.setup_long_mode(
-                image.entry,
-                paging::BOOT_INFO,
-                tables.root(),
-                (paging::BOOT_GDT, gdt_limit),
-            )?);
+            // Straight into ring 3 when the image says how (about 0.4 ms of
+            // emulated ring-0 instructions fewer under PVM), unless
+            // `SKIFF_RING0_START` is set (for comparison).
+            let start = match image.ring3_entry {
+                Some(r) if std::env::var_os("SKIFF_RING0_START").is_none() => kvm::Start::Ring3(r),
+                _ => kvm::Start::Ring0 { entry: image.entry },
+            };
+            stats.cpu =
+                Some(vm.setup_long_mode(start, paging::BOOT_INFO, tables.root(), (paging::BOOT_GDT, gdt_limit))?);
             Some((vm.tsc_hz()?, vm.guest_tsc()))
         }
         _ => None,

@@ -99,6 +99,25 @@ fn hello_logs_sleeps_and_exits_zero() {
 }
 
 #[test]
+fn the_supervisors_ring_0_entry_still_boots_and_reports_faults() {
+    // Images name their ring-3 start state and the tender sets it
+    // directly; `SKIFF_RING0_START` makes it start at `_start` in ring 0
+    // instead, as for an image without that note (process mode has no
+    // ring 0 and ignores it).
+    let run_ring0 = |args: &[&str]| {
+        let out = tender_cmd().args(args).env("SKIFF_RING0_START", "1").stdin(Stdio::null()).output().unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), all)
+    };
+    let (status, all) = run_ring0(&["--timeout", "30s", hello().to_str().unwrap(), "--", "--sleep-ms", "0"]);
+    assert_eq!(status, 0, "{all}");
+    assert!(all.contains("Hello from Skiff!"), "{all}");
+    let (status, all) = run_ring0(&["--timeout", "30s", probe().to_str().unwrap(), "--", "stack-overflow"]);
+    assert_eq!(status, 102, "{all}");
+    assert!(all.contains("stack overflow") && all.contains("in ring 3"), "{all}");
+}
+
+#[test]
 fn a_panic_prints_message_and_location_and_exits_101() {
     let run = run_probe(&["panic"]);
     expect(&run, 101, &["panicked at src/main.rs:", "probe panic 42", "guest aborted (panic)"]);

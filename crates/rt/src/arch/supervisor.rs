@@ -283,6 +283,27 @@ skiff_sup_timer:
 skiff_sup_spurious:
     iretq
 
+    /* The state `_start` leaves, for a tender that sets it directly
+       (skiff_abi::ring3): the vCPU then starts at skiff_user_entry. */
+    .pushsection .note.skiff.ring3, "a", @note
+    .balign 4
+    .long 6                  /* namesz: "Skiff\0" */
+    .long 72                 /* descsz: skiff_abi::ring3::Entry */
+    .long {ring3_note_type}
+    .asciz "Skiff"
+    .balign 4
+    .quad skiff_user_entry
+    .quad skiff_stack_top
+    .quad skiff_gdt
+    .quad skiff_gdt_end - skiff_gdt - 1
+    .quad skiff_idt
+    .quad skiff_idt_end - skiff_idt - 1
+    .quad skiff_tss
+    .quad {tss_limit}
+    .quad {user_cs} | ({user_ds} << 16) | ({tss_sel} << 32)
+    .balign 4
+    .popsection
+
     /* hvt entry: 64-bit, ring 0, paging on, rdi = boot info. */
     .globl _start
 _start:
@@ -468,6 +489,8 @@ skiff_user_entry:
     ud2
 "#,
     fault_port = const FAULT_PORT,
+    ring3_note_type = const skiff_abi::ring3::NOTE_TYPE_ENTRY,
+    tss_limit = const TSS_LIMIT,
     kernel_ds = const KERNEL_DS,
     kernel_cs = const KERNEL_CS,
     user_ds = const USER_DS,
