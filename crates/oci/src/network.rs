@@ -13,6 +13,25 @@
 //! address, prefix, gateway and the DNS servers as its network options
 //! (`--ipv4 A/P --gateway G --dns D`, read by `skiff::net::NetConfig`).
 //!
+//! No frame is lost while this is set up, so a client that connects from
+//! the moment the engine's port forwarding exists gets its answer from the
+//! guest as soon as it listens (else its kernel sends the SYN again only
+//! after a second):
+//!
+//! - the TAP device is attached (its descriptor held, so it has a carrier)
+//!   before any redirect to it exists, and the tender takes that
+//!   descriptor over: frames that arrive while the container is created
+//!   and started wait on the device until the guest reads them (a TAP
+//!   device nobody holds drops them);
+//! - the TAP device gets its ingress qdisc while it is down: grafting a
+//!   qdisc on a device that is up drops what it sends meanwhile;
+//! - `eth0`'s ingress qdisc must be grafted while it is up, and `eth0`'s
+//!   own kernel answers (with a reset, as nothing listens there) until the
+//!   redirect exists; answers sent while the qdisc is grafted are dropped.
+//!   So the frames `eth0` receives meanwhile are watched through a packet
+//!   socket, and the SYNs and ARP requests whose answer did not leave
+//!   ([`unanswered`]) are sent on to the guest once the redirect exists.
+//!
 //! Everything goes through rtnetlink (`netlink-packet-route` over a
 //! blocking `netlink-sys` socket); making the TAP device needs an `ioctl`,
 //! which the caller does ([`connect`]'s `make_tap`).
@@ -32,6 +51,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use skiff_tender::elf::DeclaredDevice;
 use skiff_tender::net::NicSpec;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
 
 /// The TAP device made in the container's network namespace.
 pub const TAP_NAME: &str = "skiff0";
@@ -108,6 +128,33 @@ pub enum NetworkError {
         /// Why.
         source: std::io::Error,
     },
+    /// The frames of the interface could not be watched or passed on while
+    /// the redirect was set up.
+    #[error("cannot {what} while {iface} is joined to {TAP_NAME}: {source}")]
+    Watch {
+        /// What was done.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The system calls [`connect`] needs besides netlink (the runtime's own,
+/// with `unsafe`): the TAP device's `ioctl`s and packet sockets.
+pub trait Links {
+    /// Makes (or reuses) the persistent TAP device `name` and returns a
+    /// descriptor attached to it.
+    fn make_tap(&mut self, name: &str) -> std::io::Result<OwnedFd>;
+    /// Starts keeping a copy of every frame interface `index` receives or
+    /// sends.
+    fn watch(&mut self, index: u32) -> std::io::Result<()>;
+    /// The frames kept since [`Links::watch`], in order, each with whether
+    /// this host sent it; ends the watch.
+    fn watched(&mut self) -> std::io::Result<Vec<(bool, Vec<u8>)>>;
+    /// Sends the Ethernet frame `frame` out of interface `index`.
+    fn send(&mut self, index: u32, frame: &[u8]) -> std::io::Result<()>;
 }
 
 /// The NIC the image declares, if any; more than one is refused.
@@ -261,22 +308,21 @@ pub struct Connection {
     pub mtus: Vec<(String, u16)>,
     /// The interface it is joined to.
     pub interface: Interface,
+    /// The descriptor attached to the TAP device, for the tender's
+    /// `NetOptions::attached`.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 /// Connects the image's NIC `nic` to the interface of the network
-/// namespace this process is in: `make_tap(name, mtu)` makes (or reuses)
-/// the persistent TAP device; the rest is netlink. `dns` are the servers
-/// the guest gets.
-pub fn connect(
-    nic: &str,
-    dns: &[IpAddr],
-    make_tap: impl FnOnce(&str) -> std::io::Result<()>,
-) -> Result<Connection, NetworkError> {
+/// namespace this process is in: `links` makes (or reuses) the persistent
+/// TAP device and watches and sends frames; the rest is netlink. `dns` are
+/// the servers the guest gets.
+pub fn connect(nic: &str, dns: &[IpAddr], links: &mut dyn Links) -> Result<Connection, NetworkError> {
     let mut rtnl = Rtnl::open()?;
-    let links = rtnl.links()?;
-    let list: Vec<Link> = links.iter().map(|(l, _)| l.clone()).collect();
+    let listed = rtnl.links()?;
+    let list: Vec<Link> = listed.iter().map(|(l, _)| l.clone()).collect();
     let link = pick_interface(&list).ok_or_else(|| NetworkError::NoInterface(nic.to_string()))?.clone();
-    let message = &links.iter().find(|(l, _)| l.index == link.index).expect("listed").1;
+    let message = &listed.iter().find(|(l, _)| l.index == link.index).expect("listed").1;
     let mut iface = Interface { name: link.name.clone(), index: link.index, mtu: 1500, ..Default::default() };
     for a in &message.attributes {
         match a {
@@ -296,16 +342,30 @@ pub fn connect(
         return Err(NetworkError::NoAddress { nic: nic.to_string(), iface: iface.name });
     }
     rtnl.gateways(&mut iface)?;
-    make_tap(TAP_NAME).map_err(|source| NetworkError::Tap { name: TAP_NAME.to_string(), source })?;
+    // Attached first: a redirect to a device with a carrier queues the
+    // frames for the guest instead of dropping them.
+    let fd = links.make_tap(TAP_NAME).map_err(|source| NetworkError::Tap { name: TAP_NAME.to_string(), source })?;
     let tap = rtnl
         .links()?
         .into_iter()
         .find(|(l, _)| l.name == TAP_NAME)
         .map(|(l, _)| l.index)
         .ok_or_else(|| NetworkError::Tap { name: TAP_NAME.into(), source: std::io::ErrorKind::NotFound.into() })?;
-    rtnl.set_up(tap, iface.mtu)?;
-    rtnl.redirect(iface.index, &iface.name, tap, TAP_NAME)?;
+    // The TAP device's side while it is down (no qdisc graft drops then),
+    // then up: from here on it takes frames.
+    rtnl.ingress_qdisc(tap, TAP_NAME)?;
     rtnl.redirect(tap, TAP_NAME, iface.index, &iface.name)?;
+    rtnl.set_up(tap, iface.mtu)?;
+    // eth0's qdisc: its kernel's answers sent meanwhile are dropped, so
+    // what it received meanwhile is watched.
+    let watch = |what, source| NetworkError::Watch { what, iface: iface.name.clone(), source };
+    links.watch(iface.index).map_err(|e| watch("watch the frames of the interface", e))?;
+    rtnl.ingress_qdisc(iface.index, &iface.name)?;
+    let seen = links.watched().map_err(|e| watch("read the frames of the interface", e))?;
+    rtnl.redirect(iface.index, &iface.name, tap, TAP_NAME)?;
+    for frame in unanswered(&seen) {
+        links.send(tap, &frame).map_err(|e| watch("pass a frame on to the guest", e))?;
+    }
     Ok(Connection {
         nics: vec![NicSpec { name: nic.to_string(), tap: TAP_NAME.to_string() }],
         macs: vec![(nic.to_string(), iface.mac)],
@@ -313,7 +373,104 @@ pub fn connect(
         dns: dns.to_vec(),
         mtus: vec![(nic.to_string(), u16::try_from(iface.mtu).unwrap_or(u16::MAX))],
         interface: iface,
+        tap: std::sync::Arc::new(fd),
     })
+}
+
+/// Among the frames an interface received and sent (`(sent, bytes)`, in
+/// order), the TCP SYNs and ARP requests it received whose answer (a reset
+/// or SYN-ACK, an ARP reply) was not sent: the answers dropped while its
+/// qdisc was grafted. Only IPv4 is looked at. A SYN's checksums are filled
+/// in: a frame from the host's own stack can come through a veth device
+/// with its TCP checksum left to the hardware, which the guest would take
+/// for a damaged segment.
+pub fn unanswered(frames: &[(bool, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let answers: Vec<Question> = frames.iter().filter(|(sent, _)| *sent).filter_map(|(_, f)| answer(f)).collect();
+    frames
+        .iter()
+        .filter(|(sent, _)| !*sent)
+        .filter(|(_, f)| question(f).is_some_and(|q| !answers.contains(&q)))
+        .map(|(_, f)| with_checksums(f))
+        .collect()
+}
+
+/// `frame` with its IPv4 and TCP checksums computed, if it carries TCP.
+fn with_checksums(frame: &[u8]) -> Vec<u8> {
+    use smoltcp::wire::{EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    let mut out = frame.to_vec();
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut out[..]) else { return frame.to_vec() };
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else { return frame.to_vec() };
+    if ip.next_header() != IpProtocol::Tcp {
+        return frame.to_vec();
+    }
+    ip.fill_checksum();
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else { return frame.to_vec() };
+    tcp.fill_checksum(&src, &dst);
+    out
+}
+
+/// What a received frame asks, as its answer would name it.
+#[derive(Debug, PartialEq, Eq)]
+enum Question {
+    /// A TCP SYN: from, to (address, port), and the sequence number its
+    /// answer acknowledges.
+    Syn { from: ([u8; 4], u16), to: ([u8; 4], u16), ack: u32 },
+    /// An ARP request: who asks, for whom.
+    Arp { from: [u8; 4], to: [u8; 4] },
+}
+
+/// The IPv4 header's source and destination and its payload, of an
+/// Ethernet frame carrying TCP.
+fn tcp(frame: &[u8]) -> Option<([u8; 4], [u8; 4], smoltcp::wire::TcpPacket<&[u8]>)> {
+    use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let (src, dst) = (ip.src_addr().octets(), ip.dst_addr().octets());
+    Some((src, dst, TcpPacket::new_checked(ip.payload()).ok()?))
+}
+
+/// The ARP packet of an Ethernet frame: operation, sender, target.
+fn arp(frame: &[u8]) -> Option<(smoltcp::wire::ArpOperation, [u8; 4], [u8; 4])> {
+    use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol};
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let p = ArpPacket::new_checked(eth.payload()).ok()?;
+    let (from, to) = (p.source_protocol_addr().try_into().ok()?, p.target_protocol_addr().try_into().ok()?);
+    Some((p.operation(), from, to))
+}
+
+fn question(frame: &[u8]) -> Option<Question> {
+    if let Some((src, dst, t)) = tcp(frame) {
+        return (t.syn() && !t.ack() && !t.rst()).then(|| Question::Syn {
+            from: (src, t.src_port()),
+            to: (dst, t.dst_port()),
+            ack: (t.seq_number() + 1).0 as u32,
+        });
+    }
+    let (op, from, to) = arp(frame)?;
+    (op == smoltcp::wire::ArpOperation::Request).then_some(Question::Arp { from, to })
+}
+
+/// The question a sent frame answers.
+fn answer(frame: &[u8]) -> Option<Question> {
+    if let Some((src, dst, t)) = tcp(frame) {
+        return ((t.rst() || t.syn()) && t.ack()).then(|| Question::Syn {
+            from: (dst, t.dst_port()),
+            to: (src, t.src_port()),
+            ack: t.ack_number().0 as u32,
+        });
+    }
+    let (op, from, to) = arp(frame)?;
+    (op == smoltcp::wire::ArpOperation::Reply).then_some(Question::Arp { from: to, to: from })
 }
 
 /// `ETH_P_ALL` in network byte order, as tc's `protocol all`.
@@ -479,11 +636,10 @@ impl Rtnl {
         self.request(&format!("bring {TAP_NAME} up"), RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(drop)
     }
 
-    /// Sends every frame arriving on `from` out of `to`: a fresh ingress
-    /// qdisc on `from` (an old one, with its filters, is removed first, so
-    /// a container started again in the same namespace is joined anew) and
-    /// a u32 filter matching all with a `mirred egress redirect` action.
-    fn redirect(&mut self, from: u32, from_name: &str, to: u32, to_name: &str) -> Result<(), NetworkError> {
+    /// Gives `from` a fresh ingress qdisc: an old one, with its filters,
+    /// is removed first, so a container started again in the same
+    /// namespace is joined anew.
+    fn ingress_qdisc(&mut self, from: u32, from_name: &str) -> Result<(), NetworkError> {
         let mut qdisc = TcMessage::with_index(from as i32);
         qdisc.header.parent = TcHandle::INGRESS;
         qdisc.header.handle = TcHandle::from(0xffff_0000);
@@ -498,7 +654,14 @@ impl Rtnl {
             &format!("add an ingress qdisc to {from_name}"),
             RouteNetlinkMessage::NewQueueDiscipline(qdisc),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        )?;
+        )
+        .map(drop)
+    }
+
+    /// Sends every frame arriving on `from` (which has its ingress qdisc)
+    /// out of `to`: a u32 filter matching all with a `mirred egress
+    /// redirect` action.
+    fn redirect(&mut self, from: u32, from_name: &str, to: u32, to_name: &str) -> Result<(), NetworkError> {
         let mut selector = TcU32Selector::default();
         selector.flags = TcU32SelectorFlags::Terminal;
         selector.nkeys = 1;
