@@ -748,6 +748,79 @@ mod tests {
         assert_eq!(i.guest_args(&[]), ["--no-ipv4", "--ipv6", "fd00::5/64", "--gateway6", "fd00::1"]);
     }
 
+    /// An Ethernet frame with an IPv4 TCP segment from 10.88.0.1:`sport`
+    /// to 10.88.0.5:443 (or back, `reply`) with `flags`, `seq` and `ack`
+    /// and a zero TCP checksum (left to the hardware).
+    fn tcp_frame(reply: bool, sport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+        let (a, b) = ([10, 88, 0, 1], [10, 88, 0, 5]);
+        let (src, dst, ports) = if reply { (b, a, [443, sport]) } else { (a, b, [sport, 443]) };
+        let mut f = vec![2, 0, 0, 0, 0, 5, 2, 0, 0, 0, 0, 1, 8, 0];
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&ports[0].to_be_bytes());
+        f.extend_from_slice(&ports[1].to_be_bytes());
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(&ack.to_be_bytes());
+        f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    /// An ARP request from 10.88.0.1 for 10.88.0.5 (or its reply).
+    fn arp_frame(reply: bool) -> Vec<u8> {
+        let (a, b) = ([10, 88, 0, 1], [10, 88, 0, 5]);
+        let mut f = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0];
+        f.push(if reply { 2 } else { 1 });
+        let (sender, target) = if reply { (b, a) } else { (a, b) };
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&sender);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
+    }
+
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+
+    #[test]
+    fn syns_and_arp_requests_whose_answers_were_dropped_are_passed_on() {
+        let frames = vec![
+            (false, tcp_frame(false, 1000, SYN, 7, 0)),
+            (true, tcp_frame(true, 1000, RST | ACK, 0, 8)),
+            // Its reset was dropped while the qdisc was grafted.
+            (false, tcp_frame(false, 1001, SYN, 90, 0)),
+            // A reset for another sequence number answers another SYN.
+            (false, tcp_frame(false, 1002, SYN, 500, 0)),
+            (true, tcp_frame(true, 1002, RST | ACK, 0, 7)),
+            (false, arp_frame(false)),
+            (true, arp_frame(true)),
+            (false, arp_frame(false)),
+            // Not questions: an ACK, what this host sent, a short frame.
+            (false, tcp_frame(false, 1003, ACK, 1, 1)),
+            (true, tcp_frame(true, 1004, SYN, 1, 0)),
+            (false, vec![0; 10]),
+        ];
+        let lost = unanswered(&frames);
+        // The second ARP request has the first's reply: the same question.
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        // The same frames but for their checksums.
+        let (a, b) = (&frames[2].1, &frames[3].1);
+        assert_eq!((&lost[0][..24], &lost[0][26..50]), (&a[..24], &a[26..50]));
+        assert_eq!((&lost[1][..24], &lost[1][26..50]), (&b[..24], &b[26..50]));
+        // The passed-on SYN carries its TCP checksum, which the guest checks.
+        use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpPacket};
+        let eth = EthernetFrame::new_checked(&lost[0][..]).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr())));
+        assert_eq!((tcp.src_port(), tcp.seq_number().0), (1001, 90));
+        // An ARP request nobody answered is passed on as it is.
+        assert_eq!(unanswered(&[(false, arp_frame(false))]), vec![arp_frame(false)]);
+        assert!(unanswered(&[]).is_empty());
+    }
+
     #[test]
     fn eth0_is_picked_else_the_only_other_link() {
         let l = |name: &str, index, loopback| Link { name: name.into(), index, loopback };

@@ -100,9 +100,8 @@ impl skiff_oci::network::Links for HostLinks {
         let addr = link_address(index, (libc::ETH_P_ALL as u16).to_be())?;
         // SAFETY: `addr` is a valid sockaddr_ll of the length given, alive
         // for the call; `socket` is an open packet socket.
-        let rc = unsafe {
-            libc::bind(socket.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), LINK_ADDRESS_LEN)
-        };
+        let rc =
+            unsafe { libc::bind(socket.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), LINK_ADDRESS_LEN) };
         if rc < 0 {
             return Err(std::io::Error::last_os_error());
         }
