@@ -420,9 +420,11 @@ enum Question {
     Arp { from: [u8; 4], to: [u8; 4] },
 }
 
-/// The IPv4 header's source and destination and its payload, of an
-/// Ethernet frame carrying TCP.
-fn tcp(frame: &[u8]) -> Option<([u8; 4], [u8; 4], smoltcp::wire::TcpPacket<&[u8]>)> {
+/// An IPv4 TCP segment's source and destination addresses and the segment.
+type Segment<'a> = ([u8; 4], [u8; 4], smoltcp::wire::TcpPacket<&'a [u8]>);
+
+/// The TCP segment of an Ethernet frame carrying one over IPv4.
+fn tcp(frame: &[u8]) -> Option<Segment<'_>> {
     use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
     let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EthernetProtocol::Ipv4 {
