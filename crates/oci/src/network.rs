@@ -13,6 +13,25 @@
 //! address, prefix, gateway and the DNS servers as its network options
 //! (`--ipv4 A/P --gateway G --dns D`, read by `skiff::net::NetConfig`).
 //!
+//! No frame is lost while this is set up, so a client that connects from
+//! the moment the engine's port forwarding exists gets its answer from the
+//! guest as soon as it listens (else its kernel sends the SYN again only
+//! after a second):
+//!
+//! - the TAP device is attached (its descriptor held, so it has a carrier)
+//!   before any redirect to it exists, and the tender takes that
+//!   descriptor over: frames that arrive while the container is created
+//!   and started wait on the device until the guest reads them (a TAP
+//!   device nobody holds drops them);
+//! - the TAP device gets its ingress qdisc while it is down: grafting a
+//!   qdisc on a device that is up drops what it sends meanwhile;
+//! - `eth0`'s ingress qdisc must be grafted while it is up, and `eth0`'s
+//!   own kernel answers (with a reset, as nothing listens there) until the
+//!   redirect exists; answers sent while the qdisc is grafted are dropped.
+//!   So the frames `eth0` receives meanwhile are watched through a packet
+//!   socket, and the SYNs and ARP requests whose answer did not leave
+//!   ([`unanswered`]) are sent on to the guest once the redirect exists.
+//!
 //! Everything goes through rtnetlink (`netlink-packet-route` over a
 //! blocking `netlink-sys` socket); making the TAP device needs an `ioctl`,
 //! which the caller does ([`connect`]'s `make_tap`).
@@ -32,6 +51,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use skiff_tender::elf::DeclaredDevice;
 use skiff_tender::net::NicSpec;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
 
 /// The TAP device made in the container's network namespace.
 pub const TAP_NAME: &str = "skiff0";
@@ -108,6 +128,33 @@ pub enum NetworkError {
         /// Why.
         source: std::io::Error,
     },
+    /// The frames of the interface could not be watched or passed on while
+    /// the redirect was set up.
+    #[error("cannot {what} while {iface} is joined to {TAP_NAME}: {source}")]
+    Watch {
+        /// What was done.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The system calls [`connect`] needs besides netlink (the runtime's own,
+/// with `unsafe`): the TAP device's `ioctl`s and packet sockets.
+pub trait Links {
+    /// Makes (or reuses) the persistent TAP device `name` and returns a
+    /// descriptor attached to it.
+    fn make_tap(&mut self, name: &str) -> std::io::Result<OwnedFd>;
+    /// Starts keeping a copy of every frame interface `index` receives or
+    /// sends.
+    fn watch(&mut self, index: u32) -> std::io::Result<()>;
+    /// The frames kept since [`Links::watch`], in order, each with whether
+    /// this host sent it; ends the watch.
+    fn watched(&mut self) -> std::io::Result<Vec<(bool, Vec<u8>)>>;
+    /// Sends the Ethernet frame `frame` out of interface `index`.
+    fn send(&mut self, index: u32, frame: &[u8]) -> std::io::Result<()>;
 }
 
 /// The NIC the image declares, if any; more than one is refused.
@@ -261,22 +308,21 @@ pub struct Connection {
     pub mtus: Vec<(String, u16)>,
     /// The interface it is joined to.
     pub interface: Interface,
+    /// The descriptor attached to the TAP device, for the tender's
+    /// `NetOptions::attached`.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 /// Connects the image's NIC `nic` to the interface of the network
-/// namespace this process is in: `make_tap(name, mtu)` makes (or reuses)
-/// the persistent TAP device; the rest is netlink. `dns` are the servers
-/// the guest gets.
-pub fn connect(
-    nic: &str,
-    dns: &[IpAddr],
-    make_tap: impl FnOnce(&str) -> std::io::Result<()>,
-) -> Result<Connection, NetworkError> {
+/// namespace this process is in: `links` makes (or reuses) the persistent
+/// TAP device and watches and sends frames; the rest is netlink. `dns` are
+/// the servers the guest gets.
+pub fn connect(nic: &str, dns: &[IpAddr], links: &mut dyn Links) -> Result<Connection, NetworkError> {
     let mut rtnl = Rtnl::open()?;
-    let links = rtnl.links()?;
-    let list: Vec<Link> = links.iter().map(|(l, _)| l.clone()).collect();
+    let listed = rtnl.links()?;
+    let list: Vec<Link> = listed.iter().map(|(l, _)| l.clone()).collect();
     let link = pick_interface(&list).ok_or_else(|| NetworkError::NoInterface(nic.to_string()))?.clone();
-    let message = &links.iter().find(|(l, _)| l.index == link.index).expect("listed").1;
+    let message = &listed.iter().find(|(l, _)| l.index == link.index).expect("listed").1;
     let mut iface = Interface { name: link.name.clone(), index: link.index, mtu: 1500, ..Default::default() };
     for a in &message.attributes {
         match a {
@@ -296,16 +342,30 @@ pub fn connect(
         return Err(NetworkError::NoAddress { nic: nic.to_string(), iface: iface.name });
     }
     rtnl.gateways(&mut iface)?;
-    make_tap(TAP_NAME).map_err(|source| NetworkError::Tap { name: TAP_NAME.to_string(), source })?;
+    // Attached first: a redirect to a device with a carrier queues the
+    // frames for the guest instead of dropping them.
+    let fd = links.make_tap(TAP_NAME).map_err(|source| NetworkError::Tap { name: TAP_NAME.to_string(), source })?;
     let tap = rtnl
         .links()?
         .into_iter()
         .find(|(l, _)| l.name == TAP_NAME)
         .map(|(l, _)| l.index)
         .ok_or_else(|| NetworkError::Tap { name: TAP_NAME.into(), source: std::io::ErrorKind::NotFound.into() })?;
-    rtnl.set_up(tap, iface.mtu)?;
-    rtnl.redirect(iface.index, &iface.name, tap, TAP_NAME)?;
+    // The TAP device's side while it is down (no qdisc graft drops then),
+    // then up: from here on it takes frames.
+    rtnl.ingress_qdisc(tap, TAP_NAME)?;
     rtnl.redirect(tap, TAP_NAME, iface.index, &iface.name)?;
+    rtnl.set_up(tap, iface.mtu)?;
+    // eth0's qdisc: its kernel's answers sent meanwhile are dropped, so
+    // what it received meanwhile is watched.
+    let watch = |what, source| NetworkError::Watch { what, iface: iface.name.clone(), source };
+    links.watch(iface.index).map_err(|e| watch("watch the frames of the interface", e))?;
+    rtnl.ingress_qdisc(iface.index, &iface.name)?;
+    let seen = links.watched().map_err(|e| watch("read the frames of the interface", e))?;
+    rtnl.redirect(iface.index, &iface.name, tap, TAP_NAME)?;
+    for frame in unanswered(&seen) {
+        links.send(tap, &frame).map_err(|e| watch("pass a frame on to the guest", e))?;
+    }
     Ok(Connection {
         nics: vec![NicSpec { name: nic.to_string(), tap: TAP_NAME.to_string() }],
         macs: vec![(nic.to_string(), iface.mac)],
@@ -313,7 +373,106 @@ pub fn connect(
         dns: dns.to_vec(),
         mtus: vec![(nic.to_string(), u16::try_from(iface.mtu).unwrap_or(u16::MAX))],
         interface: iface,
+        tap: std::sync::Arc::new(fd),
     })
+}
+
+/// Among the frames an interface received and sent (`(sent, bytes)`, in
+/// order), the TCP SYNs and ARP requests it received whose answer (a reset
+/// or SYN-ACK, an ARP reply) was not sent: the answers dropped while its
+/// qdisc was grafted. Only IPv4 is looked at. A SYN's checksums are filled
+/// in: a frame from the host's own stack can come through a veth device
+/// with its TCP checksum left to the hardware, which the guest would take
+/// for a damaged segment.
+pub fn unanswered(frames: &[(bool, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let answers: Vec<Question> = frames.iter().filter(|(sent, _)| *sent).filter_map(|(_, f)| answer(f)).collect();
+    frames
+        .iter()
+        .filter(|(sent, _)| !*sent)
+        .filter(|(_, f)| question(f).is_some_and(|q| !answers.contains(&q)))
+        .map(|(_, f)| with_checksums(f))
+        .collect()
+}
+
+/// `frame` with its IPv4 and TCP checksums computed, if it carries TCP.
+fn with_checksums(frame: &[u8]) -> Vec<u8> {
+    use smoltcp::wire::{EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    let mut out = frame.to_vec();
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut out[..]) else { return frame.to_vec() };
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else { return frame.to_vec() };
+    if ip.next_header() != IpProtocol::Tcp {
+        return frame.to_vec();
+    }
+    ip.fill_checksum();
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else { return frame.to_vec() };
+    tcp.fill_checksum(&src, &dst);
+    out
+}
+
+/// What a received frame asks, as its answer would name it.
+#[derive(Debug, PartialEq, Eq)]
+enum Question {
+    /// A TCP SYN: from, to (address, port), and the sequence number its
+    /// answer acknowledges.
+    Syn { from: ([u8; 4], u16), to: ([u8; 4], u16), ack: u32 },
+    /// An ARP request: who asks, for whom.
+    Arp { from: [u8; 4], to: [u8; 4] },
+}
+
+/// An IPv4 TCP segment's source and destination addresses and the segment.
+type Segment<'a> = ([u8; 4], [u8; 4], smoltcp::wire::TcpPacket<&'a [u8]>);
+
+/// The TCP segment of an Ethernet frame carrying one over IPv4.
+fn tcp(frame: &[u8]) -> Option<Segment<'_>> {
+    use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let (src, dst) = (ip.src_addr().octets(), ip.dst_addr().octets());
+    Some((src, dst, TcpPacket::new_checked(ip.payload()).ok()?))
+}
+
+/// The ARP packet of an Ethernet frame: operation, sender, target.
+fn arp(frame: &[u8]) -> Option<(smoltcp::wire::ArpOperation, [u8; 4], [u8; 4])> {
+    use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol};
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let p = ArpPacket::new_checked(eth.payload()).ok()?;
+    let (from, to) = (p.source_protocol_addr().try_into().ok()?, p.target_protocol_addr().try_into().ok()?);
+    Some((p.operation(), from, to))
+}
+
+fn question(frame: &[u8]) -> Option<Question> {
+    if let Some((src, dst, t)) = tcp(frame) {
+        return (t.syn() && !t.ack() && !t.rst()).then(|| Question::Syn {
+            from: (src, t.src_port()),
+            to: (dst, t.dst_port()),
+            ack: (t.seq_number() + 1).0 as u32,
+        });
+    }
+    let (op, from, to) = arp(frame)?;
+    (op == smoltcp::wire::ArpOperation::Request).then_some(Question::Arp { from, to })
+}
+
+/// The question a sent frame answers.
+fn answer(frame: &[u8]) -> Option<Question> {
+    if let Some((src, dst, t)) = tcp(frame) {
+        return ((t.rst() || t.syn()) && t.ack()).then(|| Question::Syn {
+            from: (dst, t.dst_port()),
+            to: (src, t.src_port()),
+            ack: t.ack_number().0 as u32,
+        });
+    }
+    let (op, from, to) = arp(frame)?;
+    (op == smoltcp::wire::ArpOperation::Reply).then_some(Question::Arp { from: to, to: from })
 }
 
 /// `ETH_P_ALL` in network byte order, as tc's `protocol all`.
@@ -479,11 +638,10 @@ impl Rtnl {
         self.request(&format!("bring {TAP_NAME} up"), RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(drop)
     }
 
-    /// Sends every frame arriving on `from` out of `to`: a fresh ingress
-    /// qdisc on `from` (an old one, with its filters, is removed first, so
-    /// a container started again in the same namespace is joined anew) and
-    /// a u32 filter matching all with a `mirred egress redirect` action.
-    fn redirect(&mut self, from: u32, from_name: &str, to: u32, to_name: &str) -> Result<(), NetworkError> {
+    /// Gives `from` a fresh ingress qdisc: an old one, with its filters,
+    /// is removed first, so a container started again in the same
+    /// namespace is joined anew.
+    fn ingress_qdisc(&mut self, from: u32, from_name: &str) -> Result<(), NetworkError> {
         let mut qdisc = TcMessage::with_index(from as i32);
         qdisc.header.parent = TcHandle::INGRESS;
         qdisc.header.handle = TcHandle::from(0xffff_0000);
@@ -498,7 +656,14 @@ impl Rtnl {
             &format!("add an ingress qdisc to {from_name}"),
             RouteNetlinkMessage::NewQueueDiscipline(qdisc),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        )?;
+        )
+        .map(drop)
+    }
+
+    /// Sends every frame arriving on `from` (which has its ingress qdisc)
+    /// out of `to`: a u32 filter matching all with a `mirred egress
+    /// redirect` action.
+    fn redirect(&mut self, from: u32, from_name: &str, to: u32, to_name: &str) -> Result<(), NetworkError> {
         let mut selector = TcU32Selector::default();
         selector.flags = TcU32SelectorFlags::Terminal;
         selector.nkeys = 1;
@@ -583,6 +748,79 @@ mod tests {
         i.ipv6 = Some(("fd00::5".parse().unwrap(), 64));
         i.gateway6 = Some("fd00::1".parse().unwrap());
         assert_eq!(i.guest_args(&[]), ["--no-ipv4", "--ipv6", "fd00::5/64", "--gateway6", "fd00::1"]);
+    }
+
+    /// An Ethernet frame with an IPv4 TCP segment from 10.88.0.1:`sport`
+    /// to 10.88.0.5:443 (or back, `reply`) with `flags`, `seq` and `ack`
+    /// and a zero TCP checksum (left to the hardware).
+    fn tcp_frame(reply: bool, sport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+        let (a, b) = ([10, 88, 0, 1], [10, 88, 0, 5]);
+        let (src, dst, ports) = if reply { (b, a, [443, sport]) } else { (a, b, [sport, 443]) };
+        let mut f = vec![2, 0, 0, 0, 0, 5, 2, 0, 0, 0, 0, 1, 8, 0];
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&ports[0].to_be_bytes());
+        f.extend_from_slice(&ports[1].to_be_bytes());
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(&ack.to_be_bytes());
+        f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    /// An ARP request from 10.88.0.1 for 10.88.0.5 (or its reply).
+    fn arp_frame(reply: bool) -> Vec<u8> {
+        let (a, b) = ([10, 88, 0, 1], [10, 88, 0, 5]);
+        let mut f = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0];
+        f.push(if reply { 2 } else { 1 });
+        let (sender, target) = if reply { (b, a) } else { (a, b) };
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&sender);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
+    }
+
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+
+    #[test]
+    fn syns_and_arp_requests_whose_answers_were_dropped_are_passed_on() {
+        let frames = vec![
+            (false, tcp_frame(false, 1000, SYN, 7, 0)),
+            (true, tcp_frame(true, 1000, RST | ACK, 0, 8)),
+            // Its reset was dropped while the qdisc was grafted.
+            (false, tcp_frame(false, 1001, SYN, 90, 0)),
+            // A reset for another sequence number answers another SYN.
+            (false, tcp_frame(false, 1002, SYN, 500, 0)),
+            (true, tcp_frame(true, 1002, RST | ACK, 0, 7)),
+            (false, arp_frame(false)),
+            (true, arp_frame(true)),
+            (false, arp_frame(false)),
+            // Not questions: an ACK, what this host sent, a short frame.
+            (false, tcp_frame(false, 1003, ACK, 1, 1)),
+            (true, tcp_frame(true, 1004, SYN, 1, 0)),
+            (false, vec![0; 10]),
+        ];
+        let lost = unanswered(&frames);
+        // The second ARP request has the first's reply: the same question.
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        // The same frames but for their checksums.
+        let (a, b) = (&frames[2].1, &frames[3].1);
+        assert_eq!((&lost[0][..24], &lost[0][26..50]), (&a[..24], &a[26..50]));
+        assert_eq!((&lost[1][..24], &lost[1][26..50]), (&b[..24], &b[26..50]));
+        // The passed-on SYN carries its TCP checksum, which the guest checks.
+        use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpPacket};
+        let eth = EthernetFrame::new_checked(&lost[0][..]).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr())));
+        assert_eq!((tcp.src_port(), tcp.seq_number().0), (1001, 90));
+        // An ARP request nobody answered is passed on as it is.
+        assert_eq!(unanswered(&[(false, arp_frame(false))]), vec![arp_frame(false)]);
+        assert!(unanswered(&[]).is_empty());
     }
 
     #[test]

@@ -205,7 +205,8 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
     // still held.
     let connection = match &setup.nic {
         Some(nic) => {
-            Some(skiff_oci::network::connect(nic, &setup.dns, crate::tap::make_persistent).map_err(|e| e.to_string())?)
+            let mut links = crate::tap::HostLinks::default();
+            Some(skiff_oci::network::connect(nic, &setup.dns, &mut links).map_err(|e| e.to_string())?)
         }
         None => None,
     };
@@ -249,16 +250,17 @@ fn container(setup: &Setup, report: &mut std::fs::File, go: OwnedFd) -> Result<i
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-    close_descriptors(2 + setup.preserve_fds as i32);
+    // The TAP device's descriptor goes to the tender.
+    close_descriptors(2 + setup.preserve_fds as i32, connection.as_ref().map(|c| c.tap.as_raw_fd()));
     Ok(i32::from(run_tender(plan, connection)))
 }
 
-/// Closes every descriptor above `last`.
-fn close_descriptors(last: i32) {
+/// Closes every descriptor above `last` but `keep`.
+fn close_descriptors(last: i32, keep: Option<i32>) {
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
-    for fd in open.into_iter().filter(|fd| *fd > last) {
+    for fd in open.into_iter().filter(|fd| *fd > last && Some(*fd) != keep) {
         let _ = nix::unistd::close(fd);
     }
 }
@@ -292,6 +294,7 @@ fn run_tender(plan: &Plan, connection: Option<skiff_oci::network::Connection>) -
         // The network options first: the service's own arguments, after
         // them, can still override one.
         config.args = c.guest_args.into_iter().chain(config.args).collect();
+        config.net.attached = vec![(c.nics[0].name.clone(), c.tap)];
         config.net.nics = c.nics;
         config.net.macs = c.macs;
         config.net.mtus = c.mtus;

@@ -449,3 +449,65 @@ fn a_network_with_a_smaller_mtu_carries_whole_files_to_the_guest_and_back() {
     drop(p);
     drop(firewall);
 }
+
+/// One HTTPS GET of `/` at `https://localhost:PORT` (127.0.0.1) by curl,
+/// with no retry of its own: whether it read a 200.
+fn got_200(port: u16) -> bool {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-k", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]);
+    cmd.args(["--resolve", &format!("localhost:{port}:127.0.0.1"), &format!("https://localhost:{port}/")]);
+    let r = run(&mut cmd, Duration::from_secs(20));
+    r.status == 0 && r.stdout == "200"
+}
+
+#[test]
+fn a_client_connecting_from_the_start_of_podman_run_gets_its_200_without_a_lost_second() {
+    let firewall = HostFirewall::new();
+    let p = Podman::new("podman-cold");
+    require(&["curl"]);
+    p.load(&package("examples/static-website", "skiff-test/web", &p.dir));
+    for _ in 0..2 {
+        let port = free_port();
+        // The client tries from before the spawn and again at once after
+        // any failure (refused, reset), as a readiness probe or a proxy
+        // does; a SYN that reaches the container while it is created and
+        // started and gets no answer would cost it a second.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let start = Instant::now();
+        let (first_200, returned, r) = std::thread::scope(|s| {
+            let client = s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if got_200(port) {
+                        return Some(start.elapsed());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                None
+            });
+            let r = p.run(&["run", "-d", "--pull", "never", "-p", &format!("127.0.0.1:{port}:443"), "skiff-test/web"]);
+            let returned = start.elapsed();
+            if r.status != 0 {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !client.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (client.join().expect("the client"), returned, r)
+        });
+        assert_eq!(r.status, 0, "{r:?}");
+        let id = r.stdout.trim().to_string();
+        let first_200 = first_200.unwrap_or_else(|| panic!("no 200 within 10 s: {}", wait_for_log(&p, &id, "")));
+        // The guest listens within milliseconds of podman's return; 500 ms
+        // is far above that and far below the lost second.
+        assert!(
+            first_200 < returned + Duration::from_millis(500),
+            "the first 200 came {first_200:?} after podman run started, which returned after {returned:?}"
+        );
+        let r = p.run(&["rm", "-f", "-t", "0", &id]);
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    drop(p);
+    drop(firewall);
+}

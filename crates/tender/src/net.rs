@@ -70,6 +70,9 @@ pub struct NetOptions {
     pub mtus: Vec<(String, u16)>,
     /// `--ready-file`: written when the guest first listens.
     pub ready_file: Option<std::path::PathBuf>,
+    /// TAP devices the caller has already attached, by NIC name: taken
+    /// over ([`Tap::adopt`]) instead of attaching [`NicSpec::tap`] by name.
+    pub attached: Vec<(String, std::sync::Arc<std::os::fd::OwnedFd>)>,
 }
 
 impl Default for NetOptions {
@@ -85,6 +88,7 @@ impl Default for NetOptions {
             limits: skiff_usernet::Limits::default(),
             mtus: Vec::new(),
             ready_file: None,
+            attached: Vec::new(),
         }
     }
 }
@@ -307,7 +311,11 @@ pub fn attach(
             let publish = std::mem::take(&mut publish);
             Host::User(Box::new(user_network(&d.name, mac, publish, outbound, options.limits)?))
         } else {
-            Host::Tap(Tap::attach(&spec.tap).map_err(|source| NetError::Tap { nic: d.name.clone(), source })?)
+            let tap = match options.attached.iter().find(|(n, _)| n == &d.name) {
+                Some((_, fd)) => Tap::adopt(&spec.tap, fd),
+                None => Tap::attach(&spec.tap),
+            };
+            Host::Tap(tap.map_err(|source| NetError::Tap { nic: d.name.clone(), source })?)
         };
         let rx = ring_base + nics.len() as u64 * 2 * ring_len;
         let rings = NicRings {

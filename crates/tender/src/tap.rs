@@ -2,17 +2,20 @@
 //!
 //! The tender attaches to an existing TAP device by name (it never creates
 //! one: that needs privileges the tender should not have, and a device the
-//! user did not set up would not be connected to anything). Frames are read
+//! user did not set up would not be connected to anything), or takes over
+//! a descriptor its caller attached ([`Tap::adopt`]: skiff-oci attaches
+//! when it connects the container's network, so frames that come before
+//! the tender runs wait on the device instead of being dropped). Frames are read
 //! and written whole, one per system call, without a packet-information
 //! header (`IFF_NO_PI`). The descriptor is non-blocking; readiness comes
 //! from epoll.
 //!
-//! The only `unsafe` here is the `if_nametoindex` and `TUNSETIFF` calls and
-//! the `ppoll` call of [`wait_readable`].
+//! The only `unsafe` here is the `if_nametoindex`, `TUNSETIFF` and
+//! `fcntl` calls and the `ppoll` call of [`wait_readable`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const IFF_TAP: libc::c_short = 0x0002;
@@ -108,6 +111,25 @@ impl Tap {
                 Some(libc::EINVAL) => TapError::NotTap(name.to_string()),
                 _ => TapError::Attach { name: name.to_string(), source: err },
             });
+        }
+        Ok(Tap { file })
+    }
+
+    /// Takes over the TAP device `name` that the caller has attached:
+    /// `fd` is a `/dev/net/tun` descriptor after `TUNSETIFF`, which stays
+    /// the caller's (the tender uses a duplicate, made non-blocking).
+    /// Frames that reached the device since it was attached are queued on
+    /// it and read first; a device nobody holds has no carrier and drops
+    /// what is sent to it.
+    pub fn adopt(name: &str, fd: &OwnedFd) -> Result<Tap, TapError> {
+        let attach = |source| TapError::Attach { name: name.to_string(), source };
+        let file = File::from(fd.try_clone().map_err(attach)?);
+        // SAFETY: F_GETFL and F_SETFL take and return integers and touch no
+        // memory of ours; `file` is an open descriptor.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(attach(io::Error::last_os_error()));
         }
         Ok(Tap { file })
     }
