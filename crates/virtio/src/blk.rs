@@ -89,7 +89,9 @@ impl<T: Transport> VirtioBlk<T> {
             let per_block = (block / SECTOR) as u32;
             (max / per_block * per_block).max(per_block)
         });
-        let queue = SplitQueue::new(&mut transport, 0, 16, accepted & features::RING_EVENT_IDX != 0)?;
+        let mut queue = SplitQueue::new(&mut transport, 0, 16, accepted & features::RING_EVENT_IDX != 0)?;
+        // Requests are polled: an interrupt would only cost the device work.
+        queue.set_interrupts(false);
         let buf = DmaBuf::zeroed(DATA_AT + CHUNK)?;
         finish_init(&mut transport);
         Ok(VirtioBlk {
