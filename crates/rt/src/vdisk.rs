@@ -104,9 +104,7 @@ impl<T: Transport> VirtioDisk<T> {
     fn check_count(&self, sector: u64, count: u64) -> Result<u64, BlockError> {
         match sector.checked_add(count) {
             Some(end) if end <= self.capacity => Ok(count),
-            end => {
-                Err(BlockError::OutOfRange { start: sector, end: end.unwrap_or(u64::MAX), capacity: self.capacity })
-            }
+            end => Err(BlockError::OutOfRange { start: sector, end: end.unwrap_or(u64::MAX), capacity: self.capacity }),
         }
     }
 

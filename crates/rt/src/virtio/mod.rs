@@ -543,7 +543,8 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     };
     let tsc_probe = rdtsc();
     // The line is UTF-8: `split_command_line` checked it.
-    let patience_ticks = u64::try_from(DISK_PATIENCE.as_nanos() * u128::from(tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
+    let patience_ticks =
+        u64::try_from(DISK_PATIENCE.as_nanos() * u128::from(tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
     let patience = || -> skiff_virtio::blk::Patience {
         let mut start = 0;
         Box::new(move |polls| {
