@@ -199,6 +199,7 @@ const QEMU_OPTIONS: &[&str] = &[
     "net_mac",
     "publish",
     "net_outbound",
+    "disk",
     "args",
 ];
 
@@ -281,13 +282,19 @@ fn run_qemu(image: PathBuf, machine: qemu::Machine, o: RunOptions, args: Vec<Str
         macs: o.net_mac,
         publish,
         outbound: o.net_outbound.unwrap_or(skiff_tender::net::Outbound::AsDeclared),
+        disks: o.disk,
     };
     let arguments = qemu::arguments(&spec)?;
+    qemu::prepare_disks(&spec.disks).map_err(qemu::QemuError::from)?;
     for d in spec.declared.iter().filter(|d| d.kind == skiff_abi::DeviceKind::Net) {
         match spec.net.iter().find(|s| s.name == d.name) {
             Some(s) if !s.is_user() => eprintln!("skiff: NIC {:?} is on TAP device {}", d.name, s.tap),
             _ => eprintln!("skiff: NIC {:?} is on QEMU's user network (guest 10.0.2.15 by DHCP)", d.name),
         }
+    }
+    for d in &spec.disks {
+        let ro = if d.read_only { ", read-only" } else { "" };
+        eprintln!("skiff: disk {:?} is {} (virtio-blk, serial {:?}{ro})", d.name, d.path.display(), d.name);
     }
     for p in &spec.publish {
         eprintln!("skiff: {}/{} -> guest port {}", p.host, p.proto, p.guest_port);

@@ -6,7 +6,18 @@
 //! QEMU exits with `(status << 1) | 1` for a status the guest writes to
 //! `isa-debug-exit`; any other ending is QEMU's own (an error at start,
 //! a signal, a reset) and gets its own message and status.
+//!
+//! Each disk the image declares is a raw QEMU drive on a virtio-blk device
+//! whose serial number is the disk's name (how the guest finds it):
+//! `cache=writeback`, so a flush from the guest is QEMU's `fdatasync` of
+//! the file before the request completes (flush means durable, as under
+//! the tender; `cache=unsafe` would drop flushes), `discard=unmap` (a
+//! discard punches a hole), `werror=report,rerror=report` (a host I/O
+//! error, a full file system included, is the request's error instead of
+//! a paused VM), `readonly=on` for `ro`, and `logical_block_size=4096` for
+//! `sector=4096`.
 
+use skiff_tender::disk::{DiskError, DiskSpec};
 use skiff_tender::elf::DeclaredDevice;
 use skiff_tender::net::{NicSpec, Outbound};
 use skiff_tender::options::LogLevel;
@@ -89,6 +100,10 @@ pub enum QemuError {
     /// `--publish` with no NIC on QEMU's user network.
     #[error("--publish needs a NIC on the user network (the image declares none, or each is on a TAP device)")]
     PublishWithoutUser,
+    /// A `--disk` that does not match the image, or whose file cannot be
+    /// made or read.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// A free host port for `--publish` with port 0 could not be found.
     #[error("--publish {addr}/{proto}: cannot find a free host port: {source}")]
     FreePort {
@@ -126,6 +141,8 @@ pub struct Spec {
     pub publish: Vec<Publish>,
     /// `--net-outbound`.
     pub outbound: Outbound,
+    /// `--disk NAME=FILE[,ro][,size=SIZE][,sector=512|4096]`.
+    pub disks: Vec<DiskSpec>,
 }
 
 /// The PVH command line (`-append`): `skiff.log=LEVEL` unless the level is
@@ -166,6 +183,86 @@ fn hostfwd(p: &Publish) -> String {
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     };
     format!("hostfwd={}:{host}-:{}", p.proto, p.guest_port)
+}
+
+/// A value for QEMU's option syntax: a comma is written twice.
+fn escape(value: &std::ffi::OsStr) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in value.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Checks `--disk` against the image's declared disks (as the tender
+/// does: each declared disk attached once, none the image lacks) and
+/// returns the specs in manifest order.
+fn declared_disks(spec: &Spec) -> Result<Vec<&DiskSpec>, DiskError> {
+    let declared = skiff_tender::disk::declared(&spec.declared);
+    for (i, d) in spec.disks.iter().enumerate() {
+        if spec.disks[..i].iter().any(|o| o.name == d.name) {
+            return Err(DiskError::Duplicate(d.name.clone()));
+        }
+        if !declared.contains(&d.name) {
+            return Err(DiskError::Undeclared { name: d.name.clone(), declared });
+        }
+    }
+    declared
+        .iter()
+        .map(|name| spec.disks.iter().find(|d| &d.name == name).ok_or_else(|| DiskError::Missing(name.clone())))
+        .collect()
+}
+
+/// Creates the disk files `size=` asks for that do not exist yet, and
+/// checks that each file holds at least one sector, as the tender does.
+pub fn prepare_disks(disks: &[DiskSpec]) -> Result<(), DiskError> {
+    for d in disks {
+        let open_err = |source| DiskError::Open { name: d.name.clone(), path: d.path.clone(), source };
+        if let Some(size) = d.create_size
+            && !d.path.exists()
+        {
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&d.path).map_err(open_err)?;
+            f.set_len(size).map_err(open_err)?;
+        }
+        let len = std::fs::metadata(&d.path).map_err(open_err)?.len();
+        if len < u64::from(d.sector_size) {
+            return Err(DiskError::TooSmall {
+                name: d.name.clone(),
+                path: d.path.clone(),
+                len,
+                sector_size: d.sector_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's `-drive` and `-device` arguments for the image's disks.
+fn disk_arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
+    let device = match spec.machine {
+        Machine::Microvm => "virtio-blk-device",
+        Machine::Q35 => "virtio-blk-pci",
+    };
+    let mut out = Vec::new();
+    for (i, d) in declared_disks(spec)?.into_iter().enumerate() {
+        let mut drive = OsString::from("file=");
+        drive.push(escape(d.path.as_os_str()));
+        drive.push(format!(
+            ",if=none,id=disk{i},format=raw,cache=writeback,discard=unmap,werror=report,rerror=report{}",
+            if d.read_only { ",readonly=on" } else { "" }
+        ));
+        let mut dev = OsString::from(format!("{device},drive=disk{i},serial="));
+        dev.push(escape(d.name.as_ref()));
+        if d.sector_size != 512 {
+            dev.push(format!(",logical_block_size={0},physical_block_size={0}", d.sector_size));
+        }
+        out.extend(["-drive".into(), drive, "-device".into(), dev]);
+    }
+    Ok(out)
 }
 
 /// QEMU's arguments (without the program) for `spec`.
@@ -244,6 +341,7 @@ pub fn arguments(spec: &Spec) -> Result<Vec<OsString>, QemuError> {
         a.extend(["-netdev".into(), netdev, "-device".into(), format!("{nic_device},netdev={id},mac={mac}")]);
     }
     let mut out: Vec<OsString> = a.into_iter().map(OsString::from).collect();
+    out.extend(disk_arguments(spec)?);
     out.push("-kernel".into());
     out.push(spec.image.clone().into_os_string());
     let append = append(spec.log, &spec.args)?;
@@ -513,6 +611,7 @@ mod tests {
             macs: Vec::new(),
             publish: Vec::new(),
             outbound: Outbound::AsDeclared,
+            disks: Vec::new(),
         }
     }
 
@@ -597,6 +696,71 @@ mod tests {
         let mut s = spec(Machine::Microvm);
         s.macs = vec![("nope".into(), [2, 0, 0, 0, 0, 1])];
         assert!(matches!(arguments(&s), Err(QemuError::MacWithoutNic(_))));
+    }
+
+    fn with_disk(machine: Machine, disk: &str) -> Spec {
+        let mut s = spec(machine);
+        s.declared.push(DeclaredDevice { kind: DeviceKind::Block, name: "data".into(), outbound: false });
+        s.disks = vec![skiff_tender::disk::parse_disk(disk).unwrap()];
+        s
+    }
+
+    #[test]
+    fn disks_are_raw_drives_on_virtio_blk_named_by_serial() {
+        let mut s = with_disk(Machine::Microvm, "data=/disks/a.img,size=8M");
+        // A comma in the file name (a path from a program, not --disk).
+        s.disks[0].path = "/disks/a,b.img".into();
+        let l = line(&s);
+        assert!(
+            l.contains(
+                "-drive file=/disks/a,,b.img,if=none,id=disk0,format=raw,cache=writeback,discard=unmap,\
+                 werror=report,rerror=report -device virtio-blk-device,drive=disk0,serial=data -kernel"
+            ),
+            "{l}"
+        );
+        let l = line(&with_disk(Machine::Q35, "data=d.img,ro,sector=4096"));
+        assert!(
+            l.contains(
+                "rerror=report,readonly=on -device virtio-blk-pci,drive=disk0,serial=data,\
+                 logical_block_size=4096,physical_block_size=4096"
+            ),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn disk_mistakes_are_refused_as_under_the_tender() {
+        let mut s = with_disk(Machine::Microvm, "data=d.img");
+        s.disks[0].name = "other".into();
+        let e = arguments(&s).unwrap_err().to_string();
+        assert_eq!(e, "--disk other=...: the image declares no disk of that name (it has: data)");
+        s.disks.clear();
+        let e = arguments(&s).unwrap_err().to_string();
+        assert!(e.starts_with("the image needs a disk named \"data\""), "{e}");
+        let mut s = with_disk(Machine::Microvm, "data=d.img");
+        s.disks.push(s.disks[0].clone());
+        assert!(matches!(arguments(&s), Err(QemuError::Disk(DiskError::Duplicate(_)))));
+    }
+
+    #[test]
+    fn size_creates_a_missing_disk_file_and_a_short_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("skiff-qemu-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("new.img");
+        let spec = skiff_tender::disk::parse_disk(&format!("data={},size=1M", file.display())).unwrap();
+        prepare_disks(std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+        // An existing file keeps its size and contents.
+        std::fs::write(&file, [7u8; 4096]).unwrap();
+        prepare_disks(std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), [7u8; 4096]);
+        let spec = skiff_tender::disk::parse_disk(&format!("data={},sector=4096", file.display())).unwrap();
+        std::fs::write(&file, [0u8; 512]).unwrap();
+        let e = prepare_disks(&[spec]).unwrap_err().to_string();
+        assert!(e.contains("holds 512 bytes, less than one 4096-byte sector"), "{e}");
+        let missing = skiff_tender::disk::parse_disk(&format!("data={}", dir.join("none").display())).unwrap();
+        assert!(matches!(prepare_disks(&[missing]), Err(DiskError::Open { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

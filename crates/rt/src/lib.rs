@@ -85,6 +85,7 @@ pub mod nic;
 #[allow(unsafe_code)]
 pub mod random;
 pub mod time;
+pub mod vdisk;
 
 pub use block::{BlockDevice, BlockError};
 pub use device::{DeviceError, NetDevice};

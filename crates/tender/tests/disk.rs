@@ -101,7 +101,7 @@ fn a_read_only_disk_refuses_writes_with_an_error_the_guest_sees() {
     let file = dir.file("d.img");
     std::fs::write(&file, vec![7u8; 1 << 20]).unwrap();
     let r = run(&spec(&file, ",ro"), "ro");
-    expect(&r, 0, &["read-only", "write refused: the disk is read-only", "the tender refused the write too"]);
+    expect(&r, 0, &["read-only", "write refused: the disk is read-only", "the host refused the write too"]);
     assert!(std::fs::read(&file).unwrap().iter().all(|&b| b == 7));
 }
 

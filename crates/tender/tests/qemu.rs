@@ -258,6 +258,24 @@ fn an_image_whose_nic_has_no_virtio_net_device_fails_clearly_instead_of_hanging(
     expect(&run, 104, &["declares the net device \"service\"", "no virtio-net device", "-device virtio-net-device"]);
 }
 
+#[test]
+fn an_image_whose_disk_has_no_virtio_blk_device_stops_with_104_and_one_without_a_serial_goes_by_order() {
+    let disk = common::guest("tests/guests/disk");
+    // No device at all.
+    let run = qemu(disk, "rw");
+    expect(&run, 104, &["declares the block device \"disk\"", "no virtio-blk device", "serial=disk"]);
+    let file = std::env::temp_dir().join(format!("skiff-qemu-vblk-{}.img", std::process::id()));
+    std::fs::File::create(&file).unwrap().set_len(8 << 20).unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw,discard=unmap", file.display());
+    // A device whose serial names another disk is not this one's.
+    let run = qemu_with(disk, "rw", &["-drive", &drive, "-device", "virtio-blk-device,drive=d0,serial=other"]);
+    expect(&run, 104, &["no virtio-blk device for it", "serial numbers \"other\""]);
+    // Without a serial number, the disks go by order.
+    let run = qemu_with(disk, "rw", &["-drive", &drive, "-device", "virtio-blk-device,drive=d0"]);
+    let _ = std::fs::remove_file(&file);
+    expect(&run, 0, &["disk: 16384 sectors of 512 bytes", "read back"]);
+}
+
 /// A free TCP and a free UDP port on the loopback address.
 fn free_ports() -> (u16, u16) {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind TCP").local_addr().unwrap().port();

@@ -312,11 +312,24 @@ impl SplitQueue {
     /// Polls for the chain `head` (the only one in flight) at most `spins`
     /// times; a synchronous request's wait.
     pub(crate) fn wait(&mut self, head: u16, spins: u32, device: crate::DeviceType) -> Result<Used, Error> {
-        for _ in 0..spins {
+        self.wait_while(head, &mut |polls| polls < u64::from(spins), device)
+    }
+
+    /// Polls for the chain `head` (the only one in flight) while `patience`
+    /// (given the number of empty polls so far) says to go on.
+    pub(crate) fn wait_while(
+        &mut self,
+        head: u16,
+        patience: &mut dyn FnMut(u64) -> bool,
+        device: crate::DeviceType,
+    ) -> Result<Used, Error> {
+        let mut polls = 0u64;
+        while patience(polls) {
             if let Some(used) = self.pop_used()? {
                 debug_assert_eq!(used.head, head);
                 return Ok(used);
             }
+            polls += 1;
             core::hint::spin_loop();
         }
         // The chain stays with the device: give up on the queue rather than

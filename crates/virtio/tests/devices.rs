@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Kind, Sim, V1, mmio};
-use skiff_virtio::blk::{F_FLUSH, F_RO, VirtioBlk};
+use skiff_virtio::blk::{F_BLK_SIZE, F_DISCARD, F_FLUSH, F_RO, F_SIZE_MAX, VirtioBlk};
 use skiff_virtio::features::RING_EVENT_IDX;
 use skiff_virtio::net::{F_MAC, F_MTU, VirtioNet};
 use skiff_virtio::rng::VirtioRng;
@@ -288,6 +288,91 @@ fn blk_bad_requests_and_device_errors() {
     sim.borrow_mut().blk_status = None;
     blk.read(2, &mut buf).unwrap();
     assert_eq!(&buf[..512], &[2u8; 512]);
+}
+
+#[test]
+fn blk_serial_numbers_come_back_nul_padded_or_whole() {
+    let sim = blk_sim(0, 16);
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    // No serial (QEMU without serial=): empty.
+    assert_eq!(blk.serial().unwrap().1, 0);
+    sim.borrow_mut().blk_serial = b"data".to_vec();
+    let (id, len) = blk.serial().unwrap();
+    assert_eq!(&id[..len], b"data");
+    // Exactly 20 bytes: no NUL, all of it.
+    sim.borrow_mut().blk_serial = b"a-name-of-twenty-ch!".to_vec();
+    let (id, len) = blk.serial().unwrap();
+    assert_eq!(&id[..len], b"a-name-of-twenty-ch!");
+    // A shorter serial after a longer one: no stale bytes.
+    sim.borrow_mut().blk_serial = b"x".to_vec();
+    let (id, len) = blk.serial().unwrap();
+    assert_eq!((&id[..len], id[1..].iter().all(|&b| b == 0)), (&b"x"[..], true));
+    // A device that does not answer GET_ID.
+    sim.borrow_mut().blk_status = Some(2);
+    assert_eq!(blk.serial(), Err(Error::Unsupported));
+}
+
+#[test]
+fn blk_discards_in_segments_of_the_devices_maximum_and_only_if_offered() {
+    let sim = blk_sim(F_DISCARD | F_BLK_SIZE, 1024);
+    {
+        let mut s = sim.borrow_mut();
+        s.config[20..24].copy_from_slice(&4096u32.to_le_bytes());
+        // 20 sectors, rounded down to whole 4 KiB blocks: 16.
+        s.config[36..40].copy_from_slice(&20u32.to_le_bytes());
+    }
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    assert_eq!(blk.blk_size(), Some(4096));
+    assert!(blk.can_discard());
+    blk.discard(8, 40).unwrap();
+    assert_eq!(sim.borrow().discards, [(8, 16), (24, 16), (40, 8)]);
+    assert!(sim.borrow().disk[8 * 512..48 * 512].iter().all(|&b| b == 0));
+    assert_eq!(sim.borrow().disk[48 * 512], 48, "the sector after is untouched");
+    assert_eq!(blk.discard(1020, 8), Err(Error::OutOfRange { sector: 1020, end: 1028, capacity: 1024 }));
+
+    // Not offered: unsupported, and nothing reaches the device.
+    let sim = blk_sim(0, 16);
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    assert_eq!((blk.blk_size(), blk.can_discard()), (None, false));
+    assert_eq!(blk.discard(0, 1), Err(Error::Unsupported));
+    assert_eq!(sim.borrow().notifies[0], 0);
+    // Read-only: refused before the device.
+    let sim = blk_sim(F_DISCARD | F_RO, 16);
+    sim.borrow_mut().config[36..40].copy_from_slice(&8u32.to_le_bytes());
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    assert_eq!(blk.discard(0, 1), Err(Error::ReadOnly));
+}
+
+#[test]
+fn blk_requests_are_split_at_whole_logical_blocks() {
+    // size_max of 6 KiB with 4 KiB blocks: 4 KiB per request.
+    let sim = blk_sim(F_SIZE_MAX | F_BLK_SIZE, 64);
+    {
+        let mut s = sim.borrow_mut();
+        s.config[8..12].copy_from_slice(&6144u32.to_le_bytes());
+        s.config[20..24].copy_from_slice(&4096u32.to_le_bytes());
+    }
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    let data = vec![0x42u8; 12 * 1024];
+    blk.write(8, &data).unwrap();
+    assert_eq!(sim.borrow().notifies[0], 3);
+    assert_eq!(&sim.borrow().disk[8 * 512..32 * 512], &data[..]);
+}
+
+#[test]
+fn blk_patience_decides_how_long_a_request_waits() {
+    let sim = Sim::new(2, 2, Kind::Manual, V1, &[16]);
+    sim.borrow_mut().config[..8].copy_from_slice(&8u64.to_le_bytes());
+    let mut blk = VirtioBlk::new(mmio(&sim)).unwrap();
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let seen = asked.clone();
+    blk.set_patience(Box::new(move |polls| {
+        seen.set(polls);
+        polls < 500
+    }));
+    assert_eq!(blk.flush(), Ok(()), "no FLUSH feature: nothing sent");
+    assert_eq!(blk.read(0, &mut [0u8; 512]), Err(Error::NoResponse(DeviceType::Block)));
+    assert_eq!(asked.get(), 500);
 }
 
 #[test]

@@ -2,7 +2,12 @@
 //! the command line or by probing the fixed slots, their interrupts routed
 //! through the I/O APIC; virtio-pci functions on a PC-like machine (q35),
 //! found in PCI configuration space ([`super::pci`]), their interrupts
-//! MSI-X messages; and the NICs lent to the service.
+//! MSI-X messages; and the NICs and disks lent to the service.
+//!
+//! Disks are virtio-blk devices, polled (a request completes before its
+//! call returns, as on the tender): their interrupts stay off. Each
+//! declared disk gets the device whose serial number is its name, else the
+//! next device without a serial ([`crate::vdisk::match_disks`]).
 //!
 //! Every window lies in the 2 MiB page the PVH trampoline maps for ring 3
 //! ([`VIRTIO_MMIO_PAGE`]), the I/O APICs in the next one ([`IOAPIC_PAGE`]).
@@ -15,9 +20,11 @@
 
 use crate::arch::pvh::{IOAPIC_PAGE, VIRTIO_MMIO_PAGE};
 use crate::arch::supervisor::TIMER_VECTOR;
+use crate::block::BlockDevice;
 use crate::device::{DeviceError, NetDevice};
 use crate::executor::wake_on_device;
 use crate::random::{EntropyDevice, RandomError};
+use crate::vdisk::{VirtioDisk, match_disks};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
@@ -25,6 +32,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::task::{Context, Poll};
+use skiff_virtio::blk::{Patience, VirtioBlk};
 use skiff_virtio::net::VirtioNet;
 use skiff_virtio::regs::VolatileMmio;
 use skiff_virtio::rng::VirtioRng;
@@ -54,6 +62,7 @@ const MSI_ADDRESS: u64 = 0xfee0_0000;
 
 type Net = VirtioNet<AnyTransport>;
 type Rng = VirtioRng<AnyTransport>;
+type Blk = VirtioBlk<AnyTransport>;
 
 /// A virtio-mmio or a virtio-pci device.
 enum AnyTransport {
@@ -224,9 +233,28 @@ struct NetSlot {
     taken: Cell<bool>,
 }
 
+/// A virtio-blk device found at boot, before the disks are matched.
+struct FoundBlk {
+    blk: Blk,
+    /// Its serial number (empty without one).
+    serial: Vec<u8>,
+    /// Where it is, for messages.
+    at: String,
+}
+
+/// A disk the manifest declares, on a virtio-blk device, until the
+/// service takes it.
+struct DiskSlot {
+    name: String,
+    disk: RefCell<Option<VirtioDisk<AnyTransport>>>,
+}
+
 /// The devices of the virtio platform.
 pub(super) struct Devices {
     nets: Vec<NetSlot>,
+    disks: Vec<DiskSlot>,
+    /// virtio-blk devices found, until matched to the declared disks.
+    blks: Vec<FoundBlk>,
     /// The virtio-rng device, until the entropy pool takes it.
     rng: Option<Rng>,
 }
@@ -235,13 +263,20 @@ impl Devices {
     /// Finds the devices, brings up a virtio-net device for each NIC in
     /// `declared` (in the order of the VM's devices: QEMU fills microvm's
     /// slots from the top and gives PCI slots in order, so the first
-    /// `-device` comes first) and a virtio-rng device if there is one. An
-    /// error is a line for the boot failure.
-    pub(super) fn probe(cmdline: &str, declared: &[String]) -> Result<Devices, String> {
+    /// `-device` comes first), a virtio-blk device for each disk in
+    /// `disks` (by serial number, else in that order; each request waits
+    /// as long as `patience` says) and a virtio-rng device if there is
+    /// one. An error is a line for the boot failure.
+    pub(super) fn probe(
+        cmdline: &str,
+        declared: &[String],
+        disks: &[String],
+        patience: &dyn Fn() -> Patience,
+    ) -> Result<Devices, String> {
         let on_pci = pci::present();
         let mut windows = windows(cmdline, !on_pci)?;
         windows.sort_by_key(|w| core::cmp::Reverse(w.base));
-        let mut devices = Devices { nets: Vec::new(), rng: None };
+        let mut devices = Devices { nets: Vec::new(), disks: Vec::new(), blks: Vec::new(), rng: None };
         for w in windows {
             let t = match transport(w) {
                 Ok(t) => t,
@@ -264,11 +299,12 @@ impl Devices {
                     devices.add_net(name, net, routed, &format!("{at} (interrupt {})", w.irq));
                 }
                 DeviceType::Entropy if devices.rng.is_none() => devices.add_rng(AnyTransport::Mmio(t), &at),
+                DeviceType::Block if !disks.is_empty() => devices.add_blk(AnyTransport::Mmio(t), at, patience())?,
                 other => log::debug!("virtio {other} device at {at} is left unused"),
             }
         }
         if on_pci {
-            devices.probe_pci(declared)?;
+            devices.probe_pci(declared, !disks.is_empty(), patience)?;
         }
         if let Some(missing) = declared.get(devices.nets.len()) {
             let device = if on_pci { "virtio-net-pci" } else { "virtio-net-device" };
@@ -277,19 +313,99 @@ impl Devices {
                  it (QEMU: -netdev user,id=n0 -device {device},netdev=n0)"
             ));
         }
+        devices.match_disks(disks, if on_pci { "virtio-blk-pci" } else { "virtio-blk-device" })?;
         Ok(devices)
+    }
+
+    /// Brings up a virtio-blk device (polled: its interrupts stay off)
+    /// and reads its serial number.
+    fn add_blk(&mut self, t: AnyTransport, at: String, patience: Patience) -> Result<(), String> {
+        let mut blk = VirtioBlk::new(t).map_err(|e| format!("virtio-blk at {at}: {e}"))?;
+        blk.set_patience(patience);
+        let serial = match blk.serial() {
+            Ok((id, len)) => id[..len].to_vec(),
+            // A device without GET_ID has no serial.
+            Err(Error::Unsupported) => Vec::new(),
+            Err(e) => return Err(format!("virtio-blk at {at}: reading its serial number: {e}")),
+        };
+        self.blks.push(FoundBlk { blk, serial, at });
+        Ok(())
+    }
+
+    /// Gives each disk in `declared` its device; a disk left without one
+    /// is an error naming the QEMU `device` that would serve it.
+    fn match_disks(&mut self, declared: &[String], device: &str) -> Result<(), String> {
+        let serials: Vec<&[u8]> = self.blks.iter().map(|b| b.serial.as_slice()).collect();
+        let chosen = match match_disks(declared, &serials) {
+            Ok(chosen) => chosen,
+            Err(missing) => {
+                let others: Vec<String> = self
+                    .blks
+                    .iter()
+                    .filter(|b| !b.serial.is_empty())
+                    .map(|b| format!("{:?}", String::from_utf8_lossy(&b.serial)))
+                    .collect();
+                let others = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its virtio-blk devices have the serial numbers {}", others.join(", "))
+                };
+                return Err(format!(
+                    "this image declares the block device \"{missing}\", but the VM has no virtio-blk device for \
+                     it (QEMU: -drive file=FILE,if=none,id=d0,format=raw -device {device},drive=d0,serial={missing}{others})"
+                ));
+            }
+        };
+        let mut blks: Vec<Option<FoundBlk>> = core::mem::take(&mut self.blks).into_iter().map(Some).collect();
+        for (name, i) in declared.iter().zip(chosen) {
+            let Some(found) = blks[i].take() else { continue };
+            let FoundBlk { blk, serial, at } = found;
+            let how = if serial.is_empty() { "in order" } else { "by serial" };
+            let disk = VirtioDisk::new(name.clone(), blk).map_err(|size| {
+                format!(
+                    "virtio-blk at {at} for disk \"{name}\": its logical block size is {size} bytes; this runtime's \
+                     disks have 512- or 4096-byte sectors"
+                )
+            })?;
+            log::debug!(
+                "virtio-blk at {at} is disk \"{name}\" ({how}): {} sectors of {} bytes{}",
+                disk.capacity(),
+                disk.sector_size(),
+                if disk.read_only() { ", read-only" } else { "" }
+            );
+            self.disks.push(DiskSlot { name: name.clone(), disk: RefCell::new(Some(disk)) });
+        }
+        for b in blks.into_iter().flatten() {
+            log::debug!("virtio-blk at {} (serial {:?}) is left unused", b.at, String::from_utf8_lossy(&b.serial));
+        }
+        Ok(())
+    }
+
+    /// Lends the disk called `name`.
+    pub(super) fn take_block(&self, name: &str) -> Result<Box<dyn BlockDevice>, DeviceError> {
+        let Some(slot) = self.disks.iter().find(|s| s.name == name) else {
+            return Err(DeviceError::NoSuchDevice {
+                name: String::from(name),
+                available: self.disks.iter().map(|s| s.name.clone()).collect(),
+            });
+        };
+        match slot.disk.borrow_mut().take() {
+            Some(disk) => Ok(Box::new(disk)),
+            None => Err(DeviceError::AlreadyTaken(String::from(name))),
+        }
     }
 
     /// The virtio-pci functions: a virtio-net device for each NIC still
     /// to be found, its queues on an MSI-X vector that wakes the idle
     /// guest, and a virtio-rng device if there is none yet.
-    fn probe_pci(&mut self, declared: &[String]) -> Result<(), String> {
+    fn probe_pci(&mut self, declared: &[String], blk: bool, patience: &dyn Fn() -> Patience) -> Result<(), String> {
         let all = pci::functions();
         for &(f, kind) in &all {
             let Some(kind) = kind else { continue };
             let wanted = match kind {
                 DeviceType::Net => self.nets.len() < declared.len(),
                 DeviceType::Entropy => self.rng.is_none(),
+                DeviceType::Block => blk,
                 _ => false,
             };
             if !wanted {
@@ -302,6 +418,12 @@ impl Devices {
                 // Polled: its interrupt line stays off.
                 skiff_virtio::transport::pci::disable_intx(&mut PortConfig(f));
                 self.add_rng(AnyTransport::Pci(transport), &at);
+                continue;
+            }
+            if kind == DeviceType::Block {
+                // Polled too.
+                skiff_virtio::transport::pci::disable_intx(&mut PortConfig(f));
+                self.add_blk(AnyTransport::Pci(transport), at, patience())?;
                 continue;
             }
             let name = declared[self.nets.len()].clone();

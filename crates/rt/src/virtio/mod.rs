@@ -25,7 +25,11 @@
 //!   (`virtio_mmio.device=`) or microvm's fixed slots; a virtio-net device
 //!   for each NIC the manifest declares, lent through [`Env::take_net`],
 //!   its interrupt routed through the I/O APIC so a frame ends the idle.
-//!   A declared NIC without a device is refused at boot, status 104.
+//!   A declared NIC without a device is refused at boot, status 104;
+//!   a virtio-blk device for each disk it declares (matched by serial
+//!   number, else in order; [`crate::vdisk`]), lent through
+//!   [`Env::take_block`], polled. A declared disk without a device is
+//!   refused at boot the same way.
 
 use crate::arch::cpu::{inb, outb, outw, rdtsc};
 use crate::arch::pvh::DEBUG_EXIT_PORT;
@@ -410,23 +414,24 @@ fn command_line(info: &StartInfo) -> &'static [u8] {
     &bytes[..end]
 }
 
-/// The NICs the image's manifest declares, by name; a device of another
-/// kind is an error naming it.
-fn declared_nics() -> Result<Vec<String>, String> {
+/// The NICs and the disks the image's manifest declares, by name; a
+/// device of another kind is an error naming it.
+fn declared_devices() -> Result<(Vec<String>, Vec<String>), String> {
     // SAFETY: linker symbols around the manifest note.
     let (start, end) = unsafe { (addr(&skiff_manifest_note), addr(&skiff_manifest_note_end)) };
     if end - start < core::mem::size_of::<manifest::ManifestNote>() as u64 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // SAFETY: the note section holds one ManifestNote (4-byte aligned, in
     // the read-only data), emitted by `#[skiff::main]`.
     let note = unsafe { &*(start as *const manifest::ManifestNote) };
     let count = (note.desc.device_count as usize).min(note.desc.devices.len());
-    let mut nics = Vec::new();
+    let (mut nics, mut disks) = (Vec::new(), Vec::new());
     for d in &note.desc.devices[..count] {
         let name = manifest::device_name(&d.name).unwrap_or("?");
         match DeviceKind::from_raw(d.kind) {
             Some(DeviceKind::Net) => nics.push(String::from(name)),
+            Some(DeviceKind::Block) => disks.push(String::from(name)),
             kind => {
                 let kind = kind.map_or("device", DeviceKind::name);
                 return Err(format!(
@@ -436,8 +441,13 @@ fn declared_nics() -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(nics)
+    Ok((nics, disks))
 }
+
+/// How long a disk request waits for its virtio-blk device before the disk
+/// counts as gone (a host flush can take seconds; the tender waits as long
+/// as the host takes).
+const DISK_PATIENCE: Duration = Duration::from_secs(60);
 
 fn fail(message: &str) -> ! {
     abort(AbortReason::Other, message)
@@ -497,7 +507,7 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     }
 
     let line = command_line(info);
-    let declared = declared_nics().unwrap_or_else(|e| fail(&e));
+    let (declared, disks) = declared_devices().unwrap_or_else(|e| fail(&e));
     let mut args = match split_command_line(line) {
         Ok(args) => args,
         Err(e) => fail(&format!("bad command line from the hypervisor: {e}")),
@@ -533,7 +543,20 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
     };
     let tsc_probe = rdtsc();
     // The line is UTF-8: `split_command_line` checked it.
-    let mut devices = match devices::Devices::probe(core::str::from_utf8(line).unwrap_or(""), &declared) {
+    let patience_ticks =
+        u64::try_from(DISK_PATIENCE.as_nanos() * u128::from(tsc_hz) / 1_000_000_000).unwrap_or(u64::MAX);
+    let patience = || -> skiff_virtio::blk::Patience {
+        let mut start = 0;
+        Box::new(move |polls| {
+            let now = rdtsc();
+            if polls == 0 {
+                start = now;
+            }
+            now.wrapping_sub(start) < patience_ticks
+        })
+    };
+    let cmdline = core::str::from_utf8(line).unwrap_or("");
+    let mut devices = match devices::Devices::probe(cmdline, &declared, &disks, &patience) {
         Ok(devices) => devices,
         Err(e) => fail(&e),
     };
@@ -559,7 +582,10 @@ extern "C" fn skiff_rt_pvh_main(start_info: u64, mem_size: u64, tsc_ring0: u64, 
 
     let executor = Executor::new();
     let lender = devices.clone();
-    let env = Env::new(args, executor.spawner()).with_net(Box::new(move |name| lender.take_net(name)));
+    let disk_lender = devices.clone();
+    let env = Env::new(args, executor.spawner())
+        .with_net(Box::new(move |name| lender.take_net(name)))
+        .with_block(Box::new(move |name| disk_lender.take_block(name)));
     let mut platform = Virtio { tsc_hz, can_sleep: can_sleep != 0, devices };
     match crate::start::run_main(executor, env, &mut platform) {
         Ok(status) => exit(status.code()),

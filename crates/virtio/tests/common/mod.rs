@@ -131,6 +131,10 @@ pub struct Sim {
     pub blk_status: Option<u8>,
     /// Report this used length for block requests instead.
     pub blk_claim_len: Option<u32>,
+    /// The block device's serial number (GET_ID).
+    pub blk_serial: Vec<u8>,
+    /// Discard segments received: first sector, count.
+    pub discards: Vec<(u64, u32)>,
     pub isr: u32,
     /// MSI-X vectors the device accepts for its queues (others read back
     /// as NO_VECTOR).
@@ -167,6 +171,8 @@ impl Sim {
             rng_max: u32::MAX,
             blk_status: None,
             blk_claim_len: None,
+            blk_serial: Vec::new(),
+            discards: Vec::new(),
             isr: 0,
             msix_vectors: 0,
         }))
@@ -340,6 +346,27 @@ impl Sim {
                 0
             }
             4 => 0,
+            8 => {
+                // GET_ID, as QEMU answers it: the serial and its NUL when
+                // shorter than the buffer.
+                let mut id = self.blk_serial.clone();
+                id.push(0);
+                id.truncate(20);
+                scatter(data, &id);
+                written += data.iter().map(|d| d.1).sum::<u32>();
+                0
+            }
+            11 if self.features & (1 << 13) != 0 => {
+                let seg = gather(data);
+                let (first, count) = (
+                    u64::from_le_bytes(seg[..8].try_into().unwrap()),
+                    u32::from_le_bytes(seg[8..12].try_into().unwrap()),
+                );
+                self.discards.push((first, count));
+                let (from, to) = (first as usize * 512, (first as usize + count as usize) * 512);
+                self.disk[from..to].fill(0);
+                0
+            }
             _ => 2,
         };
         write8(status_addr, status);
