@@ -9,6 +9,8 @@ use skiff::block::{BlockError, Disk};
 use skiff::prelude::*;
 use skiff_abi::blk::op;
 
+mod workload;
+
 #[skiff::main(block = "disk")]
 async fn main(env: skiff::Env) -> Result<(), String> {
     let what = env.args().first().cloned().unwrap_or_default();
@@ -82,6 +84,10 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             info!("committed generation {generation}");
             Ok(())
         }
+        "txn" => {
+            let seed: u64 = env.args().get(1).and_then(|s| s.parse().ok()).ok_or("txn needs a seed")?;
+            transactions(disk, seed).await
+        }
         other => Err(format!("unknown scenario {other:?}")),
     }
 }
@@ -117,5 +123,36 @@ async fn read_write(disk: &Disk) -> Result<(), BlockError> {
         Err(e) => return Err(e),
     }
     info!("read back {} sectors", 8 + big.len() / ss);
+    Ok(())
+}
+
+/// The crash test's workload: opens the store on the disk, reads how many
+/// transactions it holds, and runs the seeded transactions after them one
+/// by one, printing `ack T` once transaction T's commit returned, until the
+/// tender is killed.
+async fn transactions(disk: Disk, seed: u64) -> Result<(), String> {
+    let store = skiff::store::Store::open(disk, Default::default()).await.map_err(|e| format!("open: {e}"))?;
+    let done = match store.get(workload::COUNTER).await.map_err(|e| format!("read the counter: {e}"))? {
+        Some(v) => core::str::from_utf8(&v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("a bad counter")?,
+        None => 0,
+    };
+    info!("opened at txn {done}");
+    let mut value = vec![0u8; workload::MAX_VALUE];
+    for t in done + 1.. {
+        let mut tx = store.write().await.map_err(|e| format!("txn {t}: {e}"))?;
+        for op in workload::ops(seed, t) {
+            match op {
+                workload::Op::Put { key, len } => {
+                    workload::fill_value(seed, t, key, &mut value[..len]);
+                    tx.put(&workload::key_name(key), &value[..len]).await
+                }
+                workload::Op::Delete { key } => tx.delete(&workload::key_name(key)).await.map(|_| ()),
+            }
+            .map_err(|e| format!("txn {t}: {e}"))?;
+        }
+        tx.put(workload::COUNTER, format!("{t}").as_bytes()).await.map_err(|e| format!("txn {t}: {e}"))?;
+        tx.commit().await.map_err(|e| format!("txn {t}: commit: {e}"))?;
+        info!("ack {t}");
+    }
     Ok(())
 }
