@@ -367,3 +367,272 @@ fn the_store_keeps_every_acknowledged_transaction_across_200_kills() {
     );
     assert!(model.done > ITERATIONS as u64, "too few transactions ran ({}) for the kills to test much", model.done);
 }
+
+/// An HTTPS/1.1 client on one keep-alive connection.
+struct Https {
+    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Https {
+    fn connect(addr: std::net::SocketAddr) -> Https {
+        let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)).expect("connect");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(skiff_testnet::tls::any_certificate(), name).unwrap();
+        Https { tls: rustls::StreamOwned::new(conn, tcp), buf: Vec::new() }
+    }
+
+    /// Sends a request and reads its response: the status and the body.
+    fn request(&mut self, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut req =
+            format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes();
+        req.extend_from_slice(body);
+        self.tls.write_all(&req).expect("send the request");
+        self.tls.flush().unwrap();
+        let mut chunk = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.tls.read(&mut chunk).expect("read the response");
+            assert!(n > 0, "the server closed the connection during {method} {target}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < head_end + len {
+            let n = self.tls.read(&mut chunk).expect("read the body");
+            assert!(n > 0, "the server closed the connection in a body");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        (status, body)
+    }
+}
+
+/// The kv-server on the user network with its disk; output lines gathered.
+struct KvServer {
+    child: skiff_testnet::Guard,
+    lines: Option<Lines>,
+}
+
+impl KvServer {
+    fn start(disk: &str, args: &[&str]) -> KvServer {
+        common::require_sandbox();
+        let image = common::guest("examples/kv-server");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+            .args(common::sandbox_args())
+            .args(["--timeout", "120s", "--net", "service=user", "--publish", "0:443", "--disk", disk])
+            .arg(image)
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the tender");
+        let lines = Lines::gather(&mut child);
+        KvServer { child: skiff_testnet::Guard(child), lines: Some(lines) }
+    }
+
+    fn output(&self) -> String {
+        self.lines.as_ref().map(|l| l.lines.lock().unwrap().join("\n")).unwrap_or_default()
+    }
+
+    fn wait_line(&self, needle: &str) -> String {
+        let lines = self.lines.as_ref().unwrap();
+        skiff_testnet::wait_for(std::time::Duration::from_secs(30), || {
+            lines.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
+        })
+        .unwrap_or_else(|| panic!("no {needle:?} in the output:\n{}", self.output()))
+    }
+
+    /// Where the tender published guest port 443, once the service serves.
+    fn address(&self) -> std::net::SocketAddr {
+        self.wait_line("kv-server: serving");
+        let line = self.wait_line("/tcp -> guest port 443");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .expect("a published address")
+    }
+
+    /// Sends `signal`, waits for the end; the status and every line.
+    fn end(mut self, signal: libc::c_int) -> (Option<i32>, String) {
+        if signal == libc::SIGKILL {
+            let _ = self.child.0.kill();
+        } else if self.child.0.try_wait().unwrap().is_none() {
+            // SAFETY: kill takes plain integers; the pid is our child's,
+            // not yet reaped (try_wait just said it runs).
+            unsafe { libc::kill(self.child.0.id() as libc::pid_t, signal) };
+        }
+        let status = self.child.0.wait().unwrap();
+        let out = self.lines.take().unwrap().finish().join("\n");
+        (status.code(), out)
+    }
+}
+
+/// The `--disk` of kv-server's disk `data`.
+fn data(path: &Path, extra: &str) -> String {
+    format!("data={}{extra}", path.display())
+}
+
+const KEYS: usize = 10_000;
+const CONNECTIONS: usize = 4;
+
+fn kv_key(i: usize) -> String {
+    format!("user/{i:05}")
+}
+
+fn kv_value(i: usize) -> Vec<u8> {
+    format!("value of key {i}: {}", "x".repeat(i % 300)).into_bytes()
+}
+
+/// Runs `f(connection, i)` for keys 0..KEYS over a few keep-alive
+/// connections at once.
+fn on_connections(addr: std::net::SocketAddr, f: impl Fn(&mut Https, usize) + Sync) {
+    std::thread::scope(|s| {
+        for c in 0..CONNECTIONS {
+            let f = &f;
+            s.spawn(move || {
+                let mut conn = Https::connect(addr);
+                for i in (c..KEYS).step_by(CONNECTIONS) {
+                    f(&mut conn, i);
+                }
+            });
+        }
+    });
+}
+
+/// kv-server keeps its data across a kill: 10,000 keys PUT over HTTPS
+/// (keep-alive, four connections), the tender killed with SIGKILL right
+/// after the last answer (no idle sync yet: the last commit is
+/// unconfirmed), the file checks clean, a new guest on the same file
+/// serves every key, lists them in order, and stops cleanly on SIGTERM.
+#[test]
+fn kv_server_keeps_10000_keys_across_a_kill() {
+    let dir = Scratch::new("kv");
+    let file = dir.file("kv.img");
+    let server = KvServer::start(&data(&file, ",size=32M"), &["--idle-sync", "60s"]);
+    let addr = server.address();
+    let start = std::time::Instant::now();
+    on_connections(addr, |conn, i| {
+        let (status, body) = conn.request("PUT", &format!("/v1/keys/{}", kv_key(i)), &kv_value(i));
+        assert_eq!(status, 204, "PUT {i}: {}", String::from_utf8_lossy(&body));
+    });
+    let put = start.elapsed();
+    let (status, out) = server.end(libc::SIGKILL);
+    assert_eq!(status, None, "killed by the signal:\n{out}");
+
+    // What `skiff disk check` runs.
+    let dev = skiff_store::FileDevice::open(&file, 512, true).unwrap();
+    let report = block_on(skiff_store::check(&dev)).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.superblock.keys, KEYS as u64);
+    drop(dev);
+
+    let server = KvServer::start(&data(&file, ""), &[]);
+    let addr = server.address();
+    let start = std::time::Instant::now();
+    on_connections(addr, |conn, i| {
+        let (status, body) = conn.request("GET", &format!("/v1/keys/{}", kv_key(i)), b"");
+        assert_eq!(status, 200, "GET {i}: {}", String::from_utf8_lossy(&body));
+        assert!(body == kv_value(i), "key {i} read back wrong");
+    });
+    let get = start.elapsed();
+    // The listing pages through them in order.
+    let mut conn = Https::connect(addr);
+    let (mut listed, mut after) = (Vec::new(), String::new());
+    loop {
+        let (status, body) = conn.request("GET", &format!("/v1/keys?prefix=user/&limit=1000&after={after}"), b"");
+        assert_eq!(status, 200);
+        let body = String::from_utf8(body).unwrap();
+        let keys = body.split("\"keys\":[").nth(1).unwrap().split(']').next().unwrap();
+        listed.extend(keys.split(',').filter(|k| !k.is_empty()).map(|k| k.trim_matches('"').to_string()));
+        match body.split("\"next\":\"").nth(1) {
+            Some(next) => after = next.split('"').next().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(listed, (0..KEYS).map(kv_key).collect::<Vec<_>>(), "the listing");
+    let (status, out) = server.end(libc::SIGTERM);
+    assert_eq!(status, Some(0), "{out}");
+    assert!(out.contains("kv-server: stopping; the store is synced at generation"), "{out}");
+    eprintln!(
+        "{KEYS} PUTs on {CONNECTIONS} connections in {:.2} s, {KEYS} GETs in {:.2} s",
+        put.as_secs_f64(),
+        get.as_secs_f64()
+    );
+    let dev = skiff_store::FileDevice::open(&file, 512, true).unwrap();
+    let report = block_on(skiff_store::check(&dev)).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.superblock.confirmed(), "the store was confirmed at the stop");
+}
+
+/// kv-server's refusals: sizes, bad transactions (nothing applied), a
+/// transaction applied whole, deletes, unknown keys; then a disk that is
+/// not a store is refused at start and left as it was.
+#[test]
+fn kv_server_refuses_bad_requests_and_applies_transactions_whole() {
+    let dir = Scratch::new("kvbad");
+    let file = dir.file("kv.img");
+    let server = KvServer::start(&data(&file, ",size=4M"), &["--max-key", "64", "--max-value", "4K"]);
+    let mut c = Https::connect(server.address());
+    let text = |(s, b): (u16, Vec<u8>)| (s, String::from_utf8_lossy(&b).into_owned());
+    assert_eq!(c.request("PUT", "/v1/keys/a%20b", b"1").0, 204);
+    assert_eq!(text(c.request("GET", "/v1/keys/a%20b", b"")), (200, "1".into()));
+    let long = "k".repeat(65);
+    assert_eq!(
+        text(c.request("PUT", &format!("/v1/keys/{long}"), b"1")),
+        (400, "a key of 65 bytes is too long (at most 64)\n".into())
+    );
+    assert_eq!(
+        text(c.request("PUT", "/v1/keys/big", &[7u8; 5000])),
+        (413, "a value of 5000 bytes is too large (at most 4096)\n".into())
+    );
+    assert_eq!(text(c.request("GET", "/v1/keys/nope", b"")), (404, "no such key\n".into()));
+    assert_eq!(text(c.request("DELETE", "/v1/keys/nope", b"")).0, 404);
+    assert_eq!(text(c.request("GET", "/v1/keys/%zz", b"")).0, 400);
+    // A bad line: nothing of the transaction is applied.
+    let (status, body) = text(c.request("POST", "/v1/txn", b"put x 1\nput y\n"));
+    assert_eq!((status, body.as_str()), (400, "line 2: put needs a value\n"));
+    assert_eq!(c.request("GET", "/v1/keys/x", b"").0, 404);
+    let (status, body) = text(c.request("POST", "/v1/txn", b"put x 1\nfrob y\n"));
+    assert_eq!((status, body.as_str()), (400, "line 2: unknown operation \"frob\" (put or delete)\n"));
+    // A good one, whole.
+    let (status, body) = text(c.request("POST", "/v1/txn", b"put x 1\nput y%0A two%00\ndelete a%20b\n"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"puts\":2,\"deletes\":1"), "{body}");
+    assert_eq!(c.request("GET", "/v1/keys/y%0A", b""), (200, b"two\0".to_vec()));
+    assert_eq!(c.request("GET", "/v1/keys/a%20b", b"").0, 404);
+    assert_eq!(text(c.request("GET", "/v1/keys?limit=5000", b"")).0, 400);
+    assert_eq!(text(c.request("GET", "/v1/keys", b"")), (200, "{\"keys\":[\"x\",\"y%0A\"]}\n".into()));
+    assert_eq!(text(c.request("POST", "/v1/keys/x", b"1")).0, 405);
+    drop(c);
+    let (status, out) = server.end(libc::SIGTERM);
+    assert_eq!(status, Some(0), "{out}");
+
+    // Not a store, not blank: refused, untouched.
+    let other = dir.file("other.img");
+    std::fs::write(&other, vec![0x42u8; 1 << 20]).unwrap();
+    let mut server = KvServer::start(&data(&other, ""), &[]);
+    let status = skiff_testnet::wait_for(std::time::Duration::from_secs(20), || server.child.0.try_wait().ok()?);
+    let (_, out) = server.end(libc::SIGKILL);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    assert!(out.contains("the disk holds data that is not a store"), "{out}");
+    assert!(out.contains("refusing to format it"), "{out}");
+    assert!(std::fs::read(&other).unwrap().iter().all(|&b| b == 0x42));
+}
