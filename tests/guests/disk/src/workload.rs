@@ -39,7 +39,8 @@ pub fn ops(seed: u64, t: u64) -> impl Iterator<Item = Op> {
             Op::Delete { key }
         } else {
             // Mostly small values, some of several pages.
-            let len = if (r >> 24).is_multiple_of(5) { (r >> 32) as usize % MAX_VALUE } else { (r >> 32) as usize % 200 };
+            let len =
+                if (r >> 24).is_multiple_of(5) { (r >> 32) as usize % MAX_VALUE } else { (r >> 32) as usize % 200 };
             Op::Put { key, len }
         }
     })
