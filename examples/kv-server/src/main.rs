@@ -72,7 +72,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let info = store.info();
     info!(
         "kv-server: store of {} MiB: {} keys, generation {}, {} of {} pages free{}",
-        info.pages * 4096 >> 20,
+        (info.pages * 4096) >> 20,
         info.keys,
         info.generation,
         info.free_pages,
