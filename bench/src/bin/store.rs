@@ -8,6 +8,14 @@
 //! `cargo run --release -p skiff-bench --bin store [-- COMMITS [DIR]]`
 //! (default 1000 commits, in `target/bench-store`).
 //!
+//! `cargo run --release -p skiff-bench --bin store -- guest [COMMITS [RUNS]]`
+//! runs the store in a guest instead (`tests/guests/disk`'s `bench`, under
+//! KVM on a `--disk` file with 4096-byte sectors, the release tender),
+//! with the `fdatasync` limit and SQLite in a Linux process on the same
+//! file system in the same run, RUNS times (default 3). `guest-mem`
+//! fills a 1 GiB store on the host and finds the smallest `--mem` at which
+//! a guest opens it and works it (reads, commits) with its page cache.
+//!
 //! `cargo run --release -p skiff-bench --bin store -- open MIB [DIR]`
 //! instead fills a store with MIB MiB of keys and values and times
 //! `Store::open` (which walks the tree to rebuild free space), with the
@@ -20,6 +28,7 @@ use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::process::Command;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -249,8 +258,139 @@ fn open_time(dir: &Path, mib: u64) {
     fresh(&path);
 }
 
+/// The `bench: NAME VALUE...` lines of a guest's output.
+fn bench_line<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    let tag = format!("bench: {name} ");
+    out.lines()
+        .find_map(|l| l.split_once(&tag).map(|(_, rest)| rest.split_whitespace().collect()))
+        .unwrap_or_else(|| panic!("no {tag:?} line in the guest's output:\n{out}"))
+}
+
+/// The store in a guest against SQLite and `fdatasync` in this process.
+fn guest_bench(dir: &Path, commits: u64, runs: u32) {
+    let tender = skiff_bench::release_tender(skiff_bench::Linking::Dynamic);
+    let image = skiff_bench::guest("tests/guests/disk");
+    println!("## Store in a guest (issue 13)");
+    println!();
+    println!(
+        "| run | `fdatasync`/s (limit) | SQLite commits/s | guest commits/s | / SQLite | / limit | 64 writers: commits/s (batches) | SQLite reads/s | guest reads/s | / SQLite |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for run in 1..=runs {
+        let sync = fdatasync_rate(dir, commits);
+        let sqlite_c = sqlite_commits(&dir.join("sqlite.db"), commits);
+        let sqlite_r = sqlite_reads(&dir.join("sqlite.db"));
+        let img = dir.join("guest.img");
+        fresh(&img);
+        let out = Command::new(&tender)
+            .args(["--mem", "64M", "--timeout", "300s", "--disk"])
+            .arg(format!("disk={},size={}M,sector=4096", img.display(), STORE_SIZE >> 20))
+            .arg(&image)
+            .args(["--", "bench", &commits.to_string()])
+            .output()
+            .expect("run the tender");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the guest failed:\n{text}");
+        let g_c: f64 = bench_line(&text, "commits")[0].parse().unwrap();
+        let group = bench_line(&text, "group");
+        let g_r: f64 = bench_line(&text, "reads")[0].parse().unwrap();
+        println!(
+            "| {run} | {sync:.0} | {sqlite_c:.0} | {g_c:.0} | {:.2} | {:.2} | {:.0} ({}) | {sqlite_r:.0} | {g_r:.0} | {:.2} |",
+            g_c / sqlite_c,
+            g_c / sync,
+            group[0].parse::<f64>().unwrap(),
+            group[1],
+            g_r / sqlite_r
+        );
+        fresh(&img);
+        fresh(&dir.join("sqlite.db"));
+        fresh(&dir.join("fdatasync.bin"));
+    }
+}
+
+/// Fills a store of 1 GiB on the host with 480-byte values (in the leaves:
+/// the largest tree, the longest open) until 90% of it is used, then boots
+/// the `work` guest on it with less and less memory.
+fn guest_mem(dir: &Path) {
+    const SIZE: u64 = 1 << 30;
+    let tender = skiff_bench::release_tender(skiff_bench::Linking::Dynamic);
+    let image = skiff_bench::guest("tests/guests/disk");
+    let path = dir.join("mem.img");
+    fresh(&path);
+    let dev = FileDevice::create(&path, 4096, SIZE).unwrap();
+    let store = block_on(Store::create(dev, Options::default())).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while store.info().free_pages > store.info().pages / 10 {
+        block_on(async {
+            let mut tx = store.write().await.unwrap();
+            for i in n..n + 20_000 {
+                let mut v = format!("value {i} ").into_bytes();
+                v.resize(480, b'.');
+                tx.put(format!("key/{i:012}").as_bytes(), &v).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+        n += 20_000;
+    }
+    let info = store.info();
+    drop(store);
+    eprintln!("filled {n} keys in {:.1} s", start.elapsed().as_secs_f64());
+    println!("## Store in a guest: the smallest --mem for a 1 GiB store (issue 13)");
+    println!();
+    println!(
+        "A 1 GiB store: {n} keys of 480-byte values, {} of {} pages used. The guest opens it \
+         (walks the tree), reads 20,000 random keys, commits 100 updates, syncs.",
+        info.used_pages, info.pages
+    );
+    println!();
+    println!("| --mem | result | open | heap peak |");
+    println!("| ---: | --- | ---: | ---: |");
+    for mem in [64u64, 48, 32, 24, 16, 12, 10, 8, 6, 4] {
+        let out = Command::new(&tender)
+            .args(["--mem", &format!("{mem}M"), "--timeout", "300s", "--disk"])
+            .arg(format!("disk={},sector=4096", path.display()))
+            .arg(&image)
+            .args(["--", "work"])
+            .output()
+            .expect("run the tender");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let field = |tag: &str, end: &str| {
+            text.lines()
+                .find_map(|l| Some(l.split_once(tag)?.1.split(end).next()?.trim().to_string()))
+                .unwrap_or_else(|| "-".into())
+        };
+        let result = if out.status.success() {
+            "works".to_string()
+        } else {
+            text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().chars().take(90).collect()
+        };
+        println!("| {mem}M | {result} | {} ms | {} KiB |", field("keys in ", " ms"), field("heap peak ", " KiB"));
+        if !out.status.success() {
+            break;
+        }
+    }
+    fresh(&path);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
+    let dir = || {
+        let d = skiff_bench::workspace().join("target/bench-store");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    if args.peek().map(String::as_str) == Some("guest") {
+        args.next();
+        let commits: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let runs: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+        guest_bench(&dir(), commits, runs);
+        return;
+    }
+    if args.peek().map(String::as_str) == Some("guest-mem") {
+        guest_mem(&dir());
+        return;
+    }
     if args.peek().map(String::as_str) == Some("open") {
         args.next();
         let mib: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);

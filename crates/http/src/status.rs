@@ -57,6 +57,8 @@ impl Status {
     pub const SERVICE_UNAVAILABLE: Status = Status(503);
     /// 505 HTTP Version Not Supported
     pub const VERSION_NOT_SUPPORTED: Status = Status(505);
+    /// 507 Insufficient Storage
+    pub const INSUFFICIENT_STORAGE: Status = Status(507);
 
     /// The standard reason phrase.
     pub fn reason(self) -> &'static str {
@@ -97,6 +99,7 @@ impl Status {
             503 => "Service Unavailable",
             504 => "Gateway Timeout",
             505 => "HTTP Version Not Supported",
+            507 => "Insufficient Storage",
             _ => "Unknown",
         }
     }

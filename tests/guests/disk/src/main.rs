@@ -9,6 +9,8 @@ use skiff::block::{BlockError, Disk};
 use skiff::prelude::*;
 use skiff_abi::blk::op;
 
+mod workload;
+
 #[skiff::main(block = "disk")]
 async fn main(env: skiff::Env) -> Result<(), String> {
     let what = env.args().first().cloned().unwrap_or_default();
@@ -96,6 +98,15 @@ async fn main(env: skiff::Env) -> Result<(), String> {
             info!("read back 100 keys of generation {}", store.info().generation);
             Ok(())
         }
+        "txn" => {
+            let seed: u64 = env.args().get(1).and_then(|s| s.parse().ok()).ok_or("txn needs a seed")?;
+            transactions(disk, seed).await
+        }
+        "bench" => {
+            let commits: u64 = env.args().get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            bench(&env, disk, commits).await.map_err(|e| format!("bench: {e}"))
+        }
+        "work" => work(disk).await.map_err(|e| format!("work: {e}")),
         other => Err(format!("unknown scenario {other:?}")),
     }
 }
@@ -131,5 +142,148 @@ async fn read_write(disk: &Disk) -> Result<(), BlockError> {
         Err(e) => return Err(e),
     }
     info!("read back {} sectors", 8 + big.len() / ss);
+    Ok(())
+}
+
+/// The crash test's workload: opens the store on the disk, reads how many
+/// transactions it holds, and runs the seeded transactions after them one
+/// by one, printing `ack T` once transaction T's commit returned, until the
+/// tender is killed.
+async fn transactions(disk: Disk, seed: u64) -> Result<(), String> {
+    let store = skiff::store::Store::open(disk, Default::default()).await.map_err(|e| format!("open: {e}"))?;
+    let done = match store.get(workload::COUNTER).await.map_err(|e| format!("read the counter: {e}"))? {
+        Some(v) => core::str::from_utf8(&v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("a bad counter")?,
+        None => 0,
+    };
+    info!("opened at txn {done}");
+    let mut value = vec![0u8; workload::MAX_VALUE];
+    for t in done + 1.. {
+        let mut tx = store.write().await.map_err(|e| format!("txn {t}: {e}"))?;
+        for op in workload::ops(seed, t) {
+            match op {
+                workload::Op::Put { key, len } => {
+                    workload::fill_value(seed, t, key, &mut value[..len]);
+                    tx.put(&workload::key_name(key), &value[..len]).await
+                }
+                workload::Op::Delete { key } => tx.delete(&workload::key_name(key)).await.map(|_| ()),
+            }
+            .map_err(|e| format!("txn {t}: {e}"))?;
+        }
+        tx.put(workload::COUNTER, format!("{t}").as_bytes()).await.map_err(|e| format!("txn {t}: {e}"))?;
+        tx.commit().await.map_err(|e| format!("txn {t}: commit: {e}"))?;
+        info!("ack {t}");
+    }
+    Ok(())
+}
+
+/// The store benchmark's key `i` (as `bench/src/bin/store.rs` makes it).
+fn bench_key(i: u64) -> Vec<u8> {
+    format!("key/{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
+}
+
+/// The store benchmark's 100-byte value `i`.
+fn bench_value(i: u64) -> Vec<u8> {
+    let mut v = format!("value {i} ").into_bytes();
+    v.resize(100, b'.');
+    v
+}
+
+/// A cheap deterministic sequence (xorshift), as the host benchmark's.
+struct Seq(u64);
+
+impl Seq {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+type BenchStore = skiff::store::Store<Disk>;
+
+/// The store benchmark in a guest (`bench/src/bin/store.rs guest`): on a
+/// fresh store, `commits` one-key durable commits one at a time, then 64
+/// tasks committing at once, then random reads of 10,000 keys; one
+/// `bench: NAME RATE` line each.
+async fn bench(env: &skiff::Env, disk: Disk, commits: u64) -> Result<(), skiff::store::StoreError> {
+    const KEYS: u64 = 10_000;
+    const READS: u64 = 200_000;
+    const WRITERS: u64 = 64;
+    let store = Rc::new(BenchStore::create(disk, Default::default()).await?);
+    let rate = |n: u64, start: Instant| n as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    for i in 0..commits {
+        store.put(&bench_key(i), &bench_value(i)).await?;
+    }
+    store.sync().await?;
+    info!("bench: commits {:.1}", rate(commits, start));
+
+    let each = commits.div_ceil(WRITERS).max(4);
+    let batches = store.batches();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            env.spawn(async move {
+                for i in 0..each {
+                    let k = 1_000_000 + w * each + i;
+                    let mut tx = store.write().await?;
+                    tx.put(&bench_key(k), &bench_value(k)).await?;
+                    tx.commit().await?;
+                }
+                Ok::<(), skiff::store::StoreError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    info!("bench: group {:.1} {}", rate(WRITERS * each, start), store.batches() - batches);
+
+    let mut tx = store.write().await?;
+    for i in 0..KEYS {
+        tx.put(&bench_key(i), &bench_value(i)).await?;
+    }
+    tx.commit().await?;
+    let mut seq = Seq(2463534242);
+    let start = Instant::now();
+    for _ in 0..READS {
+        let i = seq.next(KEYS);
+        let v = store.get(&bench_key(i)).await?;
+        assert_eq!(v.map(|v| v.len()), Some(100));
+    }
+    info!("bench: reads {:.1}", rate(READS, start));
+    info!("bench: heap peak {} KiB of {} KiB", skiff::heap::peak() / 1024, skiff::heap::size() / 1024);
+    Ok(())
+}
+
+/// Works a large store made on the host (`bench/src/bin/store.rs
+/// guest-mem`): opens it, reads 20,000 random keys of the `key/%012d`
+/// kind, commits 100 updates, syncs, and reports the heap's peak.
+async fn work(disk: Disk) -> Result<(), skiff::store::StoreError> {
+    let start = Instant::now();
+    let store = BenchStore::open(disk, Default::default()).await?;
+    let keys = store.info().keys;
+    info!("work: opened {keys} keys in {} ms", start.elapsed().as_millis());
+    let mut seq = Seq(88172645463325252);
+    for _ in 0..20_000 {
+        let i = seq.next(keys);
+        if store.get(format!("key/{i:012}").as_bytes()).await?.is_none() {
+            return Err(skiff::store::StoreError::TransactionFailed);
+        }
+    }
+    for _ in 0..100 {
+        let i = seq.next(keys);
+        store.put(format!("key/{i:012}").as_bytes(), &[b'u'; 480]).await?;
+    }
+    store.sync().await?;
+    info!(
+        "work: done in {} ms; heap peak {} KiB of {} KiB",
+        start.elapsed().as_millis(),
+        skiff::heap::peak() / 1024,
+        skiff::heap::size() / 1024
+    );
     Ok(())
 }
