@@ -42,6 +42,8 @@ extern crate std;
 pub mod blob;
 #[cfg(feature = "build")]
 pub mod build;
+#[cfg(feature = "store")]
+pub mod journal;
 mod nsec3;
 mod rrl;
 #[cfg(feature = "net")]

@@ -34,6 +34,16 @@ use skiff_rt::time::Instant;
 use core::net::IpAddr;
 
 use crate::server::{Server, Transport};
+#[cfg(feature = "store")]
+use crate::journal::{Journal, JournalError};
+#[cfg(feature = "store")]
+use crate::zone::Record;
+#[cfg(feature = "store")]
+use alloc::boxed::Box;
+#[cfg(feature = "store")]
+use alloc::vec::Vec;
+#[cfg(feature = "store")]
+use core::{future::Future, pin::Pin};
 use crate::tcp::{Deframer, frame};
 use crate::xfr::{Peer, Reply};
 
@@ -95,6 +105,9 @@ pub struct ServeStats {
 /// value serves both transports.
 pub struct NameServer {
     server: RefCell<Server<'static>>,
+    /// Where changed zones are kept before an update is answered.
+    #[cfg(feature = "store")]
+    journal: Option<Box<dyn Keep>>,
     config: ServeConfig,
     started: Instant,
     active: Cell<usize>,
@@ -128,13 +141,34 @@ enum End {
 impl NameServer {
     /// Front ends for `server`.
     pub fn new(server: Server<'static>, config: ServeConfig) -> Rc<NameServer> {
-        Rc::new(NameServer {
+        Rc::new(Self::make(server, config))
+    }
+
+    /// Front ends for `server` that keep every zone an UPDATE changes in
+    /// `journal`, durably, before the UPDATE is answered (feature
+    /// `store`). Restore the journal's zones into `server` first
+    /// ([`Journal::restore`]).
+    #[cfg(feature = "store")]
+    pub fn with_journal<D: skiff_store::BlockDevice + 'static>(
+        server: Server<'static>,
+        config: ServeConfig,
+        journal: Journal<D>,
+    ) -> Rc<NameServer> {
+        let mut ns = Self::make(server, config);
+        ns.journal = Some(Box::new(journal));
+        Rc::new(ns)
+    }
+
+    fn make(server: Server<'static>, config: ServeConfig) -> NameServer {
+        NameServer {
             server: RefCell::new(server),
+            #[cfg(feature = "store")]
+            journal: None,
             config,
             started: Instant::now(),
             active: Cell::new(0),
             stats: Cell::new(ServeStats::default()),
-        })
+        }
     }
 
     /// What has been served so far.
@@ -166,7 +200,7 @@ impl NameServer {
                 continue;
             }
             self.count(|s| s.udp_queries += 1);
-            let reply = self.serve_message(&buf[..n], Transport::Udp, peer.ip());
+            let reply = self.serve_message(&buf[..n], Transport::Udp, peer.ip()).await;
             let Some(answer) = reply.messages.into_iter().next() else { continue };
             match socket.send_to(&answer, peer).await {
                 Ok(()) => self.count(|s| s.udp_answers += 1),
@@ -204,16 +238,38 @@ impl NameServer {
     }
 
     /// Answers one message and logs what it did (one line per transfer or
-    /// update, refused or not).
-    fn serve_message(&self, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
+    /// update, refused or not). A zone an update changed is kept in the
+    /// journal, when there is one, before the answer goes out.
+    async fn serve_message(&self, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let unix_time = skiff_rt::time::wall_clock_nanos() / 1_000_000_000;
         let peer = Peer { transport, addr: client, now_ms, unix_time };
+        #[cfg(feature = "store")]
+        let before = match &self.journal {
+            Some(_) => self.server.borrow().update_zone_records(message),
+            None => None,
+        };
         let reply = self.server.borrow_mut().serve(message, &peer);
         match &reply.event {
             Some(e) if e.is_refusal() => log::warn!("dns: {e}"),
             Some(e) => log::info!("dns: {e}"),
             None => {}
+        }
+        #[cfg(feature = "store")]
+        if let (Some(journal), Some(crate::Event::Updated { zone, .. })) = (&self.journal, &reply.event) {
+            // Taken out of the server first: no borrow lives across the
+            // write, so other connections keep being answered.
+            let records = self.server.borrow().catalog().zone(zone.for_slice()).map(|z| z.records());
+            if let Some(records) = records
+                && let Err(e) = journal.keep(records).await
+            {
+                log::error!("dns: update of {zone} not kept on the disk ({e}): undone and answered SERVFAIL");
+                let mut server = self.server.borrow_mut();
+                if let Some(old) = before {
+                    let _ = server.load_zone(&old);
+                }
+                return Reply { messages: server.servfail(message).into_iter().collect(), event: None };
+            }
         }
         reply
     }
@@ -233,7 +289,7 @@ impl NameServer {
                 };
                 self.count(|s| s.tcp_queries += 1);
                 deadline = Instant::now() + self.config.tcp_idle_timeout;
-                let reply = self.serve_message(message, Transport::Tcp, client);
+                let reply = self.serve_message(message, Transport::Tcp, client).await;
                 for answer in reply.messages {
                     let framed = frame(&answer);
                     match timeout(self.config.tcp_write_timeout, stream.write_all(&framed)).await {
@@ -250,5 +306,19 @@ impl NameServer {
                 Err(_) => return End::Dropped("idle"),
             }
         }
+    }
+}
+
+/// A journal as the front ends use it (object safe: the device type is
+/// hidden).
+#[cfg(feature = "store")]
+trait Keep {
+    fn keep(&self, records: Vec<Record>) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>>;
+}
+
+#[cfg(feature = "store")]
+impl<D: skiff_store::BlockDevice> Keep for Journal<D> {
+    fn keep(&self, records: Vec<Record>) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>> {
+        Box::pin(async move { Journal::keep(self, &records).await })
     }
 }

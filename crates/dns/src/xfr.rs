@@ -448,6 +448,26 @@ impl Server<'_> {
         Reply::one(answer(Rcode::NOERROR), Some(event))
     }
 
+    /// The records of the zone an UPDATE `message` names (its zone
+    /// section), when it is one the server serves: what a front end keeps
+    /// to undo the update if it cannot be made durable.
+    pub fn update_zone_records(&self, message: &[u8]) -> Option<Vec<Record>> {
+        if message.len() < 12 || Opcode::from_int((message[2] >> 3) & 0x0f) != Opcode::UPDATE {
+            return None;
+        }
+        let msg = Message::from_octets(message).ok()?;
+        let zone = msg.sole_question().ok()?.qname().to_name::<Vec<u8>>();
+        self.catalog.zone(zone.for_slice()).map(|z| z.records())
+    }
+
+    /// A SERVFAIL answer (unsigned) to `message`: for a front end that
+    /// could not finish what [`Server::serve`] did (an update it could not
+    /// make durable).
+    pub fn servfail(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let msg = Message::from_octets(message).ok()?;
+        Some(error_answer(msg, &refusal(Rcode::SERVFAIL), self.config.max_udp_payload))
+    }
+
     /// Puts `records` (SOA first) in place of the zone with their apex, as
     /// a transfer from a primary or a journal read at boot gives them.
     pub fn load_zone(&mut self, records: &[Record]) -> Result<(), crate::LoadError> {
