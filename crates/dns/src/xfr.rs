@@ -309,7 +309,15 @@ impl Server<'_> {
         } else if opcode == Opcode::QUERY && is_transfer(&body) {
             self.transfer(&body, peer, key)
         } else {
-            let answer = self.handle(&body, peer.transport, peer.addr, peer.now_ms);
+            // A signed answer over UDP leaves room for its TSIG record
+            // within the client's payload size (truncated if need be).
+            let reserve = match (&signed, peer.transport) {
+                (Some(req), Transport::Udp) => {
+                    req.key.and_then(|i| self.config.keys.get(i)).map_or(0, tsig::signed_len)
+                }
+                _ => 0,
+            };
+            let answer = self.handle_reserving(&body, peer.transport, peer.addr, peer.now_ms, reserve);
             Reply { messages: answer.into_iter().collect(), event: None }
         };
         if let Some(req) = signed
