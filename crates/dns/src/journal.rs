@@ -97,7 +97,10 @@ impl core::fmt::Display for Restored {
                 write!(f, "zone {zone} restored from the disk: serial {serial}, {records} records")
             }
             Restored::Older { zone, stored, built } => {
-                write!(f, "zone {zone} on the disk (serial {stored}) is older than the image's (serial {built}): serving the image's")
+                write!(
+                    f,
+                    "zone {zone} on the disk (serial {stored}) is older than the image's (serial {built}): serving the image's"
+                )
             }
             Restored::Unknown { zone } => write!(f, "zone {zone} on the disk is not served by this image: ignored"),
             Restored::Bad { key, why } => write!(f, "stored zone {key} cannot be served ({why}): serving the image's"),

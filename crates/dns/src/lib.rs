@@ -46,6 +46,7 @@ pub mod build;
 pub mod journal;
 mod nsec3;
 mod rrl;
+pub mod secondary;
 #[cfg(feature = "net")]
 pub mod serve;
 mod server;

@@ -53,6 +53,9 @@ pub struct Config {
     pub allow_update: Vec<crate::xfr::AclRule>,
     /// Changes kept per zone for IXFR.
     pub history: usize,
+    /// Zones served as a secondary: NOTIFY is accepted for them from their
+    /// primary (and refused for any other zone or sender).
+    pub secondaries: Vec<crate::secondary::Secondary>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             allow_transfer: Vec::new(),
             allow_update: Vec::new(),
             history: 32,
+            secondaries: Vec::new(),
         }
     }
 }
