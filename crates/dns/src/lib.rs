@@ -56,6 +56,7 @@ mod update;
 pub mod xfr;
 mod zone;
 
+pub use domain;
 pub use rrl::{RateLimit, RateLimiter, Verdict};
 pub use server::{Config, Server, Transport};
 pub use xfr::{AclRule, Event, Peer, Reply};

@@ -15,5 +15,5 @@ use skiff::block::Disk;
 #[skiff::main(net = "service", block = "zones")]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let disk = Disk::take(&env, "zones")?;
-    nameserver::run(env, Some(disk)).await
+    nameserver::run_with_disk(env, disk).await
 }

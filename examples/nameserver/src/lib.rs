@@ -10,6 +10,7 @@
 //!     [--max-udp-payload N] [--minimal-responses]
 //!     [--tcp-idle-timeout SECS] [--tcp-max-connections N]
 //!     [--tsig-key NAME:hmac-sha256:BASE64]... [--allow-transfer RULE]... [--allow-update RULE]...
+//!     [--notify [ZONE=]ADDR[:PORT]]... [--secondary ZONE=PRIMARY[:PORT]]...
 //!     [--ipv4 ADDR/PREFIX --gateway ADDR | --dhcp]
 //! ```
 #![no_std]
@@ -17,12 +18,14 @@
 extern crate alloc;
 
 use base64::Engine;
+use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 #[cfg(feature = "disk")]
 use skiff::block::Disk;
 #[cfg(feature = "disk")]
 use skiff::dns::journal::Journal;
-use skiff::dns::serve::{NameServer, ServeConfig};
+use skiff::dns::secondary::Secondary;
+use skiff::dns::serve::{NameServer, NotifyTarget, ServeConfig};
 use skiff::dns::tsig::Key;
 use skiff::dns::{AclRule, Catalog, Config, RateLimit, Server};
 use skiff::net::{NetConfig, Stack, TcpListener, UdpOptions, UdpSocket};
@@ -31,11 +34,26 @@ use skiff::prelude::*;
 /// The zones, compiled by build.rs.
 static ZONES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zones.dns"));
 
-/// Serves the zones on the network device `service` until asked to stop.
-/// With the feature `disk` and a `disk`, every zone an UPDATE changes is
-/// kept on it before the UPDATE is answered, and the kept zones are served
-/// at boot.
-pub async fn run(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -> Result<(), skiff::Error> {
+/// Serves the zones on the network device `service` until asked to stop;
+/// updates live in memory.
+pub async fn run(env: skiff::Env) -> Result<(), skiff::Error> {
+    serve(
+        env,
+        #[cfg(feature = "disk")]
+        None,
+    )
+    .await
+}
+
+/// [`run`], keeping every zone an UPDATE changes (or a primary transfers)
+/// on `disk` before the UPDATE is answered, and serving the kept zones
+/// again at boot (feature `disk`).
+#[cfg(feature = "disk")]
+pub async fn run_with_disk(env: skiff::Env, disk: Disk) -> Result<(), skiff::Error> {
+    serve(env, Some(disk)).await
+}
+
+async fn serve(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -> Result<(), skiff::Error> {
     let (net, rest) = NetConfig::from_args(env.args())?;
     let options = Options::parse(&rest)?;
     let catalog = Catalog::new(ZONES)?;
@@ -51,7 +69,9 @@ pub async fn run(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -
             if created {
                 info!("disk zones: a new zone store");
             }
-            for r in journal.restore(&mut server, |_| false).await.map_err(|e| format!("disk zones: {e}"))? {
+            let secondaries = options.dns.secondaries.clone();
+            let accept = |z: &skiff::dns::domain::base::Name<[u8]>| secondaries.iter().any(|s| s.zone.for_slice() == z);
+            for r in journal.restore(&mut server, accept).await.map_err(|e| format!("disk zones: {e}"))? {
                 if r.is_problem() { warn!("{r}") } else { info!("{r}") }
             }
             Some(journal)
@@ -71,6 +91,17 @@ pub async fn run(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -
     };
     #[cfg(not(feature = "disk"))]
     let (kept, ns) = (false, NameServer::new(server, options.serve));
+    ns.notify_to(env.spawner(), options.notify.clone());
+    for secondary in &options.dns.secondaries {
+        info!("zone {} is a secondary of {}", secondary.zone, secondary.primary);
+        env.spawn(ns.clone().serve_secondary(stack.clone(), secondary.clone()));
+    }
+    for t in &options.notify {
+        match &t.zone {
+            Some(z) => info!("NOTIFY for {z} goes to {}", t.addr),
+            None => info!("NOTIFY for every zone goes to {}", t.addr),
+        }
+    }
     let addr = stack.wait_ipv4().await;
     let limit = match &options.dns.rate_limit {
         Some(r) => format!("rate limit {}/s per client prefix, slip {}", r.responses_per_second, r.slip),
@@ -129,6 +160,7 @@ pub async fn run(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -
 /// The command line beyond the network's.
 struct Options {
     port: u16,
+    notify: Vec<NotifyTarget>,
     dns: Config,
     serve: ServeConfig,
 }
@@ -151,7 +183,7 @@ impl core::fmt::Display for ArgError {
                 f,
                 "unknown argument {a:?} (nameserver takes --port, --rate-limit, --slip, --ipv4-prefix, \
                  --ipv6-prefix, --max-udp-payload, --minimal-responses, --tcp-idle-timeout, --tcp-max-connections, \
-                 --tsig-key, --allow-transfer, --allow-update)"
+                 --tsig-key, --allow-transfer, --allow-update, --notify, --secondary)"
             ),
             ArgError::Key(why) => write!(f, "--tsig-key: {why}"),
         }
@@ -162,7 +194,7 @@ impl core::error::Error for ArgError {}
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, ArgError> {
-        let mut o = Options { port: 53, dns: Config::default(), serve: ServeConfig::default() };
+        let mut o = Options { port: 53, notify: Vec::new(), dns: Config::default(), serve: ServeConfig::default() };
         let mut rate = RateLimit::default();
         let mut limited = false;
         let mut it = args.iter();
@@ -200,6 +232,8 @@ impl Options {
                 "--allow-transfer" => {
                     o.dns.allow_transfer.push(parse_rule(value("--allow-transfer")?, "--allow-transfer")?)
                 }
+                "--notify" => o.notify.push(parse_notify(value("--notify")?)?),
+                "--secondary" => o.dns.secondaries.push(parse_secondary(value("--secondary")?)?),
                 "--allow-update" => o.dns.allow_update.push(parse_rule(value("--allow-update")?, "--allow-update")?),
                 other => return Err(ArgError::Unknown(other.into())),
             }
@@ -245,6 +279,34 @@ fn parse_key(text: &str) -> Result<Key, ArgError> {
         .decode(secret)
         .map_err(|e| ArgError::Key(format!("secret of {name:?} is not base64: {e}")))?;
     Key::new(name, secret).map_err(|e| ArgError::Key(e.to_string()))
+}
+
+/// `ADDR[:PORT]` (an IPv6 address with a port in brackets), port 53 by
+/// default.
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+fn parse_zone(text: &str) -> Option<skiff::dns::domain::base::Name<Vec<u8>>> {
+    let text = if text.ends_with('.') { text.to_string() } else { format!("{text}.") };
+    skiff::dns::domain::base::Name::from_chars(text.chars()).ok()
+}
+
+/// `[ZONE=]ADDR[:PORT]`.
+fn parse_notify(text: &str) -> Result<NotifyTarget, ArgError> {
+    let bad = || ArgError::Bad { flag: "--notify", value: text.into(), want: "[ZONE=]ADDR[:PORT]" };
+    let (zone, addr) = match text.split_once('=') {
+        Some((z, a)) => (Some(parse_zone(z).ok_or_else(bad)?), a),
+        None => (None, text),
+    };
+    Ok(NotifyTarget { zone, addr: parse_addr(addr).ok_or_else(bad)? })
+}
+
+/// `ZONE=PRIMARY[:PORT]`.
+fn parse_secondary(text: &str) -> Result<Secondary, ArgError> {
+    let bad = || ArgError::Bad { flag: "--secondary", value: text.into(), want: "ZONE=PRIMARY[:PORT]" };
+    let (zone, primary) = text.split_once('=').ok_or_else(bad)?;
+    Ok(Secondary { zone: parse_zone(zone).ok_or_else(bad)?, primary: parse_addr(primary).ok_or_else(bad)? })
 }
 
 fn parse_rule(text: &str, flag: &'static str) -> Result<AclRule, ArgError> {

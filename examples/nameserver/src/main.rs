@@ -6,5 +6,5 @@
 
 #[skiff::main(net = "service")]
 async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
-    nameserver::run(env, None).await
+    nameserver::run(env).await
 }
