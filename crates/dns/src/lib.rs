@@ -42,8 +42,11 @@ extern crate std;
 pub mod blob;
 #[cfg(feature = "build")]
 pub mod build;
+#[cfg(feature = "store")]
+pub mod journal;
 mod nsec3;
 mod rrl;
+pub mod secondary;
 #[cfg(feature = "net")]
 pub mod serve;
 mod server;
@@ -53,6 +56,7 @@ mod update;
 pub mod xfr;
 mod zone;
 
+pub use domain;
 pub use rrl::{RateLimit, RateLimiter, Verdict};
 pub use server::{Config, Server, Transport};
 pub use xfr::{AclRule, Event, Peer, Reply};

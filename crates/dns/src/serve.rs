@@ -23,6 +23,7 @@
 
 use alloc::rc::Rc;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::time::Duration;
 
@@ -31,11 +32,29 @@ use skiff_rt::Spawner;
 use skiff_rt::executor::timeout;
 use skiff_rt::time::Instant;
 
-use core::net::IpAddr;
+use alloc::collections::BTreeMap;
+use core::future::poll_fn;
+use core::net::{IpAddr, SocketAddr};
+use core::task::{Poll, Waker};
 
+use domain::base::iana::{Rcode, Rtype};
+use domain::base::name::{Name, ToName};
+use skiff_net::Stack;
+
+use crate::secondary::{self, AxfrReader, Secondary, Timers, XfrError};
+use crate::update::serial_gt;
+
+#[cfg(feature = "store")]
+use crate::journal::{Journal, JournalError};
 use crate::server::{Server, Transport};
 use crate::tcp::{Deframer, frame};
 use crate::xfr::{Peer, Reply};
+#[cfg(feature = "store")]
+use crate::zone::Record;
+#[cfg(feature = "store")]
+use alloc::boxed::Box;
+#[cfg(feature = "store")]
+use core::{future::Future, pin::Pin};
 
 /// How the front ends treat connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +114,91 @@ pub struct ServeStats {
 /// value serves both transports.
 pub struct NameServer {
     server: RefCell<Server<'static>>,
+    /// Where changed zones are kept before an update is answered.
+    #[cfg(feature = "store")]
+    journal: Option<Box<dyn Keep>>,
     config: ServeConfig,
     started: Instant,
     active: Cell<usize>,
     stats: Cell<ServeStats>,
+    /// The UDP socket, once [`NameServer::serve_udp`] runs: NOTIFY goes
+    /// out from it and its acknowledgements come back to it.
+    udp: RefCell<Option<Rc<UdpSocket>>>,
+    /// Where NOTIFY goes when a zone changes, and the spawner for it.
+    notify: RefCell<Option<(Spawner, Vec<NotifyTarget>)>>,
+    /// NOTIFY sent and not yet answered, by message ID.
+    acks: RefCell<BTreeMap<u16, Rc<Ack>>>,
+    /// Secondary zones' refresh tasks, woken by a NOTIFY.
+    refresh: RefCell<BTreeMap<Name<Vec<u8>>, Rc<Signal>>>,
+    /// The next message ID of a request this server sends.
+    next_id: Cell<u16>,
+}
+
+/// Where NOTIFY is sent (RFC 1996): a secondary's address, for one zone
+/// or (`zone: None`) for every zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    /// The zone, or all of them.
+    pub zone: Option<Name<Vec<u8>>>,
+    /// The secondary (port 53 as a rule).
+    pub addr: SocketAddr,
+}
+
+/// A wake-up for one task: raised any number of times, taken once.
+#[derive(Debug, Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A NOTIFY waiting for its answer.
+#[derive(Debug)]
+struct Ack {
+    to: SocketAddr,
+    signal: Signal,
+    rcode: Cell<Option<Rcode>>,
+}
+
+/// Why a secondary zone's refresh failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The TCP connection to the primary failed.
+    #[error("connection: {0}")]
+    Tcp(TcpError),
+    /// The primary did not answer in time.
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// The primary closed the connection before the answer was whole.
+    #[error("the primary closed the connection")]
+    Closed,
+    /// The answer is unusable.
+    #[error("{0}")]
+    Xfr(XfrError),
+    /// The transferred zone cannot be served.
+    #[error("the zone cannot be served: {0}")]
+    Load(crate::LoadError),
 }
 
 impl core::fmt::Debug for NameServer {
@@ -128,13 +228,226 @@ enum End {
 impl NameServer {
     /// Front ends for `server`.
     pub fn new(server: Server<'static>, config: ServeConfig) -> Rc<NameServer> {
-        Rc::new(NameServer {
+        Rc::new(Self::make(server, config))
+    }
+
+    /// Front ends for `server` that keep every zone an UPDATE changes in
+    /// `journal`, durably, before the UPDATE is answered (feature
+    /// `store`). Restore the journal's zones into `server` first
+    /// ([`Journal::restore`]).
+    #[cfg(feature = "store")]
+    pub fn with_journal<D: skiff_store::BlockDevice + 'static>(
+        server: Server<'static>,
+        config: ServeConfig,
+        journal: Journal<D>,
+    ) -> Rc<NameServer> {
+        let mut ns = Self::make(server, config);
+        ns.journal = Some(Box::new(journal));
+        Rc::new(ns)
+    }
+
+    fn make(server: Server<'static>, config: ServeConfig) -> NameServer {
+        NameServer {
             server: RefCell::new(server),
+            #[cfg(feature = "store")]
+            journal: None,
             config,
             started: Instant::now(),
             active: Cell::new(0),
             stats: Cell::new(ServeStats::default()),
-        })
+            udp: RefCell::new(None),
+            notify: RefCell::new(None),
+            acks: RefCell::new(BTreeMap::new()),
+            refresh: RefCell::new(BTreeMap::new()),
+            next_id: Cell::new((skiff_rt::time::wall_clock_nanos() >> 10) as u16),
+        }
+    }
+
+    /// Sends NOTIFY to `targets` whenever a zone changes (an UPDATE, a
+    /// secondary zone transferred anew), from the UDP socket, retried
+    /// until acknowledged (5 tries, 2 s apart); tasks on `spawner`.
+    pub fn notify_to(&self, spawner: Spawner, targets: Vec<NotifyTarget>) {
+        *self.notify.borrow_mut() = Some((spawner, targets));
+    }
+
+    fn id(&self) -> u16 {
+        // IDs of requests to primaries and secondaries: random when the
+        // hardware gives randomness, else a counter from the wall clock.
+        match skiff_rt::random::next_u64() {
+            Ok(r) => r as u16,
+            Err(_) => {
+                let id = self.next_id.get().wrapping_add(1);
+                self.next_id.set(id);
+                id
+            }
+        }
+    }
+
+    /// Sends NOTIFY for `zone` to every target configured for it.
+    fn send_notifies(self: &Rc<Self>, zone: &Name<Vec<u8>>) {
+        let notify = self.notify.borrow();
+        let Some((spawner, targets)) = notify.as_ref() else { return };
+        for t in targets.iter().filter(|t| t.zone.as_ref().is_none_or(|z| z.name_eq(zone))) {
+            let (ns, zone, addr) = (self.clone(), zone.clone(), t.addr);
+            spawner.spawn(async move { ns.notify_one(zone, addr).await });
+        }
+    }
+
+    async fn notify_one(self: Rc<Self>, zone: Name<Vec<u8>>, addr: SocketAddr) {
+        const TRIES: u32 = 5;
+        for _ in 0..TRIES {
+            let id = self.id();
+            let message = {
+                let server = self.server.borrow();
+                let Some(z) = server.catalog().zone(zone.for_slice()) else { return };
+                (secondary::notify(id, z), z.serial())
+            };
+            let Some(socket) = self.udp.borrow().clone() else { return };
+            let ack = Rc::new(Ack { to: addr, signal: Signal::default(), rcode: Cell::new(None) });
+            self.acks.borrow_mut().insert(id, ack.clone());
+            let sent = socket.send_to(&message.0, addr).await;
+            let answered = sent.is_ok() && timeout(Duration::from_secs(2), ack.signal.wait()).await.is_ok();
+            self.acks.borrow_mut().remove(&id);
+            match ack.rcode.get() {
+                Some(Rcode::NOERROR) if answered => {
+                    log::info!("dns: NOTIFY of {zone} serial {} to {addr} acknowledged", message.1);
+                    return;
+                }
+                Some(r) if answered => {
+                    log::warn!("dns: NOTIFY of {zone} to {addr} answered {r}");
+                    return;
+                }
+                _ => {}
+            }
+        }
+        log::warn!("dns: NOTIFY of {zone} to {addr} not acknowledged after {TRIES} tries");
+    }
+
+    /// A datagram that answers a NOTIFY this server sent.
+    fn notify_answered(&self, message: &[u8], from: SocketAddr) {
+        let id = u16::from_be_bytes([message[0], message[1]]);
+        let acks = self.acks.borrow();
+        let Some(ack) = acks.get(&id).filter(|a| a.to.ip() == from.ip()) else { return };
+        ack.rcode.set(Some(match secondary::notify_acknowledged(message, id) {
+            Ok(true) => Rcode::NOERROR,
+            Ok(false) => return,
+            Err(r) => r,
+        }));
+        ack.signal.raise();
+    }
+
+    /// Serves `zone` as a secondary of its primary, forever: loads it by
+    /// AXFR over TCP through `stack` (the primary must be reachable: on the
+    /// user network, outbound relaying on), then checks the primary's SOA
+    /// serial every SOA refresh interval or when the primary sends NOTIFY,
+    /// and transfers the zone again when the serial went up. A failed
+    /// check is retried after the SOA retry interval (10 s before the
+    /// first load); a zone not refreshed for the SOA expire interval is no
+    /// longer served. Put `zone` in [`Config::secondaries`] too, so that
+    /// NOTIFY from the primary is accepted.
+    ///
+    /// [`Config::secondaries`]: crate::Config::secondaries
+    pub async fn serve_secondary(self: Rc<Self>, stack: Stack, zone: Secondary) {
+        let signal = Rc::new(Signal::default());
+        self.refresh.borrow_mut().insert(zone.zone.clone(), signal.clone());
+        let apex = zone.zone.clone();
+        // A zone already there (kept on a disk) counts as fresh at boot.
+        let mut fresh = self.server.borrow().catalog().zone(apex.for_slice()).map(|_| Instant::now());
+        loop {
+            let current = self.server.borrow().catalog().zone(apex.for_slice()).map(|z| z.serial());
+            let result = self.refresh_once(&stack, &zone, current).await;
+            let timers = self.server.borrow().catalog().zone(apex.for_slice()).and_then(Timers::of);
+            let wait = match (&result, timers) {
+                (Ok(Some(serial)), _) => {
+                    log::info!("dns: zone {apex} serial {serial} transferred from {}", zone.primary);
+                    fresh = Some(Instant::now());
+                    self.send_notifies(&apex);
+                    timers.map_or(3600, |t| t.refresh)
+                }
+                (Ok(None), _) => {
+                    log::debug!("dns: zone {apex} is up to date with {}", zone.primary);
+                    fresh = Some(Instant::now());
+                    timers.map_or(3600, |t| t.refresh)
+                }
+                (Err(e), t) => {
+                    log::warn!("dns: refresh of zone {apex} from {} failed: {e}", zone.primary);
+                    if let (Some(at), Some(t)) = (fresh, t)
+                        && at.elapsed() > Duration::from_secs(u64::from(t.expire))
+                    {
+                        self.server.borrow_mut().remove_zone(apex.for_slice());
+                        log::error!(
+                            "dns: zone {apex} expired: not refreshed from {} for {} s, no longer served",
+                            zone.primary,
+                            t.expire
+                        );
+                        fresh = None;
+                    }
+                    t.map_or(10, |t| t.retry)
+                }
+            };
+            let wait = Duration::from_secs(u64::from(wait.max(1)));
+            let _ = timeout(wait, signal.wait()).await;
+        }
+    }
+
+    /// One check of the primary: `Ok(Some(serial))` when a newer zone was
+    /// transferred, `Ok(None)` when ours is current.
+    async fn refresh_once(
+        &self,
+        stack: &Stack,
+        zone: &Secondary,
+        current: Option<u32>,
+    ) -> Result<Option<u32>, RefreshError> {
+        const WAIT: u64 = 10;
+        let limit = Duration::from_secs(WAIT);
+        let apex = zone.zone.for_slice();
+        let mut stream = timeout(limit, TcpStream::connect(stack, zone.primary))
+            .await
+            .map_err(|_| RefreshError::Timeout(WAIT))?
+            .map_err(RefreshError::Tcp)?;
+        let mut deframer = Deframer::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        if let Some(current) = current {
+            let id = self.id();
+            let q = secondary::query(id, apex, Rtype::SOA);
+            stream.write_all(&frame(&q)).await.map_err(RefreshError::Tcp)?;
+            let answer = read_message(&mut stream, &mut deframer, &mut buf, limit).await?;
+            let serial = secondary::soa_answer_serial(&answer, id, apex).map_err(RefreshError::Xfr)?;
+            if !serial_gt(serial, current) {
+                stream.shutdown();
+                return Ok(None);
+            }
+        }
+        let id = self.id();
+        stream.write_all(&frame(&secondary::query(id, apex, Rtype::AXFR))).await.map_err(RefreshError::Tcp)?;
+        let mut reader = AxfrReader::new(id, zone.zone.clone());
+        loop {
+            let message = read_message(&mut stream, &mut deframer, &mut buf, limit).await?;
+            if reader.push(&message).map_err(RefreshError::Xfr)? {
+                break;
+            }
+        }
+        stream.shutdown();
+        let records = reader.into_records().unwrap_or_default();
+        let serial = records.first().and_then(|r| crate::soa_serial(&r.rdata)).unwrap_or(0);
+        self.server.borrow_mut().load_zone(&records).map_err(RefreshError::Load)?;
+        #[cfg(feature = "store")]
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.keep(records).await
+        {
+            log::error!("dns: zone {} not kept on the disk: {e}", zone.zone);
+        }
+        Ok(Some(serial))
+    }
+
+    /// Confirms the journal's last commit (when there is a journal): for
+    /// a service that stops or goes idle.
+    #[cfg(feature = "store")]
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        match &self.journal {
+            Some(j) => j.sync().await,
+            None => Ok(()),
+        }
     }
 
     /// What has been served so far.
@@ -156,6 +469,8 @@ impl NameServer {
     /// Answers every datagram on `socket`, forever; only a failing socket
     /// ends it. A datagram that is not a query gets no answer.
     pub async fn serve_udp(self: Rc<Self>, socket: UdpSocket) -> Result<(), ServeError> {
+        let socket = Rc::new(socket);
+        *self.udp.borrow_mut() = Some(socket.clone());
         // The largest datagram: a query never needs more, and a bigger one
         // is skipped by the socket.
         let mut buf = vec![0u8; 65_535];
@@ -165,8 +480,12 @@ impl NameServer {
                 // Cut short by the socket (larger than the buffer): drop it.
                 continue;
             }
+            if secondary::is_notify_response(&buf[..n]) {
+                self.notify_answered(&buf[..n], peer);
+                continue;
+            }
             self.count(|s| s.udp_queries += 1);
-            let reply = self.serve_message(&buf[..n], Transport::Udp, peer.ip());
+            let reply = self.serve_message(&buf[..n], Transport::Udp, peer.ip()).await;
             let Some(answer) = reply.messages.into_iter().next() else { continue };
             match socket.send_to(&answer, peer).await {
                 Ok(()) => self.count(|s| s.udp_answers += 1),
@@ -204,21 +523,52 @@ impl NameServer {
     }
 
     /// Answers one message and logs what it did (one line per transfer or
-    /// update, refused or not).
-    fn serve_message(&self, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
+    /// update, refused or not). A zone an update changed is kept in the
+    /// journal, when there is one, before the answer goes out.
+    async fn serve_message(self: &Rc<Self>, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let unix_time = skiff_rt::time::wall_clock_nanos() / 1_000_000_000;
         let peer = Peer { transport, addr: client, now_ms, unix_time };
+        #[cfg(feature = "store")]
+        let before = match &self.journal {
+            Some(_) => self.server.borrow().update_zone_records(message),
+            None => None,
+        };
         let reply = self.server.borrow_mut().serve(message, &peer);
         match &reply.event {
             Some(e) if e.is_refusal() => log::warn!("dns: {e}"),
             Some(e) => log::info!("dns: {e}"),
             None => {}
         }
+        #[cfg(feature = "store")]
+        if let (Some(journal), Some(crate::Event::Updated { zone, .. })) = (&self.journal, &reply.event) {
+            // Taken out of the server first: no borrow lives across the
+            // write, so other connections keep being answered.
+            let records = self.server.borrow().catalog().zone(zone.for_slice()).map(|z| z.records());
+            if let Some(records) = records
+                && let Err(e) = journal.keep(records).await
+            {
+                log::error!("dns: update of {zone} not kept on the disk ({e}): undone and answered SERVFAIL");
+                let mut server = self.server.borrow_mut();
+                if let Some(old) = before {
+                    let _ = server.load_zone(&old);
+                }
+                return Reply { messages: server.servfail(message).into_iter().collect(), event: None };
+            }
+        }
+        match &reply.event {
+            Some(crate::Event::Updated { zone, .. }) => self.send_notifies(zone),
+            Some(crate::Event::Notified { zone, .. }) => {
+                if let Some(s) = self.refresh.borrow().get(zone) {
+                    s.raise();
+                }
+            }
+            _ => {}
+        }
         reply
     }
 
-    async fn serve_connection(&self, stream: &mut TcpStream, client: IpAddr) -> End {
+    async fn serve_connection(self: &Rc<Self>, stream: &mut TcpStream, client: IpAddr) -> End {
         let mut deframer = Deframer::new();
         let mut buf = vec![0u8; 4096];
         // Idle means no whole query: a client trickling bytes is idle too.
@@ -233,7 +583,7 @@ impl NameServer {
                 };
                 self.count(|s| s.tcp_queries += 1);
                 deadline = Instant::now() + self.config.tcp_idle_timeout;
-                let reply = self.serve_message(message, Transport::Tcp, client);
+                let reply = self.serve_message(message, Transport::Tcp, client).await;
                 for answer in reply.messages {
                     let framed = frame(&answer);
                     match timeout(self.config.tcp_write_timeout, stream.write_all(&framed)).await {
@@ -249,6 +599,49 @@ impl NameServer {
                 Ok(Ok(n)) => deframer.push(&buf[..n]),
                 Err(_) => return End::Dropped("idle"),
             }
+        }
+    }
+}
+
+/// A journal as the front ends use it (object safe: the device type is
+/// hidden).
+#[cfg(feature = "store")]
+trait Keep {
+    fn keep(&self, records: Vec<Record>) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>>;
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>>;
+}
+
+#[cfg(feature = "store")]
+impl<D: skiff_store::BlockDevice> Keep for Journal<D> {
+    fn keep(&self, records: Vec<Record>) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>> {
+        Box::pin(async move { Journal::keep(self, &records).await })
+    }
+
+    fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>> {
+        Box::pin(Journal::sync(self))
+    }
+}
+
+/// The next whole message on `stream`, within `limit`.
+async fn read_message(
+    stream: &mut TcpStream,
+    deframer: &mut Deframer,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<Vec<u8>, RefreshError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match deframer.next_message() {
+            Ok(Some(m)) => return Ok(m.to_vec()),
+            Ok(None) => {}
+            Err(_) => return Err(RefreshError::Xfr(XfrError::Malformed)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, stream.read(buf)).await {
+            Ok(Ok(0)) => return Err(RefreshError::Closed),
+            Ok(Ok(n)) => deframer.push(&buf[..n]),
+            Ok(Err(e)) => return Err(RefreshError::Tcp(e)),
+            Err(_) => return Err(RefreshError::Timeout(limit.as_secs())),
         }
     }
 }

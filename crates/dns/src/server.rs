@@ -53,6 +53,9 @@ pub struct Config {
     pub allow_update: Vec<crate::xfr::AclRule>,
     /// Changes kept per zone for IXFR.
     pub history: usize,
+    /// Zones served as a secondary: NOTIFY is accepted for them from their
+    /// primary (and refused for any other zone or sender).
+    pub secondaries: Vec<crate::secondary::Secondary>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             allow_transfer: Vec::new(),
             allow_update: Vec::new(),
             history: 32,
+            secondaries: Vec::new(),
         }
     }
 }
@@ -165,7 +169,20 @@ impl<'a> Server<'a> {
     /// configured. `None`: send nothing (not a query, too short to answer,
     /// or dropped by the rate limit).
     pub fn handle(&mut self, query: &[u8], transport: Transport, client: IpAddr, now_ms: u64) -> Option<Vec<u8>> {
-        let answer = self.respond(query, transport)?;
+        self.handle_reserving(query, transport, client, now_ms, 0)
+    }
+
+    /// [`Server::handle`], with UDP answers `reserve` bytes shorter than
+    /// the client's payload size (room for a TSIG record added later).
+    pub(crate) fn handle_reserving(
+        &mut self,
+        query: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        now_ms: u64,
+        reserve: usize,
+    ) -> Option<Vec<u8>> {
+        let answer = self.respond_reserving(query, transport, reserve)?;
         let Some(limiter) = self.limiter.as_mut().filter(|_| transport == Transport::Udp) else {
             return Some(answer);
         };
@@ -179,6 +196,10 @@ impl<'a> Server<'a> {
     /// Answers `query` without rate limiting. `None`: the message is not a
     /// query (QR set) or too short to hold a header; nothing is sent.
     pub fn respond(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        self.respond_reserving(query, transport, 0)
+    }
+
+    fn respond_reserving(&self, query: &[u8], transport: Transport, reserve: usize) -> Option<Vec<u8>> {
         if query.len() < 12 {
             return None;
         }
@@ -195,7 +216,10 @@ impl<'a> Server<'a> {
             Transport::Udp => match req.edns {
                 None => 512,
                 Some(e) => usize::from(e.payload.clamp(512, self.config.max_udp_payload.max(512))),
-            },
+            }
+            // Never below a header, a full question and an OPT record.
+            .saturating_sub(reserve)
+            .max(12 + 259 + OPT_LEN),
         };
         let sections = self.resolve(&req);
         Some(self.encode(&req, &sections, limit))

@@ -245,6 +245,13 @@ impl<'k> Signer<'k> {
     }
 }
 
+/// The bytes a signed TSIG record (HMAC-SHA256, no other data) adds to a
+/// response signed with `key`: what a UDP answer leaves room for.
+pub fn signed_len(key: &Key) -> usize {
+    // Owner, type, class, TTL, rdata length; then the rdata.
+    key.name.as_slice().len() + 10 + HMAC_SHA256.len() + 6 + 2 + 2 + 32 + 2 + 2 + 2
+}
+
 /// Appends an unsigned TSIG record (no MAC) carrying `error`, for BADKEY
 /// and BADSIG answers.
 pub fn append_unsigned(msg: &mut Vec<u8>, request: &RequestTsig, error: TsigError) {

@@ -178,6 +178,25 @@ pub enum Event {
         /// Records removed.
         removed: usize,
     },
+    /// A NOTIFY came from a zone's primary: the zone should be refreshed.
+    Notified {
+        /// The zone.
+        zone: Name<Vec<u8>>,
+        /// The primary.
+        client: IpAddr,
+        /// The serial the NOTIFY carried, if any.
+        serial: Option<u32>,
+    },
+    /// A NOTIFY was refused: not a secondary zone here, or not from its
+    /// primary.
+    NotifyRefused {
+        /// The zone named.
+        zone: Name<Vec<u8>>,
+        /// The sender.
+        client: IpAddr,
+        /// Why.
+        why: Why,
+    },
     /// An update was refused (or failed its prerequisites).
     UpdateRefused {
         /// The zone named.
@@ -194,7 +213,7 @@ pub enum Event {
 impl Event {
     /// Whether the event is a refusal (logged as a warning).
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Event::TransferRefused { .. } | Event::UpdateRefused { .. })
+        matches!(self, Event::TransferRefused { .. } | Event::UpdateRefused { .. } | Event::NotifyRefused { .. })
     }
 }
 
@@ -221,6 +240,11 @@ impl core::fmt::Display for Event {
             Event::Updated { zone, client, serial, added, removed } => {
                 write!(f, "update of {zone} from {client}: serial {serial}, {added} records added, {removed} removed")
             }
+            Event::Notified { zone, client, serial: Some(serial) } => {
+                write!(f, "NOTIFY of {zone} serial {serial} from {client}")
+            }
+            Event::Notified { zone, client, serial: None } => write!(f, "NOTIFY of {zone} from {client}"),
+            Event::NotifyRefused { zone, client, why } => write!(f, "refused NOTIFY of {zone} from {client}: {why}"),
             Event::UpdateRefused { zone, client, key, why } => {
                 write!(f, "refused update of {zone} from {client} ({}): {why}", KeyName(key))
             }
@@ -308,8 +332,18 @@ impl Server<'_> {
             self.update(&body, peer, key)
         } else if opcode == Opcode::QUERY && is_transfer(&body) {
             self.transfer(&body, peer, key)
+        } else if opcode == Opcode::NOTIFY {
+            self.notified(&body, peer)
         } else {
-            let answer = self.handle(&body, peer.transport, peer.addr, peer.now_ms);
+            // A signed answer over UDP leaves room for its TSIG record
+            // within the client's payload size (truncated if need be).
+            let reserve = match (&signed, peer.transport) {
+                (Some(req), Transport::Udp) => {
+                    req.key.and_then(|i| self.config.keys.get(i)).map_or(0, tsig::signed_len)
+                }
+                _ => 0,
+            };
+            let answer = self.handle_reserving(&body, peer.transport, peer.addr, peer.now_ms, reserve);
             Reply { messages: answer.into_iter().collect(), event: None }
         };
         if let Some(req) = signed
@@ -446,6 +480,66 @@ impl Server<'_> {
         }
         let event = Event::Updated { zone: zname, client: peer.addr, serial, added, removed };
         Reply::one(answer(Rcode::NOERROR), Some(event))
+    }
+
+    /// A NOTIFY (RFC 1996): accepted from a secondary zone's primary,
+    /// refused otherwise.
+    fn notified(&self, body: &[u8], peer: &Peer) -> Reply {
+        let Ok(msg) = Message::from_octets(body) else { return Reply::default() };
+        let max = self.config.max_udp_payload;
+        let Ok(question) = msg.sole_question() else {
+            return Reply::one(error_answer(msg, &refusal(Rcode::FORMERR), max), None);
+        };
+        let zone = question.qname().to_name::<Vec<u8>>();
+        let refuse = |rcode, why| {
+            let event = Event::NotifyRefused { zone: zone.clone(), client: peer.addr, why };
+            Reply::one(error_answer(msg, &refusal(rcode), max), Some(event))
+        };
+        match crate::secondary::from_primary(&self.config.secondaries, zone.for_slice(), peer.addr) {
+            None => refuse(Rcode::NOTAUTH, Why::NotAuthoritative),
+            Some(false) => refuse(Rcode::REFUSED, Why::NotAllowed),
+            Some(true) => {
+                let serial = msg
+                    .answer()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .and_then(|r| r.ok())
+                    .filter(|r| r.rtype() == Rtype::SOA)
+                    .and_then(|r| r.to_record::<domain::rdata::Soa<domain::base::ParsedName<&[u8]>>>().ok().flatten())
+                    .map(|r| r.data().serial().into_int());
+                let mut answer = error_answer(msg, &refusal(Rcode::NOERROR), max);
+                // An authoritative answer (RFC 1996 section 4.7).
+                answer[2] |= 0x04;
+                Reply::one(answer, Some(Event::Notified { zone, client: peer.addr, serial }))
+            }
+        }
+    }
+
+    /// Removes the zone at `apex` (a secondary zone that expired); whether
+    /// it was served.
+    pub fn remove_zone(&mut self, apex: &Name<[u8]>) -> bool {
+        self.history.remove(apex);
+        self.catalog.remove(apex)
+    }
+
+    /// The records of the zone an UPDATE `message` names (its zone
+    /// section), when it is one the server serves: what a front end keeps
+    /// to undo the update if it cannot be made durable.
+    pub fn update_zone_records(&self, message: &[u8]) -> Option<Vec<Record>> {
+        if message.len() < 12 || Opcode::from_int((message[2] >> 3) & 0x0f) != Opcode::UPDATE {
+            return None;
+        }
+        let msg = Message::from_octets(message).ok()?;
+        let zone = msg.sole_question().ok()?.qname().to_name::<Vec<u8>>();
+        self.catalog.zone(zone.for_slice()).map(|z| z.records())
+    }
+
+    /// A SERVFAIL answer (unsigned) to `message`: for a front end that
+    /// could not finish what [`Server::serve`] did (an update it could not
+    /// make durable).
+    pub fn servfail(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let msg = Message::from_octets(message).ok()?;
+        Some(error_answer(msg, &refusal(Rcode::SERVFAIL), self.config.max_udp_payload))
     }
 
     /// Puts `records` (SOA first) in place of the zone with their apex, as

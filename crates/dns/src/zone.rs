@@ -288,6 +288,11 @@ impl<'a> Catalog<'a> {
         self.zones.values().map(Slot::zone)
     }
 
+    /// Takes the zone at `apex` out; whether there was one.
+    pub fn remove(&mut self, apex: &Name<[u8]>) -> bool {
+        self.zones.remove(apex).is_some()
+    }
+
     /// Puts `zone` in place of the zone with the same apex (or adds it).
     pub fn replace(&mut self, zone: OwnedZone) {
         let apex = zone.zone().apex.to_name::<Vec<u8>>();

@@ -385,3 +385,28 @@ proptest::proptest! {
         }
     }
 }
+
+/// The size kdig reports for the answer it received.
+fn received(kdig_out: &str) -> usize {
+    let line = kdig_out.lines().find(|l| l.starts_with(";; Received")).unwrap_or_else(|| panic!("{kdig_out}"));
+    line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
+#[test]
+fn signed_udp_answers_leave_room_for_the_tsig_record() {
+    require("kdig");
+    let host = start(config());
+    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    // The unsigned answer's size, given exactly as the payload size: it
+    // fits, and the signed answer must fit too, TSIG record included.
+    let plain = host.kdig(&["+bufsize=1232", "+ignore", "long.example.com.", "TXT"]);
+    let size = received(&plain);
+    assert!(size > 600 && !plain.contains(" tc"), "{plain}");
+    let bufsize = format!("+bufsize={size}");
+    let signed = host.kdig(&["-y", &key, &bufsize, "+ignore", "long.example.com.", "TXT"]);
+    assert!(received(&signed) <= size, "the signed answer is larger than the payload size {size}:\n{signed}");
+    assert!(!signed.contains("failed") && !signed.contains("; Error"), "the signature checks:\n{signed}");
+    // Over TCP the whole answer comes, signed.
+    let tcp = host.kdig(&["-y", &key, "+tcp", "long.example.com.", "TXT"]);
+    assert_eq!(tcp.lines().filter(|l| l.contains("\tTXT\t") && !l.starts_with(';')).count(), 8, "{tcp}");
+}

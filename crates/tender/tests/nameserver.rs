@@ -18,6 +18,11 @@ fn image() -> &'static Path {
     common::guest("examples/nameserver")
 }
 
+/// The name server that keeps updated zones on a disk named `zones`.
+fn disk_image() -> &'static Path {
+    common::guest("examples/nameserver-disk")
+}
+
 /// The name server on the user network; its output goes to a file.
 struct NameServer {
     _child: Guard,
@@ -30,9 +35,13 @@ static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 impl NameServer {
     fn start(guest_args: &[&str]) -> NameServer {
+        Self::start_with(image(), &[], guest_args)
+    }
+
+    /// `image` with `tender_args` (beyond the network's) and `guest_args`.
+    fn start_with(image: &Path, tender_args: &[&str], guest_args: &[&str]) -> NameServer {
         require_kvm();
         require_program("kdig", "knot-dnsutils");
-        let image = image();
         let dir = workspace().join("target/nameserver-tests");
         std::fs::create_dir_all(&dir).unwrap();
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -42,6 +51,7 @@ impl NameServer {
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
             .args(["--net", "service=user", "--timeout", "120s"])
             .args(["--publish", &format!("127.0.0.1:{port}:53/udp"), "--publish", &format!("127.0.0.1:{port}:53/tcp")])
+            .args(tender_args)
             .arg(image)
             .arg("--")
             .args(guest_args)
@@ -81,6 +91,19 @@ impl NameServer {
         let status = wait_for(Duration::from_secs(10), || self._child.0.try_wait().ok().flatten())
             .unwrap_or_else(|| panic!("the name server did not stop:\n{}", self.output()));
         (status.code().unwrap_or(-1), self.output())
+    }
+
+    /// Ends the tender with SIGKILL: no stop, no sync.
+    fn kill(&mut self) {
+        self._child.0.kill().expect("kill the tender");
+        self._child.0.wait().expect("wait for the tender");
+    }
+
+    /// The serial of example.com's SOA, as answered.
+    fn serial(&self) -> u32 {
+        let answer = section(&self.kdig(&["example.com", "SOA"]), "ANSWER");
+        let soa = answer.first().unwrap_or_else(|| panic!("no SOA answered:\n{}", self.output()));
+        soa.split_whitespace().nth(6).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no serial in {soa}"))
     }
 
     /// kdig's output for `args` (over UDP unless they say `+tcp`): stdout
@@ -497,4 +520,49 @@ fn a_bad_tsig_key_fails_the_start_with_one_line() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("only hmac-sha256 is supported"), "{text}");
+}
+
+#[test]
+fn updates_kept_on_a_disk_survive_a_stop_and_a_kill() {
+    const SECRET: &str = "c2tpZmYtdGVzdC1rZXktMzItYnl0ZXMtbG9uZy0hISE=";
+    let upd = format!("upd:hmac-sha256:{SECRET}");
+    let key = format!("hmac-sha256:upd:{SECRET}");
+    let args = ["--tsig-key", upd.as_str(), "--allow-update", "key:upd"];
+    let dir = workspace().join("target/nameserver-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-zones.img", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let spec = format!("zones={},size=4M", file.display());
+    let tender = ["--disk", spec.as_str()];
+    let answer = |ns: &NameServer, name: &str| section(&ns.kdig(&[name, "A"]), "ANSWER");
+
+    // A new disk: formatted, one record added, stopped with SIGTERM.
+    let mut ns = NameServer::start_with(disk_image(), &tender, &args);
+    ns.wait_line("disk zones: a new zone store");
+    ns.wait_line("updates are kept on the disk zones");
+    let built = ns.serial();
+    let (ok, out) = nsupdate(&ns, Some(&key), "zone example.com.\nupdate add one.example.com. 300 A 192.0.2.71");
+    assert!(ok, "{out}\nserver:\n{}", ns.output());
+    assert_eq!(ns.serial(), built + 1);
+    let (code, out) = ns.stop();
+    assert_eq!(code, 0, "{out}");
+
+    // Restarted on the same file: the record and the bumped serial; one
+    // more record, then SIGKILL right after its answer.
+    let mut ns = NameServer::start_with(disk_image(), &tender, &args);
+    ns.wait_line(&format!("zone example.com restored from the disk: serial {}", built + 1));
+    assert_eq!(answer(&ns, "one.example.com"), ["one.example.com. 300 IN A 192.0.2.71"], "{}", ns.output());
+    assert_eq!(ns.serial(), built + 1);
+    let (ok, out) = nsupdate(&ns, Some(&key), "zone example.com.\nupdate add two.example.com. 300 A 192.0.2.72");
+    assert!(ok, "{out}\nserver:\n{}", ns.output());
+    ns.kill();
+
+    // Killed, not stopped: the acknowledged update is there all the same.
+    let ns = NameServer::start_with(disk_image(), &tender, &args);
+    ns.wait_line(&format!("zone example.com restored from the disk: serial {}", built + 2));
+    assert_eq!(answer(&ns, "one.example.com"), ["one.example.com. 300 IN A 192.0.2.71"]);
+    assert_eq!(answer(&ns, "two.example.com"), ["two.example.com. 300 IN A 192.0.2.72"]);
+    assert_eq!(ns.serial(), built + 2);
+    drop(ns);
+    let _ = std::fs::remove_file(&file);
 }

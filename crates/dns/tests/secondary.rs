@@ -1,0 +1,307 @@
+//! Transfers and NOTIFY between Skiff's sans-IO pieces and NSD (Debian
+//! `nsd`, from scripts/setup) on loopback ports the test picks: Skiff as a
+//! secondary of NSD (AXFR, NOTIFY in, the serial followed), and NSD as a
+//! secondary of Skiff (AXFR out, NOTIFY out, the change served by NSD).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Opts, parse, query, zones_dir};
+use domain::base::iana::Rtype;
+use domain::base::name::Name;
+use skiff_dns::build::{ZoneFile, compile_files};
+use skiff_dns::secondary::{self, AxfrReader, Secondary};
+use skiff_dns::{AclRule, Catalog, Config, Event, Peer, Record, Server, Transport};
+
+/// An NSD on 127.0.0.1 with the `zones` part of its configuration.
+struct Nsd {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Nsd {
+    fn start(dir: &Path, zones: &str) -> Nsd {
+        let port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
+             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
+             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 2\n  rrl-ratelimit: 0\n  \
+             zonesdir: \"{d}\"\nremote-control:\n  control-enable: no\n{zones}"
+        );
+        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+        let child = Command::new("nsd")
+            .args(["-d", "-c"])
+            .arg(dir.join("nsd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nsd is not installed (scripts/setup installs it: apt-get install nsd)");
+        Nsd { child, dir: dir.to_path_buf(), port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+    }
+
+    /// NSD's answer section for `name` `rtype`, over UDP.
+    fn answer(&self, name: &str, rtype: Rtype) -> Option<Vec<String>> {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        sock.send_to(&query(7, name, rtype, Opts::PLAIN), ("127.0.0.1", self.port)).unwrap();
+        let mut buf = [0u8; 65535];
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        Some(parse(&buf[..n]).answer)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("skiff-dns-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn name(text: &str) -> Name<Vec<u8>> {
+    Name::from_chars(text.chars()).unwrap()
+}
+
+/// One framed request to `to` over a new TCP connection; the messages read
+/// until `done` says the answer is whole.
+fn tcp_exchange(to: SocketAddr, request: &[u8], mut done: impl FnMut(&[u8]) -> bool) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&skiff_dns::tcp::frame(request)).unwrap();
+    loop {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("an answer from the primary");
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut msg).unwrap();
+        if done(&msg) {
+            return;
+        }
+    }
+}
+
+/// The primary's zone by AXFR, put in place in `server`.
+fn transfer(server: &mut Server<'_>, primary: SocketAddr, zone: &Name<Vec<u8>>) -> u32 {
+    let mut reader = AxfrReader::new(0x4242, zone.clone());
+    tcp_exchange(primary, &secondary::query(0x4242, zone.for_slice(), Rtype::AXFR), |m| reader.push(m).unwrap());
+    let records = reader.into_records().expect("a whole transfer");
+    server.load_zone(&records).unwrap();
+    server.catalog().zone(zone.for_slice()).unwrap().serial()
+}
+
+fn primary_serial(primary: SocketAddr, zone: &Name<Vec<u8>>) -> u32 {
+    let mut serial = 0;
+    tcp_exchange(primary, &secondary::query(0x1234, zone.for_slice(), Rtype::SOA), |m| {
+        serial = secondary::soa_answer_serial(m, 0x1234, zone.for_slice()).unwrap();
+        true
+    });
+    serial
+}
+
+/// A server with only example.net built in: example.com comes by transfer.
+fn server_without_example_com(config: Config) -> Server<'static> {
+    let file = ZoneFile::new("example.net.", zones_dir().join("example.net.zone"));
+    let blob: &'static [u8] = Box::leak(compile_files(&[file]).unwrap().into_boxed_slice());
+    Server::new(Catalog::new(blob).unwrap(), config)
+}
+
+#[test]
+fn skiff_loads_a_zone_from_nsd_and_follows_its_serial_after_a_notify() {
+    let dir = temp_dir("secondary");
+    let text = std::fs::read_to_string(zones_dir().join("example.com.zone")).unwrap();
+    std::fs::write(dir.join("example.com.zone"), &text).unwrap();
+    let skiff = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let skiff_port = skiff.local_addr().unwrap().port();
+    let nsd = Nsd::start(
+        &dir,
+        &format!(
+            "zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  provide-xfr: 127.0.0.1 NOKEY\n  \
+             notify: 127.0.0.1@{skiff_port} NOKEY\n"
+        ),
+    );
+    wait(Duration::from_secs(10), || nsd.answer("example.com.", Rtype::SOA).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("nsd did not start:\n{}", nsd.log()));
+    let zone = name("example.com.");
+    let mut server = server_without_example_com(Config {
+        secondaries: vec![Secondary { zone: zone.clone(), primary: nsd.addr() }],
+        ..Config::default()
+    });
+    assert!(server.catalog().zone(zone.for_slice()).is_none());
+    assert_eq!(transfer(&mut server, nsd.addr(), &zone), 2024010101);
+    let www = |s: &Server<'_>| {
+        let answer = s.respond(&query(3, "fresh.example.com.", Rtype::A, Opts::PLAIN), Transport::Udp).unwrap();
+        parse(&answer).answer
+    };
+    assert!(www(&server).is_empty());
+
+    // The primary's zone changes; NSD reloads it (SIGHUP) and notifies.
+    let changed = text.replace("2024010101", "2024010102") + "fresh.example.com. 3600 IN A 192.0.2.200\n";
+    std::fs::write(dir.join("example.com.zone"), changed).unwrap();
+    nsd.signal("-HUP");
+    skiff.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    // NSD notifies at its start too (the old serial): each NOTIFY is
+    // acknowledged, until the one with the new serial.
+    let (n, peer) = loop {
+        let (n, from) =
+            skiff.recv_from(&mut buf).unwrap_or_else(|e| panic!("no NOTIFY from NSD ({e}):\n{}", nsd.log()));
+        let peer = Peer { transport: Transport::Udp, addr: from.ip(), now_ms: 0, unix_time: 0 };
+        let reply = server.serve(&buf[..n], &peer);
+        skiff.send_to(&reply.messages[0], from).unwrap();
+        match reply.event {
+            Some(Event::Notified { zone: z, client, serial: Some(2024010102) }) => {
+                assert_eq!((z, client), (zone.clone(), from.ip()));
+                break (n, peer);
+            }
+            Some(Event::Notified { serial: Some(2024010101), .. }) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    // The refresh: the serial went up, so the zone is transferred again.
+    assert_eq!(primary_serial(nsd.addr(), &zone), 2024010102);
+    assert_eq!(transfer(&mut server, nsd.addr(), &zone), 2024010102);
+    assert_eq!(www(&server), ["fresh.example.com 3600 A 192.0.2.200"]);
+
+    // NOTIFY from anyone but the primary is refused; for a zone that is
+    // not a secondary here, NOTAUTH.
+    let stranger = Peer { addr: [192, 0, 2, 9].into(), ..peer };
+    let reply = server.serve(&buf[..n], &stranger);
+    assert!(matches!(reply.event, Some(Event::NotifyRefused { .. })), "{:?}", reply.event);
+    assert_eq!(parse(&reply.messages[0]).rcode, domain::base::iana::Rcode::REFUSED);
+    let mut other = buf[..n].to_vec();
+    let at = other.windows(8).position(|w| w == b"\x07example").unwrap();
+    other[at + 8..at + 12].copy_from_slice(b"\x03net");
+    other.truncate(n);
+    let reply = server.serve(&other, &peer);
+    assert!(matches!(reply.event, Some(Event::NotifyRefused { .. })), "{:?}", reply.event);
+    assert_eq!(parse(&reply.messages[0]).rcode, domain::base::iana::Rcode::NOTAUTH);
+}
+
+#[test]
+fn nsd_takes_the_zone_from_skiff_after_a_notify() {
+    let zone = name("example.com.");
+    let blob: &'static [u8] = Box::leak(common::blob().into_boxed_slice());
+    let config = Config { allow_transfer: vec![AclRule::parse("127.0.0.1").unwrap()], ..Config::default() };
+    let server = Arc::new(Mutex::new(Server::new(Catalog::new(blob).unwrap(), config)));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let skiff = listener.local_addr().unwrap();
+    let s = server.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let peer = stream.peer_addr().unwrap();
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            loop {
+                let mut len = [0u8; 2];
+                if stream.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if stream.read_exact(&mut msg).is_err() {
+                    break;
+                }
+                let p = Peer { transport: Transport::Tcp, addr: peer.ip(), now_ms: 0, unix_time: 0 };
+                for m in s.lock().unwrap().serve(&msg, &p).messages {
+                    let _ = stream.write_all(&skiff_dns::tcp::frame(&m));
+                }
+            }
+        }
+    });
+    let dir = temp_dir("primary");
+    let nsd = Nsd::start(
+        &dir,
+        &format!(
+            "zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  request-xfr: AXFR 127.0.0.1@{} NOKEY\n  \
+             allow-notify: 127.0.0.1 NOKEY\n",
+            skiff.port()
+        ),
+    );
+    let soa = |nsd: &Nsd| nsd.answer("example.com.", Rtype::SOA).filter(|a| !a.is_empty());
+    let first = wait(Duration::from_secs(15), || soa(&nsd))
+        .unwrap_or_else(|| panic!("NSD did not transfer the zone from Skiff:\n{}", nsd.log()));
+    assert!(first[0].contains("2024010101"), "{first:?}");
+
+    // The zone changes at Skiff (as an UPDATE would change it), and Skiff
+    // sends NOTIFY: NSD acknowledges, transfers and serves the change.
+    let notify = {
+        let mut s = server.lock().unwrap();
+        let mut records: Vec<Record> = s.catalog().zone(zone.for_slice()).unwrap().records();
+        let at = records[0].rdata.len() - 20;
+        records[0].rdata[at..at + 4].copy_from_slice(&2024010102u32.to_be_bytes());
+        records.push(Record {
+            owner: name("fresh.example.com."),
+            rtype: Rtype::A,
+            ttl: 300,
+            rdata: vec![192, 0, 2, 201],
+        });
+        s.load_zone(&records).unwrap();
+        secondary::notify(0x5151, s.catalog().zone(zone.for_slice()).unwrap())
+    };
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(&notify, nsd.addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).unwrap_or_else(|e| panic!("no answer to the NOTIFY ({e}):\n{}", nsd.log()));
+    assert_eq!(secondary::notify_acknowledged(&buf[..n], 0x5151), Ok(true));
+    let fresh = wait(Duration::from_secs(15), || nsd.answer("fresh.example.com.", Rtype::A).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("NSD does not serve the change:\n{}", nsd.log()));
+    assert_eq!(fresh, ["fresh.example.com 300 A 192.0.2.201"]);
+    assert!(soa(&nsd).unwrap()[0].contains("2024010102"));
+}
