@@ -18,6 +18,7 @@ use domain::base::{Question, Ttl};
 use domain::dep::octseq::Parser;
 use domain::rdata::ZoneRecordData;
 
+use crate::tsig::{self, Key, Verifier};
 use crate::zone::{Record, Zone, soa_serial};
 
 /// A zone served as a secondary: loaded from `primary` by AXFR.
@@ -28,6 +29,12 @@ pub struct Secondary {
     /// The primary's address and port: transfers come from there, and
     /// NOTIFY is accepted from its address (any port).
     pub primary: SocketAddr,
+    /// The TSIG key (one of [`Config::keys`]) that signs the requests to
+    /// the primary, whose signature its answers must carry, and that its
+    /// NOTIFY must be signed with. `None`: all unsigned.
+    ///
+    /// [`Config::keys`]: crate::Config::keys
+    pub key: Option<Name<Vec<u8>>>,
 }
 
 /// A transfer or SOA answer that cannot be used.
@@ -53,10 +60,41 @@ pub enum XfrError {
     /// The transfer holds more records than allowed.
     #[error("the transfer holds more than {0} records")]
     TooLarge(usize),
+    /// The answer's TSIG signature does not check out.
+    #[error("TSIG: {0}")]
+    Tsig(crate::tsig::VerifyError),
 }
 
 /// The most records a transfer may bring (a bound on memory).
 pub const MAX_TRANSFER_RECORDS: usize = 1_000_000;
+
+/// A request to a primary or a secondary, signed or not.
+#[derive(Debug)]
+pub struct Request {
+    /// The message to send.
+    pub message: Vec<u8>,
+    /// The TSIG check of its answers, when it is signed.
+    pub verifier: Option<Verifier>,
+}
+
+impl Request {
+    /// `message`, signed with `key` at `now` (seconds since the epoch)
+    /// when there is one.
+    pub fn signed(mut message: Vec<u8>, key: Option<&Key>, now: u64) -> Request {
+        let verifier = key.map(|k| {
+            let mac = tsig::sign_request(&mut message, k, now);
+            Verifier::new(k, mac)
+        });
+        Request { message, verifier }
+    }
+
+    /// Checks the TSIG of the whole answer `answer` (one message) at `now`.
+    pub fn check_answer(&self, answer: &[u8], now: u64) -> Result<(), XfrError> {
+        let Some(verifier) = &self.verifier else { return Ok(()) };
+        let mut v = verifier.clone();
+        v.check(answer, now).and_then(|()| v.finish()).map_err(XfrError::Tsig)
+    }
+}
 
 /// A query for `zone`'s `rtype` (SOA or AXFR) with `id`, as a secondary
 /// sends it.
@@ -122,12 +160,22 @@ pub struct AxfrReader {
     zone: Name<Vec<u8>>,
     records: Vec<Record>,
     done: bool,
+    /// The TSIG check of a signed request's answers, and the time.
+    tsig: Option<(Verifier, u64)>,
 }
 
 impl AxfrReader {
     /// A reader for the answers to an AXFR [`query`] with `id`.
     pub fn new(id: u16, zone: Name<Vec<u8>>) -> AxfrReader {
-        AxfrReader { id, zone, records: Vec::new(), done: false }
+        AxfrReader { id, zone, records: Vec::new(), done: false, tsig: None }
+    }
+
+    /// The reader for a signed request ([`Request::signed`]): every
+    /// message is checked by `verifier` at `now` (seconds since the
+    /// epoch), and the last must be signed.
+    pub fn with_tsig(mut self, verifier: Verifier, now: u64) -> AxfrReader {
+        self.tsig = Some((verifier, now));
+        self
     }
 
     /// Takes the next message of the transfer; `true` once the closing
@@ -135,6 +183,9 @@ impl AxfrReader {
     pub fn push(&mut self, message: &[u8]) -> Result<bool, XfrError> {
         if self.done {
             return Ok(true);
+        }
+        if let Some((verifier, now)) = &mut self.tsig {
+            verifier.check(message, *now).map_err(XfrError::Tsig)?;
         }
         let msg = check_answer(message, self.id, self.zone.for_slice(), Rtype::AXFR)?;
         for rec in msg.answer().map_err(|_| XfrError::Malformed)? {
@@ -148,7 +199,11 @@ impl AxfrReader {
                     return Err(XfrError::NotTheZone);
                 }
             } else if soa && r.owner.name_eq(&self.zone) {
-                // The closing SOA: the transfer is whole.
+                // The closing SOA: the transfer is whole, and signed at
+                // its end when the request was.
+                if let Some((verifier, _)) = &self.tsig {
+                    verifier.finish().map_err(XfrError::Tsig)?;
+                }
                 self.done = true;
                 return Ok(true);
             }
@@ -236,8 +291,22 @@ pub fn is_notify_response(message: &[u8]) -> bool {
     message.len() >= 12 && message[2] & 0x80 != 0 && Opcode::from_int((message[2] >> 3) & 0x0f) == Opcode::NOTIFY
 }
 
-/// Whether a NOTIFY from `addr` for `zone` comes from the zone's primary.
-pub(crate) fn from_primary(secondaries: &[Secondary], zone: &Name<[u8]>, addr: IpAddr) -> Option<bool> {
+/// Whether a NOTIFY from `addr` for `zone`, signed with `key`, comes from
+/// the zone's primary: its address, and its key when one is configured.
+pub(crate) fn from_primary(
+    secondaries: &[Secondary],
+    zone: &Name<[u8]>,
+    addr: IpAddr,
+    key: Option<&Name<Vec<u8>>>,
+) -> Option<Result<(), crate::xfr::Why>> {
     let s = secondaries.iter().find(|s| s.zone.name_eq(zone))?;
-    Some(s.primary.ip() == addr)
+    Some(if s.primary.ip() != addr {
+        Err(crate::xfr::Why::NotAllowed)
+    } else if let Some(want) = &s.key
+        && key.is_none_or(|k| !k.name_eq(want))
+    {
+        Err(crate::xfr::Why::NotSignedWith(want.clone()))
+    } else {
+        Ok(())
+    })
 }

@@ -41,7 +41,8 @@ use domain::base::iana::{Rcode, Rtype};
 use domain::base::name::{Name, ToName};
 use skiff_net::Stack;
 
-use crate::secondary::{self, AxfrReader, Secondary, Timers, XfrError};
+use crate::secondary::{self, AxfrReader, Request, Secondary, Timers, XfrError};
+use crate::tsig::VerifyError;
 use crate::update::serial_gt;
 
 #[cfg(feature = "store")]
@@ -142,6 +143,11 @@ pub struct NotifyTarget {
     pub zone: Option<Name<Vec<u8>>>,
     /// The secondary (port 53 as a rule).
     pub addr: SocketAddr,
+    /// The TSIG key (one of [`Config::keys`]) that signs the NOTIFY; its
+    /// acknowledgement must carry the key's signature. `None`: unsigned.
+    ///
+    /// [`Config::keys`]: crate::Config::keys
+    pub key: Option<Name<Vec<u8>>>,
 }
 
 /// A wake-up for one task: raised any number of times, taken once.
@@ -178,6 +184,8 @@ struct Ack {
     to: SocketAddr,
     signal: Signal,
     rcode: Cell<Option<Rcode>>,
+    /// The TSIG check of the answer, when the NOTIFY was signed.
+    request: Request,
 }
 
 /// Why a secondary zone's refresh failed.
@@ -199,6 +207,9 @@ pub enum RefreshError {
     /// The transferred zone cannot be served.
     #[error("the zone cannot be served: {0}")]
     Load(crate::LoadError),
+    /// The secondary's key is not among the server's keys.
+    #[error("no TSIG key {0} for the requests to the primary")]
+    NoKey(Name<Vec<u8>>),
 }
 
 impl core::fmt::Debug for NameServer {
@@ -288,22 +299,34 @@ impl NameServer {
         let notify = self.notify.borrow();
         let Some((spawner, targets)) = notify.as_ref() else { return };
         for t in targets.iter().filter(|t| t.zone.as_ref().is_none_or(|z| z.name_eq(zone))) {
-            let (ns, zone, addr) = (self.clone(), zone.clone(), t.addr);
-            spawner.spawn(async move { ns.notify_one(zone, addr).await });
+            let (ns, zone, target) = (self.clone(), zone.clone(), t.clone());
+            spawner.spawn(async move { ns.notify_one(zone, target).await });
         }
     }
 
-    async fn notify_one(self: Rc<Self>, zone: Name<Vec<u8>>, addr: SocketAddr) {
+    async fn notify_one(self: Rc<Self>, zone: Name<Vec<u8>>, target: NotifyTarget) {
         const TRIES: u32 = 5;
+        let addr = target.addr;
         for _ in 0..TRIES {
             let id = self.id();
-            let message = {
+            let (request, serial) = {
                 let server = self.server.borrow();
                 let Some(z) = server.catalog().zone(zone.for_slice()) else { return };
-                (secondary::notify(id, z), z.serial())
+                let key = match &target.key {
+                    Some(name) => match server.key(name.for_slice()) {
+                        Some(k) => Some(k),
+                        None => {
+                            log::error!("dns: NOTIFY of {zone} to {addr} not sent: no TSIG key {name}");
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                (Request::signed(secondary::notify(id, z), key, unix_time()), z.serial())
             };
             let Some(socket) = self.udp.borrow().clone() else { return };
-            let ack = Rc::new(Ack { to: addr, signal: Signal::default(), rcode: Cell::new(None) });
+            let message = (request.message.clone(), serial);
+            let ack = Rc::new(Ack { to: addr, signal: Signal::default(), rcode: Cell::new(None), request });
             self.acks.borrow_mut().insert(id, ack.clone());
             let sent = socket.send_to(&message.0, addr).await;
             let answered = sent.is_ok() && timeout(Duration::from_secs(2), ack.signal.wait()).await.is_ok();
@@ -328,11 +351,20 @@ impl NameServer {
         let id = u16::from_be_bytes([message[0], message[1]]);
         let acks = self.acks.borrow();
         let Some(ack) = acks.get(&id).filter(|a| a.to.ip() == from.ip()) else { return };
-        ack.rcode.set(Some(match secondary::notify_acknowledged(message, id) {
+        let rcode = match secondary::notify_acknowledged(message, id) {
             Ok(true) => Rcode::NOERROR,
             Ok(false) => return,
             Err(r) => r,
-        }));
+        };
+        // A signed NOTIFY's acknowledgement must be signed with its key
+        // (refusals of the signature come unsigned: they say why).
+        if let Err(e) = ack.request.check_answer(message, unix_time()) {
+            log::warn!("dns: answer from {from} to a NOTIFY ignored: {e}");
+            if !matches!(e, XfrError::Tsig(VerifyError::Refused(_))) {
+                return;
+            }
+        }
+        ack.rcode.set(Some(rcode));
         ack.signal.raise();
     }
 
@@ -401,6 +433,12 @@ impl NameServer {
         const WAIT: u64 = 10;
         let limit = Duration::from_secs(WAIT);
         let apex = zone.zone.for_slice();
+        let key = match &zone.key {
+            Some(name) => Some(
+                self.server.borrow().key(name.for_slice()).cloned().ok_or_else(|| RefreshError::NoKey(name.clone()))?,
+            ),
+            None => None,
+        };
         let mut stream = timeout(limit, TcpStream::connect(stack, zone.primary))
             .await
             .map_err(|_| RefreshError::Timeout(WAIT))?
@@ -409,9 +447,10 @@ impl NameServer {
         let mut buf = vec![0u8; 16 * 1024];
         if let Some(current) = current {
             let id = self.id();
-            let q = secondary::query(id, apex, Rtype::SOA);
-            stream.write_all(&frame(&q)).await.map_err(RefreshError::Tcp)?;
+            let q = Request::signed(secondary::query(id, apex, Rtype::SOA), key.as_ref(), unix_time());
+            stream.write_all(&frame(&q.message)).await.map_err(RefreshError::Tcp)?;
             let answer = read_message(&mut stream, &mut deframer, &mut buf, limit).await?;
+            q.check_answer(&answer, unix_time()).map_err(RefreshError::Xfr)?;
             let serial = secondary::soa_answer_serial(&answer, id, apex).map_err(RefreshError::Xfr)?;
             if !serial_gt(serial, current) {
                 stream.shutdown();
@@ -419,8 +458,13 @@ impl NameServer {
             }
         }
         let id = self.id();
-        stream.write_all(&frame(&secondary::query(id, apex, Rtype::AXFR))).await.map_err(RefreshError::Tcp)?;
+        let now = unix_time();
+        let q = Request::signed(secondary::query(id, apex, Rtype::AXFR), key.as_ref(), now);
+        stream.write_all(&frame(&q.message)).await.map_err(RefreshError::Tcp)?;
         let mut reader = AxfrReader::new(id, zone.zone.clone());
+        if let Some(verifier) = q.verifier {
+            reader = reader.with_tsig(verifier, now);
+        }
         loop {
             let message = read_message(&mut stream, &mut deframer, &mut buf, limit).await?;
             if reader.push(&message).map_err(RefreshError::Xfr)? {
@@ -527,8 +571,7 @@ impl NameServer {
     /// journal, when there is one, before the answer goes out.
     async fn serve_message(self: &Rc<Self>, message: &[u8], transport: Transport, client: IpAddr) -> Reply {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let unix_time = skiff_rt::time::wall_clock_nanos() / 1_000_000_000;
-        let peer = Peer { transport, addr: client, now_ms, unix_time };
+        let peer = Peer { transport, addr: client, now_ms, unix_time: unix_time() };
         #[cfg(feature = "store")]
         let before = match &self.journal {
             Some(_) => self.server.borrow().update_zone_records(message),
@@ -620,6 +663,11 @@ impl<D: skiff_store::BlockDevice> Keep for Journal<D> {
     fn sync(&self) -> Pin<Box<dyn Future<Output = Result<(), JournalError>> + '_>> {
         Box::pin(Journal::sync(self))
     }
+}
+
+/// Seconds since the UNIX epoch, by the wall clock (TSIG).
+fn unix_time() -> u64 {
+    skiff_rt::time::wall_clock_nanos() / 1_000_000_000
 }
 
 /// The next whole message on `stream`, within `limit`.

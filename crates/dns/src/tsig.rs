@@ -245,6 +245,143 @@ impl<'k> Signer<'k> {
     }
 }
 
+/// Signs a request (RFC 8945 section 4.3.1): appends a TSIG record with
+/// `key`'s MAC over `msg` at `now` (seconds since the epoch). Returns the
+/// request's MAC, which the answers are checked against ([`Verifier`]).
+pub fn sign_request(msg: &mut Vec<u8>, key: &Key, now: u64) -> Vec<u8> {
+    let mut mac = key.mac();
+    mac.update(msg);
+    variables(&mut mac, &key.name, now, FUDGE, 0, &[]);
+    let digest = mac.finalize().into_bytes().to_vec();
+    let id = u16::from_be_bytes([msg[0], msg[1]]);
+    append_tsig(msg, &key.name, now, &digest, id, 0, &[]);
+    digest
+}
+
+/// Why an answer to a signed request fails its TSIG check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The answer is not signed where it must be: the first message, the
+    /// last one, or after 99 unsigned ones (RFC 8945 section 5.3.1).
+    #[error("the answer is not signed")]
+    Unsigned,
+    /// The TSIG record is malformed, not last, or not HMAC-SHA256.
+    #[error("the answer's TSIG record is malformed")]
+    Malformed,
+    /// The answer is signed with another key than the request.
+    #[error("the answer is signed with another key")]
+    OtherKey,
+    /// The MAC does not verify.
+    #[error("the answer's TSIG signature is wrong")]
+    BadSig,
+    /// The time signed is outside the fudge.
+    #[error("the answer's TSIG time is outside the fudge")]
+    BadTime,
+    /// The other side refused the request's signature (its TSIG error:
+    /// 16 BADSIG, 17 BADKEY, 18 BADTIME).
+    #[error("the other side refused the request's signature (TSIG error {0})")]
+    Refused(u16),
+}
+
+/// The most unsigned messages in a row of a signed answer.
+const MAX_UNSIGNED: usize = 99;
+
+/// Checks the answers to a request signed by [`sign_request`]: one, or a
+/// zone transfer's many (RFC 8945 section 5.3.1). The first and the last
+/// message must be signed; the ones between may be unsigned (at most 99
+/// in a row), and each signed message's MAC then covers them.
+#[derive(Clone)]
+pub struct Verifier {
+    key: Key,
+    prior: Vec<u8>,
+    /// Unsigned messages since the last signed one.
+    pending: Vec<u8>,
+    unsigned: usize,
+    first: bool,
+}
+
+impl core::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Verifier").field("key", &self.key).field("unsigned", &self.unsigned).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for the answers to a request signed with `key` whose MAC
+    /// was `request_mac`.
+    pub fn new(key: &Key, request_mac: Vec<u8>) -> Verifier {
+        Verifier { key: key.clone(), prior: request_mac, pending: Vec::new(), unsigned: 0, first: true }
+    }
+
+    /// Checks the next answer message at `now`.
+    pub fn check(&mut self, msg: &[u8], now: u64) -> Result<(), VerifyError> {
+        let start = match find_tsig(msg) {
+            Tsig::At(start) => start,
+            Tsig::Misplaced => return Err(VerifyError::Malformed),
+            Tsig::None => {
+                if self.first || self.unsigned >= MAX_UNSIGNED {
+                    return Err(VerifyError::Unsigned);
+                }
+                self.unsigned += 1;
+                self.pending.extend_from_slice(msg);
+                return Ok(());
+            }
+        };
+        let raw = parse_tsig(msg, start).ok_or(VerifyError::Malformed)?;
+        if raw.error != 0 && raw.mac.is_empty() {
+            return Err(VerifyError::Refused(raw.error));
+        }
+        if !raw.algorithm.eq_ignore_ascii_case(HMAC_SHA256) || raw.mac.len() > MAC_LEN {
+            return Err(VerifyError::Malformed);
+        }
+        if raw.key_name != self.key.name {
+            return Err(VerifyError::OtherKey);
+        }
+        let mut mac = self.key.mac();
+        mac.update(&(self.prior.len() as u16).to_be_bytes());
+        mac.update(&self.prior);
+        mac.update(&self.pending);
+        let mut head = [0u8; 12];
+        head.copy_from_slice(&msg[..12]);
+        head[..2].copy_from_slice(&raw.original_id.to_be_bytes());
+        let arcount = u16::from_be_bytes([head[10], head[11]]) - 1;
+        head[10..12].copy_from_slice(&arcount.to_be_bytes());
+        mac.update(&head);
+        mac.update(&msg[12..start]);
+        if self.first {
+            variables(&mut mac, &raw.key_name, raw.time, raw.fudge, raw.error, raw.other);
+        } else {
+            mac.update(&raw.time.to_be_bytes()[2..]);
+            mac.update(&raw.fudge.to_be_bytes());
+        }
+        let ok = if raw.mac.len() == MAC_LEN {
+            mac.verify_slice(raw.mac).is_ok()
+        } else {
+            raw.mac.len() >= MIN_MAC_LEN && mac.verify_truncated_left(raw.mac).is_ok()
+        };
+        if !ok {
+            return Err(VerifyError::BadSig);
+        }
+        if raw.error != 0 {
+            return Err(VerifyError::Refused(raw.error));
+        }
+        if now.abs_diff(raw.time) > u64::from(raw.fudge) {
+            return Err(VerifyError::BadTime);
+        }
+        self.prior = raw.mac.to_vec();
+        self.pending.clear();
+        self.unsigned = 0;
+        self.first = false;
+        Ok(())
+    }
+
+    /// Whether the answer may end here: its last message was signed.
+    pub fn finish(&self) -> Result<(), VerifyError> {
+        if self.first || self.unsigned > 0 { Err(VerifyError::Unsigned) } else { Ok(()) }
+    }
+}
+
 /// The bytes a signed TSIG record (HMAC-SHA256, no other data) adds to a
 /// response signed with `key`: what a UDP answer leaves room for.
 pub fn signed_len(key: &Key) -> usize {
@@ -397,6 +534,99 @@ fn parse_tsig(msg: &[u8], start: usize) -> Option<RawTsig<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(secret: &[u8]) -> Key {
+        Key::new("xfr", secret.to_vec()).unwrap()
+    }
+
+    /// A response with `id` and one question, a name of one label that
+    /// differs with `n`.
+    fn message(id: u16, n: usize) -> Vec<u8> {
+        let mut m = alloc::vec![0u8; 12];
+        m[..2].copy_from_slice(&id.to_be_bytes());
+        m[2] = 0x80;
+        m[5] = 1;
+        let len = n % 60 + 1;
+        m.push(len as u8);
+        m.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+        m.extend_from_slice(&[0, 0, 6, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn a_signed_request_checks_and_its_signed_answers_verify() {
+        let k = key(b"secret");
+        let mut request = message(7, 20);
+        request[2] = 0;
+        let mac = sign_request(&mut request, &k, 1_000);
+        let Checked::Good(req) = check(&request, core::slice::from_ref(&k), 1_010) else { panic!("not good") };
+        assert_eq!(req.mac, mac);
+        // Three answers, each signed: all verify, and the stream is whole.
+        let mut signer = Signer::new(&k, &req);
+        let mut v = Verifier::new(&k, mac.clone());
+        for i in 0..3 {
+            let mut answer = message(7, 100 + i);
+            signer.sign(&mut answer, 1_020, 0);
+            v.check(&answer, 1_030).unwrap();
+        }
+        v.finish().unwrap();
+        // Another key's answer, a changed byte, a stale time: refused.
+        let mut answer = message(7, 50);
+        Signer::new(&key(b"other"), &req).sign(&mut answer, 1_020, 0);
+        assert_eq!(Verifier::new(&k, mac.clone()).check(&answer, 1_020), Err(VerifyError::BadSig));
+        let mut answer = message(7, 50);
+        Signer::new(&k, &req).sign(&mut answer, 1_020, 0);
+        let mut flipped = answer.clone();
+        flipped[14] ^= 1;
+        assert_eq!(Verifier::new(&k, mac.clone()).check(&flipped, 1_020), Err(VerifyError::BadSig));
+        assert_eq!(Verifier::new(&k, mac.clone()).check(&answer, 5_000), Err(VerifyError::BadTime));
+        // An unsigned first answer, or an answer ending unsigned.
+        assert_eq!(Verifier::new(&k, mac.clone()).check(&message(7, 50), 1_020), Err(VerifyError::Unsigned));
+        let mut v = Verifier::new(&k, mac.clone());
+        v.check(&answer, 1_020).unwrap();
+        v.check(&message(7, 60), 1_020).unwrap();
+        assert_eq!(v.finish(), Err(VerifyError::Unsigned));
+        // A refusal of the request's signature carries its error, unsigned.
+        let mut refusal = message(7, 10);
+        append_unsigned(&mut refusal, &req, TsigError::BadKey);
+        assert_eq!(Verifier::new(&k, mac).check(&refusal, 1_020), Err(VerifyError::Refused(17)));
+    }
+
+    #[test]
+    fn unsigned_messages_between_signed_ones_are_covered_by_the_next_mac() {
+        let k = key(b"secret");
+        let mut request = message(9, 20);
+        request[2] = 0;
+        let request_mac = sign_request(&mut request, &k, 1_000);
+        let Checked::Good(req) = check(&request, core::slice::from_ref(&k), 1_000) else { panic!("not good") };
+        let mut first = message(9, 30);
+        let mut signer = Signer::new(&k, &req);
+        signer.sign(&mut first, 1_000, 0);
+        // Two unsigned messages, then one signed over them (section 5.3.1).
+        let (second, third) = (message(9, 40), message(9, 41));
+        let mut last = message(9, 42);
+        let mut mac = k.mac();
+        mac.update(&(MAC_LEN as u16).to_be_bytes());
+        mac.update(&signer.prior);
+        mac.update(&second);
+        mac.update(&third);
+        mac.update(&last);
+        mac.update(&1_000u64.to_be_bytes()[2..]);
+        mac.update(&FUDGE.to_be_bytes());
+        let digest = mac.finalize().into_bytes().to_vec();
+        append_tsig(&mut last, &k.name, 1_000, &digest, 9, 0, &[]);
+        let mut v = Verifier::new(&k, request_mac.clone());
+        for m in [&first, &second, &third, &last] {
+            v.check(m, 1_000).unwrap();
+        }
+        v.finish().unwrap();
+        // Leave one unsigned message out: the last MAC no longer verifies.
+        let mut v = Verifier::new(&k, request_mac);
+        for m in [&first, &second] {
+            v.check(m, 1_000).unwrap();
+        }
+        assert_eq!(v.check(&last, 1_000), Err(VerifyError::BadSig));
+    }
 
     #[test]
     fn names_parse() {

@@ -123,6 +123,8 @@ pub enum Why {
     OverUdp,
     /// The update is malformed or its prerequisites do not hold.
     Rcode(Rcode),
+    /// A NOTIFY not signed with the key its zone's primary uses.
+    NotSignedWith(Name<Vec<u8>>),
 }
 
 impl core::fmt::Display for Why {
@@ -136,6 +138,7 @@ impl core::fmt::Display for Why {
             Why::NotAuthoritative => f.write_str("zone not served here"),
             Why::OverUdp => f.write_str("AXFR over UDP"),
             Why::Rcode(r) => write!(f, "{r}"),
+            Why::NotSignedWith(k) => write!(f, "not signed with the primary's key {k}"),
         }
     }
 }
@@ -333,7 +336,7 @@ impl Server<'_> {
         } else if opcode == Opcode::QUERY && is_transfer(&body) {
             self.transfer(&body, peer, key)
         } else if opcode == Opcode::NOTIFY {
-            self.notified(&body, peer)
+            self.notified(&body, peer, key.as_ref())
         } else {
             // A signed answer over UDP leaves room for its TSIG record
             // within the client's payload size (truncated if need be).
@@ -372,6 +375,8 @@ impl Server<'_> {
             Some(Event::UpdateRefused { zone, client: peer.addr, key, why: Why::Tsig(error) })
         } else if opcode == Opcode::QUERY && is_transfer(&body) {
             Some(Event::TransferRefused { zone, client: peer.addr, key, why: Why::Tsig(error) })
+        } else if opcode == Opcode::NOTIFY {
+            Some(Event::NotifyRefused { zone, client: peer.addr, why: Why::Tsig(error) })
         } else {
             None
         };
@@ -484,7 +489,7 @@ impl Server<'_> {
 
     /// A NOTIFY (RFC 1996): accepted from a secondary zone's primary,
     /// refused otherwise.
-    fn notified(&self, body: &[u8], peer: &Peer) -> Reply {
+    fn notified(&self, body: &[u8], peer: &Peer, key: Option<&Name<Vec<u8>>>) -> Reply {
         let Ok(msg) = Message::from_octets(body) else { return Reply::default() };
         let max = self.config.max_udp_payload;
         let Ok(question) = msg.sole_question() else {
@@ -495,10 +500,10 @@ impl Server<'_> {
             let event = Event::NotifyRefused { zone: zone.clone(), client: peer.addr, why };
             Reply::one(error_answer(msg, &refusal(rcode), max), Some(event))
         };
-        match crate::secondary::from_primary(&self.config.secondaries, zone.for_slice(), peer.addr) {
+        match crate::secondary::from_primary(&self.config.secondaries, zone.for_slice(), peer.addr, key) {
             None => refuse(Rcode::NOTAUTH, Why::NotAuthoritative),
-            Some(false) => refuse(Rcode::REFUSED, Why::NotAllowed),
-            Some(true) => {
+            Some(Err(why)) => refuse(Rcode::REFUSED, why),
+            Some(Ok(())) => {
                 let serial = msg
                     .answer()
                     .ok()
@@ -513,6 +518,13 @@ impl Server<'_> {
                 Reply::one(answer, Some(Event::Notified { zone, client: peer.addr, serial }))
             }
         }
+    }
+
+    /// The configured TSIG key named `name` ([`Config::keys`]).
+    ///
+    /// [`Config::keys`]: crate::Config::keys
+    pub fn key(&self, name: &Name<[u8]>) -> Option<&tsig::Key> {
+        self.config.keys.iter().find(|k| k.name().name_eq(name))
     }
 
     /// Removes the zone at `apex` (a secondary zone that expired); whether

@@ -180,7 +180,7 @@ fn skiff_loads_a_zone_from_nsd_and_follows_its_serial_after_a_notify() {
         .unwrap_or_else(|| panic!("nsd did not start:\n{}", nsd.log()));
     let zone = name("example.com.");
     let mut server = server_without_example_com(Config {
-        secondaries: vec![Secondary { zone: zone.clone(), primary: nsd.addr() }],
+        secondaries: vec![Secondary { zone: zone.clone(), primary: nsd.addr(), key: None }],
         ..Config::default()
     });
     assert!(server.catalog().zone(zone.for_slice()).is_none());

@@ -10,7 +10,7 @@
 //!     [--max-udp-payload N] [--minimal-responses]
 //!     [--tcp-idle-timeout SECS] [--tcp-max-connections N]
 //!     [--tsig-key NAME:hmac-sha256:BASE64]... [--allow-transfer RULE]... [--allow-update RULE]...
-//!     [--notify [ZONE=]ADDR[:PORT]]... [--secondary ZONE=PRIMARY[:PORT]]...
+//!     [--notify [ZONE=]ADDR[:PORT][,key=NAME]]... [--secondary ZONE=PRIMARY[:PORT][,key=NAME]]...
 //!     [--ipv4 ADDR/PREFIX --gateway ADDR | --dhcp]
 //! ```
 #![no_std]
@@ -93,13 +93,17 @@ async fn serve(env: skiff::Env, #[cfg(feature = "disk")] disk: Option<Disk>) -> 
     let (kept, ns) = (false, NameServer::new(server, options.serve));
     ns.notify_to(env.spawner(), options.notify.clone());
     for secondary in &options.dns.secondaries {
-        info!("zone {} is a secondary of {}", secondary.zone, secondary.primary);
+        match &secondary.key {
+            Some(k) => info!("zone {} is a secondary of {} (TSIG key {k})", secondary.zone, secondary.primary),
+            None => info!("zone {} is a secondary of {}", secondary.zone, secondary.primary),
+        }
         env.spawn(ns.clone().serve_secondary(stack.clone(), secondary.clone()));
     }
     for t in &options.notify {
+        let signed = t.key.as_ref().map(|k| format!(" (TSIG key {k})")).unwrap_or_default();
         match &t.zone {
-            Some(z) => info!("NOTIFY for {z} goes to {}", t.addr),
-            None => info!("NOTIFY for every zone goes to {}", t.addr),
+            Some(z) => info!("NOTIFY for {z} goes to {}{signed}", t.addr),
+            None => info!("NOTIFY for every zone goes to {}{signed}", t.addr),
         }
     }
     let addr = stack.wait_ipv4().await;
@@ -242,11 +246,20 @@ impl Options {
             o.dns.rate_limit = Some(rate);
         }
         // A rule naming a key that was not given could never match.
+        let known = |k: &skiff::dns::domain::base::Name<Vec<u8>>| o.dns.keys.iter().any(|key| key.name() == k.for_slice());
         for rule in o.dns.allow_transfer.iter().chain(&o.dns.allow_update) {
             if let Some(k) = &rule.key
-                && !o.dns.keys.iter().any(|key| key.name() == k.for_slice())
+                && !known(k)
             {
                 return Err(ArgError::Key(format!("no key {k} for the access rule (give it with --tsig-key)")));
+            }
+        }
+        let keyed = o.notify.iter().map(|t| (&t.key, "--notify")).chain(o.dns.secondaries.iter().map(|s| (&s.key, "--secondary")));
+        for (key, flag) in keyed {
+            if let Some(k) = key
+                && !known(k)
+            {
+                return Err(ArgError::Key(format!("no key {k} for {flag} (give it with --tsig-key)")));
             }
         }
         Ok(o)
@@ -292,21 +305,31 @@ fn parse_zone(text: &str) -> Option<skiff::dns::domain::base::Name<Vec<u8>>> {
     skiff::dns::domain::base::Name::from_chars(text.chars()).ok()
 }
 
-/// `[ZONE=]ADDR[:PORT]`.
-fn parse_notify(text: &str) -> Result<NotifyTarget, ArgError> {
-    let bad = || ArgError::Bad { flag: "--notify", value: text.into(), want: "[ZONE=]ADDR[:PORT]" };
-    let (zone, addr) = match text.split_once('=') {
-        Some((z, a)) => (Some(parse_zone(z).ok_or_else(bad)?), a),
-        None => (None, text),
-    };
-    Ok(NotifyTarget { zone, addr: parse_addr(addr).ok_or_else(bad)? })
+/// `TEXT[,key=NAME]`: the text and the key's name.
+fn with_key(text: &str) -> Option<(&str, Option<skiff::dns::domain::base::Name<Vec<u8>>>)> {
+    match text.split_once(',') {
+        Some((rest, key)) => Some((rest, Some(parse_zone(key.strip_prefix("key=")?)?))),
+        None => Some((text, None)),
+    }
 }
 
-/// `ZONE=PRIMARY[:PORT]`.
+/// `[ZONE=]ADDR[:PORT][,key=NAME]`.
+fn parse_notify(text: &str) -> Result<NotifyTarget, ArgError> {
+    let bad = || ArgError::Bad { flag: "--notify", value: text.into(), want: "[ZONE=]ADDR[:PORT][,key=NAME]" };
+    let (target, key) = with_key(text).ok_or_else(bad)?;
+    let (zone, addr) = match target.split_once('=') {
+        Some((z, a)) => (Some(parse_zone(z).ok_or_else(bad)?), a),
+        None => (None, target),
+    };
+    Ok(NotifyTarget { zone, addr: parse_addr(addr).ok_or_else(bad)?, key })
+}
+
+/// `ZONE=PRIMARY[:PORT][,key=NAME]`.
 fn parse_secondary(text: &str) -> Result<Secondary, ArgError> {
-    let bad = || ArgError::Bad { flag: "--secondary", value: text.into(), want: "ZONE=PRIMARY[:PORT]" };
-    let (zone, primary) = text.split_once('=').ok_or_else(bad)?;
-    Ok(Secondary { zone: parse_zone(zone).ok_or_else(bad)?, primary: parse_addr(primary).ok_or_else(bad)? })
+    let bad = || ArgError::Bad { flag: "--secondary", value: text.into(), want: "ZONE=PRIMARY[:PORT][,key=NAME]" };
+    let (target, key) = with_key(text).ok_or_else(bad)?;
+    let (zone, primary) = target.split_once('=').ok_or_else(bad)?;
+    Ok(Secondary { zone: parse_zone(zone).ok_or_else(bad)?, primary: parse_addr(primary).ok_or_else(bad)?, key })
 }
 
 fn parse_rule(text: &str, flag: &'static str) -> Result<AclRule, ArgError> {
