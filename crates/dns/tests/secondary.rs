@@ -1,7 +1,8 @@
 //! Transfers and NOTIFY between Skiff's sans-IO pieces and NSD (Debian
 //! `nsd`, from scripts/setup) on loopback ports the test picks: Skiff as a
 //! secondary of NSD (AXFR, NOTIFY in, the serial followed), and NSD as a
-//! secondary of Skiff (AXFR out, NOTIFY out, the change served by NSD).
+//! secondary of Skiff (AXFR out, NOTIFY out, the change served by NSD),
+//! and TSIG on the secondary's side against NSD with a key.
 
 mod common;
 
@@ -16,7 +17,8 @@ use common::{Opts, parse, query, zones_dir};
 use domain::base::iana::Rtype;
 use domain::base::name::Name;
 use skiff_dns::build::{ZoneFile, compile_files};
-use skiff_dns::secondary::{self, AxfrReader, Secondary};
+use skiff_dns::secondary::{self, AxfrReader, Request, Secondary, XfrError};
+use skiff_dns::tsig::{Key, VerifyError};
 use skiff_dns::{AclRule, Catalog, Config, Event, Peer, Record, Server, Transport};
 
 /// An NSD on 127.0.0.1 with the `zones` part of its configuration.
@@ -304,4 +306,165 @@ fn nsd_takes_the_zone_from_skiff_after_a_notify() {
         .unwrap_or_else(|| panic!("NSD does not serve the change:\n{}", nsd.log()));
     assert_eq!(fresh, ["fresh.example.com 300 A 192.0.2.201"]);
     assert!(soa(&nsd).unwrap()[0].contains("2024010102"));
+}
+
+/// The messages of an answer from `to` to the AXFR `request` for
+/// example.org, as sent: up to an error or the closing SOA.
+fn tcp_messages(to: SocketAddr, request: &[u8]) -> Vec<Vec<u8>> {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&skiff_dns::tcp::frame(request)).unwrap();
+    let mut end = AxfrReader::new(u16::from_be_bytes([request[0], request[1]]), name("example.org."));
+    let mut messages = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("an answer from NSD");
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut msg).unwrap();
+        let done = msg[3] & 0x0f != 0 || end.push(&msg).unwrap_or(true);
+        messages.push(msg);
+        if done {
+            return messages;
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+const XFR_SECRET: &[u8] = b"xfr-secret-for-the-secondary-tests";
+
+#[test]
+fn signed_transfers_from_nsd_are_checked_message_by_message() {
+    let dir = temp_dir("tsig");
+    let mut text = String::from(
+        "$ORIGIN example.org.\n$TTL 3600\n@ SOA ns1 hostmaster 1 3600 600 86400 300\n@ NS ns1\nns1 A 192.0.2.53\n",
+    );
+    for i in 0..6000 {
+        text += &format!("host{i} A 198.51.{}.{}\n", i / 250, i % 250 + 1);
+    }
+    std::fs::write(dir.join("example.org.zone"), &text).unwrap();
+    let skiff = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nsd = Nsd::start(
+        &dir,
+        &format!(
+            "key:\n  name: \"xfr\"\n  algorithm: hmac-sha256\n  secret: \"{}\"\nzone:\n  name: \"example.org.\"\n  \
+             zonefile: \"example.org.zone\"\n  provide-xfr: 127.0.0.1 xfr\n  notify: 127.0.0.1@{} xfr\n",
+            base64_secret(XFR_SECRET),
+            skiff.local_addr().unwrap().port()
+        ),
+    );
+    wait(Duration::from_secs(10), || nsd.answer("example.org.", Rtype::SOA).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("nsd did not start:\n{}", nsd.log()));
+    let zone = name("example.org.");
+    let key = Key::new("xfr", XFR_SECRET.to_vec()).unwrap();
+    let axfr = |id: u16, key: Option<&Key>| {
+        let t = now();
+        let q = Request::signed(secondary::query(id, zone.for_slice(), Rtype::AXFR), key, t);
+        let reader = AxfrReader::new(id, zone.clone());
+        let reader = match q.verifier.clone() {
+            Some(v) => reader.with_tsig(v, t),
+            None => reader,
+        };
+        (reader, tcp_messages(nsd.addr(), &q.message))
+    };
+
+    // Signed: NSD sends ten messages and signs each (unsigned ones between
+    // signed ones, as RFC 8945 allows, are covered by the unit tests).
+    let (mut reader, messages) = axfr(0x1111, Some(&key));
+    assert!(messages.len() >= 3, "{} messages", messages.len());
+    let mut whole = false;
+    for m in &messages {
+        whole = reader.push(m).unwrap_or_else(|e| panic!("{e}\n{}", nsd.log()));
+    }
+    assert!(whole);
+    assert_eq!(reader.into_records().unwrap().len(), 6003);
+
+    // A record changed on the way: its message's signature fails.
+    let (mut reader, mut messages) = axfr(0x2222, Some(&key));
+    let middle = messages.len() / 2;
+    // The last byte of an address in it (198.51.x.y).
+    let at = messages[middle].windows(2).position(|w| w == [198, 51]).unwrap() + 3;
+    messages[middle][at] ^= 1;
+    let result: Result<Vec<bool>, XfrError> = messages.iter().map(|m| reader.push(m)).collect();
+    assert_eq!(result.unwrap_err(), XfrError::Tsig(VerifyError::BadSig));
+    // A message left out: the same.
+    let (mut reader, mut messages) = axfr(0x3333, Some(&key));
+    messages.remove(middle);
+    let result: Result<Vec<bool>, XfrError> = messages.iter().map(|m| reader.push(m)).collect();
+    assert_eq!(result.unwrap_err(), XfrError::Tsig(VerifyError::BadSig));
+
+    // NSD refuses an unsigned request, and one signed with a wrong secret
+    // (BADSIG, unsigned: the error is all the verifier can say).
+    let (mut reader, messages) = axfr(0x4444, None);
+    assert_eq!(reader.push(&messages[0]).unwrap_err(), XfrError::Rcode(domain::base::iana::Rcode::REFUSED));
+    let wrong = Key::new("xfr", b"another secret".to_vec()).unwrap();
+    let (mut reader, messages) = axfr(0x5555, Some(&wrong));
+    assert_eq!(reader.push(&messages[0]).unwrap_err(), XfrError::Tsig(VerifyError::Refused(16)));
+
+    // A signed SOA query: the answer's signature is checked.
+    let q = Request::signed(secondary::query(0x6666, zone.for_slice(), Rtype::SOA), Some(&key), now());
+    let mut answer = Vec::new();
+    tcp_exchange(nsd.addr(), &q.message, |m| {
+        answer = m.to_vec();
+        true
+    });
+    q.check_answer(&answer, now()).unwrap();
+    assert_eq!(secondary::soa_answer_serial(&answer, 0x6666, zone.for_slice()), Ok(1));
+    let mut forged = answer.clone();
+    forged[20] ^= 0x20;
+    assert!(q.check_answer(&forged, now()).is_err());
+
+    // NSD's NOTIFY (after a reload) is signed with the key: accepted when
+    // the secondary expects that key, refused when it expects another.
+    let text = text.replace(" 1 3600 600", " 2 3600 600");
+    std::fs::write(dir.join("example.org.zone"), &text).unwrap();
+    nsd.signal("-HUP");
+    skiff.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let config = |expect: &str| Config {
+        keys: vec![key.clone(), Key::new("other", b"x".to_vec()).unwrap()],
+        secondaries: vec![Secondary { zone: zone.clone(), primary: nsd.addr(), key: Some(name(expect)) }],
+        ..Config::default()
+    };
+    let mut server = server_without_example_com(config("xfr."));
+    let mut strict = server_without_example_com(config("other."));
+    loop {
+        let (n, from) =
+            skiff.recv_from(&mut buf).unwrap_or_else(|e| panic!("no NOTIFY from NSD ({e}):\n{}", nsd.log()));
+        let peer = Peer { transport: Transport::Udp, addr: from.ip(), now_ms: 0, unix_time: now() };
+        let refused = strict.serve(&buf[..n], &peer);
+        assert!(
+            matches!(&refused.event, Some(Event::NotifyRefused { why, .. }) if why.to_string().contains("key other")),
+            "{:?}",
+            refused.event
+        );
+        let reply = server.serve(&buf[..n], &peer);
+        // The acknowledgement is signed: NSD takes it.
+        skiff.send_to(&reply.messages[0], from).unwrap();
+        match reply.event {
+            Some(Event::Notified { serial: Some(2), .. }) => break,
+            Some(Event::Notified { serial: Some(1), .. }) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// `bytes` in base64 (NSD's key files), without a crate for one line.
+fn base64_secret(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -40,6 +40,11 @@ impl NameServer {
 
     /// `image` with `tender_args` (beyond the network's) and `guest_args`.
     fn start_with(image: &Path, tender_args: &[&str], guest_args: &[&str]) -> NameServer {
+        Self::start_on(free_port(), image, tender_args, guest_args)
+    }
+
+    /// [`NameServer::start_with`], published on 127.0.0.1:`port`.
+    fn start_on(port: u16, image: &Path, tender_args: &[&str], guest_args: &[&str]) -> NameServer {
         require_kvm();
         require_program("kdig", "knot-dnsutils");
         let dir = workspace().join("target/nameserver-tests");
@@ -47,7 +52,6 @@ impl NameServer {
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = dir.join(format!("{}-{n}.out", std::process::id()));
         let file = std::fs::File::create(&out).unwrap();
-        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
             .args(["--net", "service=user", "--timeout", "120s"])
             .args(["--publish", &format!("127.0.0.1:{port}:53/udp"), "--publish", &format!("127.0.0.1:{port}:53/tcp")])
@@ -565,4 +569,275 @@ fn updates_kept_on_a_disk_survive_a_stop_and_a_kill() {
     assert_eq!(ns.serial(), built + 2);
     drop(ns);
     let _ = std::fs::remove_file(&file);
+}
+
+/// NSD (Debian `nsd`) on 127.0.0.1:`port`, in a directory of its own under
+/// target/nameserver-tests, with `zones` as the zone part of its
+/// configuration; stopped and removed on drop.
+struct Nsd {
+    child: Guard,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Nsd {
+    /// A fresh directory for NSD's configuration and zone files.
+    fn dir(what: &str) -> PathBuf {
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = workspace().join(format!("target/nameserver-tests/nsd-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn start(dir: &Path, port: u16, zones: &str) -> Nsd {
+        require_program("nsd", "nsd");
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
+             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
+             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 2\n  rrl-ratelimit: 0\n  \
+             zonesdir: \"{d}\"\nremote-control:\n  control-enable: no\n{zones}"
+        );
+        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+        let child = Command::new("nsd")
+            .args(["-d", "-c"])
+            .arg(dir.join("nsd.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nsd");
+        Nsd { child: Guard(child), dir: dir.to_path_buf(), port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+    }
+
+    /// NSD's answer section for `name` `qtype` (kdig), empty when it has
+    /// none (or does not serve the zone yet).
+    fn answer(&self, name: &str, qtype: &str) -> Vec<String> {
+        let out = Command::new("kdig")
+            .args(["@127.0.0.1", "-p", &self.port.to_string(), "+timeout=1", "+retry=0", name, qtype])
+            .output()
+            .expect("run kdig");
+        section(&String::from_utf8_lossy(&out.stdout), "ANSWER")
+    }
+
+    /// Waits up to `limit` for NSD to answer `name` `qtype` with a record
+    /// containing `want`.
+    fn wait_answer(&self, name: &str, qtype: &str, want: &str, limit: Duration, server: &NameServer) -> Vec<String> {
+        wait_for(limit, || Some(self.answer(name, qtype)).filter(|a| a.iter().any(|l| l.contains(want))))
+            .unwrap_or_else(|| {
+                panic!(
+                    "NSD does not answer {name} {qtype} with {want:?}: {:?}\nNSD:\n{}\nSkiff:\n{}",
+                    self.answer(name, qtype),
+                    self.log(),
+                    server.output()
+                )
+            })
+    }
+
+    fn reload(&self) {
+        let pid = self.child.0.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
+        let stopped = wait_for(Duration::from_secs(5), || self.child.0.try_wait().ok().flatten());
+        if stopped.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Another port free for UDP and TCP than `taken`.
+fn other_free_port(taken: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p != taken {
+            return p;
+        }
+    }
+}
+
+/// example.org as NSD serves it as a primary: serial `serial`, and
+/// `extra` more A records (a zone that needs several AXFR messages).
+fn example_org(serial: u32, extra: usize, more: &str) -> String {
+    let mut z = format!(
+        "$ORIGIN example.org.\n$TTL 3600\n@ IN SOA ns1 hostmaster {serial} 3600 600 86400 300\n@ NS ns1\n\
+         ns1 A 192.0.2.53\nwww A 192.0.2.10\n{more}"
+    );
+    for i in 0..extra {
+        z += &format!("host{i} A 198.51.{}.{}\n", i / 250, i % 250 + 1);
+    }
+    z
+}
+
+const XFR_SECRET: &str = "eGZyLXNlY3JldC1mb3ItdGhlLXNlY29uZGFyeS10ZXN0cw==";
+
+#[test]
+fn nsd_as_a_secondary_of_the_image_serves_an_update_after_its_notify() {
+    const SECRET: &str = "c2tpZmYtdGVzdC1rZXktMzItYnl0ZXMtbG9uZy0hISE=";
+    let nsd_port = free_port();
+    let notify = format!("example.com=10.0.2.2:{nsd_port}");
+    let upd = format!("upd:hmac-sha256:{SECRET}");
+    let ns = NameServer::start_with(
+        image(),
+        &["--net-outbound", "all"],
+        &["--tsig-key", &upd, "--allow-update", "key:upd", "--allow-transfer", "10.0.2.2", "--notify", &notify],
+    );
+    ns.wait_line(&format!("NOTIFY for example.com goes to 10.0.2.2:{nsd_port}"));
+    let serial = ns.serial();
+    // NSD takes example.com from the image (through the published TCP port)
+    // and accepts NOTIFY from the host's loopback, where the tender's
+    // outbound relay sends it from.
+    let nsd = Nsd::start(
+        &Nsd::dir("secondary"),
+        nsd_port,
+        &format!(
+            "zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  request-xfr: AXFR 127.0.0.1@{} NOKEY\n  \
+             allow-notify: 127.0.0.1 NOKEY\n",
+            ns.tcp.port()
+        ),
+    );
+    nsd.wait_answer("example.com", "SOA", &format!(" {serial} "), Duration::from_secs(20), &ns);
+    assert_eq!(nsd.answer("web.example.com", "A"), ["web.example.com. 3600 IN A 192.0.2.80"]);
+    ns.wait_line(&format!("AXFR of example.com serial {serial} to 10.0.2.2"));
+
+    // An update at the image: its NOTIFY reaches NSD, which transfers the
+    // zone again and serves the new record.
+    let key = format!("hmac-sha256:upd:{SECRET}");
+    let (ok, out) = nsupdate(&ns, Some(&key), "zone example.com.\nupdate add fresh.example.com. 300 A 192.0.2.99");
+    assert!(ok, "{out}\nserver:\n{}", ns.output());
+    ns.wait_line(&format!("NOTIFY of example.com serial {} to 10.0.2.2:{nsd_port} acknowledged", serial + 1));
+    let fresh = nsd.wait_answer("fresh.example.com", "A", "192.0.2.99", Duration::from_secs(15), &ns);
+    assert_eq!(fresh, ["fresh.example.com. 300 IN A 192.0.2.99"]);
+    assert!(nsd.answer("example.com", "SOA")[0].contains(&format!(" {} ", serial + 1)));
+}
+
+#[test]
+fn the_image_as_a_secondary_of_nsd_loads_the_zone_at_boot_and_follows_its_notify() {
+    let nsd_port = free_port();
+    let ns_port = other_free_port(nsd_port);
+    let dir = Nsd::dir("primary");
+    std::fs::write(dir.join("example.org.zone"), example_org(1, 0, "")).unwrap();
+    let nsd = Nsd::start(
+        &dir,
+        nsd_port,
+        &format!(
+            "zone:\n  name: \"example.org.\"\n  zonefile: \"example.org.zone\"\n  provide-xfr: 127.0.0.1 NOKEY\n  \
+             notify: 127.0.0.1@{ns_port} NOKEY\n"
+        ),
+    );
+    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
+
+    // The image loads example.org by AXFR at boot, over an outbound TCP
+    // connection to the host's loopback (10.0.2.2 on the user network).
+    let secondary = format!("example.org=10.0.2.2:{nsd_port}");
+    let ns = NameServer::start_on(ns_port, image(), &["--net-outbound", "all"], &["--secondary", &secondary]);
+    ns.wait_line(&format!("zone example.org serial 1 transferred from 10.0.2.2:{nsd_port}"));
+    assert_eq!(section(&ns.kdig(&["www.example.org", "A"]), "ANSWER"), ["www.example.org. 3600 IN A 192.0.2.10"]);
+    assert!(flags(&ns.kdig(&["www.example.org", "A"])).contains(" aa"));
+
+    // The primary's zone changes; NSD reloads it and sends NOTIFY, which
+    // the image accepts from its primary and follows.
+    std::fs::write(dir.join("example.org.zone"), example_org(2, 0, "fresh A 192.0.2.20\n")).unwrap();
+    nsd.reload();
+    ns.wait_line("NOTIFY of example.org serial 2 from 10.0.2.2");
+    ns.wait_line(&format!("zone example.org serial 2 transferred from 10.0.2.2:{nsd_port}"));
+    let fresh = ns.kdig(&["fresh.example.org", "A"]);
+    assert_eq!(section(&fresh, "ANSWER"), ["fresh.example.org. 3600 IN A 192.0.2.20"], "{fresh}");
+    let soa = section(&ns.kdig(&["example.org", "SOA"]), "ANSWER");
+    assert!(soa[0].contains(" 2 3600 600 86400 300"), "{soa:?}");
+}
+
+#[test]
+fn tsig_signed_transfers_and_notify_both_ways_with_nsd() {
+    const SECRET: &str = "c2tpZmYtdGVzdC1rZXktMzItYnl0ZXMtbG9uZy0hISE=";
+    let nsd_port = free_port();
+    let ns_port = other_free_port(nsd_port);
+    let dir = Nsd::dir("tsig");
+    // Big enough for NSD to send its AXFR in several messages, signing
+    // only some of them.
+    std::fs::write(dir.join("example.org.zone"), example_org(1, 6000, "")).unwrap();
+    let nsd = Nsd::start(
+        &dir,
+        nsd_port,
+        &format!(
+            "key:\n  name: \"xfr\"\n  algorithm: hmac-sha256\n  secret: \"{XFR_SECRET}\"\n\
+             zone:\n  name: \"example.org.\"\n  zonefile: \"example.org.zone\"\n  provide-xfr: 127.0.0.1 xfr\n  \
+             notify: 127.0.0.1@{ns_port} xfr\n\
+             zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  \
+             request-xfr: AXFR 127.0.0.1@{ns_port} xfr\n  allow-notify: 127.0.0.1 xfr\n"
+        ),
+    );
+    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
+    // NSD refuses an unsigned transfer of example.org.
+    let unsigned =
+        Command::new("kdig").args(["@127.0.0.1", "-p", &nsd_port.to_string(), "example.org", "AXFR"]).output().unwrap();
+    let unsigned = String::from_utf8_lossy(&unsigned.stdout).to_string();
+    assert!(!unsigned.contains("host5999.example.org."), "NSD transfers without the key:\n{unsigned}");
+
+    let xfr = format!("xfr:hmac-sha256:{XFR_SECRET}");
+    let upd = format!("upd:hmac-sha256:{SECRET}");
+    let secondary = format!("example.org=10.0.2.2:{nsd_port},key=xfr");
+    let notify = format!("example.com=10.0.2.2:{nsd_port},key=xfr");
+    let ns = NameServer::start_on(
+        ns_port,
+        image(),
+        &["--net-outbound", "all"],
+        &[
+            "--tsig-key",
+            &xfr,
+            "--tsig-key",
+            &upd,
+            "--allow-update",
+            "key:upd",
+            "--allow-transfer",
+            "key:xfr",
+            "--secondary",
+            &secondary,
+            "--notify",
+            &notify,
+        ],
+    );
+    ns.wait_line("zone example.org is a secondary of 10.0.2.2");
+    // The image's signed AXFR request is answered, every message checked.
+    ns.wait_line(&format!("zone example.org serial 1 transferred from 10.0.2.2:{nsd_port}"));
+    let last = ns.kdig(&["host5999.example.org", "A"]);
+    assert_eq!(section(&last, "ANSWER"), ["host5999.example.org. 3600 IN A 198.51.23.250"], "{last}");
+    // NSD's signed AXFR of example.com from the image.
+    let serial = ns.serial();
+    nsd.wait_answer("example.com", "SOA", &format!(" {serial} "), Duration::from_secs(20), &ns);
+    ns.wait_line(&format!("AXFR of example.com serial {serial} to 10.0.2.2"));
+
+    // An update at the image: its signed NOTIFY is accepted by NSD (which
+    // takes only signed ones), and NSD serves the change.
+    let key = format!("hmac-sha256:upd:{SECRET}");
+    let (ok, out) = nsupdate(&ns, Some(&key), "zone example.com.\nupdate add fresh.example.com. 300 A 192.0.2.99");
+    assert!(ok, "{out}\nserver:\n{}", ns.output());
+    ns.wait_line(&format!("NOTIFY of example.com serial {} to 10.0.2.2:{nsd_port} acknowledged", serial + 1));
+    nsd.wait_answer("fresh.example.com", "A", "192.0.2.99", Duration::from_secs(15), &ns);
+
+    // NSD's signed NOTIFY after a change of example.org: followed.
+    std::fs::write(dir.join("example.org.zone"), example_org(2, 6000, "fresh A 192.0.2.20\n")).unwrap();
+    nsd.reload();
+    ns.wait_line("NOTIFY of example.org serial 2 from 10.0.2.2");
+    ns.wait_line(&format!("zone example.org serial 2 transferred from 10.0.2.2:{nsd_port}"));
+    assert_eq!(section(&ns.kdig(&["fresh.example.org", "A"]), "ANSWER"), ["fresh.example.org. 3600 IN A 192.0.2.20"]);
+
+    // An unsigned NOTIFY for example.org is refused, one line.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut n = query(0x7777, "example.org", 6);
+    n[2] = 0x20 | 0x04; // opcode NOTIFY, AA
+    let answer = udp_ask(&sock, ns.udp, &n, Duration::from_secs(3)).expect("an answer to the NOTIFY");
+    assert_eq!(rcode(&answer), 5, "REFUSED");
+    ns.wait_line("refused NOTIFY of example.org from 10.0.2.2: not signed with the primary's key xfr");
 }
