@@ -385,6 +385,11 @@ impl NameServer {
         let apex = zone.zone.clone();
         // A zone already there (kept on a disk) counts as fresh at boot.
         let mut fresh = self.server.borrow().catalog().zone(apex.for_slice()).map(|_| Instant::now());
+        // No connection out before the stack has its address (DHCP at
+        // boot): a first try without one fails and waits the retry.
+        if zone.primary.is_ipv4() {
+            stack.wait_ipv4().await;
+        }
         loop {
             let current = self.server.borrow().catalog().zone(apex.for_slice()).map(|z| z.serial());
             let result = self.refresh_once(&stack, &zone, current).await;

@@ -742,6 +742,8 @@ fn the_image_as_a_secondary_of_nsd_loads_the_zone_at_boot_and_follows_its_notify
     let secondary = format!("example.org=10.0.2.2:{nsd_port}");
     let ns = NameServer::start_on(ns_port, image(), &["--net-outbound", "all"], &["--secondary", &secondary]);
     ns.wait_line(&format!("zone example.org serial 1 transferred from 10.0.2.2:{nsd_port}"));
+    // At the first try: not before the guest had its address.
+    assert!(!ns.output().contains("refresh of zone example.org"), "{}", ns.output());
     assert_eq!(section(&ns.kdig(&["www.example.org", "A"]), "ANSWER"), ["www.example.org. 3600 IN A 192.0.2.10"]);
     assert!(flags(&ns.kdig(&["www.example.org", "A"])).contains(" aa"));
 
@@ -762,29 +764,9 @@ fn tsig_signed_transfers_and_notify_both_ways_with_nsd() {
     const SECRET: &str = "c2tpZmYtdGVzdC1rZXktMzItYnl0ZXMtbG9uZy0hISE=";
     let nsd_port = free_port();
     let ns_port = other_free_port(nsd_port);
-    let dir = Nsd::dir("tsig");
-    // Big enough for NSD to send its AXFR in several messages, signing
-    // only some of them.
-    std::fs::write(dir.join("example.org.zone"), example_org(1, 6000, "")).unwrap();
-    let nsd = Nsd::start(
-        &dir,
-        nsd_port,
-        &format!(
-            "key:\n  name: \"xfr\"\n  algorithm: hmac-sha256\n  secret: \"{XFR_SECRET}\"\n\
-             zone:\n  name: \"example.org.\"\n  zonefile: \"example.org.zone\"\n  provide-xfr: 127.0.0.1 xfr\n  \
-             notify: 127.0.0.1@{ns_port} xfr\n\
-             zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  \
-             request-xfr: AXFR 127.0.0.1@{ns_port} xfr\n  allow-notify: 127.0.0.1 xfr\n"
-        ),
-    );
-    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
-        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
-    // NSD refuses an unsigned transfer of example.org.
-    let unsigned =
-        Command::new("kdig").args(["@127.0.0.1", "-p", &nsd_port.to_string(), "example.org", "AXFR"]).output().unwrap();
-    let unsigned = String::from_utf8_lossy(&unsigned.stdout).to_string();
-    assert!(!unsigned.contains("host5999.example.org."), "NSD transfers without the key:\n{unsigned}");
-
+    // The image first: NSD asks it for example.com as it starts (and would
+    // retry only after minutes); NSD's NOTIFY at its start then brings the
+    // image's first transfer of example.org.
     let xfr = format!("xfr:hmac-sha256:{XFR_SECRET}");
     let upd = format!("upd:hmac-sha256:{SECRET}");
     let secondary = format!("example.org=10.0.2.2:{nsd_port},key=xfr");
@@ -808,6 +790,28 @@ fn tsig_signed_transfers_and_notify_both_ways_with_nsd() {
             &notify,
         ],
     );
+    let dir = Nsd::dir("tsig");
+    // Big enough for NSD to send its AXFR in several messages.
+    std::fs::write(dir.join("example.org.zone"), example_org(1, 6000, "")).unwrap();
+    let nsd = Nsd::start(
+        &dir,
+        nsd_port,
+        &format!(
+            "key:\n  name: \"xfr\"\n  algorithm: hmac-sha256\n  secret: \"{XFR_SECRET}\"\n\
+             zone:\n  name: \"example.org.\"\n  zonefile: \"example.org.zone\"\n  provide-xfr: 127.0.0.1 xfr\n  \
+             notify: 127.0.0.1@{ns_port} xfr\n\
+             zone:\n  name: \"example.com.\"\n  zonefile: \"example.com.zone\"\n  \
+             request-xfr: AXFR 127.0.0.1@{ns_port} xfr\n  allow-notify: 127.0.0.1 xfr\n"
+        ),
+    );
+    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
+    // NSD refuses an unsigned transfer of example.org.
+    let unsigned =
+        Command::new("kdig").args(["@127.0.0.1", "-p", &nsd_port.to_string(), "example.org", "AXFR"]).output().unwrap();
+    let unsigned = String::from_utf8_lossy(&unsigned.stdout).to_string();
+    assert!(!unsigned.contains("host5999.example.org."), "NSD transfers without the key:\n{unsigned}");
+
     ns.wait_line("zone example.org is a secondary of 10.0.2.2");
     // The image's signed AXFR request is answered, every message checked.
     ns.wait_line(&format!("zone example.org serial 1 transferred from 10.0.2.2:{nsd_port}"));
