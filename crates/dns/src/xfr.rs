@@ -320,15 +320,16 @@ impl Server<'_> {
             return Reply::default();
         }
         let opcode = Opcode::from_int((query[2] >> 3) & 0x0f);
+        // Unsigned (nearly every query): the message as it came, no copy.
         let (body, signed) = match tsig::check(query, &self.config.keys, peer.unix_time) {
-            Checked::Unsigned => (query.to_vec(), None),
+            Checked::Unsigned => (alloc::borrow::Cow::Borrowed(query), None),
             Checked::Malformed => {
                 let Ok(msg) = Message::from_octets(query) else { return Reply::default() };
                 let answer = error_answer(msg, &refusal(Rcode::FORMERR), self.config.max_udp_payload);
                 return Reply::one(answer, None);
             }
             Checked::Bad(req, error) => return self.tsig_refusal(query, &req, error, opcode, peer),
-            Checked::Good(req) => (strip(query, req.stripped_len), Some(req)),
+            Checked::Good(req) => (alloc::borrow::Cow::Owned(strip(query, req.stripped_len)), Some(req)),
         };
         let key = signed.as_ref().map(|r| r.key_name.clone());
         let mut reply = if opcode == Opcode::UPDATE {
