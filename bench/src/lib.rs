@@ -143,6 +143,32 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
 }
 
 /// Median, p10 and p90 of `samples`' wall times.
+/// The first three fields of `/proc/loadavg` (1, 5, 15 min): the other
+/// work on the host.
+pub fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The report's line about the load: before and after the benchmark, and,
+/// when the one-minute load before it was above a quarter of the CPUs (other
+/// work was running: the benchmark's own load comes after), a warning that
+/// the run's figures are indicative.
+pub fn load_report(before: &str, after: &str) -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let one_minute: f64 = before.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
+    let busy = one_minute > 0.25 * cpus;
+    format!(
+        "Load average (1, 5, 15 min) before: {before}; after: {after} (on {cpus} CPUs).{}",
+        if busy {
+            " BUSY: other work was running when this run started; its figures and ratios are indicative, \
+             not for the targets (re-run on a quiet machine)."
+        } else {
+            ""
+        }
+    )
+}
+
 pub fn summary(samples: &[Sample]) -> (Duration, Duration, Duration) {
     let mut w: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
     w.sort();

@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release -p skiff-bench --bin boot [-- RUNS]` (default 100).
 
-use skiff_bench::{Linking, Sample, guest, kvm_floor, measure, ms, release_tender, summary, workspace};
+use skiff_bench::{Linking, Sample, guest, kvm_floor, load_average, measure, ms, release_tender, summary, workspace};
 
 use std::process::Command;
 use std::time::Duration;
@@ -83,7 +83,7 @@ fn main() {
         ratio(p)
     );
     println!();
-    println!("Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.");
+    println!("{}", skiff_bench::load_report(&load_before, &load_after));
     println!();
     println!(
         "hello (no sleep) against the KVM floor: {:.2} (static tender; target at most 1.3), {:.2} (dynamic); \
@@ -166,12 +166,6 @@ fn main() {
         ms(s.cpu),
         s.cpu.as_secs_f64() / s.wall.as_secs_f64() * 100.0
     );
-}
-
-/// The first three fields of `/proc/loadavg`: the other work on the host.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// A static C program that prints one line, built once with `gcc -static`

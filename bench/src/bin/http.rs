@@ -162,7 +162,10 @@ fn main() {
     let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
     let secs = if quick { 2 } else { 5 };
     let rounds = if quick { 1 } else { 3 };
-    eprintln!("http benchmark: {rounds} rounds of {secs} s per case, Skiff and nginx alternating");
+    let load_before = skiff_bench::load_average();
+    eprintln!(
+        "http benchmark: {rounds} rounds of {secs} s per case, Skiff and nginx alternating; load average {load_before}"
+    );
 
     let cases: [(&str, &str, u32); 8] = [
         ("1 KiB", "http", 16),
@@ -255,6 +258,8 @@ fn main() {
         );
     }
     let (hs, hn) = (median(hs_skiff), median(hs_nginx));
+    println!();
+    println!("{}", skiff_bench::load_report(&load_before, &skiff_bench::load_average()));
     println!();
     println!("| new TLS handshakes (no resumption, 16 clients) | Skiff | nginx | Skiff / nginx |");
     println!("| --- | ---: | ---: | ---: |");

@@ -25,8 +25,8 @@
 //! deletes the namespaces; a panic does the same through the destructors.
 
 use skiff_bench::{
-    Linking, Resident, bulk_in, bulk_out, children, client_ns, cpu_seconds, guest, ping_flood, release_skiff,
-    release_tender, resident, start_logged, tear_down_on_signal, workspace, wrk, wrk_args,
+    Linking, Resident, bulk_in, bulk_out, children, client_ns, cpu_seconds, guest, load_average, ping_flood,
+    release_skiff, release_tender, resident, start_logged, tear_down_on_signal, workspace, wrk, wrk_args,
 };
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
 use std::ffi::OsString;
@@ -312,12 +312,6 @@ fn https(tools: &Tools, image: &Path, plan: &Plan, r: &mut Results) {
     }
 }
 
-/// The first three fields of `/proc/loadavg`: the other work on the host.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1 << 20))
 }
@@ -366,9 +360,10 @@ fn print(plan: &Plan, r: &Results) {
     println!();
     println!(
         "wrk: {} s per case, keep-alive, 1 thread for 16 connections and 2 for 256; errors in all: {}. \
-         Guest memory {MEM} under both. \"Monitor\": the tender process, or the QEMU process. Host load \
-         average before: {}, after: {}.",
-        plan.wrk_secs, r.https_errors, r.load[0], r.load[1]
+         Guest memory {MEM} under both. \"Monitor\": the tender process, or the QEMU process. {}",
+        plan.wrk_secs,
+        r.https_errors,
+        skiff_bench::load_report(&r.load[0], &r.load[1])
     );
     println!();
     println!("Commands, each run in a fresh namespace whose tap0 is 10.0.0.1/24 (`ip netns exec NS ...`):");

@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release -p skiff-bench --bin sandbox` (root, KVM, ping, wrk).
 
-use skiff_bench::{Linking, client_ns, guest, median, release_tender, start_logged};
+use skiff_bench::{Linking, client_ns, guest, load_average, median, release_tender, start_logged};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root};
 use std::path::Path;
 
@@ -68,23 +68,11 @@ fn wrk(ns: &NetNs, url: &str, secs: u32) -> f64 {
     w.rps
 }
 
-/// The first three fields of `/proc/loadavg`: the other work on the host,
-/// which a ping flood (two spinning threads a side on a shared machine)
-/// feels most.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
 /// The rounds' figures, in order, and their spread (max / min).
 fn by_round(v: &[f64]) -> String {
     let all: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
     let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     format!("{} (max/min {:.2})", all.join(", "), hi / lo.max(1.0))
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn main() {
@@ -143,6 +131,6 @@ fn main() {
     for (what, [kvm, process]) in ["ping flood, pings/s", "HTTPS req/s"].iter().zip(spread) {
         println!("- {what} by round: KVM {}; process {}", by_round(&kvm), by_round(&process));
     }
-    println!("- load average (1, 5, 15 min) before: {load_before}; after: {load_after} (on {} CPUs)", cpus());
+    println!("- {}", skiff_bench::load_report(&load_before, &load_after));
     let _ = std::fs::remove_dir_all(&dir);
 }
