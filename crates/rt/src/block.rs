@@ -341,7 +341,12 @@ mod tests {
     #[test]
     fn requests_go_round_the_ring_and_errors_come_back() {
         let ring_mem: Box<[u64]> = vec![0u64; blk::ring_bytes(4) as usize / 8].into_boxed_slice();
-        let fake = Fake { ring: ring_mem.as_ptr() as usize, data: RefCell::new(vec![0; 512 * 16]), read_only: false, notifies: Cell::new(0) };
+        let fake = Fake {
+            ring: ring_mem.as_ptr() as usize,
+            data: RefCell::new(vec![0; 512 * 16]),
+            read_only: false,
+            notifies: Cell::new(0),
+        };
         let info = BlockInfo { capacity: 16, sector_size: 512, flags: 0, ring: fake.ring as u64, slots: 4 };
         // SAFETY: the ring is the fake's, live for the test.
         let disk = unsafe { Disk::new(1, info, &fake) };
@@ -367,7 +372,12 @@ mod tests {
     fn many_reads_share_one_doorbell_per_ring_full() {
         let ring_mem: Box<[u64]> = vec![0u64; blk::ring_bytes(4) as usize / 8].into_boxed_slice();
         let data: Vec<u8> = (0..512 * 16).map(|i| (i / 512) as u8).collect();
-        let fake = Fake { ring: ring_mem.as_ptr() as usize, data: RefCell::new(data), read_only: false, notifies: Cell::new(0) };
+        let fake = Fake {
+            ring: ring_mem.as_ptr() as usize,
+            data: RefCell::new(data),
+            read_only: false,
+            notifies: Cell::new(0),
+        };
         let info = BlockInfo { capacity: 16, sector_size: 512, flags: 0, ring: fake.ring as u64, slots: 4 };
         // SAFETY: the ring is the fake's, live for the test.
         let disk = unsafe { Disk::new(1, info, &fake) };

@@ -184,8 +184,11 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
                 }
                 batch.retain(|(ptr, ..)| reach(&mut w, ptr));
                 let mut pages = vec![0u8; batch.len() * PAGE_SIZE];
-                let mut reads: Vec<(u64, &mut [u8])> =
-                    batch.iter().zip(pages.chunks_mut(PAGE_SIZE)).map(|((ptr, ..), buf)| (ptr.page * spp, buf)).collect();
+                let mut reads: Vec<(u64, &mut [u8])> = batch
+                    .iter()
+                    .zip(pages.chunks_mut(PAGE_SIZE))
+                    .map(|((ptr, ..), buf)| (ptr.page * spp, buf))
+                    .collect();
                 dev.read_many(&mut reads).await?;
                 drop(reads);
                 for ((ptr, depth, lo, hi), bytes) in batch.into_iter().zip(pages.chunks(PAGE_SIZE)) {
