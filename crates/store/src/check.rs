@@ -191,6 +191,9 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
                     .collect();
                 dev.read_many(&mut reads).await?;
                 drop(reads);
+                // Other tasks (readers of a store whose walk was deferred)
+                // run between batches.
+                crate::store::yield_now().await;
                 for ((ptr, depth, lo, hi), bytes) in batch.into_iter().zip(pages.chunks(PAGE_SIZE)) {
                     if let Err(d) = verify(bytes, &ptr) {
                         w.problems.push(damaged(&ptr, d));
@@ -348,8 +351,8 @@ pub struct CheckReport {
 /// A device that is not a store at all is an error; damage inside one is
 /// reported in [`CheckReport::problems`].
 pub async fn check<D: BlockDevice>(dev: &D) -> Result<CheckReport, StoreError> {
-    let chosen = crate::store::select(dev, true).await?;
-    let walk = chosen.walk;
+    let chosen = crate::store::select(dev, true, false).await?;
+    let walk = chosen.walk.expect("select walks when not deferring");
     let sb = chosen.superblock;
     let in_use = (0..sb.pages).filter(|&p| walk.in_use(p)).count() as u64;
     Ok(CheckReport {

@@ -364,3 +364,48 @@ fn open_reads_the_tree_in_batches_not_a_page_at_a_time() {
     drop(store);
     assert_clean(&dev);
 }
+
+#[test]
+fn a_closed_store_opens_without_its_walk_and_readers_run_while_it_walks() {
+    let store = open(fresh(512, 4096), 512);
+    block_on(async {
+        let mut tx = store.write().await.unwrap();
+        for i in 0..20_000u32 {
+            tx.put(format!("key/{i:08}").as_bytes(), &value(b"w", u64::from(i), 100)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    let free = store.info().free_pages;
+    let dev = block_on(store.close()).unwrap();
+    let dev = Counting { dev, calls: 0.into(), largest: 0.into() };
+    let store = block_on(Store::open(&dev, Options::default())).unwrap();
+    assert_eq!(dev.calls.get(), 2, "open read the two superblocks, nothing else");
+    assert!(!store.info().verified);
+    assert_eq!(store.info().free_pages, free);
+    // A reader and the walk at once: the reader finishes first, the walk
+    // yields between batches.
+    let order = std::cell::RefCell::new(Vec::new());
+    let tasks: Vec<Task<'_, ()>> = vec![
+        Box::pin(async {
+            store.finish_open().await.unwrap();
+            order.borrow_mut().push("walk");
+        }),
+        Box::pin(async {
+            for i in (0..20_000u32).step_by(997) {
+                let v = store.get(format!("key/{i:08}").as_bytes()).await.unwrap();
+                assert_eq!(v, Some(value(b"w", u64::from(i), 100)));
+            }
+            order.borrow_mut().push("reads");
+        }),
+    ];
+    join_all(tasks);
+    assert_eq!(*order.borrow(), ["reads", "walk"]);
+    assert!(store.info().verified);
+    assert_eq!(store.info().free_pages, free, "the walk found what the superblock said");
+    assert!(dev.calls.get() > 20, "the walk read the tree");
+    // The next write needs no walk.
+    let calls = dev.calls.get();
+    block_on(store.put(b"key/new", b"v")).unwrap();
+    assert!(dev.calls.get() - calls < 5, "{} reads for one put", dev.calls.get() - calls);
+    assert_clean(&dev);
+}
