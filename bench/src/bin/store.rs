@@ -440,10 +440,12 @@ fn guest_open(dir: &Path, runs: u32) {
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "| {run} | {} ms | {} ms | {} ms | {} ms |",
-            host.as_millis(),
+            "| {run} | {} µs | {} ms | {} µs | {} ms |",
+            host.as_micros(),
             host_walk.as_millis(),
-            field("keys in "),
+            text.lines()
+                .find_map(|l| Some(l.split_once(" ms (")?.1.split(" us)").next()?.trim().to_string()))
+                .unwrap_or_else(|| "-".into()),
             field("free space known, at ")
         );
     }

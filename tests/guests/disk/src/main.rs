@@ -279,7 +279,8 @@ async fn work(disk: Disk) -> Result<(), skiff::store::StoreError> {
     let start = Instant::now();
     let store = BenchStore::open(disk, Default::default()).await?;
     let keys = store.info().keys;
-    info!("work: opened {keys} keys in {} ms", start.elapsed().as_millis());
+    let opened = start.elapsed();
+    info!("work: opened {keys} keys in {} ms ({} us)", opened.as_millis(), opened.as_micros());
     // The walk a confirmed store's open defers: before the first write.
     store.finish_open().await?;
     info!("work: walked the tree, free space known, at {} ms", start.elapsed().as_millis());
