@@ -342,8 +342,9 @@ fn guest_mem(dir: &Path) {
     println!("## Store in a guest: the smallest --mem for a 1 GiB store (issue 13)");
     println!();
     println!(
-        "A 1 GiB store: {n} keys of 480-byte values, {} of {} pages used. The guest opens it \
-         (walks the tree), reads 20,000 random keys, commits 100 updates, syncs.",
+        "A 1 GiB store: {n} keys of 480-byte values, {} of {} pages used. The guest opens it, \
+         walks the tree (at open, or in `finish_open` once a run has confirmed the store), reads 20,000 \
+         random keys, commits 100 updates, syncs.",
         info.used_pages, info.pages
     );
     println!();
