@@ -16,6 +16,9 @@
 //! fills a 1 GiB store on the host and finds the smallest `--mem` at which
 //! a guest opens it and works it (reads, commits) with its page cache.
 //!
+//! `guest-open [RUNS]` fills a full 1 GiB store and times its open in a
+//! host process and in a guest (`work` scenario), RUNS times (default 3).
+//!
 //! `cargo run --release -p skiff-bench --bin store -- open MIB [DIR]`
 //! instead fills a store with MIB MiB of keys and values and times
 //! `Store::open` (which walks the tree to rebuild free space), with the
@@ -339,8 +342,9 @@ fn guest_mem(dir: &Path) {
     println!("## Store in a guest: the smallest --mem for a 1 GiB store (issue 13)");
     println!();
     println!(
-        "A 1 GiB store: {n} keys of 480-byte values, {} of {} pages used. The guest opens it \
-         (walks the tree), reads 20,000 random keys, commits 100 updates, syncs.",
+        "A 1 GiB store: {n} keys of 480-byte values, {} of {} pages used. The guest opens it, \
+         walks the tree (at open, or in `finish_open` once a run has confirmed the store), reads 20,000 \
+         random keys, commits 100 updates, syncs.",
         info.used_pages, info.pages
     );
     println!();
@@ -373,6 +377,82 @@ fn guest_mem(dir: &Path) {
     fresh(&path);
 }
 
+/// Fills a 1 GiB store as `guest-mem` does (the largest tree it holds)
+/// into `path`; how many keys and pages.
+fn fill_gib(path: &Path) -> (u64, skiff_store::Info) {
+    const SIZE: u64 = 1 << 30;
+    fresh(path);
+    let dev = FileDevice::create(path, 4096, SIZE).unwrap();
+    let store = block_on(Store::create(dev, Options::default())).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while store.info().free_pages > store.info().pages / 10 {
+        block_on(async {
+            let mut tx = store.write().await.unwrap();
+            for i in n..n + 20_000 {
+                let mut v = format!("value {i} ").into_bytes();
+                v.resize(480, b'.');
+                tx.put(format!("key/{i:012}").as_bytes(), &v).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+        n += 20_000;
+    }
+    let info = store.info();
+    block_on(store.close()).unwrap();
+    eprintln!("filled {n} keys in {:.1} s", start.elapsed().as_secs_f64());
+    (n, info)
+}
+
+/// Open time of a full 1 GiB store (closed, so confirmed: open defers
+/// the walk), and open plus the walk (`finish_open`): in a host process
+/// (from the page cache), then in a guest (`work`, 64M), `runs` times.
+fn guest_open(dir: &Path, runs: u32) {
+    let tender = skiff_bench::release_tender(skiff_bench::Linking::Dynamic);
+    let image = skiff_bench::guest("tests/guests/disk");
+    let path = dir.join("open-gib.img");
+    let (n, info) = fill_gib(&path);
+    println!("## Store in a guest: opening a full 1 GiB store (issue 13)");
+    println!();
+    println!("{n} keys of 480-byte values, {} of {} pages used.", info.used_pages, info.pages);
+    println!();
+    println!("| run | host: open | host: open + walk | guest: open | guest: open + walk |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for run in 1..=runs {
+        let start = Instant::now();
+        let store = block_on(Store::open(FileDevice::open(&path, 4096, false).unwrap(), Options::default())).unwrap();
+        let host = start.elapsed();
+        block_on(store.finish_open()).unwrap();
+        let host_walk = start.elapsed();
+        assert_eq!(store.info().keys, n);
+        drop(store);
+        let out = Command::new(&tender)
+            .args(["--mem", "64M", "--timeout", "300s", "--disk"])
+            .arg(format!("disk={},sector=4096", path.display()))
+            .arg(&image)
+            .args(["--", "work"])
+            .output()
+            .expect("run the tender");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the guest failed:\n{text}");
+        let field = |tag: &str| {
+            text.lines()
+                .find_map(|l| Some(l.split_once(tag)?.1.split(" ms").next()?.trim().to_string()))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "| {run} | {} µs | {} ms | {} µs | {} ms |",
+            host.as_micros(),
+            host_walk.as_millis(),
+            text.lines()
+                .find_map(|l| Some(l.split_once(" ms (")?.1.split(" us)").next()?.trim().to_string()))
+                .unwrap_or_else(|| "-".into()),
+            field("free space known, at ")
+        );
+    }
+    fresh(&path);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
     let dir = || {
@@ -389,6 +469,12 @@ fn main() {
     }
     if args.peek().map(String::as_str) == Some("guest-mem") {
         guest_mem(&dir());
+        return;
+    }
+    if args.peek().map(String::as_str) == Some("guest-open") {
+        args.next();
+        let runs: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+        guest_open(&dir(), runs);
         return;
     }
     if args.peek().map(String::as_str) == Some("open") {

@@ -150,6 +150,12 @@ fn open(t: &Target) -> Result<Store<FileDevice>, DiskError> {
 
 fn inspect(t: &Target) -> Result<u8, DiskError> {
     let store = open(t)?;
+    // Walk the tree now (open leaves it for later when the newest commit
+    // is confirmed): damage is what `info` reports below.
+    match block_on(store.finish_open()) {
+        Ok(()) | Err(StoreError::Damaged(_)) => {}
+        Err(e) => return Err(store_err(&t.file)(e)),
+    }
     let info = store.info();
     let kib = |pages: u64| pages * u64::from(info.page_size) / 1024;
     let confirmed = recorded(&t.file)?.is_some_and(|sb| sb.confirmed());

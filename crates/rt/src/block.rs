@@ -73,6 +73,17 @@ pub trait BlockDevice {
     fn read_only(&self) -> bool;
     /// Reads `buf.len() / sector_size` sectors from `sector` on.
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError>;
+    /// Reads many runs of sectors, each `(sector, buf)` as in
+    /// [`read`](Self::read); the first error, if any (every buffer's
+    /// contents are then undefined). A driver with a request ring queues
+    /// them together and notifies the host once per ring-full; the default
+    /// reads them one after another.
+    fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), BlockError> {
+        for (sector, buf) in reads.iter_mut() {
+            self.read(*sector, buf)?;
+        }
+        Ok(())
+    }
     /// Writes `buf.len() / sector_size` sectors from `sector` on; durable
     /// after the next [`flush`](Self::flush).
     fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError>;
@@ -141,24 +152,43 @@ impl<C: BlockCalls> Disk<C> {
         }
     }
 
-    /// Queues one request, rings the doorbell and returns its outcome.
-    fn submit(&self, op: u32, sector: u64, count: u32, buf: u64) -> Result<(), BlockError> {
+    /// The address of the slot request number `index` goes in.
+    fn slot(&self, index: u32) -> usize {
+        self.base + (ring::HEADER_SIZE + u64::from(index % self.info.slots) * blk::SLOT_SIZE) as usize
+    }
+
+    /// Puts a request in the next free slot (not yet visible to the
+    /// tender); the slot's address.
+    fn queue(&self, op: u32, sector: u64, count: u32, buf: u64) -> usize {
         let p = self.producer.get();
-        let slot = self.base + (ring::HEADER_SIZE + u64::from(p % self.info.slots) * blk::SLOT_SIZE) as usize;
+        let slot = self.slot(p);
         let req = blk::Request { op, status: blk::status::PENDING, sector, count, errno: 0, buf };
         // SAFETY: the slot lies inside the mapped ring and the tender has
         // completed every earlier request (they complete before the
-        // doorbell returns), so it is ours to write.
+        // doorbell returns; callers queue at most `slots` between two
+        // doorbells), so it is ours to write.
         unsafe { (slot as *mut blk::Request).write_volatile(req) };
-        let next = p.wrapping_add(1);
-        self.producer.set(next);
+        self.producer.set(p.wrapping_add(1));
+        slot
+    }
+
+    /// Publishes the queued requests and rings the doorbell: every one of
+    /// them is complete when it returns, or the ring is broken.
+    fn ring(&self) -> Result<(), BlockError> {
+        let next = self.producer.get();
         self.word(ring::PRODUCER).store(next, Ordering::Release);
         self.calls.block_notify(self.index);
         if self.word(ring::CONSUMER).load(Ordering::Acquire) != next {
             return Err(BlockError::Gone);
         }
-        // SAFETY: as above; the tender wrote the outcome before releasing
-        // the consumer index, which was acquired.
+        Ok(())
+    }
+
+    /// The outcome of the completed request in `slot`.
+    fn outcome(slot: usize) -> Result<(), BlockError> {
+        // SAFETY: `slot` is a slot of the mapped ring (from `slot`); the
+        // tender wrote the outcome before releasing the consumer index,
+        // which `ring` acquired.
         let done = unsafe { (slot as *const blk::Request).read_volatile() };
         match done.status {
             blk::status::OK => Ok(()),
@@ -167,6 +197,13 @@ impl<C: BlockCalls> Disk<C> {
             blk::status::UNSUPPORTED => Err(BlockError::Unsupported),
             _ => Err(BlockError::Gone),
         }
+    }
+
+    /// Queues one request, rings the doorbell and returns its outcome.
+    fn submit(&self, op: u32, sector: u64, count: u32, buf: u64) -> Result<(), BlockError> {
+        let slot = self.queue(op, sector, count, buf);
+        self.ring()?;
+        Self::outcome(slot)
     }
 }
 
@@ -189,6 +226,34 @@ impl<C: BlockCalls> BlockDevice for Disk<C> {
             return Ok(());
         }
         self.submit(blk::op::READ, sector, count, buf.as_mut_ptr() as u64)
+    }
+
+    fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), BlockError> {
+        // Every request is checked before any is sent.
+        for (sector, buf) in reads.iter() {
+            self.check(*sector, buf.len())?;
+        }
+        let mut result = Ok(());
+        for group in reads.chunks_mut(self.info.slots as usize) {
+            let first = self.producer.get();
+            for (sector, buf) in group.iter_mut() {
+                let count = (buf.len() / self.info.sector_size as usize) as u32;
+                if count > 0 {
+                    self.queue(blk::op::READ, *sector, count, buf.as_mut_ptr() as u64);
+                }
+            }
+            let queued = self.producer.get().wrapping_sub(first);
+            if queued == 0 {
+                continue;
+            }
+            self.ring()?;
+            for i in 0..queued {
+                if let Err(e) = Self::outcome(self.slot(first.wrapping_add(i))) {
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        result
     }
 
     fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError> {
@@ -232,10 +297,12 @@ mod tests {
         ring: usize,
         data: RefCell<Vec<u8>>,
         read_only: bool,
+        notifies: Cell<u32>,
     }
 
     impl BlockCalls for &Fake {
         fn block_notify(&self, _device: u32) {
+            self.notifies.set(self.notifies.get() + 1);
             // SAFETY: the test's ring, live and aligned for the test.
             let word = |o: u64| unsafe { AtomicU32::from_ptr((self.ring + o as usize) as *mut u32) };
             loop {
@@ -274,7 +341,12 @@ mod tests {
     #[test]
     fn requests_go_round_the_ring_and_errors_come_back() {
         let ring_mem: Box<[u64]> = vec![0u64; blk::ring_bytes(4) as usize / 8].into_boxed_slice();
-        let fake = Fake { ring: ring_mem.as_ptr() as usize, data: RefCell::new(vec![0; 512 * 16]), read_only: false };
+        let fake = Fake {
+            ring: ring_mem.as_ptr() as usize,
+            data: RefCell::new(vec![0; 512 * 16]),
+            read_only: false,
+            notifies: Cell::new(0),
+        };
         let info = BlockInfo { capacity: 16, sector_size: 512, flags: 0, ring: fake.ring as u64, slots: 4 };
         // SAFETY: the ring is the fake's, live for the test.
         let disk = unsafe { Disk::new(1, info, &fake) };
@@ -294,5 +366,33 @@ mod tests {
         // SAFETY: as above.
         let disk = unsafe { Disk::new(1, info, &ro) };
         assert_eq!(disk.submit_unchecked(blk::op::WRITE, 0, 1, [0u8; 512].as_ptr() as u64), Err(BlockError::ReadOnly));
+    }
+
+    #[test]
+    fn many_reads_share_one_doorbell_per_ring_full() {
+        let ring_mem: Box<[u64]> = vec![0u64; blk::ring_bytes(4) as usize / 8].into_boxed_slice();
+        let data: Vec<u8> = (0..512 * 16).map(|i| (i / 512) as u8).collect();
+        let fake = Fake {
+            ring: ring_mem.as_ptr() as usize,
+            data: RefCell::new(data),
+            read_only: false,
+            notifies: Cell::new(0),
+        };
+        let info = BlockInfo { capacity: 16, sector_size: 512, flags: 0, ring: fake.ring as u64, slots: 4 };
+        // SAFETY: the ring is the fake's, live for the test.
+        let disk = unsafe { Disk::new(1, info, &fake) };
+        let mut bufs = vec![vec![0xffu8; 512]; 10];
+        let mut reads: Vec<(u64, &mut [u8])> =
+            bufs.iter_mut().enumerate().map(|(i, b)| ((i as u64 * 7) % 16, b.as_mut_slice())).collect();
+        disk.read_many(&mut reads).unwrap();
+        assert_eq!(fake.notifies.get(), 3, "10 reads through a ring of 4 slots: 3 doorbells");
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(b.iter().all(|&x| u64::from(x) == (i as u64 * 7) % 16), "read {i} came back wrong");
+        }
+        // One bad request: nothing is sent.
+        let (mut a, mut b) = ([0u8; 512], [0u8; 512]);
+        let r = disk.read_many(&mut [(0, &mut a[..]), (16, &mut b[..])]);
+        assert!(matches!(r, Err(BlockError::OutOfRange { .. })), "{r:?}");
+        assert_eq!(fake.notifies.get(), 3);
     }
 }

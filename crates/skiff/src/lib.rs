@@ -120,6 +120,14 @@ pub mod block {
             self.dev.read(sector, buf)
         }
 
+        /// Reads many runs of sectors, each `(sector, buf)` as in
+        /// [`read`](Self::read), queued together: one notification of the
+        /// host per ring-full of requests instead of one per read. The
+        /// first error, if any.
+        pub async fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), BlockError> {
+            self.dev.read_many(reads)
+        }
+
         /// Writes `buf.len() / sector_size` sectors from `sector` on;
         /// durable once a later [`flush`](Self::flush) returns.
         pub async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError> {
@@ -171,6 +179,10 @@ pub mod block {
 
         async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), skiff_store::BlockError> {
             self.dev.read(sector, buf).map_err(store_error)
+        }
+
+        async fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), skiff_store::BlockError> {
+            self.dev.read_many(reads).map_err(store_error)
         }
 
         async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), skiff_store::BlockError> {

@@ -123,6 +123,13 @@ pub(crate) fn verify(bytes: &[u8], ptr: &Ptr) -> Result<(), Damage> {
     Ok(())
 }
 
+/// Leaves read with one call to the device ([`BlockDevice::read_many`]):
+/// a guest's disk then notifies the host once for all of them.
+const WALK_BATCH: usize = 64;
+/// Branches read at once: fewer, so that the children they push stay few
+/// (the stack holds at most about depth x this x fanout entries).
+const BRANCH_BATCH: usize = 8;
+
 enum Item {
     Node { ptr: Ptr, depth: u32, lo: Option<Vec<u8>>, hi: Option<Vec<u8>> },
     Value { first: Ptr, len: u64 },
@@ -135,6 +142,7 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
     let mut w =
         Walk { reachable: vec![0; sb.pages.div_ceil(64) as usize], problems: Vec::new(), keys: 0, used: 0, depth: 0 };
     let mut leaf_depth = None;
+    let spp = PAGE_SIZE as u64 / u64::from(dev.sector_size());
     let mut stack: Vec<Item> = Vec::new();
     if let Some(root) = sb.root {
         stack.push(Item::Node { ptr: root, depth: 1, lo: None, hi: None });
@@ -163,60 +171,81 @@ pub(crate) async fn walk<D: BlockDevice>(dev: &D, sb: &Superblock, full: bool) -
     while let Some(item) = stack.pop() {
         match item {
             Item::Node { ptr, depth, lo, hi } => {
-                if !reach(&mut w, &ptr) {
-                    continue;
+                // Nodes at the same depth on top of the stack are read
+                // together: one request each, sent at once.
+                let limit = if leaf_depth == Some(depth) { WALK_BATCH } else { BRANCH_BATCH };
+                let mut batch = vec![(ptr, depth, lo, hi)];
+                while batch.len() < limit
+                    && let Some(Item::Node { depth: d, .. }) = stack.last()
+                    && *d == depth
+                {
+                    let Some(Item::Node { ptr, depth, lo, hi }) = stack.pop() else { unreachable!("just seen") };
+                    batch.push((ptr, depth, lo, hi));
                 }
-                let bytes = read_page(dev, ptr.page).await?;
-                if let Err(d) = verify(&bytes, &ptr) {
-                    w.problems.push(damaged(&ptr, d));
-                    continue;
-                }
-                let node = match Node::decode(&bytes) {
-                    Ok((_, node)) => node,
-                    Err(e) => {
-                        w.problems.push(damaged(&ptr, Damage::Format(e)));
+                batch.retain(|(ptr, ..)| reach(&mut w, ptr));
+                let mut pages = vec![0u8; batch.len() * PAGE_SIZE];
+                let mut reads: Vec<(u64, &mut [u8])> = batch
+                    .iter()
+                    .zip(pages.chunks_mut(PAGE_SIZE))
+                    .map(|((ptr, ..), buf)| (ptr.page * spp, buf))
+                    .collect();
+                dev.read_many(&mut reads).await?;
+                drop(reads);
+                // Other tasks (readers of a store whose walk was deferred)
+                // run between batches.
+                crate::store::yield_now().await;
+                for ((ptr, depth, lo, hi), bytes) in batch.into_iter().zip(pages.chunks(PAGE_SIZE)) {
+                    if let Err(d) = verify(bytes, &ptr) {
+                        w.problems.push(damaged(&ptr, d));
                         continue;
                     }
-                };
-                let problem = |what| Problem { page: ptr.page, what, incomplete: false };
-                let in_range =
-                    |k: &[u8]| lo.as_deref().is_none_or(|lo| k >= lo) && hi.as_deref().is_none_or(|hi| k < hi);
-                if node.count() == 0 && depth > 1 {
-                    w.problems.push(problem(ProblemKind::Empty));
-                }
-                match node {
-                    Node::Leaf(entries) => {
-                        match leaf_depth {
-                            None => leaf_depth = Some(depth),
-                            Some(d) if d != depth => {
-                                w.problems.push(problem(ProblemKind::Depth { expected: d, found: depth }))
-                            }
-                            _ => {}
+                    let node = match Node::decode(bytes) {
+                        Ok((_, node)) => node,
+                        Err(e) => {
+                            w.problems.push(damaged(&ptr, Damage::Format(e)));
+                            continue;
                         }
-                        if entries.windows(2).any(|e| e[0].0 >= e[1].0) {
-                            w.problems.push(problem(ProblemKind::KeyOrder));
-                        }
-                        if entries.iter().any(|(k, _)| !in_range(k)) {
-                            w.problems.push(problem(ProblemKind::KeyRange));
-                        }
-                        w.keys += entries.len() as u64;
-                        for (_, v) in entries {
-                            if let Value::Pages { len, first } = v {
-                                stack.push(Item::Value { first, len });
-                            }
-                        }
+                    };
+                    let problem = |what| Problem { page: ptr.page, what, incomplete: false };
+                    let in_range =
+                        |k: &[u8]| lo.as_deref().is_none_or(|lo| k >= lo) && hi.as_deref().is_none_or(|hi| k < hi);
+                    if node.count() == 0 && depth > 1 {
+                        w.problems.push(problem(ProblemKind::Empty));
                     }
-                    Node::Branch { keys, children } => {
-                        if keys.windows(2).any(|k| k[0] >= k[1]) {
-                            w.problems.push(problem(ProblemKind::KeyOrder));
+                    match node {
+                        Node::Leaf(entries) => {
+                            match leaf_depth {
+                                None => leaf_depth = Some(depth),
+                                Some(d) if d != depth => {
+                                    w.problems.push(problem(ProblemKind::Depth { expected: d, found: depth }))
+                                }
+                                _ => {}
+                            }
+                            if entries.windows(2).any(|e| e[0].0 >= e[1].0) {
+                                w.problems.push(problem(ProblemKind::KeyOrder));
+                            }
+                            if entries.iter().any(|(k, _)| !in_range(k)) {
+                                w.problems.push(problem(ProblemKind::KeyRange));
+                            }
+                            w.keys += entries.len() as u64;
+                            for (_, v) in entries {
+                                if let Value::Pages { len, first } = v {
+                                    stack.push(Item::Value { first, len });
+                                }
+                            }
                         }
-                        if keys.iter().any(|k| !in_range(k)) {
-                            w.problems.push(problem(ProblemKind::KeyRange));
-                        }
-                        for (i, child) in children.iter().enumerate().rev() {
-                            let clo = if i == 0 { lo.clone() } else { Some(keys[i - 1].clone()) };
-                            let chi = if i == keys.len() { hi.clone() } else { Some(keys[i].clone()) };
-                            stack.push(Item::Node { ptr: *child, depth: depth + 1, lo: clo, hi: chi });
+                        Node::Branch { keys, children } => {
+                            if keys.windows(2).any(|k| k[0] >= k[1]) {
+                                w.problems.push(problem(ProblemKind::KeyOrder));
+                            }
+                            if keys.iter().any(|k| !in_range(k)) {
+                                w.problems.push(problem(ProblemKind::KeyRange));
+                            }
+                            for (i, child) in children.iter().enumerate().rev() {
+                                let clo = if i == 0 { lo.clone() } else { Some(keys[i - 1].clone()) };
+                                let chi = if i == keys.len() { hi.clone() } else { Some(keys[i].clone()) };
+                                stack.push(Item::Node { ptr: *child, depth: depth + 1, lo: clo, hi: chi });
+                            }
                         }
                     }
                 }
@@ -322,8 +351,8 @@ pub struct CheckReport {
 /// A device that is not a store at all is an error; damage inside one is
 /// reported in [`CheckReport::problems`].
 pub async fn check<D: BlockDevice>(dev: &D) -> Result<CheckReport, StoreError> {
-    let chosen = crate::store::select(dev, true).await?;
-    let walk = chosen.walk;
+    let chosen = crate::store::select(dev, true, false).await?;
+    let walk = chosen.walk.expect("select walks when not deferring");
     let sb = chosen.superblock;
     let in_use = (0..sb.pages).filter(|&p| walk.in_use(p)).count() as u64;
     Ok(CheckReport {

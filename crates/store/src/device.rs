@@ -52,6 +52,17 @@ pub trait BlockDevice {
     }
     /// Reads `buf.len() / sector_size` sectors from `sector` on.
     async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError>;
+    /// Reads many runs of sectors, each `(sector, buf)` as in
+    /// [`read`](Self::read); the first error, if any (the buffers' contents
+    /// are then undefined). Devices that queue requests (the tender's
+    /// ring, virtio-blk) send them together, so that the host is notified
+    /// once for many; the default reads them one after another.
+    async fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), BlockError> {
+        for (sector, buf) in reads.iter_mut() {
+            self.read(*sector, buf).await?;
+        }
+        Ok(())
+    }
     /// Writes `buf.len() / sector_size` sectors from `sector` on. Not
     /// durable until [`flush`](Self::flush) returns.
     async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError>;
@@ -173,6 +184,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &T {
     }
     async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         (**self).read(sector, buf).await
+    }
+    async fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), BlockError> {
+        (**self).read_many(reads).await
     }
     async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlockError> {
         (**self).write(sector, buf).await

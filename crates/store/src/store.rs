@@ -146,6 +146,10 @@ pub struct Info {
     pub confirmed: bool,
     /// Problems open found (writes are refused when there are any).
     pub damage: usize,
+    /// Whether the tree has been walked (at open, or later: see
+    /// [`Store::finish_open`]); until then `damage` is 0 and `free_pages`
+    /// is what the superblock's count of used pages leaves.
+    pub verified: bool,
     /// Decoded pages in the cache.
     pub cached_pages: usize,
 }
@@ -183,7 +187,10 @@ struct Inner {
     next_gen: u64,
     accumulating: Batch,
     flushing: Option<Batch>,
+    /// Free pages. Until the tree has been walked (`space_known`), every
+    /// page counts as used, and writers wait for the walk.
     alloc: Allocator,
+    space_known: bool,
     cache: Cache,
     snapshots: BTreeMap<u64, usize>,
     writer: bool,
@@ -248,7 +255,9 @@ pub struct Store<D: BlockDevice> {
 pub(crate) struct Selected {
     pub(crate) superblock: Superblock,
     pub(crate) slot: u64,
-    pub(crate) walk: Walk,
+    /// The walk of its tree; `None` when open deferred it (a confirmed
+    /// newest commit is used whatever its walk finds).
+    pub(crate) walk: Option<Walk>,
     pub(crate) discarded: Option<u64>,
 }
 
@@ -265,8 +274,11 @@ fn geometry<D: BlockDevice>(dev: &D) -> Result<u64, StoreError> {
     Ok(pages)
 }
 
-/// Reads both superblocks and picks the newest whole commit.
-pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Selected, StoreError> {
+/// Reads both superblocks and picks the newest whole commit. With `defer`,
+/// a confirmed newest commit is chosen without walking its tree: it is the
+/// one in force whatever the walk would find (only an unconfirmed commit
+/// can be set aside), so its walk can wait ([`Store::finish_open`]).
+pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool, defer: bool) -> Result<Selected, StoreError> {
     let device_pages = geometry(dev)?;
     let mut found = Vec::new();
     let mut first_error = None;
@@ -288,6 +300,9 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
     if newest.pages > device_pages || newest.pages < MIN_PAGES {
         return Err(StoreError::Truncated { store: newest.pages, device: device_pages });
     }
+    if defer && newest.confirmed() {
+        return Ok(Selected { superblock: newest, slot, walk: None, discarded: None });
+    }
     let walk = check::walk(dev, &newest, full).await?;
     // Only an unconfirmed commit can be torn: a confirmed superblock was
     // written after a flush covered its tree. The older slot's commit is
@@ -305,12 +320,12 @@ pub(crate) async fn select<D: BlockDevice>(dev: &D, full: bool) -> Result<Select
             return Ok(Selected {
                 superblock: older,
                 slot: older_slot,
-                walk: older_walk,
+                walk: Some(older_walk),
                 discarded: Some(newest.generation),
             });
         }
     }
-    Ok(Selected { superblock: newest, slot, walk, discarded: None })
+    Ok(Selected { superblock: newest, slot, walk: Some(walk), discarded: None })
 }
 
 /// Where a read looks for pages: the durable tree only, or also what a
@@ -366,15 +381,23 @@ impl<D: BlockDevice> Store<D> {
     /// device is writable and the commit sound, an unconfirmed newest
     /// commit (or one chosen over a torn newer one) is confirmed at once:
     /// one superblock write and a flush.
+    ///
+    /// A **confirmed** newest commit (a store closed or synced, or opened
+    /// before) is the one in force whatever its walk finds, so open uses it
+    /// at once and leaves the walk for later: reads are served at once
+    /// (each page verified against its pointer, as always), and the walk
+    /// runs before the first write transaction begins, or when
+    /// [`finish_open`](Self::finish_open) is called (a service spawns it
+    /// right after open to have it done in the background). Until then
+    /// [`Info::verified`] is false.
     pub async fn open(dev: D, options: Options) -> Result<Store<D>, StoreError> {
-        let chosen = select(&dev, false).await?;
+        let chosen = select(&dev, false, true).await?;
         let sb = chosen.superblock;
         let tree = Tree { generation: sb.generation, root: sb.root, keys: sb.keys, used: sb.used };
-        let damage = chosen.walk.problems.len();
-        let alloc = if damage == 0 {
-            Allocator::from_used(sb.pages, |p| chosen.walk.in_use(p))
-        } else {
-            Allocator::full(sb.pages)
+        let (alloc, damage, space_known) = match &chosen.walk {
+            Some(walk) if walk.problems.is_empty() => (Allocator::from_used(sb.pages, |p| walk.in_use(p)), 0, true),
+            Some(walk) => (Allocator::full(sb.pages), walk.problems.len(), true),
+            None => (Allocator::full(sb.pages), 0, false),
         };
         let spp = PAGE_SIZE as u64 / u64::from(dev.sector_size());
         let inner = Inner {
@@ -389,6 +412,7 @@ impl<D: BlockDevice> Store<D> {
             accumulating: Batch::default(),
             flushing: None,
             alloc,
+            space_known,
             cache: Cache::new(options.cache_pages),
             snapshots: BTreeMap::new(),
             writer: false,
@@ -453,6 +477,58 @@ impl<D: BlockDevice> Store<D> {
         }
     }
 
+    /// Finishes a deferred open ([`open`](Self::open)): walks the tree,
+    /// verifying every tree page, and rebuilds free space. Returns at once
+    /// when that was done. Writers wait for it; readers go on meanwhile
+    /// (the walk yields between batches of pages). Damage it finds is
+    /// `Err(Damaged)`: reads still work where they can, writes are
+    /// refused, as when open finds it.
+    pub async fn finish_open(&self) -> Result<(), StoreError> {
+        let _lock = self.writer_lock().await;
+        self.walk_free_space().await?;
+        match self.inner.borrow().damage {
+            0 => Ok(()),
+            n => Err(StoreError::Damaged(n)),
+        }
+    }
+
+    /// Takes the writer lock (one write transaction, or walk, at a time).
+    async fn writer_lock(&self) -> WriterLock<'_, D> {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.writer {
+                inner.writer_waiters.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                inner.writer = true;
+                Poll::Ready(())
+            }
+        })
+        .await;
+        WriterLock(self)
+    }
+
+    /// The deferred walk: the caller holds the writer lock.
+    async fn walk_free_space(&self) -> Result<(), StoreError> {
+        let sb = {
+            let inner = self.inner.borrow();
+            if inner.space_known {
+                return Ok(());
+            }
+            // Deferred only for a confirmed commit, and no commit can have
+            // followed it: commits need the walk first.
+            inner.superblock(inner.durable, SUPER_CONFIRMED)
+        };
+        let walk = check::walk(&self.dev, &sb, false).await?;
+        let mut inner = self.inner.borrow_mut();
+        if walk.problems.is_empty() {
+            inner.alloc = Allocator::from_used(sb.pages, |p| walk.in_use(p));
+        }
+        inner.damage = walk.problems.len();
+        inner.space_known = true;
+        Ok(())
+    }
+
     /// Confirms the store ([`sync`](Self::sync)) and gives the device back.
     pub async fn close(self) -> Result<D, StoreError> {
         self.sync().await?;
@@ -505,7 +581,14 @@ impl<D: BlockDevice> Store<D> {
             generation: inner.durable.generation,
             keys: inner.durable.keys,
             used_pages: inner.durable.used,
-            free_pages: inner.alloc.free_pages(),
+            // Before the walk, what the superblock's count leaves (the
+            // walk checks it).
+            free_pages: if inner.space_known {
+                inner.alloc.free_pages()
+            } else {
+                inner.pages.saturating_sub(FIRST_DATA_PAGE + inner.durable.used)
+            },
+            verified: inner.space_known,
             discarded: inner.discarded,
             confirmed: inner.confirmed,
             damage: inner.damage,
@@ -553,19 +636,13 @@ impl<D: BlockDevice> Store<D> {
     /// or roll back.
     pub async fn write(&self) -> Result<WriteTx<'_, D>, StoreError> {
         self.inner.borrow().writable()?;
-        poll_fn(|cx| {
-            let mut inner = self.inner.borrow_mut();
-            if inner.writer {
-                inner.writer_waiters.push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                inner.writer = true;
-                Poll::Ready(())
-            }
-        })
-        .await;
+        let lock = self.writer_lock().await;
+        // A deferred open's walk comes first (once).
+        self.walk_free_space().await?;
+        self.inner.borrow().writable()?;
+        core::mem::forget(lock);
         let head = self.inner.borrow().head;
-        let tx = WriteTx {
+        Ok(WriteTx {
             store: self,
             root: head.root,
             keys: head.keys,
@@ -575,12 +652,7 @@ impl<D: BlockDevice> Store<D> {
             freed: Vec::new(),
             failed: false,
             finished: false,
-        };
-        if let Err(e) = self.inner.borrow().writable() {
-            drop(tx);
-            return Err(e);
-        }
-        Ok(tx)
+        })
     }
 
     /// The bytes of page `ptr`, verified.
@@ -862,7 +934,7 @@ impl<D: BlockDevice> Drop for Leader<'_, D> {
     }
 }
 
-async fn yield_now() {
+pub(crate) async fn yield_now() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -1347,6 +1419,20 @@ impl<D: BlockDevice> Drop for WriteTx<'_, D> {
                 inner.alloc.release(p);
             }
         }
+        inner.writer = false;
+        for w in inner.writer_waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The writer lock, held by a walk (or, forgotten, by a [`WriteTx`],
+/// whose drop releases it).
+struct WriterLock<'s, D: BlockDevice>(&'s Store<D>);
+
+impl<D: BlockDevice> Drop for WriterLock<'_, D> {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.borrow_mut();
         inner.writer = false;
         for w in inner.writer_waiters.drain(..) {
             w.wake();

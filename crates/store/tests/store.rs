@@ -301,3 +301,111 @@ fn a_forged_page_with_a_huge_value_length_is_an_error_not_an_allocation() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].to_string().contains("value pages hold 5000 bytes, the entry says 4294967295"));
 }
+
+/// A device that counts the calls that reach it: a guest's disk notifies
+/// the host once per call, so calls are what open pays for.
+struct Counting {
+    dev: MemDevice,
+    calls: std::cell::Cell<u64>,
+    largest: std::cell::Cell<usize>,
+}
+
+impl BlockDevice for Counting {
+    fn sector_size(&self) -> u32 {
+        self.dev.sector_size()
+    }
+    fn capacity(&self) -> u64 {
+        self.dev.capacity()
+    }
+    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), skiff_store::BlockError> {
+        self.calls.set(self.calls.get() + 1);
+        self.largest.set(self.largest.get().max(1));
+        self.dev.read(sector, buf).await
+    }
+    async fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), skiff_store::BlockError> {
+        self.calls.set(self.calls.get() + 1);
+        self.largest.set(self.largest.get().max(reads.len()));
+        for (sector, buf) in reads.iter_mut() {
+            self.dev.read(*sector, buf).await?;
+        }
+        Ok(())
+    }
+    async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), skiff_store::BlockError> {
+        self.dev.write(sector, buf).await
+    }
+    async fn flush(&self) -> Result<(), skiff_store::BlockError> {
+        self.dev.flush().await
+    }
+    async fn discard(&self, sector: u64, count: u64) -> Result<(), skiff_store::BlockError> {
+        self.dev.discard(sector, count).await
+    }
+}
+
+#[test]
+fn open_reads_the_tree_in_batches_not_a_page_at_a_time() {
+    let store = open(fresh(512, 4096), 512);
+    block_on(async {
+        let mut tx = store.write().await.unwrap();
+        for i in 0..20_000u32 {
+            tx.put(format!("key/{i:08}").as_bytes(), &value(b"o", u64::from(i), 100)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    let used = store.info().used_pages;
+    assert!(used > 500, "a tree of {used} pages");
+    let dev = Counting { dev: store.into_device(), calls: 0.into(), largest: 0.into() };
+    let store = block_on(Store::open(&dev, Options::default())).unwrap();
+    assert_eq!(store.info().keys, 20_000);
+    let (calls, largest) = (dev.calls.get(), dev.largest.get());
+    // Two superblocks, the tree in batches of up to 64 leaves.
+    assert!(calls * 16 < used, "open made {calls} device calls for {used} tree pages");
+    assert!(largest >= 32, "the largest batch was {largest} pages");
+    assert_eq!(block_on(store.get(b"key/00012345")).unwrap(), Some(value(b"o", 12345, 100)));
+    drop(store);
+    assert_clean(&dev);
+}
+
+#[test]
+fn a_closed_store_opens_without_its_walk_and_readers_run_while_it_walks() {
+    let store = open(fresh(512, 4096), 512);
+    block_on(async {
+        let mut tx = store.write().await.unwrap();
+        for i in 0..20_000u32 {
+            tx.put(format!("key/{i:08}").as_bytes(), &value(b"w", u64::from(i), 100)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    let free = store.info().free_pages;
+    let dev = block_on(store.close()).unwrap();
+    let dev = Counting { dev, calls: 0.into(), largest: 0.into() };
+    let store = block_on(Store::open(&dev, Options::default())).unwrap();
+    assert_eq!(dev.calls.get(), 2, "open read the two superblocks, nothing else");
+    assert!(!store.info().verified);
+    assert_eq!(store.info().free_pages, free);
+    // A reader and the walk at once: the reader finishes first, the walk
+    // yields between batches.
+    let order = std::cell::RefCell::new(Vec::new());
+    let tasks: Vec<Task<'_, ()>> = vec![
+        Box::pin(async {
+            store.finish_open().await.unwrap();
+            order.borrow_mut().push("walk");
+        }),
+        Box::pin(async {
+            for i in (0..20_000u32).step_by(997) {
+                let v = store.get(format!("key/{i:08}").as_bytes()).await.unwrap();
+                assert_eq!(v, Some(value(b"w", u64::from(i), 100)));
+            }
+            order.borrow_mut().push("reads");
+        }),
+    ];
+    join_all(tasks);
+    assert_eq!(*order.borrow(), ["reads", "walk"]);
+    assert!(store.info().verified);
+    assert_eq!(store.info().free_pages, free, "the walk found what the superblock said");
+    assert!(dev.calls.get() > 20, "the walk read the tree");
+    // The next write needs no walk.
+    let calls = dev.calls.get();
+    block_on(store.put(b"key/new", b"v")).unwrap();
+    assert!(dev.calls.get() - calls < 5, "{} reads for one put", dev.calls.get() - calls);
+    assert_clean(&dev);
+}

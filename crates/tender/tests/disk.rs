@@ -177,6 +177,49 @@ fn a_store_committed_in_the_guest_is_read_on_the_host() {
     assert_eq!(block_on(store.get(b"key042")).unwrap().as_deref(), Some(&b"value 42"[..]));
 }
 
+/// Opening a store walks its tree; the guest reads it in batches through
+/// the disk's ring, so the tender is notified about once per 64 pages, not
+/// once per page.
+#[test]
+fn a_large_store_opens_in_the_guest_with_one_notification_per_batch_of_pages() {
+    let dir = Scratch::new("open");
+    let file = dir.file("open.img");
+    let used = {
+        let dev = skiff_store::FileDevice::create(&file, 512, 16 << 20).unwrap();
+        let store = block_on(skiff_store::Store::create(dev, Default::default())).unwrap();
+        block_on(async {
+            let mut tx = store.write().await.unwrap();
+            for i in 0..40_000u32 {
+                tx.put(format!("key/{i:08}").as_bytes(), format!("value {i}").as_bytes()).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+        let used = store.info().used_pages;
+        block_on(store.close()).unwrap();
+        used
+    };
+    assert!(used > 500, "a tree of {used} pages");
+    common::require_sandbox();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        .args(common::sandbox_args())
+        .args(["--stats", "--timeout", "30s", "--disk", &spec(&file, "")])
+        .arg(common::guest("tests/guests/disk"))
+        .args(["--", "store-open"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains(&format!("opened 40000 keys, {used} tree pages")), "{all}");
+    let notifies: u64 = all
+        .split("block-notify ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("--stats counts block-notify exits:\n{all}"));
+    assert!(notifies * 16 < used, "{notifies} notifications to open a tree of {used} pages:\n{all}");
+}
+
 #[path = "../../../tests/guests/disk/src/workload.rs"]
 mod workload;
 
