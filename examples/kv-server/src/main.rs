@@ -102,6 +102,7 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
     let addr = stack.wait_ipv4().await;
     info!("kv-server: serving https://{addr}:443/v1/keys ({which})");
     env.spawn(sync_when_idle(kv.clone()));
+    env.spawn(verify_in_background(kv.clone()));
 
     let mut serve = pin!(server.serve_tls(env.spawner(), listener, acceptor));
     let mut stop = pin!(env.stopping());
@@ -150,6 +151,17 @@ async fn open_store(disk: Disk, cache_pages: usize) -> Result<Store<Disk>, Strin
 
 /// Confirms the store ([`Store::sync`]) once writes have stopped for
 /// `--idle-sync`.
+/// A store that was closed cleanly opens without walking its tree; the
+/// walk (every tree page verified, free space rebuilt) runs here while
+/// reads are served, so the first write does not wait for it (about a
+/// second per GiB).
+async fn verify_in_background(kv: Rc<Kv>) {
+    match kv.store.finish_open().await {
+        Ok(()) => info!("kv-server: store verified ({} pages free)", kv.store.info().free_pages),
+        Err(e) => error!("kv-server: the store is damaged, writes are refused: {e}"),
+    }
+}
+
 async fn sync_when_idle(kv: Rc<Kv>) {
     let idle = kv.options.idle_sync;
     loop {
