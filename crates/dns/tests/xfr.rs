@@ -179,6 +179,16 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     let (ok, out) = host
         .nsupdate(Some(&key), "zone example.com.\nprereq nxdomain new.example.com.\nupdate delete new.example.com. A");
     assert!(!ok && out.contains("YXDOMAIN"), "a failed prerequisite must refuse the update:\n{out}");
+    // Each kind of name or RRset prerequisite, not holding, with its rcode.
+    for (prereq, rcode) in [
+        ("yxdomain gone.example.com.", "NXDOMAIN"),
+        ("yxrrset new.example.com. MX", "NXRRSET"),
+        ("nxrrset new.example.com. A", "YXRRSET"),
+    ] {
+        let script = format!("zone example.com.\nprereq {prereq}\nupdate delete new.example.com. A");
+        let (ok, out) = host.nsupdate(Some(&key), &script);
+        assert!(!ok && out.contains(rcode), "prereq {prereq} must refuse the update with {rcode}:\n{out}");
+    }
     assert!(host.kdig(&["new.example.com.", "A"]).contains("192.0.2.99"));
 
     // Delete one RRset, then the rest of the name.
@@ -211,7 +221,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
 
     let events = host.events();
     let refused: Vec<_> = events.iter().filter(|e| e.starts_with("refused update")).collect();
-    assert_eq!(refused.len(), 5, "one line per refused update:\n{events:#?}");
+    assert_eq!(refused.len(), 8, "one line per refused update:\n{events:#?}");
     assert!(refused.iter().any(|e| e.contains("BADSIG")), "{events:#?}");
     assert!(refused.iter().any(|e| e.contains("BADKEY")), "{events:#?}");
     assert!(refused.iter().any(|e| e.contains("unsigned") && e.contains("not allowed")), "{events:#?}");
