@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use skiff_dns::tsig::Key;
 use skiff_dns::{AclRule, Catalog, Config, Event, Peer, Server, Transport};
@@ -69,33 +69,7 @@ fn start_skewed(config: Config, skew: u64) -> Host {
             }
         }
     });
-    let (s, e) = (server, events.clone());
-    std::thread::spawn(move || {
-        for stream in tcp.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let (s, e) = (s.clone(), e.clone());
-            std::thread::spawn(move || {
-                let peer = stream.peer_addr().unwrap();
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                loop {
-                    let mut len = [0u8; 2];
-                    if stream.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    if stream.read_exact(&mut msg).is_err() {
-                        return;
-                    }
-                    let p = Peer { transport: Transport::Tcp, addr: peer.ip(), now_ms: 0, unix_time: now() };
-                    let reply = s.lock().unwrap().serve(&msg, &p);
-                    e.lock().unwrap().extend(reply.event);
-                    for m in reply.messages {
-                        let _ = stream.write_all(&skiff_dns::tcp::frame(&m));
-                    }
-                }
-            });
-        }
-    });
+    common::serve_tcp(tcp, server, events.clone(), now);
     Host { addr, events }
 }
 
