@@ -122,9 +122,23 @@ fn require(program: &str) {
     );
 }
 
-fn serial(kdig_out: &str) -> u32 {
-    let line = kdig_out.lines().find(|l| l.contains("\tSOA\t") && !l.starts_with(';')).expect("an SOA");
-    line.split_whitespace().nth(6).unwrap().parse().unwrap()
+impl Host {
+    /// The serial of example.com's SOA, as answered.
+    fn serial(&self) -> u32 {
+        let out = self.kdig(&["example.com.", "SOA"]);
+        let line = out.lines().find(|l| l.contains("\tSOA\t") && !l.starts_with(';')).expect("an SOA");
+        line.split_whitespace().nth(6).unwrap().parse().unwrap()
+    }
+}
+
+/// The update key (`upd-key`) as nsupdate and kdig take it.
+fn upd_key() -> String {
+    format!("hmac-sha256:upd-key:{SECRET}")
+}
+
+/// The transfer key (`xfr-key`) as kdig takes it.
+fn xfr_key() -> String {
+    format!("hmac-sha256:xfr-key:{SECRET}")
 }
 
 #[test]
@@ -132,9 +146,9 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     require("nsupdate");
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
-    let before = serial(&host.kdig(&["example.com.", "SOA"]));
+    let key = upd_key();
+    let xfr = xfr_key();
+    let before = host.serial();
 
     let (ok, out) = host.nsupdate(
         Some(&key),
@@ -143,7 +157,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     assert!(ok, "the signed update failed:\n{out}");
     let a = host.kdig(&["new.example.com.", "A"]);
     assert!(a.contains("192.0.2.99") && a.contains("NOERROR"), "the new record is not answered:\n{a}");
-    let after = serial(&host.kdig(&["example.com.", "SOA"]));
+    let after = host.serial();
     assert_eq!(after, before + 1, "the serial goes up by one");
     let axfr = host.kdig(&["-y", &xfr, "example.com.", "AXFR"]);
     assert!(axfr.contains("new.example.com.") && axfr.contains("192.0.2.99"), "not in the AXFR:\n{axfr}");
@@ -173,7 +187,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     let (ok, out) = host.nsupdate(Some(&key), "zone example.com.\nupdate delete new.example.com.");
     assert!(ok, "{out}");
     assert!(host.kdig(&["new.example.com.", "TXT"]).contains("NXDOMAIN"));
-    assert_eq!(serial(&host.kdig(&["example.com.", "SOA"])), before + 3);
+    assert_eq!(host.serial(), before + 3);
 
     // The wrong secret: BADSIG; an unknown key: BADKEY; no key: REFUSED.
     let (ok, out) = host.nsupdate(
@@ -208,7 +222,7 @@ fn transfers_are_allowed_by_key_or_address_and_refused_otherwise() {
     let mut cfg = config();
     cfg.allow_transfer.push(AclRule::parse("192.0.2.0/24").unwrap());
     let host = start(cfg);
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
+    let xfr = xfr_key();
 
     // Signed with the transfer key: the whole zone, SOA first and last,
     // every response signed (kdig checks each MAC).
@@ -235,7 +249,7 @@ fn transfers_are_allowed_by_key_or_address_and_refused_otherwise() {
 
     // IXFR from the current serial: the SOA alone; from an unknown one:
     // the whole zone (AXFR fallback, RFC 1995 section 4).
-    let current = serial(&host.kdig(&["example.com.", "SOA"]));
+    let current = host.serial();
     let same = host.kdig(&["-y", &xfr, "example.com.", &format!("IXFR={current}")]);
     assert_eq!(same.lines().filter(|l| l.contains("\tSOA\t") && !l.starts_with(';')).count(), 1, "{same}");
     let old = host.kdig(&["-y", &xfr, "example.com.", "IXFR=1"]);
@@ -253,9 +267,9 @@ fn ixfr_sends_the_changes_an_update_made() {
     require("nsupdate");
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
-    let before = serial(&host.kdig(&["example.com.", "SOA"]));
+    let key = upd_key();
+    let xfr = xfr_key();
+    let before = host.serial();
     let (ok, out) = host.nsupdate(
         Some(&key),
         "zone example.com.\nupdate delete mail.example.com. A\nupdate add mail.example.com. 600 A 192.0.2.26",
@@ -276,7 +290,7 @@ fn a_request_signed_outside_the_fudge_gets_badtime() {
     require("nsupdate");
     // The server's clock is an hour ahead of the client's.
     let host = start_skewed(config(), 3600);
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    let key = upd_key();
     let (ok, out) = host.nsupdate(Some(&key), "zone example.com.\nupdate add late.example.com. 300 A 192.0.2.9");
     assert!(!ok, "an update signed an hour ago was applied:\n{out}");
     let events = host.events();
@@ -380,7 +394,7 @@ fn received(kdig_out: &str) -> usize {
 fn signed_udp_answers_leave_room_for_the_tsig_record() {
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    let key = upd_key();
     // The unsigned answer's size, given exactly as the payload size: it
     // fits, and the signed answer must fit too, TSIG record included.
     let plain = host.kdig(&["+bufsize=1232", "+ignore", "long.example.com.", "TXT"]);
