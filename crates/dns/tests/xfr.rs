@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -96,18 +95,7 @@ impl Host {
     /// nsupdate with `key` ("hmac-sha256:NAME:SECRET", or none); its
     /// success and output.
     fn nsupdate(&self, key: Option<&str>, script: &str) -> (bool, String) {
-        let mut cmd = Command::new("nsupdate");
-        cmd.arg("-t").arg("5");
-        if let Some(k) = key {
-            cmd.args(["-y", k]);
-        }
-        let mut child =
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
-        let text = format!("server {} {}\n{script}\nsend\n", self.addr.ip(), self.addr.port());
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        skiff_testnet::nsupdate(self.addr, key, script)
     }
 
     fn events(&self) -> Vec<String> {

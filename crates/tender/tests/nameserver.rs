@@ -427,18 +427,7 @@ fn rate_limiting_is_set_on_the_command_line() {
 /// nsupdate (bind9-dnsutils) against the name server, through its
 /// published port: its success and output.
 fn nsupdate(ns: &NameServer, key: Option<&str>, script: &str) -> (bool, String) {
-    require_program("nsupdate", "bind9-dnsutils");
-    let mut cmd = Command::new("nsupdate");
-    cmd.args(["-t", "5"]);
-    if let Some(k) = key {
-        cmd.args(["-y", k]);
-    }
-    let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
-    let text = format!("server {} {}\n{script}\nsend\n", ns.udp.ip(), ns.udp.port());
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    skiff_testnet::nsupdate(ns.udp, key, script)
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! panics. [`Dnsmasq`] runs a DHCP (and DNS, router advertisement) server on
 //! a TAP device in a namespace. Namespaces left behind by a killed test run
 //! are removed by the next one. [`Nsd`] runs the NSD name server that the
-//! DNS tests compare with, on loopback or in a namespace.
+//! DNS tests compare with, on loopback or in a namespace, and [`nsupdate`]
+//! sends them dynamic updates.
 //!
 //! All traffic stays inside the namespace or on loopback: nothing here
 //! touches the host's other interfaces. [`tls::any_certificate`] is the HTTPS client
@@ -17,7 +18,7 @@
 pub mod tls;
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -377,6 +378,25 @@ impl Drop for Nsd {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs nsupdate (Debian `bind9-dnsutils`) against the name server at
+/// `server` with `script` (its commands before `send`), signed with `key`
+/// (`"hmac-sha256:NAME:SECRET"`) when given; whether it succeeded, and its
+/// output (stdout and stderr).
+pub fn nsupdate(server: SocketAddr, key: Option<&str>, script: &str) -> (bool, String) {
+    require_program("nsupdate", "bind9-dnsutils");
+    let mut cmd = Command::new("nsupdate");
+    cmd.args(["-t", "5"]);
+    if let Some(k) = key {
+        cmd.args(["-y", k]);
+    }
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
+    let text = format!("server {} {}\n{script}\nsend\n", server.ip(), server.port());
+    child.stdin.take().expect("nsupdate's stdin").write_all(text.as_bytes()).expect("write to nsupdate");
+    let out = child.wait_with_output().expect("wait for nsupdate");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A process killed (and reaped) on drop: a guest under the tender.
