@@ -25,7 +25,7 @@
 //! `cargo run --release -p skiff-bench --bin dns` (root, KVM, dnsperf, nsd).
 
 use skiff_bench::{Linking, client_ns, guest, release_skiff, release_tender, start_linux, start_logged, workspace};
-use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
+use skiff_testnet::{Guard, NetNs, Nsd, require_kvm, require_program, require_root, wait_for};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -148,35 +148,17 @@ fn zones() -> Vec<(String, PathBuf)> {
 }
 
 /// NSD in the server namespace on 10.0.0.2:53, one server process.
-struct Nsd {
-    child: Guard,
-}
-
 fn start_nsd(server: &NetNs, dir: &Path) -> Nsd {
     let d = dir.join("nsd");
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let dd = d.display();
-    let mut conf = format!(
-        "server:\n  ip-address: {GUEST}\n  port: 53\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
-         database: \"\"\n  zonelistfile: \"{dd}/zone.list\"\n  xfrdfile: \"{dd}/xfrd.state\"\n  xfrdir: \"{dd}\"\n  \
-         pidfile: \"{dd}/nsd.pid\"\n  logfile: \"{dd}/nsd.log\"\n  verbosity: 1\n  rrl-ratelimit: 0\n  \
-         ipv4-edns-size: 1232\nremote-control:\n  control-enable: no\n"
-    );
-    for (origin, file) in zones() {
-        conf += &format!("zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"\n", file.display());
-    }
-    std::fs::write(d.join("nsd.conf"), conf).unwrap();
-    let child = server
-        .command("nsd")
-        .args(["-d", "-c"])
-        .arg(d.join("nsd.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let zones: String = zones()
+        .iter()
+        .map(|(origin, file)| format!("zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"\n", file.display()))
+        .collect();
+    let listen = (GUEST.parse::<std::net::IpAddr>().unwrap(), 53).into();
+    let nsd = Nsd::start(server.command("nsd"), &d, listen, "  verbosity: 1\n  ipv4-edns-size: 1232\n", &zones)
         .expect("start nsd");
-    let nsd = Nsd { child: Guard(child) };
     let up = wait_for(Duration::from_secs(10), || {
         server.run(|| {
             let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -185,17 +167,8 @@ fn start_nsd(server: &NetNs, dir: &Path) -> Nsd {
             sock.recv_from(&mut [0u8; 512]).ok().map(|_| ())
         })
     });
-    assert!(up.is_some(), "nsd did not start: {}", std::fs::read_to_string(d.join("nsd.log")).unwrap_or_default());
+    assert!(up.is_some(), "nsd did not start: {}", nsd.log());
     nsd
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let pid = self.child.0.id() as libc::pid_t;
-        // SAFETY: kill has no memory effects; the pid is our child's.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let _ = wait_for(Duration::from_secs(5), || self.child.0.try_wait().ok().flatten());
-    }
 }
 
 fn start_skiff(tender: &Path, image: &Path) -> (NetNs, Guard, PathBuf) {

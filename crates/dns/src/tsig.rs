@@ -181,24 +181,9 @@ pub fn check(msg: &[u8], keys: &[Key], now: u64) -> Checked {
         return Checked::Malformed;
     }
     let mut mac = key.mac();
-    // The message as it was before the TSIG record was added: original
-    // ID, one additional record fewer.
-    let mut head = [0u8; 12];
-    head.copy_from_slice(&msg[..12]);
-    head[..2].copy_from_slice(&raw.original_id.to_be_bytes());
-    let arcount = u16::from_be_bytes([head[10], head[11]]) - 1;
-    head[10..12].copy_from_slice(&arcount.to_be_bytes());
-    mac.update(&head);
-    mac.update(&msg[12..start]);
+    raw.digest_unsigned(&mut mac, msg, start);
     variables(&mut mac, &raw.key_name, raw.time, raw.fudge, raw.error, raw.other);
-    let ok = if raw.mac.len() == MAC_LEN {
-        mac.verify_slice(raw.mac).is_ok()
-    } else if raw.mac.len() >= MIN_MAC_LEN {
-        mac.verify_truncated_left(raw.mac).is_ok()
-    } else {
-        return Checked::Bad(req, TsigError::BadSig);
-    };
-    if !ok {
+    if !raw.verify(mac) {
         return Checked::Bad(req, TsigError::BadSig);
     }
     if now.abs_diff(raw.time) > u64::from(raw.fudge) {
@@ -342,25 +327,14 @@ impl Verifier {
         mac.update(&(self.prior.len() as u16).to_be_bytes());
         mac.update(&self.prior);
         mac.update(&self.pending);
-        let mut head = [0u8; 12];
-        head.copy_from_slice(&msg[..12]);
-        head[..2].copy_from_slice(&raw.original_id.to_be_bytes());
-        let arcount = u16::from_be_bytes([head[10], head[11]]) - 1;
-        head[10..12].copy_from_slice(&arcount.to_be_bytes());
-        mac.update(&head);
-        mac.update(&msg[12..start]);
+        raw.digest_unsigned(&mut mac, msg, start);
         if self.first {
             variables(&mut mac, &raw.key_name, raw.time, raw.fudge, raw.error, raw.other);
         } else {
             mac.update(&raw.time.to_be_bytes()[2..]);
             mac.update(&raw.fudge.to_be_bytes());
         }
-        let ok = if raw.mac.len() == MAC_LEN {
-            mac.verify_slice(raw.mac).is_ok()
-        } else {
-            raw.mac.len() >= MIN_MAC_LEN && mac.verify_truncated_left(raw.mac).is_ok()
-        };
-        if !ok {
+        if !raw.verify(mac) {
             return Err(VerifyError::BadSig);
         }
         if raw.error != 0 {
@@ -438,6 +412,30 @@ struct RawTsig<'m> {
     original_id: u16,
     error: u16,
     other: &'m [u8],
+}
+
+impl RawTsig<'_> {
+    /// Feeds `mac` the message `msg` as it was before this TSIG record (at
+    /// `start`) was added: the original ID, one additional record fewer.
+    fn digest_unsigned(&self, mac: &mut HmacSha256, msg: &[u8], start: usize) {
+        let mut head = [0u8; 12];
+        head.copy_from_slice(&msg[..12]);
+        head[..2].copy_from_slice(&self.original_id.to_be_bytes());
+        let arcount = u16::from_be_bytes([head[10], head[11]]) - 1;
+        head[10..12].copy_from_slice(&arcount.to_be_bytes());
+        mac.update(&head);
+        mac.update(&msg[12..start]);
+    }
+
+    /// Whether this record's MAC is `mac`'s: whole, or truncated to at
+    /// least [`MIN_MAC_LEN`] bytes.
+    fn verify(&self, mac: HmacSha256) -> bool {
+        if self.mac.len() == MAC_LEN {
+            mac.verify_slice(self.mac).is_ok()
+        } else {
+            self.mac.len() >= MIN_MAC_LEN && mac.verify_truncated_left(self.mac).is_ok()
+        }
+    }
 }
 
 /// Where a message's TSIG record is.

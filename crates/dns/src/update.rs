@@ -80,32 +80,23 @@ pub(crate) fn apply(zone: &Zone<'_>, msg: &Message<&[u8]>) -> Result<Option<Vec<
         if !in_zone(&p.owner) {
             return Err(Rcode::NOTZONE);
         }
-        let at_name = |r: &&Record| r.owner == p.owner;
         match p.class {
-            Class::ANY => {
+            // ANY: the name (type ANY) or the RRset must exist; NONE: it
+            // must not.
+            Class::ANY | Class::NONE => {
                 if !p.rdata.is_empty() {
                     return Err(Rcode::FORMERR);
                 }
-                let exists = if p.rtype == Rtype::ANY {
-                    records.iter().any(|r| at_name(&r))
-                } else {
-                    records.iter().filter(at_name).any(|r| r.rtype == p.rtype)
-                };
-                if !exists {
-                    return Err(if p.rtype == Rtype::ANY { Rcode::NXDOMAIN } else { Rcode::NXRRSET });
-                }
-            }
-            Class::NONE => {
-                if !p.rdata.is_empty() {
-                    return Err(Rcode::FORMERR);
-                }
-                let exists = if p.rtype == Rtype::ANY {
-                    records.iter().any(|r| at_name(&r))
-                } else {
-                    records.iter().filter(at_name).any(|r| r.rtype == p.rtype)
-                };
-                if exists {
-                    return Err(if p.rtype == Rtype::ANY { Rcode::YXDOMAIN } else { Rcode::YXRRSET });
+                let exists =
+                    records.iter().any(|r| r.owner == p.owner && (p.rtype == Rtype::ANY || r.rtype == p.rtype));
+                let must_exist = p.class == Class::ANY;
+                if exists != must_exist {
+                    return Err(match (must_exist, p.rtype == Rtype::ANY) {
+                        (true, true) => Rcode::NXDOMAIN,
+                        (true, false) => Rcode::NXRRSET,
+                        (false, true) => Rcode::YXDOMAIN,
+                        (false, false) => Rcode::YXRRSET,
+                    });
                 }
             }
             Class::IN => wanted.push(p),

@@ -7,89 +7,40 @@
 
 mod common;
 
-use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Answer, Opts, ZONES, blob, names, parse, query, zones_dir};
+use common::{Answer, Opts, ZONES, ask, blob, names, parse, query, zones_dir};
 use domain::base::iana::Rtype;
 use skiff_dns::{Catalog, Config, Server, Transport};
 
 /// An NSD serving the test zones on 127.0.0.1, ended when dropped.
-struct Nsd {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
+struct Nsd(skiff_testnet::Nsd);
 
 impl Nsd {
     fn start() -> Nsd {
         let dir = std::env::temp_dir().join(format!("skiff-dns-nsd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // A free port for UDP (TCP is not used).
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = dir.display();
-        let mut conf = format!(
-            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
-             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
-             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 1\n  rrl-ratelimit: 0\n  \
-             refuse-any: no\n  ipv4-edns-size: 1232\n  tcp-count: 4\nremote-control:\n  control-enable: no\n"
-        );
-        for (origin, file) in ZONES {
-            conf += &format!("zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"\n", zones_dir().join(file).display());
-        }
-        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
-        let child = Command::new("nsd")
-            .args(["-d", "-c"])
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nsd is not installed (scripts/setup installs it: apt-get install nsd)");
-        let nsd = Nsd { child, dir, port };
+        let listen = ([127, 0, 0, 1], skiff_testnet::free_port()).into();
+        let server = "  verbosity: 1\n  refuse-any: no\n  ipv4-edns-size: 1232\n  tcp-count: 4\n";
+        let zones: String = ZONES
+            .iter()
+            .map(|(origin, file)| {
+                format!("zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"\n", zones_dir().join(file).display())
+            })
+            .collect();
+        let nsd = Nsd(skiff_testnet::Nsd::start(Command::new("nsd"), &dir, listen, server, &zones).expect("start nsd"));
         // Wait until it answers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(a) = nsd.ask(&query(1, "example.com.", Rtype::SOA, Opts::PLAIN))
-                && !a.answer.is_empty()
-            {
-                return nsd;
-            }
-            assert!(Instant::now() < deadline, "nsd did not start: {}", nsd.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+        skiff_testnet::wait_for(Duration::from_secs(10), || {
+            nsd.ask(&query(1, "example.com.", Rtype::SOA, Opts::PLAIN)).filter(|a| !a.answer.is_empty())
+        })
+        .unwrap_or_else(|| panic!("nsd did not start: {}", nsd.0.log()));
+        nsd
     }
 
     fn ask(&self, q: &[u8]) -> Option<Answer> {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        sock.send_to(q, ("127.0.0.1", self.port)).unwrap();
-        let mut buf = [0u8; 65535];
-        let (n, _) = sock.recv_from(&mut buf).ok()?;
-        Some(parse(&buf[..n]))
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        // SIGTERM lets NSD end its helper processes too.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        ask(self.0.addr(), q, Duration::from_millis(500))
     }
 }
 

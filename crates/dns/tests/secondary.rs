@@ -6,95 +6,43 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Opts, parse, query, zones_dir};
+use common::{Opts, ask, parse, query, read_frame, zones_dir};
 use domain::base::iana::Rtype;
 use domain::base::name::Name;
 use skiff_dns::build::{ZoneFile, compile_files};
 use skiff_dns::secondary::{self, AxfrReader, Request, Secondary, XfrError};
 use skiff_dns::tsig::{Key, VerifyError};
 use skiff_dns::{AclRule, Catalog, Config, Event, Peer, Record, Server, Transport};
+use skiff_testnet::{free_port, wait_for};
 
 /// An NSD on 127.0.0.1 with the `zones` part of its configuration.
-struct Nsd {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+struct Nsd(skiff_testnet::Nsd);
 
 impl Nsd {
     fn start(dir: &Path, zones: &str) -> Nsd {
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
-             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
-             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 2\n  rrl-ratelimit: 0\n  \
-             zonesdir: \"{d}\"\nremote-control:\n  control-enable: no\n{zones}"
-        );
-        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
-        let child = Command::new("nsd")
-            .args(["-d", "-c"])
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nsd is not installed (scripts/setup installs it: apt-get install nsd)");
-        Nsd { child, dir: dir.to_path_buf(), port }
+        let listen = ([127, 0, 0, 1], free_port()).into();
+        let cmd = Command::new("nsd");
+        Nsd(skiff_testnet::Nsd::start(cmd, dir, listen, "  verbosity: 2\n", zones).expect("start nsd"))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// NSD's answer section for `name` `rtype`, over UDP.
     fn answer(&self, name: &str, rtype: Rtype) -> Option<Vec<String>> {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        sock.send_to(&query(7, name, rtype, Opts::PLAIN), ("127.0.0.1", self.port)).unwrap();
-        let mut buf = [0u8; 65535];
-        let (n, _) = sock.recv_from(&mut buf).ok()?;
-        Some(parse(&buf[..n]).answer)
+        ask(self.addr(), &query(7, name, rtype, Opts::PLAIN), Duration::from_millis(300)).map(|a| a.answer)
     }
 
     fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.addr()
     }
 }
 
@@ -103,19 +51,6 @@ fn temp_dir(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn name(text: &str) -> Name<Vec<u8>> {
@@ -129,10 +64,7 @@ fn tcp_exchange(to: SocketAddr, request: &[u8], mut done: impl FnMut(&[u8]) -> b
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&skiff_dns::tcp::frame(request)).unwrap();
     loop {
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len).expect("an answer from the primary");
-        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        s.read_exact(&mut msg).unwrap();
+        let msg = read_frame(&mut s).expect("an answer from the primary");
         if done(&msg) {
             return;
         }
@@ -178,7 +110,7 @@ fn skiff_loads_a_zone_from_nsd_and_follows_its_serial_after_a_notify() {
              notify: 127.0.0.1@{skiff_port} NOKEY\n"
         ),
     );
-    wait(Duration::from_secs(10), || nsd.answer("example.com.", Rtype::SOA).filter(|a| !a.is_empty()))
+    wait_for(Duration::from_secs(10), || nsd.answer("example.com.", Rtype::SOA).filter(|a| !a.is_empty()))
         .unwrap_or_else(|| panic!("nsd did not start:\n{}", nsd.log()));
     let zone = name("example.com.");
     let mut server = server_without_example_com(Config {
@@ -196,7 +128,7 @@ fn skiff_loads_a_zone_from_nsd_and_follows_its_serial_after_a_notify() {
     // The primary's zone changes; NSD reloads it (SIGHUP) and notifies.
     let changed = text.replace("2024010101", "2024010102") + "fresh.example.com. 3600 IN A 192.0.2.200\n";
     std::fs::write(dir.join("example.com.zone"), changed).unwrap();
-    nsd.signal("-HUP");
+    nsd.0.reload();
     skiff.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 4096];
     // NSD notifies at its start too (the old serial): each NOTIFY is
@@ -244,28 +176,7 @@ fn nsd_takes_the_zone_from_skiff_after_a_notify() {
     let server = Arc::new(Mutex::new(Server::new(Catalog::new(blob).unwrap(), config)));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let skiff = listener.local_addr().unwrap();
-    let s = server.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let peer = stream.peer_addr().unwrap();
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            loop {
-                let mut len = [0u8; 2];
-                if stream.read_exact(&mut len).is_err() {
-                    break;
-                }
-                let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                if stream.read_exact(&mut msg).is_err() {
-                    break;
-                }
-                let p = Peer { transport: Transport::Tcp, addr: peer.ip(), now_ms: 0, unix_time: 0 };
-                for m in s.lock().unwrap().serve(&msg, &p).messages {
-                    let _ = stream.write_all(&skiff_dns::tcp::frame(&m));
-                }
-            }
-        }
-    });
+    common::serve_tcp(listener, server.clone(), Arc::default(), || 0);
     let dir = temp_dir("primary");
     let nsd = Nsd::start(
         &dir,
@@ -276,7 +187,7 @@ fn nsd_takes_the_zone_from_skiff_after_a_notify() {
         ),
     );
     let soa = |nsd: &Nsd| nsd.answer("example.com.", Rtype::SOA).filter(|a| !a.is_empty());
-    let first = wait(Duration::from_secs(15), || soa(&nsd))
+    let first = wait_for(Duration::from_secs(15), || soa(&nsd))
         .unwrap_or_else(|| panic!("NSD did not transfer the zone from Skiff:\n{}", nsd.log()));
     assert!(first[0].contains("2024010101"), "{first:?}");
 
@@ -302,8 +213,9 @@ fn nsd_takes_the_zone_from_skiff_after_a_notify() {
     let mut buf = [0u8; 4096];
     let (n, _) = sock.recv_from(&mut buf).unwrap_or_else(|e| panic!("no answer to the NOTIFY ({e}):\n{}", nsd.log()));
     assert_eq!(secondary::notify_acknowledged(&buf[..n], 0x5151), Ok(true));
-    let fresh = wait(Duration::from_secs(15), || nsd.answer("fresh.example.com.", Rtype::A).filter(|a| !a.is_empty()))
-        .unwrap_or_else(|| panic!("NSD does not serve the change:\n{}", nsd.log()));
+    let fresh =
+        wait_for(Duration::from_secs(15), || nsd.answer("fresh.example.com.", Rtype::A).filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| panic!("NSD does not serve the change:\n{}", nsd.log()));
     assert_eq!(fresh, ["fresh.example.com 300 A 192.0.2.201"]);
     assert!(soa(&nsd).unwrap()[0].contains("2024010102"));
 }
@@ -317,10 +229,7 @@ fn tcp_messages(to: SocketAddr, request: &[u8]) -> Vec<Vec<u8>> {
     let mut end = AxfrReader::new(u16::from_be_bytes([request[0], request[1]]), name("example.org."));
     let mut messages = Vec::new();
     loop {
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len).expect("an answer from NSD");
-        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        s.read_exact(&mut msg).unwrap();
+        let msg = read_frame(&mut s).expect("an answer from NSD");
         let done = msg[3] & 0x0f != 0 || end.push(&msg).unwrap_or(true);
         messages.push(msg);
         if done {
@@ -355,7 +264,7 @@ fn signed_transfers_from_nsd_are_checked_message_by_message() {
             skiff.local_addr().unwrap().port()
         ),
     );
-    wait(Duration::from_secs(10), || nsd.answer("example.org.", Rtype::SOA).filter(|a| !a.is_empty()))
+    wait_for(Duration::from_secs(10), || nsd.answer("example.org.", Rtype::SOA).filter(|a| !a.is_empty()))
         .unwrap_or_else(|| panic!("nsd did not start:\n{}", nsd.log()));
     let zone = name("example.org.");
     let key = Key::new("xfr", XFR_SECRET.to_vec()).unwrap();
@@ -420,7 +329,7 @@ fn signed_transfers_from_nsd_are_checked_message_by_message() {
     // the secondary expects that key, refused when it expects another.
     let text = text.replace(" 1 3600 600", " 2 3600 600");
     std::fs::write(dir.join("example.org.zone"), &text).unwrap();
-    nsd.signal("-HUP");
+    nsd.0.reload();
     skiff.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 4096];
     let config = |expect: &str| Config {

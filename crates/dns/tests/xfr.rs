@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use skiff_dns::tsig::Key;
 use skiff_dns::{AclRule, Catalog, Config, Event, Peer, Server, Transport};
@@ -69,33 +68,7 @@ fn start_skewed(config: Config, skew: u64) -> Host {
             }
         }
     });
-    let (s, e) = (server, events.clone());
-    std::thread::spawn(move || {
-        for stream in tcp.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let (s, e) = (s.clone(), e.clone());
-            std::thread::spawn(move || {
-                let peer = stream.peer_addr().unwrap();
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                loop {
-                    let mut len = [0u8; 2];
-                    if stream.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    if stream.read_exact(&mut msg).is_err() {
-                        return;
-                    }
-                    let p = Peer { transport: Transport::Tcp, addr: peer.ip(), now_ms: 0, unix_time: now() };
-                    let reply = s.lock().unwrap().serve(&msg, &p);
-                    e.lock().unwrap().extend(reply.event);
-                    for m in reply.messages {
-                        let _ = stream.write_all(&skiff_dns::tcp::frame(&m));
-                    }
-                }
-            });
-        }
-    });
+    common::serve_tcp(tcp, server, events.clone(), now);
     Host { addr, events }
 }
 
@@ -122,18 +95,7 @@ impl Host {
     /// nsupdate with `key` ("hmac-sha256:NAME:SECRET", or none); its
     /// success and output.
     fn nsupdate(&self, key: Option<&str>, script: &str) -> (bool, String) {
-        let mut cmd = Command::new("nsupdate");
-        cmd.arg("-t").arg("5");
-        if let Some(k) = key {
-            cmd.args(["-y", k]);
-        }
-        let mut child =
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
-        let text = format!("server {} {}\n{script}\nsend\n", self.addr.ip(), self.addr.port());
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        skiff_testnet::nsupdate(self.addr, key, script)
     }
 
     fn events(&self) -> Vec<String> {
@@ -148,9 +110,23 @@ fn require(program: &str) {
     );
 }
 
-fn serial(kdig_out: &str) -> u32 {
-    let line = kdig_out.lines().find(|l| l.contains("\tSOA\t") && !l.starts_with(';')).expect("an SOA");
-    line.split_whitespace().nth(6).unwrap().parse().unwrap()
+impl Host {
+    /// The serial of example.com's SOA, as answered.
+    fn serial(&self) -> u32 {
+        let out = self.kdig(&["example.com.", "SOA"]);
+        let line = out.lines().find(|l| l.contains("\tSOA\t") && !l.starts_with(';')).expect("an SOA");
+        line.split_whitespace().nth(6).unwrap().parse().unwrap()
+    }
+}
+
+/// The update key (`upd-key`) as nsupdate and kdig take it.
+fn upd_key() -> String {
+    format!("hmac-sha256:upd-key:{SECRET}")
+}
+
+/// The transfer key (`xfr-key`) as kdig takes it.
+fn xfr_key() -> String {
+    format!("hmac-sha256:xfr-key:{SECRET}")
 }
 
 #[test]
@@ -158,9 +134,9 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     require("nsupdate");
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
-    let before = serial(&host.kdig(&["example.com.", "SOA"]));
+    let key = upd_key();
+    let xfr = xfr_key();
+    let before = host.serial();
 
     let (ok, out) = host.nsupdate(
         Some(&key),
@@ -169,7 +145,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     assert!(ok, "the signed update failed:\n{out}");
     let a = host.kdig(&["new.example.com.", "A"]);
     assert!(a.contains("192.0.2.99") && a.contains("NOERROR"), "the new record is not answered:\n{a}");
-    let after = serial(&host.kdig(&["example.com.", "SOA"]));
+    let after = host.serial();
     assert_eq!(after, before + 1, "the serial goes up by one");
     let axfr = host.kdig(&["-y", &xfr, "example.com.", "AXFR"]);
     assert!(axfr.contains("new.example.com.") && axfr.contains("192.0.2.99"), "not in the AXFR:\n{axfr}");
@@ -179,6 +155,16 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     let (ok, out) = host
         .nsupdate(Some(&key), "zone example.com.\nprereq nxdomain new.example.com.\nupdate delete new.example.com. A");
     assert!(!ok && out.contains("YXDOMAIN"), "a failed prerequisite must refuse the update:\n{out}");
+    // Each kind of name or RRset prerequisite, not holding, with its rcode.
+    for (prereq, rcode) in [
+        ("yxdomain gone.example.com.", "NXDOMAIN"),
+        ("yxrrset new.example.com. MX", "NXRRSET"),
+        ("nxrrset new.example.com. A", "YXRRSET"),
+    ] {
+        let script = format!("zone example.com.\nprereq {prereq}\nupdate delete new.example.com. A");
+        let (ok, out) = host.nsupdate(Some(&key), &script);
+        assert!(!ok && out.contains(rcode), "prereq {prereq} must refuse the update with {rcode}:\n{out}");
+    }
     assert!(host.kdig(&["new.example.com.", "A"]).contains("192.0.2.99"));
 
     // Delete one RRset, then the rest of the name.
@@ -189,7 +175,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
     let (ok, out) = host.nsupdate(Some(&key), "zone example.com.\nupdate delete new.example.com.");
     assert!(ok, "{out}");
     assert!(host.kdig(&["new.example.com.", "TXT"]).contains("NXDOMAIN"));
-    assert_eq!(serial(&host.kdig(&["example.com.", "SOA"])), before + 3);
+    assert_eq!(host.serial(), before + 3);
 
     // The wrong secret: BADSIG; an unknown key: BADKEY; no key: REFUSED.
     let (ok, out) = host.nsupdate(
@@ -211,7 +197,7 @@ fn nsupdate_with_the_key_adds_and_deletes_records_and_a_wrong_key_is_refused() {
 
     let events = host.events();
     let refused: Vec<_> = events.iter().filter(|e| e.starts_with("refused update")).collect();
-    assert_eq!(refused.len(), 5, "one line per refused update:\n{events:#?}");
+    assert_eq!(refused.len(), 8, "one line per refused update:\n{events:#?}");
     assert!(refused.iter().any(|e| e.contains("BADSIG")), "{events:#?}");
     assert!(refused.iter().any(|e| e.contains("BADKEY")), "{events:#?}");
     assert!(refused.iter().any(|e| e.contains("unsigned") && e.contains("not allowed")), "{events:#?}");
@@ -224,7 +210,7 @@ fn transfers_are_allowed_by_key_or_address_and_refused_otherwise() {
     let mut cfg = config();
     cfg.allow_transfer.push(AclRule::parse("192.0.2.0/24").unwrap());
     let host = start(cfg);
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
+    let xfr = xfr_key();
 
     // Signed with the transfer key: the whole zone, SOA first and last,
     // every response signed (kdig checks each MAC).
@@ -251,7 +237,7 @@ fn transfers_are_allowed_by_key_or_address_and_refused_otherwise() {
 
     // IXFR from the current serial: the SOA alone; from an unknown one:
     // the whole zone (AXFR fallback, RFC 1995 section 4).
-    let current = serial(&host.kdig(&["example.com.", "SOA"]));
+    let current = host.serial();
     let same = host.kdig(&["-y", &xfr, "example.com.", &format!("IXFR={current}")]);
     assert_eq!(same.lines().filter(|l| l.contains("\tSOA\t") && !l.starts_with(';')).count(), 1, "{same}");
     let old = host.kdig(&["-y", &xfr, "example.com.", "IXFR=1"]);
@@ -269,9 +255,9 @@ fn ixfr_sends_the_changes_an_update_made() {
     require("nsupdate");
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
-    let xfr = format!("hmac-sha256:xfr-key:{SECRET}");
-    let before = serial(&host.kdig(&["example.com.", "SOA"]));
+    let key = upd_key();
+    let xfr = xfr_key();
+    let before = host.serial();
     let (ok, out) = host.nsupdate(
         Some(&key),
         "zone example.com.\nupdate delete mail.example.com. A\nupdate add mail.example.com. 600 A 192.0.2.26",
@@ -292,7 +278,7 @@ fn a_request_signed_outside_the_fudge_gets_badtime() {
     require("nsupdate");
     // The server's clock is an hour ahead of the client's.
     let host = start_skewed(config(), 3600);
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    let key = upd_key();
     let (ok, out) = host.nsupdate(Some(&key), "zone example.com.\nupdate add late.example.com. 300 A 192.0.2.9");
     assert!(!ok, "an update signed an hour ago was applied:\n{out}");
     let events = host.events();
@@ -396,7 +382,7 @@ fn received(kdig_out: &str) -> usize {
 fn signed_udp_answers_leave_room_for_the_tsig_record() {
     require("kdig");
     let host = start(config());
-    let key = format!("hmac-sha256:upd-key:{SECRET}");
+    let key = upd_key();
     // The unsigned answer's size, given exactly as the payload size: it
     // fits, and the signed answer must fit too, TSIG record included.
     let plain = host.kdig(&["+bufsize=1232", "+ignore", "long.example.com.", "TXT"]);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use skiff_testnet::{Guard, require_kvm, require_program, wait_for};
+use skiff_testnet::{Guard, free_port, require_kvm, require_program, wait_for};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -125,19 +125,6 @@ impl NameServer {
         assert!(out.status.success(), "kdig {args:?} failed:\n{text}\nserver:\n{}", self.output());
         text
     }
-}
-
-/// A port free on 127.0.0.1 for both UDP and TCP (a client retrying a
-/// truncated answer over TCP uses the UDP port).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on 127.0.0.1");
 }
 
 /// The lines of `section` ("ANSWER", "AUTHORITY", "ADDITIONAL") of kdig's
@@ -440,18 +427,7 @@ fn rate_limiting_is_set_on_the_command_line() {
 /// nsupdate (bind9-dnsutils) against the name server, through its
 /// published port: its success and output.
 fn nsupdate(ns: &NameServer, key: Option<&str>, script: &str) -> (bool, String) {
-    require_program("nsupdate", "bind9-dnsutils");
-    let mut cmd = Command::new("nsupdate");
-    cmd.args(["-t", "5"]);
-    if let Some(k) = key {
-        cmd.args(["-y", k]);
-    }
-    let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
-    let text = format!("server {} {}\n{script}\nsend\n", ns.udp.ip(), ns.udp.port());
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    skiff_testnet::nsupdate(ns.udp, key, script)
 }
 
 #[test]
@@ -574,11 +550,7 @@ fn updates_kept_on_a_disk_survive_a_stop_and_a_kill() {
 /// NSD (Debian `nsd`) on 127.0.0.1:`port`, in a directory of its own under
 /// target/nameserver-tests, with `zones` as the zone part of its
 /// configuration; stopped and removed on drop.
-struct Nsd {
-    child: Guard,
-    dir: PathBuf,
-    port: u16,
-}
+struct Nsd(skiff_testnet::Nsd);
 
 impl Nsd {
     /// A fresh directory for NSD's configuration and zone files.
@@ -591,38 +563,29 @@ impl Nsd {
     }
 
     fn start(dir: &Path, port: u16, zones: &str) -> Nsd {
-        require_program("nsd", "nsd");
-        let d = dir.display();
-        let conf = format!(
-            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
-             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
-             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  verbosity: 2\n  rrl-ratelimit: 0\n  \
-             zonesdir: \"{d}\"\nremote-control:\n  control-enable: no\n{zones}"
-        );
-        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
-        let child = Command::new("nsd")
-            .args(["-d", "-c"])
-            .arg(dir.join("nsd.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nsd");
-        Nsd { child: Guard(child), dir: dir.to_path_buf(), port }
+        let listen = ([127, 0, 0, 1], port).into();
+        Nsd(skiff_testnet::Nsd::start(Command::new("nsd"), dir, listen, "  verbosity: 2\n", zones).expect("start nsd"))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// NSD's answer section for `name` `qtype` (kdig), empty when it has
     /// none (or does not serve the zone yet).
     fn answer(&self, name: &str, qtype: &str) -> Vec<String> {
+        let port = self.0.addr().port().to_string();
         let out = Command::new("kdig")
-            .args(["@127.0.0.1", "-p", &self.port.to_string(), "+timeout=1", "+retry=0", name, qtype])
+            .args(["@127.0.0.1", "-p", &port, "+timeout=1", "+retry=0", name, qtype])
             .output()
             .expect("run kdig");
         section(&String::from_utf8_lossy(&out.stdout), "ANSWER")
+    }
+
+    /// Waits up to 10 s for NSD to answer the SOA of `zone`, its primary.
+    fn wait_serving(&self, zone: &str) {
+        wait_for(Duration::from_secs(10), || Some(self.answer(zone, "SOA")).filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| panic!("NSD did not start:\n{}", self.log()));
     }
 
     /// Waits up to `limit` for NSD to answer `name` `qtype` with a record
@@ -640,18 +603,7 @@ impl Nsd {
     }
 
     fn reload(&self) {
-        let pid = self.child.0.id().to_string();
-        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
-        let stopped = wait_for(Duration::from_secs(5), || self.child.0.try_wait().ok().flatten());
-        if stopped.is_some() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        self.0.reload();
     }
 }
 
@@ -734,8 +686,7 @@ fn the_image_as_a_secondary_of_nsd_loads_the_zone_at_boot_and_follows_its_notify
              notify: 127.0.0.1@{ns_port} NOKEY\n"
         ),
     );
-    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
-        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
+    nsd.wait_serving("example.org");
 
     // The image loads example.org by AXFR at boot, over an outbound TCP
     // connection to the host's loopback (10.0.2.2 on the user network).
@@ -804,8 +755,7 @@ fn tsig_signed_transfers_and_notify_both_ways_with_nsd() {
              request-xfr: AXFR 127.0.0.1@{ns_port} xfr\n  allow-notify: 127.0.0.1 xfr\n"
         ),
     );
-    wait_for(Duration::from_secs(10), || Some(nsd.answer("example.org", "SOA")).filter(|a| !a.is_empty()))
-        .unwrap_or_else(|| panic!("NSD did not start:\n{}", nsd.log()));
+    nsd.wait_serving("example.org");
     // NSD refuses an unsigned transfer of example.org.
     let unsigned =
         Command::new("kdig").args(["@127.0.0.1", "-p", &nsd_port.to_string(), "example.org", "AXFR"]).output().unwrap();

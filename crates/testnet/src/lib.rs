@@ -7,18 +7,21 @@
 //! deleted, with everything in it, when dropped, including when a test
 //! panics. [`Dnsmasq`] runs a DHCP (and DNS, router advertisement) server on
 //! a TAP device in a namespace. Namespaces left behind by a killed test run
-//! are removed by the next one.
+//! are removed by the next one. [`Nsd`] runs the NSD name server that the
+//! DNS tests compare with, on loopback or in a namespace, and [`nsupdate`]
+//! sends them dynamic updates.
 //!
-//! All traffic stays inside the namespace: nothing here touches the host's
-//! own interfaces. [`tls::any_certificate`] is the HTTPS client
+//! All traffic stays inside the namespace or on loopback: nothing here
+//! touches the host's other interfaces. [`tls::any_certificate`] is the HTTPS client
 //! configuration for the test servers' self-signed certificates.
 
 pub mod tls;
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -286,6 +289,114 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A port on 127.0.0.1 that is free for both UDP and TCP (as a DNS server
+/// needs).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port on 127.0.0.1");
+        let port = tcp.local_addr().expect("the bound address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1");
+}
+
+/// NSD (Debian `nsd`), the authoritative name server the DNS tests and
+/// benchmark compare with: one server process, response-rate limiting
+/// off, its configuration, state and log in one directory (which is also
+/// its zone directory). Stopped with SIGTERM on drop (which ends its
+/// helper processes too), its directory removed once it has stopped.
+pub struct Nsd {
+    child: Child,
+    dir: PathBuf,
+    listen: SocketAddr,
+}
+
+impl Nsd {
+    /// Writes `dir`/nsd.conf for NSD on `listen`, with `server` as more
+    /// lines of its `server:` clause (`"  name: value\n"` each) and `rest`
+    /// after it (its `key:` and `zone:` clauses), and starts NSD in the
+    /// foreground by `command`: `Command::new("nsd")`, or
+    /// [`NetNs::command`]`("nsd")` in a namespace. Does not wait for it to
+    /// answer.
+    pub fn start(mut command: Command, dir: &Path, listen: SocketAddr, server: &str, rest: &str) -> io::Result<Nsd> {
+        require_program("nsd", "nsd");
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  ip-address: {}\n  port: {}\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  \
+             database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
+             pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  rrl-ratelimit: 0\n  zonesdir: \"{d}\"\n\
+             {server}remote-control:\n  control-enable: no\n{rest}",
+            listen.ip(),
+            listen.port()
+        );
+        std::fs::write(dir.join("nsd.conf"), conf)?;
+        let child = command
+            .args(["-d", "-c"])
+            .arg(dir.join("nsd.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Nsd { child, dir: dir.to_path_buf(), listen })
+    }
+
+    /// Where it serves.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nsd.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP: NSD reloads its zone files (and notifies its
+    /// secondaries of a changed serial).
+    pub fn reload(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill has no memory effects; the pid is our child's, not
+        // yet reaped.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        if wait_for(Duration::from_secs(5), || self.child.try_wait().ok().flatten()).is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs nsupdate (Debian `bind9-dnsutils`) against the name server at
+/// `server` with `script` (its commands before `send`), signed with `key`
+/// (`"hmac-sha256:NAME:SECRET"`) when given; whether it succeeded, and its
+/// output (stdout and stderr).
+pub fn nsupdate(server: SocketAddr, key: Option<&str>, script: &str) -> (bool, String) {
+    require_program("nsupdate", "bind9-dnsutils");
+    let mut cmd = Command::new("nsupdate");
+    cmd.args(["-t", "5"]);
+    if let Some(k) = key {
+        cmd.args(["-y", k]);
+    }
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run nsupdate");
+    let text = format!("server {} {}\n{script}\nsend\n", server.ip(), server.port());
+    child.stdin.take().expect("nsupdate's stdin").write_all(text.as_bytes()).expect("write to nsupdate");
+    let out = child.wait_with_output().expect("wait for nsupdate");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A process killed (and reaped) on drop: a guest under the tender.

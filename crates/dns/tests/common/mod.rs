@@ -3,7 +3,11 @@
 #![allow(dead_code, reason = "not every test binary uses every helper")]
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use domain::base::iana::{Class, Rcode, Rtype};
 use domain::base::message::Message;
@@ -12,6 +16,7 @@ use domain::base::name::Name;
 use domain::base::{ParsedName, Record};
 use domain::rdata::AllRecordData;
 use skiff_dns::build::{ZoneFile, compile_files};
+use skiff_dns::{Event, Peer, Server, Transport};
 
 /// Any record of a parsed message.
 pub type AnyRecord<'a> = Record<ParsedName<&'a [u8]>, AllRecordData<&'a [u8], ParsedName<&'a [u8]>>>;
@@ -67,6 +72,57 @@ pub fn query(id: u16, name: &str, rtype: Rtype, opts: Opts) -> Vec<u8> {
         .unwrap();
     }
     a.finish()
+}
+
+/// The query `q` sent over UDP to `to` (NSD, in the tests); its answer
+/// taken apart, or none within `timeout`.
+pub fn ask(to: SocketAddr, q: &[u8], timeout: Duration) -> Option<Answer> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    sock.send_to(q, to).unwrap();
+    let mut buf = [0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    Some(parse(&buf[..n]))
+}
+
+/// One message of a DNS TCP stream (RFC 1035 section 4.2.2: a two-byte
+/// length first); none at the end of the stream or on an error.
+pub fn read_frame(stream: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut msg).ok()?;
+    Some(msg)
+}
+
+/// Serves DNS over TCP with `server` on `listener`, from a thread of its
+/// own and a thread per connection (several messages each, 5 s idle
+/// timeout), the clock read from `unix_time`; what each message led to
+/// goes to `events`.
+pub fn serve_tcp(
+    listener: TcpListener,
+    server: Arc<Mutex<Server<'static>>>,
+    events: Arc<Mutex<Vec<Event>>>,
+    unix_time: impl Fn() -> u64 + Clone + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let (s, e, unix_time) = (server.clone(), events.clone(), unix_time.clone());
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().unwrap();
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                while let Some(msg) = read_frame(&mut stream) {
+                    let p = Peer { transport: Transport::Tcp, addr: peer.ip(), now_ms: 0, unix_time: unix_time() };
+                    let reply = s.lock().unwrap().serve(&msg, &p);
+                    e.lock().unwrap().extend(reply.event);
+                    for m in reply.messages {
+                        let _ = stream.write_all(&skiff_dns::tcp::frame(&m));
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// An answer taken apart: flags, rcode and each section's records as
