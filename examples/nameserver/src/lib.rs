@@ -246,7 +246,8 @@ impl Options {
             o.dns.rate_limit = Some(rate);
         }
         // A rule naming a key that was not given could never match.
-        let known = |k: &skiff::dns::domain::base::Name<Vec<u8>>| o.dns.keys.iter().any(|key| key.name() == k.for_slice());
+        let known =
+            |k: &skiff::dns::domain::base::Name<Vec<u8>>| o.dns.keys.iter().any(|key| key.name() == k.for_slice());
         for rule in o.dns.allow_transfer.iter().chain(&o.dns.allow_update) {
             if let Some(k) = &rule.key
                 && !known(k)
@@ -254,7 +255,11 @@ impl Options {
                 return Err(ArgError::Key(format!("no key {k} for the access rule (give it with --tsig-key)")));
             }
         }
-        let keyed = o.notify.iter().map(|t| (&t.key, "--notify")).chain(o.dns.secondaries.iter().map(|s| (&s.key, "--secondary")));
+        let keyed = o
+            .notify
+            .iter()
+            .map(|t| (&t.key, "--notify"))
+            .chain(o.dns.secondaries.iter().map(|s| (&s.key, "--secondary")));
         for (key, flag) in keyed {
             if let Some(k) = key
                 && !known(k)
