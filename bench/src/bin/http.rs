@@ -17,6 +17,10 @@
 //! nginx runs one worker process, as the unikernel runs on one vCPU.
 //!
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
+//! `SKIFF_BENCH_ONLY=handshakes` measures only the new-handshake row
+//! (three rounds of 5 s each, Skiff and nginx alternating, every round's
+//! ratio printed); `SKIFF_BENCH_PROFILE=FILE` then also profiles the guest
+//! in each round (folded stacks in `FILE-N.folded`).
 
 use skiff_bench::{
     Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk,
@@ -35,10 +39,25 @@ struct Skiff {
 }
 
 fn start_skiff(tender: &Path, image: &Path, cert: &skiff_bench::Cert, mem: &str, extra: &[&str]) -> Skiff {
+    start_skiff_with(tender, image, cert, mem, None, extra)
+}
+
+/// [`start_skiff`], with the guest profiled into `profile` if given.
+fn start_skiff_with(
+    tender: &Path,
+    image: &Path,
+    cert: &skiff_bench::Cert,
+    mem: &str,
+    profile: Option<&str>,
+    extra: &[&str],
+) -> Skiff {
     let ns = client_ns();
     let mut cmd = ns.command(tender);
-    cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
-        .arg(image)
+    cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"]);
+    if let Some(file) = profile {
+        cmd.args(["--profile", file]);
+    }
+    cmd.arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24", "--http", "serve"])
         .arg("--cert")
@@ -127,6 +146,62 @@ impl Drop for Nginx {
     }
 }
 
+/// New TLS handshakes per second, no resumption, 16 clients: one wrk run
+/// against Skiff, then one against nginx, `rounds` times; prints each
+/// round's ratio and the spread.
+fn handshakes_only(tender: &Path, image: &Path, cert: &skiff_bench::Cert, rounds: u32, secs: u32, load_before: &str) {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-handshakes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = std::env::var("SKIFF_BENCH_PROFILE").ok();
+    let url = format!("https://{GUEST}/bench/1k.html");
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        let skiff = {
+            let file = profile.as_ref().map(|p| format!("{p}-{round}.folded"));
+            let off = ["--tls-resumption", "off"];
+            let mut s = start_skiff_with(tender, image, cert, "64M", file.as_deref(), &off);
+            let w = wrk(&s.ns, &url, 16, secs, true);
+            assert!(s.alive(), "the website stopped:\n{}", s.log());
+            if let Some(f) = &file {
+                // SIGTERM ends the guest and writes the profile.
+                let pid = s.guest.0.id() as libc::pid_t;
+                // SAFETY: kill has no memory effects; the pid is our child's.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let _ = wait_for(Duration::from_secs(10), || s.guest.0.try_wait().ok().flatten());
+                eprintln!("    profile written to {f}");
+            }
+            w
+        };
+        let nginx = {
+            let l = start_linux();
+            let _n = start_nginx(&l.server, cert, &dir, false);
+            wrk(&l.client, &url, 16, secs, true)
+        };
+        eprintln!(
+            "  round {round}: Skiff {:.0}/s ({} errors), nginx {:.0}/s ({} errors), {:.2}",
+            skiff.rps,
+            skiff.errors,
+            nginx.rps,
+            nginx.errors,
+            skiff.rps / nginx.rps
+        );
+        rows.push((skiff, nginx));
+    }
+    println!("{}", skiff_bench::load_report(load_before, &skiff_bench::load_average()));
+    println!();
+    println!("| round | Skiff handshakes/s | nginx | Skiff / nginx |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for (i, (s, n)) in rows.iter().enumerate() {
+        println!("| {} | {:.0} | {:.0} | {:.2} |", i + 1, s.rps, n.rps, s.rps / n.rps);
+    }
+    let ratios: Vec<f64> = rows.iter().map(|(s, n)| s.rps / n.rps).collect();
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!("Skiff / nginx: {min:.2} to {max:.2} (median {:.2})", skiff_bench::median(ratios));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The stripped image size, and the same without the baked site (the
 /// store blob the build script wrote).
 fn image_sizes(image: &Path) -> (u64, u64) {
@@ -182,6 +257,12 @@ fn main() {
     let (mut hs_skiff, mut hs_nginx) = (Vec::new(), Vec::new());
     // SKIFF_BENCH_ONLY=memory: only the memory search and the image size.
     let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
+    // SKIFF_BENCH_ONLY=handshakes: only the new-handshake row.
+    if std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "handshakes") {
+        handshakes_only(&tender, &image, &cert, rounds, secs, &load_before);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
         {
