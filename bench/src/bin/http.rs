@@ -154,13 +154,16 @@ fn handshakes_only(tender: &Path, image: &Path, cert: &skiff_bench::Cert, rounds
     std::fs::create_dir_all(&dir).unwrap();
     let profile = std::env::var("SKIFF_BENCH_PROFILE").ok();
     let url = format!("https://{GUEST}/bench/1k.html");
+    // SKIFF_BENCH_CONNECTIONS=N: N clients instead of 16 (1 shows the
+    // latency of one handshake).
+    let conns: u32 = std::env::var("SKIFF_BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
     let mut rows = Vec::new();
     for round in 1..=rounds {
         let skiff = {
             let file = profile.as_ref().map(|p| format!("{p}-{round}.folded"));
             let off = ["--tls-resumption", "off"];
             let mut s = start_skiff_with(tender, image, cert, "64M", file.as_deref(), &off);
-            let w = wrk(&s.ns, &url, 16, secs, true);
+            let w = wrk(&s.ns, &url, conns, secs, true);
             assert!(s.alive(), "the website stopped:\n{}", s.log());
             if let Some(f) = &file {
                 // SIGTERM ends the guest and writes the profile.
@@ -175,21 +178,23 @@ fn handshakes_only(tender: &Path, image: &Path, cert: &skiff_bench::Cert, rounds
         let nginx = {
             let l = start_linux();
             let _n = start_nginx(&l.server, cert, &dir, false);
-            wrk(&l.client, &url, 16, secs, true)
+            wrk(&l.client, &url, conns, secs, true)
         };
         eprintln!(
-            "  round {round}: Skiff {:.0}/s ({} errors), nginx {:.0}/s ({} errors), {:.2}",
+            "  round {round}, {conns} clients: Skiff {:.0}/s ({} errors, p50 {:.0} us), nginx {:.0}/s ({} errors, p50 {:.0} us), {:.2}",
             skiff.rps,
             skiff.errors,
+            skiff.p50_us,
             nginx.rps,
             nginx.errors,
+            nginx.p50_us,
             skiff.rps / nginx.rps
         );
         rows.push((skiff, nginx));
     }
     println!("{}", skiff_bench::load_report(load_before, &skiff_bench::load_average()));
     println!();
-    println!("| round | Skiff handshakes/s | nginx | Skiff / nginx |");
+    println!("| round ({conns} clients) | Skiff handshakes/s | nginx | Skiff / nginx |");
     println!("| ---: | ---: | ---: | ---: |");
     for (i, (s, n)) in rows.iter().enumerate() {
         println!("| {} | {:.0} | {:.0} | {:.2} |", i + 1, s.rps, n.rps, s.rps / n.rps);
