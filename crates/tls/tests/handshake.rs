@@ -257,7 +257,12 @@ impl rustls::time_provider::TimeProvider for HostClock {
 
 /// The suite a client with only `suites` (in that order of preference)
 /// negotiates with the server over `versions`.
-fn negotiated_suite(a: &TlsAcceptor, pki: &Pki, versions: Versions, suites: &[rustls::CipherSuite]) -> rustls::CipherSuite {
+fn negotiated_suite(
+    a: &TlsAcceptor,
+    pki: &Pki,
+    versions: Versions,
+    suites: &[rustls::CipherSuite],
+) -> rustls::CipherSuite {
     let mut provider = (*skiff_tls::provider()).clone();
     provider.cipher_suites.retain(|s| suites.contains(&s.suite()));
     provider.cipher_suites.sort_by_key(|s| suites.iter().position(|&c| c == s.suite()));
@@ -311,7 +316,11 @@ fn the_server_picks_the_cipher_suite_in_its_own_order() {
     ];
     for offer in tls12 {
         let suite = negotiated_suite(&a, &pki, Versions::Tls12, &offer);
-        assert_eq!(suite, C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, "TLS 1.2, {offer:?}: the client's preference won");
+        assert_eq!(
+            suite,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            "TLS 1.2, {offer:?}: the client's preference won"
+        );
     }
     // A client that offers only the AES-256 or only the ChaCha20 suite
     // still gets it.
