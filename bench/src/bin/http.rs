@@ -17,6 +17,10 @@
 //! nginx runs one worker process, as the unikernel runs on one vCPU.
 //!
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
+//! `SKIFF_BENCH_ONLY=handshakes` measures only the new-handshake row
+//! (three rounds of 5 s each, Skiff and nginx alternating, every round's
+//! ratio printed); `SKIFF_BENCH_PROFILE=FILE` then also profiles the guest
+//! in each round (folded stacks in `FILE-N.folded`).
 
 use skiff_bench::{
     Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk,
@@ -35,10 +39,53 @@ struct Skiff {
 }
 
 fn start_skiff(tender: &Path, image: &Path, cert: &skiff_bench::Cert, mem: &str, extra: &[&str]) -> Skiff {
+    start_skiff_with(tender, image, cert, mem, None, extra)
+}
+
+/// CPU time spent during one wrk run, seconds.
+struct CpuSpent {
+    /// The server's processes (`server` pids), and this process's own
+    /// threads (the nginx set-up's TAP forwarder; idle otherwise).
+    server: f64,
+    /// wrk (the children reaped meanwhile).
+    client: f64,
+}
+
+fn own_cpu(who: libc::c_int) -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` lives across the call.
+    unsafe { libc::getrusage(who, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Runs `f` (a wrk run) and measures the CPU time the server processes
+/// `pids`, this process and wrk spent meanwhile.
+fn wrk_with_cpu(pids: &[u32], f: impl FnOnce() -> skiff_bench::Wrk) -> (skiff_bench::Wrk, CpuSpent) {
+    let server = || pids.iter().map(|&p| skiff_bench::cpu_seconds(p)).sum::<f64>() + own_cpu(libc::RUSAGE_SELF);
+    let (s0, c0) = (server(), own_cpu(libc::RUSAGE_CHILDREN));
+    let w = f();
+    let cpu = CpuSpent { server: server() - s0, client: own_cpu(libc::RUSAGE_CHILDREN) - c0 };
+    (w, cpu)
+}
+
+/// [`start_skiff`], with the guest profiled into `profile` if given.
+fn start_skiff_with(
+    tender: &Path,
+    image: &Path,
+    cert: &skiff_bench::Cert,
+    mem: &str,
+    profile: Option<&str>,
+    extra: &[&str],
+) -> Skiff {
     let ns = client_ns();
     let mut cmd = ns.command(tender);
-    cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"])
-        .arg(image)
+    cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"]);
+    if let Some(file) = profile {
+        cmd.args(["--profile", file]);
+    }
+    cmd.arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24", "--http", "serve"])
         .arg("--cert")
@@ -127,6 +174,91 @@ impl Drop for Nginx {
     }
 }
 
+/// New TLS handshakes per second, no resumption, 16 clients: one wrk run
+/// against Skiff, then one against nginx, `rounds` times; prints each
+/// round's ratio and the spread.
+fn handshakes_only(tender: &Path, image: &Path, cert: &skiff_bench::Cert, rounds: u32, secs: u32, load_before: &str) {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-handshakes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = std::env::var("SKIFF_BENCH_PROFILE").ok();
+    let url = format!("https://{GUEST}/bench/1k.html");
+    // SKIFF_BENCH_CONNECTIONS=N: N clients instead of 16 (1 shows the
+    // latency of one handshake).
+    let conns: u32 = std::env::var("SKIFF_BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        let (skiff, skiff_cpu) = {
+            let file = profile.as_ref().map(|p| format!("{p}-{round}.folded"));
+            let off = ["--tls-resumption", "off"];
+            let mut s = start_skiff_with(tender, image, cert, "64M", file.as_deref(), &off);
+            let pid = s.guest.0.id();
+            let (w, cpu) = wrk_with_cpu(&[pid], || wrk(&s.ns, &url, conns, secs, true));
+            assert!(s.alive(), "the website stopped:\n{}", s.log());
+            if let Some(f) = &file {
+                // SIGTERM ends the guest and writes the profile.
+                // SAFETY: kill has no memory effects; the pid is our child's.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                let _ = wait_for(Duration::from_secs(10), || s.guest.0.try_wait().ok().flatten());
+                eprintln!("    profile written to {f}");
+            }
+            (w, cpu)
+        };
+        let (nginx, nginx_cpu) = {
+            let l = start_linux();
+            let n = start_nginx(&l.server, cert, &dir, false);
+            let workers = skiff_bench::children(n._child.0.id());
+            wrk_with_cpu(&workers, || wrk(&l.client, &url, conns, secs, true))
+        };
+        let per = |cpu: f64, w: &skiff_bench::Wrk| cpu / (w.rps * secs as f64) * 1e6;
+        eprintln!(
+            "  round {round}, {conns} clients: Skiff {:.0}/s ({} errors, p50 {:.0} us), nginx {:.0}/s ({} errors, p50 {:.0} us), {:.2}",
+            skiff.rps,
+            skiff.errors,
+            skiff.p50_us,
+            nginx.rps,
+            nginx.errors,
+            nginx.p50_us,
+            skiff.rps / nginx.rps
+        );
+        eprintln!(
+            "    CPU per connection: Skiff {:.0} us (tender: vCPU and I/O threads), wrk {:.0} us; \
+             nginx {:.0} us (worker and the TAP forwarder), wrk {:.0} us",
+            per(skiff_cpu.server, &skiff),
+            per(skiff_cpu.client, &skiff),
+            per(nginx_cpu.server, &nginx),
+            per(nginx_cpu.client, &nginx)
+        );
+        rows.push((skiff, nginx, skiff_cpu, nginx_cpu));
+    }
+    println!("{}", skiff_bench::load_report(load_before, &skiff_bench::load_average()));
+    println!();
+    println!(
+        "| round ({conns} clients) | Skiff handshakes/s | nginx | Skiff / nginx | CPU per connection: Skiff, its wrk | \
+         nginx, its wrk |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (i, (s, n, sc, nc)) in rows.iter().enumerate() {
+        let per = |cpu: f64, w: &skiff_bench::Wrk| cpu / (w.rps * secs as f64) * 1e6;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} us, {:.0} us | {:.0} us, {:.0} us |",
+            i + 1,
+            s.rps,
+            n.rps,
+            s.rps / n.rps,
+            per(sc.server, s),
+            per(sc.client, s),
+            per(nc.server, n),
+            per(nc.client, n)
+        );
+    }
+    let ratios: Vec<f64> = rows.iter().map(|(s, n, _, _)| s.rps / n.rps).collect();
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!("Skiff / nginx: {min:.2} to {max:.2} (median {:.2})", skiff_bench::median(ratios));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The stripped image size, and the same without the baked site (the
 /// store blob the build script wrote).
 fn image_sizes(image: &Path) -> (u64, u64) {
@@ -182,6 +314,12 @@ fn main() {
     let (mut hs_skiff, mut hs_nginx) = (Vec::new(), Vec::new());
     // SKIFF_BENCH_ONLY=memory: only the memory search and the image size.
     let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
+    // SKIFF_BENCH_ONLY=handshakes: only the new-handshake row.
+    if std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "handshakes") {
+        handshakes_only(&tender, &image, &cert, rounds, secs, &load_before);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
         {

@@ -337,6 +337,12 @@ fn tls_edge_cases_alerts_alpn_cipher_order_slow_heads_hsts_and_bounded_logs() {
     assert!(text.contains("Cipher is TLS_AES_256_GCM_SHA384"), "{text}");
     let text = s_client(&w, &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384"]);
     assert!(text.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"), "{text}");
+    // OpenSSL's own order (AES-256-GCM first, as wrk and curl offer it):
+    // the server's first choice, AES-128-GCM with SHA-256, wins.
+    let text = s_client(&w, &["-tls1_3"]);
+    assert!(text.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{text}");
+    let text = s_client(&w, &["-tls1_2"]);
+    assert!(text.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"), "{text}");
 
     // HSTS over HTTPS when configured, on pages and refusals.
     let mut args = w.tls_args();

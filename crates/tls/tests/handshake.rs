@@ -255,42 +255,82 @@ impl rustls::time_provider::TimeProvider for HostClock {
     }
 }
 
+/// The suite a client with only `suites` (in that order of preference)
+/// negotiates with the server over `versions`.
+fn negotiated_suite(
+    a: &TlsAcceptor,
+    pki: &Pki,
+    versions: Versions,
+    suites: &[rustls::CipherSuite],
+) -> rustls::CipherSuite {
+    let mut provider = (*skiff_tls::provider()).clone();
+    provider.cipher_suites.retain(|s| suites.contains(&s.suite()));
+    provider.cipher_suites.sort_by_key(|s| suites.iter().position(|&c| c == s.suite()));
+    assert_eq!(provider.cipher_suites.len(), suites.len());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(skiff_tls::certificates_from_pem(pki.cert_pem.as_bytes()).unwrap().remove(0)).unwrap();
+    let version = if versions == Versions::Tls13 { &rustls::version::TLS13 } else { &rustls::version::TLS12 };
+    let config =
+        rustls::ClientConfig::builder_with_details(std::sync::Arc::new(provider), std::sync::Arc::new(HostClock))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let c = TlsConnector::new(config).unwrap();
+    let a = a.clone();
+    run(async move |s| {
+        let (client_end, server_end) = pipe();
+        let _server = s.spawn(async move { a.accept(server_end).await.map(|_| ()) });
+        let tls = c.connect(name("localhost"), client_end).await.expect("handshake");
+        tls.state().negotiated_cipher_suite().unwrap().suite()
+    })
+}
+
 #[test]
 fn the_server_picks_the_cipher_suite_in_its_own_order() {
-    use rustls::CipherSuite;
+    use rustls::CipherSuite as C;
     let pki = pki("localhost");
     let a = acceptor(&pki, Versions::Both);
-    // A client that prefers ChaCha20: the server's order (AES-256-GCM
-    // first) wins.
-    for (versions, chacha, expected) in [
-        (Versions::Tls13, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256, CipherSuite::TLS13_AES_256_GCM_SHA384),
-        (
-            Versions::Tls12,
-            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        ),
+    // Clients that prefer ChaCha20, or AES-256-GCM (OpenSSL's order, as
+    // wrk and curl send it): the server's order (AES-128-GCM with SHA-256
+    // first, the cheaper key schedule) wins.
+    let tls13 = [
+        [C::TLS13_CHACHA20_POLY1305_SHA256, C::TLS13_AES_256_GCM_SHA384, C::TLS13_AES_128_GCM_SHA256],
+        [C::TLS13_AES_256_GCM_SHA384, C::TLS13_CHACHA20_POLY1305_SHA256, C::TLS13_AES_128_GCM_SHA256],
+    ];
+    for offer in tls13 {
+        let suite = negotiated_suite(&a, &pki, Versions::Tls13, &offer);
+        assert_eq!(suite, C::TLS13_AES_128_GCM_SHA256, "TLS 1.3, {offer:?}: the client's preference won");
+    }
+    let tls12 = [
+        [
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ],
+        [
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ],
+    ];
+    for offer in tls12 {
+        let suite = negotiated_suite(&a, &pki, Versions::Tls12, &offer);
+        assert_eq!(
+            suite,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            "TLS 1.2, {offer:?}: the client's preference won"
+        );
+    }
+    // A client that offers only the AES-256 or only the ChaCha20 suite
+    // still gets it.
+    for (versions, only) in [
+        (Versions::Tls13, C::TLS13_AES_256_GCM_SHA384),
+        (Versions::Tls13, C::TLS13_CHACHA20_POLY1305_SHA256),
+        (Versions::Tls12, C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        (Versions::Tls12, C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
     ] {
-        let mut provider = (*skiff_tls::provider()).clone();
-        provider.cipher_suites.sort_by_key(|s| s.suite() != chacha);
-        assert_eq!(provider.cipher_suites[0].suite(), chacha);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(skiff_tls::certificates_from_pem(pki.cert_pem.as_bytes()).unwrap().remove(0)).unwrap();
-        let version = if versions == Versions::Tls13 { &rustls::version::TLS13 } else { &rustls::version::TLS12 };
-        let config =
-            rustls::ClientConfig::builder_with_details(std::sync::Arc::new(provider), std::sync::Arc::new(HostClock))
-                .with_protocol_versions(&[version])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let c = TlsConnector::new(config).unwrap();
-        let a = a.clone();
-        let suite = run(async move |s| {
-            let (client_end, server_end) = pipe();
-            let _server = s.spawn(async move { a.accept(server_end).await.map(|_| ()) });
-            let tls = c.connect(name("localhost"), client_end).await.expect("handshake");
-            tls.state().negotiated_cipher_suite().unwrap().suite()
-        });
-        assert_eq!(suite, expected, "{versions:?}: the client's preference won");
+        assert_eq!(negotiated_suite(&a, &pki, versions, &[only]), only);
     }
 }
 
