@@ -314,6 +314,9 @@ fn bulk_rounds(rounds: u32) {
     let mib = (bytes >> 20) as f64;
     let profile = std::env::var_os("SKIFF_BENCH_PROFILE").map(std::path::PathBuf::from);
     let buffer = std::env::var("SKIFF_BENCH_TCP_BUFFER").ok();
+    // SKIFF_BENCH_BASELINE_TENDER=PATH: each round also runs that tender
+    // (an earlier build), for before/after figures from one invocation.
+    let baseline = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER").map(std::path::PathBuf::from);
     println!("## TCP bulk transfer ({} MiB each way, one connection, {rounds} rounds)", bytes >> 20);
     println!();
     println!(
@@ -322,7 +325,23 @@ fn bulk_rounds(rounds: u32) {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    let (mut base_ins, mut base_outs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
+        let base = baseline.as_ref().map(|b| {
+            let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
+            let s = start_skiff(b, &netprobe, &["--timeout", "40s"], &guest_args, "netprobe: bulk on ports");
+            let pid = tender_pid(&s);
+            let c0 = cpu_seconds(pid);
+            let b_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
+            let c1 = cpu_seconds(pid);
+            let b_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
+            let c2 = cpu_seconds(pid);
+            // SAFETY: kill has no memory preconditions; the pid is our child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            let log = finish(s);
+            let (exits, _) = exits_and_frames(&log);
+            (b_in, b_out, (c1 - c0) / mib * 1e3, (c2 - c1) / mib * 1e3, exits as f64 / (2.0 * mib))
+        });
         let mut args = vec!["--timeout".to_string(), "40s".to_string()];
         if let Some(dir) = &profile {
             args.push("--profile".into());
@@ -351,6 +370,16 @@ fn bulk_rounds(rounds: u32) {
         drop(l);
         ins.push(sk_in / lx_in);
         outs.push(sk_out / lx_out);
+        if let Some((b_in, b_out, cpu_in, cpu_out, exits)) = base {
+            base_ins.push(b_in / lx_in);
+            base_outs.push(b_out / lx_out);
+            println!(
+                "| {round} baseline | {b_in:.0} / {lx_in:.0} | {:.2} | {cpu_in:.2} ms | {b_out:.0} / {lx_out:.0} | {:.2} \
+                 | {cpu_out:.2} ms | {exits:.1} |",
+                b_in / lx_in,
+                b_out / lx_out
+            );
+        }
         println!(
             "| {round} | {sk_in:.0} / {lx_in:.0} | {:.2} | {:.2} ms | {sk_out:.0} / {lx_out:.0} | {:.2} | {:.2} ms | {:.1} |",
             sk_in / lx_in,
@@ -371,4 +400,7 @@ fn bulk_rounds(rounds: u32) {
         spread(&ins),
         spread(&outs)
     );
+    if !base_ins.is_empty() {
+        println!("baseline tender: into the server {}, out of the server {}", spread(&base_ins), spread(&base_outs));
+    }
 }
