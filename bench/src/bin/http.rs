@@ -207,8 +207,12 @@ fn main() {
         eprintln!("  round {}", round + 1);
         // SKIFF_BENCH_BASELINE_TENDER=PATH: the same cases under that
         // tender (an earlier build) too, for before/after figures.
+        // SKIFF_BENCH_BASELINE_ARGS: website options for that run only
+        // (with the same tender: the effect of an option).
         if let Some(base) = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER") {
-            let mut s = start_skiff(Path::new(&base), &image, &cert, "64M", &[]);
+            let args = std::env::var("SKIFF_BENCH_BASELINE_ARGS").unwrap_or_default();
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let mut s = start_skiff(Path::new(&base), &image, &cert, "64M", &args);
             for (size, scheme, conns) in cases.iter().filter(|c| wanted(c.2)) {
                 let cpu = skiff_bench::cpu_seconds(s.guest.0.id());
                 let w = wrk(&s.ns, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
