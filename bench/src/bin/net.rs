@@ -186,6 +186,13 @@ fn main() {
     let s = start_skiff(&tender, &echo, &["--timeout", "30s"], &[], "echo: serving");
     let (sk_rate, sk_rtt) = skiff_bench::ping_flood(&s.ns, GUEST, pings);
     drop(s);
+    if let Some(base) = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER") {
+        let b = start_skiff(Path::new(&base), &echo, &["--timeout", "30s"], &[], "echo: serving");
+        let (rate, rtt) = skiff_bench::ping_flood(&b.ns, GUEST, pings);
+        eprintln!(
+            "baseline tender: {rate:.0} pings/s, {rtt:.0} us average RTT (this tender: {sk_rate:.0}, {sk_rtt:.0} us)"
+        );
+    }
     let l = start_linux();
     let (lx_rate, lx_rtt) = skiff_bench::ping_flood(&l.client, GUEST, pings);
     drop(l);

@@ -601,45 +601,6 @@ pub mod ring {
     }
 
     const _: () = assert!(SLOT_DATA + super::NET_FRAME_MAX as u64 <= SLOT_SIZE);
-
-    /// How long a side of the rings watches them before it sleeps, adapted
-    /// the way KVM adapts its halt polling: a sleep that ended within the
-    /// longest spin (the next frame came soon, so a spin would have caught
-    /// it and saved the sleep and the wake-up) doubles the window, up to
-    /// the longest; a sleep longer than that (the spin before it only
-    /// burned the CPU) sets it to none. Under a ping flood or a busy
-    /// request/response load the window stays long; a bulk transfer or a
-    /// service whose traffic comes in bursts stops spinning for nothing,
-    /// which on a host with few cores is CPU taken from the sender, the
-    /// other ring side, or the guest. The unit is the caller's (TSC ticks
-    /// in the guest, nanoseconds in the tender).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct SpinWindow {
-        max: u64,
-        now: u64,
-    }
-
-    impl SpinWindow {
-        /// A window of at most `max`, starting there.
-        pub const fn new(max: u64) -> SpinWindow {
-            SpinWindow { max, now: max }
-        }
-
-        /// How long to spin before the next sleep.
-        pub const fn get(&self) -> u64 {
-            self.now
-        }
-
-        /// The longest window.
-        pub const fn max(&self) -> u64 {
-            self.max
-        }
-
-        /// The side slept for `slept` after spinning (or not) in vain.
-        pub fn slept(&mut self, slept: u64) {
-            self.now = if slept < self.max { (self.now * 2).clamp(self.max / 8, self.max) } else { 0 };
-        }
-    }
 }
 
 /// A device as the tender describes it to the guest at boot.
@@ -1019,28 +980,6 @@ pub mod pvh {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn the_spin_window_grows_on_short_sleeps_and_closes_on_long_ones() {
-        let mut w = ring::SpinWindow::new(800);
-        assert_eq!(w.get(), 800);
-        w.slept(5_000);
-        assert_eq!(w.get(), 0, "a long sleep: the spin was wasted");
-        w.slept(9_000);
-        assert_eq!(w.get(), 0);
-        w.slept(300);
-        assert_eq!(w.get(), 100, "a short sleep reopens it at an eighth");
-        w.slept(10);
-        assert_eq!(w.get(), 200);
-        w.slept(10);
-        w.slept(10);
-        w.slept(10);
-        assert_eq!(w.get(), 800, "never beyond the longest");
-        assert_eq!(ring::SpinWindow::new(0).get(), 0);
-        let mut off = ring::SpinWindow::new(0);
-        off.slept(0);
-        assert_eq!(off.get(), 0, "no spinning stays off");
-    }
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
 

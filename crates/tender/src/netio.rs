@@ -6,8 +6,7 @@
 //! the user networks move their host sockets, put everything the host ends
 //! hold into the receive rings, and if the guest is asleep in `Poll` and
 //! frames arrived, wake its vCPU thread (an eventfd). With nothing to do it
-//! keeps polling for a while (up to `--net-spin`, less while its sleeps
-//! turn out long: [`SpinWindow`]), then sleeps in `ppoll` on the TAP
+//! keeps polling for `--net-spin`, then sleeps in `ppoll` on the TAP
 //! devices, the user networks' sockets and the doorbell eventfd, after
 //! setting each transmit ring's "consumer asleep" flag so the guest knows to
 //! ring.
@@ -22,7 +21,6 @@ use crate::ready::{Listening, Readiness};
 use crate::stats::NetStats;
 use crate::sys::ThreadKicker;
 use crate::tap::Tap;
-use skiff_abi::ring::SpinWindow;
 use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
@@ -232,9 +230,6 @@ fn serve(
 ) -> Result<(), NicError> {
     let mut buf = Box::new([0u8; 65536]);
     let mut last_work = Instant::now();
-    // How long to keep polling after the last frame (nanoseconds), up to
-    // `spin`: as long as the sleeps that follow a spin turn out short.
-    let mut window = SpinWindow::new(u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX));
     // Each NIC's count of guest listeners, as last seen.
     let mut listeners = vec![0u32; nics.len()];
     while !shared.stop.load(Ordering::Relaxed) {
@@ -309,7 +304,7 @@ fn serve(
             continue;
         }
         stats.idle_passes += 1;
-        if full == 0 && now.duration_since(last_work) < Duration::from_nanos(window.get()) {
+        if full == 0 && now.duration_since(last_work) < spin {
             std::hint::spin_loop();
             continue;
         }
@@ -342,9 +337,7 @@ fn serve(
                 }
             }
             stats.sleeps += 1;
-            let asleep = Instant::now();
             let _ = crate::tap::wait(&fds, timeout);
-            window.slept(u64::try_from(asleep.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         set_flags(nics, shared, mem, full, 0)?;
         let _ = shared.doorbell.read();

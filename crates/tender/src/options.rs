@@ -247,14 +247,12 @@ pub struct RunOptions {
     /// (`#[skiff::main(net = ..., outbound)]`).
     #[arg(long, value_enum, value_name = "all|none")]
     pub net_outbound: Option<crate::net::Outbound>,
-    /// The longest the tender's I/O thread keeps polling the rings after
-    /// its last frame before it sleeps (it polls less while the sleeps
-    /// that follow turn out longer than this).
+    /// How long the tender's I/O thread keeps polling the rings after its
+    /// last frame before it sleeps.
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
     pub net_spin: std::time::Duration,
-    /// The longest the guest keeps polling its rings before it sleeps (an
-    /// exit costs more than a short spin; see BENCHMARKS.md); it polls less
-    /// while its sleeps turn out longer than this.
+    /// How long the guest keeps polling its rings before it sleeps (an exit
+    /// costs more than a short spin; see BENCHMARKS.md).
     #[arg(long, value_parser = parse_duration, default_value = "50us")]
     pub guest_spin: std::time::Duration,
     /// On the user network, TCP connections relayed at once (published and

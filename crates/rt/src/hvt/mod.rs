@@ -18,7 +18,7 @@ use core::time::Duration;
 use skiff_abi::{
     ABORT_MESSAGE_MAX, AbortArgs, AbortReason, BlockInfo, BlockNotifyArgs, BootInfo, DeviceKind, ExitArgs, Hypercall,
     NetInfo, NetNotifyArgs, PollArgs, SHARED_SPIN_FOUND, SHARED_SPIN_MISSED, SHARED_STOP_REQUESTED, SharedArea,
-    WalltimeArgs, manifest, ring::SpinWindow,
+    WalltimeArgs, manifest,
 };
 
 fn addr_of<T>(arg: &mut T) -> u32 {
@@ -212,17 +212,13 @@ impl Devices {
 pub struct Hvt {
     devices: Rc<Devices>,
     shared: NonNull<SharedArea>,
-    /// How long to watch the rings before sleeping (TSC ticks), up to the
-    /// tender's `--guest-spin`.
-    spin: SpinWindow,
 }
 
 impl Hvt {
     /// The platform for a guest with `devices` and the shared area
     /// `shared` (from the boot info; valid for the guest's life).
     pub(crate) fn new(devices: Rc<Devices>, shared: NonNull<SharedArea>) -> Hvt {
-        let spin = SpinWindow::new(devices.spin_ticks);
-        Hvt { devices, shared, spin }
+        Hvt { devices, shared }
     }
 }
 
@@ -246,10 +242,9 @@ impl crate::executor::Platform for Hvt {
         if ready != 0 {
             return ready;
         }
-        // Spin on the rings a little before paying for an exit, for as
-        // long as spinning has been catching frames lately.
-        if interest != 0 && self.spin.get() > 0 && timeout.is_none_or(|t| !t.is_zero()) {
-            let until = rdtsc().saturating_add(self.spin.get());
+        // Spin on the rings a little before paying for an exit.
+        if interest != 0 && self.devices.spin_ticks > 0 && timeout.is_none_or(|t| !t.is_zero()) {
+            let until = rdtsc().saturating_add(self.devices.spin_ticks);
             while rdtsc() < until {
                 let ready = self.devices.ready_now() & interest;
                 if ready != 0 {
@@ -260,18 +255,7 @@ impl crate::executor::Platform for Hvt {
             }
             self.count(SHARED_SPIN_MISSED);
         }
-        if interest == 0 {
-            return poll(timeout, interest);
-        }
-        let asleep = rdtsc();
-        let ready = poll(timeout, interest);
-        let slept = rdtsc().saturating_sub(asleep);
-        // A frame ended the sleep: was it soon enough for a spin to catch?
-        // A timer that ended a short sleep says nothing about frames.
-        if ready != 0 || slept >= self.spin.max() {
-            self.spin.slept(slept);
-        }
-        ready
+        poll(timeout, interest)
     }
 
     fn has_devices(&self) -> bool {
