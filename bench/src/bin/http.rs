@@ -19,8 +19,9 @@
 //! `cargo run --release -p skiff-bench --bin http` (root, KVM, wrk, nginx).
 //! `SKIFF_BENCH_ONLY=handshakes` measures only the new-handshake row
 //! (three rounds of 5 s each, Skiff and nginx alternating, every round's
-//! ratio printed); `SKIFF_BENCH_PROFILE=FILE` then also profiles the guest
-//! in each round (folded stacks in `FILE-N.folded`).
+//! ratio printed); `SKIFF_BENCH_PROFILE=PREFIX` then also profiles the guest
+//! in each round (folded stacks in `PREFIX-N.folded`; in the other modes,
+//! `PREFIX-run-N.folded` per run, with `--stats`).
 
 use skiff_bench::{
     Linking, Wrk, client_ns, guest, median_wrk as median, release_tender, start_linux, start_logged, workspace, wrk,
@@ -82,8 +83,15 @@ fn start_skiff_with(
     let ns = client_ns();
     let mut cmd = ns.command(tender);
     cmd.args(["--net", "service=tap0", "--mem", mem, "--timeout", "600s"]);
-    if let Some(file) = profile {
-        cmd.args(["--profile", file]);
+    // A profile file for this run, or SKIFF_BENCH_PROFILE=PREFIX: the
+    // guest's profile (PREFIX-run-N.folded, the first N not taken) and
+    // --stats of each run (written when the run is dropped: SIGTERM).
+    let numbered = || {
+        let prefix = std::env::var("SKIFF_BENCH_PROFILE").ok()?;
+        (0..).map(|n| format!("{prefix}-run-{n}.folded")).find(|f| !Path::new(f).exists())
+    };
+    if let Some(file) = profile.map(str::to_string).or_else(numbered) {
+        cmd.arg("--stats").arg("--profile").arg(file);
     }
     cmd.arg(image)
         .arg("--")
@@ -95,6 +103,20 @@ fn start_skiff_with(
         .args(extra);
     let (guest, log, _) = start_logged(cmd, &format!("http-{}", ns.name()), "static-website:");
     Skiff { ns, guest, log }
+}
+
+impl Drop for Skiff {
+    /// SIGTERM first, so the tender writes its profile and statistics.
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory effects; the pid is our child's.
+        unsafe { libc::kill(self.guest.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = wait_for(Duration::from_secs(10), || self.guest.0.try_wait().ok().flatten());
+        if std::env::var_os("SKIFF_BENCH_PROFILE").is_some()
+            && let Some(stats) = self.log().find("skiff-tender stats").map(|at| self.log()[at..].to_string())
+        {
+            eprintln!("{stats}");
+        }
+    }
 }
 
 impl Skiff {
@@ -320,13 +342,46 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
+    // SKIFF_BENCH_CONNS=16: only the cases with that many connections,
+    // and no handshake or memory runs.
+    let conns_only: Option<u32> = std::env::var("SKIFF_BENCH_CONNS").ok().and_then(|v| v.parse().ok());
+    let wanted = |conns: u32| conns_only.is_none_or(|c| c == conns);
     for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
+        // SKIFF_BENCH_BASELINE_TENDER=PATH: the same cases under that
+        // tender (an earlier build) too, for before/after figures.
+        // SKIFF_BENCH_BASELINE_ARGS: website options for that run only
+        // (with the same tender: the effect of an option).
+        if let Some(base) = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER") {
+            let args = std::env::var("SKIFF_BENCH_BASELINE_ARGS").unwrap_or_default();
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let mut s = start_skiff(Path::new(&base), &image, &cert, "64M", &args);
+            for (size, scheme, conns) in cases.iter().filter(|c| wanted(c.2)) {
+                let cpu = skiff_bench::cpu_seconds(s.guest.0.id());
+                let w = wrk(&s.ns, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
+                let cpu = (skiff_bench::cpu_seconds(s.guest.0.id()) - cpu) / (w.rps * f64::from(secs)).max(1.0);
+                eprintln!(
+                    "    baseline {size} {scheme} {conns}: {:.0} req/s, p99 {:.0} us, tender CPU {:.1} us/request, {} \
+                     errors",
+                    w.rps,
+                    w.p99_us,
+                    cpu * 1e6,
+                    w.errors
+                );
+            }
+            assert!(s.alive(), "the website stopped:\n{}", s.log());
+        }
         {
             let mut s = start_skiff(&tender, &image, &cert, "64M", &[]);
-            for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+            for (i, (size, scheme, conns)) in cases.iter().enumerate().filter(|(_, c)| wanted(c.2)) {
+                let cpu = skiff_bench::cpu_seconds(s.guest.0.id());
                 let w = wrk(&s.ns, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
-                eprintln!("    skiff {size} {scheme} {conns}: {:.0} req/s, {} errors", w.rps, w.errors);
+                let cpu = (skiff_bench::cpu_seconds(s.guest.0.id()) - cpu) / (w.rps * f64::from(secs)).max(1.0);
+                eprintln!("    tender CPU {:.1} us/request", cpu * 1e6);
+                eprintln!(
+                    "    skiff {size} {scheme} {conns}: {:.0} req/s, p99 {:.0} us, {} errors",
+                    w.rps, w.p99_us, w.errors
+                );
                 results[i].0.push(w);
             }
             assert!(s.alive(), "the website stopped:\n{}", s.log());
@@ -334,11 +389,17 @@ fn main() {
         {
             let l = start_linux();
             let _n = start_nginx(&l.server, &cert, &dir, true);
-            for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+            for (i, (size, scheme, conns)) in cases.iter().enumerate().filter(|(_, c)| wanted(c.2)) {
                 let w = wrk(&l.client, &format!("{scheme}://{GUEST}{}", path(size)), *conns, secs, false);
-                eprintln!("    nginx {size} {scheme} {conns}: {:.0} req/s, {} errors", w.rps, w.errors);
+                eprintln!(
+                    "    nginx {size} {scheme} {conns}: {:.0} req/s, p99 {:.0} us, {} errors",
+                    w.rps, w.p99_us, w.errors
+                );
                 results[i].1.push(w);
             }
+        }
+        if conns_only.is_some() {
+            continue;
         }
         // New handshakes: one request per connection, no resumption.
         {
@@ -355,7 +416,7 @@ fn main() {
 
     // The smallest --mem that serves 256 HTTPS connections at once.
     let mut smallest = None;
-    for mem in [8, 10, 12, 14, 16, 20, 24, 32, 48, 64] {
+    for mem in [8, 10, 12, 14, 16, 20, 24, 32, 48, 64].into_iter().filter(|_| conns_only.is_none()) {
         let mut s = start_skiff(&tender, &image, &cert, &format!("{mem}M"), &[]);
         let w = wrk(&s.ns, &format!("https://{GUEST}/bench/1k.html"), 256, 3, false);
         let ok = s.alive() && w.errors == 0;
@@ -382,7 +443,7 @@ fn main() {
         "| file | scheme | connections | Skiff req/s | nginx req/s | Skiff / nginx | Skiff p50 / p99 | nginx p50 / p99 |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (i, (size, scheme, conns)) in cases.iter().enumerate() {
+    for (i, (size, scheme, conns)) in cases.iter().enumerate().filter(|(i, _)| !results[*i].0.is_empty()) {
         let (s, n) = (median(results[i].0.clone()), median(results[i].1.clone()));
         println!(
             "| {size} | {scheme} | {conns} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} us | {:.0} / {:.0} us |",
@@ -394,6 +455,9 @@ fn main() {
             n.p50_us,
             n.p99_us
         );
+    }
+    if conns_only.is_some() {
+        return;
     }
     let (hs, hn) = (median(hs_skiff), median(hs_nginx));
     println!();

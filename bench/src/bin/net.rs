@@ -17,6 +17,12 @@
 //! kernel).
 //!
 //! `cargo run --release -p skiff-bench --bin net` (root, KVM).
+//!
+//! `... --bin net -- bulk [ROUNDS]` runs only the bulk transfers, ROUNDS
+//! times (default 3), Skiff and Linux alternating, and prints each round's
+//! ratios with the tender's CPU time and VM exits per MiB. With
+//! `SKIFF_BENCH_PROFILE=DIR` each Skiff round also writes the guest's
+//! profile to `DIR/bulk-N.folded` (`--profile`).
 
 use skiff_bench::{Linking, client_ns, cpu_seconds, guest, release_tender, start_linux, start_logged};
 use skiff_testnet::{Guard, NetNs, require_kvm, require_program, require_root, wait_for};
@@ -163,6 +169,11 @@ fn tender_pid(s: &Skiff) -> u32 {
 fn main() {
     require_root();
     require_kvm();
+    if std::env::args().nth(1).as_deref() == Some("bulk") {
+        let rounds = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+        bulk_rounds(rounds);
+        return;
+    }
     require_program("ping", "iputils-ping");
     let pings: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let tender = release_tender(Linking::Static);
@@ -175,6 +186,13 @@ fn main() {
     let s = start_skiff(&tender, &echo, &["--timeout", "30s"], &[], "echo: serving");
     let (sk_rate, sk_rtt) = skiff_bench::ping_flood(&s.ns, GUEST, pings);
     drop(s);
+    if let Some(base) = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER") {
+        let b = start_skiff(Path::new(&base), &echo, &["--timeout", "30s"], &[], "echo: serving");
+        let (rate, rtt) = skiff_bench::ping_flood(&b.ns, GUEST, pings);
+        eprintln!(
+            "baseline tender: {rate:.0} pings/s, {rtt:.0} us average RTT (this tender: {sk_rate:.0}, {sk_rtt:.0} us)"
+        );
+    }
     let l = start_linux();
     let (lx_rate, lx_rtt) = skiff_bench::ping_flood(&l.client, GUEST, pings);
     drop(l);
@@ -292,4 +310,104 @@ fn main() {
         smallest.unwrap_or("none"),
         smallest_16k.unwrap_or("none")
     );
+}
+
+/// Bulk transfers only, `rounds` times, with the tender's CPU and exits
+/// per MiB in each direction.
+fn bulk_rounds(rounds: u32) {
+    let tender = release_tender(Linking::Static);
+    let netprobe = guest("tests/guests/netprobe");
+    let bytes: u64 = 256 << 20;
+    let mib = (bytes >> 20) as f64;
+    let profile = std::env::var_os("SKIFF_BENCH_PROFILE").map(std::path::PathBuf::from);
+    let buffer = std::env::var("SKIFF_BENCH_TCP_BUFFER").ok();
+    // SKIFF_BENCH_BASELINE_TENDER=PATH: each round also runs that tender
+    // (an earlier build), for before/after figures from one invocation.
+    let baseline = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER").map(std::path::PathBuf::from);
+    println!("## TCP bulk transfer ({} MiB each way, one connection, {rounds} rounds)", bytes >> 20);
+    println!();
+    println!(
+        "| round | in: Skiff / Linux MiB/s | in ratio | tender CPU per MiB in | out: Skiff / Linux MiB/s | out ratio \
+         | tender CPU per MiB out | exits per MiB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    let (mut base_ins, mut base_outs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let base = baseline.as_ref().map(|b| {
+            let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
+            let s = start_skiff(b, &netprobe, &["--timeout", "40s"], &guest_args, "netprobe: bulk on ports");
+            let pid = tender_pid(&s);
+            let c0 = cpu_seconds(pid);
+            let b_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
+            let c1 = cpu_seconds(pid);
+            let b_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
+            let c2 = cpu_seconds(pid);
+            // SAFETY: kill has no memory preconditions; the pid is our child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            let log = finish(s);
+            let (exits, _) = exits_and_frames(&log);
+            (b_in, b_out, (c1 - c0) / mib * 1e3, (c2 - c1) / mib * 1e3, exits as f64 / (2.0 * mib))
+        });
+        let mut args = vec!["--timeout".to_string(), "40s".to_string()];
+        if let Some(dir) = &profile {
+            args.push("--profile".into());
+            args.push(dir.join(format!("bulk-{round}.folded")).display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
+        let s = start_skiff(&tender, &netprobe, &args, &guest_args, "netprobe: bulk on ports");
+        let pid = tender_pid(&s);
+        let c0 = cpu_seconds(pid);
+        let sk_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
+        let c1 = cpu_seconds(pid);
+        let sk_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
+        let c2 = cpu_seconds(pid);
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let log = finish(s);
+        let (exits, _) = exits_and_frames(&log);
+        if let Some(stats) = log.find("skiff-tender stats") {
+            eprintln!("round {round}: {}", &log[stats..]);
+        }
+        let l = start_linux();
+        linux_bulk_server(&l.server);
+        let lx_in = skiff_bench::bulk_in(&l.client, &format!("{GUEST}:9"), bytes);
+        let lx_out = skiff_bench::bulk_out(&l.client, &format!("{GUEST}:19"), bytes);
+        drop(l);
+        ins.push(sk_in / lx_in);
+        outs.push(sk_out / lx_out);
+        if let Some((b_in, b_out, cpu_in, cpu_out, exits)) = base {
+            base_ins.push(b_in / lx_in);
+            base_outs.push(b_out / lx_out);
+            println!(
+                "| {round} baseline | {b_in:.0} / {lx_in:.0} | {:.2} | {cpu_in:.2} ms | {b_out:.0} / {lx_out:.0} | {:.2} \
+                 | {cpu_out:.2} ms | {exits:.1} |",
+                b_in / lx_in,
+                b_out / lx_out
+            );
+        }
+        println!(
+            "| {round} | {sk_in:.0} / {lx_in:.0} | {:.2} | {:.2} ms | {sk_out:.0} / {lx_out:.0} | {:.2} | {:.2} ms | {:.1} |",
+            sk_in / lx_in,
+            (c1 - c0) / mib * 1e3,
+            sk_out / lx_out,
+            (c2 - c1) / mib * 1e3,
+            exits as f64 / (2.0 * mib)
+        );
+    }
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.2}-{hi:.2}")
+    };
+    println!();
+    println!(
+        "Skiff / Linux over {rounds} rounds: into the server {}, out of the server {}",
+        spread(&ins),
+        spread(&outs)
+    );
+    if !base_ins.is_empty() {
+        println!("baseline tender: into the server {}, out of the server {}", spread(&base_ins), spread(&base_outs));
+    }
 }

@@ -65,10 +65,18 @@ pub struct ListenOptions {
     pub tcp: TcpOptions,
 }
 
+/// Most buffer memory the default backlog keeps in idle listening sockets.
+const BACKLOG_MEMORY: usize = 1 << 20;
+
 impl ListenOptions {
-    /// The defaults with the stack's TCP options.
+    /// The defaults with the stack's TCP options: a backlog of 16 listening
+    /// sockets, fewer when their buffers would hold more than 1 MiB (at
+    /// least 2; a socket taken by a SYN is replaced before the next frame,
+    /// so a burst of connections still finds listeners), and at most 256
+    /// connections queued.
     pub fn with_tcp(tcp: TcpOptions) -> ListenOptions {
-        ListenOptions { backlog: 16, max_queued: 256, tcp }
+        let per_socket = (tcp.rx_buffer + tcp.tx_buffer).max(1);
+        ListenOptions { backlog: (BACKLOG_MEMORY / per_socket).clamp(2, 16), max_queued: 256, tcp }
     }
 }
 
@@ -493,5 +501,21 @@ impl embedded_io_async::Write for TcpStream {
     /// acknowledgement, which would cost a delayed ACK per response.)
     async fn flush(&mut self) -> Result<(), TcpError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_backlog_holds_at_most_a_mebibyte_of_buffers() {
+        let backlog =
+            |rx, tx| ListenOptions::with_tcp(TcpOptions { rx_buffer: rx, tx_buffer: tx, ..Default::default() });
+        assert_eq!(backlog(4 << 10, 16 << 10).backlog, 16, "small buffers keep the full backlog");
+        assert_eq!(backlog(64 << 10, 64 << 10).backlog, 8);
+        assert_eq!(ListenOptions::with_tcp(TcpOptions::default()).backlog, 2);
+        assert_eq!(backlog(4 << 20, 4 << 20).backlog, 2, "never fewer than two");
+        assert_eq!(backlog(0, 0).backlog, 16);
     }
 }

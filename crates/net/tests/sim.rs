@@ -281,6 +281,25 @@ fn tcp_over_a_clean_link() {
     assert_eq!(lost, 0);
 }
 
+/// A connection with the default buffers keeps a link with a 2 ms round
+/// trip busy: its window (receive buffer) and the data it keeps in flight
+/// (send buffer) must cover a bulk transfer's bandwidth-delay product, or
+/// every window's worth waits a round trip. 4 MiB each way take 64 round
+/// trips with 64 KiB buffers (about 130 ms), 16 with 256 KiB.
+#[test]
+fn default_buffers_fill_a_link_with_latency() {
+    let far = Impairments {
+        loss: 0.0,
+        duplicate: 0.0,
+        latency: Duration::from_millis(1),
+        reorder: 0.0,
+        hold_back: Duration::ZERO,
+    };
+    let (n, _, _, took) = tcp_echo_over(3, far, 4 << 20);
+    assert_eq!(n, 4 << 20);
+    assert!(took < Duration::from_millis(60), "4 MiB echoed in {took:?} of simulated time over a 2 ms round trip");
+}
+
 #[test]
 fn tcp_survives_loss_duplication_and_reordering_for_many_seeds() {
     // The netem settings of the boot test: 3% loss, 5% reordered, 1%

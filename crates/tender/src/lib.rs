@@ -487,16 +487,26 @@ pub fn run(config: &Config, console: &mut dyn Write) -> Result<RunReport, Tender
     let limits = monitor::Limits { deadline: deadline.map(|(at, _)| at), grace: config.stop_grace };
     let mut monitor = monitor::Monitor::new(limits, &mem, area.shared).map_err(TenderError::Watchdog)?;
     let nic_rings: Vec<net::NicRings> = nics.iter().map(|n| n.rings.clone()).collect();
-    let io_shared = Arc::new(netio::IoShared::new().map_err(TenderError::Watchdog)?);
+    let tx_sides = nics
+        .iter()
+        .map(|n| match &n.host {
+            net::Host::Tap(tap) => tap.try_clone().map(|t| netio::TxSide::new(Some(t))),
+            net::Host::User(_) => Ok(netio::TxSide::new(None)),
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(TenderError::Watchdog)?;
+    let io_shared = Arc::new(netio::IoShared::new(tx_sides).map_err(TenderError::Watchdog)?);
     // Process mode pins reads and writes to known descriptors: TAP devices
     // are known now; a user network accepts sockets after lockdown.
     let tap_fds: Option<Vec<i32>> = nics
         .iter()
-        .map(|n| match &n.host {
-            net::Host::Tap(tap) => Some(tap.fd()),
+        .zip(&io_shared.tx)
+        .map(|(n, side)| match &n.host {
+            net::Host::Tap(tap) => Some([tap.fd(), side.tap_fd()?]),
             net::Host::User(_) => None,
         })
-        .collect();
+        .collect::<Option<Vec<_>>>()
+        .map(|fds| fds.concat());
     let io_thread = if nics.is_empty() {
         None
     } else {

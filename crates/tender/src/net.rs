@@ -403,16 +403,6 @@ pub fn rx_ready(nics: &[NicRings], mem: &GuestMemory) -> Result<u64, NicError> {
     Ok(mask)
 }
 
-/// Whether any transmit ring has frames the I/O thread has not sent.
-pub fn tx_pending(nics: &[NicRings], mem: &GuestMemory) -> Result<bool, NicError> {
-    for nic in nics {
-        if nic.pending(nic.tx, mem)? > 0 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,17 +16,55 @@
 //! with it.
 
 use crate::guest_memory::GuestMemory;
-use crate::net::{FrameError, Host, Nic, NicError};
+use crate::net::{FrameError, Host, Nic, NicError, NicRings};
 use crate::ready::{Listening, Readiness};
 use crate::stats::NetStats;
 use crate::sys::ThreadKicker;
 use crate::tap::Tap;
 use skiff_abi::{NET_FRAME_MAX, NET_FRAME_MIN};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
+
+/// A NIC's transmit side, as both threads see it. The I/O thread sends
+/// what the guest queues while it is awake; when it sleeps, the guest rings
+/// (`NetNotify`) and the vCPU thread, out of the guest for that call
+/// anyway, sends the frames to a TAP device itself rather than waking the
+/// I/O thread: no wake-up of another thread (which, on a busy host, often
+/// took the vCPU thread's CPU until it slept again) and the frames leave at
+/// once.
+pub struct TxSide {
+    /// Held while frames are taken from the transmit ring and sent, so they
+    /// leave in order whichever thread sends them.
+    lock: Mutex<()>,
+    /// A second descriptor of the NIC's TAP device; `None` on the user
+    /// network, which only the I/O thread drives.
+    tap: Option<Tap>,
+    /// The guest's count of listeners the I/O thread last saw.
+    listeners_seen: AtomicU32,
+    /// The I/O thread sleeps until the guest makes room in this NIC's
+    /// receive ring (only the doorbell wakes it).
+    waits_for_room: AtomicBool,
+}
+
+impl TxSide {
+    /// The transmit side of a NIC whose host end is `tap` (a descriptor of
+    /// its own), or the user network (`None`).
+    pub fn new(tap: Option<Tap>) -> TxSide {
+        TxSide { lock: Mutex::new(()), tap, listeners_seen: AtomicU32::new(0), waits_for_room: AtomicBool::new(false) }
+    }
+
+    /// The descriptor the vCPU thread sends on, if any.
+    pub fn tap_fd(&self) -> Option<i32> {
+        self.tap.as_ref().map(Tap::fd)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// State shared by the vCPU thread and the I/O thread.
 pub struct IoShared {
@@ -43,18 +81,71 @@ pub struct IoShared {
     pub stop: AtomicBool,
     /// The guest broke the ring protocol (set once; the I/O thread stops).
     pub error: Mutex<Option<NicError>>,
+    /// Each NIC's transmit side.
+    pub tx: Vec<TxSide>,
+    /// Frames the vCPU thread sent, and dropped (a full host queue).
+    sent_by_vcpu: AtomicU64,
+    dropped_by_vcpu: AtomicU64,
 }
 
 impl IoShared {
-    /// Fresh shared state.
-    pub fn new() -> std::io::Result<IoShared> {
+    /// Fresh shared state for NICs with these transmit sides.
+    pub fn new(tx: Vec<TxSide>) -> std::io::Result<IoShared> {
         Ok(IoShared {
             guest_waiting: AtomicU64::new(0),
             rx_notify: EventFd::new(libc::EFD_NONBLOCK)?,
             doorbell: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
+            tx,
+            sent_by_vcpu: AtomicU64::new(0),
+            dropped_by_vcpu: AtomicU64::new(0),
         })
+    }
+
+    /// On the vCPU thread, when the guest rang for NIC `index` (or is about
+    /// to sleep with frames queued): sends the frames its transmit ring
+    /// holds to its TAP device, unless the I/O thread is sending them now,
+    /// and wakes the I/O thread only when it is needed: for the user
+    /// network, when it waits for room in the receive ring, when the
+    /// guest's listeners changed, or when there was nothing to send (the
+    /// guest rang for another reason).
+    pub fn transmit_now(&self, index: usize, rings: &NicRings, mem: &GuestMemory) -> Result<(), NicError> {
+        if !self.send_for_guest(index, rings, mem)? {
+            return Ok(());
+        }
+        let _ = self.doorbell.write(1);
+        Ok(())
+    }
+
+    /// [`IoShared::transmit_now`] without the doorbell: whether the I/O
+    /// thread must be woken.
+    fn send_for_guest(&self, index: usize, rings: &NicRings, mem: &GuestMemory) -> Result<bool, NicError> {
+        let Some(side) = self.tx.get(index) else { return Ok(true) };
+        let Some(tap) = &side.tap else { return Ok(true) };
+        // A long queue (a bulk sender) goes to the I/O thread, which sends
+        // it while the guest runs on.
+        if rings.tx.pending(mem).map_err(|e| rings.error(e))? > DIRECT_MAX {
+            return Ok(true);
+        }
+        let Ok(guard) = side.lock.try_lock() else { return Ok(true) };
+        let mut buf = [0u8; NET_FRAME_MAX as usize];
+        let (mut sent, mut dropped) = (0u64, 0u64);
+        for _ in 0..DIRECT_MAX {
+            let Some(n) = rings.tx.pop(mem, &mut buf).map_err(|e| rings.error(e))? else { break };
+            let ok = tap
+                .send(&buf[..n])
+                .map_err(|e| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) })?;
+            *if ok { &mut sent } else { &mut dropped } += 1;
+        }
+        drop(guard);
+        self.sent_by_vcpu.fetch_add(sent, Ordering::Relaxed);
+        self.dropped_by_vcpu.fetch_add(dropped, Ordering::Relaxed);
+        let listeners = rings.tx.listeners(mem).map_err(|e| rings.error(e))?;
+        Ok(sent + dropped == 0
+            || rings.tx.pending(mem).map_err(|e| rings.error(e))? > 0
+            || side.waits_for_room.load(Ordering::SeqCst)
+            || listeners != side.listeners_seen.load(Ordering::SeqCst))
     }
 
     /// The error the I/O thread found, if any.
@@ -98,6 +189,9 @@ impl IoThread {
                     stats.user_nets.push((nic.rings.nic.clone(), u.stats()));
                 }
             }
+            stats.sent_by_vcpu = s.sent_by_vcpu.load(Ordering::Relaxed);
+            stats.tx += stats.sent_by_vcpu;
+            stats.dropped += s.dropped_by_vcpu.load(Ordering::Relaxed);
             stats
         })?;
         let _ = started_rx.recv();
@@ -122,6 +216,10 @@ impl Drop for IoThread {
     }
 }
 
+/// Most frames the vCPU thread sends itself on a doorbell; a longer queue
+/// wakes the I/O thread.
+const DIRECT_MAX: u32 = 8;
+
 fn serve(
     nics: &mut [Nic],
     mem: &GuestMemory,
@@ -136,6 +234,11 @@ fn serve(
     let mut listeners = vec![0u32; nics.len()];
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = check_listeners(nics, mem, &mut listeners, readiness)?;
+        if moved {
+            for (side, &seen) in shared.tx.iter().zip(&listeners) {
+                side.listeners_seen.store(seen, Ordering::SeqCst);
+            }
+        }
         // NICs whose receive ring got frames, and whose ring is full while
         // their host end holds more (one bit each).
         let mut produced = 0u64;
@@ -145,6 +248,7 @@ fn serve(
             let host_error =
                 |e: std::io::Error| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) };
             // Everything the guest queued goes to the host end.
+            let sending = shared.tx.get(index).map(TxSide::lock);
             while let Some(n) = rings.tx.pop(mem, &mut buf[..]).map_err(|e| rings.error(e))? {
                 let sent = match &mut nic.host {
                     Host::Tap(tap) => tap.send(&buf[..n]).map_err(host_error)?,
@@ -156,6 +260,7 @@ fn serve(
                 *if sent { &mut stats.tx } else { &mut stats.dropped } += 1;
                 moved = true;
             }
+            drop(sending);
             if let Host::User(u) = &mut nic.host {
                 u.poll();
             }
@@ -205,14 +310,14 @@ fn serve(
         }
         // Going to sleep: tell the guest to ring when it sends, and when it
         // makes room in a full receive ring; then look once more.
-        set_flags(nics, mem, full, 1)?;
+        set_flags(nics, shared, mem, full, 1)?;
         fence(Ordering::SeqCst);
         let mut queued = false;
         for (index, nic) in nics.iter().enumerate() {
             let rings = &nic.rings;
             queued |= rings.tx.pending(mem).map_err(|e| rings.error(e))? > 0;
             queued |= full & (1 << index) != 0 && rings.rx.has_room(mem).map_err(|e| rings.error(e))?;
-            queued |= rings.tx.listening(mem).map_err(|e| rings.error(e))?.0 != listeners[index];
+            queued |= rings.tx.listeners(mem).map_err(|e| rings.error(e))? != listeners[index];
         }
         if !queued {
             // A TAP device whose receive ring is full stays readable: leave
@@ -234,7 +339,7 @@ fn serve(
             stats.sleeps += 1;
             let _ = crate::tap::wait(&fds, timeout);
         }
-        set_flags(nics, mem, full, 0)?;
+        set_flags(nics, shared, mem, full, 0)?;
         let _ = shared.doorbell.read();
         last_work = Instant::now();
     }
@@ -254,7 +359,7 @@ fn check_listeners(
     let mut first = false;
     for (index, nic) in nics.iter_mut().enumerate() {
         let rings = &nic.rings;
-        let (count, _) = rings.tx.listening(mem).map_err(|e| rings.error(e))?;
+        let count = rings.tx.listeners(mem).map_err(|e| rings.error(e))?;
         if count == seen[index] {
             continue;
         }
@@ -286,9 +391,14 @@ fn check_listeners(
 
 /// Sets each transmit ring's "consumer asleep" flag, and the "waiting for
 /// room" flag of the receive rings of the NICs in `full`.
-fn set_flags(nics: &[Nic], mem: &GuestMemory, full: u64, value: u32) -> Result<(), NicError> {
+fn set_flags(nics: &[Nic], shared: &IoShared, mem: &GuestMemory, full: u64, value: u32) -> Result<(), NicError> {
     for (index, nic) in nics.iter().enumerate() {
         let rings = &nic.rings;
+        // Before the ring's flag: a guest that sees the flag and rings
+        // finds this set on the vCPU thread (`IoShared::transmit_now`).
+        if let Some(side) = shared.tx.get(index) {
+            side.waits_for_room.store(value != 0 && full & (1 << index) != 0, Ordering::SeqCst);
+        }
         rings.tx.sleeping(mem).map_err(|e| rings.error(e))?.store(value, Ordering::SeqCst);
         if full & (1 << index) != 0 {
             rings.rx.producer_waiting(mem).map_err(|e| rings.error(e))?.store(value, Ordering::SeqCst);

@@ -158,6 +158,12 @@ impl Ring {
         self.index(mem, ring::CONSUMER_SLEEPING)
     }
 
+    /// How many listeners the guest started (transmit rings; see
+    /// [`Ring::listening`]).
+    pub fn listeners(&self, mem: &GuestMemory) -> Result<u32, MemoryError> {
+        Ok(self.index(mem, ring::LISTENING)?.load(Ordering::Acquire))
+    }
+
     /// The guest's listeners (transmit rings): how many it started, and
     /// the ports of the first [`ring::LISTEN_PORTS_MAX`]. Guest-written and
     /// only reported, never trusted.

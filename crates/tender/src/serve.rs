@@ -429,8 +429,10 @@ impl Guest<'_> {
             if ready != 0 || wait.is_some_and(|w| w.is_zero()) {
                 return Ok(ready);
             }
-            if net::tx_pending(self.nics, self.mem)? {
-                let _ = self.io.doorbell.write(1);
+            for (index, rings) in self.nics.iter().enumerate() {
+                if rings.tx.pending(self.mem).map_err(|e| rings.error(e))? > 0 {
+                    self.io.transmit_now(index, rings, self.mem)?;
+                }
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -490,7 +492,10 @@ impl Guest<'_> {
                 if a.device as usize >= self.nics.len() {
                     return Ok(GuestError::NoDevice { call: call.name(), device: a.device }.into());
                 }
-                let _ = self.io.doorbell.write(1);
+                let index = a.device as usize;
+                if let Err(e) = self.io.transmit_now(index, &self.nics[index], self.mem) {
+                    return Ok(GuestError::from(e).into());
+                }
                 Flow::Continue
             }
             Hypercall::BlockNotify => {

@@ -94,6 +94,9 @@ pub struct NetStats {
     /// Times it slept (each ended by a wake-up: a frame, the guest's
     /// doorbell, a socket, or a timer).
     pub sleeps: u64,
+    /// Of the frames sent, those the vCPU thread sent itself when the
+    /// guest rang while the I/O thread slept.
+    pub sent_by_vcpu: u64,
 }
 
 /// `/proc/self/status`, opened before the seccomp lockdown (which forbids
@@ -215,8 +218,9 @@ impl Stats {
             );
             let _ = write!(
                 s,
-                "\n  io    {} passes moved frames, {} found nothing; {} sleeps (wake-ups)",
-                net.busy_passes, net.idle_passes, net.sleeps
+                "\n  io    {} passes moved frames, {} found nothing; {} sleeps (wake-ups); {} frames sent by the \
+                 vCPU thread on the guest's doorbell",
+                net.busy_passes, net.idle_passes, net.sleeps, net.sent_by_vcpu
             );
         }
         for (nic, u) in &net.user_nets {

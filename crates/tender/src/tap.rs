@@ -134,6 +134,12 @@ impl Tap {
         Ok(Tap { file })
     }
 
+    /// A second descriptor of the same device (`dup`, close-on-exec), for
+    /// another thread to send on.
+    pub fn try_clone(&self) -> io::Result<Tap> {
+        Ok(Tap { file: self.file.try_clone()? })
+    }
+
     /// The descriptor, for epoll.
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()

@@ -498,6 +498,35 @@ fn the_rings_need_few_exits_under_load() {
     assert!(per_frame < 0.2, "{line}");
 }
 
+/// With the I/O thread asleep (no spin), the guest's doorbell has the vCPU
+/// thread send the queued frames itself instead of waking the I/O thread:
+/// every reply of a slow request/response exchange leaves that way.
+#[test]
+fn replies_to_a_sleeping_io_thread_leave_from_the_vcpu_thread() {
+    let ns = namespace();
+    let mut g = echo(&ns, &["--stats", "--timeout", "4s", "--net-spin", "0us"], &[]);
+    ns.run(|| {
+        let mut s = TcpStream::connect_timeout(&guest_addr(), Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for i in 0..20u8 {
+            std::thread::sleep(Duration::from_millis(5));
+            s.write_all(&[i; 100]).unwrap();
+            let mut back = [0u8; 100];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, [i; 100]);
+        }
+    });
+    let (_, out) = g.finish(Duration::from_secs(30));
+    let line = out.lines().find(|l| l.contains("sent by the vCPU thread")).expect("--stats io line");
+    let direct: u64 = line
+        .split("; ")
+        .find(|p| p.contains("sent by the vCPU thread"))
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(direct >= 20, "{line}");
+}
+
 #[test]
 fn nics_must_match_the_manifest_and_exist() {
     require_root();

@@ -1,6 +1,8 @@
 //! Echo: every byte received on TCP port 7 goes back on the same
 //! connection, and every UDP datagram to port 7 goes back to its sender.
-//! Many connections at once, each its own task.
+//! Many connections at once, each its own task, with 64 KiB buffers each
+//! way by default (smaller than the stack's 256 KiB, so 200 connections fit
+//! the default 64 MiB of memory).
 //!
 //! ```text
 //! skiff run examples/echo --net service=tap0 -- [--port 7] [--tcp-buffer 64K]
@@ -9,7 +11,7 @@
 #![no_std]
 #![no_main]
 
-use skiff::net::{NetConfig, Stack, TcpListener, TcpOptions, TcpStream, UdpSocket};
+use skiff::net::{NetConfig, Stack, TcpListener, TcpStream, UdpSocket};
 use skiff::prelude::*;
 
 #[skiff::main(net = "service")]
@@ -67,6 +69,9 @@ async fn udp_echo(socket: UdpSocket) {
     }
 }
 
+/// Per-connection receive and send buffers without `--tcp-buffer`.
+const DEFAULT_BUFFER: usize = 64 * 1024;
+
 struct Options {
     port: u16,
     buffer: usize,
@@ -74,7 +79,7 @@ struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options { port: 7, buffer: TcpOptions::default().rx_buffer };
+        let mut o = Options { port: 7, buffer: DEFAULT_BUFFER };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {

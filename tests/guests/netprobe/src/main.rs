@@ -16,12 +16,13 @@
 //! - `bulk`: serve bulk transfers for the benchmarks: TCP port 9 reads
 //!   everything it is sent and answers with the byte count (8 bytes, little
 //!   endian) when the sender closes; port 19 reads an 8-byte length and
-//!   sends that many bytes.
+//!   sends that many bytes; `bulk BYTES` gives its connections send and
+//!   receive buffers of BYTES instead of the stack's defaults.
 #![no_std]
 #![no_main]
 
 use core::net::SocketAddr;
-use skiff::net::{NetConfig, Stack, TcpListener, TcpStream};
+use skiff::net::{NetConfig, Stack, TcpListener, TcpOptions, TcpStream};
 use skiff::prelude::*;
 use skiff::time::{sleep, timeout};
 
@@ -112,7 +113,11 @@ async fn main(env: skiff::Env) -> Result<(), skiff::Error> {
             sleep(Duration::from_secs(5)).await;
             error!("netprobe: the tender accepted an oversized frame");
         }
-        ["bulk"] => {
+        ["bulk", buffer @ ..] => {
+            if let [bytes] = buffer {
+                let bytes: usize = bytes.parse()?;
+                stack.set_tcp_defaults(TcpOptions { rx_buffer: bytes, tx_buffer: bytes, ..stack.tcp_defaults() });
+            }
             let sink = TcpListener::bind(&stack, 9)?;
             let source = TcpListener::bind(&stack, 19)?;
             let spawner = env.spawner();
