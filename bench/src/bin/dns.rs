@@ -171,15 +171,33 @@ fn start_nsd(server: &NetNs, dir: &Path) -> Nsd {
     nsd
 }
 
-fn start_skiff(tender: &Path, image: &Path) -> (NetNs, Guard, PathBuf) {
+fn start_skiff(tender: &Path, image: &Path, extra: &[&std::ffi::OsStr]) -> (NetNs, Guard, PathBuf) {
     let ns = client_ns();
     let mut cmd = ns.command(tender);
     cmd.args(["--net", "service=tap0", "--mem", "64M", "--timeout", "600s"])
+        .args(extra)
         .arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24"]);
     let (guest, log, _) = start_logged(cmd, &format!("dns-{}", ns.name()), "serving UDP and TCP on");
     (ns, guest, log)
+}
+
+/// Runs the name server with `--profile file --stats` under dnsperf for
+/// `secs`, stops it as Ctrl-C would, and prints the rate and the tender's
+/// statistics.
+fn profile(tender: &Path, image: &Path, queries: &Path, secs: u32, file: &Path) {
+    let file = std::path::absolute(file).expect("the profile's path");
+    let (ns, mut guest, log) = start_skiff(tender, image, &["--stats".as_ref(), "--profile".as_ref(), file.as_os_str()]);
+    let p = dnsperf(&ns, queries, secs);
+    // SAFETY: kill(2) on the tender this process started and still owns.
+    unsafe { libc::kill(guest.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = guest.0.wait().expect("wait for the tender");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let stats = text.lines().skip_while(|l| !l.contains("skiff-tender stats")).collect::<Vec<_>>().join("\n");
+    println!("dnsperf: {:.0} q/s, {} lost, average {:.0} us; the tender ended with {status}", p.qps, p.lost, p.avg_us);
+    println!("{stats}");
+    println!("profile: {}", file.display());
 }
 
 /// Records in the large zone.
@@ -286,13 +304,20 @@ fn main() {
     let probes = if quick { 1000 } else { 5000 };
     eprintln!("dns benchmark: {rounds} rounds of {secs} s, Skiff and NSD alternating");
 
+    // SKIFF_BENCH_PROFILE=FILE: only Skiff under dnsperf, profiled into
+    // FILE (folded stacks, or a flame graph when it ends in .svg), with the
+    // tender's --stats.
+    if let Some(file) = std::env::var_os("SKIFF_BENCH_PROFILE") {
+        profile(&tender, &image, &queries, secs, Path::new(&file));
+        return;
+    }
     // SKIFF_BENCH_ONLY=memory: only the image sizes and the large zone.
     let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
     let mut runs: Vec<Round> = Vec::new();
     for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
         let (skiff, skiff_lat) = {
-            let (ns, mut guest, log) = start_skiff(&tender, &image);
+            let (ns, mut guest, log) = start_skiff(&tender, &image, &[]);
             let p = dnsperf(&ns, &queries, secs);
             let l = latency(&ns, probes);
             let alive = guest.0.try_wait().ok().flatten().is_none();
