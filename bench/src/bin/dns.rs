@@ -188,7 +188,8 @@ fn start_skiff(tender: &Path, image: &Path, extra: &[&std::ffi::OsStr]) -> (NetN
 /// statistics.
 fn profile(tender: &Path, image: &Path, queries: &Path, secs: u32, file: &Path) {
     let file = std::path::absolute(file).expect("the profile's path");
-    let (ns, mut guest, log) = start_skiff(tender, image, &["--stats".as_ref(), "--profile".as_ref(), file.as_os_str()]);
+    let (ns, mut guest, log) =
+        start_skiff(tender, image, &["--stats".as_ref(), "--profile".as_ref(), file.as_os_str()]);
     let p = dnsperf(&ns, queries, secs);
     // SAFETY: kill(2) on the tender this process started and still owns.
     unsafe { libc::kill(guest.0.id() as libc::pid_t, libc::SIGINT) };
@@ -292,7 +293,12 @@ fn main() {
     require_program("nsd", "nsd");
     require_program("objcopy", "binutils");
     let tender = release_tender(Linking::Static);
-    let image = guest("examples/nameserver");
+    // SKIFF_BENCH_IMAGE=FILE: this name server image instead of building
+    // examples/nameserver (to compare two builds).
+    let image = match std::env::var_os("SKIFF_BENCH_IMAGE") {
+        Some(file) => PathBuf::from(file),
+        None => guest("examples/nameserver"),
+    };
     let dir = std::env::temp_dir().join(format!("skiff-bench-dns-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let queries = dir.join("queries.txt");
