@@ -565,9 +565,16 @@ fn has_compressed_name(data: &ZoneRecordData<&[u8], ParsedName<&[u8]>>) -> bool 
 
 fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, LoadError> {
     let mut pos = 0;
-    let mut nodes: BTreeMap<&'a Name<[u8]>, Node<'a>> = BTreeMap::new();
+    // The records first, then sorted by owner and grouped: one vector at a
+    // time, each freed whole, where an ordered map would leave the heap
+    // full of holes of a node's size (a zone of 100,000 names would need
+    // megabytes more to start).
+    // A record takes at least 11 bytes (root name, type, class, TTL,
+    // length): a corrupt count cannot ask for more room than the body
+    // could fill.
+    let room = count.min(body.len() / 11);
+    let mut records: Vec<(&'a Name<[u8]>, Rtype, Option<Rtype>, Rr<'a>)> = Vec::with_capacity(room);
     let mut apex: Option<&'a Name<[u8]>> = None;
-    let mut sigs = Vec::new();
     for r in 0..count {
         let rec = parse_record(body, &mut pos).ok_or(LoadError::BadRecord { zone: z, record: r })?;
         if rec.class != Class::IN {
@@ -588,33 +595,51 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
             return Err(LoadError::OutOfZone { zone: z, record: r });
         }
         let rr = Rr { ttl: rec.ttl, rdata: rec.rdata };
-        if rec.rtype == Rtype::RRSIG {
+        let covered = if rec.rtype == Rtype::RRSIG {
             if rec.rdata.len() < 2 {
                 return Err(LoadError::BadRecord { zone: z, record: r });
             }
-            sigs.push((rec.owner, Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])), rr));
-            continue;
-        }
-        let rrs = &mut nodes.entry(rec.owner).or_default().get_or_insert(rec.rtype).rrs;
-        // Most RRsets hold one record: grow from one, not four.
-        if rrs.capacity() == 0 {
-            rrs.reserve_exact(1);
-        }
-        rrs.push(rr);
+            Some(Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])))
+        } else {
+            None
+        };
+        records.push((rec.owner, rec.rtype, covered, rr));
     }
     if pos != body.len() {
         return Err(LoadError::BadRecord { zone: z, record: count });
     }
     let apex = apex.ok_or(LoadError::NoSoa { zone: z })?;
-    // RRSIGs join the RRset they cover; one whose RRset is missing is kept
-    // under its own owner so that an explicit RRSIG query still finds it.
-    for (owner, covered, rr) in sigs {
-        nodes.entry(owner).or_default().get_or_insert(covered).sigs.push(rr);
+    // Stable: records of one owner keep the file's order (the first
+    // spelling of a name is the zone's, RRsets in the order their types
+    // first appear).
+    records.sort_by(|a, b| a.0.cmp(b.0));
+    let owners = records.iter().zip(records.iter().skip(1)).filter(|(a, b)| a.0 != b.0).count() + 1;
+    let mut nodes: Vec<(&'a Name<[u8]>, Node<'a>)> = Vec::with_capacity(owners);
+    // RRSIGs join the RRset they cover, after the records; one whose RRset
+    // is missing is kept under its own owner so that an explicit RRSIG
+    // query still finds it.
+    for pass_sigs in [false, true] {
+        let mut at = 0;
+        for (owner, rtype, covered, rr) in &records {
+            while nodes.get(at).is_some_and(|(n, _)| *n != *owner) {
+                at += 1;
+            }
+            if at == nodes.len() {
+                nodes.push((owner, Node::default()));
+            }
+            let node = &mut nodes[at].1;
+            match (pass_sigs, covered) {
+                (false, None) => push_one(&mut node.get_or_insert(*rtype).rrs, *rr),
+                (true, Some(c)) => push_one(&mut node.get_or_insert(*c).sigs, *rr),
+                _ => {}
+            }
+        }
     }
-    nodes.values_mut().for_each(|n| n.rrsets.retain(|s| !s.rrs.is_empty() || !s.sigs.is_empty()));
+    drop(records);
+    nodes.iter_mut().for_each(|(_, n)| n.rrsets.retain(|s| !s.rrs.is_empty() || !s.sigs.is_empty()));
     // Mark the names at and below delegations.
     let cuts: Vec<&'a Name<[u8]>> =
-        nodes.iter().filter(|(n, node)| **n != apex && node.get(Rtype::NS).is_some()).map(|(n, _)| *n).collect();
+        nodes.iter().filter(|(n, node)| *n != apex && node.get(Rtype::NS).is_some()).map(|(n, _)| *n).collect();
     if !cuts.is_empty() {
         for (name, node) in nodes.iter_mut() {
             node.below_cut = cuts.iter().any(|c| name.ends_with(*c));
@@ -622,26 +647,22 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
     }
     // NSEC3 owner names are not names of the zone (RFC 5155 section
     // 7.2.8): they live apart, reached only through the hash chain.
-    let hashed: Vec<&'a Name<[u8]>> = nodes
-        .iter()
-        .filter(|(_, n)| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3))
-        .map(|(name, _)| *name)
-        .collect();
-    let mut nsec3_nodes = BTreeMap::new();
-    for name in hashed {
-        if let Some(node) = nodes.remove(name) {
-            nsec3_nodes.insert(name, node);
-        }
-    }
-    let nsec3 = nsec3_chain(apex, &nodes, nsec3_nodes);
-    Ok(Zone { apex, nodes: nodes.into(), nsec3 })
+    let hashed = |n: &Node<'_>| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3);
+    let (nsec3_nodes, nodes): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|(_, n)| hashed(n));
+    let nodes = Nodes::from_sorted(nodes);
+    let nsec3 = nsec3_chain(apex, &nodes, Nodes::from_sorted(nsec3_nodes));
+    Ok(Zone { apex, nodes, nsec3 })
 }
 
-fn nsec3_chain<'a>(
-    apex: &'a Name<[u8]>,
-    nodes: &BTreeMap<&'a Name<[u8]>, Node<'a>>,
-    nsec3_nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
-) -> Option<Nsec3Chain<'a>> {
+/// Appends `rr`, growing from one record (most RRsets hold one), not four.
+fn push_one<'a>(rrs: &mut Vec<Rr<'a>>, rr: Rr<'a>) {
+    if rrs.capacity() == 0 {
+        rrs.reserve_exact(1);
+    }
+    rrs.push(rr);
+}
+
+fn nsec3_chain<'a>(apex: &'a Name<[u8]>, nodes: &Nodes<'a>, nsec3_nodes: Nodes<'a>) -> Option<Nsec3Chain<'a>> {
     let param = nodes.get(apex)?.get(Rtype::NSEC3PARAM)?.rrs.first()?;
     // Algorithm (1), flags (1), iterations (2), salt length (1), salt.
     let d = param.rdata;
@@ -651,7 +672,7 @@ fn nsec3_chain<'a>(
     let iterations = u16::from_be_bytes([d[2], d[3]]);
     let salt = &d[5..5 + usize::from(d[4])];
     let mut by_hash = BTreeMap::new();
-    for (name, node) in &nsec3_nodes {
+    for (name, node) in nsec3_nodes.iter() {
         if node.get(Rtype::NSEC3).is_none() {
             continue;
         }
@@ -660,7 +681,7 @@ fn nsec3_chain<'a>(
             by_hash.insert(hash, *name);
         }
     }
-    Some(Nsec3Chain { iterations, salt, by_hash, nodes: nsec3_nodes.into() })
+    Some(Nsec3Chain { iterations, salt, by_hash, nodes: nsec3_nodes })
 }
 
 /// The owner name `*.<name>`.
