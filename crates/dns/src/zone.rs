@@ -563,6 +563,10 @@ fn has_compressed_name(data: &ZoneRecordData<&[u8], ParsedName<&[u8]>>) -> bool 
     names.into_iter().flatten().any(|n| n.is_compressed())
 }
 
+/// A record while a zone loads: owner, type, the type an RRSIG covers,
+/// TTL and rdata.
+type Loaded<'a> = (&'a Name<[u8]>, Rtype, Option<Rtype>, Rr<'a>);
+
 fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, LoadError> {
     let mut pos = 0;
     // The records first, then sorted by owner and grouped: one vector at a
@@ -573,7 +577,7 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
     // length): a corrupt count cannot ask for more room than the body
     // could fill.
     let room = count.min(body.len() / 11);
-    let mut records: Vec<(&'a Name<[u8]>, Rtype, Option<Rtype>, Rr<'a>)> = Vec::with_capacity(room);
+    let mut records: Vec<Loaded<'a>> = Vec::with_capacity(room);
     let mut apex: Option<&'a Name<[u8]>> = None;
     for r in 0..count {
         let rec = parse_record(body, &mut pos).ok_or(LoadError::BadRecord { zone: z, record: r })?;
