@@ -23,6 +23,11 @@
 //! 1,000 queries for random names of the zone.
 //!
 //! `cargo run --release -p skiff-bench --bin dns` (root, KVM, dnsperf, nsd).
+//! `SKIFF_BENCH_QUICK=1`: one round of 2 s. `SKIFF_BENCH_ONLY=memory`:
+//! only the sizes and the large zone. `SKIFF_BENCH_PROFILE=FILE`: only the
+//! name server under dnsperf, with the tender's `--profile FILE --stats`
+//! (printed when it stops). `SKIFF_BENCH_IMAGE=FILE`: that name server
+//! image instead of building the example (to compare two builds).
 
 use skiff_bench::{Linking, client_ns, guest, release_skiff, release_tender, start_linux, start_logged, workspace};
 use skiff_testnet::{Guard, NetNs, Nsd, require_kvm, require_program, require_root, wait_for};
