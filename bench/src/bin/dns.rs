@@ -23,6 +23,11 @@
 //! 1,000 queries for random names of the zone.
 //!
 //! `cargo run --release -p skiff-bench --bin dns` (root, KVM, dnsperf, nsd).
+//! `SKIFF_BENCH_QUICK=1`: one round of 2 s. `SKIFF_BENCH_ONLY=memory`:
+//! only the sizes and the large zone. `SKIFF_BENCH_PROFILE=FILE`: only the
+//! name server under dnsperf, with the tender's `--profile FILE --stats`
+//! (printed when it stops). `SKIFF_BENCH_IMAGE=FILE`: that name server
+//! image instead of building the example (to compare two builds).
 
 use skiff_bench::{Linking, client_ns, guest, release_skiff, release_tender, start_linux, start_logged, workspace};
 use skiff_testnet::{Guard, NetNs, Nsd, require_kvm, require_program, require_root, wait_for};
@@ -171,15 +176,34 @@ fn start_nsd(server: &NetNs, dir: &Path) -> Nsd {
     nsd
 }
 
-fn start_skiff(tender: &Path, image: &Path) -> (NetNs, Guard, PathBuf) {
+fn start_skiff(tender: &Path, image: &Path, extra: &[&std::ffi::OsStr]) -> (NetNs, Guard, PathBuf) {
     let ns = client_ns();
     let mut cmd = ns.command(tender);
     cmd.args(["--net", "service=tap0", "--mem", "64M", "--timeout", "600s"])
+        .args(extra)
         .arg(image)
         .arg("--")
         .args(["--ipv4", "10.0.0.2/24"]);
     let (guest, log, _) = start_logged(cmd, &format!("dns-{}", ns.name()), "serving UDP and TCP on");
     (ns, guest, log)
+}
+
+/// Runs the name server with `--profile file --stats` under dnsperf for
+/// `secs`, stops it as Ctrl-C would, and prints the rate and the tender's
+/// statistics.
+fn profile(tender: &Path, image: &Path, queries: &Path, secs: u32, file: &Path) {
+    let file = std::path::absolute(file).expect("the profile's path");
+    let (ns, mut guest, log) =
+        start_skiff(tender, image, &["--stats".as_ref(), "--profile".as_ref(), file.as_os_str()]);
+    let p = dnsperf(&ns, queries, secs);
+    // SAFETY: kill(2) on the tender this process started and still owns.
+    unsafe { libc::kill(guest.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = guest.0.wait().expect("wait for the tender");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let stats = text.lines().skip_while(|l| !l.contains("skiff-tender stats")).collect::<Vec<_>>().join("\n");
+    println!("dnsperf: {:.0} q/s, {} lost, average {:.0} us; the tender ended with {status}", p.qps, p.lost, p.avg_us);
+    println!("{stats}");
+    println!("profile: {}", file.display());
 }
 
 /// Records in the large zone.
@@ -274,7 +298,12 @@ fn main() {
     require_program("nsd", "nsd");
     require_program("objcopy", "binutils");
     let tender = release_tender(Linking::Static);
-    let image = guest("examples/nameserver");
+    // SKIFF_BENCH_IMAGE=FILE: this name server image instead of building
+    // examples/nameserver (to compare two builds).
+    let image = match std::env::var_os("SKIFF_BENCH_IMAGE") {
+        Some(file) => PathBuf::from(file),
+        None => guest("examples/nameserver"),
+    };
     let dir = std::env::temp_dir().join(format!("skiff-bench-dns-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let queries = dir.join("queries.txt");
@@ -286,13 +315,20 @@ fn main() {
     let probes = if quick { 1000 } else { 5000 };
     eprintln!("dns benchmark: {rounds} rounds of {secs} s, Skiff and NSD alternating");
 
+    // SKIFF_BENCH_PROFILE=FILE: only Skiff under dnsperf, profiled into
+    // FILE (folded stacks, or a flame graph when it ends in .svg), with the
+    // tender's --stats.
+    if let Some(file) = std::env::var_os("SKIFF_BENCH_PROFILE") {
+        profile(&tender, &image, &queries, secs, Path::new(&file));
+        return;
+    }
     // SKIFF_BENCH_ONLY=memory: only the image sizes and the large zone.
     let only_memory = std::env::var("SKIFF_BENCH_ONLY").is_ok_and(|v| v == "memory");
     let mut runs: Vec<Round> = Vec::new();
     for round in 0..if only_memory { 0 } else { rounds } {
         eprintln!("  round {}", round + 1);
         let (skiff, skiff_lat) = {
-            let (ns, mut guest, log) = start_skiff(&tender, &image);
+            let (ns, mut guest, log) = start_skiff(&tender, &image, &[]);
             let p = dnsperf(&ns, &queries, secs);
             let l = latency(&ns, probes);
             let alive = guest.0.try_wait().ok().flatten().is_none();

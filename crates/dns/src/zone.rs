@@ -4,6 +4,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use hashbrown::HashTable;
 
 use domain::base::ParsedName;
 use domain::base::iana::{Class, Rtype};
@@ -126,6 +127,122 @@ impl<'a> Node<'a> {
     }
 }
 
+/// A zone's owner names with their data: in canonical order (RFC 4034
+/// section 6.1) for the searches that need the order (empty non-terminals,
+/// NSEC), and by hash for exact names, the lookups every answer makes
+/// (several per query: the name, its zone's apex, glue for NS and MX
+/// targets). Comparing names in canonical order walks their labels from
+/// the end, so a search of an ordered map costs far more than hashing the
+/// name once.
+#[derive(Clone, Default)]
+pub struct Nodes<'a> {
+    /// The names in canonical order.
+    sorted: Vec<(&'a Name<[u8]>, Node<'a>)>,
+    /// Positions in `sorted`, by [`name_hash`].
+    index: HashTable<u32>,
+}
+
+/// The hash of a name, case-insensitive as names compare: its wire form
+/// with ASCII letters folded (length octets are at most 63, below 'A', so
+/// folding the whole form is safe).
+fn name_hash(name: &Name<[u8]>) -> u64 {
+    use core::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    let bytes = name.as_slice();
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h.write_u64(u64::from_le_bytes(w.map(|b| b.to_ascii_lowercase())));
+    }
+    for b in chunks.remainder() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    h.finish()
+}
+
+impl<'a> Nodes<'a> {
+    fn from_sorted(sorted: Vec<(&'a Name<[u8]>, Node<'a>)>) -> Nodes<'a> {
+        let mut index = HashTable::with_capacity(sorted.len());
+        for (i, (name, _)) in sorted.iter().enumerate() {
+            let at = u32::try_from(i).expect("a zone has fewer than 2^32 names");
+            index.insert_unique(name_hash(name), at, |&j| name_hash(sorted[j as usize].0));
+        }
+        Nodes { sorted, index }
+    }
+
+    fn position(&self, name: &Name<[u8]>) -> Option<usize> {
+        let wire = name.as_slice();
+        self.index
+            .find(name_hash(name), |&i| self.sorted[i as usize].0.as_slice().eq_ignore_ascii_case(wire))
+            .map(|&i| i as usize)
+    }
+
+    /// The data at `name`.
+    pub fn get(&self, name: &Name<[u8]>) -> Option<&Node<'a>> {
+        self.position(name).map(|i| &self.sorted[i].1)
+    }
+
+    /// The zone's spelling of `name` and its data.
+    pub fn get_key_value(&self, name: &Name<[u8]>) -> Option<(&&'a Name<[u8]>, &Node<'a>)> {
+        self.position(name).map(|i| (&self.sorted[i].0, &self.sorted[i].1))
+    }
+
+    /// Whether the zone has data at `name`.
+    pub fn contains_key(&self, name: &Name<[u8]>) -> bool {
+        self.position(name).is_some()
+    }
+
+    /// Every name with its data, in canonical order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&&'a Name<[u8]>, &Node<'a>)> + '_ {
+        self.sorted.iter().map(|(n, node)| (n, node))
+    }
+
+    /// The names, in canonical order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &&'a Name<[u8]>> + '_ {
+        self.sorted.iter().map(|(n, _)| n)
+    }
+
+    /// How many names there are.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The names before `name` (and `name` itself when `inclusive`), in
+    /// canonical order.
+    pub fn before(
+        &self,
+        name: &Name<[u8]>,
+        inclusive: bool,
+    ) -> impl DoubleEndedIterator<Item = (&&'a Name<[u8]>, &Node<'a>)> + '_ {
+        let end = self.sorted.partition_point(|(n, _)| if inclusive { **n <= *name } else { **n < *name });
+        self.sorted[..end].iter().map(|(n, node)| (n, node))
+    }
+
+    /// The names after `name`, in canonical order.
+    pub fn after(&self, name: &Name<[u8]>) -> impl Iterator<Item = (&&'a Name<[u8]>, &Node<'a>)> + '_ {
+        let start = self.sorted.partition_point(|(n, _)| **n <= *name);
+        self.sorted[start..].iter().map(|(n, node)| (n, node))
+    }
+}
+
+impl<'a> From<BTreeMap<&'a Name<[u8]>, Node<'a>>> for Nodes<'a> {
+    fn from(map: BTreeMap<&'a Name<[u8]>, Node<'a>>) -> Nodes<'a> {
+        Nodes::from_sorted(map.into_iter().collect())
+    }
+}
+
+impl core::fmt::Debug for Nodes<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_map().entries(self.sorted.iter().map(|(n, node)| (n, node))).finish()
+    }
+}
+
 /// The NSEC3 parameters of a zone and its NSEC3 records by hash.
 #[derive(Debug, Clone)]
 pub struct Nsec3Chain<'a> {
@@ -136,7 +253,7 @@ pub struct Nsec3Chain<'a> {
     /// Owner names of NSEC3 records by their decoded hash, in hash order.
     pub by_hash: BTreeMap<Vec<u8>, &'a Name<[u8]>>,
     /// The NSEC3 records (with their signatures) by owner name.
-    pub nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+    pub nodes: Nodes<'a>,
 }
 
 /// One authoritative zone.
@@ -145,7 +262,7 @@ pub struct Zone<'a> {
     /// The apex (origin).
     pub apex: &'a Name<[u8]>,
     /// Every owner name with its data, in canonical order.
-    pub nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
+    pub nodes: Nodes<'a>,
     /// The NSEC3 chain, when the zone has an NSEC3PARAM at its apex.
     pub nsec3: Option<Nsec3Chain<'a>>,
 }
@@ -164,9 +281,8 @@ impl<'a> Zone<'a> {
     /// Whether `name` exists as an empty non-terminal: no data of its own,
     /// but names below it.
     pub fn is_empty_non_terminal(&self, name: &Name<[u8]>) -> bool {
-        use core::ops::Bound;
         // In canonical order a name's descendants come right after it.
-        match self.nodes.range::<Name<[u8]>, _>((Bound::Excluded(name), Bound::Unbounded)).next() {
+        match self.nodes.after(name).next() {
             Some((next, _)) => next.ends_with(name),
             None => false,
         }
@@ -175,9 +291,7 @@ impl<'a> Zone<'a> {
     /// The greatest owner name at or before `name` in canonical order that
     /// has an NSEC record: the NSEC that matches or covers `name`.
     pub fn nsec_for(&self, name: &Name<[u8]>) -> Option<(&'a Name<[u8]>, &Rrset<'a>)> {
-        use core::ops::Bound;
-        let before = self.nodes.range::<Name<[u8]>, _>((Bound::Unbounded, Bound::Included(name)));
-        let found = before.rev().find_map(|(o, n)| n.get(Rtype::NSEC).map(|s| (*o, s)));
+        let found = self.nodes.before(name, true).rev().find_map(|(o, n)| n.get(Rtype::NSEC).map(|s| (*o, s)));
         // Before the first NSEC owner the chain wraps around to the last.
         found.or_else(|| self.nodes.iter().rev().find_map(|(o, n)| n.get(Rtype::NSEC).map(|s| (*o, s))))
     }
@@ -449,11 +563,22 @@ fn has_compressed_name(data: &ZoneRecordData<&[u8], ParsedName<&[u8]>>) -> bool 
     names.into_iter().flatten().any(|n| n.is_compressed())
 }
 
+/// A record while a zone loads: owner, type, the type an RRSIG covers,
+/// TTL and rdata.
+type Loaded<'a> = (&'a Name<[u8]>, Rtype, Option<Rtype>, Rr<'a>);
+
 fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, LoadError> {
     let mut pos = 0;
-    let mut nodes: BTreeMap<&'a Name<[u8]>, Node<'a>> = BTreeMap::new();
+    // The records first, then sorted by owner and grouped: one vector at a
+    // time, each freed whole, where an ordered map would leave the heap
+    // full of holes of a node's size (a zone of 100,000 names would need
+    // megabytes more to start).
+    // A record takes at least 11 bytes (root name, type, class, TTL,
+    // length): a corrupt count cannot ask for more room than the body
+    // could fill.
+    let room = count.min(body.len() / 11);
+    let mut records: Vec<Loaded<'a>> = Vec::with_capacity(room);
     let mut apex: Option<&'a Name<[u8]>> = None;
-    let mut sigs = Vec::new();
     for r in 0..count {
         let rec = parse_record(body, &mut pos).ok_or(LoadError::BadRecord { zone: z, record: r })?;
         if rec.class != Class::IN {
@@ -474,33 +599,51 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
             return Err(LoadError::OutOfZone { zone: z, record: r });
         }
         let rr = Rr { ttl: rec.ttl, rdata: rec.rdata };
-        if rec.rtype == Rtype::RRSIG {
+        let covered = if rec.rtype == Rtype::RRSIG {
             if rec.rdata.len() < 2 {
                 return Err(LoadError::BadRecord { zone: z, record: r });
             }
-            sigs.push((rec.owner, Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])), rr));
-            continue;
-        }
-        let rrs = &mut nodes.entry(rec.owner).or_default().get_or_insert(rec.rtype).rrs;
-        // Most RRsets hold one record: grow from one, not four.
-        if rrs.capacity() == 0 {
-            rrs.reserve_exact(1);
-        }
-        rrs.push(rr);
+            Some(Rtype::from_int(u16::from_be_bytes([rec.rdata[0], rec.rdata[1]])))
+        } else {
+            None
+        };
+        records.push((rec.owner, rec.rtype, covered, rr));
     }
     if pos != body.len() {
         return Err(LoadError::BadRecord { zone: z, record: count });
     }
     let apex = apex.ok_or(LoadError::NoSoa { zone: z })?;
-    // RRSIGs join the RRset they cover; one whose RRset is missing is kept
-    // under its own owner so that an explicit RRSIG query still finds it.
-    for (owner, covered, rr) in sigs {
-        nodes.entry(owner).or_default().get_or_insert(covered).sigs.push(rr);
+    // Stable: records of one owner keep the file's order (the first
+    // spelling of a name is the zone's, RRsets in the order their types
+    // first appear).
+    records.sort_by(|a, b| a.0.cmp(b.0));
+    let owners = records.iter().zip(records.iter().skip(1)).filter(|(a, b)| a.0 != b.0).count() + 1;
+    let mut nodes: Vec<(&'a Name<[u8]>, Node<'a>)> = Vec::with_capacity(owners);
+    // RRSIGs join the RRset they cover, after the records; one whose RRset
+    // is missing is kept under its own owner so that an explicit RRSIG
+    // query still finds it.
+    for pass_sigs in [false, true] {
+        let mut at = 0;
+        for (owner, rtype, covered, rr) in &records {
+            while nodes.get(at).is_some_and(|(n, _)| *n != *owner) {
+                at += 1;
+            }
+            if at == nodes.len() {
+                nodes.push((owner, Node::default()));
+            }
+            let node = &mut nodes[at].1;
+            match (pass_sigs, covered) {
+                (false, None) => push_one(&mut node.get_or_insert(*rtype).rrs, *rr),
+                (true, Some(c)) => push_one(&mut node.get_or_insert(*c).sigs, *rr),
+                _ => {}
+            }
+        }
     }
-    nodes.values_mut().for_each(|n| n.rrsets.retain(|s| !s.rrs.is_empty() || !s.sigs.is_empty()));
+    drop(records);
+    nodes.iter_mut().for_each(|(_, n)| n.rrsets.retain(|s| !s.rrs.is_empty() || !s.sigs.is_empty()));
     // Mark the names at and below delegations.
     let cuts: Vec<&'a Name<[u8]>> =
-        nodes.iter().filter(|(n, node)| **n != apex && node.get(Rtype::NS).is_some()).map(|(n, _)| *n).collect();
+        nodes.iter().filter(|(n, node)| *n != apex && node.get(Rtype::NS).is_some()).map(|(n, _)| *n).collect();
     if !cuts.is_empty() {
         for (name, node) in nodes.iter_mut() {
             node.below_cut = cuts.iter().any(|c| name.ends_with(*c));
@@ -508,26 +651,22 @@ fn load_zone<'a>(z: usize, count: usize, body: &'a [u8]) -> Result<Zone<'a>, Loa
     }
     // NSEC3 owner names are not names of the zone (RFC 5155 section
     // 7.2.8): they live apart, reached only through the hash chain.
-    let hashed: Vec<&'a Name<[u8]>> = nodes
-        .iter()
-        .filter(|(_, n)| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3))
-        .map(|(name, _)| *name)
-        .collect();
-    let mut nsec3_nodes = BTreeMap::new();
-    for name in hashed {
-        if let Some(node) = nodes.remove(name) {
-            nsec3_nodes.insert(name, node);
-        }
-    }
-    let nsec3 = nsec3_chain(apex, &nodes, nsec3_nodes);
+    let hashed = |n: &Node<'_>| !n.rrsets.is_empty() && n.rrsets.iter().all(|s| s.rtype == Rtype::NSEC3);
+    let (nsec3_nodes, nodes): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|(_, n)| hashed(n));
+    let nodes = Nodes::from_sorted(nodes);
+    let nsec3 = nsec3_chain(apex, &nodes, Nodes::from_sorted(nsec3_nodes));
     Ok(Zone { apex, nodes, nsec3 })
 }
 
-fn nsec3_chain<'a>(
-    apex: &'a Name<[u8]>,
-    nodes: &BTreeMap<&'a Name<[u8]>, Node<'a>>,
-    nsec3_nodes: BTreeMap<&'a Name<[u8]>, Node<'a>>,
-) -> Option<Nsec3Chain<'a>> {
+/// Appends `rr`, growing from one record (most RRsets hold one), not four.
+fn push_one<'a>(rrs: &mut Vec<Rr<'a>>, rr: Rr<'a>) {
+    if rrs.capacity() == 0 {
+        rrs.reserve_exact(1);
+    }
+    rrs.push(rr);
+}
+
+fn nsec3_chain<'a>(apex: &'a Name<[u8]>, nodes: &Nodes<'a>, nsec3_nodes: Nodes<'a>) -> Option<Nsec3Chain<'a>> {
     let param = nodes.get(apex)?.get(Rtype::NSEC3PARAM)?.rrs.first()?;
     // Algorithm (1), flags (1), iterations (2), salt length (1), salt.
     let d = param.rdata;
@@ -537,7 +676,7 @@ fn nsec3_chain<'a>(
     let iterations = u16::from_be_bytes([d[2], d[3]]);
     let salt = &d[5..5 + usize::from(d[4])];
     let mut by_hash = BTreeMap::new();
-    for (name, node) in &nsec3_nodes {
+    for (name, node) in nsec3_nodes.iter() {
         if node.get(Rtype::NSEC3).is_none() {
             continue;
         }
@@ -555,4 +694,66 @@ pub fn wildcard_of(name: &Name<[u8]>) -> Option<Name<Vec<u8>>> {
     v.extend_from_slice(b"\x01*");
     v.extend_from_slice(name.as_slice());
     Name::from_octets(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use core::ops::Bound;
+
+    fn name(text: &str) -> Name<Vec<u8>> {
+        Name::from_chars(text.chars()).unwrap()
+    }
+
+    /// Names of a zone: mixed case, bytes above ASCII, an escaped dot, a
+    /// wildcard, deep and shallow.
+    fn names() -> Vec<Name<Vec<u8>>> {
+        let mut v: Vec<_> =
+            ["example.", "WWW.example.", "a.b.c.example.", "*.wild.example.", "x\\.y.example.", "\\200.example."]
+                .iter()
+                .map(|t| name(t))
+                .collect();
+        v.extend((0..300).map(|i| name(&format!("h{i}.Sub{}.example.", i % 7))));
+        v
+    }
+
+    #[test]
+    fn exact_lookups_ignore_case_and_give_the_zone_spelling() {
+        let owned = names();
+        let map: BTreeMap<&Name<[u8]>, Node<'_>> = owned.iter().map(|n| (n.for_slice(), Node::default())).collect();
+        let nodes = Nodes::from(map);
+        assert_eq!(nodes.len(), owned.len());
+        for n in &owned {
+            let upper = Name::from_octets(n.as_slice().to_ascii_uppercase()).unwrap();
+            let (spelled, _) = nodes.get_key_value(upper.for_slice()).expect("found in another case");
+            assert_eq!(spelled.as_slice(), n.as_slice(), "the zone's spelling comes back");
+            assert!(nodes.contains_key(n.for_slice()));
+        }
+        // Different names, equal only if case folding went past letters
+        // ('[' is not '{') or ignored the label boundaries.
+        for missing in ["[.example.", "www.example.com.", "www.", "wwwexample.", "h300.sub0.example.", "x.y.example."] {
+            assert!(nodes.get(name(missing).for_slice()).is_none(), "{missing} is not in the zone");
+        }
+        assert!(nodes.get(name("{.example.").for_slice()).is_none());
+    }
+
+    #[test]
+    fn ordered_searches_match_canonical_order() {
+        let owned = names();
+        let map: BTreeMap<&Name<[u8]>, Node<'_>> = owned.iter().map(|n| (n.for_slice(), Node::default())).collect();
+        let nodes = Nodes::from(map.clone());
+        assert!(nodes.keys().map(|n| n.as_slice()).eq(map.keys().map(|n| n.as_slice())));
+        let probes =
+            owned.iter().cloned().chain(["a.example.", "zzz.example.", "c.example.", "B.C.example.", "com."].map(name));
+        for p in probes {
+            let p = p.for_slice();
+            let after = map.range::<Name<[u8]>, _>((Bound::Excluded(p), Bound::Unbounded)).map(|(n, _)| n.as_slice());
+            assert!(nodes.after(p).map(|(n, _)| n.as_slice()).eq(after), "after {p}");
+            let upto = map.range::<Name<[u8]>, _>((Bound::Unbounded, Bound::Included(p))).map(|(n, _)| n.as_slice());
+            assert!(nodes.before(p, true).map(|(n, _)| n.as_slice()).eq(upto), "up to {p}");
+            let before = map.range::<Name<[u8]>, _>((Bound::Unbounded, Bound::Excluded(p))).map(|(n, _)| n.as_slice());
+            assert!(nodes.before(p, false).map(|(n, _)| n.as_slice()).eq(before), "before {p}");
+        }
+    }
 }
