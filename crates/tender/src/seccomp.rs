@@ -51,16 +51,12 @@ enum Cond {
 /// The conditions that must all hold for a call to be allowed.
 type Rule = Vec<Cond>;
 
-fn rule(conditions: Vec<Cond>) -> Result<Rule, SeccompError> {
-    Ok(conditions)
+fn arg_eq(index: u8, value: u64) -> Cond {
+    Cond::Eq { arg: index, value: value as u32 }
 }
 
-fn arg_eq(index: u8, value: u64) -> Result<Cond, SeccompError> {
-    Ok(Cond::Eq { arg: index, value: value as u32 })
-}
-
-fn no_exec(index: u8) -> Result<Cond, SeccompError> {
-    Ok(Cond::Clear { arg: index, mask: libc::PROT_EXEC as u32 })
+fn no_exec(index: u8) -> Cond {
+    Cond::Clear { arg: index, mask: libc::PROT_EXEC as u32 }
 }
 
 /// What the user-mode network needs from the kernel, if it runs.
@@ -109,8 +105,8 @@ pub enum Sandboxed {
     Process(ProcessFds),
 }
 
-fn one_of(index: u8, fds: &[i32]) -> Result<Vec<Rule>, SeccompError> {
-    fds.iter().map(|&fd| rule(vec![arg_eq(index, fd as u64)?])).collect()
+fn one_of(index: u8, fds: &[i32]) -> Vec<Rule> {
+    fds.iter().map(|&fd| vec![arg_eq(index, fd as u64)]).collect()
 }
 
 /// Builds the allow-list. One line per system call, saying why.
@@ -127,14 +123,14 @@ pub fn filter_for(user: UserNetCalls, how: &Sandboxed) -> Result<BpfProgram, Sec
 /// descriptors are `disks`: `pread64`, `pwrite64`, `fdatasync` and
 /// `fallocate` on those descriptors only.
 pub fn filter_with_disks(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<BpfProgram, SeccompError> {
-    compile(&allow_list(user, how, disks)?)
+    compile(&allow_list(user, how, disks))
 }
 
 /// The allow-list: for each allowed call number, the rules of which one
 /// must hold (none: always allowed).
 type AllowList = BTreeMap<u32, Vec<Rule>>;
 
-fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<AllowList, SeccompError> {
+fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> AllowList {
     let mut rules = AllowList::new();
     let mut allow = |nr: libc::c_long, with: Vec<Rule>| {
         rules.insert(nr as u32, with);
@@ -145,27 +141,27 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
         Sandboxed::Kvm(kvm) => {
             let vcpu = kvm.vcpu as u64;
             vec![
-                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_RUN)?])?,
-                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_MSRS)?])?,
+                vec![arg_eq(0, vcpu), arg_eq(1, KVM_RUN)],
+                vec![arg_eq(0, vcpu), arg_eq(1, KVM_GET_MSRS)],
                 // --profile: the registers of the interrupted guest.
-                rule(vec![arg_eq(0, vcpu)?, arg_eq(1, KVM_GET_REGS)?])?,
+                vec![arg_eq(0, vcpu), arg_eq(1, KVM_GET_REGS)],
             ]
         }
         Sandboxed::Process(_) => vec![],
     };
     if user.relays {
-        ioctls.push(rule(vec![arg_eq(1, libc::FIONBIO)?])?);
+        ioctls.push(vec![arg_eq(1, libc::FIONBIO)]);
     }
     if !ioctls.is_empty() {
         allow(libc::SYS_ioctl, ioctls);
     }
     let (writes, reads, mut status) = match how {
         Sandboxed::Kvm(_) => (vec![], vec![], vec![]),
-        Sandboxed::Process(p) => (one_of(0, &p.write)?, one_of(0, &p.read)?, one_of(0, &Vec::from_iter(p.status))?),
+        Sandboxed::Process(p) => (one_of(0, &p.write), one_of(0, &p.read), one_of(0, &Vec::from_iter(p.status))),
     };
     // Process mode pins pread64 to the status descriptor: the disks join it.
     if matches!(how, Sandboxed::Process(_)) {
-        status.extend(one_of(0, disks)?);
+        status.extend(one_of(0, disks));
     }
     // Console output, the tender's own messages, frames to TAP devices,
     // eventfd notifications.
@@ -182,9 +178,9 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     if !disks.is_empty() {
         // Disks: write sectors, make them durable, punch holes (discard);
         // on the disks' descriptors only.
-        allow(libc::SYS_pwrite64, one_of(0, disks)?);
-        allow(libc::SYS_fdatasync, one_of(0, disks)?);
-        allow(libc::SYS_fallocate, one_of(0, disks)?);
+        allow(libc::SYS_pwrite64, one_of(0, disks));
+        allow(libc::SYS_fdatasync, one_of(0, disks));
+        allow(libc::SYS_fallocate, one_of(0, disks));
     }
     // `poll` with no device ready: sleep until the guest's deadline.
     allow(libc::SYS_nanosleep, vec![]);
@@ -198,10 +194,7 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     allow(libc::SYS_rt_sigtimedwait, vec![]);
     // The report of a blocked call names its thread; a thread's start-up
     // names it.
-    allow(
-        libc::SYS_prctl,
-        vec![rule(vec![arg_eq(0, libc::PR_GET_NAME as u64)?])?, rule(vec![arg_eq(0, libc::PR_SET_NAME as u64)?])?],
-    );
+    allow(libc::SYS_prctl, vec![vec![arg_eq(0, libc::PR_GET_NAME as u64)], vec![arg_eq(0, libc::PR_SET_NAME as u64)]]);
     // The rest of what a thread's start-up calls that the list has for
     // other reasons anyway (`rseq`, `rt_sigprocmask`, `gettid`,
     // `sigaltstack`, `mmap` and `mprotect` of its signal stack): the
@@ -214,7 +207,7 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     // (in process mode: only this process's threads).
     let tgkill = match how {
         Sandboxed::Kvm(_) => vec![],
-        Sandboxed::Process(p) => vec![rule(vec![arg_eq(0, p.pid as u64)?])?],
+        Sandboxed::Process(p) => vec![vec![arg_eq(0, p.pid as u64)]],
     };
     allow(libc::SYS_tgkill, tgkill);
     allow(libc::SYS_getpid, vec![]);
@@ -223,8 +216,8 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     allow(libc::SYS_rt_sigprocmask, vec![]);
     // Heap growth for console buffers; never executable memory.
     allow(libc::SYS_brk, vec![]);
-    allow(libc::SYS_mmap, vec![rule(vec![no_exec(2)?])?]);
-    allow(libc::SYS_mprotect, vec![rule(vec![no_exec(2)?])?]);
+    allow(libc::SYS_mmap, vec![vec![no_exec(2)]]);
+    allow(libc::SYS_mprotect, vec![vec![no_exec(2)]]);
     allow(libc::SYS_mremap, vec![]);
     allow(libc::SYS_munmap, vec![]);
     allow(libc::SYS_madvise, vec![]);
@@ -234,10 +227,10 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     allow(libc::SYS_close, vec![]);
     // Debug builds of std check a descriptor is open before closing it;
     // (user network) sockets are made non-blocking.
-    let mut fcntls = vec![rule(vec![arg_eq(1, libc::F_GETFD as u64)?])?];
+    let mut fcntls = vec![vec![arg_eq(1, libc::F_GETFD as u64)]];
     if user.relays {
-        fcntls.push(rule(vec![arg_eq(1, libc::F_GETFL as u64)?])?);
-        fcntls.push(rule(vec![arg_eq(1, libc::F_SETFL as u64)?])?);
+        fcntls.push(vec![arg_eq(1, libc::F_GETFL as u64)]);
+        fcntls.push(vec![arg_eq(1, libc::F_SETFL as u64)]);
     }
     allow(libc::SYS_fcntl, fcntls);
     if user.relays {
@@ -257,10 +250,7 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     if user.outbound {
         // Relaying the guest's connections and datagrams out: IPv4 and IPv6
         // sockets only, bound and connected to their destinations.
-        allow(
-            libc::SYS_socket,
-            vec![rule(vec![arg_eq(0, libc::AF_INET as u64)?])?, rule(vec![arg_eq(0, libc::AF_INET6 as u64)?])?],
-        );
+        allow(libc::SYS_socket, vec![vec![arg_eq(0, libc::AF_INET as u64)], vec![arg_eq(0, libc::AF_INET6 as u64)]]);
         allow(libc::SYS_connect, vec![]);
         allow(libc::SYS_bind, vec![]);
     }
@@ -277,7 +267,7 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> Result<Allo
     allow(libc::SYS_rseq, vec![]);
     allow(libc::SYS_exit, vec![]);
     allow(libc::SYS_exit_group, vec![]);
-    Ok(rules)
+    rules
 }
 
 /// Classic BPF as the kernel's seccomp takes it.
@@ -546,7 +536,6 @@ mod tests {
             }
         };
         let rules = allow_list(user, how, disks)
-            .unwrap()
             .iter()
             .map(|(nr, rules)| {
                 let rules = rules.iter().map(|r| SeccompRule::new(r.iter().map(|c| condition(c).unwrap()).collect()));
