@@ -202,8 +202,8 @@ impl Forwarder {
                     let mut buf = vec![0u8; 65536];
                     while !stop.load(Ordering::Relaxed) {
                         let _ = wait_readable(&[from.fd()], Some(Duration::from_millis(50)));
-                        while let Ok(Some(n)) = from.recv(&mut buf) {
-                            let _ = to.send(&buf[..n]);
+                        while let Ok(Some(r)) = from.recv(&mut buf) {
+                            let _ = to.send(&buf[r]);
                         }
                     }
                 })

@@ -32,6 +32,7 @@ pub mod console;
 pub mod disk;
 pub mod elf;
 pub mod fault;
+pub mod gso;
 #[allow(unsafe_code)]
 pub mod guest_memory;
 #[allow(unsafe_code)]

@@ -15,6 +15,7 @@
 //! vCPU thread, kicked out of `KVM_RUN` or woken from `Poll`, ends the guest
 //! with it.
 
+use crate::gso::Coalescer;
 use crate::guest_memory::GuestMemory;
 use crate::net::{FrameError, Host, Nic, NicError, NicRings};
 use crate::ready::{Listening, Readiness};
@@ -37,8 +38,9 @@ use vmm_sys_util::eventfd::EventFd;
 /// once.
 pub struct TxSide {
     /// Held while frames are taken from the transmit ring and sent, so they
-    /// leave in order whichever thread sends them.
-    lock: Mutex<()>,
+    /// leave in order whichever thread sends them; it builds the TAP
+    /// writes (runs of TCP segments merged, [`crate::gso`]).
+    lock: Mutex<Coalescer>,
     /// A second descriptor of the NIC's TAP device; `None` on the user
     /// network, which only the I/O thread drives.
     tap: Option<Tap>,
@@ -53,7 +55,12 @@ impl TxSide {
     /// The transmit side of a NIC whose host end is `tap` (a descriptor of
     /// its own), or the user network (`None`).
     pub fn new(tap: Option<Tap>) -> TxSide {
-        TxSide { lock: Mutex::new(()), tap, listeners_seen: AtomicU32::new(0), waits_for_room: AtomicBool::new(false) }
+        TxSide {
+            lock: Mutex::new(Coalescer::new()),
+            tap,
+            listeners_seen: AtomicU32::new(0),
+            waits_for_room: AtomicBool::new(false),
+        }
     }
 
     /// The descriptor the vCPU thread sends on, if any.
@@ -61,7 +68,7 @@ impl TxSide {
         self.tap.as_ref().map(Tap::fd)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Coalescer> {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -83,9 +90,11 @@ pub struct IoShared {
     pub error: Mutex<Option<NicError>>,
     /// Each NIC's transmit side.
     pub tx: Vec<TxSide>,
-    /// Frames the vCPU thread sent, and dropped (a full host queue).
+    /// Frames the vCPU thread sent, and dropped (a full host queue), and
+    /// the writes that carried them.
     sent_by_vcpu: AtomicU64,
     dropped_by_vcpu: AtomicU64,
+    writes_by_vcpu: AtomicU64,
 }
 
 impl IoShared {
@@ -100,6 +109,7 @@ impl IoShared {
             tx,
             sent_by_vcpu: AtomicU64::new(0),
             dropped_by_vcpu: AtomicU64::new(0),
+            writes_by_vcpu: AtomicU64::new(0),
         })
     }
 
@@ -128,21 +138,22 @@ impl IoShared {
         if rings.tx.pending(mem).map_err(|e| rings.error(e))? > DIRECT_MAX {
             return Ok(true);
         }
-        let Ok(guard) = side.lock.try_lock() else { return Ok(true) };
+        let Ok(mut gso) = side.lock.try_lock() else { return Ok(true) };
         let mut buf = [0u8; NET_FRAME_MAX as usize];
-        let (mut sent, mut dropped) = (0u64, 0u64);
+        let mut count = Sent::default();
+        let host_error =
+            |e: std::io::Error| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) };
         for _ in 0..DIRECT_MAX {
             let Some(n) = rings.tx.pop(mem, &mut buf).map_err(|e| rings.error(e))? else { break };
-            let ok = tap
-                .send(&buf[..n])
-                .map_err(|e| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) })?;
-            *if ok { &mut sent } else { &mut dropped } += 1;
+            count.queue(tap, &mut gso, &buf[..n]).map_err(host_error)?;
         }
-        drop(guard);
-        self.sent_by_vcpu.fetch_add(sent, Ordering::Relaxed);
-        self.dropped_by_vcpu.fetch_add(dropped, Ordering::Relaxed);
+        count.flush(tap, &mut gso).map_err(host_error)?;
+        drop(gso);
+        self.sent_by_vcpu.fetch_add(count.sent, Ordering::Relaxed);
+        self.dropped_by_vcpu.fetch_add(count.dropped, Ordering::Relaxed);
+        self.writes_by_vcpu.fetch_add(count.writes, Ordering::Relaxed);
         let listeners = rings.tx.listeners(mem).map_err(|e| rings.error(e))?;
-        Ok(sent + dropped == 0
+        Ok(count.sent + count.dropped == 0
             || rings.tx.pending(mem).map_err(|e| rings.error(e))? > 0
             || side.waits_for_room.load(Ordering::SeqCst)
             || listeners != side.listeners_seen.load(Ordering::SeqCst))
@@ -191,6 +202,7 @@ impl IoThread {
             }
             stats.sent_by_vcpu = s.sent_by_vcpu.load(Ordering::Relaxed);
             stats.tx += stats.sent_by_vcpu;
+            stats.tx_writes += s.writes_by_vcpu.load(Ordering::Relaxed);
             stats.dropped += s.dropped_by_vcpu.load(Ordering::Relaxed);
             stats
         })?;
@@ -248,19 +260,26 @@ fn serve(
             let host_error =
                 |e: std::io::Error| NicError { nic: rings.nic.clone(), source: FrameError::Host(e.to_string()) };
             // Everything the guest queued goes to the host end.
-            let sending = shared.tx.get(index).map(TxSide::lock);
+            let mut sending = shared.tx.get(index).map(TxSide::lock);
+            let mut count = Sent::default();
             while let Some(n) = rings.tx.pop(mem, &mut buf[..]).map_err(|e| rings.error(e))? {
-                let sent = match &mut nic.host {
-                    Host::Tap(tap) => tap.send(&buf[..n]).map_err(host_error)?,
-                    Host::User(u) => {
+                match (&mut nic.host, sending.as_deref_mut()) {
+                    (Host::Tap(tap), Some(gso)) => count.queue(tap, gso, &buf[..n]).map_err(host_error)?,
+                    (Host::Tap(tap), None) => count.add(tap.send(&buf[..n]).map_err(host_error)?, 1),
+                    (Host::User(u), _) => {
                         u.receive_frame(&buf[..n]);
-                        true
+                        count.add(true, 1);
                     }
-                };
-                *if sent { &mut stats.tx } else { &mut stats.dropped } += 1;
+                }
                 moved = true;
             }
+            if let (Host::Tap(tap), Some(gso)) = (&nic.host, sending.as_deref_mut()) {
+                count.flush(tap, gso).map_err(host_error)?;
+            }
             drop(sending);
+            stats.tx += count.sent;
+            stats.dropped += count.dropped;
+            stats.tx_writes += count.writes;
             if let Host::User(u) = &mut nic.host {
                 u.poll();
             }
@@ -275,7 +294,7 @@ fn serve(
                 }
                 let pushed = match &mut nic.host {
                     Host::Tap(tap) => match recv_from_host(tap, &mut buf, &mut stats.dropped).map_err(host_error)? {
-                        Some(n) => rings.rx.push(mem, &buf[..n]),
+                        Some(r) => rings.rx.push(mem, &buf[r]),
                         None => break,
                     },
                     Host::User(u) => match u.take_frame() {
@@ -346,6 +365,46 @@ fn serve(
     Ok(())
 }
 
+/// Frames sent to a host end and dropped by it (a full queue), and the
+/// writes that carried them.
+#[derive(Default)]
+struct Sent {
+    sent: u64,
+    dropped: u64,
+    writes: u64,
+}
+
+impl Sent {
+    fn add(&mut self, ok: bool, frames: u32) {
+        *if ok { &mut self.sent } else { &mut self.dropped } += u64::from(frames);
+        self.writes += 1;
+    }
+
+    /// Sends `frame` to `tap`: merged into the TCP segment `gso` builds
+    /// when the device takes virtio-net headers (written when the next
+    /// frame does not continue it, or by [`Sent::flush`]), else at once.
+    fn queue(&mut self, tap: &Tap, gso: &mut Coalescer, frame: &[u8]) -> std::io::Result<()> {
+        if !tap.vnet() {
+            self.add(tap.send(frame)?, 1);
+            return Ok(());
+        }
+        if !gso.offer(frame) {
+            self.flush(tap, gso)?;
+            let taken = gso.offer(frame);
+            debug_assert!(taken, "an empty coalescer takes any frame");
+        }
+        Ok(())
+    }
+
+    /// Writes what `gso` holds.
+    fn flush(&mut self, tap: &Tap, gso: &mut Coalescer) -> std::io::Result<()> {
+        if let Some((bytes, frames)) = gso.take() {
+            self.add(tap.send_with_header(bytes)?, frames);
+        }
+        Ok(())
+    }
+}
+
 /// Looks at each NIC's count of guest listeners: a change hands the
 /// connections the user network holds to the guest at once, and the first
 /// listener makes the service ready. Returns whether anything changed.
@@ -408,12 +467,17 @@ fn set_flags(nics: &[Nic], shared: &IoShared, mem: &GuestMemory, full: u64, valu
 }
 
 /// Reads one pending frame from a TAP device, dropping frames that do not
-/// fit an MTU-sized frame. `Ok(None)` when nothing is pending.
-fn recv_from_host(tap: &Tap, buf: &mut [u8; 65536], dropped: &mut u64) -> std::io::Result<Option<usize>> {
+/// fit an MTU-sized frame. `Ok(None)` when nothing is pending; else where
+/// the frame is in `buf`.
+fn recv_from_host(
+    tap: &Tap,
+    buf: &mut [u8; 65536],
+    dropped: &mut u64,
+) -> std::io::Result<Option<std::ops::Range<usize>>> {
     loop {
         match tap.recv(buf)? {
             None => return Ok(None),
-            Some(n) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&n) => return Ok(Some(n)),
+            Some(r) if (NET_FRAME_MIN as usize..=NET_FRAME_MAX as usize).contains(&r.len()) => return Ok(Some(r)),
             Some(_) => {
                 *dropped += 1;
             }

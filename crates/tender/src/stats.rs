@@ -83,6 +83,9 @@ pub struct NetStats {
     pub rx: u64,
     /// Frames sent for the guest.
     pub tx: u64,
+    /// The writes to host ends that carried them (fewer than frames when
+    /// TCP segments were merged).
+    pub tx_writes: u64,
     /// Frames dropped: too long from the host, or a full host queue.
     pub dropped: u64,
     /// Each user network's counters.
@@ -210,9 +213,10 @@ impl Stats {
         if frames > 0 || net.dropped > 0 {
             let _ = write!(
                 s,
-                "\n  net   {} frames received, {} sent, {} dropped; {:.3} exits per frame",
+                "\n  net   {} frames received, {} sent in {} writes, {} dropped; {:.3} exits per frame",
                 net.rx,
                 net.tx,
+                net.tx_writes,
                 net.dropped,
                 total as f64 / frames.max(1) as f64
             );

@@ -7,12 +7,18 @@
 //! when it connects the container's network, so frames that come before
 //! the tender runs wait on the device instead of being dropped). Frames are read
 //! and written whole, one per system call, without a packet-information
-//! header (`IFF_NO_PI`). The descriptor is non-blocking; readiness comes
-//! from epoll.
+//! header (`IFF_NO_PI`) but with a virtio-net header (`IFF_VNET_HDR`), so
+//! that a run of TCP segments can leave as one write ([`crate::gso`]). The
+//! device is told to send the tender no offloaded frames (`TUNSETOFFLOAD`
+//! 0): what it reads is checksummed, one frame per read, as on the wire. A
+//! descriptor adopted without `IFF_VNET_HDR` is used without headers. The
+//! descriptor is non-blocking; readiness comes from epoll.
 //!
-//! The only `unsafe` here is the `if_nametoindex`, `TUNSETIFF` and
-//! `fcntl` calls and the `ppoll` call of [`wait_readable`].
+//! The only `unsafe` here is the `if_nametoindex`, `TUNSETIFF`,
+//! `TUNGETIFF`, `TUNSETOFFLOAD`, `writev` and `fcntl` calls and the `ppoll`
+//! call of [`wait_readable`].
 
+use crate::gso::VNET_HDR_LEN;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -20,8 +26,15 @@ use std::os::unix::fs::OpenOptionsExt;
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNGETIFF`: `_IOR('T', 210, unsigned int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// The virtio-net header of a frame sent as it is.
+const PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// A TAP device could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +76,8 @@ pub enum TapError {
 /// An attached TAP device.
 pub struct Tap {
     file: File,
+    /// Frames carry a virtio-net header (`IFF_VNET_HDR`).
+    vnet: bool,
 }
 
 /// `struct ifreq` as `TUNSETIFF` reads it: a name and the flags.
@@ -97,7 +112,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::Tun)?;
-        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI, pad: [0; 22] };
+        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads a `struct ifreq` (name and flags, 40 bytes
         // on x86-64, which `IfReq` matches) from the pointer for the duration
@@ -112,7 +127,14 @@ impl Tap {
                 _ => TapError::Attach { name: name.to_string(), source: err },
             });
         }
-        Ok(Tap { file })
+        // No offloaded frames toward the tender: the guest takes frames as
+        // they are on the wire.
+        // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no
+        // memory of ours.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
+            return Err(TapError::Attach { name: name.to_string(), source: io::Error::last_os_error() });
+        }
+        Ok(Tap { file, vnet: true })
     }
 
     /// Takes over the TAP device `name` that the caller has attached:
@@ -131,13 +153,25 @@ impl Tap {
         if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(attach(io::Error::last_os_error()));
         }
-        Ok(Tap { file })
+        let mut req = IfReq { name: [0; 16], flags: 0, pad: [0; 22] };
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes on x86-64,
+        // which `IfReq` matches) to the pointer during the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF, &mut req as *mut IfReq) } < 0 {
+            return Err(attach(io::Error::last_os_error()));
+        }
+        Ok(Tap { file, vnet: req.flags & IFF_VNET_HDR != 0 })
     }
 
     /// A second descriptor of the same device (`dup`, close-on-exec), for
     /// another thread to send on.
     pub fn try_clone(&self) -> io::Result<Tap> {
-        Ok(Tap { file: self.file.try_clone()? })
+        Ok(Tap { file: self.file.try_clone()?, vnet: self.vnet })
+    }
+
+    /// Whether frames carry a virtio-net header, so that merged TCP
+    /// segments can be written ([`Tap::send_with_header`]).
+    pub fn vnet(&self) -> bool {
+        self.vnet
     }
 
     /// The descriptor, for epoll.
@@ -145,27 +179,52 @@ impl Tap {
         self.file.as_raw_fd()
     }
 
-    /// Reads one frame into `buf`; `Ok(None)` when none is pending.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Reads one frame into `buf`; `Ok(None)` when none is pending. The
+    /// frame is the returned range of `buf` (after the virtio-net header,
+    /// which says nothing the tender needs: no offloads were asked for).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<std::ops::Range<usize>>> {
+        let skip = if self.vnet { VNET_HDR_LEN } else { 0 };
         match (&self.file).read(buf) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => Ok(Some(skip.min(n)..n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Writes one frame. `Ok(false)` when the host's queue is full and the
-    /// frame was dropped, as a NIC would.
+    /// Writes one frame as it is. `Ok(false)` when the host's queue is full
+    /// and the frame was dropped, as a NIC would.
     pub fn send(&self, frame: &[u8]) -> io::Result<bool> {
-        match (&self.file).write(frame) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            // The interface is down or has no carrier: the frame is lost,
-            // like on a cable nobody plugged in.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(false),
-            Err(e) => Err(e),
+        if !self.vnet {
+            return sent((&self.file).write(frame));
         }
+        let iov = [
+            libc::iovec { iov_base: PLAIN.as_ptr() as *mut libc::c_void, iov_len: PLAIN.len() },
+            libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() },
+        ];
+        // SAFETY: both iovecs point at live buffers of the given lengths,
+        // which writev only reads.
+        let rc = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        sent(if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) })
+    }
+
+    /// Writes `bytes`, a virtio-net header and its frame, as one
+    /// ([`crate::gso::Coalescer::take`]); only on a device with headers.
+    pub fn send_with_header(&self, bytes: &[u8]) -> io::Result<bool> {
+        debug_assert!(self.vnet);
+        sent((&self.file).write(bytes))
+    }
+}
+
+/// A write's outcome as [`Tap::send`] reports it.
+fn sent(rc: io::Result<usize>) -> io::Result<bool> {
+    match rc {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        // The interface is down or has no carrier: the frame is lost, like
+        // on a cable nobody plugged in.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
