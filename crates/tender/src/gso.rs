@@ -69,9 +69,101 @@ fn segment(frame: &[u8]) -> Option<Segment> {
     Some(Segment { headers: tcp + tcp_len, seq, flags, payload: total - IP - tcp_len })
 }
 
-/// Builds the bytes of one TAP write: a virtio-net header and a frame,
-/// either a frame as the guest sent it or several TCP segments merged.
+/// Builds TAP writes: each a virtio-net header and a frame, either a frame
+/// as the guest sent it or a run of one connection's TCP segments merged.
+/// Up to [`RUNS`] connections are merged at once, since a server's
+/// segments for several connections come interleaved (the stack sends a
+/// segment per connection in turn); a connection's own frames keep their
+/// order.
 pub struct Coalescer {
+    runs: Vec<Run>,
+    /// The run the last refused frame waits for, to be written first.
+    blocker: Option<usize>,
+    /// Runs started so far (the newest run makes room for a new one).
+    started: u64,
+}
+
+/// Connections merged at once.
+pub const RUNS: usize = 16;
+
+impl Default for Coalescer {
+    fn default() -> Coalescer {
+        Coalescer::new()
+    }
+}
+
+impl Coalescer {
+    /// An empty coalescer (its buffers are allocated as connections come
+    /// and touched only as they fill).
+    pub fn new() -> Coalescer {
+        Coalescer { runs: Vec::new(), blocker: None, started: 0 }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.runs.iter().all(|r| r.len == 0)
+    }
+
+    /// Takes `frame` if it can: when it continues its connection's run, or
+    /// starts one; a frame that merges with nothing only when the
+    /// coalescer is empty. `false`: write the run [`Coalescer::take`]
+    /// gives next and offer the frame again (an empty coalescer takes any
+    /// frame).
+    pub fn offer(&mut self, frame: &[u8]) -> bool {
+        self.blocker = None;
+        let Some(s) = segment(frame) else {
+            // After everything held: it may be of a connection held here.
+            if let Some(i) = self.runs.iter().position(|r| r.len > 0) {
+                self.blocker = Some(i);
+                return false;
+            }
+            if self.runs.is_empty() {
+                self.runs.push(Run::new());
+            }
+            self.started += 1;
+            self.runs[0].start(frame, None, self.started);
+            return true;
+        };
+        if let Some(i) = self.runs.iter().position(|r| r.len > 0 && r.same_connection(frame)) {
+            if self.runs[i].append(frame, &s) {
+                return true;
+            }
+            self.blocker = Some(i);
+            return false;
+        }
+        let free = match self.runs.iter().position(|r| r.len == 0) {
+            Some(i) => i,
+            None if self.runs.len() < RUNS => {
+                self.runs.push(Run::new());
+                self.runs.len() - 1
+            }
+            None => {
+                // The newest run makes room: with more connections sending
+                // in turn than there are runs, the others still merge
+                // (the oldest would be the next one needed each time).
+                self.blocker = self.runs.iter().enumerate().max_by_key(|(_, r)| r.started).map(|(i, _)| i);
+                return false;
+            }
+        };
+        self.started += 1;
+        self.runs[free].start(frame, Some(&s), self.started);
+        true
+    }
+
+    /// One write's bytes (the header and the frame) and the number of the
+    /// guest's frames it carries, taken out of the coalescer: the run a
+    /// refused frame waits for, else any; `None` when it is empty.
+    pub fn take(&mut self) -> Option<(&[u8], u32)> {
+        let i = match self.blocker.take() {
+            Some(i) if self.runs[i].len > 0 => i,
+            _ => self.runs.iter().position(|r| r.len > 0)?,
+        };
+        Some(self.runs[i].take())
+    }
+}
+
+/// One connection's run of segments, or one frame as it came.
+struct Run {
     /// The header, then the frame being built.
     buf: Box<[u8]>,
     /// Bytes of the frame in `buf` after the header; 0: empty.
@@ -85,69 +177,72 @@ pub struct Coalescer {
     next_seq: u32,
     /// Whether another segment may still be added.
     open: bool,
+    /// When it was started, in runs started by its coalescer.
+    started: u64,
 }
 
-impl Default for Coalescer {
-    fn default() -> Coalescer {
-        Coalescer::new()
-    }
-}
-
-impl Coalescer {
-    /// An empty coalescer (its 64 KiB buffer is touched only as it fills).
-    pub fn new() -> Coalescer {
-        Coalescer {
+impl Run {
+    fn new() -> Run {
+        Run {
             buf: vec![0u8; VNET_HDR_LEN + ETH + IP_MAX].into_boxed_slice(),
             len: 0,
             segments: 0,
             mss: 0,
             next_seq: 0,
             open: false,
+            started: 0,
         }
     }
 
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    fn frame(&self) -> &[u8] {
+        &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.len]
     }
 
-    /// Takes `frame` if it can: always when empty, else when it continues
-    /// the TCP segment being built. `false`: write what it holds
-    /// ([`Coalescer::take`]) and offer the frame again.
-    pub fn offer(&mut self, frame: &[u8]) -> bool {
-        if self.len == 0 {
-            self.buf[VNET_HDR_LEN..VNET_HDR_LEN + frame.len()].copy_from_slice(frame);
-            self.len = frame.len();
-            self.segments = 1;
-            match segment(frame) {
-                Some(s) => {
-                    self.mss = s.payload;
-                    self.next_seq = s.seq.wrapping_add(s.payload as u32);
-                    self.open = s.flags & TCP_PSH == 0;
-                }
-                None => self.open = false,
+    /// Starts with `frame`, which is the TCP segment `s`, or which cannot
+    /// be merged (`None`).
+    fn start(&mut self, frame: &[u8], s: Option<&Segment>, started: u64) {
+        self.started = started;
+        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + frame.len()].copy_from_slice(frame);
+        self.len = frame.len();
+        self.segments = 1;
+        match s {
+            Some(s) => {
+                self.mss = s.payload;
+                self.next_seq = s.seq.wrapping_add(s.payload as u32);
+                self.open = s.flags & TCP_PSH == 0;
             }
-            return true;
+            None => self.open = false,
         }
+    }
+
+    /// Whether `frame` (a TCP/IPv4 segment) belongs to this run's
+    /// connection: the same Ethernet header, addresses and ports.
+    fn same_connection(&self, frame: &[u8]) -> bool {
+        let first = self.frame();
+        let tcp = ETH + IP;
+        first.len() >= tcp + 4
+            && frame[..ETH] == first[..ETH]
+            && frame[ETH + 12..ETH + 20] == first[ETH + 12..ETH + 20]
+            && frame[tcp..tcp + 4] == first[tcp..tcp + 4]
+    }
+
+    /// Appends the segment `frame` (of this run's connection) if it
+    /// continues the run.
+    fn append(&mut self, frame: &[u8], s: &Segment) -> bool {
         if !self.open {
             return false;
         }
-        let Some(s) = segment(frame) else { return false };
-        let first = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.len];
+        let first = self.frame();
         let tcp = ETH + IP;
-        // (The TCP header lengths are equal when byte 12 is: the first
-        // frame holds at least as many bytes as this one's headers.)
-        let same = frame[..14] == first[..14]
-            // TOS, DF, TTL, protocol and the addresses.
-            && frame[ETH + 1] == first[ETH + 1]
-            && frame[ETH + 6] == first[ETH + 6]
-            && frame[ETH + 8..ETH + 10] == first[ETH + 8..ETH + 10]
-            && frame[ETH + 12..ETH + 20] == first[ETH + 12..ETH + 20]
-            // Ports, acknowledgement, header length, window, options.
-            && frame[tcp..tcp + 4] == first[tcp..tcp + 4]
-            && frame[tcp + 8..tcp + 13] == first[tcp + 8..tcp + 13]
-            && frame[tcp + 14..tcp + 16] == first[tcp + 14..tcp + 16]
-            && frame[tcp + 20..s.headers] == first[tcp + 20..s.headers];
+        // The TCP header lengths are equal when byte 12 is: the first frame
+        // holds at least as many bytes as this one's headers.
+        let same = first[ETH + 1] == frame[ETH + 1] // TOS
+            && first[ETH + 6] == frame[ETH + 6] // DF
+            && first[ETH + 8..ETH + 10] == frame[ETH + 8..ETH + 10] // TTL, protocol
+            // Acknowledgement, header length, window, options.
+            && first[tcp + 8..tcp + 13] == frame[tcp + 8..tcp + 13]
+            && first[tcp + 14..tcp + 16] == frame[tcp + 14..tcp + 16]
+            && first[tcp + 20..s.headers] == frame[tcp + 20..s.headers];
         if !same || s.seq != self.next_seq || s.payload > self.mss || self.len + s.payload > ETH + IP_MAX {
             return false;
         }
@@ -163,12 +258,8 @@ impl Coalescer {
         true
     }
 
-    /// What to write (the header and the frame) and the number of the
-    /// guest's frames it carries; empties the coalescer. `None` when empty.
-    pub fn take(&mut self) -> Option<(&[u8], u32)> {
-        if self.len == 0 {
-            return None;
-        }
+    /// The bytes to write, with the header filled in; empties the run.
+    fn take(&mut self) -> (&[u8], u32) {
         let (len, segments) = (self.len, self.segments);
         self.len = 0;
         self.open = false;
@@ -195,7 +286,7 @@ impl Coalescer {
             hdr[6..8].copy_from_slice(&(tcp as u16).to_le_bytes());
             hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
         }
-        Some((&self.buf[..VNET_HDR_LEN + len], segments))
+        (&self.buf[..VNET_HDR_LEN + len], segments)
     }
 }
 
@@ -223,6 +314,11 @@ mod tests {
 
     /// A TCP/IPv4 frame with checksums, as the guest sends it.
     fn frame(seq: u32, flags: u8, payload: &[u8], options: &[u8]) -> Vec<u8> {
+        frame_to(40000, seq, flags, payload, options)
+    }
+
+    /// The same, to another client port.
+    fn frame_to(port: u16, seq: u32, flags: u8, payload: &[u8], options: &[u8]) -> Vec<u8> {
         let tcp_len = 20 + options.len();
         let total = IP + tcp_len + payload.len();
         let mut f = vec![0u8; ETH + total];
@@ -242,7 +338,7 @@ mod tests {
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         let t = ETH + IP;
         f[t..t + 2].copy_from_slice(&80u16.to_be_bytes());
-        f[t + 2..t + 4].copy_from_slice(&40000u16.to_be_bytes());
+        f[t + 2..t + 4].copy_from_slice(&port.to_be_bytes());
         f[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
         f[t + 8..t + 12].copy_from_slice(&7u32.to_be_bytes());
         f[t + 12] = (tcp_len as u8 / 4) << 4;
@@ -264,15 +360,15 @@ mod tests {
     fn offer_all(c: &mut Coalescer, frames: &[Vec<u8>]) -> Vec<(Vec<u8>, u32)> {
         let mut out = Vec::new();
         for f in frames {
-            if !c.offer(f) {
-                let (bytes, n) = c.take().unwrap();
+            while !c.offer(f) {
+                let (bytes, n) = c.take().expect("a refused frame waits for a run");
                 out.push((bytes.to_vec(), n));
-                assert!(c.offer(f), "an empty coalescer takes any frame");
             }
         }
-        if let Some((bytes, n)) = c.take() {
+        while let Some((bytes, n)) = c.take() {
             out.push((bytes.to_vec(), n));
         }
+        assert!(c.is_empty());
         out
     }
 
@@ -336,6 +432,51 @@ mod tests {
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         let out = offer_all(&mut Coalescer::new(), &[arp.clone(), arp.clone(), vec![1, 2, 3]]);
         assert_eq!(out.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1, 1]);
+    }
+
+    #[test]
+    fn interleaved_connections_merge_each_in_order() {
+        let p = [0x33u8; 1000];
+        // Three connections' segments in turn, as a server's stack sends
+        // them; then more connections than runs.
+        let mut frames = Vec::new();
+        for i in 0..4u32 {
+            for port in 1..=3 {
+                frames.push(frame_to(port, i * 1000, TCP_ACK, &p, &[]));
+            }
+        }
+        let out = offer_all(&mut Coalescer::new(), &frames);
+        assert_eq!(out.len(), 3);
+        for (n, (bytes, segments)) in out.iter().enumerate() {
+            assert_eq!(*segments, 4);
+            let f = &bytes[VNET_HDR_LEN..];
+            assert_eq!(u16::from_be_bytes([f[ETH + IP + 2], f[ETH + IP + 3]]), n as u16 + 1);
+            assert_eq!(f.len(), ETH + IP + 20 + 4000);
+        }
+        let many: Vec<Vec<u8>> = (0..4u32)
+            .flat_map(|i| (1..=RUNS as u16 + 4).map(move |port| frame_to(port, i * 1000, TCP_ACK, &[1; 1000], &[])))
+            .collect();
+        let out = offer_all(&mut Coalescer::new(), &many);
+        assert_eq!(out.iter().map(|(_, n)| n).sum::<u32>(), many.len() as u32, "nothing lost");
+        assert!(out.len() < many.len(), "still merged");
+        for port in 1..=RUNS as u16 + 4 {
+            let seqs: Vec<u32> = out
+                .iter()
+                .map(|(b, _)| &b[VNET_HDR_LEN..])
+                .filter(|f| f[ETH + IP + 2..ETH + IP + 4] == port.to_be_bytes())
+                .map(|f| u32::from_be_bytes(f[ETH + IP + 4..ETH + IP + 8].try_into().unwrap()))
+                .collect();
+            assert!(seqs.is_sorted() && seqs[0] == 0, "port {port}: {seqs:?}");
+        }
+        // A frame that merges with nothing (a FIN) after a connection's
+        // segments leaves after them.
+        let fin = frame_to(1, 2000, TCP_ACK | 1, &[], &[]);
+        let out = offer_all(
+            &mut Coalescer::new(),
+            &[frame_to(1, 0, TCP_ACK, &p, &[]), frame_to(1, 1000, TCP_ACK, &p, &[]), fin.clone()],
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].0[VNET_HDR_LEN..], fin[..]);
     }
 
     #[test]

@@ -388,19 +388,24 @@ impl Sent {
             self.add(tap.send(frame)?, 1);
             return Ok(());
         }
-        if !gso.offer(frame) {
-            self.flush(tap, gso)?;
-            let taken = gso.offer(frame);
-            debug_assert!(taken, "an empty coalescer takes any frame");
+        // Each refusal names a run to write first; an empty coalescer
+        // takes any frame.
+        while !gso.offer(frame) {
+            self.write_one(tap, gso)?;
         }
         Ok(())
     }
 
-    /// Writes what `gso` holds.
+    /// Writes one run `gso` holds; `false` when it held none.
+    fn write_one(&mut self, tap: &Tap, gso: &mut Coalescer) -> std::io::Result<bool> {
+        let Some((bytes, frames)) = gso.take() else { return Ok(false) };
+        self.add(tap.send_with_header(bytes)?, frames);
+        Ok(true)
+    }
+
+    /// Writes everything `gso` holds.
     fn flush(&mut self, tap: &Tap, gso: &mut Coalescer) -> std::io::Result<()> {
-        if let Some((bytes, frames)) = gso.take() {
-            self.add(tap.send_with_header(bytes)?, frames);
-        }
+        while self.write_one(tap, gso)? {}
         Ok(())
     }
 }
