@@ -439,6 +439,8 @@ fn main() {
     }
     println!("## HTTP and HTTPS: static-website against nginx (median of {rounds} runs of {secs} s)");
     println!();
+    println!("{}", skiff_bench::linux_path());
+    println!();
     println!(
         "| file | scheme | connections | Skiff req/s | nginx req/s | Skiff / nginx | Skiff p50 / p99 | nginx p50 / p99 |"
     );

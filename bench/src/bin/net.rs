@@ -166,12 +166,64 @@ fn tender_pid(s: &Skiff) -> u32 {
     s.guest.0.id()
 }
 
+/// `floods [RUNS] [PINGS]`: RUNS ping floods of PINGS pings (20 of 5,000
+/// by default), each against a freshly started echo guest with the default
+/// spins (or `SKIFF_BENCH_SPIN=IO,GUEST`, e.g. `200us,200us`), each
+/// followed by one against Linux; prints every run, the spread and the
+/// runs below 10,000 pings/s.
+fn flood_runs(runs: u32, pings: u32) {
+    require_program("ping", "iputils-ping");
+    let tender = release_tender(Linking::Static);
+    let echo = guest("examples/echo");
+    let spin = std::env::var("SKIFF_BENCH_SPIN").ok();
+    let mut args = vec!["--timeout", "60s"];
+    if let Some((io, g)) = spin.as_deref().and_then(|s| s.split_once(',')) {
+        args.extend(["--net-spin", io, "--guest-spin", g]);
+    }
+    println!("## Ping floods: {runs} runs of `ping -f -c {pings}`, a fresh guest each (tender {})", args.join(" "));
+    println!();
+    println!("| run | Skiff pings/s | Linux pings/s | Skiff / Linux |");
+    println!("| ---: | ---: | ---: | ---: |");
+    let (mut sk, mut lx) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let s = start_skiff(&tender, &echo, &args, &[], "echo: serving");
+        let (rate, _) = skiff_bench::ping_flood(&s.ns, GUEST, pings);
+        drop(s);
+        let l = start_linux();
+        let (base, _) = skiff_bench::ping_flood(&l.client, GUEST, pings);
+        drop(l);
+        println!("| {run} | {rate:.0} | {base:.0} | {:.2} |", rate / base);
+        sk.push(rate);
+        lx.push(base);
+    }
+    let spread = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let ((s0, s1, s2), (l0, l1, l2)) = (spread(&sk), spread(&lx));
+    let ratios: Vec<f64> = sk.iter().zip(&lx).map(|(a, b)| a / b).collect();
+    let (r0, _, r2) = spread(&ratios);
+    println!();
+    println!(
+        "Skiff min / median / max {s0:.0} / {s1:.0} / {s2:.0} pings/s; Linux {l0:.0} / {l1:.0} / {l2:.0}; \
+         ratio {r0:.2}-{r2:.2}; runs below 10,000/s: {} of {runs} (target: none)",
+        sk.iter().filter(|&&r| r < 10_000.0).count()
+    );
+}
+
 fn main() {
     require_root();
     require_kvm();
     if std::env::args().nth(1).as_deref() == Some("bulk") {
         let rounds = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
         bulk_rounds(rounds);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("floods") {
+        let runs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+        let pings = std::env::args().nth(3).and_then(|s| s.parse().ok()).unwrap_or(5000);
+        flood_runs(runs, pings);
         return;
     }
     require_program("ping", "iputils-ping");
@@ -253,6 +305,8 @@ fn main() {
     println!();
     println!("## TCP bulk transfer ({} MiB each way, one connection)", bulk_bytes >> 20);
     println!();
+    println!("{}", skiff_bench::linux_path());
+    println!();
     println!("| direction | Skiff MiB/s | Linux MiB/s | Skiff / Linux |");
     println!("| --- | ---: | ---: | ---: |");
     println!("| into the server | {sk_in:.0} | {lx_in:.0} | {:.2} |", sk_in / lx_in);
@@ -325,6 +379,8 @@ fn bulk_rounds(rounds: u32) {
     // (an earlier build), for before/after figures from one invocation.
     let baseline = std::env::var_os("SKIFF_BENCH_BASELINE_TENDER").map(std::path::PathBuf::from);
     println!("## TCP bulk transfer ({} MiB each way, one connection, {rounds} rounds)", bytes >> 20);
+    println!();
+    println!("{}", skiff_bench::linux_path());
     println!();
     println!(
         "| round | in: Skiff / Linux MiB/s | in ratio | tender CPU per MiB in | out: Skiff / Linux MiB/s | out ratio \

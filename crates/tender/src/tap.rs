@@ -129,12 +129,9 @@ impl Tap {
         }
         // No offloaded frames toward the tender: the guest takes frames as
         // they are on the wire.
-        // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no
-        // memory of ours.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-            return Err(TapError::Attach { name: name.to_string(), source: io::Error::last_os_error() });
-        }
-        Ok(Tap { file, vnet: true })
+        let tap = Tap { file, vnet: true };
+        tap.set_tcp_offload(false).map_err(|source| TapError::Attach { name: name.to_string(), source })?;
+        Ok(tap)
     }
 
     /// Takes over the TAP device `name` that the caller has attached:
@@ -166,6 +163,25 @@ impl Tap {
     /// another thread to send on.
     pub fn try_clone(&self) -> io::Result<Tap> {
         Ok(Tap { file: self.file.try_clone()?, vnet: self.vnet })
+    }
+
+    /// Lets the kernel send this device TCP segments of up to 64 KiB with
+    /// their checksums left to the reader (`TUNSETOFFLOAD` with
+    /// `TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6`), as a VMM with a virtio-net
+    /// guest that takes them does; `false` turns it off again (the
+    /// tender's own devices: its guests take frames as on the wire). Only
+    /// on a device with virtio-net headers.
+    pub fn set_tcp_offload(&self, on: bool) -> io::Result<()> {
+        const TUN_F_CSUM: libc::c_ulong = 0x01;
+        const TUN_F_TSO4: libc::c_ulong = 0x02;
+        const TUN_F_TSO6: libc::c_ulong = 0x04;
+        let flags = if on { TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 } else { 0 };
+        // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no
+        // memory of ours.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Whether frames carry a virtio-net header, so that merged TCP
@@ -209,7 +225,8 @@ impl Tap {
     }
 
     /// Writes `bytes`, a virtio-net header and its frame, as one
-    /// ([`crate::gso::Coalescer::take`]); only on a device with headers.
+    /// ([`crate::gso::Coalescer::take`], or what another device with
+    /// headers read); only on a device with headers.
     pub fn send_with_header(&self, bytes: &[u8]) -> io::Result<bool> {
         debug_assert!(self.vnet);
         sent((&self.file).write(bytes))
