@@ -12,11 +12,12 @@
 //! bulk transfers and large responses.
 //!
 //! [`Coalescer`] merges only what the receive offload of the host would
-//! merge (RFC-conforming GRO rules): IPv4 without options or fragments,
+//! merge (its GRO rules): IPv4 without options or fragments,
 //! the same addresses, ports, TOS, TTL, acknowledgement, window and TCP
 //! options, consecutive sequence numbers, flags ACK with PSH at most on the
-//! last, every segment but the last exactly as long as the first. Anything
-//! else (IPv6, ARP, SYN/FIN/RST, a retransmission) leaves as it came, with
+//! last, every segment but the last exactly as long as the first, which is
+//! at least 536 bytes (so a guest cannot have the host cut one write into
+//! thousands of tiny segments). Anything else (IPv6, ARP, SYN/FIN/RST, a retransmission) leaves as it came, with
 //! an empty header. The guest's own checksums are kept on single frames;
 //! a merged frame carries a recomputed IPv4 header checksum and the TCP
 //! pseudo-header sum with `NEEDS_CSUM`, as a NIC with checksum offload
@@ -32,6 +33,10 @@ const ETH: usize = 14;
 const IP: usize = 20;
 /// The largest IPv4 packet, and so the largest merged segment.
 const IP_MAX: usize = 65535;
+/// The shortest first segment a run starts with (the default MSS of RFC
+/// 879): a guest cannot have the host cut one write into thousands of tiny
+/// segments.
+const MIN_MSS: usize = 536;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
@@ -209,7 +214,7 @@ impl Run {
             Some(s) => {
                 self.mss = s.payload;
                 self.next_seq = s.seq.wrapping_add(s.payload as u32);
-                self.open = s.flags & TCP_PSH == 0;
+                self.open = s.flags & TCP_PSH == 0 && s.payload >= MIN_MSS;
             }
             None => self.open = false,
         }
@@ -415,6 +420,7 @@ mod tests {
             ("a PSH ends the run", vec![frame(1, TCP_ACK | TCP_PSH, &p, &[]), frame(1001, TCP_ACK, &p, &[])]),
             ("a short segment ends the run", vec![frame(1, TCP_ACK, &p[..500], &[]), frame(501, TCP_ACK, &p, &[])]),
             ("a FIN", vec![frame(1, TCP_ACK, &p, &[]), frame(1001, TCP_ACK | 1, &p, &[])]),
+            ("tiny segments", vec![frame(1, TCP_ACK, &p[..100], &[]), frame(101, TCP_ACK, &p[..100], &[])]),
             ("a bare ACK", vec![frame(1, TCP_ACK, &[], &[]), frame(1, TCP_ACK, &p, &[])]),
             ("other options", vec![frame(1, TCP_ACK, &p, &[1, 1, 1, 1]), frame(1001, TCP_ACK, &p, &[1, 1, 1, 0])]),
         ];
