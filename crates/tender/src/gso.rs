@@ -11,17 +11,17 @@
 //! frame (a bulk sender's 44 frames of 1,460 bytes), the cost that bounded
 //! bulk transfers and large responses.
 //!
-//! [`Coalescer`] merges only what the receive offload of the host would
-//! merge (its GRO rules): IPv4 without options or fragments,
-//! the same addresses, ports, TOS, TTL, acknowledgement, window and TCP
-//! options, consecutive sequence numbers, flags ACK with PSH at most on the
-//! last, every segment but the last exactly as long as the first, which is
-//! at least 536 bytes (so a guest cannot have the host cut one write into
-//! thousands of tiny segments). Anything else (IPv6, ARP, SYN/FIN/RST, a retransmission) leaves as it came, with
-//! an empty header. The guest's own checksums are kept on single frames;
-//! a merged frame carries a recomputed IPv4 header checksum and the TCP
-//! pseudo-header sum with `NEEDS_CSUM`, as a NIC with checksum offload
-//! receives it.
+//! [`Coalescer`] merges only what the host's receive offload would merge
+//! (its GRO rules): IPv4 without options or fragments, the same addresses,
+//! ports, TOS, TTL, acknowledgement, window and TCP options, consecutive
+//! sequence numbers, flags ACK with PSH at most on the last, every segment
+//! but the last exactly as long as the first, which is at least 536 bytes
+//! (so a guest cannot have the host cut one write into thousands of tiny
+//! segments). Anything else (IPv6, ARP, SYN/FIN/RST, a retransmission)
+//! leaves as it came, with an empty header. The guest's own checksums are
+//! kept on single frames; a merged frame carries a recomputed IPv4 header
+//! checksum and the TCP pseudo-header sum with `NEEDS_CSUM`, as a NIC with
+//! checksum offload receives it.
 //!
 //! Nothing is read from guest memory here: frames are already copies.
 
