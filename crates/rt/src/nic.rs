@@ -104,10 +104,13 @@ impl<C: NicCalls> Nic<C> {
     }
 }
 
-/// The most transmit frames held back before they are published: 16
-/// full-sized frames (23 KiB) leave in one write on the tender's side while
-/// the guest goes on building the next ones.
-pub const PUBLISH_BATCH: u32 = 16;
+/// The most transmit frames held back before they are published: as many
+/// full-sized segments as fit one 64 KiB offloaded write on the tender's
+/// side ((65535 - 40) / 1460), which leaves while the guest goes on
+/// building the next ones. (16 gave bulk transfers out of the guest
+/// 0.56-0.67 of a Linux baseline with segmentation offload, 44 gave
+/// 0.62-0.92, in runs of `--bin net -- bulk`.)
+pub const PUBLISH_BATCH: u32 = 44;
 
 impl<C: NicCalls> NetDevice for Nic<C> {
     fn mac(&self) -> [u8; 6] {
@@ -345,7 +348,7 @@ mod tests {
         assert!(nic.send(70, &mut |b| b.copy_from_slice(&frame(99, 70))));
         let batch: Vec<Vec<u8>> = core::iter::from_fn(|| other.pop_tx()).collect();
         assert_eq!(batch.len(), PUBLISH_BATCH as usize, "a full batch is published at once");
-        assert_eq!(batch[15], frame(99, 70));
+        assert_eq!(batch[PUBLISH_BATCH as usize - 1], frame(99, 70));
         assert!(nic.send(70, &mut |b| b.copy_from_slice(&frame(7, 70))));
         assert_eq!(other.pop_tx(), None);
         nic.flush();

@@ -16,7 +16,10 @@
 //!                           redirects keep a Host that is one of them, else use the first
 //!     [--hsts SECONDS]      send Strict-Transport-Security: max-age=SECONDS over HTTPS (default off)
 //!     [--http redirect|serve]
-//!     [--tcp-buffer 4K,16K] per-connection TCP buffers (receive, send; one size for both)
+//!     [--tcp-buffer 4K,16K] per-connection TCP buffers (receive, send; one size for both);
+//!                           default 4K receive, and a send buffer by memory: the largest
+//!                           power of two from 16K to 64K of which 256 connections take at
+//!                           most a third of the heap (16K at --mem 16M, 64K at 64M)
 //!     [--header-timeout 10s] how long a request head may take (408 after)
 //!     [--tls-resumption on|off] session cache and tickets (default on)
 //!     [--heap-log 10s]      log the heap's use and peak now and at this interval (default off)
@@ -160,6 +163,20 @@ fn size(v: &str) -> Result<usize, String> {
     Ok((n * mult).clamp(2048, 1 << 20))
 }
 
+/// The default send buffer for a heap of `heap` bytes: the largest power
+/// of two from 16 KiB to 64 KiB of which 256 connections take at most a
+/// third of the heap. A larger buffer lets a connection have more of a large
+/// file in flight (64 KiB served 100 KiB files at 16 connections 1.7 times
+/// as fast as 16 KiB), while 256 HTTPS connections still fit `--mem 16M`.
+fn default_send_buffer(heap: usize) -> usize {
+    let share = heap / 3 / 256;
+    let mut size = 16 * 1024;
+    while size * 2 <= share && size < 64 * 1024 {
+        size *= 2;
+    }
+    size
+}
+
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
         let mut o = Options {
@@ -170,7 +187,7 @@ impl Options {
             hsts: None,
             serve_http: false,
             rx_buffer: 4 * 1024,
-            tx_buffer: 16 * 1024,
+            tx_buffer: default_send_buffer(skiff::heap::size()),
             header_timeout: ServerConfig::default().header_timeout,
             resumption: true,
             heap_log: None,
