@@ -73,10 +73,11 @@ pub struct Nic<C: NicCalls> {
     /// Frames were sent since the last flush.
     queued: bool,
     /// Frames written to transmit slots but not yet published: a burst is
-    /// published together (at most [`PUBLISH_BATCH`] at a time, and at the
-    /// flush), so that the tender finds a run of a connection's segments
-    /// and sends it in one write (TCP segmentation offload on its side)
-    /// instead of racing the guest frame by frame.
+    /// published together (at most [`PUBLISH_BATCH`] or half the ring at a
+    /// time, when the ring is full, and at the flush), so that the tender
+    /// finds a run of a connection's segments and sends it in one write
+    /// (TCP segmentation offload on its side) instead of racing the guest
+    /// frame by frame.
     held: u32,
     /// Frames were received since the last flush.
     taken: bool,
@@ -148,7 +149,13 @@ impl<C: NicCalls> NetDevice for Nic<C> {
 
     fn tx_room(&mut self) -> bool {
         let p = self.tx.producer().load(Ordering::Relaxed).wrapping_add(self.held);
-        p.wrapping_sub(self.tx.consumer().load(Ordering::Acquire)) < self.tx.slots
+        let room = p.wrapping_sub(self.tx.consumer().load(Ordering::Acquire)) < self.tx.slots;
+        if !room {
+            // Full with frames held back: hand them over, or a sender
+            // waiting for room would wait forever.
+            self.publish();
+        }
+        room
     }
 
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) -> bool {
@@ -165,7 +172,7 @@ impl<C: NicCalls> NetDevice for Nic<C> {
             f(core::slice::from_raw_parts_mut((slot + ring::SLOT_DATA as usize) as *mut u8, len));
         }
         self.held += 1;
-        if self.held >= PUBLISH_BATCH {
+        if self.held >= PUBLISH_BATCH.min(self.tx.slots / 2) {
             self.publish();
         }
         self.queued = true;
@@ -292,15 +299,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rings_carry_frames_both_ways_and_ring_the_doorbell_only_when_asked() {
-        let slots = 8;
+    /// Memory for a receive and a transmit ring of `slots` slots, the
+    /// tender's view of them, and the NIC description pointing at them.
+    fn two_rings(slots: u32) -> (Vec<u64>, Other, NetInfo) {
         let bytes = 2 * ring::ring_bytes(slots) as usize;
         let mut memory = std::vec![0u64; bytes / 8];
         let base = memory.as_mut_ptr() as usize;
-        let other = Other { base, slots };
-        let tender = FakeTender::default();
         let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
+        (memory, Other { base, slots }, info)
+    }
+
+    #[test]
+    fn rings_carry_frames_both_ways_and_ring_the_doorbell_only_when_asked() {
+        let slots = 8;
+        let (memory, other, info) = two_rings(slots);
+        let tender = FakeTender::default();
         // SAFETY: `memory` holds both rings and outlives `nic`.
         let mut nic = unsafe { Nic::new(0, info, &tender) };
         for round in 0..5u8 {
@@ -332,13 +345,9 @@ mod tests {
 
     #[test]
     fn a_burst_is_published_together_at_most_a_batch_at_a_time() {
-        let slots = 64;
-        let bytes = 2 * ring::ring_bytes(slots) as usize;
-        let mut memory = std::vec![0u64; bytes / 8];
-        let base = memory.as_mut_ptr() as usize;
-        let other = Other { base, slots };
+        let slots = 128;
+        let (memory, other, info) = two_rings(slots);
         let tender = FakeTender::default();
-        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
         // SAFETY: `memory` holds both rings and outlives `nic`.
         let mut nic = unsafe { Nic::new(0, info, &tender) };
         for i in 0..PUBLISH_BATCH as u8 - 1 {
@@ -353,23 +362,22 @@ mod tests {
         assert_eq!(other.pop_tx(), None);
         nic.flush();
         assert_eq!(other.pop_tx(), Some(frame(7, 70)), "the flush publishes the rest");
-        // Held frames count against the room in the ring.
+        // Held frames count against the room in the ring, and a full ring
+        // hands them over: a sender waiting for room is not stuck.
         for i in 0..slots {
             assert!(nic.send(60, &mut |b| b.fill(i as u8)));
         }
         assert!(!nic.tx_room());
+        assert_eq!(core::iter::from_fn(|| other.pop_tx()).count(), slots as usize);
+        assert!(nic.tx_room());
         drop(memory);
     }
 
     #[test]
     fn listeners_are_counted_in_the_transmit_header_with_their_ports() {
         let slots = 8;
-        let bytes = 2 * ring::ring_bytes(slots) as usize;
-        let mut memory = std::vec![0u64; bytes / 8];
-        let base = memory.as_mut_ptr() as usize;
-        let other = Other { base, slots };
+        let (memory, other, info) = two_rings(slots);
         let tender = FakeTender::default();
-        let info = NetInfo { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ring: base as u64, slots, spin_micros: 0 };
         // SAFETY: `memory` holds both rings and outlives `nic`.
         let mut nic = unsafe { Nic::new(0, info, &tender) };
         nic.listening(443);
@@ -384,7 +392,8 @@ mod tests {
         let port = |i: u64| {
             // SAFETY: inside the test's buffer, aligned.
             unsafe {
-                ((base + ring::ring_bytes(slots) as usize + (ring::LISTEN_PORTS + 2 * i) as usize) as *const u16).read()
+                ((other.base + ring::ring_bytes(slots) as usize + (ring::LISTEN_PORTS + 2 * i) as usize) as *const u16)
+                    .read()
             }
         };
         let ports: Vec<u16> = (0..u64::from(ring::LISTEN_PORTS_MAX)).map(port).collect();
