@@ -166,6 +166,59 @@ fn tender_pid(s: &Skiff) -> u32 {
     s.guest.0.id()
 }
 
+/// One bulk round's figures for one tender.
+struct Bulk {
+    /// MiB/s into and out of the guest.
+    rate_in: f64,
+    rate_out: f64,
+    /// The tender's CPU per MiB each way, ms.
+    cpu_in: f64,
+    cpu_out: f64,
+    /// VM exits per MiB moved.
+    exits: f64,
+}
+
+impl Bulk {
+    /// The table row's cells after the round, against Linux's rates.
+    fn row(&self, lx_in: f64, lx_out: f64) -> String {
+        format!(
+            "{:.0} / {lx_in:.0} | {:.2} | {:.2} ms | {:.0} / {lx_out:.0} | {:.2} | {:.2} ms | {:.1}",
+            self.rate_in,
+            self.rate_in / lx_in,
+            self.cpu_in,
+            self.rate_out,
+            self.rate_out / lx_out,
+            self.cpu_out,
+            self.exits
+        )
+    }
+}
+
+/// Boots netprobe's bulk service under `tender`, moves `bytes` into it and
+/// out of it, stops it; its figures and its log.
+fn bulk_once(tender: &Path, netprobe: &Path, args: &[&str], guest_args: &[&str], bytes: u64) -> (Bulk, String) {
+    let mib = (bytes >> 20) as f64;
+    let s = start_skiff(tender, netprobe, args, guest_args, "netprobe: bulk on ports");
+    let pid = tender_pid(&s);
+    let c0 = cpu_seconds(pid);
+    let rate_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
+    let c1 = cpu_seconds(pid);
+    let rate_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
+    let c2 = cpu_seconds(pid);
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let log = finish(s);
+    let (exits, _) = exits_and_frames(&log);
+    let bulk = Bulk {
+        rate_in,
+        rate_out,
+        cpu_in: (c1 - c0) / mib * 1e3,
+        cpu_out: (c2 - c1) / mib * 1e3,
+        exits: exits as f64 / (2.0 * mib),
+    };
+    (bulk, log)
+}
+
 /// `floods [RUNS] [PINGS]`: RUNS ping floods of PINGS pings (20 of 5,000
 /// by default), each against a freshly started echo guest with the default
 /// spins (or `SKIFF_BENCH_SPIN=IO,GUEST`, e.g. `200us,200us`), each
@@ -372,7 +425,6 @@ fn bulk_rounds(rounds: u32) {
     let tender = release_tender(Linking::Static);
     let netprobe = guest("tests/guests/netprobe");
     let bytes: u64 = 256 << 20;
-    let mib = (bytes >> 20) as f64;
     let profile = std::env::var_os("SKIFF_BENCH_PROFILE").map(std::path::PathBuf::from);
     let buffer = std::env::var("SKIFF_BENCH_TCP_BUFFER").ok();
     // SKIFF_BENCH_BASELINE_TENDER=PATH: each round also runs that tender
@@ -390,39 +442,15 @@ fn bulk_rounds(rounds: u32) {
     let (mut ins, mut outs) = (Vec::new(), Vec::new());
     let (mut base_ins, mut base_outs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let base = baseline.as_ref().map(|b| {
-            let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
-            let s = start_skiff(b, &netprobe, &["--timeout", "40s"], &guest_args, "netprobe: bulk on ports");
-            let pid = tender_pid(&s);
-            let c0 = cpu_seconds(pid);
-            let b_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
-            let c1 = cpu_seconds(pid);
-            let b_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
-            let c2 = cpu_seconds(pid);
-            // SAFETY: kill has no memory preconditions; the pid is our child's.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            let log = finish(s);
-            let (exits, _) = exits_and_frames(&log);
-            (b_in, b_out, (c1 - c0) / mib * 1e3, (c2 - c1) / mib * 1e3, exits as f64 / (2.0 * mib))
-        });
+        let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
+        let base = baseline.as_ref().map(|b| bulk_once(b, &netprobe, &["--timeout", "40s"], &guest_args, bytes).0);
         let mut args = vec!["--timeout".to_string(), "40s".to_string()];
         if let Some(dir) = &profile {
             args.push("--profile".into());
             args.push(dir.join(format!("bulk-{round}.folded")).display().to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let guest_args: Vec<&str> = std::iter::once("bulk").chain(buffer.as_deref()).collect();
-        let s = start_skiff(&tender, &netprobe, &args, &guest_args, "netprobe: bulk on ports");
-        let pid = tender_pid(&s);
-        let c0 = cpu_seconds(pid);
-        let sk_in = skiff_bench::bulk_in(&s.ns, &format!("{GUEST}:9"), bytes);
-        let c1 = cpu_seconds(pid);
-        let sk_out = skiff_bench::bulk_out(&s.ns, &format!("{GUEST}:19"), bytes);
-        let c2 = cpu_seconds(pid);
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let log = finish(s);
-        let (exits, _) = exits_and_frames(&log);
+        let (sk, log) = bulk_once(&tender, &netprobe, &args, &guest_args, bytes);
         if let Some(stats) = log.find("skiff-tender stats") {
             eprintln!("round {round}: {}", &log[stats..]);
         }
@@ -431,26 +459,14 @@ fn bulk_rounds(rounds: u32) {
         let lx_in = skiff_bench::bulk_in(&l.client, &format!("{GUEST}:9"), bytes);
         let lx_out = skiff_bench::bulk_out(&l.client, &format!("{GUEST}:19"), bytes);
         drop(l);
-        ins.push(sk_in / lx_in);
-        outs.push(sk_out / lx_out);
-        if let Some((b_in, b_out, cpu_in, cpu_out, exits)) = base {
-            base_ins.push(b_in / lx_in);
-            base_outs.push(b_out / lx_out);
-            println!(
-                "| {round} baseline | {b_in:.0} / {lx_in:.0} | {:.2} | {cpu_in:.2} ms | {b_out:.0} / {lx_out:.0} | {:.2} \
-                 | {cpu_out:.2} ms | {exits:.1} |",
-                b_in / lx_in,
-                b_out / lx_out
-            );
+        ins.push(sk.rate_in / lx_in);
+        outs.push(sk.rate_out / lx_out);
+        if let Some(b) = base {
+            base_ins.push(b.rate_in / lx_in);
+            base_outs.push(b.rate_out / lx_out);
+            println!("| {round} baseline | {} |", b.row(lx_in, lx_out));
         }
-        println!(
-            "| {round} | {sk_in:.0} / {lx_in:.0} | {:.2} | {:.2} ms | {sk_out:.0} / {lx_out:.0} | {:.2} | {:.2} ms | {:.1} |",
-            sk_in / lx_in,
-            (c1 - c0) / mib * 1e3,
-            sk_out / lx_out,
-            (c2 - c1) / mib * 1e3,
-            exits as f64 / (2.0 * mib)
-        );
+        println!("| {round} | {} |", sk.row(lx_in, lx_out));
     }
     let spread = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
