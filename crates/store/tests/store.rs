@@ -341,16 +341,24 @@ impl BlockDevice for Counting {
     }
 }
 
-#[test]
-fn open_reads_the_tree_in_batches_not_a_page_at_a_time() {
+/// A store of 4096 pages (16 MiB, sectors of 512 bytes)
+/// holding `key/00000000` to `key/00019999`, 100-byte values tagged `tag`,
+/// in one commit: a tree of several hundred pages.
+fn twenty_thousand_keys(tag: &[u8]) -> Store<MemDevice> {
     let store = open(fresh(512, 4096), 512);
     block_on(async {
         let mut tx = store.write().await.unwrap();
         for i in 0..20_000u32 {
-            tx.put(format!("key/{i:08}").as_bytes(), &value(b"o", u64::from(i), 100)).await.unwrap();
+            tx.put(format!("key/{i:08}").as_bytes(), &value(tag, u64::from(i), 100)).await.unwrap();
         }
         tx.commit().await.unwrap();
     });
+    store
+}
+
+#[test]
+fn open_reads_the_tree_in_batches_not_a_page_at_a_time() {
+    let store = twenty_thousand_keys(b"o");
     let used = store.info().used_pages;
     assert!(used > 500, "a tree of {used} pages");
     let dev = Counting { dev: store.into_device(), calls: 0.into(), largest: 0.into() };
@@ -367,14 +375,7 @@ fn open_reads_the_tree_in_batches_not_a_page_at_a_time() {
 
 #[test]
 fn a_closed_store_opens_without_its_walk_and_readers_run_while_it_walks() {
-    let store = open(fresh(512, 4096), 512);
-    block_on(async {
-        let mut tx = store.write().await.unwrap();
-        for i in 0..20_000u32 {
-            tx.put(format!("key/{i:08}").as_bytes(), &value(b"w", u64::from(i), 100)).await.unwrap();
-        }
-        tx.commit().await.unwrap();
-    });
+    let store = twenty_thousand_keys(b"w");
     let free = store.info().free_pages;
     let dev = block_on(store.close()).unwrap();
     let dev = Counting { dev, calls: 0.into(), largest: 0.into() };
