@@ -55,6 +55,12 @@ pub struct MonitorState {
     /// set: once the drop has set it, the vCPU thread (which may then end)
     /// is never kicked again.
     kicking: Mutex<()>,
+    /// The monitor thread, once it runs (`None` until then): it publishes
+    /// itself here before it first reads `finished`, and the drop sets
+    /// `finished` before it reads this, so whichever takes the lock second
+    /// sees what the other did: the drop kicks the thread, or the thread
+    /// sees `finished`.
+    monitor: Mutex<Option<ThreadKicker>>,
 }
 
 impl MonitorState {
@@ -93,7 +99,7 @@ pub struct Monitor {
     state: Arc<MonitorState>,
     /// What the thread starts with, until [`Monitor::spawn`].
     start: Option<Start>,
-    thread: Option<(std::thread::JoinHandle<()>, ThreadKicker)>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Start {
@@ -139,6 +145,7 @@ impl Monitor {
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             finished: std::sync::atomic::AtomicBool::new(false),
             kicking: Mutex::new(()),
+            monitor: Mutex::new(None),
         });
         // The guest memory is only needed while the guest runs: a thread
         // that has not ended yet when `run` returns keeps none of it.
@@ -160,13 +167,12 @@ impl Monitor {
         let thread = {
             // A new thread inherits the creating thread's signal mask.
             let _blocked = sys::KickBlocked::new()?;
-            std::thread::Builder::new()
-                .name("skiff-monitor".into())
-                .stack_size(STACK)
-                .spawn(move || watch(&s, limits, &mem, shared, vcpu))?
+            std::thread::Builder::new().name("skiff-monitor".into()).stack_size(STACK).spawn(move || {
+                *s.monitor.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadKicker::current());
+                watch(&s, limits, &mem, shared, vcpu)
+            })?
         };
-        let me = ThreadKicker::of(&thread);
-        self.thread = Some((thread, me));
+        self.thread = Some(thread);
         Ok(())
     }
 
@@ -254,14 +260,18 @@ fn kick_unless_finished(s: &MonitorState, vcpu: ThreadKicker) {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.stand_down();
-        if let Some((thread, kicker)) = self.thread.take() {
+        if let Some(thread) = self.thread.take() {
             // One kick is enough (it waits in `sigtimedwait` with the kick
             // signal blocked, so the kick stays pending until it looks),
             // and the thread is not waited for: it sees `finished` and ends
             // as soon as it runs, holding nothing the caller needs (the
             // guest memory only weakly), and a busy machine may not run it
-            // for milliseconds. Dropping the handle detaches it.
-            kicker.kick();
+            // for milliseconds. One that has not run yet has nothing to
+            // kick: it sees `finished` first. Dropping the handle detaches
+            // it.
+            if let Some(kicker) = *self.state.monitor.lock().unwrap_or_else(|e| e.into_inner()) {
+                kicker.kick();
+            }
             drop(thread);
         }
     }

@@ -19,7 +19,10 @@ use vmm_sys_util::signal::{block_signal, create_sigset, register_signal_handler}
 pub fn use_one_malloc_arena() {
     // SAFETY: mallopt only changes malloc's tuning; M_ARENA_MAX is a valid
     // parameter and 1 a valid value for it.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
 }
 
 /// The signal that interrupts a running vCPU (or a blocked console write).
@@ -34,43 +37,38 @@ pub fn install_kick_handler() -> io::Result<()> {
     register_signal_handler(KICK_SIGNAL, on_kick).map_err(io::Error::from)
 }
 
-/// A handle that interrupts one thread's `KVM_RUN`.
+/// A handle that interrupts one thread's `KVM_RUN`: the thread's id in
+/// this process, signalled with `tgkill` (both C libraries' `pthread_kill`
+/// would do, but musl's calls `tkill`, which names a thread of any
+/// process and which process mode's allow-list therefore does not have).
 #[derive(Clone, Copy)]
-pub struct ThreadKicker(libc::pthread_t);
-
-// SAFETY: a pthread_t is an identifier; `pthread_kill` may be called with
-// it from any thread while the target thread lives, which the owner of the
-// kicker guarantees (the monitor stops kicking the vCPU thread before
-// `run` returns, and is kicked itself only while its handle is held).
-unsafe impl Send for ThreadKicker {}
+pub struct ThreadKicker {
+    pid: libc::pid_t,
+    tid: libc::pid_t,
+}
 
 impl ThreadKicker {
     /// A kicker for the calling thread.
     pub fn current() -> ThreadKicker {
-        // SAFETY: pthread_self has no preconditions.
-        ThreadKicker(unsafe { libc::pthread_self() })
-    }
-
-    /// A kicker for the thread `handle` runs (valid from the moment it is
-    /// created, whether or not it has started running).
-    pub fn of<T>(handle: &std::thread::JoinHandle<T>) -> ThreadKicker {
-        use std::os::unix::thread::JoinHandleExt;
-        ThreadKicker(handle.as_pthread_t())
+        // SAFETY: getpid and gettid have no preconditions.
+        unsafe { ThreadKicker { pid: libc::getpid(), tid: libc::gettid() } }
     }
 
     /// Interrupts the thread (a no-op if it is not in a system call).
+    /// The owner kicks only while the thread lives (the monitor stops
+    /// kicking the vCPU thread before `run` returns); a kick that comes
+    /// after all lands, at worst, on a later thread of this process that
+    /// reuses the id, where the handler does nothing.
     pub fn kick(&self) {
-        // SAFETY: the target thread is alive (see the Send impl) and the
-        // signal has a handler installed by `install_kick_handler`.
-        unsafe { libc::pthread_kill(self.0, KICK_SIGNAL) };
+        self.signal(KICK_SIGNAL);
     }
 
     /// Sends the thread `signal`, whose handler the caller installed
     /// (process mode's `SIGPROF` for the profiler).
     pub(crate) fn signal(&self, signal: libc::c_int) {
-        // SAFETY: the target thread is alive (see the Send impl); the
-        // caller installed a handler for the signal.
-        unsafe { libc::pthread_kill(self.0, signal) };
+        // SAFETY: tgkill takes three integers and touches no memory; it
+        // can only reach a thread of this process.
+        unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.tid, signal) };
     }
 }
 
@@ -314,7 +312,7 @@ pub fn block_stop_signals() -> io::Result<()> {
 pub fn wait_for_stop(timeout: Duration) -> Option<StopSignal> {
     let set = create_sigset(&[libc::SIGTERM, libc::SIGINT]).ok()?;
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
     // SAFETY: the set and the timespec are valid; a null siginfo is allowed.
@@ -331,7 +329,7 @@ pub fn wait_for_stop(timeout: Duration) -> Option<StopSignal> {
 pub(crate) fn wait_for_stop_or_kick(timeout: Duration) -> Option<StopSignal> {
     let set = create_sigset(&[libc::SIGTERM, libc::SIGINT, KICK_SIGNAL]).ok()?;
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
     // SAFETY: the set and the timespec are valid; a null siginfo is allowed.

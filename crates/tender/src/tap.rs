@@ -28,11 +28,13 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 /// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
 /// `TUNGETIFF`: `_IOR('T', 210, unsigned int)`.
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+// (The C library's request type is `int` on musl: the kernel reads the
+// low 32 bits either way.)
+const TUNGETIFF: libc::Ioctl = 0x8004_54d2_u32 as libc::Ioctl;
 /// The virtio-net header of a frame sent as it is.
 const PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
@@ -262,7 +264,7 @@ pub fn wait(fds: &[(RawFd, bool)], timeout: Option<std::time::Duration>) -> io::
         .map(|&(fd, write)| libc::pollfd { fd, events: if write { libc::POLLOUT } else { libc::POLLIN }, revents: 0 })
         .collect();
     let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: t.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
     let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);

@@ -50,7 +50,7 @@ struct Run {
 
 /// The tender, with this binary's sandbox selected.
 fn tender_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-tender"));
+    let mut cmd = Command::new(common::tender());
     cmd.args(common::sandbox_args());
     cmd
 }
@@ -545,7 +545,7 @@ fn world_readable_tender(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("skiff-tender-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("skiff-tender");
-    std::fs::copy(env!("CARGO_BIN_EXE_skiff-tender"), &bin).unwrap();
+    std::fs::copy(common::tender(), &bin).unwrap();
     let image = dir.join("hello");
     std::fs::copy(hello(), &image).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -656,7 +656,8 @@ fn the_guest_starts_without_waiting_for_the_monitor_thread() {
     for _ in 0..10 {
         let start = Instant::now();
         let out = Command::new("taskset")
-            .args(["-c", "0", env!("CARGO_BIN_EXE_skiff-tender")])
+            .args(["-c", "0"])
+            .arg(common::tender())
             .args(common::sandbox_args())
             .args(["--timeout", "30s", image, "--", "--sleep-ms", "0"])
             .stdin(Stdio::null())

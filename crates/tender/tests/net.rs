@@ -52,7 +52,7 @@ impl Guest {
         let console = dir.join(format!("{}.out", ns.name()));
         let errors = dir.join(format!("{}.err", ns.name()));
         let child = ns
-            .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .command(common::tender())
             .args(common::sandbox_args())
             .args(["--net", &format!("service={TAP}")])
             .args(if tender_args.contains(&"--timeout") { &[][..] } else { &["--timeout", "120s"][..] })
@@ -533,13 +533,8 @@ fn nics_must_match_the_manifest_and_exist() {
     common::require_sandbox();
     let ns = NetNs::new().unwrap();
     let run = |args: &[&str]| {
-        let out = ns
-            .command(env!("CARGO_BIN_EXE_skiff-tender"))
-            .args(common::sandbox_args())
-            .args(args)
-            .arg(echo_image())
-            .output()
-            .unwrap();
+        let out =
+            ns.command(common::tender()).args(common::sandbox_args()).args(args).arg(echo_image()).output().unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (status, err) = run(&[]);
@@ -566,7 +561,7 @@ fn nics_must_match_the_manifest_and_exist() {
     assert!(err.contains("--publish needs a NIC on the user network: --net service=user"), "{err}");
     // An image without NICs says how a service declares one.
     let hello = common::guest("examples/hello");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let out = std::process::Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--net", "service=user"])
         .arg(hello)
@@ -575,7 +570,7 @@ fn nics_must_match_the_manifest_and_exist() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125));
     assert!(err.contains(r#"it has no NICs: a service declares one with #[skiff::main(net = "service")]"#), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let out = std::process::Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--publish", "8080:80"])
         .arg(hello)

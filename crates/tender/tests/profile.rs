@@ -28,7 +28,7 @@ fn out_file(name: &str) -> PathBuf {
 /// Runs the tender with `tender_args` on `image` and `guest_args`; its
 /// status and its output (standard output, then error).
 fn tender(tender_args: &[&str], image: &Path, guest_args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let out = Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--timeout", "60s"])
         .args(tender_args)
@@ -163,7 +163,7 @@ fn the_website_under_load_shows_its_tls_and_network_code() {
     let file = out_file("website.folded");
     let console = out_file("website.out");
     let log = std::fs::File::create(&console).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let child = Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--net", "service=user", "--publish", "0:443", "--timeout", "120s", "--stats"])
         .args(["--profile", file.to_str().unwrap()])

@@ -41,7 +41,7 @@ impl Guest {
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = dir.join(format!("{}-{n}.out", std::process::id()));
         let file = std::fs::File::create(&out).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        let child = Command::new(common::tender())
             .args(common::sandbox_args())
             .args(["--net", "service=user"])
             .args(if tender_args.contains(&"--timeout") { &[][..] } else { &["--timeout", "120s"][..] })
@@ -271,7 +271,7 @@ fn a_taken_host_port_is_a_clear_error() {
     common::require_sandbox();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let out = Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--net", "service=user", "--publish", &format!("{port}:7")])
         .arg(echo_image())
@@ -281,7 +281,7 @@ fn a_taken_host_port_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}/tcp for --publish")), "{err}");
     assert!(err.contains("another program uses that port"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+    let out = Command::new(common::tender())
         .args(common::sandbox_args())
         .args(["--net", "service=user", "--publish", "8007"])
         .arg(echo_image())
@@ -297,7 +297,7 @@ fn a_taken_host_port_is_a_clear_error() {
         ("--net-max-udp-flows", "100000", "is not a whole number from 1 to 8192"),
         ("--net-tcp-buffer", "1K", "is not a buffer size from 4K to 16M"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_skiff-tender"))
+        let out = Command::new(common::tender())
             .args(common::sandbox_args())
             .args(["--net", "service=user", option, value])
             .arg(echo_image())

@@ -94,7 +94,7 @@ impl Website {
         let console = dir.join(format!("{}.out", ns.name()));
         let file = std::fs::File::create(&console).unwrap();
         let child = ns
-            .command(env!("CARGO_BIN_EXE_skiff-tender"))
+            .command(common::tender())
             .args(common::sandbox_args())
             .args(["--net", "service=tap0", "--timeout", "300s", "--mem", "64M"])
             .arg(image)
@@ -627,7 +627,7 @@ fn client_image() -> &'static Path {
 /// output.
 fn run_client(ns: &NetNs, args: &[&str]) -> (i32, String) {
     let out = ns
-        .command(env!("CARGO_BIN_EXE_skiff-tender"))
+        .command(common::tender())
         .args(common::sandbox_args())
         .args(["--net", "service=tap0", "--timeout", "60s"])
         .arg(client_image())

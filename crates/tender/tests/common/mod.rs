@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// How a boot test binary runs its guests. One parameter of the harness:
-/// a test file compiled as a binary whose name ends in `_process` (see
+/// a test file compiled as a binary whose name has `_process` in it (see
 /// `boot_process.rs`, which includes `boot.rs`) runs every guest with
 /// `--sandbox process`, the others under KVM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum Sandbox {
 /// This test binary's sandbox.
 #[allow(dead_code, reason = "not every test binary uses it")]
 pub fn sandbox() -> Sandbox {
-    if env!("CARGO_CRATE_NAME").ends_with("_process") { Sandbox::Process } else { Sandbox::Kvm }
+    if env!("CARGO_CRATE_NAME").contains("_process") { Sandbox::Process } else { Sandbox::Kvm }
 }
 
 /// The tender options that select this binary's sandbox.
@@ -40,6 +40,32 @@ pub fn require_sandbox() {
     if sandbox() == Sandbox::Kvm {
         skiff_testnet::require_kvm();
     }
+}
+
+/// The tender this test binary runs: the one cargo built for the tests,
+/// or, for a binary whose name ends in `_static` (see `boot_static.rs`,
+/// which includes `boot.rs`), the statically linked release tender that
+/// `scripts/build-tender` builds, the first time it is asked for. That one
+/// is linked against musl, whose system calls differ from glibc's and
+/// must pass the same seccomp allow-lists.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn tender() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if !env!("CARGO_CRATE_NAME").ends_with("_static") {
+        // Other packages' tests share this module but not the binary.
+        match option_env!("CARGO_BIN_EXE_skiff-tender") {
+            Some(path) => return Path::new(path),
+            None => panic!("only the tender's own tests run its binary"),
+        }
+    }
+    BUILT.get_or_init(|| {
+        let out = std::process::Command::new(workspace().join("scripts/build-tender"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/build-tender");
+        assert!(out.status.success(), "scripts/build-tender failed (see above)");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
 }
 
 /// The repository root.

@@ -2,7 +2,7 @@
 //! /dev/kvm, creates a VM with `MEM` bytes of anonymous memory and one
 //! vCPU, runs one instruction that exits (`out`), and tears everything
 //! down. `boot` times hello's whole process against this one, built the
-//! same way (static, release).
+//! same way (release, static with musl: `scripts/build-tender`).
 //!
 //! `kvm-floor [MEM_MIB]` (default 64, the tender's default `--mem`);
 //! exit status 0 when the guest's `out` reached us.
