@@ -16,6 +16,8 @@ use vmm_sys_util::signal::{block_signal, create_sigset, register_signal_handler}
 /// `mmap`. It must run before the process starts its first thread: an
 /// arena a finished thread leaves behind is handed to the next new thread
 /// whatever the limit says. Both binaries call it first thing in `main`.
+/// (The static, musl build allocates with dlmalloc instead, which has no
+/// arenas: it does nothing there.)
 pub fn use_one_malloc_arena() {
     // SAFETY: mallopt only changes malloc's tuning; M_ARENA_MAX is a valid
     // parameter and 1 a valid value for it.
