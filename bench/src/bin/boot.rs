@@ -119,7 +119,7 @@ fn main() {
         }
         beyond.sort();
         println!(
-            "{what} tender: {} KiB beyond the guest's touched memory, median of 9 (target: at most 2048 KiB); \
+            "{what} tender: {} KiB beyond the guest's touched memory, median of 9 (targets: at most 2048 KiB, issue 2; at most 1536 KiB for the static tender, issue 12); \
              last run: {}",
             beyond[4],
             line.trim()
