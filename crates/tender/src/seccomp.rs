@@ -198,7 +198,7 @@ fn allow_list(user: UserNetCalls, how: &Sandboxed, disks: &[i32]) -> AllowList {
     // The rest of what a thread's start-up calls that the list has for
     // other reasons anyway (`rseq`, `rt_sigprocmask`, `gettid`,
     // `sigaltstack`, `mmap` and `mprotect` of its signal stack): the
-    // monitor thread is not waited for (`monitor::Monitor::start`), so it
+    // monitor thread is not waited for (`monitor::Monitor::spawn`), so it
     // may start after the lockdown.
     allow(libc::SYS_set_robust_list, vec![]);
     allow(libc::SYS_sched_getaffinity, vec![]);
