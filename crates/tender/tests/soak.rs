@@ -597,11 +597,21 @@ fn soak(entry: Entry, link: Link) {
     let elapsed = started.elapsed();
     let rss_end = rss_kib(pid);
     let rss_warm = rss_warm.unwrap_or(rss_end);
-    // The guest's next heap report, once the load is over.
+    // The guest's heap once the load is over. The last connections are
+    // still closing when the load ends (through the user network, whose
+    // relays close them, the heap takes about a second to drain), so the
+    // first report after the next one that is back within the allowance
+    // below counts, within 10 s; a leak never gets there.
     let logged = guest_heap_all(&w.output()).len();
-    let heap_end =
+    let heap_next =
         w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then(|| guest_heap(text)));
     let heap_warm = heap_reports_at_warm.and_then(|n| guest_heap_all(&w.output()).get(n).copied());
+    let flat = |used: u64| heap_warm.is_none_or(|(warm, _)| used <= warm + (warm / 10).max(1024));
+    let heap_end = wait_for(Duration::from_secs(10), || {
+        guest_heap_all(&w.output()).into_iter().skip(logged).find(|&(used, _)| flat(used))
+    })
+    .or_else(|| guest_heap(&w.output()))
+    .or(heap_next);
 
     // Still serving: one more request, after everything.
     let still = w.reach(move || one_shot(addr, 0).map_err(|f| f.0));
@@ -655,10 +665,7 @@ fn soak(entry: Entry, link: Link) {
     // The guest's heap is as flat: connections that ended gave back what
     // they held.
     if let (Some((warm, _)), Some((end, _))) = (heap_warm, heap_end) {
-        assert!(
-            end <= warm + (warm / 10).max(1024),
-            "guest heap in use grew from {warm} KiB after warm-up to {end} KiB"
-        );
+        assert!(flat(end), "guest heap in use grew from {warm} KiB after warm-up to {end} KiB, 10 s after the load");
     }
     drop(failures);
 
