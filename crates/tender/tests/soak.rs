@@ -600,8 +600,8 @@ fn soak(entry: Entry, link: Link) {
     // The guest's heap once the load is over. The last connections are
     // still closing when the load ends (through the user network, whose
     // relays close them, the heap takes about a second to drain), so the
-    // first report after the next one that is back within the allowance
-    // below counts, within 10 s; a leak never gets there.
+    // first report since the load ended that is back within the allowance
+    // below counts (waiting up to 10 s for it); a leak never gets there.
     let logged = guest_heap_all(&w.output()).len();
     let heap_next =
         w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then(|| guest_heap(text)));
