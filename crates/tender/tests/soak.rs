@@ -603,15 +603,13 @@ fn soak(entry: Entry, link: Link) {
     // first report since the load ended that is back within the allowance
     // below counts (waiting up to 10 s for it); a leak never gets there.
     let logged = guest_heap_all(&w.output()).len();
-    let heap_next =
-        w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then(|| guest_heap(text)));
+    w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then_some(()));
     let heap_warm = heap_reports_at_warm.and_then(|n| guest_heap_all(&w.output()).get(n).copied());
     let flat = |used: u64| heap_warm.is_none_or(|(warm, _)| used <= warm + (warm / 10).max(1024));
     let heap_end = wait_for(Duration::from_secs(10), || {
         guest_heap_all(&w.output()).into_iter().skip(logged).find(|&(used, _)| flat(used))
     })
-    .or_else(|| guest_heap(&w.output()))
-    .or(heap_next);
+    .or_else(|| guest_heap(&w.output()));
 
     // Still serving: one more request, after everything.
     let still = w.reach(move || one_shot(addr, 0).map_err(|f| f.0));
