@@ -68,10 +68,7 @@ pub fn release_tender(linking: Linking) -> PathBuf {
     match linking {
         Linking::Dynamic => {
             let dir = "target/tender-dynamic";
-            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-            cmd.args(["build", "--release", "-q", "-p", "skiff-tender", "--bin", "skiff-tender", "--target-dir", dir]);
-            let status = cmd.current_dir(workspace()).status().expect("run cargo");
-            assert!(status.success(), "building the release tender failed");
+            cargo_build(&["-p", "skiff-tender", "--bin", "skiff-tender", "--target-dir", dir], "the release tender");
             workspace().join(dir).join("release/skiff-tender")
         }
         Linking::Static => {
@@ -89,12 +86,21 @@ pub fn release_tender(linking: Linking) -> PathBuf {
 /// is built: release, statically against musl.
 pub fn kvm_floor() -> PathBuf {
     let dir = "target/tender-static";
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "--release", "-q", "-p", "skiff-kvm-floor", "--bin", "kvm-floor", "--target", STATIC_TARGET]);
-    cmd.args(["--target-dir", dir]);
-    let status = cmd.current_dir(workspace()).status().expect("run cargo");
-    assert!(status.success(), "building the KVM floor program failed");
+    let args = ["-p", "skiff-kvm-floor", "--bin", "kvm-floor", "--target", STATIC_TARGET, "--target-dir", dir];
+    cargo_build(&args, "the KVM floor program");
     workspace().join(dir).join(STATIC_TARGET).join("release/kvm-floor")
+}
+
+/// `cargo build --release -q` with `args` in the workspace; panics naming
+/// `what` if it fails.
+fn cargo_build(args: &[&str], what: &str) {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "-q"])
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building {what} failed");
 }
 
 /// Builds a guest crate (release) into the shared guest target directory.
