@@ -603,7 +603,8 @@ fn soak(entry: Entry, link: Link) {
     // first report since the load ended that is back within the allowance
     // below counts (waiting up to 10 s for it); a leak never gets there.
     let logged = guest_heap_all(&w.output()).len();
-    w.wait(Duration::from_secs(5), |text| (guest_heap_all(text).len() > logged).then_some(()));
+    wait_for(Duration::from_secs(5), || (guest_heap_all(&w.output()).len() > logged).then_some(()))
+        .unwrap_or_else(|| panic!("no guest heap report within 5 s of the load's end:\n{}", w.output()));
     let heap_warm = heap_reports_at_warm.and_then(|n| guest_heap_all(&w.output()).get(n).copied());
     let flat = |used: u64| heap_warm.is_none_or(|(warm, _)| used <= warm + (warm / 10).max(1024));
     let heap_end = wait_for(Duration::from_secs(10), || {
